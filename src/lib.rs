@@ -1,0 +1,1 @@
+//! nsproxyfs: Linux namespaces with names and a place in the filesystem.
