@@ -1,0 +1,504 @@
+//! The container tree: names, nesting and bindings, as plain data.
+//!
+//! A [`Tree`] knows which namespace (by inode number) each container binds
+//! for each kind, and derives effective sets by walking up to the root. It
+//! makes no system calls: the filesystem layer owns the namespace handles and
+//! learns from the return values here when a namespace lost its last binder.
+//!
+//! Invariants, checked by [`Tree::check`] in tests:
+//! * the root exists, has no parent, binds every kind, and is never removed;
+//! * every other container is listed exactly once in its parent's children,
+//!   under its own name;
+//! * `binders[ino]` is the number of (container, kind) bindings of `ino`, and
+//!   an inode is bound under one kind only.
+
+use std::collections::{BTreeMap, HashMap};
+
+use thiserror::Error;
+
+use crate::ns::Kind;
+
+/// Deepest nesting allowed: the root is depth 0, `/a/b` is depth 2.
+pub const MAX_DEPTH: usize = 32;
+
+/// Longest container name, in bytes (the usual `NAME_MAX`).
+pub const MAX_NAME: usize = 255;
+
+/// Names inside a container that are files, never containers.
+pub const CONTROL_NAMES: [&str; 2] = ["tasks", "status"];
+
+/// Identity of a container. Never reused within one daemon's life, so a stale
+/// kernel reference can never reach a newer container.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ContainerId(pub u64);
+
+/// A namespace as the tree sees it: its kind and nsfs inode number.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct NsRef {
+    /// Which kind of namespace.
+    pub kind: Kind,
+    /// Its inode number on nsfs, as `net:[N]` prints it.
+    pub ino: u64,
+}
+
+/// Why the tree refused a change. Nothing changes when one is returned.
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+pub enum TreeError {
+    /// No such container, or the container does not bind that kind.
+    #[error("no such entry")]
+    NotFound,
+    /// The name is taken, or the kind is bound already.
+    #[error("already exists")]
+    Exists,
+    /// The container still has child containers.
+    #[error("container has child containers")]
+    NotEmpty,
+    /// The name is reserved, empty, too long or contains '/' or NUL.
+    #[error("invalid container name: {0}")]
+    InvalidName(&'static str),
+    /// The root's bindings and the root itself cannot change.
+    #[error("the root container's bindings are the daemon's own and read-only")]
+    Root,
+    /// Nesting would pass [`MAX_DEPTH`].
+    #[error("nesting deeper than {MAX_DEPTH} levels")]
+    TooDeep,
+    /// A namespace inode was offered under a kind it is not.
+    #[error("namespace {ino} is a {bound} namespace, not {wanted}")]
+    KindMismatch {
+        /// The inode offered.
+        ino: u64,
+        /// The kind it is bound as elsewhere.
+        bound: Kind,
+        /// The kind it was offered as.
+        wanted: Kind,
+    },
+}
+
+/// One node of the tree.
+#[derive(Debug, Clone)]
+pub struct Container {
+    name: String,
+    parent: Option<ContainerId>,
+    children: BTreeMap<String, ContainerId>,
+    own: [Option<u64>; 8],
+}
+
+impl Container {
+    /// The container's name in its parent (empty for the root).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The parent, `None` for the root.
+    pub fn parent(&self) -> Option<ContainerId> {
+        self.parent
+    }
+
+    /// Child containers by name, in name order.
+    pub fn children(&self) -> &BTreeMap<String, ContainerId> {
+        &self.children
+    }
+
+    /// The namespace this container binds itself for `kind`, if any.
+    pub fn own(&self, kind: Kind) -> Option<u64> {
+        self.own[kind.index()]
+    }
+}
+
+/// Where one kind of an effective set comes from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Effective {
+    /// The namespace inode in force.
+    pub ino: u64,
+    /// The container that binds it (the one asked about, or an ancestor).
+    pub from: ContainerId,
+}
+
+/// The container tree.
+#[derive(Debug, Clone)]
+pub struct Tree {
+    containers: HashMap<ContainerId, Container>,
+    binders: HashMap<u64, (Kind, u32)>,
+    next_id: u64,
+}
+
+/// Checks a proposed container name against the naming rules.
+pub fn check_name(name: &str) -> Result<(), TreeError> {
+    if name.is_empty() {
+        return Err(TreeError::InvalidName("empty"));
+    }
+    if name.len() > MAX_NAME {
+        return Err(TreeError::InvalidName("longer than 255 bytes"));
+    }
+    if name.starts_with('.') {
+        return Err(TreeError::InvalidName(
+            "names starting with '.' are reserved",
+        ));
+    }
+    if name.contains('/') || name.contains('\0') {
+        return Err(TreeError::InvalidName("contains '/' or NUL"));
+    }
+    if CONTROL_NAMES.contains(&name) || Kind::from_name(name).is_some() {
+        return Err(TreeError::InvalidName("a control file or kind name"));
+    }
+    Ok(())
+}
+
+impl Tree {
+    /// The root container's id.
+    pub const ROOT: ContainerId = ContainerId(0);
+
+    /// A tree holding only the root, which binds `root[k]` for each kind
+    /// (in [`Kind::ALL`] order).
+    pub fn new(root: [u64; 8]) -> Tree {
+        let mut tree = Tree {
+            containers: HashMap::new(),
+            binders: HashMap::new(),
+            next_id: 1,
+        };
+        tree.containers.insert(
+            Tree::ROOT,
+            Container {
+                name: String::new(),
+                parent: None,
+                children: BTreeMap::new(),
+                own: [None; 8],
+            },
+        );
+        for kind in Kind::ALL {
+            // The root's inodes come from the kernel, one per kind: a clash
+            // would be a kernel bug, and leaving the kind unbound is the
+            // only sane answer to it.
+            let _ = tree.attach(
+                Tree::ROOT,
+                NsRef {
+                    kind,
+                    ino: root[kind.index()],
+                },
+            );
+        }
+        tree
+    }
+
+    /// The container `id`, if it exists.
+    pub fn get(&self, id: ContainerId) -> Option<&Container> {
+        self.containers.get(&id)
+    }
+
+    /// Number of containers, the root included.
+    pub fn len(&self) -> usize {
+        self.containers.len()
+    }
+
+    /// Always false: the root is always there.
+    pub fn is_empty(&self) -> bool {
+        false
+    }
+
+    /// The child of `parent` called `name`.
+    pub fn child(&self, parent: ContainerId, name: &str) -> Option<ContainerId> {
+        self.containers.get(&parent)?.children.get(name).copied()
+    }
+
+    /// How many levels below the root `id` sits.
+    pub fn depth(&self, id: ContainerId) -> usize {
+        self.ancestors(id).count().saturating_sub(1)
+    }
+
+    /// `id`, its parent, and so on up to the root.
+    pub fn ancestors(&self, id: ContainerId) -> impl Iterator<Item = ContainerId> + '_ {
+        std::iter::successors(self.containers.contains_key(&id).then_some(id), |c| {
+            self.containers.get(c).and_then(|c| c.parent)
+        })
+    }
+
+    /// The container's path from the mount's root, `/` for the root itself.
+    pub fn path(&self, id: ContainerId) -> String {
+        let mut names: Vec<&str> = self
+            .ancestors(id)
+            .filter_map(|c| self.containers.get(&c))
+            .map(|c| c.name.as_str())
+            .collect();
+        names.pop();
+        names.reverse();
+        format!("/{}", names.join("/"))
+    }
+
+    /// Number of containers binding namespace `ino` (its kind files' st_nlink).
+    pub fn binders(&self, ino: u64) -> u32 {
+        self.binders.get(&ino).map_or(0, |b| b.1)
+    }
+
+    /// The kind `ino` is bound as, if any container binds it.
+    pub fn bound_kind(&self, ino: u64) -> Option<Kind> {
+        self.binders.get(&ino).map(|b| b.0)
+    }
+
+    /// Every namespace bound anywhere, with its kind.
+    pub fn bound(&self) -> impl Iterator<Item = NsRef> + '_ {
+        self.binders
+            .iter()
+            .map(|(&ino, &(kind, _))| NsRef { kind, ino })
+    }
+
+    /// The containers that bind `ino` themselves.
+    pub fn containers_binding(&self, ino: u64) -> Vec<ContainerId> {
+        let Some(&(kind, _)) = self.binders.get(&ino) else {
+            return Vec::new();
+        };
+        let mut ids: Vec<ContainerId> = self
+            .containers
+            .iter()
+            .filter(|(_, c)| c.own(kind) == Some(ino))
+            .map(|(&id, _)| id)
+            .collect();
+        ids.sort();
+        ids
+    }
+
+    /// The namespace in force in `id` for `kind`, and where it comes from.
+    pub fn effective(&self, id: ContainerId, kind: Kind) -> Option<Effective> {
+        self.ancestors(id).find_map(|c| {
+            let ino = self.containers.get(&c)?.own(kind)?;
+            Some(Effective { ino, from: c })
+        })
+    }
+
+    /// The effective set of `id`, one entry per kind in [`Kind::ALL`] order.
+    pub fn effective_set(&self, id: ContainerId) -> Option<[Effective; 8]> {
+        let mut set = [Effective {
+            ino: 0,
+            from: Tree::ROOT,
+        }; 8];
+        for kind in Kind::ALL {
+            set[kind.index()] = self.effective(id, kind)?;
+        }
+        Some(set)
+    }
+
+    /// Makes a new, empty container `name` under `parent`.
+    pub fn mkdir(&mut self, parent: ContainerId, name: &str) -> Result<ContainerId, TreeError> {
+        check_name(name)?;
+        let depth = self.depth(parent);
+        let p = self.containers.get(&parent).ok_or(TreeError::NotFound)?;
+        if p.children.contains_key(name) {
+            return Err(TreeError::Exists);
+        }
+        if depth + 1 > MAX_DEPTH {
+            return Err(TreeError::TooDeep);
+        }
+        let id = ContainerId(self.next_id);
+        self.next_id += 1;
+        self.containers.insert(
+            id,
+            Container {
+                name: name.to_owned(),
+                parent: Some(parent),
+                children: BTreeMap::new(),
+                own: [None; 8],
+            },
+        );
+        if let Some(p) = self.containers.get_mut(&parent) {
+            p.children.insert(name.to_owned(), id);
+        }
+        Ok(id)
+    }
+
+    /// Removes the child `name` of `parent`, which must have no children.
+    /// Returns the removed id and the namespaces that lost their last binder.
+    pub fn rmdir(
+        &mut self,
+        parent: ContainerId,
+        name: &str,
+    ) -> Result<(ContainerId, Vec<NsRef>), TreeError> {
+        let id = self.child(parent, name).ok_or(TreeError::NotFound)?;
+        let released = self.remove(id)?;
+        Ok((id, released))
+    }
+
+    fn remove(&mut self, id: ContainerId) -> Result<Vec<NsRef>, TreeError> {
+        let c = self.containers.get(&id).ok_or(TreeError::NotFound)?;
+        if !c.children.is_empty() {
+            return Err(TreeError::NotEmpty);
+        }
+        let parent = c.parent.ok_or(TreeError::Root)?;
+        let mut released = Vec::new();
+        for kind in Kind::ALL {
+            if let Ok(Some(ns)) = self.unbind(id, kind) {
+                released.push(ns);
+            }
+        }
+        if let Some(c) = self.containers.remove(&id)
+            && let Some(p) = self.containers.get_mut(&parent)
+        {
+            p.children.remove(&c.name);
+        }
+        Ok(released)
+    }
+
+    /// Renames `old` to `new` within `parent`. An existing `new` is replaced
+    /// if it has no child containers (POSIX rename over an empty directory);
+    /// its bindings are released and returned.
+    pub fn rename(
+        &mut self,
+        parent: ContainerId,
+        old: &str,
+        new: &str,
+    ) -> Result<Vec<NsRef>, TreeError> {
+        check_name(new)?;
+        let id = self.child(parent, old).ok_or(TreeError::NotFound)?;
+        if old == new {
+            return Ok(Vec::new());
+        }
+        let mut released = Vec::new();
+        if let Some(victim) = self.child(parent, new) {
+            released = self.remove(victim)?;
+        }
+        if let Some(p) = self.containers.get_mut(&parent) {
+            p.children.remove(old);
+            p.children.insert(new.to_owned(), id);
+        }
+        if let Some(c) = self.containers.get_mut(&id) {
+            c.name = new.to_owned();
+        }
+        Ok(released)
+    }
+
+    /// Makes `id` bind `ns` for its kind, which it must not bind yet (`ln`).
+    pub fn link(&mut self, id: ContainerId, ns: NsRef) -> Result<(), TreeError> {
+        let c = self.containers.get(&id).ok_or(TreeError::NotFound)?;
+        if id == Tree::ROOT {
+            return Err(TreeError::Root);
+        }
+        if c.own(ns.kind).is_some() {
+            return Err(TreeError::Exists);
+        }
+        self.attach(id, ns)
+    }
+
+    /// Makes `id` bind `ns`, replacing what it bound for that kind. Returns
+    /// the replaced namespace if that was its last binder.
+    pub fn bind(&mut self, id: ContainerId, ns: NsRef) -> Result<Option<NsRef>, TreeError> {
+        if id == Tree::ROOT {
+            return Err(TreeError::Root);
+        }
+        self.containers.get(&id).ok_or(TreeError::NotFound)?;
+        self.check_kind(ns)?;
+        let released = match self.unbind(id, ns.kind) {
+            Ok(released) => released,
+            Err(TreeError::NotFound) => None,
+            Err(e) => return Err(e),
+        };
+        self.attach(id, ns)?;
+        Ok(released)
+    }
+
+    /// Replaces `old` by `new` in every container that binds `old` (a write
+    /// to a kind file changes it under all of its names). Refused if the
+    /// root binds `old`. Returns `old` if it lost its last binder.
+    pub fn rebind_everywhere(&mut self, old: u64, new: NsRef) -> Result<Option<NsRef>, TreeError> {
+        let kind = self.bound_kind(old).ok_or(TreeError::NotFound)?;
+        if kind != new.kind {
+            return Err(TreeError::KindMismatch {
+                ino: old,
+                bound: kind,
+                wanted: new.kind,
+            });
+        }
+        self.check_kind(new)?;
+        let holders = self.containers_binding(old);
+        if holders.contains(&Tree::ROOT) {
+            return Err(TreeError::Root);
+        }
+        let mut released = None;
+        for id in holders {
+            released = self.bind(id, new)?.or(released);
+        }
+        Ok(released)
+    }
+
+    /// Makes `id` stop binding `kind` (`rm`). Returns the namespace if it
+    /// lost its last binder.
+    pub fn unbind(&mut self, id: ContainerId, kind: Kind) -> Result<Option<NsRef>, TreeError> {
+        if id == Tree::ROOT {
+            return Err(TreeError::Root);
+        }
+        let c = self.containers.get_mut(&id).ok_or(TreeError::NotFound)?;
+        let ino = c.own[kind.index()].take().ok_or(TreeError::NotFound)?;
+        let last = match self.binders.get_mut(&ino) {
+            Some(b) if b.1 > 1 => {
+                b.1 -= 1;
+                false
+            }
+            _ => {
+                self.binders.remove(&ino);
+                true
+            }
+        };
+        Ok(last.then_some(NsRef { kind, ino }))
+    }
+
+    fn check_kind(&self, ns: NsRef) -> Result<(), TreeError> {
+        match self.binders.get(&ns.ino) {
+            Some(&(bound, _)) if bound != ns.kind => Err(TreeError::KindMismatch {
+                ino: ns.ino,
+                bound,
+                wanted: ns.kind,
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    fn attach(&mut self, id: ContainerId, ns: NsRef) -> Result<(), TreeError> {
+        self.check_kind(ns)?;
+        let c = self.containers.get_mut(&id).ok_or(TreeError::NotFound)?;
+        c.own[ns.kind.index()] = Some(ns.ino);
+        self.binders.entry(ns.ino).or_insert((ns.kind, 0)).1 += 1;
+        Ok(())
+    }
+
+    /// Verifies the invariants listed in the module documentation.
+    pub fn check(&self) -> Result<(), String> {
+        let root = self.containers.get(&Tree::ROOT).ok_or("no root")?;
+        if root.parent.is_some() || root.own.iter().any(Option::is_none) {
+            return Err("root has a parent or an unbound kind".into());
+        }
+        let mut counts: HashMap<u64, (Kind, u32)> = HashMap::new();
+        for (&id, c) in &self.containers {
+            if let Some(p) = c.parent {
+                let parent = self.containers.get(&p).ok_or("dangling parent")?;
+                if parent.children.get(&c.name) != Some(&id) {
+                    return Err(format!("{id:?} missing from its parent's children"));
+                }
+                check_name(&c.name).map_err(|e| e.to_string())?;
+            } else if id != Tree::ROOT {
+                return Err(format!("{id:?} has no parent"));
+            }
+            for (name, child) in &c.children {
+                let ch = self.containers.get(child).ok_or("dangling child")?;
+                if &ch.name != name || ch.parent != Some(id) {
+                    return Err(format!("child {name} of {id:?} disagrees"));
+                }
+            }
+            for kind in Kind::ALL {
+                if let Some(ino) = c.own(kind) {
+                    let e = counts.entry(ino).or_insert((kind, 0));
+                    if e.0 != kind {
+                        return Err(format!("inode {ino} bound as two kinds"));
+                    }
+                    e.1 += 1;
+                }
+            }
+            if self.depth(id) > MAX_DEPTH {
+                return Err(format!("{id:?} too deep"));
+            }
+        }
+        if counts != self.binders {
+            return Err(format!("binder counts {:?} != {:?}", self.binders, counts));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests;
