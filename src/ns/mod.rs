@@ -1,5 +1,9 @@
-//! Namespace kinds and handles.
+//! Namespaces: kinds, open handles, fresh ones, pins, and how a written pid
+//! or path becomes a namespace.
 
+mod handle;
 mod kind;
+pub mod sys;
 
+pub use handle::{Keeper, Namespace, NsError, Opener, Pin, fresh, of_path, of_pid_in};
 pub use kind::{CLONE_NEWTIME, Kind};

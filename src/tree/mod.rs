@@ -382,7 +382,10 @@ impl Tree {
         if id == Tree::ROOT {
             return Err(TreeError::Root);
         }
-        self.containers.get(&id).ok_or(TreeError::NotFound)?;
+        let c = self.containers.get(&id).ok_or(TreeError::NotFound)?;
+        if c.own(ns.kind) == Some(ns.ino) {
+            return Ok(None);
+        }
         self.check_kind(ns)?;
         let released = match self.unbind(id, ns.kind) {
             Ok(released) => released,
@@ -398,6 +401,9 @@ impl Tree {
     /// root binds `old`. Returns `old` if it lost its last binder.
     pub fn rebind_everywhere(&mut self, old: u64, new: NsRef) -> Result<Option<NsRef>, TreeError> {
         let kind = self.bound_kind(old).ok_or(TreeError::NotFound)?;
+        if old == new.ino {
+            return Ok(None);
+        }
         if kind != new.kind {
             return Err(TreeError::KindMismatch {
                 ino: old,

@@ -234,3 +234,14 @@ fn random_operations_keep_the_invariants() {
         }
     }
 }
+
+#[test]
+fn binding_what_is_already_bound_changes_nothing() {
+    let mut t = Tree::new(ROOT_NS);
+    let a = t.mkdir(Tree::ROOT, "a").unwrap();
+    t.bind(a, ns(Kind::Net, 500)).unwrap();
+    assert_eq!(t.bind(a, ns(Kind::Net, 500)), Ok(None));
+    assert_eq!(t.rebind_everywhere(500, ns(Kind::Net, 500)), Ok(None));
+    assert_eq!(t.binders(500), 1);
+    t.check().unwrap();
+}

@@ -1,0 +1,1060 @@
+//! The FUSE adapter: the only code that knows fuser.
+//!
+//! Each trait method decodes its request, calls a helper that returns
+//! `Result<_, Error>`, and turns the result into a reply. A refusal is logged
+//! once, here, with its reason, and mapped to its errno by [`Error::errno`].
+//!
+//! Locking: `state` (tree and namespace handles) is a read-write lock held
+//! only for in-memory work and the quick pin mounts that keep a binding and
+//! its pin in step; never across process scans, namespace creation, path
+//! resolution or ptrace. `handles` and `pending` are leaf locks, never held
+//! while taking `state`.
+
+mod caller;
+mod error;
+pub mod input;
+mod node;
+
+use std::collections::HashMap;
+use std::ffi::{CString, OsStr};
+use std::fs::File;
+use std::os::fd::AsFd;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime};
+
+use fuser::{
+    Errno, FileAttr, FileHandle, FileType, FopenFlags, Generation, INodeNo, LockOwner, OpenFlags,
+    RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry,
+    ReplyOpen, ReplyWrite, Request, TimeOrNow, WriteFlags,
+};
+use parking_lot::{Mutex, RwLock};
+
+pub use caller::Caller;
+pub use error::{Error, Result};
+use input::Binding;
+pub use node::Node;
+
+use crate::ns::{self, Kind, Namespace};
+use crate::procfs;
+use crate::tree::{CONTROL_NAMES, ContainerId, NsRef, Tree};
+
+/// Kernel caches must not keep one caller's answer for another, and the
+/// tree changes under the kernel's feet (processes move, namespaces die):
+/// no entry or attribute caching at all.
+const TTL: Duration = Duration::ZERO;
+
+/// What the daemon needs to know at start.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Where namespace pins live (`STATE_DIR/pins`).
+    pub pin_dir: PathBuf,
+    /// Where the filesystem is mounted.
+    pub mountpoint: PathBuf,
+}
+
+/// A process mover: moves the process `pid` (daemon pid namespace) into the
+/// namespaces in `set` (indexed by [`Kind::index`]). Supplied by the daemon;
+/// the filesystem only decides whether a move is allowed and into what.
+pub trait Mover: Send + Sync + 'static {
+    /// Moves `pid`; `writer_tid` is the thread that wrote the pid, which may
+    /// belong to the process being moved.
+    fn move_process(
+        &self,
+        pid: i32,
+        writer_tid: u32,
+        set: &[Arc<Namespace>; 8],
+        reply: &mut dyn FnMut(Result<()>),
+    );
+}
+
+struct State {
+    tree: Tree,
+    spaces: HashMap<u64, Arc<Namespace>>,
+}
+
+enum WriteTarget {
+    Tasks(ContainerId),
+    /// An existing kind file: every container binding this inode.
+    Rebind(u64),
+    /// A kind file made by create(): bound on first write, or fresh at flush.
+    Create {
+        container: ContainerId,
+        kind: Kind,
+        pending: u64,
+    },
+}
+
+struct Handle {
+    content: Vec<u8>,
+    write: Option<WriteTarget>,
+    /// A write was attempted (successful or not): flush must not bind fresh.
+    written: bool,
+    /// Flush already did its work for a created kind file.
+    flushed: bool,
+}
+
+/// The nsproxyfs filesystem.
+pub struct NsProxyFs {
+    state: RwLock<State>,
+    handles: Mutex<HashMap<u64, Handle>>,
+    pending: Mutex<HashMap<u64, (ContainerId, Kind)>>,
+    next_fh: AtomicU64,
+    next_pending: AtomicU64,
+    pin_dir: PathBuf,
+    mountpoint: CString,
+    user_ns: u64,
+    pid_ns: u64,
+    started: SystemTime,
+    mover: Box<dyn Mover>,
+}
+
+impl std::fmt::Debug for NsProxyFs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NsProxyFs")
+            .field("pin_dir", &self.pin_dir)
+            .finish_non_exhaustive()
+    }
+}
+
+impl NsProxyFs {
+    /// A filesystem whose root container binds the daemon's own namespaces.
+    pub fn new(options: Options, mover: Box<dyn Mover>) -> Result<NsProxyFs> {
+        std::fs::create_dir_all(&options.pin_dir).map_err(|source| Error::Sys {
+            what: "create the pin directory",
+            source,
+        })?;
+        let mut spaces = HashMap::new();
+        let mut root = [0u64; 8];
+        for kind in Kind::ALL {
+            let mut ns = Namespace::own(kind)?;
+            ns.pin(&options.pin_dir);
+            root[kind.index()] = ns.ino();
+            spaces.insert(ns.ino(), Arc::new(ns));
+        }
+        Ok(NsProxyFs {
+            state: RwLock::new(State {
+                tree: Tree::new(root),
+                spaces,
+            }),
+            handles: Mutex::new(HashMap::new()),
+            pending: Mutex::new(HashMap::new()),
+            next_fh: AtomicU64::new(1),
+            next_pending: AtomicU64::new(1),
+            pin_dir: options.pin_dir,
+            mountpoint: CString::new(options.mountpoint.as_os_str().as_bytes())
+                .map_err(|_| Error::Invalid("mount point contains NUL".into()))?,
+            user_ns: root[Kind::User.index()],
+            pid_ns: std::fs::metadata("/proc/self/ns/pid")
+                .map(|m| m.ino())
+                .unwrap_or(0),
+            started: SystemTime::now(),
+            mover,
+        })
+    }
+
+    /// Where pins live.
+    pub fn pin_dir(&self) -> &Path {
+        &self.pin_dir
+    }
+
+    fn attr(&self, node: Node, kind: FileType, perm: u16, nlink: u32) -> FileAttr {
+        FileAttr {
+            ino: INodeNo(node.id()),
+            size: 0,
+            blocks: 0,
+            atime: self.started,
+            mtime: self.started,
+            ctime: self.started,
+            crtime: self.started,
+            kind,
+            perm,
+            nlink,
+            uid: 0,
+            gid: 0,
+            rdev: 0,
+            blksize: 4096,
+            flags: 0,
+        }
+    }
+
+    fn node_attr(&self, node: Node) -> Result<FileAttr> {
+        let st = self.state.read();
+        let exists = |c: ContainerId| st.tree.get(c).ok_or(Error::NotFound);
+        Ok(match node {
+            Node::Dir(c) => {
+                let n = exists(c)?.children().len() as u32;
+                self.attr(node, FileType::Directory, 0o755, 2 + n)
+            }
+            Node::Tasks(c) => {
+                exists(c)?;
+                self.attr(node, FileType::RegularFile, 0o644, 1)
+            }
+            Node::Status(c) => {
+                exists(c)?;
+                self.attr(node, FileType::RegularFile, 0o444, 1)
+            }
+            Node::Kind(ino) => {
+                let nlink = st.tree.binders(ino);
+                if nlink == 0 {
+                    return Err(Error::NotFound);
+                }
+                let root_binds = st
+                    .tree
+                    .get(Tree::ROOT)
+                    .is_some_and(|r| Kind::ALL.into_iter().any(|k| r.own(k) == Some(ino)));
+                let perm = if root_binds { 0o444 } else { 0o644 };
+                self.attr(node, FileType::RegularFile, perm, nlink)
+            }
+            Node::Pending(n) => {
+                drop(st);
+                if !self.pending.lock().contains_key(&n) {
+                    return Err(Error::NotFound);
+                }
+                self.attr(node, FileType::RegularFile, 0o644, 1)
+            }
+        })
+    }
+
+    fn dir(&self, ino: INodeNo) -> Result<ContainerId> {
+        match Node::from_id(ino.0) {
+            Node::Dir(c) => Ok(c),
+            _ => Err(Error::NotDir),
+        }
+    }
+
+    fn lookup_node(&self, parent: INodeNo, name: &OsStr) -> Result<Node> {
+        let c = self.dir(parent)?;
+        let name = name.to_str().ok_or(Error::NotFound)?;
+        let st = self.state.read();
+        let container = st.tree.get(c).ok_or(Error::NotFound)?;
+        Ok(match name {
+            "tasks" => Node::Tasks(c),
+            "status" => Node::Status(c),
+            _ => match Kind::from_name(name) {
+                Some(kind) => Node::Kind(container.own(kind).ok_or(Error::NotFound)?),
+                None => Node::Dir(st.tree.child(c, name).ok_or(Error::NotFound)?),
+            },
+        })
+    }
+
+    fn entries(&self, c: ContainerId) -> Result<Vec<(Node, FileType, String)>> {
+        let st = self.state.read();
+        let container = st.tree.get(c).ok_or(Error::NotFound)?;
+        let parent = container.parent().unwrap_or(Tree::ROOT);
+        let mut out = vec![
+            (Node::Dir(c), FileType::Directory, ".".to_owned()),
+            (Node::Dir(parent), FileType::Directory, "..".to_owned()),
+            (Node::Tasks(c), FileType::RegularFile, "tasks".to_owned()),
+            (Node::Status(c), FileType::RegularFile, "status".to_owned()),
+        ];
+        for kind in Kind::ALL {
+            if let Some(ino) = container.own(kind) {
+                out.push((
+                    Node::Kind(ino),
+                    FileType::RegularFile,
+                    kind.name().to_owned(),
+                ));
+            }
+        }
+        for (name, &child) in container.children() {
+            out.push((Node::Dir(child), FileType::Directory, name.clone()));
+        }
+        Ok(out)
+    }
+
+    fn status_text(&self, c: ContainerId, reader: &Caller) -> Result<Vec<u8>> {
+        let st = self.state.read();
+        let set = st.tree.effective_set(c).ok_or(Error::NotFound)?;
+        let mut out = String::new();
+        for kind in Kind::ALL {
+            let e = set[kind.index()];
+            let from = if e.from == c {
+                "own".to_owned()
+            } else {
+                st.tree.path(e.from)
+            };
+            let ns = st.spaces.get(&e.ino);
+            let pin = match ns {
+                Some(ns) => match ns.pin_path() {
+                    Some(p) => p.display().to_string(),
+                    None => self.fd_path(ns, reader),
+                },
+                None => "-".to_owned(),
+            };
+            out.push_str(&format!("{kind}\t{kind}:[{}]\t{from}\t{pin}\n", e.ino));
+        }
+        Ok(out.into_bytes())
+    }
+
+    /// `/proc/PID/fd/N` of the daemon's descriptor for `ns`, with PID as the
+    /// reader sees the daemon; `-` if the reader cannot see it.
+    fn fd_path(&self, ns: &Namespace, reader: &Caller) -> String {
+        let me = std::process::id() as i32;
+        let pid = reader
+            .pid_ns()
+            .ok()
+            .and_then(|pidns| ns::sys::pid_in_pidns(pidns.as_fd(), me).ok());
+        match pid {
+            Some(pid) => format!("/proc/{pid}/fd/{}", ns.raw_fd()),
+            None => "-".to_owned(),
+        }
+    }
+
+    fn tasks_text(&self, c: ContainerId, reader: &Caller) -> Result<Vec<u8>> {
+        let (set, differing) = {
+            let st = self.state.read();
+            let eff = st.tree.effective_set(c).ok_or(Error::NotFound)?;
+            let root = st.tree.effective_set(Tree::ROOT).ok_or(Error::NotFound)?;
+            let set: [u64; 8] = std::array::from_fn(|i| eff[i].ino);
+            let differing: Vec<Kind> = Kind::ALL
+                .into_iter()
+                .filter(|k| set[k.index()] != root[k.index()].ino)
+                .collect();
+            (set, differing)
+        };
+        let members = procfs::members(&set, &differing).map_err(|source| Error::Sys {
+            what: "read /proc",
+            source,
+        })?;
+        let reader_ns = File::from(reader.pid_ns()?);
+        let same_ns = reader_ns.metadata().map(|m| m.ino()).ok() == Some(self.pid_ns);
+        let mut pids: Vec<i32> = if same_ns {
+            members
+        } else {
+            members
+                .into_iter()
+                .filter_map(|p| ns::sys::pid_in_pidns(reader_ns.as_fd(), p).ok())
+                .filter(|&p| p > 0)
+                .collect()
+        };
+        pids.sort_unstable();
+        Ok(pids
+            .into_iter()
+            .map(|p| format!("{p}\n"))
+            .collect::<String>()
+            .into_bytes())
+    }
+
+    /// Binds `ns` in `container` (replacing its binding of that kind), or in
+    /// every container binding `old` when `old` is set.
+    fn install(&self, ns: Namespace, container: ContainerId, old: Option<u64>) -> Result<()> {
+        let r = NsRef {
+            kind: ns.kind(),
+            ino: ns.ino(),
+        };
+        let released = {
+            let mut st = self.state.write();
+            let released = match old {
+                Some(old) => st.tree.rebind_everywhere(old, r)?,
+                None => st.tree.bind(container, r)?,
+            };
+            st.spaces.entry(r.ino).or_insert_with(|| {
+                let mut ns = ns;
+                ns.pin(&self.pin_dir);
+                Arc::new(ns)
+            });
+            released.and_then(|d| st.spaces.remove(&d.ino))
+        };
+        if let Some(ns) = &released {
+            log::info!("{} released: no container binds it", ns.describe());
+        }
+        Ok(())
+    }
+
+    fn release(&self, released: Vec<NsRef>) {
+        let dropped: Vec<Arc<Namespace>> = {
+            let mut st = self.state.write();
+            released
+                .iter()
+                .filter_map(|r| st.spaces.remove(&r.ino))
+                .collect()
+        };
+        for ns in dropped {
+            log::info!("{} released: no container binds it", ns.describe());
+        }
+    }
+
+    fn namespace_from_write(&self, caller: &Caller, kind: Kind, data: &[u8]) -> Result<Namespace> {
+        Ok(match input::parse_binding(data)? {
+            Binding::Pid(pid) => {
+                let pidns = caller.pid_ns()?;
+                ns::of_pid_in(pidns.as_fd(), pid, kind)?
+            }
+            Binding::Path(path) => ns::of_path(caller.opener()?, path, kind)?,
+        })
+    }
+
+    fn do_mkdir(&self, caller: &Caller, parent: INodeNo, name: &OsStr) -> Result<FileAttr> {
+        caller.require_admin(self.user_ns)?;
+        let parent = self.dir(parent)?;
+        let name = name
+            .to_str()
+            .ok_or_else(|| Error::Invalid("name is not UTF-8".into()))?;
+        let id = self.state.write().tree.mkdir(parent, name)?;
+        if !Node::fits(id) {
+            let released = self.state.write().tree.rmdir(parent, name).map(|r| r.1)?;
+            self.release(released);
+            return Err(Error::Unsupported("container ids exhausted".into()));
+        }
+        self.node_attr(Node::Dir(id))
+    }
+
+    fn do_rmdir(&self, caller: &Caller, parent: INodeNo, name: &OsStr) -> Result<()> {
+        caller.require_admin(self.user_ns)?;
+        let parent = self.dir(parent)?;
+        let name = name.to_str().ok_or(Error::NotFound)?;
+        if CONTROL_NAMES.contains(&name) || Kind::from_name(name).is_some() {
+            return Err(Error::NotDir);
+        }
+        let (_, released) = self.state.write().tree.rmdir(parent, name)?;
+        self.release(released);
+        Ok(())
+    }
+
+    fn do_unlink(&self, caller: &Caller, parent: INodeNo, name: &OsStr) -> Result<()> {
+        caller.require_admin(self.user_ns)?;
+        let parent = self.dir(parent)?;
+        let name = name.to_str().ok_or(Error::NotFound)?;
+        if CONTROL_NAMES.contains(&name) {
+            return Err(Error::Denied(format!("{name} is part of every container")));
+        }
+        let Some(kind) = Kind::from_name(name) else {
+            return Err(match self.state.read().tree.child(parent, name) {
+                Some(_) => Error::IsDir,
+                None => Error::NotFound,
+            });
+        };
+        let released = self.state.write().tree.unbind(parent, kind)?;
+        self.release(released.into_iter().collect());
+        Ok(())
+    }
+
+    fn do_link(
+        &self,
+        caller: &Caller,
+        ino: INodeNo,
+        newparent: INodeNo,
+        newname: &OsStr,
+    ) -> Result<FileAttr> {
+        caller.require_admin(self.user_ns)?;
+        let dst = self.dir(newparent)?;
+        let Node::Kind(ns) = Node::from_id(ino.0) else {
+            return Err(Error::Denied("only kind files can be linked".into()));
+        };
+        let name = newname.to_str().unwrap_or("");
+        {
+            let mut st = self.state.write();
+            let kind = st.tree.bound_kind(ns).ok_or(Error::NotFound)?;
+            if Kind::from_name(name) != Some(kind) {
+                return Err(Error::Invalid(format!(
+                    "a {kind} namespace can only be linked under the name {kind}, not {name:?}"
+                )));
+            }
+            st.tree.link(dst, NsRef { kind, ino: ns })?;
+        }
+        self.node_attr(Node::Kind(ns))
+    }
+
+    fn do_rename(
+        &self,
+        caller: &Caller,
+        parent: INodeNo,
+        name: &OsStr,
+        newparent: INodeNo,
+        newname: &OsStr,
+        flags: RenameFlags,
+    ) -> Result<()> {
+        caller.require_admin(self.user_ns)?;
+        let p = self.dir(parent)?;
+        if self.dir(newparent)? != p {
+            return Err(Error::Invalid(
+                "containers are renamed within their parent only".into(),
+            ));
+        }
+        let (Some(old), Some(new)) = (name.to_str(), newname.to_str()) else {
+            return Err(Error::Invalid("name is not UTF-8".into()));
+        };
+        if CONTROL_NAMES.contains(&old) || Kind::from_name(old).is_some() {
+            return Err(Error::Invalid(format!(
+                "{old} is a file of the container, not a container"
+            )));
+        }
+        if flags.contains(RenameFlags::RENAME_EXCHANGE)
+            || flags.contains(RenameFlags::RENAME_WHITEOUT)
+        {
+            return Err(Error::Invalid(
+                "exchange and whiteout renames are not supported".into(),
+            ));
+        }
+        let released = {
+            let mut st = self.state.write();
+            if flags.contains(RenameFlags::RENAME_NOREPLACE) && st.tree.child(p, new).is_some() {
+                return Err(crate::tree::TreeError::Exists.into());
+            }
+            st.tree.rename(p, old, new)?
+        };
+        self.release(released);
+        Ok(())
+    }
+
+    fn do_mknod(
+        &self,
+        caller: &Caller,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+    ) -> Result<FileAttr> {
+        caller.require_admin(self.user_ns)?;
+        let c = self.dir(parent)?;
+        if mode & libc::S_IFMT != libc::S_IFREG {
+            return Err(Error::Invalid("only regular kind files can be made".into()));
+        }
+        let kind = self.creatable_kind(c, name)?;
+        let ns = ns::fresh(kind, &self.mountpoint)?;
+        let ino = ns.ino();
+        self.install(ns, c, None)?;
+        self.node_attr(Node::Kind(ino))
+    }
+
+    fn creatable_kind(&self, c: ContainerId, name: &OsStr) -> Result<Kind> {
+        let name = name.to_str().unwrap_or("");
+        let kind = Kind::from_name(name).ok_or_else(|| {
+            Error::Invalid(format!(
+                "{name:?} is not a namespace kind: only kind files can be created in a container"
+            ))
+        })?;
+        let st = self.state.read();
+        let container = st.tree.get(c).ok_or(Error::NotFound)?;
+        if c == Tree::ROOT {
+            return Err(crate::tree::TreeError::Root.into());
+        }
+        if container.own(kind).is_some() {
+            return Err(crate::tree::TreeError::Exists.into());
+        }
+        Ok(kind)
+    }
+
+    fn do_create(&self, caller: &Caller, parent: INodeNo, name: &OsStr) -> Result<(FileAttr, u64)> {
+        caller.require_admin(self.user_ns)?;
+        let c = self.dir(parent)?;
+        let kind = self.creatable_kind(c, name)?;
+        let pending = self.next_pending.fetch_add(1, Ordering::Relaxed);
+        self.pending.lock().insert(pending, (c, kind));
+        let fh = self.add_handle(Handle {
+            content: Vec::new(),
+            write: Some(WriteTarget::Create {
+                container: c,
+                kind,
+                pending,
+            }),
+            written: false,
+            flushed: false,
+        });
+        Ok((
+            self.attr(Node::Pending(pending), FileType::RegularFile, 0o644, 1),
+            fh,
+        ))
+    }
+
+    fn add_handle(&self, handle: Handle) -> u64 {
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        self.handles.lock().insert(fh, handle);
+        fh
+    }
+
+    fn do_open(&self, caller: &Caller, ino: INodeNo, flags: OpenFlags) -> Result<u64> {
+        let node = Node::from_id(ino.0);
+        let acc = flags.0 & libc::O_ACCMODE;
+        let reading = acc == libc::O_RDONLY || acc == libc::O_RDWR;
+        let writing = acc == libc::O_WRONLY || acc == libc::O_RDWR;
+        if writing {
+            caller.require_admin(self.user_ns)?;
+        }
+        let (content, write) = match node {
+            Node::Dir(_) => return Err(Error::IsDir),
+            Node::Pending(_) => return Err(Error::NotFound),
+            Node::Status(c) => {
+                if writing {
+                    return Err(Error::Denied("status is read-only".into()));
+                }
+                (self.status_text(c, caller)?, None)
+            }
+            Node::Tasks(c) => {
+                let content = if reading {
+                    self.tasks_text(c, caller)?
+                } else {
+                    Vec::new()
+                };
+                (content, writing.then_some(WriteTarget::Tasks(c)))
+            }
+            Node::Kind(ino) => {
+                let st = self.state.read();
+                let kind = st.tree.bound_kind(ino).ok_or(Error::NotFound)?;
+                if writing && st.tree.containers_binding(ino).contains(&Tree::ROOT) {
+                    return Err(Error::Denied(format!(
+                        "{kind}:[{ino}] is bound by the root container, whose bindings are read-only"
+                    )));
+                }
+                let content = format!("{kind}:[{ino}]\n").into_bytes();
+                (content, writing.then_some(WriteTarget::Rebind(ino)))
+            }
+        };
+        Ok(self.add_handle(Handle {
+            content,
+            write,
+            written: false,
+            flushed: false,
+        }))
+    }
+
+    fn do_write(&self, caller: &Caller, fh: u64, data: &[u8], reply: ReplyWrite) {
+        let target = {
+            let mut handles = self.handles.lock();
+            let Some(h) = handles.get_mut(&fh) else {
+                return reply.error(Errno::EBADF);
+            };
+            h.written = true;
+            match &h.write {
+                Some(WriteTarget::Tasks(c)) => Some(WriteTarget::Tasks(*c)),
+                Some(WriteTarget::Rebind(ino)) => Some(WriteTarget::Rebind(*ino)),
+                Some(WriteTarget::Create {
+                    container,
+                    kind,
+                    pending,
+                }) => Some(WriteTarget::Create {
+                    container: *container,
+                    kind: *kind,
+                    pending: *pending,
+                }),
+                None => None,
+            }
+        };
+        let len = data.len() as u32;
+        if let Err(e) = caller.require_admin(self.user_ns) {
+            return reply.error(refuse("write", caller, &e));
+        }
+        let result = match target {
+            None => Err(Error::Invalid("file not open for writing".into())),
+            Some(WriteTarget::Tasks(c)) => return self.write_tasks(caller, c, data, reply, len),
+            Some(WriteTarget::Rebind(ino)) => self.write_kind(caller, Some(ino), None, data),
+            Some(WriteTarget::Create {
+                container, kind, ..
+            }) => self.write_kind(caller, None, Some((container, kind)), data),
+        };
+        match result {
+            Ok(()) => reply.written(len),
+            Err(e) => reply.error(refuse("write", caller, &e)),
+        }
+    }
+
+    fn write_kind(
+        &self,
+        caller: &Caller,
+        rebind: Option<u64>,
+        create: Option<(ContainerId, Kind)>,
+        data: &[u8],
+    ) -> Result<()> {
+        let (container, kind) = match (rebind, create) {
+            (Some(ino), _) => (
+                Tree::ROOT,
+                self.state
+                    .read()
+                    .tree
+                    .bound_kind(ino)
+                    .ok_or(Error::NotFound)?,
+            ),
+            (None, Some(ck)) => ck,
+            (None, None) => return Err(Error::Invalid("file not open for writing".into())),
+        };
+        let ns = self.namespace_from_write(caller, kind, data)?;
+        self.install(ns, container, rebind)
+    }
+
+    fn write_tasks(
+        &self,
+        caller: &Caller,
+        c: ContainerId,
+        data: &[u8],
+        reply: ReplyWrite,
+        len: u32,
+    ) {
+        let pid = match input::parse_pid(data) {
+            Ok(pid) => pid,
+            Err(e) => {
+                return reply.error(refuse("write tasks", caller, &e.into()));
+            }
+        };
+        let resolved = caller.pid_ns().and_then(|pidns| {
+            ns::sys::pid_from_pidns(pidns.as_fd(), pid).map_err(|e| match e.raw_os_error() {
+                Some(libc::ESRCH) => ns::NsError::NoSuchProcess(pid).into(),
+                _ => Error::Sys {
+                    what: "translate the pid",
+                    source: e,
+                },
+            })
+        });
+        let set = resolved.and_then(|local| {
+            let st = self.state.read();
+            let eff = st.tree.effective_set(c).ok_or(Error::NotFound)?;
+            let mut set = Vec::with_capacity(8);
+            for e in eff {
+                set.push(Arc::clone(st.spaces.get(&e.ino).ok_or(Error::NotFound)?));
+            }
+            let set: [Arc<Namespace>; 8] = set
+                .try_into()
+                .map_err(|_| Error::Invalid("incomplete namespace set".into()))?;
+            Ok((local, set))
+        });
+        let (local, set) = match set {
+            Ok(v) => v,
+            Err(e) => {
+                return reply.error(refuse("write tasks", caller, &e));
+            }
+        };
+        let mut reply = Some(reply);
+        let mut answer = |r: Result<()>| {
+            if let Some(reply) = reply.take() {
+                match r {
+                    Ok(()) => reply.written(len),
+                    Err(e) => reply.error(refuse("write tasks", caller, &e)),
+                }
+            }
+        };
+        self.mover
+            .move_process(local, caller.tid, &set, &mut answer);
+        answer(Err(Error::Sys {
+            what: "move",
+            source: std::io::Error::from_raw_os_error(libc::EIO),
+        }));
+    }
+
+    fn do_flush(&self, caller: &Caller, fh: u64) -> Result<()> {
+        let create = {
+            let mut handles = self.handles.lock();
+            let Some(h) = handles.get_mut(&fh) else {
+                return Ok(());
+            };
+            match h.write {
+                Some(WriteTarget::Create {
+                    container, kind, ..
+                }) if !h.written && !h.flushed => {
+                    h.flushed = true;
+                    Some((container, kind))
+                }
+                _ => None,
+            }
+        };
+        let Some((container, kind)) = create else {
+            return Ok(());
+        };
+        caller.require_admin(self.user_ns)?;
+        let ns = ns::fresh(kind, &self.mountpoint)?;
+        log::info!(
+            "fresh {} bound in {}",
+            ns.describe(),
+            self.state.read().tree.path(container)
+        );
+        self.install(ns, container, None)
+    }
+
+    fn do_release(&self, fh: u64) {
+        let handle = self.handles.lock().remove(&fh);
+        if let Some(Handle {
+            write: Some(WriteTarget::Create { pending, .. }),
+            ..
+        }) = handle
+        {
+            self.pending.lock().remove(&pending);
+        }
+    }
+}
+
+/// Logs a refusal once, with its reason, and returns its errno.
+fn refuse(op: &str, caller: &Caller, e: &Error) -> Errno {
+    let errno = e.errno();
+    let name = std::io::Error::from_raw_os_error(errno);
+    log::warn!(
+        "{op} by pid {} uid {} refused ({name}): {e}",
+        caller.tid,
+        caller.uid
+    );
+    Errno::from_i32(errno)
+}
+
+fn quiet(e: &Error) -> Errno {
+    Errno::from_i32(e.errno())
+}
+
+impl fuser::Filesystem for NsProxyFs {
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        match self
+            .lookup_node(parent, name)
+            .and_then(|n| self.node_attr(n))
+        {
+            Ok(attr) => reply.entry(&TTL, &attr, Generation(0)),
+            Err(e) => reply.error(quiet(&e)),
+        }
+    }
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        match self.node_attr(Node::from_id(ino.0)) {
+            Ok(attr) => reply.attr(&TTL, &attr),
+            Err(e) => reply.error(quiet(&e)),
+        }
+    }
+
+    fn setattr(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
+        _atime: Option<TimeOrNow>,
+        _mtime: Option<TimeOrNow>,
+        _ctime: Option<SystemTime>,
+        _fh: Option<FileHandle>,
+        _crtime: Option<SystemTime>,
+        _chgtime: Option<SystemTime>,
+        _bkuptime: Option<SystemTime>,
+        _flags: Option<fuser::BsdFileFlags>,
+        reply: ReplyAttr,
+    ) {
+        // Truncation (`echo >` opens with O_TRUNC) and time changes (`touch`
+        // of an existing file) are accepted and change nothing; owners and
+        // modes are fixed.
+        let caller = Caller::of(req);
+        let result = if mode.is_some() || uid.is_some() || gid.is_some() {
+            Err(Error::Denied("owners and modes are fixed".into()))
+        } else if size.is_some_and(|s| s != 0) {
+            Err(Error::Invalid("only truncation to 0 is accepted".into()))
+        } else {
+            self.node_attr(Node::from_id(ino.0))
+        };
+        match result {
+            Ok(attr) => reply.attr(&TTL, &attr),
+            Err(e) => reply.error(refuse("setattr", &caller, &e)),
+        }
+    }
+
+    fn mknod(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        _umask: u32,
+        _rdev: u32,
+        reply: ReplyEntry,
+    ) {
+        let caller = Caller::of(req);
+        match self.do_mknod(&caller, parent, name, mode) {
+            Ok(attr) => reply.entry(&TTL, &attr, Generation(0)),
+            Err(e) => reply.error(refuse("mknod", &caller, &e)),
+        }
+    }
+
+    fn mkdir(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        _mode: u32,
+        _umask: u32,
+        reply: ReplyEntry,
+    ) {
+        let caller = Caller::of(req);
+        match self.do_mkdir(&caller, parent, name) {
+            Ok(attr) => reply.entry(&TTL, &attr, Generation(0)),
+            Err(e) => reply.error(refuse("mkdir", &caller, &e)),
+        }
+    }
+
+    fn unlink(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let caller = Caller::of(req);
+        match self.do_unlink(&caller, parent, name) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(refuse("unlink", &caller, &e)),
+        }
+    }
+
+    fn rmdir(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let caller = Caller::of(req);
+        match self.do_rmdir(&caller, parent, name) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(refuse("rmdir", &caller, &e)),
+        }
+    }
+
+    fn symlink(
+        &self,
+        req: &Request,
+        _parent: INodeNo,
+        _link_name: &OsStr,
+        _target: &Path,
+        reply: ReplyEntry,
+    ) {
+        let e = Error::Denied("symbolic links cannot bind namespaces: use ln without -s".into());
+        reply.error(refuse("symlink", &Caller::of(req), &e));
+    }
+
+    fn rename(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        newparent: INodeNo,
+        newname: &OsStr,
+        flags: RenameFlags,
+        reply: ReplyEmpty,
+    ) {
+        let caller = Caller::of(req);
+        match self.do_rename(&caller, parent, name, newparent, newname, flags) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(refuse("rename", &caller, &e)),
+        }
+    }
+
+    fn link(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        newparent: INodeNo,
+        newname: &OsStr,
+        reply: ReplyEntry,
+    ) {
+        let caller = Caller::of(req);
+        match self.do_link(&caller, ino, newparent, newname) {
+            Ok(attr) => reply.entry(&TTL, &attr, Generation(0)),
+            Err(e) => reply.error(refuse("link", &caller, &e)),
+        }
+    }
+
+    fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        let caller = Caller::of(req);
+        match self.do_open(&caller, ino, flags) {
+            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::FOPEN_DIRECT_IO),
+            Err(e @ Error::NotFound) => reply.error(quiet(&e)),
+            Err(e) => reply.error(refuse("open", &caller, &e)),
+        }
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        let handles = self.handles.lock();
+        let Some(h) = handles.get(&fh.0) else {
+            return reply.error(Errno::EBADF);
+        };
+        let start = (offset as usize).min(h.content.len());
+        let end = start.saturating_add(size as usize).min(h.content.len());
+        reply.data(&h.content[start..end]);
+    }
+
+    fn write(
+        &self,
+        req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _offset: u64,
+        data: &[u8],
+        _write_flags: WriteFlags,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyWrite,
+    ) {
+        self.do_write(&Caller::of(req), fh.0, data, reply);
+    }
+
+    fn flush(
+        &self,
+        req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _lock_owner: LockOwner,
+        reply: ReplyEmpty,
+    ) {
+        let caller = Caller::of(req);
+        match self.do_flush(&caller, fh.0) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(refuse("create", &caller, &e)),
+        }
+    }
+
+    fn release(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        self.do_release(fh.0);
+        reply.ok();
+    }
+
+    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        match self.dir(ino).and_then(|c| self.node_attr(Node::Dir(c))) {
+            Ok(_) => reply.opened(FileHandle(0), FopenFlags::empty()),
+            Err(e) => reply.error(quiet(&e)),
+        }
+    }
+
+    fn readdir(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectory,
+    ) {
+        let entries = match self.dir(ino).and_then(|c| self.entries(c)) {
+            Ok(entries) => entries,
+            Err(e) => return reply.error(quiet(&e)),
+        };
+        for (i, (node, kind, name)) in entries.into_iter().enumerate().skip(offset as usize) {
+            if reply.add(INodeNo(node.id()), (i + 1) as u64, kind, &name) {
+                break;
+            }
+        }
+        reply.ok();
+    }
+
+    fn create(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        _mode: u32,
+        _umask: u32,
+        _flags: i32,
+        reply: ReplyCreate,
+    ) {
+        let caller = Caller::of(req);
+        match self.do_create(&caller, parent, name) {
+            Ok((attr, fh)) => reply.created(
+                &TTL,
+                &attr,
+                Generation(0),
+                FileHandle(fh),
+                FopenFlags::FOPEN_DIRECT_IO,
+            ),
+            Err(e) => reply.error(refuse("create", &caller, &e)),
+        }
+    }
+}

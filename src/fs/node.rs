@@ -1,0 +1,90 @@
+//! FUSE node ids: what each number the kernel holds stands for.
+//!
+//! fuser reports a node's id as its `st_ino`, so a kind file's id *is* the
+//! inode number of the namespace it names: two kind files naming the same
+//! namespace are one node, hard links of each other. nsfs inode numbers are
+//! at least 2^31 (the kernel hands them out from 0xF0000000, the initial
+//! namespaces just below), so every other node lives under 2^31: a
+//! container id shifted left by two, tagged in the low bits.
+
+use crate::tree::ContainerId;
+
+const KIND_MIN: u64 = 1 << 31;
+const TAG_PENDING: u64 = 0;
+const TAG_DIR: u64 = 1;
+const TAG_TASKS: u64 = 2;
+const TAG_STATUS: u64 = 3;
+
+/// What a node id names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Node {
+    /// A container's directory.
+    Dir(ContainerId),
+    /// A container's `tasks` file.
+    Tasks(ContainerId),
+    /// A container's `status` file.
+    Status(ContainerId),
+    /// A kind file: the namespace with this inode number.
+    Kind(u64),
+    /// A kind file created by `touch` or `echo >` and not bound yet.
+    Pending(u64),
+}
+
+impl Node {
+    /// The node id the kernel sees.
+    pub fn id(self) -> u64 {
+        match self {
+            Node::Dir(c) => (c.0 << 2) | TAG_DIR,
+            Node::Tasks(c) => (c.0 << 2) | TAG_TASKS,
+            Node::Status(c) => (c.0 << 2) | TAG_STATUS,
+            Node::Kind(ino) => ino,
+            Node::Pending(n) => (n << 2) | TAG_PENDING,
+        }
+    }
+
+    /// The node a kernel id stands for.
+    pub fn from_id(id: u64) -> Node {
+        if id >= KIND_MIN {
+            return Node::Kind(id);
+        }
+        let c = ContainerId(id >> 2);
+        match id & 3 {
+            TAG_DIR => Node::Dir(c),
+            TAG_TASKS => Node::Tasks(c),
+            TAG_STATUS => Node::Status(c),
+            _ => Node::Pending(id >> 2),
+        }
+    }
+
+    /// Whether a container id still fits below the kind-file range.
+    pub fn fits(c: ContainerId) -> bool {
+        c.0 < KIND_MIN >> 2
+    }
+
+    /// Whether `ino` can be a kind file's node id.
+    pub fn is_namespace_inode(ino: u64) -> bool {
+        ino >= KIND_MIN
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn root_is_fuse_root_and_ids_round_trip() {
+        assert_eq!(Node::Dir(ContainerId(0)).id(), 1);
+        for node in [
+            Node::Dir(ContainerId(7)),
+            Node::Tasks(ContainerId(7)),
+            Node::Status(ContainerId(0)),
+            Node::Kind(4026531840),
+            Node::Kind(0xEFFF_FFFB),
+            Node::Pending(3),
+        ] {
+            assert_eq!(Node::from_id(node.id()), node);
+        }
+        assert!(Node::fits(ContainerId((1 << 29) - 1)));
+        assert!(!Node::fits(ContainerId(1 << 29)));
+    }
+}

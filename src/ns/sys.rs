@@ -1,0 +1,360 @@
+//! Thin wrappers over the system calls and ioctls the namespace code needs.
+//!
+//! Every `unsafe` block of the `ns` module lives here, each with the reason
+//! it is sound. The wrappers take and return `OwnedFd`/`BorrowedFd`, never
+//! bare integers, except where the kernel's answer is a number.
+
+use std::ffi::CStr;
+use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+
+use super::Kind;
+
+const NSIO: libc::c_ulong = 0xb7;
+const PIDFS_IOCTL_MAGIC: libc::c_ulong = 0xff;
+
+const fn io_none(kind: libc::c_ulong, nr: libc::c_ulong) -> libc::c_ulong {
+    (kind << 8) | nr
+}
+
+const fn io_read_int(kind: libc::c_ulong, nr: libc::c_ulong) -> libc::c_ulong {
+    // _IOR(kind, nr, int): direction 2 (read), size 4.
+    (2 << 30) | (4 << 16) | (kind << 8) | nr
+}
+
+/// `NS_GET_NSTYPE`: the `CLONE_NEW*` flag of an nsfs file.
+const NS_GET_NSTYPE: libc::c_ulong = io_none(NSIO, 0x3);
+/// `NS_GET_PID_FROM_PIDNS`: a pid of the given pid ns, in the caller's ns.
+const NS_GET_PID_FROM_PIDNS: libc::c_ulong = io_read_int(NSIO, 0x6);
+/// `NS_GET_PID_IN_PIDNS`: a pid of the caller's pid ns, in the given ns.
+const NS_GET_PID_IN_PIDNS: libc::c_ulong = io_read_int(NSIO, 0x8);
+
+/// `PIDFD_THREAD` (= `O_EXCL`): the pidfd names one thread.
+pub const PIDFD_THREAD: libc::c_uint = libc::O_EXCL as libc::c_uint;
+
+fn pidfd_ns_ioctl(kind: Kind) -> libc::c_ulong {
+    let nr = match kind {
+        Kind::Cgroup => 1,
+        Kind::Ipc => 2,
+        Kind::Mnt => 3,
+        Kind::Net => 4,
+        Kind::Pid => 6,  // PIDFD_GET_PID_FOR_CHILDREN_NAMESPACE
+        Kind::Time => 8, // PIDFD_GET_TIME_FOR_CHILDREN_NAMESPACE
+        Kind::User => 9,
+        Kind::Uts => 10,
+    };
+    io_none(PIDFS_IOCTL_MAGIC, nr)
+}
+
+fn check(ret: libc::c_long) -> io::Result<libc::c_long> {
+    if ret < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(ret)
+    }
+}
+
+fn owned(ret: libc::c_long) -> io::Result<OwnedFd> {
+    let fd = check(ret)? as RawFd;
+    // SAFETY: the kernel has just returned `fd` as a new descriptor that
+    // nothing else in this process owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// `pidfd_open(pid, flags)`.
+pub fn pidfd_open(pid: i32, flags: libc::c_uint) -> io::Result<OwnedFd> {
+    // SAFETY: pidfd_open takes two integers and returns a new fd or -1.
+    owned(unsafe { libc::syscall(libc::SYS_pidfd_open, pid, flags) })
+}
+
+/// The `CLONE_NEW*` type of the nsfs file `fd` (ENOTTY/EINVAL if it is not one).
+pub fn ns_type(fd: BorrowedFd<'_>) -> io::Result<i32> {
+    // SAFETY: NS_GET_NSTYPE takes no argument and only reads the file.
+    check(unsafe { libc::ioctl(fd.as_raw_fd(), NS_GET_NSTYPE) }.into()).map(|t| t as i32)
+}
+
+/// The namespace of `kind` of the task behind `pidfd` (for pid and time: the
+/// one its children are born into).
+pub fn pidfd_namespace(pidfd: BorrowedFd<'_>, kind: Kind) -> io::Result<OwnedFd> {
+    // SAFETY: the PIDFD_GET_*_NAMESPACE ioctls take no argument and return a
+    // new fd or -1.
+    owned(unsafe { libc::ioctl(pidfd.as_raw_fd(), pidfd_ns_ioctl(kind), 0) }.into())
+}
+
+/// Translates `pid`, as seen in the pid namespace `pidns`, into this
+/// process's pid namespace. ESRCH if it has no such process.
+pub fn pid_from_pidns(pidns: BorrowedFd<'_>, pid: i32) -> io::Result<i32> {
+    // SAFETY: the ioctl takes the pid by value and returns a number or -1.
+    check(unsafe { libc::ioctl(pidns.as_raw_fd(), NS_GET_PID_FROM_PIDNS, pid) }.into())
+        .map(|p| p as i32)
+}
+
+/// Translates `pid` of this process's pid namespace into the pid namespace
+/// `pidns`. ESRCH if the process is not visible there.
+pub fn pid_in_pidns(pidns: BorrowedFd<'_>, pid: i32) -> io::Result<i32> {
+    // SAFETY: the ioctl takes the pid by value and returns a number or -1.
+    check(unsafe { libc::ioctl(pidns.as_raw_fd(), NS_GET_PID_IN_PIDNS, pid) }.into())
+        .map(|p| p as i32)
+}
+
+/// A pipe whose ends are close-on-exec.
+pub fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0 as RawFd; 2];
+    // SAFETY: `fds` is a valid array of two ints for the kernel to fill.
+    check(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }.into())?;
+    // SAFETY: pipe2 succeeded, so both are new descriptors owned by nobody else.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+/// Waits for the child `pid` to end and returns its wait status.
+pub fn reap(pid: i32) -> io::Result<i32> {
+    let mut status = 0;
+    loop {
+        // SAFETY: `status` is a valid int for the kernel to fill.
+        let r = unsafe { libc::waitpid(pid, &mut status, 0) };
+        if r >= 0 {
+            return Ok(status);
+        }
+        let err = io::Error::last_os_error();
+        if err.raw_os_error() != Some(libc::EINTR) {
+            return Err(err);
+        }
+    }
+}
+
+/// Reads one native-endian i32 from `fd`, as a child process reports it.
+pub fn read_i32(fd: BorrowedFd<'_>) -> io::Result<Option<i32>> {
+    let mut buf = [0u8; 4];
+    let mut got = 0;
+    while got < 4 {
+        // SAFETY: the pointer and length describe the unread tail of `buf`.
+        let n = unsafe { libc::read(fd.as_raw_fd(), buf[got..].as_mut_ptr().cast(), 4 - got) };
+        match n {
+            0 => return Ok(None),
+            n if n > 0 => got += n as usize,
+            _ => {
+                let err = io::Error::last_os_error();
+                if err.raw_os_error() != Some(libc::EINTR) {
+                    return Err(err);
+                }
+            }
+        }
+    }
+    Ok(Some(i32::from_ne_bytes(buf)))
+}
+
+/// What a forked child may do: only async-signal-safe calls through the
+/// functions of [`Child`]. It never returns; it ends with `_exit`.
+pub struct Child(());
+
+impl Child {
+    /// `unshare(flags)`, the errno on failure.
+    pub fn unshare(&self, flags: i32) -> Result<(), i32> {
+        // SAFETY: unshare takes an integer and only changes this process.
+        ret(unsafe { libc::unshare(flags) })
+    }
+
+    /// `setns(fd, nstype)`, the errno on failure.
+    pub fn setns(&self, fd: RawFd, nstype: i32) -> Result<(), i32> {
+        // SAFETY: setns takes two integers; a stale fd only yields EBADF.
+        ret(unsafe { libc::setns(fd, nstype) })
+    }
+
+    /// `mount(NULL, "/", NULL, MS_REC|MS_PRIVATE, NULL)`.
+    pub fn make_root_private(&self) -> Result<(), i32> {
+        // SAFETY: constant NUL-terminated strings and null pointers, which
+        // mount(2) accepts for a propagation change.
+        ret(unsafe {
+            libc::mount(
+                std::ptr::null(),
+                c"/".as_ptr(),
+                std::ptr::null(),
+                libc::MS_REC | libc::MS_PRIVATE,
+                std::ptr::null(),
+            )
+        })
+    }
+
+    /// Lazily unmounts `path`, ignoring failure (it may not be mounted).
+    pub fn detach(&self, path: &CStr) {
+        // SAFETY: `path` is NUL-terminated and outlives the call.
+        unsafe { libc::umount2(path.as_ptr(), libc::MNT_DETACH) };
+    }
+
+    /// `fchdir(fd)` then `chroot(".")` when `chroot` is set.
+    pub fn chdir_fd(&self, fd: RawFd, chroot: bool) -> Result<(), i32> {
+        // SAFETY: fchdir takes an integer.
+        ret(unsafe { libc::fchdir(fd) })?;
+        if chroot {
+            // SAFETY: a constant NUL-terminated path.
+            ret(unsafe { libc::chroot(c".".as_ptr()) })?;
+        }
+        Ok(())
+    }
+
+    /// Sets the filesystem uid and gid used for permission checks.
+    pub fn set_fs_ids(&self, uid: u32, gid: u32) {
+        // SAFETY: setfsgid/setfsuid take integers and cannot fail in a way
+        // that matters here: a refused change leaves stricter ids in place.
+        unsafe {
+            libc::setfsgid(gid);
+            libc::setfsuid(uid);
+        }
+    }
+
+    /// `open(path, O_RDONLY|O_CLOEXEC|O_NOCTTY)`, the new fd or the errno.
+    pub fn open(&self, path: &CStr) -> Result<RawFd, i32> {
+        // SAFETY: `path` is NUL-terminated and outlives the call.
+        let fd = unsafe {
+            libc::open(
+                path.as_ptr(),
+                libc::O_RDONLY | libc::O_CLOEXEC | libc::O_NOCTTY,
+            )
+        };
+        if fd < 0 { Err(errno()) } else { Ok(fd) }
+    }
+
+    /// Writes one i32 to `fd` for the parent to read with [`read_i32`].
+    pub fn report(&self, fd: RawFd, value: i32) {
+        let buf = value.to_ne_bytes();
+        // SAFETY: `buf` is 4 valid bytes. A failed write leaves the parent
+        // reading EOF, which it treats as a failure.
+        unsafe { libc::write(fd, buf.as_ptr().cast(), buf.len()) };
+    }
+
+    /// Blocks until `fd` reaches EOF (the parent closed the other end).
+    pub fn wait_eof(&self, fd: RawFd) {
+        let mut b = 0u8;
+        loop {
+            // SAFETY: reads at most one byte into `b`.
+            let n = unsafe { libc::read(fd, (&raw mut b).cast(), 1) };
+            if n == 0 || (n < 0 && errno() != libc::EINTR) {
+                return;
+            }
+        }
+    }
+
+    /// `fork()`: the child's pid, or 0 in the child.
+    pub fn fork(&self) -> Result<i32, i32> {
+        // SAFETY: the process forking is itself a single-threaded child, so
+        // the new child inherits no other thread's locks.
+        let pid = unsafe { libc::fork() };
+        if pid < 0 { Err(errno()) } else { Ok(pid) }
+    }
+
+    /// Closes `fd` (in a child without `CLONE_FILES`: only its own copy).
+    pub fn close(&self, fd: RawFd) {
+        // SAFETY: close takes an integer; the child never uses `fd` again.
+        unsafe { libc::close(fd) };
+    }
+
+    /// Closes every descriptor but `keep`.
+    pub fn close_all_but(&self, keep: RawFd) {
+        // SAFETY: close_range takes integers; it closes descriptors this
+        // child owns and will never use again.
+        unsafe {
+            if keep > 0 {
+                libc::syscall(libc::SYS_close_range, 0u32, (keep - 1) as u32, 0u32);
+            }
+            libc::syscall(libc::SYS_close_range, (keep + 1) as u32, u32::MAX, 0u32);
+        }
+    }
+
+    /// Runs as init of a pid namespace until `control` reaches EOF and no
+    /// other process is left in the namespace; then exits.
+    pub fn keep_pid_namespace(&self, control: RawFd) -> ! {
+        // SAFETY: prctl(PR_SET_NAME) copies at most 16 bytes from a constant
+        // string; signal() with SIG_IGN installs no handler code. Ignoring
+        // SIGCHLD makes the kernel reap this init's children by itself.
+        unsafe {
+            libc::prctl(libc::PR_SET_NAME, c"nsproxyfs-pid1".as_ptr());
+            libc::signal(libc::SIGCHLD, libc::SIG_IGN);
+        }
+        self.wait_eof(control);
+        loop {
+            // SAFETY: kill(-1, 0) sends nothing; from init of a pid namespace
+            // it answers ESRCH once no other process is left in it.
+            let r = unsafe { libc::kill(-1, 0) };
+            if r < 0 && errno() == libc::ESRCH {
+                self.exit(0);
+            }
+            let second = libc::timespec {
+                tv_sec: 1,
+                tv_nsec: 0,
+            };
+            // SAFETY: `second` is a valid timespec; no remainder is wanted.
+            unsafe { libc::nanosleep(&second, std::ptr::null_mut()) };
+        }
+    }
+
+    /// `_exit(code)`.
+    pub fn exit(&self, code: i32) -> ! {
+        // SAFETY: _exit ends the process without running any user code.
+        unsafe { libc::_exit(code) }
+    }
+}
+
+fn errno() -> i32 {
+    io::Error::last_os_error()
+        .raw_os_error()
+        .unwrap_or(libc::EIO)
+}
+
+fn ret(r: libc::c_int) -> Result<(), i32> {
+    if r < 0 { Err(errno()) } else { Ok(()) }
+}
+
+/// Forks a child that runs `body` and exits with its return value.
+///
+/// `body` runs in a copy of a multithreaded process: it must make only the
+/// async-signal-safe calls [`Child`] offers, and must not allocate or lock.
+/// With `share_files`, the child shares this process's descriptor table
+/// (`CLONE_FILES`), so descriptors it opens appear here.
+pub fn spawn_child(share_files: bool, body: impl FnOnce(&Child) -> i32) -> io::Result<i32> {
+    let flags = libc::SIGCHLD as libc::c_ulong
+        | if share_files {
+            libc::CLONE_FILES as libc::c_ulong
+        } else {
+            0
+        };
+    // SAFETY: clone without CLONE_VM and with a null stack behaves as fork:
+    // the child gets a copy-on-write copy of memory and continues on a copy
+    // of this stack. The child only runs `body`, which is restricted to
+    // async-signal-safe calls (see above), then _exit()s without unwinding.
+    let pid = unsafe { libc::syscall(libc::SYS_clone, flags, 0usize, 0usize, 0usize, 0usize) };
+    match pid {
+        0 => {
+            let child = Child(());
+            let code = body(&child);
+            child.exit(code)
+        }
+        p if p > 0 => Ok(p as i32),
+        _ => Err(io::Error::last_os_error()),
+    }
+}
+
+/// Bind-mounts the namespace `fd` onto the existing file `target`.
+pub fn bind_mount_fd(fd: BorrowedFd<'_>, target: &CStr) -> io::Result<()> {
+    let source = format!("/proc/self/fd/{}\0", fd.as_raw_fd());
+    // SAFETY: both strings are NUL-terminated and outlive the call; the
+    // other arguments are null, as a bind mount allows.
+    check(
+        unsafe {
+            libc::mount(
+                source.as_ptr().cast(),
+                target.as_ptr(),
+                std::ptr::null(),
+                libc::MS_BIND,
+                std::ptr::null(),
+            )
+        }
+        .into(),
+    )
+    .map(drop)
+}
+
+/// Lazily unmounts `target`.
+pub fn detach(target: &CStr) -> io::Result<()> {
+    // SAFETY: `target` is NUL-terminated and outlives the call.
+    check(unsafe { libc::umount2(target.as_ptr(), libc::MNT_DETACH) }.into()).map(drop)
+}

@@ -1,0 +1,115 @@
+//! Reading processes' namespaces from `/proc`.
+
+use std::ffi::CStr;
+use std::io;
+use std::os::unix::ffi::OsStrExt;
+
+use crate::ns::Kind;
+
+/// `PF_KTHREAD` in the flags field of `/proc/PID/stat`.
+const PF_KTHREAD: u64 = 0x0020_0000;
+
+/// The inode of `/proc/PID/ns/ENTRY`, read with readlink(2) into a stack
+/// buffer (no allocation, no stat). `None` if the process is gone or the
+/// link cannot be read.
+pub fn ns_inode(pid: i32, kind: Kind) -> Option<u64> {
+    let mut path = [0u8; 64];
+    let len = {
+        use std::io::Write;
+        let mut cur = io::Cursor::new(&mut path[..]);
+        write!(cur, "/proc/{pid}/ns/{}\0", kind.proc_entry()).ok()?;
+        cur.position() as usize
+    };
+    let path = CStr::from_bytes_with_nul(&path[..len]).ok()?;
+    let mut buf = [0u8; 64];
+    // SAFETY: `path` is NUL-terminated; `buf` is valid for `buf.len()` bytes
+    // and readlink writes at most that many.
+    let n = unsafe { libc::readlink(path.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+    if n <= 0 {
+        return None;
+    }
+    parse_ns_link(&buf[..n as usize])
+}
+
+/// Parses `net:[4026531840]` into the inode number.
+pub fn parse_ns_link(link: &[u8]) -> Option<u64> {
+    let start = link.iter().position(|&b| b == b'[')? + 1;
+    let end = link.iter().rposition(|&b| b == b']')?;
+    std::str::from_utf8(link.get(start..end)?)
+        .ok()?
+        .parse()
+        .ok()
+}
+
+/// Whether `pid` is a kernel thread.
+pub fn is_kernel_thread(pid: i32) -> bool {
+    let Ok(stat) = std::fs::read(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    // The command name may contain spaces and parentheses: fields start
+    // after the last ')'. Flags is the 9th field, the 7th after it.
+    let Some(close) = stat.iter().rposition(|&b| b == b')') else {
+        return false;
+    };
+    let rest = String::from_utf8_lossy(&stat[close + 1..]);
+    rest.split_whitespace()
+        .nth(6)
+        .and_then(|f| f.parse::<u64>().ok())
+        .is_some_and(|flags| flags & PF_KTHREAD != 0)
+}
+
+/// Every process (thread-group leader) in the daemon's pid namespace.
+pub fn processes() -> io::Result<Vec<i32>> {
+    let mut pids: Vec<i32> = std::fs::read_dir("/proc")?
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+            std::str::from_utf8(e.file_name().as_bytes())
+                .ok()?
+                .parse()
+                .ok()
+        })
+        .collect();
+    pids.sort_unstable();
+    Ok(pids)
+}
+
+/// The processes whose namespaces are exactly `set` (inodes in
+/// [`Kind::ALL`] order), kernel threads left out. `first` lists kinds to
+/// compare first: the ones most likely to differ, so most processes are
+/// ruled out by a single readlink.
+pub fn members(set: &[u64; 8], first: &[Kind]) -> io::Result<Vec<i32>> {
+    let mut order: Vec<Kind> = first.to_vec();
+    order.extend(Kind::ALL.into_iter().filter(|k| !first.contains(k)));
+    Ok(processes()?
+        .into_iter()
+        .filter(|&pid| {
+            order
+                .iter()
+                .all(|&k| ns_inode(pid, k) == Some(set[k.index()]))
+        })
+        .filter(|&pid| !is_kernel_thread(pid))
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_ns_links() {
+        assert_eq!(parse_ns_link(b"net:[4026531840]"), Some(4026531840));
+        assert_eq!(parse_ns_link(b"pid_for_children:[1]"), Some(1));
+        assert_eq!(parse_ns_link(b"net:[x]"), None);
+        assert_eq!(parse_ns_link(b"net"), None);
+    }
+
+    #[test]
+    fn reads_this_process() {
+        let me = std::process::id() as i32;
+        let link = std::fs::read_link("/proc/self/ns/uts").unwrap();
+        let want = parse_ns_link(link.as_os_str().as_bytes()).unwrap();
+        assert_eq!(ns_inode(me, Kind::Uts), Some(want));
+        assert!(!is_kernel_thread(me));
+        assert!(processes().unwrap().contains(&me));
+    }
+}
