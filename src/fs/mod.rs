@@ -102,6 +102,10 @@ pub struct NsProxyFs {
     state: RwLock<State>,
     handles: Mutex<HashMap<u64, Handle>>,
     pending: Mutex<HashMap<u64, (ContainerId, Kind)>>,
+    /// Kind files linked under a name that is not their kind's (`ln -f`
+    /// links to a temporary name, then renames it over the target). They
+    /// bind nothing until renamed onto their kind's name.
+    staged: Mutex<HashMap<(ContainerId, String), u64>>,
     next_fh: AtomicU64,
     next_pending: AtomicU64,
     pin_dir: PathBuf,
@@ -142,6 +146,7 @@ impl NsProxyFs {
             }),
             handles: Mutex::new(HashMap::new()),
             pending: Mutex::new(HashMap::new()),
+            staged: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
             next_pending: AtomicU64::new(1),
             pin_dir: options.pin_dir,
@@ -236,7 +241,16 @@ impl NsProxyFs {
             "status" => Node::Status(c),
             _ => match Kind::from_name(name) {
                 Some(kind) => Node::Kind(container.own(kind).ok_or(Error::NotFound)?),
-                None => Node::Dir(st.tree.child(c, name).ok_or(Error::NotFound)?),
+                None => match st.tree.child(c, name) {
+                    Some(child) => Node::Dir(child),
+                    None => Node::Kind(
+                        *self
+                            .staged
+                            .lock()
+                            .get(&(c, name.to_owned()))
+                            .ok_or(Error::NotFound)?,
+                    ),
+                },
             },
         })
     }
@@ -262,6 +276,17 @@ impl NsProxyFs {
         }
         for (name, &child) in container.children() {
             out.push((Node::Dir(child), FileType::Directory, name.clone()));
+        }
+        let mut staged: Vec<(String, u64)> = self
+            .staged
+            .lock()
+            .iter()
+            .filter(|((sc, _), _)| *sc == c)
+            .map(|((_, name), &ino)| (name.clone(), ino))
+            .collect();
+        staged.sort();
+        for (name, ino) in staged {
+            out.push((Node::Kind(ino), FileType::RegularFile, name));
         }
         Ok(out)
     }
@@ -410,7 +435,8 @@ impl NsProxyFs {
         if CONTROL_NAMES.contains(&name) || Kind::from_name(name).is_some() {
             return Err(Error::NotDir);
         }
-        let (_, released) = self.state.write().tree.rmdir(parent, name)?;
+        let (id, released) = self.state.write().tree.rmdir(parent, name)?;
+        self.staged.lock().retain(|(c, _), _| *c != id);
         self.release(released);
         Ok(())
     }
@@ -423,6 +449,14 @@ impl NsProxyFs {
             return Err(Error::Denied(format!("{name} is part of every container")));
         }
         let Some(kind) = Kind::from_name(name) else {
+            if self
+                .staged
+                .lock()
+                .remove(&(parent, name.to_owned()))
+                .is_some()
+            {
+                return Ok(());
+            }
             return Err(match self.state.read().tree.child(parent, name) {
                 Some(_) => Error::IsDir,
                 None => Error::NotFound,
@@ -449,12 +483,26 @@ impl NsProxyFs {
         {
             let mut st = self.state.write();
             let kind = st.tree.bound_kind(ns).ok_or(Error::NotFound)?;
-            if Kind::from_name(name) != Some(kind) {
-                return Err(Error::Invalid(format!(
-                    "a {kind} namespace can only be linked under the name {kind}, not {name:?}"
-                )));
+            match Kind::from_name(name) {
+                Some(k) if k == kind => st.tree.link(dst, NsRef { kind, ino: ns })?,
+                Some(k) => {
+                    return Err(Error::Invalid(format!(
+                        "a {kind} namespace cannot be linked under the name {k}"
+                    )));
+                }
+                None => {
+                    crate::tree::check_name(name)?;
+                    st.tree.get(dst).ok_or(Error::NotFound)?;
+                    if st.tree.child(dst, name).is_some() {
+                        return Err(crate::tree::TreeError::Exists.into());
+                    }
+                    let mut staged = self.staged.lock();
+                    if staged.contains_key(&(dst, name.to_owned())) {
+                        return Err(crate::tree::TreeError::Exists.into());
+                    }
+                    staged.insert((dst, name.to_owned()), ns);
+                }
             }
-            st.tree.link(dst, NsRef { kind, ino: ns })?;
         }
         self.node_attr(Node::Kind(ns))
     }
@@ -478,6 +526,10 @@ impl NsProxyFs {
         let (Some(old), Some(new)) = (name.to_str(), newname.to_str()) else {
             return Err(Error::Invalid("name is not UTF-8".into()));
         };
+        let staged = self.staged.lock().get(&(p, old.to_owned())).copied();
+        if let Some(ino) = staged {
+            return self.rename_staged(p, old, ino, new);
+        }
         if CONTROL_NAMES.contains(&old) || Kind::from_name(old).is_some() {
             return Err(Error::Invalid(format!(
                 "{old} is a file of the container, not a container"
@@ -498,6 +550,25 @@ impl NsProxyFs {
             st.tree.rename(p, old, new)?
         };
         self.release(released);
+        Ok(())
+    }
+
+    /// Renames a staged link onto its kind's name: the container binds it,
+    /// replacing what it bound (the second half of `ln -f`).
+    fn rename_staged(&self, c: ContainerId, old: &str, ino: u64, new: &str) -> Result<()> {
+        let released = {
+            let mut st = self.state.write();
+            let kind = st.tree.bound_kind(ino).ok_or(Error::NotFound)?;
+            if Kind::from_name(new) != Some(kind) {
+                return Err(Error::Invalid(format!(
+                    "a {kind} namespace can only be renamed to {kind}, not {new:?}"
+                )));
+            }
+            let released = st.tree.bind(c, NsRef { kind, ino })?;
+            self.staged.lock().remove(&(c, old.to_owned()));
+            released.and_then(|d| st.spaces.remove(&d.ino))
+        };
+        drop(released);
         Ok(())
     }
 

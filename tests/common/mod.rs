@@ -1,0 +1,464 @@
+//! Shared test support: a real nsproxyfs mount in a private mount
+//! namespace, with a watchdog, and helpers to look at `/proc/PID/ns`.
+//!
+//! Each test that mounts calls [`Mount::new`] on its own thread. That thread
+//! moves into a new, private mount namespace (`unshare(CLONE_NEWNS)` works
+//! per thread), so the mount, the daemon's pins and anything the test mounts
+//! are invisible elsewhere and vanish with the thread. Processes the test
+//! spawns from that thread inherit its mount namespace.
+
+#![allow(dead_code)]
+
+use std::ffi::CString;
+use std::io::{self, Write};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// How long one test may take before the watchdog ends it.
+pub const WATCHDOG: Duration = Duration::from_secs(120);
+
+static COUNTER: AtomicUsize = AtomicUsize::new(0);
+
+/// The eight kind names, in listing order.
+pub const KINDS: [&str; 8] = ["cgroup", "ipc", "mnt", "net", "pid", "time", "user", "uts"];
+
+/// The `/proc/PID/ns` entry behind a kind file.
+pub fn proc_entry(kind: &str) -> &str {
+    match kind {
+        "pid" => "pid_for_children",
+        "time" => "time_for_children",
+        k => k,
+    }
+}
+
+/// Whether privileged tests can run here; `Err` says why not. Under CI the
+/// caller fails instead of skipping.
+pub fn privileged() -> Result<(), String> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return Err("not root".into());
+    }
+    if !Path::new("/dev/fuse").exists() {
+        return Err("no /dev/fuse".into());
+    }
+    Ok(())
+}
+
+/// Returns true if the test may go on; prints why it skips otherwise, and
+/// panics under `CI=true`, where skipping is not allowed.
+pub fn require_privileges(test: &str) -> bool {
+    match privileged() {
+        Ok(()) => true,
+        Err(why) => {
+            if std::env::var("CI").as_deref() == Ok("true") {
+                panic!("{test}: needs root and /dev/fuse, and CI must not skip: {why}");
+            }
+            eprintln!("SKIP {test}: needs root and /dev/fuse ({why})");
+            false
+        }
+    }
+}
+
+/// Moves the calling thread into a new mount namespace where every mount is
+/// private.
+pub fn private_mount_namespace() {
+    // SAFETY: unshare(CLONE_NEWNS) only affects the calling thread, which
+    // gets its own fs_struct as part of it.
+    let r = unsafe { libc::unshare(libc::CLONE_NEWNS) };
+    assert_eq!(r, 0, "unshare(CLONE_NEWNS): {}", io::Error::last_os_error());
+    // SAFETY: constant strings and null pointers, as mount(2) allows for a
+    // propagation change.
+    let r = unsafe {
+        libc::mount(
+            std::ptr::null(),
+            c"/".as_ptr(),
+            std::ptr::null(),
+            libc::MS_REC | libc::MS_PRIVATE,
+            std::ptr::null(),
+        )
+    };
+    assert_eq!(r, 0, "make / private: {}", io::Error::last_os_error());
+}
+
+/// A scratch directory, removed on drop.
+pub struct Scratch(pub PathBuf);
+
+impl Scratch {
+    pub fn new(test: &str) -> Scratch {
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("nsproxyfs-{test}-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        Scratch(dir)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// What the current test is doing, for the watchdog's report.
+#[derive(Clone, Default)]
+pub struct Step(Arc<Mutex<String>>);
+
+impl Step {
+    pub fn set(&self, what: &str) {
+        *self.0.lock().unwrap() = what.to_owned();
+    }
+
+    pub fn get(&self) -> String {
+        self.0.lock().unwrap().clone()
+    }
+}
+
+/// A watchdog: after `WATCHDOG`, reports the step that hung, kills the pids
+/// it was given, and aborts the FUSE connection so blocked calls return.
+pub struct Watchdog {
+    done: Option<mpsc::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Watchdog {
+    pub fn start(
+        test: &str,
+        step: Step,
+        pids: Arc<Mutex<Vec<i32>>>,
+        fuse_dev: Option<u64>,
+    ) -> Self {
+        let (tx, rx) = mpsc::channel::<()>();
+        let test = test.to_owned();
+        let thread = std::thread::spawn(move || {
+            if rx.recv_timeout(WATCHDOG) != Err(mpsc::RecvTimeoutError::Timeout) {
+                return;
+            }
+            eprintln!(
+                "WATCHDOG {test}: step {:?} hung for {WATCHDOG:?}; killing",
+                step.get()
+            );
+            for &pid in pids.lock().unwrap().iter() {
+                // SAFETY: kill takes integers; these are pids this test started.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+            if let Some(dev) = fuse_dev {
+                let minor = (dev & 0xff) | ((dev >> 12) & !0xff);
+                let _ = std::fs::write(format!("/sys/fs/fuse/connections/{minor}/abort"), "1");
+            }
+        });
+        Watchdog {
+            done: Some(tx),
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for Watchdog {
+    fn drop(&mut self) {
+        drop(self.done.take());
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// A mounted nsproxyfs with its daemon in the foreground, in this thread's
+/// private mount namespace.
+pub struct Mount {
+    pub dir: PathBuf,
+    pub state: PathBuf,
+    pub log: PathBuf,
+    pub step: Step,
+    daemon: Option<Child>,
+    pids: Arc<Mutex<Vec<i32>>>,
+    _watchdog: Option<Watchdog>,
+    scratch: Scratch,
+}
+
+impl Mount {
+    /// Mounts, or returns `None` (after saying why) where privileged tests
+    /// cannot run outside CI.
+    pub fn new(test: &str) -> Option<Mount> {
+        Mount::with_args(test, &[])
+    }
+
+    pub fn with_args(test: &str, extra: &[&str]) -> Option<Mount> {
+        if !require_privileges(test) {
+            return None;
+        }
+        private_mount_namespace();
+        let scratch = Scratch::new(test);
+        let dir = scratch.0.join("mnt");
+        let state = scratch.0.join("state");
+        let log = scratch.0.join("daemon.log");
+        std::fs::create_dir_all(&dir).unwrap();
+        let root_dev = std::fs::metadata(&dir).unwrap().dev();
+        let step = Step::default();
+        step.set("start the daemon");
+        let daemon = Command::new(env!("CARGO_BIN_EXE_nsproxyfs"))
+            .arg("-f")
+            .arg("-v")
+            .arg("--state-dir")
+            .arg(&state)
+            .args(extra)
+            .arg(&dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("spawn nsproxyfs");
+        let pids = Arc::new(Mutex::new(vec![daemon.id() as i32]));
+        let mut m = Mount {
+            dir,
+            state,
+            log,
+            step: step.clone(),
+            daemon: Some(daemon),
+            pids: pids.clone(),
+            _watchdog: None,
+            scratch,
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(md) = std::fs::metadata(m.dir.join("status"))
+                && md.dev() != root_dev
+            {
+                break;
+            }
+            if let Some(Ok(Some(status))) = m.daemon.as_mut().map(|d| d.try_wait()) {
+                panic!("daemon exited while mounting ({status}): {}", m.log_text());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "mount did not answer: {}",
+                m.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let dev = std::fs::metadata(&m.dir).unwrap().dev();
+        m._watchdog = Some(Watchdog::start(test, step, pids, Some(dev)));
+        Some(m)
+    }
+
+    /// A path inside the mount.
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.dir.join(rel)
+    }
+
+    /// A scratch path outside the mount, removed with the test.
+    pub fn scratch(&self, rel: &str) -> PathBuf {
+        self.scratch.0.join(rel)
+    }
+
+    /// The daemon's pid.
+    pub fn daemon_pid(&self) -> i32 {
+        self.daemon.as_ref().map(|d| d.id() as i32).unwrap_or(0)
+    }
+
+    /// Registers a pid for the watchdog to kill.
+    pub fn watch_pid(&self, pid: i32) {
+        self.pids.lock().unwrap().push(pid);
+    }
+
+    /// The daemon's log so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Reads a file of the tree as text.
+    pub fn read(&self, rel: &str) -> String {
+        self.step.set(&format!("read {rel}"));
+        std::fs::read_to_string(self.path(rel)).unwrap_or_else(|e| panic!("read {rel}: {e}"))
+    }
+
+    /// Writes `data` to a file of the tree in one write(), as `echo >` does.
+    pub fn write(&self, rel: &str, data: &[u8]) -> io::Result<()> {
+        self.step.set(&format!("write {rel}"));
+        write_once(&self.path(rel), data)
+    }
+
+    /// The `status` lines of a container, split into fields.
+    pub fn status(&self, container: &str) -> Vec<Vec<String>> {
+        let file = if container.is_empty() {
+            "status".to_owned()
+        } else {
+            format!("{container}/status")
+        };
+        self.read(&file)
+            .lines()
+            .map(|l| l.split('\t').map(str::to_owned).collect())
+            .collect()
+    }
+
+    /// The pin path `status` prints for `kind` in `container`.
+    pub fn pin(&self, container: &str, kind: &str) -> String {
+        self.status(container)
+            .into_iter()
+            .find(|f| f[0] == kind)
+            .map(|f| f[3].clone())
+            .unwrap_or_else(|| panic!("no {kind} line in {container}/status"))
+    }
+
+    /// Ends the daemon with SIGTERM and returns its exit status.
+    pub fn stop(&mut self) -> std::process::ExitStatus {
+        self.step.set("stop the daemon");
+        let mut daemon = self.daemon.take().expect("daemon already stopped");
+        // SAFETY: kill takes integers; the pid is our own child.
+        unsafe { libc::kill(daemon.id() as i32, libc::SIGTERM) };
+        wait_bounded(&mut daemon, Duration::from_secs(20))
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        if let Ok(c) = CString::new(self.dir.as_os_str().as_bytes()) {
+            // SAFETY: a NUL-terminated path; failure (not mounted) is fine.
+            unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+        }
+        if let Some(mut d) = self.daemon.take() {
+            // SAFETY: kill takes integers; the pid is our own child.
+            unsafe { libc::kill(d.id() as i32, libc::SIGTERM) };
+            wait_bounded(&mut d, Duration::from_secs(20));
+        }
+        nsproxyfs::daemon::clear_pins(&self.state.join("pins"));
+        if std::thread::panicking() {
+            eprintln!("--- daemon log ---\n{}", self.log_text());
+        }
+    }
+}
+
+/// Waits for `child`, killing it if it takes longer than `limit`.
+pub fn wait_bounded(child: &mut Child, limit: Duration) -> std::process::ExitStatus {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            return status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            return child.wait().expect("wait");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Opens `path` for writing with O_TRUNC (creating it), writes `data` in a
+/// single write(), and closes it, reporting the first error (close included).
+pub fn write_once(path: &Path, data: &[u8]) -> io::Result<()> {
+    let c = CString::new(path.as_os_str().as_bytes()).unwrap();
+    // SAFETY: a NUL-terminated path and constant flags.
+    let fd = unsafe {
+        libc::open(
+            c.as_ptr(),
+            libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC | libc::O_CLOEXEC,
+            0o644,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `data` is valid for its length; fd is ours.
+    let n = unsafe { libc::write(fd, data.as_ptr().cast(), data.len()) };
+    let write_err = (n < 0).then(io::Error::last_os_error);
+    // SAFETY: fd is ours and closed once.
+    let c = unsafe { libc::close(fd) };
+    let close_err = (c < 0).then(io::Error::last_os_error);
+    match (write_err, close_err) {
+        (Some(e), _) | (None, Some(e)) => Err(e),
+        (None, None) if n as usize != data.len() => Err(io::Error::other("short write")),
+        (None, None) => Ok(()),
+    }
+}
+
+/// The errno of a failed result, panicking if it succeeded.
+pub fn errno<T: std::fmt::Debug>(r: io::Result<T>) -> i32 {
+    match r {
+        Ok(v) => panic!("expected an error, got Ok({v:?})"),
+        Err(e) => e
+            .raw_os_error()
+            .unwrap_or_else(|| panic!("no errno in {e}")),
+    }
+}
+
+/// The inode of `/proc/PID/ns/ENTRY`.
+pub fn ns_ino(pid: i32, entry: &str) -> u64 {
+    std::fs::metadata(format!("/proc/{pid}/ns/{entry}"))
+        .unwrap_or_else(|e| panic!("/proc/{pid}/ns/{entry}: {e}"))
+        .ino()
+}
+
+/// `readlink /proc/PID/ns/ENTRY` with the entry named as a kind: `net:[N]`.
+pub fn ns_text(pid: i32, kind: &str) -> String {
+    format!("{kind}:[{}]", ns_ino(pid, proc_entry(kind)))
+}
+
+/// Runs `sh -c script` and returns its output; panics if it cannot start.
+pub fn sh(script: &str) -> Output {
+    Command::new("sh")
+        .arg("-c")
+        .arg(script)
+        .output()
+        .expect("run sh")
+}
+
+/// Runs `sh -c script` and returns stdout, panicking on failure.
+pub fn sh_ok(script: &str) -> String {
+    let out = sh(script);
+    assert!(
+        out.status.success(),
+        "`{script}` failed ({}): {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A process this test started, killed and reaped on drop.
+pub struct Proc(pub Child);
+
+impl Proc {
+    /// Starts `sh -c script` with stdin, stdout and stderr discarded.
+    pub fn sh(script: &str) -> Proc {
+        Proc(
+            Command::new("sh")
+                .arg("-c")
+                .arg(script)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("spawn"),
+        )
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.0.id() as i32
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Waits until `cond` holds, up to 10 s.
+pub fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Writes to stderr without failing the test if stderr is closed.
+pub fn note(msg: &str) {
+    let _ = writeln!(io::stderr(), "{msg}");
+}
