@@ -10,7 +10,11 @@ fn snapshot(m: &Mount) -> String {
     let mut out = String::new();
     for c in ["", "c"] {
         out.push_str(&m.read(if c.is_empty() { "status" } else { "c/status" }));
-        let dir = if c.is_empty() { m.dir.clone() } else { m.path(c) };
+        let dir = if c.is_empty() {
+            m.dir.clone()
+        } else {
+            m.path(c)
+        };
         let mut names: Vec<String> = std::fs::read_dir(dir)
             .unwrap()
             .map(|e| e.unwrap().file_name().into_string().unwrap())
@@ -28,7 +32,9 @@ fn refusals(m: &Mount) -> usize {
 
 #[test]
 fn bad_writes_change_nothing() {
-    let Some(m) = Mount::new("bad-input") else { return };
+    let Some(m) = Mount::new("bad-input") else {
+        return;
+    };
     std::fs::create_dir(m.path("c")).unwrap();
     std::fs::File::create(m.path("c/uts")).unwrap();
     let regular = m.scratch("regular-file");
@@ -52,7 +58,11 @@ fn bad_writes_change_nothing() {
     ];
     let path_cases: Vec<(&str, Vec<u8>, i32)> = vec![
         ("wrong kind", b"/proc/self/ns/net".to_vec(), libc::EINVAL),
-        ("regular file", regular.to_str().unwrap().as_bytes().to_vec(), libc::EINVAL),
+        (
+            "regular file",
+            regular.to_str().unwrap().as_bytes().to_vec(),
+            libc::EINVAL,
+        ),
         ("a directory", b"/proc/self/ns".to_vec(), libc::EINVAL),
         ("missing path", b"/no/such/namespace".to_vec(), libc::ENOENT),
         ("no such pid", b"2147483647".to_vec(), libc::ESRCH),
@@ -85,18 +95,48 @@ fn bad_writes_change_nothing() {
 
 #[test]
 fn refused_tree_changes_change_nothing() {
-    let Some(m) = Mount::new("bad-ops") else { return };
+    let Some(m) = Mount::new("bad-ops") else {
+        return;
+    };
     std::fs::create_dir(m.path("c")).unwrap();
     let before = snapshot(&m);
     let checks: Vec<(&str, i32, std::io::Result<()>)> = vec![
-        ("mkdir tasks", libc::EEXIST, std::fs::create_dir(m.path("c/tasks"))),
-        ("create a non-kind file", libc::EINVAL, std::fs::File::create(m.path("c/notes")).map(drop)),
-        ("symlink a kind", libc::EPERM, std::os::unix::fs::symlink(m.path("net"), m.path("c/net"))),
-        ("rm tasks", libc::EPERM, std::fs::remove_file(m.path("c/tasks"))),
-        ("rm status", libc::EPERM, std::fs::remove_file(m.path("status"))),
-        ("rmdir a file", libc::ENOTDIR, std::fs::remove_dir(m.path("c/status"))),
+        (
+            "mkdir tasks",
+            libc::EEXIST,
+            std::fs::create_dir(m.path("c/tasks")),
+        ),
+        (
+            "create a non-kind file",
+            libc::EINVAL,
+            std::fs::File::create(m.path("c/notes")).map(drop),
+        ),
+        (
+            "symlink a kind",
+            libc::EPERM,
+            std::os::unix::fs::symlink(m.path("net"), m.path("c/net")),
+        ),
+        (
+            "rm tasks",
+            libc::EPERM,
+            std::fs::remove_file(m.path("c/tasks")),
+        ),
+        (
+            "rm status",
+            libc::EPERM,
+            std::fs::remove_file(m.path("status")),
+        ),
+        (
+            "rmdir a file",
+            libc::ENOTDIR,
+            std::fs::remove_dir(m.path("c/status")),
+        ),
         ("write status", libc::EPERM, m.write("c/status", b"x")),
-        ("rmdir missing", libc::ENOENT, std::fs::remove_dir(m.path("nope"))),
+        (
+            "rmdir missing",
+            libc::ENOENT,
+            std::fs::remove_dir(m.path("nope")),
+        ),
     ];
     for (what, want, got) in checks {
         assert_eq!(errno(got), want, "{what}");

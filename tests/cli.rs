@@ -23,11 +23,21 @@ fn setup(test: &str) -> Option<Scratch> {
 
 /// Runs the command to completion with a bound; returns (status, stderr).
 fn run(cmd: &mut Command) -> (std::process::ExitStatus, String) {
-    let mut child = cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
     let status = wait_bounded(&mut child, Duration::from_secs(30));
     let mut err = String::new();
     use std::io::Read;
-    child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
     (status, err)
 }
 
@@ -122,7 +132,10 @@ fn foreground_ends_with_status_zero_on_umount_sigterm_and_sigint() {
         }
         let status = wait_bounded(&mut child, Duration::from_secs(20));
         assert_eq!(status.code(), Some(0), "after {how}");
-        assert!(std::fs::metadata(&mnt).unwrap().dev() == root_dev, "unmounted after {how}");
+        assert!(
+            std::fs::metadata(&mnt).unwrap().dev() == root_dev,
+            "unmounted after {how}"
+        );
         let pins = std::fs::read_dir(s.0.join("state/pins")).unwrap().count();
         assert_eq!(pins, 0, "pins cleared after {how}");
     }
@@ -134,7 +147,10 @@ fn refusals_are_one_line_and_non_zero() {
     let mnt = s.0.join("mnt");
     let state = s.0.join("state");
 
-    let (status, err) = run(Command::new(BIN).arg(s.0.join("missing")).arg("--state-dir").arg(&state));
+    let (status, err) = run(Command::new(BIN)
+        .arg(s.0.join("missing"))
+        .arg("--state-dir")
+        .arg(&state));
     one_line_failure(status, &err, "No such file");
 
     sh_ok(&format!("mount -t tmpfs busy {}", mnt.display()));
@@ -148,16 +164,27 @@ fn refusals_are_one_line_and_non_zero() {
     one_line_failure(status, &err, "not a directory");
 
     let (status, err) = run(Command::new("setpriv")
-        .args(["--reuid", "65534", "--regid", "65534", "--clear-groups", BIN])
+        .args([
+            "--reuid",
+            "65534",
+            "--regid",
+            "65534",
+            "--clear-groups",
+            BIN,
+        ])
         .arg(&mnt)
         .arg("--state-dir")
         .arg(&state));
     one_line_failure(status, &err, "must run as root");
 
-    let (status, err) = run(Command::new("unshare").arg("-m").arg("sh").arg("-c").arg(format!(
-        "mount -t tmpfs none /dev && exec {BIN} {} --state-dir {}",
-        mnt.display(),
-        state.display()
-    )));
+    let (status, err) = run(Command::new("unshare")
+        .arg("-m")
+        .arg("sh")
+        .arg("-c")
+        .arg(format!(
+            "mount -t tmpfs none /dev && exec {BIN} {} --state-dir {}",
+            mnt.display(),
+            state.display()
+        )));
     one_line_failure(status, &err, "/dev/fuse");
 }
