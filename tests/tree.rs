@@ -465,3 +465,67 @@ fn status_pins_work_with_nsenter() {
         }
     }
 }
+
+#[test]
+fn the_compose_example_runs() {
+    let Some(m) = Mount::new("example") else {
+        return;
+    };
+    let exe = std::env::current_exe().unwrap();
+    let example = exe
+        .parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .join("examples/compose");
+    assert!(
+        example.exists(),
+        "{} missing: `cargo test` builds examples",
+        example.display()
+    );
+    let out = sh_ok(&format!("{} {}", example.display(), m.dir.display()));
+    let daemon = m.daemon_pid();
+    assert!(out.contains(&ns_text(daemon, "ipc")), "{out}");
+    assert!(!out.contains(&ns_text(daemon, "net")), "{out}");
+    assert!(out.contains("its own (linked from vserver1)"), "{out}");
+    assert!(!m.path("vserver1").exists(), "the example cleans up");
+}
+
+#[test]
+fn unprivileged_callers_read_but_change_nothing() {
+    let Some(m) = Mount::new("unprivileged") else {
+        return;
+    };
+    std::fs::create_dir(m.path("c")).unwrap();
+    std::fs::File::create(m.path("c/uts")).unwrap();
+    let d = m.dir.display();
+    let nobody = "setpriv --reuid 65534 --regid 65534 --clear-groups sh";
+    // Reading is open to everyone.
+    sh_ok(&format!(
+        "{nobody} -c 'cat {d}/tasks {d}/status {d}/net {d}/c/uts >/dev/null'"
+    ));
+    let before = m.read("c/status");
+    for (what, cmd) in [
+        ("mkdir", format!("mkdir {d}/x")),
+        ("rmdir", format!("rmdir {d}/c")),
+        ("rename", format!("mv {d}/c {d}/y")),
+        ("ln", format!("ln {d}/c/uts {d}/c/../c/uts.tmp")),
+        ("rm", format!("rm -f {d}/c/uts")),
+        ("touch", format!("touch {d}/c/ipc")),
+        ("write kind", format!("echo $$ > {d}/c/uts")),
+        ("write tasks", format!("echo $$ > {d}/c/tasks")),
+    ] {
+        // uid 65534, and uid 0 without CAP_SYS_ADMIN.
+        for who in [nobody, "capsh --drop=cap_sys_admin --"] {
+            let out = sh(&format!("{who} -c '{cmd}'"));
+            assert!(!out.status.success(), "{what} as {who} succeeded");
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert!(
+                err.contains("Operation not permitted"),
+                "{what} as {who}: {err}"
+            );
+        }
+    }
+    assert_eq!(m.read("c/status"), before);
+    assert!(m.path("c").exists() && !m.path("x").exists() && !m.path("y").exists());
+}
