@@ -13,11 +13,17 @@ const PF_KTHREAD: u64 = 0x0020_0000;
 /// buffer (no allocation, no stat). `None` if the process is gone or the
 /// link cannot be read.
 pub fn ns_inode(pid: i32, kind: Kind) -> Option<u64> {
+    ns_link_inode(pid, kind.proc_entry())
+}
+
+/// The inode of `/proc/PID/ns/ENTRY` for any entry name (`pid`,
+/// `pid_for_children`, ...), read as [`ns_inode`] does.
+pub fn ns_link_inode(pid: i32, entry: &str) -> Option<u64> {
     let mut path = [0u8; 64];
     let len = {
         use std::io::Write;
         let mut cur = io::Cursor::new(&mut path[..]);
-        write!(cur, "/proc/{pid}/ns/{}\0", kind.proc_entry()).ok()?;
+        write!(cur, "/proc/{pid}/ns/{entry}\0").ok()?;
         cur.position() as usize
     };
     let path = CStr::from_bytes_with_nul(&path[..len]).ok()?;

@@ -2,8 +2,10 @@
 //! or path becomes a namespace.
 
 mod handle;
+mod holder;
 mod kind;
 pub mod sys;
 
 pub use handle::{Keeper, Namespace, NsError, Opener, Pin, fresh, of_path, of_pid_in};
+pub use holder::Holder;
 pub use kind::{CLONE_NEWTIME, Kind};

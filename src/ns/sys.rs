@@ -287,6 +287,14 @@ impl Child {
         }
     }
 
+    /// Waits, named `nsproxyfs-hold`, until `control` reaches EOF; then exits.
+    pub fn hold(&self, control: RawFd) -> ! {
+        // SAFETY: prctl(PR_SET_NAME) copies at most 16 bytes from a constant.
+        unsafe { libc::prctl(libc::PR_SET_NAME, c"nsproxyfs-hold".as_ptr()) };
+        self.wait_eof(control);
+        self.exit(0)
+    }
+
     /// `_exit(code)`.
     pub fn exit(&self, code: i32) -> ! {
         // SAFETY: _exit ends the process without running any user code.

@@ -1,0 +1,119 @@
+//! Holders: a process sitting in exactly one effective set, so that a moved
+//! process can join the whole set at once with `setns(pidfd, flags)`.
+//!
+//! A holder is made in two steps from the daemon: a child joins every
+//! namespace of the set (user last: joining it first would drop the
+//! privileges the other joins need), then forks the holder itself, which is
+//! born into the set's pid and time namespaces. The holder waits on a pipe
+//! and exits when the daemon drops the [`Holder`] or dies.
+
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::sync::Arc;
+
+use super::handle::NsError;
+use super::{Kind, Namespace, sys};
+
+/// A live holder process.
+#[derive(Debug)]
+pub struct Holder {
+    pid: i32,
+    set: [u64; 8],
+    _control: OwnedFd,
+}
+
+impl Holder {
+    /// The holder's pid in the daemon's pid namespace.
+    pub fn pid(&self) -> i32 {
+        self.pid
+    }
+
+    /// The namespace inodes it sits in, in [`Kind::ALL`] order.
+    pub fn set(&self) -> &[u64; 8] {
+        &self.set
+    }
+
+    /// Starts a holder in `set`. `own` are the inodes of the daemon's own
+    /// namespaces: kinds already equal are not joined (setns refuses to
+    /// re-enter one's own user namespace).
+    pub fn spawn(set: &[Arc<Namespace>; 8], own: &[u64; 8]) -> Result<Holder, NsError> {
+        let fail = |what| move |source| NsError::Sys { what, source };
+        let mut joins: [(RawFd, i32); 8] = [(-1, 0); 8];
+        let mut n = 0;
+        let user_last = Kind::ALL
+            .iter()
+            .filter(|&&k| k != Kind::User)
+            .chain([&Kind::User]);
+        for &kind in user_last {
+            let ns = &set[kind.index()];
+            if ns.ino() != own[kind.index()] {
+                joins[n] = (ns.fd().as_raw_fd(), kind.clone_flag());
+                n += 1;
+            }
+        }
+        let (ready_r, ready_w) = sys::pipe().map_err(fail("pipe"))?;
+        let (control_r, control_w) = sys::pipe().map_err(fail("pipe"))?;
+        let (w, r) = (ready_w.as_raw_fd(), control_r.as_raw_fd());
+        let (unused_r, unused_w) = (ready_r.as_raw_fd(), control_w.as_raw_fd());
+        let child = sys::spawn_child(false, |c| {
+            c.close(unused_r);
+            c.close(unused_w);
+            for &(fd, flag) in &joins[..n] {
+                if let Err(errno) = c.setns(fd, flag) {
+                    c.report(w, -errno);
+                    return 1;
+                }
+            }
+            match c.fork() {
+                Ok(0) => {
+                    c.close_all_but(r);
+                    c.hold(r)
+                }
+                Ok(pid) => c.report(w, pid),
+                Err(errno) => c.report(w, -errno),
+            }
+            0
+        })
+        .map_err(fail("fork a holder"))?;
+        drop(ready_w);
+        drop(control_r);
+        let answer = sys::read_i32(ready_r.as_fd());
+        let _ = sys::reap(child);
+        let pid = match answer.map_err(fail("read"))? {
+            Some(pid) if pid > 0 => pid,
+            Some(errno) => {
+                return Err(NsError::Sys {
+                    what: "join the container's namespaces",
+                    source: io::Error::from_raw_os_error(-errno),
+                });
+            }
+            None => {
+                return Err(fail("start a holder")(io::Error::from_raw_os_error(
+                    libc::EIO,
+                )));
+            }
+        };
+        let set_inos: [u64; 8] = std::array::from_fn(|i| set[i].ino());
+        let holder = Holder {
+            pid,
+            set: set_inos,
+            _control: control_w,
+        };
+        for kind in Kind::ALL {
+            // The holder's *active* pid and time namespaces are the set's.
+            let entry = match kind {
+                Kind::Pid => "pid",
+                Kind::Time => "time",
+                k => k.name(),
+            };
+            let seen = crate::procfs::ns_link_inode(pid, entry);
+            if seen != Some(set_inos[kind.index()]) {
+                return Err(NsError::Sys {
+                    what: "verify the holder's namespaces",
+                    source: io::Error::from_raw_os_error(libc::EINVAL),
+                });
+            }
+        }
+        Ok(holder)
+    }
+}
