@@ -1,0 +1,768 @@
+//! Running a syscall inside another thread with ptrace.
+//!
+//! A thread is attached with `PTRACE_SEIZE` and stopped with
+//! `PTRACE_INTERRUPT` ([`Tracee<Running>`]); once stopped
+//! ([`Tracee<Stopped>`]) its registers and signal mask are saved, and
+//! [`Tracee::syscall`] makes it execute one syscall through a `syscall`
+//! instruction that already exists in its address space. Its memory is never
+//! written. [`Tracee::detach`] (or dropping the tracee) puts every register
+//! and the signal mask back and lets the thread go.
+//!
+//! # Where a thread stops, and why that gives exact restarts
+//!
+//! Every first stop is taken inside the kernel's signal-delivery path
+//! (`get_signal`): the interrupt trap, or the group-stop trap of a thread that
+//! was already stopped. A thread interrupted in a blocking syscall is there
+//! with the syscall's restart code in `rax` (`-ERESTARTSYS`, ...). If the
+//! thread is let go from that same place with its registers restored, the
+//! kernel applies its own restart rules (restart, `restart_syscall`, or
+//! `EINTR` when a handler runs first) exactly as without us.
+//!
+//! Injecting leaves the thread at the exit stop of the injected syscall, a
+//! place the restart logic does not visit. So when the saved registers carry
+//! a pending restart, [`Tracee::restore`] writes them back, sets up an
+//! interrupt trap and continues the thread: it walks from the syscall exit
+//! into `get_signal`, traps before running any user code, and is detached
+//! from there. Without a pending restart it is detached at the syscall exit.
+//!
+//! # Signals
+//!
+//! During injection all signals are blocked except the synchronous ones
+//! (SIGSEGV, SIGBUS, SIGILL, SIGFPE, SIGTRAP, SIGSYS): blocking those would
+//! make the kernel reset their handlers should one be forced. A SIGSTOP is
+//! let through (the group stop happens and the thread is resumed as ptrace
+//! permits); a signal sent by a process to the thread meanwhile is held and
+//! sent again (`tgkill`) before detaching; a signal the kernel raises because
+//! of an injected syscall (a seccomp `SECCOMP_RET_TRAP`) is discarded, the
+//! syscall having already failed. `PTRACE_GETSIGMASK` reports the mask a
+//! `ppoll`/`sigsuspend` will restore, so saving and setting it back is
+//! exactly what the kernel itself would leave.
+//!
+//! A thread that was group-stopped (SIGSTOP) stays stopped after detach: the
+//! kernel re-enters the group stop when the tracer leaves.
+//!
+//! # Tracer death
+//!
+//! `PTRACE_O_EXITKILL` is not used: a daemon that dies while a thread is only
+//! stopped must not kill it. Registers are changed only between the start of
+//! an injected syscall and [`Tracee::restore`]; a daemon killed inside that
+//! window (microseconds) leaves the thread with the injection registers.
+//!
+//! All ptrace requests must come from the thread that attached, so a
+//! [`Tracee`] is neither `Send` nor `Sync`.
+
+use std::marker::PhantomData;
+
+use nix::errno::Errno;
+use nix::unistd::Pid;
+
+#[cfg_attr(target_arch = "x86_64", path = "x86_64.rs")]
+#[cfg_attr(not(target_arch = "x86_64"), path = "unsupported.rs")]
+mod arch;
+mod site;
+pub(crate) mod sys;
+
+pub use arch::Registers;
+
+use sys::WaitEvent;
+
+/// Stops taken at most while waiting for one expected stop before giving up
+/// (each unexpected stop is a signal or a trap the kernel reported).
+const MAX_STOPS: usize = 64;
+
+/// The kernel-internal restart codes a syscall interrupted by a signal leaves
+/// in the result register. They never reach user space.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Restart {
+    /// `-ERESTARTSYS` (512): restart, unless a handler without SA_RESTART runs.
+    Sys,
+    /// `-ERESTARTNOINTR` (513): always restart.
+    NoIntr,
+    /// `-ERESTARTNOHAND` (514): restart unless a handler runs.
+    NoHand,
+    /// `-ERESTART_RESTARTBLOCK` (516): continue through `restart_syscall`.
+    RestartBlock,
+}
+
+impl Restart {
+    /// The restart named by a raw syscall result, if it is one.
+    pub fn from_return(value: i64) -> Option<Self> {
+        match value {
+            -512 => Some(Self::Sys),
+            -513 => Some(Self::NoIntr),
+            -514 => Some(Self::NoHand),
+            -516 => Some(Self::RestartBlock),
+            _ => None,
+        }
+    }
+}
+
+/// A tracer failure: something went wrong with ptrace itself, as opposed to
+/// an injected syscall returning an error.
+#[derive(Debug, thiserror::Error)]
+pub enum TraceError {
+    /// The thread exited (or was killed) meanwhile.
+    #[error("thread {0} is gone")]
+    Gone(Pid),
+    /// Another tracer is attached; it is left alone.
+    #[error("thread {tid} is already traced by {tracer}")]
+    AlreadyTraced {
+        /// The thread we tried to attach to.
+        tid: Pid,
+        /// Its tracer, as `/proc/TID/status` names it.
+        tracer: Pid,
+    },
+    /// The kernel refused the attach (kernel thread, LSM, exiting thread).
+    #[error("not permitted to trace thread {0}")]
+    Denied(Pid),
+    /// No injection on this architecture, or for this kind of thread.
+    #[error("syscall injection is not supported: {0}")]
+    Unsupported(&'static str),
+    /// No `syscall` instruction could be found in the address space.
+    #[error("no syscall instruction found in the address space of {0}")]
+    NoSyscallSite(Pid),
+    /// A syscall site of another process was handed over.
+    #[error("syscall site of process {site} used for a thread of process {tracee}")]
+    ForeignSite {
+        /// The process the site was found in.
+        site: Pid,
+        /// The process of the thread it was offered to.
+        tracee: Pid,
+    },
+    /// [`Tracee::set_result`] on a thread that was not stopped in a syscall.
+    #[error("thread {0} was not stopped in a syscall")]
+    NotInSyscall(Pid),
+    /// The expected stop did not come.
+    #[error("thread {tid}: no {expected} stop after {MAX_STOPS} stops")]
+    TooManyStops {
+        /// The thread.
+        tid: Pid,
+        /// The stop we waited for.
+        expected: &'static str,
+    },
+    /// A ptrace, wait or /proc operation failed.
+    #[error("thread {tid}: {op} failed: {errno}")]
+    Os {
+        /// The thread.
+        tid: Pid,
+        /// What was attempted.
+        op: &'static str,
+        /// What the kernel said.
+        errno: Errno,
+    },
+}
+
+impl TraceError {
+    /// Wraps an errno of `op` on `tid`; ESRCH always means the thread is gone.
+    fn os(tid: Pid, op: &'static str) -> impl FnOnce(Errno) -> TraceError {
+        move |errno| match errno {
+            Errno::ESRCH | Errno::ECHILD => TraceError::Gone(tid),
+            errno => TraceError::Os { tid, op, errno },
+        }
+    }
+}
+
+/// A checked result of an injected syscall: the value, or the errno the
+/// syscall itself returned.
+pub type SyscallResult = Result<i64, Errno>;
+
+/// Decodes a raw syscall return value (signed; -4095..-1 are errnos).
+fn decode_return(raw: i64) -> SyscallResult {
+    if (-4095..0).contains(&raw) {
+        Err(Errno::from_raw((-raw) as i32))
+    } else {
+        Ok(raw)
+    }
+}
+
+/// The address of a `syscall` instruction in one process's address space,
+/// usable by every thread of that process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SyscallSite {
+    tgid: Pid,
+    addr: u64,
+}
+
+impl SyscallSite {
+    /// The process whose address space holds the instruction.
+    pub fn process(&self) -> Pid {
+        self.tgid
+    }
+
+    /// Its address.
+    pub fn addr(&self) -> u64 {
+        self.addr
+    }
+}
+
+mod sealed {
+    pub trait Sealed {}
+    impl Sealed for super::Running {}
+    impl Sealed for super::Stopped {}
+}
+
+/// A tracee state: [`Running`] or [`Stopped`].
+pub trait State: sealed::Sealed + Sized {
+    /// Gives the thread back, best effort, when a tracee is dropped without
+    /// an explicit detach.
+    #[doc(hidden)]
+    fn release(tracee: &mut Tracee<Self>);
+}
+
+/// Attached, with an interrupt requested; the stop has not been collected.
+#[derive(Debug)]
+pub struct Running {
+    _private: (),
+}
+
+/// Where in the kernel a stopped thread currently waits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum StopPoint {
+    /// A PTRACE_EVENT_STOP trap inside `get_signal`.
+    Trap,
+    /// A signal-delivery stop inside `get_signal`; the signal is delivered on
+    /// resume unless it is 0.
+    Delivery(i32),
+    /// Entry of an injected syscall.
+    SyscallEntry,
+    /// Exit of an injected syscall.
+    SyscallExit,
+}
+
+/// Stopped, with the state to restore saved.
+#[derive(Debug)]
+pub struct Stopped {
+    /// Registers to restore (as found, or with a result set by the caller).
+    saved: Registers,
+    /// Signal mask to restore.
+    saved_mask: u64,
+    /// The thread's registers differ from `saved`.
+    regs_dirty: bool,
+    /// The thread's signal mask differs from `saved_mask`.
+    mask_dirty: bool,
+    at: StopPoint,
+    group_stopped: bool,
+    site: Option<u64>,
+    /// Signals sent to the thread during injection, to send again on detach.
+    deferred: Vec<i32>,
+}
+
+/// A thread under ptrace. `S` is [`Running`] or [`Stopped`].
+#[derive(Debug)]
+pub struct Tracee<S: State> {
+    tid: Pid,
+    tgid: Pid,
+    state: S,
+    /// Nothing left to give back (detached, or the thread is gone).
+    released: bool,
+    /// ptrace requests must come from the attaching thread.
+    _not_send: PhantomData<*const ()>,
+}
+
+impl<S: State> Drop for Tracee<S> {
+    fn drop(&mut self) {
+        if !self.released {
+            S::release(self);
+            self.released = true;
+        }
+    }
+}
+
+impl<S: State> Tracee<S> {
+    /// The traced thread.
+    pub fn tid(&self) -> Pid {
+        self.tid
+    }
+
+    /// The process it belongs to.
+    pub fn tgid(&self) -> Pid {
+        self.tgid
+    }
+
+    /// Consumes `self` without running its release.
+    fn disarm(mut self) -> (Pid, Pid) {
+        self.released = true;
+        (self.tid, self.tgid)
+    }
+}
+
+/// The TracerPid of a thread, if `/proc` names one.
+fn tracer_of(tid: Pid) -> Option<Pid> {
+    let status = std::fs::read_to_string(format!("/proc/{tid}/status")).ok()?;
+    let value = status.lines().find_map(|l| l.strip_prefix("TracerPid:"))?;
+    let pid: i32 = value.trim().parse().ok()?;
+    (pid != 0).then(|| Pid::from_raw(pid))
+}
+
+impl Tracee<Running> {
+    /// Attaches to the single-threaded process (or thread-group leader) `pid`.
+    pub fn seize(pid: Pid) -> Result<Self, TraceError> {
+        Self::seize_thread(pid, pid)
+    }
+
+    /// Attaches to thread `tid` of process `tgid` and requests a stop.
+    ///
+    /// The caller vouches that `tid` belongs to `tgid`: the two share one
+    /// address space, so a [`SyscallSite`] of `tgid` is used for `tid`.
+    pub fn seize_thread(tgid: Pid, tid: Pid) -> Result<Self, TraceError> {
+        if !arch::SUPPORTED {
+            return Err(TraceError::Unsupported(
+                "no injection backend for this architecture",
+            ));
+        }
+        match sys::seize(tid, libc::PTRACE_O_TRACESYSGOOD) {
+            Ok(()) => {}
+            Err(Errno::ESRCH) => return Err(TraceError::Gone(tid)),
+            Err(Errno::EPERM) => {
+                return Err(match tracer_of(tid) {
+                    Some(tracer) => TraceError::AlreadyTraced { tid, tracer },
+                    None => TraceError::Denied(tid),
+                });
+            }
+            Err(errno) => {
+                return Err(TraceError::Os {
+                    tid,
+                    op: "PTRACE_SEIZE",
+                    errno,
+                });
+            }
+        }
+        let tracee = Tracee {
+            tid,
+            tgid,
+            state: Running { _private: () },
+            released: false,
+            _not_send: PhantomData,
+        };
+        match sys::interrupt(tid) {
+            Ok(()) => Ok(tracee),
+            Err(errno) => {
+                // Attached but not interrupted: only possible if it died.
+                let _ = tracee.disarm();
+                Err(TraceError::os(tid, "PTRACE_INTERRUPT")(errno))
+            }
+        }
+    }
+
+    /// Waits for the requested stop.
+    ///
+    /// A signal that arrives first is delivered as if no tracer were there
+    /// and the wait goes on (the interrupt stays pending). Returns
+    /// [`TraceError::Gone`] if the thread dies first.
+    pub fn wait_stop(self) -> Result<Tracee<Stopped>, TraceError> {
+        let tid = self.tid;
+        let group_stopped = match wait_for_trap(tid) {
+            Ok(group) => group,
+            Err(e) => {
+                // The thread is not stopped (it is gone or unwaitable):
+                // there is nothing left to detach from.
+                let _ = self.disarm();
+                return Err(e);
+            }
+        };
+        let saved = arch::get(tid).map_err(TraceError::os(tid, "PTRACE_GETREGS"));
+        let saved_mask = sys::get_sigmask(tid).map_err(TraceError::os(tid, "PTRACE_GETSIGMASK"));
+        let (tid, tgid) = self.disarm();
+        let (saved, saved_mask) = match (saved, saved_mask) {
+            (Ok(regs), Ok(mask)) => (regs, mask),
+            (Err(e), _) | (_, Err(e)) => {
+                // Nothing was changed yet: just let it go.
+                let _ = sys::detach(tid);
+                return Err(e);
+            }
+        };
+        Ok(Tracee {
+            tid,
+            tgid,
+            state: Stopped {
+                saved,
+                saved_mask,
+                regs_dirty: false,
+                mask_dirty: false,
+                at: StopPoint::Trap,
+                group_stopped,
+                site: None,
+                deferred: Vec::new(),
+            },
+            released: false,
+            _not_send: PhantomData,
+        })
+    }
+}
+
+/// Waits until `tid` is in a PTRACE_EVENT_STOP trap, delivering any signal
+/// that is reported first. Returns whether the trap is a group-stop.
+fn wait_for_trap(tid: Pid) -> Result<bool, TraceError> {
+    loop {
+        match sys::wait(tid).map_err(TraceError::os(tid, "waitpid"))? {
+            WaitEvent::Gone => return Err(TraceError::Gone(tid)),
+            WaitEvent::EventStop {
+                event: libc::PTRACE_EVENT_STOP,
+                sig,
+            } => {
+                return Ok(sig != libc::SIGTRAP);
+            }
+            WaitEvent::EventStop { .. } | WaitEvent::SyscallStop => {
+                sys::cont(tid, 0).map_err(TraceError::os(tid, "PTRACE_CONT"))?;
+            }
+            WaitEvent::SignalStop(sig) => {
+                // What CRIU does too: let the thread take its signal, then
+                // collect the interrupt trap, which stays pending.
+                sys::cont(tid, sig).map_err(TraceError::os(tid, "PTRACE_CONT"))?;
+            }
+        }
+    }
+}
+
+impl State for Running {
+    fn release(tracee: &mut Tracee<Self>) {
+        // The interrupt is pending: collect the stop, then detach.
+        match wait_for_trap(tracee.tid) {
+            Ok(_) => {
+                if let Err(e) = sys::detach(tracee.tid) {
+                    log::warn!("detaching thread {}: {e}", tracee.tid);
+                }
+            }
+            Err(TraceError::Gone(_)) => {}
+            Err(e) => log::warn!("releasing thread {}: {e}", tracee.tid),
+        }
+    }
+}
+
+impl State for Stopped {
+    fn release(tracee: &mut Tracee<Self>) {
+        if let Err(e) = tracee.restore_and_detach() {
+            match e {
+                TraceError::Gone(_) => {}
+                e => log::error!("releasing thread {}: {e}", tracee.tid),
+            }
+        }
+    }
+}
+
+/// Signals that stay unblocked during injection: blocking a signal the kernel
+/// then forces would reset its handler to SIG_DFL.
+const SYNCHRONOUS_SIGNALS: [i32; 6] = [
+    libc::SIGSEGV,
+    libc::SIGBUS,
+    libc::SIGILL,
+    libc::SIGFPE,
+    libc::SIGTRAP,
+    libc::SIGSYS,
+];
+
+/// The mask set while injected code runs.
+fn injection_mask() -> u64 {
+    SYNCHRONOUS_SIGNALS
+        .iter()
+        .fold(u64::MAX, |mask, &sig| mask & !(1u64 << (sig - 1)))
+}
+
+fn is_stop_signal(sig: i32) -> bool {
+    matches!(
+        sig,
+        libc::SIGSTOP | libc::SIGTSTP | libc::SIGTTIN | libc::SIGTTOU
+    )
+}
+
+/// What to do with a signal-delivery stop met while the thread runs toward
+/// an expected stop.
+enum SignalDisposition {
+    /// Resume with this signal (a stop signal: the group stop happens).
+    PassOn(i32),
+    /// Sent by a process: hold it and send it again before detaching.
+    Defer(i32),
+    /// Raised by the kernel because of an injected syscall: discard.
+    Discard(i32),
+}
+
+fn classify_signal(tid: Pid, sig: i32) -> Result<SignalDisposition, TraceError> {
+    if is_stop_signal(sig) {
+        return Ok(SignalDisposition::PassOn(sig));
+    }
+    let code = sys::siginfo_code(tid).map_err(TraceError::os(tid, "PTRACE_GETSIGINFO"))?;
+    // si_code <= 0: sent from user space (kill, tgkill, sigqueue, timers).
+    Ok(if code <= 0 {
+        SignalDisposition::Defer(sig)
+    } else {
+        SignalDisposition::Discard(sig)
+    })
+}
+
+impl Tracee<Stopped> {
+    /// The registers the thread will get back, as found at the stop (plus a
+    /// result set with [`Tracee::set_result`]).
+    pub fn regs(&self) -> &Registers {
+        &self.state.saved
+    }
+
+    /// The signal mask the thread will get back.
+    pub fn sigmask(&self) -> u64 {
+        self.state.saved_mask
+    }
+
+    /// Whether the thread was in a group-stop (SIGSTOP) when it was seized.
+    pub fn was_group_stopped(&self) -> bool {
+        self.state.group_stopped
+    }
+
+    /// Makes the syscall the thread was stopped in return `value` (a result,
+    /// or `-errno`) instead of what it returned. Replaces a pending restart.
+    pub fn set_result(&mut self, value: i64) -> Result<(), TraceError> {
+        if self.state.saved.syscall_nr().is_none() {
+            return Err(TraceError::NotInSyscall(self.tid));
+        }
+        self.state.saved.set_result(value);
+        self.state.regs_dirty = true;
+        Ok(())
+    }
+
+    /// A `syscall` instruction in the thread's address space: the one it
+    /// entered the kernel through if there is one, else one in the vDSO or
+    /// another executable mapping. The result is cached.
+    pub fn syscall_site(&mut self) -> Result<SyscallSite, TraceError> {
+        let tid = self.tid;
+        if let Some(addr) = self.state.site {
+            return Ok(SyscallSite {
+                tgid: self.tgid,
+                addr,
+            });
+        }
+        if !self.state.saved.is_native() {
+            return Err(TraceError::Unsupported("32-bit (compat) thread"));
+        }
+        let mut found = None;
+        if let Some(addr) = self.state.saved.syscall_insn_before_pc() {
+            match site::holds_syscall_insn(tid, addr) {
+                Ok(true) => found = Some(addr),
+                Ok(false) | Err(Errno::EFAULT) => {}
+                Err(e) => return Err(TraceError::os(tid, "process_vm_readv")(e)),
+            }
+        }
+        let addr = match found {
+            Some(addr) => addr,
+            None => site::scan(tid)
+                .map_err(TraceError::os(tid, "scanning executable mappings"))?
+                .ok_or(TraceError::NoSyscallSite(self.tgid))?,
+        };
+        self.state.site = Some(addr);
+        Ok(SyscallSite {
+            tgid: self.tgid,
+            addr,
+        })
+    }
+
+    /// Uses a site found through another thread of the same process.
+    pub fn use_syscall_site(&mut self, site: SyscallSite) -> Result<(), TraceError> {
+        if site.tgid != self.tgid {
+            return Err(TraceError::ForeignSite {
+                site: site.tgid,
+                tracee: self.tgid,
+            });
+        }
+        self.state.site = Some(site.addr);
+        Ok(())
+    }
+
+    /// Makes the thread execute syscall `nr` with `args`.
+    ///
+    /// The outer result is the tracer's; the inner one is the syscall's own
+    /// return value or errno. The thread stays stopped; its registers are
+    /// put back by [`Tracee::restore`] or [`Tracee::detach`].
+    pub fn syscall(&mut self, nr: i64, args: [u64; 6]) -> Result<SyscallResult, TraceError> {
+        let tid = self.tid;
+        if !self.state.saved.is_native() {
+            return Err(TraceError::Unsupported("32-bit (compat) thread"));
+        }
+        let site = self.syscall_site()?.addr;
+        if self.state.at == StopPoint::SyscallEntry {
+            self.cancel_entry()?;
+        }
+        if let StopPoint::Delivery(sig) = self.state.at {
+            // Resuming for the injection would swallow it.
+            if sig != 0 {
+                self.state.deferred.push(sig);
+            }
+            self.state.at = StopPoint::Delivery(0);
+        }
+        if !self.state.mask_dirty {
+            sys::set_sigmask(tid, injection_mask())
+                .map_err(TraceError::os(tid, "PTRACE_SETSIGMASK"))?;
+            self.state.mask_dirty = true;
+        }
+        let mut regs = self.state.saved;
+        regs.prepare_syscall(site, nr, args);
+        arch::set(tid, &regs).map_err(TraceError::os(tid, "PTRACE_SETREGS"))?;
+        self.state.regs_dirty = true;
+        self.run_to_syscall_stop("syscall-entry")?;
+        self.state.at = StopPoint::SyscallEntry;
+        self.run_to_syscall_stop("syscall-exit")?;
+        self.state.at = StopPoint::SyscallExit;
+        let after = arch::get(tid).map_err(TraceError::os(tid, "PTRACE_GETREGS"))?;
+        Ok(decode_return(after.result()))
+    }
+
+    /// Resumes with PTRACE_SYSCALL until the next syscall stop.
+    fn run_to_syscall_stop(&mut self, expected: &'static str) -> Result<(), TraceError> {
+        let tid = self.tid;
+        let mut pass = 0;
+        for _ in 0..MAX_STOPS {
+            sys::resume_to_syscall(tid, pass).map_err(TraceError::os(tid, "PTRACE_SYSCALL"))?;
+            pass = 0;
+            match sys::wait(tid).map_err(TraceError::os(tid, "waitpid"))? {
+                WaitEvent::Gone => {
+                    self.released = true;
+                    return Err(TraceError::Gone(tid));
+                }
+                WaitEvent::SyscallStop => return Ok(()),
+                // A group-stop or interrupt trap: ptrace lets us go on.
+                WaitEvent::EventStop { .. } => {}
+                WaitEvent::SignalStop(sig) => match classify_signal(tid, sig)? {
+                    SignalDisposition::PassOn(sig) => pass = sig,
+                    SignalDisposition::Defer(sig) => self.state.deferred.push(sig),
+                    SignalDisposition::Discard(sig) => {
+                        log::warn!("thread {tid}: discarding signal {sig} raised by injection");
+                    }
+                },
+            }
+        }
+        self.state.at = StopPoint::Delivery(0);
+        Err(TraceError::TooManyStops { tid, expected })
+    }
+
+    /// At a syscall-entry stop: turn the syscall into a no-op and run to its
+    /// exit stop.
+    fn cancel_entry(&mut self) -> Result<(), TraceError> {
+        let tid = self.tid;
+        let mut regs = arch::get(tid).map_err(TraceError::os(tid, "PTRACE_GETREGS"))?;
+        let pc = regs.pc();
+        regs.prepare_syscall(pc, -1, [0; 6]);
+        arch::set(tid, &regs).map_err(TraceError::os(tid, "PTRACE_SETREGS"))?;
+        self.run_to_syscall_stop("syscall-exit")?;
+        self.state.at = StopPoint::SyscallExit;
+        Ok(())
+    }
+
+    /// From a syscall-exit stop, continue into `get_signal` and trap there,
+    /// before any user code runs.
+    fn return_to_signal_path(&mut self) -> Result<(), TraceError> {
+        let tid = self.tid;
+        sys::interrupt(tid).map_err(TraceError::os(tid, "PTRACE_INTERRUPT"))?;
+        for _ in 0..MAX_STOPS {
+            sys::cont(tid, 0).map_err(TraceError::os(tid, "PTRACE_CONT"))?;
+            match sys::wait(tid).map_err(TraceError::os(tid, "waitpid"))? {
+                WaitEvent::Gone => {
+                    self.released = true;
+                    return Err(TraceError::Gone(tid));
+                }
+                WaitEvent::EventStop { .. } => {
+                    self.state.at = StopPoint::Trap;
+                    return Ok(());
+                }
+                WaitEvent::SignalStop(sig) => match classify_signal(tid, sig)? {
+                    // Also inside get_signal: detach right here and let the
+                    // kernel deliver it.
+                    SignalDisposition::PassOn(sig) | SignalDisposition::Defer(sig) => {
+                        self.state.at = StopPoint::Delivery(sig);
+                        return Ok(());
+                    }
+                    SignalDisposition::Discard(sig) => {
+                        log::warn!("thread {tid}: discarding signal {sig} raised by injection");
+                        self.state.at = StopPoint::Delivery(0);
+                        return Ok(());
+                    }
+                },
+                WaitEvent::SyscallStop => {}
+            }
+        }
+        Err(TraceError::TooManyStops {
+            tid,
+            expected: "interrupt",
+        })
+    }
+
+    /// Puts the saved registers and signal mask back. The thread stays
+    /// stopped; it can be injected into again.
+    pub fn restore(&mut self) -> Result<(), TraceError> {
+        let tid = self.tid;
+        if self.state.regs_dirty {
+            if self.state.at == StopPoint::SyscallEntry {
+                self.cancel_entry()?;
+            }
+            arch::set(tid, &self.state.saved).map_err(TraceError::os(tid, "PTRACE_SETREGS"))?;
+            if self.state.at == StopPoint::SyscallExit && self.state.saved.restart().is_some() {
+                self.return_to_signal_path()?;
+            }
+            self.state.regs_dirty = false;
+        }
+        if self.state.mask_dirty {
+            sys::set_sigmask(tid, self.state.saved_mask)
+                .map_err(TraceError::os(tid, "PTRACE_SETSIGMASK"))?;
+            self.state.mask_dirty = false;
+        }
+        Ok(())
+    }
+
+    fn restore_and_detach(&mut self) -> Result<(), TraceError> {
+        let tid = self.tid;
+        self.restore()?;
+        for sig in std::mem::take(&mut self.state.deferred) {
+            if let Err(e) = sys::tgkill(self.tgid, tid, sig) {
+                log::warn!("thread {tid}: sending held signal {sig} again: {e}");
+            }
+        }
+        let pass = match self.state.at {
+            StopPoint::Delivery(sig) => sig,
+            _ => 0,
+        };
+        let result = if pass == 0 {
+            sys::detach(tid)
+        } else {
+            sys::detach_with_signal(tid, pass)
+        };
+        self.released = true;
+        result.map_err(TraceError::os(tid, "PTRACE_DETACH"))
+    }
+
+    /// Restores registers and mask and lets the thread go.
+    pub fn detach(mut self) -> Result<(), TraceError> {
+        let result = self.restore_and_detach();
+        // On failure Drop must not try again with a half-released thread.
+        self.released = true;
+        result
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decodes_signed_returns() {
+        assert_eq!(decode_return(3), Ok(3));
+        assert_eq!(decode_return(0), Ok(0));
+        assert_eq!(decode_return(-1), Err(Errno::EPERM));
+        assert_eq!(decode_return(-22), Err(Errno::EINVAL));
+        assert_eq!(decode_return(-4096), Ok(-4096));
+        // An address in the upper half is a value, not an errno.
+        assert_eq!(decode_return(i64::MIN), Ok(i64::MIN));
+    }
+
+    #[test]
+    fn restart_codes() {
+        assert_eq!(Restart::from_return(-512), Some(Restart::Sys));
+        assert_eq!(Restart::from_return(-516), Some(Restart::RestartBlock));
+        assert_eq!(Restart::from_return(-515), None);
+        assert_eq!(Restart::from_return(-4), None);
+    }
+
+    #[test]
+    fn injection_mask_keeps_synchronous_signals() {
+        let mask = injection_mask();
+        for sig in SYNCHRONOUS_SIGNALS {
+            assert_eq!(mask & (1 << (sig - 1)), 0);
+        }
+        assert_ne!(mask & (1 << (libc::SIGTERM - 1)), 0);
+        assert_ne!(mask & (1 << 63), 0);
+    }
+}
