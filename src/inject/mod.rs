@@ -8,22 +8,27 @@
 //! written. [`Tracee::detach`] (or dropping the tracee) puts every register
 //! and the signal mask back and lets the thread go.
 //!
-//! # Where a thread stops, and why that gives exact restarts
+//! # Why syscall restarts come out exact
 //!
 //! Every first stop is taken inside the kernel's signal-delivery path
 //! (`get_signal`): the interrupt trap, or the group-stop trap of a thread that
 //! was already stopped. A thread interrupted in a blocking syscall is there
-//! with the syscall's restart code in `rax` (`-ERESTARTSYS`, ...). If the
-//! thread is let go from that same place with its registers restored, the
-//! kernel applies its own restart rules (restart, `restart_syscall`, or
-//! `EINTR` when a handler runs first) exactly as without us.
+//! with the syscall's restart code in `rax` (`-ERESTARTSYS`, ...) and the
+//! syscall number in `orig_rax`; the kernel decides on its way out whether
+//! the call restarts, continues through `restart_syscall`, or fails with
+//! `EINTR` because a handler runs.
 //!
-//! Injecting leaves the thread at the exit stop of the injected syscall, a
-//! place the restart logic does not visit. So when the saved registers carry
-//! a pending restart, [`Tracee::restore`] writes them back, sets up an
-//! interrupt trap and continues the thread: it walks from the syscall exit
-//! into `get_signal`, traps before running any user code, and is detached
-//! from there. Without a pending restart it is detached at the syscall exit.
+//! Injected syscalls run with `orig_rax = -1`, so none of that logic touches
+//! them, and leave the thread at their exit stop. The saved registers,
+//! restart code included, are written back there. `PTRACE_DETACH` wakes a
+//! stopped tracee with `TIF_SIGPENDING` set (`__ptrace_unlink`), so on its
+//! way from that exit stop to user space the thread passes `get_signal` and
+//! the restart logic with its own registers, exactly as it would have from
+//! the original stop: a pending signal gets its handler and `EINTR` where the
+//! kernel gives one, otherwise the syscall restarts. Registers are never
+//! rewritten by hand into a "restarted" form, which would turn a legitimate
+//! `EINTR` into a restart. The selfcheck target's `read-pipe` and `nanosleep`
+//! modes fail (errno 512/516) should this ever stop holding.
 //!
 //! # Signals
 //!
@@ -643,44 +648,6 @@ impl Tracee<Stopped> {
         Ok(())
     }
 
-    /// From a syscall-exit stop, continue into `get_signal` and trap there,
-    /// before any user code runs.
-    fn return_to_signal_path(&mut self) -> Result<(), TraceError> {
-        let tid = self.tid;
-        sys::interrupt(tid).map_err(TraceError::os(tid, "PTRACE_INTERRUPT"))?;
-        for _ in 0..MAX_STOPS {
-            sys::cont(tid, 0).map_err(TraceError::os(tid, "PTRACE_CONT"))?;
-            match sys::wait(tid).map_err(TraceError::os(tid, "waitpid"))? {
-                WaitEvent::Gone => {
-                    self.released = true;
-                    return Err(TraceError::Gone(tid));
-                }
-                WaitEvent::EventStop { .. } => {
-                    self.state.at = StopPoint::Trap;
-                    return Ok(());
-                }
-                WaitEvent::SignalStop(sig) => match classify_signal(tid, sig)? {
-                    // Also inside get_signal: detach right here and let the
-                    // kernel deliver it.
-                    SignalDisposition::PassOn(sig) | SignalDisposition::Defer(sig) => {
-                        self.state.at = StopPoint::Delivery(sig);
-                        return Ok(());
-                    }
-                    SignalDisposition::Discard(sig) => {
-                        log::warn!("thread {tid}: discarding signal {sig} raised by injection");
-                        self.state.at = StopPoint::Delivery(0);
-                        return Ok(());
-                    }
-                },
-                WaitEvent::SyscallStop => {}
-            }
-        }
-        Err(TraceError::TooManyStops {
-            tid,
-            expected: "interrupt",
-        })
-    }
-
     /// Puts the saved registers and signal mask back. The thread stays
     /// stopped; it can be injected into again.
     pub fn restore(&mut self) -> Result<(), TraceError> {
@@ -690,9 +657,6 @@ impl Tracee<Stopped> {
                 self.cancel_entry()?;
             }
             arch::set(tid, &self.state.saved).map_err(TraceError::os(tid, "PTRACE_SETREGS"))?;
-            if self.state.at == StopPoint::SyscallExit && self.state.saved.restart().is_some() {
-                self.return_to_signal_path()?;
-            }
             self.state.regs_dirty = false;
         }
         if self.state.mask_dirty {

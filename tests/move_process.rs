@@ -1,0 +1,460 @@
+//! Moves real processes between real namespaces (no FUSE) and checks
+//! `/proc/PID/task/*/ns/*` before and after.
+//!
+//! Needs root: without it each test says why and passes, except under
+//! `CI=true`, where it fails. Every test has a watchdog that kills the
+//! processes it started and fails the test, naming the step, if it hangs.
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::fs::MetadataExt;
+use std::path::PathBuf;
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use nix::sched::CloneFlags;
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use nsproxyfs::mover::{MoveError, ProcessHandle, move_process};
+
+const WATCHDOG: Duration = Duration::from_secs(60);
+
+fn have_root(test: &str) -> bool {
+    if nix::unistd::geteuid().is_root() {
+        return true;
+    }
+    assert_ne!(
+        std::env::var("CI").as_deref(),
+        Ok("true"),
+        "{test}: needs root (namespaces, ptrace), and CI=true makes skipping a failure"
+    );
+    eprintln!("{test}: skipped, needs root");
+    false
+}
+
+struct WatchdogState {
+    step: Mutex<String>,
+    pids: Mutex<Vec<i32>>,
+    done: AtomicBool,
+    fired: AtomicBool,
+}
+
+/// Kills the watched pids and fails the test if it is still running after
+/// [`WATCHDOG`].
+struct Watchdog {
+    state: Arc<WatchdogState>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Watchdog {
+    fn new(test: &'static str) -> Watchdog {
+        let state = Arc::new(WatchdogState {
+            step: Mutex::new("start".into()),
+            pids: Mutex::new(Vec::new()),
+            done: AtomicBool::new(false),
+            fired: AtomicBool::new(false),
+        });
+        let watched = Arc::clone(&state);
+        let thread = std::thread::spawn(move || {
+            let start = Instant::now();
+            while !watched.done.load(Ordering::SeqCst) {
+                if start.elapsed() > WATCHDOG {
+                    watched.fired.store(true, Ordering::SeqCst);
+                    for &pid in watched.pids.lock().unwrap().iter() {
+                        let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+                    }
+                    panic!(
+                        "{test}: watchdog fired during step: {}",
+                        watched.step.lock().unwrap()
+                    );
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        });
+        Watchdog {
+            state,
+            thread: Some(thread),
+        }
+    }
+
+    fn step(&self, step: &str) {
+        self.check();
+        *self.state.step.lock().unwrap() = step.to_string();
+    }
+
+    fn watch(&self, pid: i32) {
+        self.state.pids.lock().unwrap().push(pid);
+    }
+
+    fn check(&self) {
+        if self.state.fired.load(Ordering::SeqCst) {
+            panic!(
+                "watchdog fired during step: {}",
+                self.state.step.lock().unwrap()
+            );
+        }
+    }
+}
+
+impl Drop for Watchdog {
+    fn drop(&mut self) {
+        self.state.done.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        if !std::thread::panicking() {
+            self.check();
+        }
+    }
+}
+
+/// A child process killed and reaped when dropped.
+struct Proc {
+    child: Child,
+    stdout: Option<BufReader<ChildStdout>>,
+    stdin: Option<ChildStdin>,
+}
+
+impl Proc {
+    fn spawn(wd: &Watchdog, cmd: &mut Command) -> Proc {
+        let mut child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawning {cmd:?}: {e}"));
+        wd.watch(child.id() as i32);
+        let stdout = child.stdout.take().map(BufReader::new);
+        let stdin = child.stdin.take();
+        Proc {
+            child,
+            stdout,
+            stdin,
+        }
+    }
+
+    fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    /// Next stdout line, without the newline; panics at EOF.
+    fn line(&mut self, wd: &Watchdog) -> String {
+        let mut line = String::new();
+        let out = self.stdout.as_mut().expect("stdout is piped");
+        let n = out.read_line(&mut line).expect("reading stdout");
+        wd.check();
+        assert!(n > 0, "process {} closed stdout", self.pid());
+        line.trim_end().to_string()
+    }
+
+    fn expect_line(&mut self, wd: &Watchdog, want: &str) {
+        let got = self.line(wd);
+        assert_eq!(got, want, "process {}", self.pid());
+    }
+
+    fn send(&mut self, text: &str) {
+        let input = self.stdin.as_mut().expect("stdin is piped");
+        input.write_all(text.as_bytes()).expect("writing stdin");
+        input.flush().expect("flushing stdin");
+    }
+
+    fn close_stdin(&mut self) {
+        self.stdin = None;
+    }
+
+    /// Waits for the exit and asserts success.
+    fn wait_success(&mut self, wd: &Watchdog) {
+        let status = self.child.wait().expect("waiting");
+        wd.check();
+        assert!(
+            status.success(),
+            "process {} ended with {status}",
+            self.pid()
+        );
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Polls `cond` (every millisecond) until it holds.
+fn wait_until(wd: &Watchdog, what: &str, mut cond: impl FnMut() -> bool) {
+    wd.step(what);
+    while !cond() {
+        wd.check();
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+fn comm(pid: i32) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/comm"))
+        .unwrap_or_default()
+        .trim()
+        .to_string()
+}
+
+/// The state letter of /proc/PID/stat.
+fn state(pid: i32) -> char {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    stat.rfind(')')
+        .and_then(|i| stat[i + 1..].trim_start().chars().next())
+        .unwrap_or('?')
+}
+
+/// The syscall a thread is blocked in, per /proc/PID/syscall.
+fn blocked_in(pid: i32) -> Option<i64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/syscall")).ok()?;
+    text.split_whitespace().next()?.parse().ok()
+}
+
+fn tracer(pid: i32) -> i32 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("TracerPid:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(-1)
+}
+
+fn ns_of(pid: i32, kind: &str) -> u64 {
+    std::fs::metadata(format!("/proc/{pid}/ns/{kind}"))
+        .unwrap_or_else(|e| panic!("ns {kind} of {pid}: {e}"))
+        .ino()
+}
+
+/// The namespace of `kind` of every thread of `pid`.
+fn thread_ns(pid: i32, kind: &str) -> Vec<u64> {
+    let mut tids: Vec<i32> = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .expect("task dir")
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .collect();
+    tids.sort();
+    tids.iter()
+        .map(|tid| {
+            std::fs::metadata(format!("/proc/{pid}/task/{tid}/ns/{kind}"))
+                .expect("thread ns")
+                .ino()
+        })
+        .collect()
+}
+
+const KINDS: [&str; 8] = [
+    "cgroup",
+    "ipc",
+    "mnt",
+    "net",
+    "pid_for_children",
+    "time_for_children",
+    "user",
+    "uts",
+];
+
+/// Every namespace of every thread, kind by kind.
+fn snapshot(pid: i32) -> Vec<(&'static str, Vec<u64>)> {
+    KINDS.iter().map(|k| (*k, thread_ns(pid, k))).collect()
+}
+
+/// The selfcheck target, built on first use: `cargo test` builds examples,
+/// `cargo test --test move_process` does not.
+fn selfcheck() -> PathBuf {
+    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let exe = std::env::current_exe().expect("current exe");
+            // target/debug/deps/move_process-HASH -> target/debug/examples/
+            let profile_dir = exe.parent().and_then(|d| d.parent()).expect("profile dir");
+            let target_dir = profile_dir.parent().expect("target dir");
+            let status = Command::new(env!("CARGO"))
+                .args([
+                    "build",
+                    "--quiet",
+                    "--example",
+                    "selfcheck_target",
+                    "--manifest-path",
+                ])
+                .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml"))
+                .arg("--target-dir")
+                .arg(target_dir)
+                .status()
+                .expect("running cargo build");
+            assert!(status.success(), "building the selfcheck target failed");
+            let path = profile_dir.join("examples").join("selfcheck_target");
+            assert!(path.exists(), "{} missing", path.display());
+            path
+        })
+        .clone()
+}
+
+fn selfcheck_proc(wd: &Watchdog, args: &[&str]) -> Proc {
+    let mut p = Proc::spawn(
+        wd,
+        Command::new(selfcheck())
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped()),
+    );
+    wd.step(&format!("selfcheck {args:?} starting"));
+    p.expect_line(wd, "READY");
+    p
+}
+
+/// A process sitting in fresh uts, ipc and net namespaces (hostname serge).
+fn holder(wd: &Watchdog) -> Proc {
+    holder_with(wd, &["--uts", "--ipc", "--net"])
+}
+
+fn holder_with(wd: &Watchdog, unshare_args: &[&str]) -> Proc {
+    let p = Proc::spawn(
+        wd,
+        Command::new("unshare").args(unshare_args).args([
+            "sh",
+            "-c",
+            "hostname serge; exec sleep 100",
+        ]),
+    );
+    let pid = p.pid();
+    wait_until(wd, "holder exec'ing sleep", || comm(pid) == "sleep");
+    p
+}
+
+fn sleeper(wd: &Watchdog) -> Proc {
+    let p = Proc::spawn(wd, Command::new("sleep").arg("100"));
+    let pid = p.pid();
+    wait_until(wd, "target exec'ing sleep", || comm(pid) == "sleep");
+    p
+}
+
+fn uts_ipc_net() -> CloneFlags {
+    CloneFlags::CLONE_NEWUTS | CloneFlags::CLONE_NEWIPC | CloneFlags::CLONE_NEWNET
+}
+
+/// Moves `target` into `holder`'s namespaces of `kinds`.
+fn do_move(wd: &Watchdog, target: i32, holder: i32, kinds: CloneFlags) -> Result<(), MoveError> {
+    wd.step(&format!("moving {target} to {holder}"));
+    let handle = ProcessHandle::open(target)?;
+    move_process(&handle, holder, kinds).map(drop)
+}
+
+/// Asserts that every thread of `target` is in `holder`'s namespaces for the
+/// kinds in `moved`, and in its old ones (`before`) for the rest.
+fn assert_moved(target: i32, holder: i32, moved: &[&str], before: &[(&str, Vec<u64>)]) {
+    for (kind, old) in before {
+        let now = thread_ns(target, kind);
+        if moved.contains(kind) {
+            let want = ns_of(holder, kind);
+            assert!(
+                now.iter().all(|&n| n == want),
+                "{kind}: {now:?}, holder {want}"
+            );
+            assert_ne!(&now, old, "{kind} did not change");
+        } else {
+            assert_eq!(&now, old, "{kind} changed");
+        }
+    }
+}
+
+#[test]
+fn moves_sleep_into_uts() {
+    if !have_root("moves_sleep_into_uts") {
+        return;
+    }
+    let wd = Watchdog::new("moves_sleep_into_uts");
+    let holder = holder(&wd);
+    let target = sleeper(&wd);
+    let before = snapshot(target.pid());
+    do_move(&wd, target.pid(), holder.pid(), CloneFlags::CLONE_NEWUTS).expect("move");
+    assert_moved(target.pid(), holder.pid(), &["uts"], &before);
+    assert_eq!(tracer(target.pid()), 0);
+}
+
+/// Waits until `pid` is blocked in one of `syscalls` (per /proc/PID/syscall).
+fn wait_blocked(wd: &Watchdog, pid: i32, syscalls: &[i64]) {
+    wait_until(wd, &format!("{pid} blocking in {syscalls:?}"), || {
+        state(pid) == 'S' && blocked_in(pid).is_some_and(|nr| syscalls.contains(&nr))
+    });
+}
+
+const SYS_READ: i64 = 0;
+const SYS_NANOSLEEP: i64 = 35;
+const SYS_WAIT4: i64 = 61;
+const SYS_CLOCK_NANOSLEEP: i64 = 230;
+
+#[test]
+fn blocked_read_gets_its_bytes() {
+    if !have_root("blocked_read_gets_its_bytes") {
+        return;
+    }
+    let wd = Watchdog::new("blocked_read_gets_its_bytes");
+    let holder = holder(&wd);
+    let mut target = selfcheck_proc(&wd, &["read-pipe", "bytes after the move\n"]);
+    wait_blocked(&wd, target.pid(), &[SYS_READ]);
+    let before = snapshot(target.pid());
+    do_move(&wd, target.pid(), holder.pid(), uts_ipc_net()).expect("move");
+    assert_moved(target.pid(), holder.pid(), &["uts", "ipc", "net"], &before);
+    wd.step("feeding the reader");
+    target.send("bytes after ");
+    target.send("the move\n");
+    target.close_stdin();
+    target.expect_line(&wd, "SELFCHECK OK");
+    target.wait_success(&wd);
+}
+
+#[test]
+fn nanosleep_sleeps_its_full_time() {
+    if !have_root("nanosleep_sleeps_its_full_time") {
+        return;
+    }
+    let wd = Watchdog::new("nanosleep_sleeps_its_full_time");
+    let holder = holder(&wd);
+    let mut target = selfcheck_proc(&wd, &["nanosleep", "2"]);
+    wait_blocked(&wd, target.pid(), &[SYS_NANOSLEEP, SYS_CLOCK_NANOSLEEP]);
+    let before = snapshot(target.pid());
+    do_move(&wd, target.pid(), holder.pid(), uts_ipc_net()).expect("move");
+    assert_moved(target.pid(), holder.pid(), &["uts", "ipc", "net"], &before);
+    wd.step("waiting for the sleeper's verdict");
+    target.expect_line(&wd, "SELFCHECK OK");
+    target.wait_success(&wd);
+}
+
+#[test]
+fn wait4_sees_its_child_exit() {
+    if !have_root("wait4_sees_its_child_exit") {
+        return;
+    }
+    let wd = Watchdog::new("wait4_sees_its_child_exit");
+    let holder = holder(&wd);
+    let mut target = selfcheck_proc(&wd, &["wait4", "2"]);
+    wait_blocked(&wd, target.pid(), &[SYS_WAIT4]);
+    let before = snapshot(target.pid());
+    do_move(&wd, target.pid(), holder.pid(), CloneFlags::CLONE_NEWUTS).expect("move");
+    assert_moved(target.pid(), holder.pid(), &["uts"], &before);
+    wd.step("waiting for the waiter's verdict");
+    target.expect_line(&wd, "SELFCHECK OK");
+    target.wait_success(&wd);
+}
+
+#[test]
+fn spinning_process_keeps_its_registers() {
+    if !have_root("spinning_process_keeps_its_registers") {
+        return;
+    }
+    let wd = Watchdog::new("spinning_process_keeps_its_registers");
+    let first = holder(&wd);
+    let second = holder(&wd);
+    let mut target = selfcheck_proc(&wd, &["spin", "3"]);
+    let pid = target.pid();
+    wait_until(&wd, "spinner running", || state(pid) == 'R');
+    let before = snapshot(pid);
+    // Back and forth a few times: each move interrupts user code.
+    for round in 0..10 {
+        let to = if round % 2 == 0 { &first } else { &second };
+        do_move(&wd, pid, to.pid(), uts_ipc_net()).expect("move");
+        assert_moved(pid, to.pid(), &["uts", "ipc", "net"], &before);
+    }
+    wd.step("waiting for the spinner's verdict");
+    target.expect_line(&wd, "SELFCHECK OK");
+    target.wait_success(&wd);
+}
