@@ -262,6 +262,7 @@ impl MoveError {
                 | TraceError::ForeignSite { .. }
                 | TraceError::NotInSyscall(_)
                 | TraceError::TooManyStops { .. }
+                | TraceError::StrayStep { .. }
                 | TraceError::Os { .. } => Errno::EIO,
             },
             MoveError::Proc(e) => match e.kind() {
@@ -301,7 +302,7 @@ fn parse_stat(stat: &str) -> Option<ProcStat> {
     let rest = &stat[stat.rfind(')')? + 1..];
     let mut fields = rest.split_whitespace();
     let state = fields.next()?.chars().next()?;
-    // ppid pgrp session tty_nr tpgid, then flags.
+    // ppid pgrp session tty_nr tpgid, then flags (field 9).
     let flags = fields.nth(5)?.parse().ok()?;
     Some(ProcStat { state, flags })
 }
@@ -485,18 +486,14 @@ pub fn move_process(
     if matches!(stat.state, 'Z' | 'X') && list_threads(tgid)?.len() <= 1 {
         return Err(MoveError::Zombie(tgid.as_raw()));
     }
+
     if !target.is_alive() {
         return Err(MoveError::Gone(tgid.as_raw()));
     }
 
     let (mut threads, rounds) = stop_all(tgid)?;
     // The pin: if the pinned process still lives, the pid read from /proc
-    // was its own all along; each stopped thread must be listed under it.
-    for t in &threads {
-        if fs::symlink_metadata(format!("/proc/{tgid}/task/{}", t.tid())).is_err() {
-            return Err(MoveError::Gone(tgid.as_raw()));
-        }
-    }
+    // was its own all along, and so are the threads listed under it.
     if threads.is_empty() || !target.is_alive() {
         return Err(MoveError::Gone(tgid.as_raw()));
     }
@@ -667,11 +664,13 @@ mod tests {
 
     #[test]
     fn parses_stat_with_odd_command_names() {
-        let line = "42 (a) b (c)) S 1 42 42 0 -1 4194560 100 0 0 0";
+        let line = "42 (a) b (c)) S 1 42 42 0 -1 4194560 121 0 0 0 0 0 0 0 20 0 1 0 \
+                    1234 2412544 224 18446744073709551615 1 1 0 0 0 0 0 0 0 0 0 0 17 1 0 0 0 0 0";
         let stat = parse_stat(line).expect("parses");
         assert_eq!(stat.state, 'S');
         assert_eq!(stat.flags, 4194560);
-        let kthread = "2 (kthreadd) S 0 0 0 0 -1 2129984 0 0";
+        let kthread = "2 (kthreadd) S 0 0 0 0 -1 2129984 0 0 0 0 0 0 0 0 20 0 1 0 \
+                       5 0 0 18446744073709551615 0 0 0 0 0 0 0 2147483647 0 0 0 0 17 0 0 0 0 0 0";
         assert_ne!(parse_stat(kthread).expect("parses").flags & PF_KTHREAD, 0);
         assert!(parse_stat("garbage").is_none());
     }

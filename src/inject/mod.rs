@@ -18,16 +18,20 @@
 //! the call restarts, continues through `restart_syscall`, or fails with
 //! `EINTR` because a handler runs.
 //!
-//! Injected syscalls run with `orig_rax = -1`, so none of that logic touches
-//! them, and leave the thread at their exit stop. The saved registers,
-//! restart code included, are written back there. `PTRACE_DETACH` wakes a
-//! stopped tracee with `TIF_SIGPENDING` set (`__ptrace_unlink`), so on its
-//! way from that exit stop to user space the thread passes `get_signal` and
-//! the restart logic with its own registers, exactly as it would have from
-//! the original stop: a pending signal gets its handler and `EINTR` where the
-//! kernel gives one, otherwise the syscall restarts. Registers are never
-//! rewritten by hand into a "restarted" form, which would turn a legitimate
-//! `EINTR` into a restart. The selfcheck target's `read-pipe` and `nanosleep`
+//! An injected syscall runs with `orig_rax = -1`, so none of that logic
+//! touches it. It is executed with `PTRACE_SINGLESTEP` over the `syscall`
+//! instruction: the kernel reports the step as a SIGTRAP at the syscall's
+//! exit, one stop per syscall, again inside `get_signal` (the SIGTRAP is
+//! discarded on resume; SIGTRAP stays unblocked so that forcing it cannot
+//! reset a handler). The saved registers, restart code included, are written
+//! back at that stop, and the thread leaves `get_signal` with its own
+//! registers, exactly as it would have from the original stop: a pending
+//! signal gets its handler and `EINTR` where the kernel gives one, otherwise
+//! the syscall restarts. (`PTRACE_DETACH` also wakes the tracee with
+//! `TIF_SIGPENDING` set, `__ptrace_unlink`, so even a syscall-exit stop would
+//! route it through the same logic.) Registers are never rewritten by hand
+//! into a "restarted" form, which would turn a legitimate `EINTR` into a
+//! restart. The selfcheck target's `read-pipe`, `nanosleep` and `wait4`
 //! modes fail (errno 512/516) should this ever stop holding.
 //!
 //! # Signals
@@ -145,6 +149,15 @@ pub enum TraceError {
         /// The stop we waited for.
         expected: &'static str,
     },
+    /// A single step ended somewhere other than after the `syscall`
+    /// instruction.
+    #[error("thread {tid}: single step ended at {pc:#x}")]
+    StrayStep {
+        /// The thread.
+        tid: Pid,
+        /// Where it stopped.
+        pc: u64,
+    },
     /// A ptrace, wait or /proc operation failed.
     #[error("thread {tid}: {op} failed: {errno}")]
     Os {
@@ -225,13 +238,10 @@ pub struct Running {
 enum StopPoint {
     /// A PTRACE_EVENT_STOP trap inside `get_signal`.
     Trap,
-    /// A signal-delivery stop inside `get_signal`; the signal is delivered on
-    /// resume unless it is 0.
+    /// A signal-delivery stop inside `get_signal` (the single-step trap of an
+    /// injected syscall is one); the signal is delivered on resume unless it
+    /// is 0.
     Delivery(i32),
-    /// Entry of an injected syscall.
-    SyscallEntry,
-    /// Exit of an injected syscall.
-    SyscallExit,
 }
 
 /// Stopped, with the state to restore saved.
@@ -361,7 +371,10 @@ impl Tracee<Running> {
             Err(e) => {
                 // The thread is not stopped (it is gone or unwaitable):
                 // there is nothing left to detach from.
-                let _ = self.disarm();
+                let (tid, _) = self.disarm();
+                if let TraceError::Gone(_) = e {
+                    sys::reap(tid);
+                }
                 return Err(e);
             }
         };
@@ -372,7 +385,11 @@ impl Tracee<Running> {
             (Ok(regs), Ok(mask)) => (regs, mask),
             (Err(e), _) | (_, Err(e)) => {
                 // Nothing was changed yet: just let it go.
-                let _ = sys::detach(tid);
+                if let TraceError::Gone(_) = e {
+                    sys::reap(tid);
+                } else {
+                    let _ = sys::detach(tid);
+                }
                 return Err(e);
             }
         };
@@ -428,7 +445,7 @@ impl State for Running {
                     log::warn!("detaching thread {}: {e}", tracee.tid);
                 }
             }
-            Err(TraceError::Gone(_)) => {}
+            Err(TraceError::Gone(_)) => sys::reap(tracee.tid),
             Err(e) => log::warn!("releasing thread {}: {e}", tracee.tid),
         }
     }
@@ -580,9 +597,6 @@ impl Tracee<Stopped> {
             return Err(TraceError::Unsupported("32-bit (compat) thread"));
         }
         let site = self.syscall_site()?.addr;
-        if self.state.at == StopPoint::SyscallEntry {
-            self.cancel_entry()?;
-        }
         if let StopPoint::Delivery(sig) = self.state.at {
             // Resuming for the injection would swallow it.
             if sig != 0 {
@@ -599,29 +613,38 @@ impl Tracee<Stopped> {
         regs.prepare_syscall(site, nr, args);
         arch::set(tid, &regs).map_err(TraceError::os(tid, "PTRACE_SETREGS"))?;
         self.state.regs_dirty = true;
-        self.run_to_syscall_stop("syscall-entry")?;
-        self.state.at = StopPoint::SyscallEntry;
-        self.run_to_syscall_stop("syscall-exit")?;
-        self.state.at = StopPoint::SyscallExit;
-        let after = arch::get(tid).map_err(TraceError::os(tid, "PTRACE_GETREGS"))?;
+        let after = self.step_over_syscall(site)?;
         Ok(decode_return(after.result()))
     }
 
-    /// Resumes with PTRACE_SYSCALL until the next syscall stop.
-    fn run_to_syscall_stop(&mut self, expected: &'static str) -> Result<(), TraceError> {
+    /// Single-steps the `syscall` instruction at `site`: one stop, a SIGTRAP
+    /// reported at the syscall's exit, with the result in the registers.
+    fn step_over_syscall(&mut self, site: u64) -> Result<Registers, TraceError> {
         let tid = self.tid;
         let mut pass = 0;
         for _ in 0..MAX_STOPS {
-            sys::resume_to_syscall(tid, pass).map_err(TraceError::os(tid, "PTRACE_SYSCALL"))?;
+            sys::single_step(tid, pass).map_err(TraceError::os(tid, "PTRACE_SINGLESTEP"))?;
             pass = 0;
             match sys::wait(tid).map_err(TraceError::os(tid, "waitpid"))? {
                 WaitEvent::Gone => {
                     self.released = true;
                     return Err(TraceError::Gone(tid));
                 }
-                WaitEvent::SyscallStop => return Ok(()),
-                // A group-stop or interrupt trap: ptrace lets us go on.
-                WaitEvent::EventStop { .. } => {}
+                WaitEvent::SignalStop(libc::SIGTRAP)
+                    if sys::siginfo_code(tid)
+                        .map_err(TraceError::os(tid, "PTRACE_GETSIGINFO"))?
+                        > 0 =>
+                {
+                    // Our trap: it is discarded when the thread resumes.
+                    self.state.at = StopPoint::Delivery(0);
+                    let regs = arch::get(tid).map_err(TraceError::os(tid, "PTRACE_GETREGS"))?;
+                    if regs.pc() == site + arch::SYSCALL_INSN.len() as u64 {
+                        return Ok(regs);
+                    }
+                    if regs.pc() != site {
+                        return Err(TraceError::StrayStep { tid, pc: regs.pc() });
+                    }
+                }
                 WaitEvent::SignalStop(sig) => match classify_signal(tid, sig)? {
                     SignalDisposition::PassOn(sig) => pass = sig,
                     SignalDisposition::Defer(sig) => self.state.deferred.push(sig),
@@ -629,23 +652,15 @@ impl Tracee<Stopped> {
                         log::warn!("thread {tid}: discarding signal {sig} raised by injection");
                     }
                 },
+                // A group-stop or interrupt trap: ptrace lets us go on.
+                WaitEvent::EventStop { .. } | WaitEvent::SyscallStop => {}
             }
         }
         self.state.at = StopPoint::Delivery(0);
-        Err(TraceError::TooManyStops { tid, expected })
-    }
-
-    /// At a syscall-entry stop: turn the syscall into a no-op and run to its
-    /// exit stop.
-    fn cancel_entry(&mut self) -> Result<(), TraceError> {
-        let tid = self.tid;
-        let mut regs = arch::get(tid).map_err(TraceError::os(tid, "PTRACE_GETREGS"))?;
-        let pc = regs.pc();
-        regs.prepare_syscall(pc, -1, [0; 6]);
-        arch::set(tid, &regs).map_err(TraceError::os(tid, "PTRACE_SETREGS"))?;
-        self.run_to_syscall_stop("syscall-exit")?;
-        self.state.at = StopPoint::SyscallExit;
-        Ok(())
+        Err(TraceError::TooManyStops {
+            tid,
+            expected: "single-step",
+        })
     }
 
     /// Puts the saved registers and signal mask back. The thread stays
@@ -653,9 +668,6 @@ impl Tracee<Stopped> {
     pub fn restore(&mut self) -> Result<(), TraceError> {
         let tid = self.tid;
         if self.state.regs_dirty {
-            if self.state.at == StopPoint::SyscallEntry {
-                self.cancel_entry()?;
-            }
             arch::set(tid, &self.state.saved).map_err(TraceError::os(tid, "PTRACE_SETREGS"))?;
             self.state.regs_dirty = false;
         }
@@ -668,6 +680,17 @@ impl Tracee<Stopped> {
     }
 
     fn restore_and_detach(&mut self) -> Result<(), TraceError> {
+        let result = self.try_restore_and_detach();
+        if let Err(TraceError::Gone(_)) = result {
+            if !self.released {
+                sys::reap(self.tid);
+            }
+        }
+        self.released = true;
+        result
+    }
+
+    fn try_restore_and_detach(&mut self) -> Result<(), TraceError> {
         let tid = self.tid;
         self.restore()?;
         for sig in std::mem::take(&mut self.state.deferred) {
@@ -684,7 +707,6 @@ impl Tracee<Stopped> {
         } else {
             sys::detach_with_signal(tid, pass)
         };
-        self.released = true;
         result.map_err(TraceError::os(tid, "PTRACE_DETACH"))
     }
 

@@ -41,9 +41,9 @@ pub(crate) fn cont(tid: Pid, sig: i32) -> Result<(), Errno> {
     request(libc::PTRACE_CONT, tid, 0, sig as usize)
 }
 
-/// PTRACE_SYSCALL, delivering `sig` (0 for none).
-pub(crate) fn resume_to_syscall(tid: Pid, sig: i32) -> Result<(), Errno> {
-    request(libc::PTRACE_SYSCALL, tid, 0, sig as usize)
+/// PTRACE_SINGLESTEP, delivering `sig` (0 for none).
+pub(crate) fn single_step(tid: Pid, sig: i32) -> Result<(), Errno> {
+    request(libc::PTRACE_SINGLESTEP, tid, 0, sig as usize)
 }
 
 /// PTRACE_DETACH without a signal: from a syscall stop a nonzero value would
@@ -127,14 +127,29 @@ pub(crate) enum WaitEvent {
     SignalStop(i32),
 }
 
+/// How long [`wait`] polls (yielding the CPU between polls) before it
+/// sleeps. A tracee resumed by us reaches its next stop within microseconds;
+/// sleeping in waitpid instead costs a cross-CPU wakeup per stop, which in a
+/// VM is an exit to the hypervisor. Measured on the 2-vCPU development VM,
+/// single-threaded moves: median ~260 us sleeping, ~170 us polling.
+const SPIN: std::time::Duration = std::time::Duration::from_micros(50);
+
 /// Blocks until `tid` reports a state change. EINTR is retried; ECHILD means
 /// the thread is not (or no longer) our tracee.
 pub(crate) fn wait(tid: Pid) -> Result<WaitEvent, Errno> {
     let mut status: libc::c_int = 0;
+    let spin_until = std::time::Instant::now() + SPIN;
+    let mut flags = libc::__WALL | libc::WNOHANG;
     loop {
         // SAFETY: waitpid writes one int to `status`, a live local.
-        let ret = unsafe { libc::waitpid(tid.as_raw(), &mut status, libc::__WALL) };
+        let ret = unsafe { libc::waitpid(tid.as_raw(), &mut status, flags) };
         match check(ret as libc::c_long) {
+            Ok(0) => {
+                if std::time::Instant::now() >= spin_until {
+                    flags = libc::__WALL;
+                }
+                std::thread::yield_now();
+            }
             Ok(_) => break,
             Err(Errno::EINTR) => continue,
             Err(e) => return Err(e),
@@ -156,6 +171,32 @@ pub(crate) fn wait(tid: Pid) -> Result<WaitEvent, Errno> {
     } else {
         WaitEvent::SignalStop(sig)
     })
+}
+
+/// Collects the exit of a tracee that a ptrace request found gone (ESRCH):
+/// until its tracer waits for it, a dead traced thread stays a zombie, and
+/// its thread-group leader cannot be reaped by its parent. Gives up after a
+/// second (logged); a thread that turns out to be stopped is detached.
+pub(crate) fn reap(tid: Pid) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(1);
+    let mut status: libc::c_int = 0;
+    loop {
+        // SAFETY: waitpid writes one int to `status`, a live local.
+        let ret = unsafe { libc::waitpid(tid.as_raw(), &mut status, libc::__WALL | libc::WNOHANG) };
+        match check(ret as libc::c_long) {
+            Ok(0) | Err(Errno::EINTR) => {}
+            Ok(_) if libc::WIFSTOPPED(status) => {
+                let _ = detach(tid);
+                return;
+            }
+            Ok(_) | Err(_) => return,
+        }
+        if std::time::Instant::now() >= deadline {
+            log::warn!("thread {tid} is gone but its exit was not reported");
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_micros(100));
+    }
 }
 
 /// Reads `buf.len()` bytes of the address space of `pid` at `addr`.
