@@ -16,6 +16,8 @@
 
 pub mod daemon;
 pub mod fs;
+pub mod inject;
+pub mod mover;
 pub mod ns;
 pub mod procfs;
 pub mod tree;

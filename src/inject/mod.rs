@@ -1,0 +1,754 @@
+//! Running a syscall inside another thread with ptrace.
+//!
+//! A thread is attached with `PTRACE_SEIZE` and stopped with
+//! `PTRACE_INTERRUPT` ([`Tracee<Running>`]); once stopped
+//! ([`Tracee<Stopped>`]) its registers and signal mask are saved, and
+//! [`Tracee::syscall`] makes it execute one syscall through a `syscall`
+//! instruction that already exists in its address space. Its memory is never
+//! written. [`Tracee::detach`] (or dropping the tracee) puts every register
+//! and the signal mask back and lets the thread go.
+//!
+//! # Why syscall restarts come out exact
+//!
+//! Every first stop is taken inside the kernel's signal-delivery path
+//! (`get_signal`): the interrupt trap, or the group-stop trap of a thread that
+//! was already stopped. A thread interrupted in a blocking syscall is there
+//! with the syscall's restart code in `rax` (`-ERESTARTSYS`, ...) and the
+//! syscall number in `orig_rax`; the kernel decides on its way out whether
+//! the call restarts, continues through `restart_syscall`, or fails with
+//! `EINTR` because a handler runs.
+//!
+//! An injected syscall runs with `orig_rax = -1`, so none of that logic
+//! touches it. It is executed with `PTRACE_SINGLESTEP` over the `syscall`
+//! instruction: the kernel reports the step as a SIGTRAP at the syscall's
+//! exit, one stop per syscall, again inside `get_signal` (the SIGTRAP is
+//! discarded on resume; SIGTRAP stays unblocked so that forcing it cannot
+//! reset a handler). The saved registers, restart code included, are written
+//! back at that stop, and the thread leaves `get_signal` with its own
+//! registers, exactly as it would have from the original stop: a pending
+//! signal gets its handler and `EINTR` where the kernel gives one, otherwise
+//! the syscall restarts. (`PTRACE_DETACH` also wakes the tracee with
+//! `TIF_SIGPENDING` set, `__ptrace_unlink`, so even a syscall-exit stop would
+//! route it through the same logic.) Registers are never rewritten by hand
+//! into a "restarted" form, which would turn a legitimate `EINTR` into a
+//! restart. The selfcheck target's `read-pipe`, `nanosleep` and `wait4`
+//! modes fail (errno 512/516) should this ever stop holding.
+//!
+//! # Signals
+//!
+//! During injection all signals are blocked except the synchronous ones
+//! (SIGSEGV, SIGBUS, SIGILL, SIGFPE, SIGTRAP, SIGSYS): blocking those would
+//! make the kernel reset their handlers should one be forced. A SIGSTOP is
+//! let through (the group stop happens and the thread is resumed as ptrace
+//! permits); a signal sent by a process to the thread meanwhile is held and
+//! sent again (`tgkill`) before detaching; a signal the kernel raises because
+//! of an injected syscall (a seccomp `SECCOMP_RET_TRAP`) is discarded, the
+//! syscall having already failed. `PTRACE_GETSIGMASK` reports the mask a
+//! `ppoll`/`sigsuspend` will restore, so saving and setting it back is
+//! exactly what the kernel itself would leave.
+//!
+//! A thread that was group-stopped (SIGSTOP) stays stopped after detach: the
+//! kernel re-enters the group stop when the tracer leaves.
+//!
+//! # Tracer death
+//!
+//! `PTRACE_O_EXITKILL` is not used: a daemon that dies while a thread is only
+//! stopped must not kill it. Registers are changed only between the start of
+//! an injected syscall and [`Tracee::restore`]; a daemon killed inside that
+//! window (microseconds) leaves the thread with the injection registers.
+//!
+//! All ptrace requests must come from the thread that attached, so a
+//! [`Tracee`] is neither `Send` nor `Sync`.
+
+use std::marker::PhantomData;
+
+use nix::errno::Errno;
+use nix::unistd::Pid;
+
+#[cfg_attr(target_arch = "x86_64", path = "x86_64.rs")]
+#[cfg_attr(not(target_arch = "x86_64"), path = "unsupported.rs")]
+mod arch;
+mod site;
+pub(crate) mod sys;
+
+pub use arch::Registers;
+
+use sys::WaitEvent;
+
+/// Stops taken at most while waiting for one expected stop before giving up
+/// (each unexpected stop is a signal or a trap the kernel reported).
+const MAX_STOPS: usize = 64;
+
+/// The kernel-internal restart codes a syscall interrupted by a signal leaves
+/// in the result register. They never reach user space.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Restart {
+    /// `-ERESTARTSYS` (512): restart, unless a handler without SA_RESTART runs.
+    Sys,
+    /// `-ERESTARTNOINTR` (513): always restart.
+    NoIntr,
+    /// `-ERESTARTNOHAND` (514): restart unless a handler runs.
+    NoHand,
+    /// `-ERESTART_RESTARTBLOCK` (516): continue through `restart_syscall`.
+    RestartBlock,
+}
+
+impl Restart {
+    /// The restart named by a raw syscall result, if it is one.
+    pub fn from_return(value: i64) -> Option<Self> {
+        match value {
+            -512 => Some(Self::Sys),
+            -513 => Some(Self::NoIntr),
+            -514 => Some(Self::NoHand),
+            -516 => Some(Self::RestartBlock),
+            _ => None,
+        }
+    }
+}
+
+/// A tracer failure: something went wrong with ptrace itself, as opposed to
+/// an injected syscall returning an error.
+#[derive(Debug, thiserror::Error)]
+pub enum TraceError {
+    /// The thread exited (or was killed) meanwhile.
+    #[error("thread {0} is gone")]
+    Gone(Pid),
+    /// Another tracer is attached; it is left alone.
+    #[error("thread {tid} is already traced by {tracer}")]
+    AlreadyTraced {
+        /// The thread we tried to attach to.
+        tid: Pid,
+        /// Its tracer, as `/proc/TID/status` names it.
+        tracer: Pid,
+    },
+    /// The kernel refused the attach (kernel thread, LSM, exiting thread).
+    #[error("not permitted to trace thread {0}")]
+    Denied(Pid),
+    /// No injection on this architecture, or for this kind of thread.
+    #[error("syscall injection is not supported: {0}")]
+    Unsupported(&'static str),
+    /// No `syscall` instruction could be found in the address space.
+    #[error("no syscall instruction found in the address space of {0}")]
+    NoSyscallSite(Pid),
+    /// A syscall site of another process was handed over.
+    #[error("syscall site of process {site} used for a thread of process {tracee}")]
+    ForeignSite {
+        /// The process the site was found in.
+        site: Pid,
+        /// The process of the thread it was offered to.
+        tracee: Pid,
+    },
+    /// [`Tracee::set_result`] on a thread that was not stopped in a syscall.
+    #[error("thread {0} was not stopped in a syscall")]
+    NotInSyscall(Pid),
+    /// The expected stop did not come.
+    #[error("thread {tid}: no {expected} stop after {MAX_STOPS} stops")]
+    TooManyStops {
+        /// The thread.
+        tid: Pid,
+        /// The stop we waited for.
+        expected: &'static str,
+    },
+    /// A single step ended somewhere other than after the `syscall`
+    /// instruction.
+    #[error("thread {tid}: single step ended at {pc:#x}")]
+    StrayStep {
+        /// The thread.
+        tid: Pid,
+        /// Where it stopped.
+        pc: u64,
+    },
+    /// A ptrace, wait or /proc operation failed.
+    #[error("thread {tid}: {op} failed: {errno}")]
+    Os {
+        /// The thread.
+        tid: Pid,
+        /// What was attempted.
+        op: &'static str,
+        /// What the kernel said.
+        errno: Errno,
+    },
+}
+
+impl TraceError {
+    /// Wraps an errno of `op` on `tid`; ESRCH always means the thread is gone.
+    fn os(tid: Pid, op: &'static str) -> impl FnOnce(Errno) -> TraceError {
+        move |errno| match errno {
+            Errno::ESRCH | Errno::ECHILD => TraceError::Gone(tid),
+            errno => TraceError::Os { tid, op, errno },
+        }
+    }
+}
+
+/// A checked result of an injected syscall: the value, or the errno the
+/// syscall itself returned.
+pub type SyscallResult = Result<i64, Errno>;
+
+/// Decodes a raw syscall return value (signed; -4095..-1 are errnos).
+fn decode_return(raw: i64) -> SyscallResult {
+    if (-4095..0).contains(&raw) {
+        Err(Errno::from_raw((-raw) as i32))
+    } else {
+        Ok(raw)
+    }
+}
+
+/// The address of a `syscall` instruction in one process's address space,
+/// usable by every thread of that process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SyscallSite {
+    tgid: Pid,
+    addr: u64,
+}
+
+impl SyscallSite {
+    /// The process whose address space holds the instruction.
+    pub fn process(&self) -> Pid {
+        self.tgid
+    }
+
+    /// Its address.
+    pub fn addr(&self) -> u64 {
+        self.addr
+    }
+}
+
+mod sealed {
+    pub trait Sealed {}
+    impl Sealed for super::Running {}
+    impl Sealed for super::Stopped {}
+}
+
+/// A tracee state: [`Running`] or [`Stopped`].
+pub trait State: sealed::Sealed + Sized {
+    /// Gives the thread back, best effort, when a tracee is dropped without
+    /// an explicit detach.
+    #[doc(hidden)]
+    fn release(tracee: &mut Tracee<Self>);
+}
+
+/// Attached, with an interrupt requested; the stop has not been collected.
+#[derive(Debug)]
+pub struct Running {
+    _private: (),
+}
+
+/// Where in the kernel a stopped thread currently waits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum StopPoint {
+    /// A PTRACE_EVENT_STOP trap inside `get_signal`.
+    Trap,
+    /// A signal-delivery stop inside `get_signal` (the single-step trap of an
+    /// injected syscall is one); the signal is delivered on resume unless it
+    /// is 0.
+    Delivery(i32),
+}
+
+/// Stopped, with the state to restore saved.
+#[derive(Debug)]
+pub struct Stopped {
+    /// Registers to restore (as found, or with a result set by the caller).
+    saved: Registers,
+    /// Signal mask to restore.
+    saved_mask: u64,
+    /// The thread's registers differ from `saved`.
+    regs_dirty: bool,
+    /// The thread's signal mask differs from `saved_mask`.
+    mask_dirty: bool,
+    at: StopPoint,
+    group_stopped: bool,
+    site: Option<u64>,
+    /// Signals sent to the thread during injection, to send again on detach.
+    deferred: Vec<i32>,
+}
+
+/// A thread under ptrace. `S` is [`Running`] or [`Stopped`].
+#[derive(Debug)]
+pub struct Tracee<S: State> {
+    tid: Pid,
+    tgid: Pid,
+    state: S,
+    /// Nothing left to give back (detached, or the thread is gone).
+    released: bool,
+    /// ptrace requests must come from the attaching thread.
+    _not_send: PhantomData<*const ()>,
+}
+
+impl<S: State> Drop for Tracee<S> {
+    fn drop(&mut self) {
+        if !self.released {
+            S::release(self);
+            self.released = true;
+        }
+    }
+}
+
+impl<S: State> Tracee<S> {
+    /// The traced thread.
+    pub fn tid(&self) -> Pid {
+        self.tid
+    }
+
+    /// The process it belongs to.
+    pub fn tgid(&self) -> Pid {
+        self.tgid
+    }
+
+    /// Consumes `self` without running its release.
+    fn disarm(mut self) -> (Pid, Pid) {
+        self.released = true;
+        (self.tid, self.tgid)
+    }
+}
+
+/// The TracerPid of a thread, if `/proc` names one.
+fn tracer_of(tid: Pid) -> Option<Pid> {
+    let status = std::fs::read_to_string(format!("/proc/{tid}/status")).ok()?;
+    let value = status.lines().find_map(|l| l.strip_prefix("TracerPid:"))?;
+    let pid: i32 = value.trim().parse().ok()?;
+    (pid != 0).then(|| Pid::from_raw(pid))
+}
+
+impl Tracee<Running> {
+    /// Attaches to the single-threaded process (or thread-group leader) `pid`.
+    pub fn seize(pid: Pid) -> Result<Self, TraceError> {
+        Self::seize_thread(pid, pid)
+    }
+
+    /// Attaches to thread `tid` of process `tgid` and requests a stop.
+    ///
+    /// The caller vouches that `tid` belongs to `tgid`: the two share one
+    /// address space, so a [`SyscallSite`] of `tgid` is used for `tid`.
+    pub fn seize_thread(tgid: Pid, tid: Pid) -> Result<Self, TraceError> {
+        if !arch::SUPPORTED {
+            return Err(TraceError::Unsupported(
+                "no injection backend for this architecture",
+            ));
+        }
+        match sys::seize(tid, libc::PTRACE_O_TRACESYSGOOD) {
+            Ok(()) => {}
+            Err(Errno::ESRCH) => return Err(TraceError::Gone(tid)),
+            Err(Errno::EPERM) => {
+                return Err(match tracer_of(tid) {
+                    Some(tracer) => TraceError::AlreadyTraced { tid, tracer },
+                    None => TraceError::Denied(tid),
+                });
+            }
+            Err(errno) => {
+                return Err(TraceError::Os {
+                    tid,
+                    op: "PTRACE_SEIZE",
+                    errno,
+                });
+            }
+        }
+        let tracee = Tracee {
+            tid,
+            tgid,
+            state: Running { _private: () },
+            released: false,
+            _not_send: PhantomData,
+        };
+        match sys::interrupt(tid) {
+            Ok(()) => Ok(tracee),
+            Err(errno) => {
+                // Attached but not interrupted: only possible if it died.
+                let _ = tracee.disarm();
+                Err(TraceError::os(tid, "PTRACE_INTERRUPT")(errno))
+            }
+        }
+    }
+
+    /// Waits for the requested stop.
+    ///
+    /// A signal that arrives first is delivered as if no tracer were there
+    /// and the wait goes on (the interrupt stays pending). Returns
+    /// [`TraceError::Gone`] if the thread dies first.
+    pub fn wait_stop(self) -> Result<Tracee<Stopped>, TraceError> {
+        let tid = self.tid;
+        let group_stopped = match wait_for_trap(tid) {
+            Ok(group) => group,
+            Err(e) => {
+                // The thread is not stopped (it is gone or unwaitable):
+                // there is nothing left to detach from.
+                let (tid, _) = self.disarm();
+                if let TraceError::Gone(_) = e {
+                    sys::reap(tid);
+                }
+                return Err(e);
+            }
+        };
+        let saved = arch::get(tid).map_err(TraceError::os(tid, "PTRACE_GETREGS"));
+        let saved_mask = sys::get_sigmask(tid).map_err(TraceError::os(tid, "PTRACE_GETSIGMASK"));
+        let (tid, tgid) = self.disarm();
+        let (saved, saved_mask) = match (saved, saved_mask) {
+            (Ok(regs), Ok(mask)) => (regs, mask),
+            (Err(e), _) | (_, Err(e)) => {
+                // Nothing was changed yet: just let it go.
+                if let TraceError::Gone(_) = e {
+                    sys::reap(tid);
+                } else {
+                    let _ = sys::detach(tid);
+                }
+                return Err(e);
+            }
+        };
+        Ok(Tracee {
+            tid,
+            tgid,
+            state: Stopped {
+                saved,
+                saved_mask,
+                regs_dirty: false,
+                mask_dirty: false,
+                at: StopPoint::Trap,
+                group_stopped,
+                site: None,
+                deferred: Vec::new(),
+            },
+            released: false,
+            _not_send: PhantomData,
+        })
+    }
+}
+
+/// Waits until `tid` is in a PTRACE_EVENT_STOP trap, delivering any signal
+/// that is reported first. Returns whether the trap is a group-stop.
+fn wait_for_trap(tid: Pid) -> Result<bool, TraceError> {
+    loop {
+        match sys::wait(tid).map_err(TraceError::os(tid, "waitpid"))? {
+            WaitEvent::Gone => return Err(TraceError::Gone(tid)),
+            WaitEvent::EventStop {
+                event: libc::PTRACE_EVENT_STOP,
+                sig,
+            } => {
+                return Ok(sig != libc::SIGTRAP);
+            }
+            WaitEvent::EventStop { .. } | WaitEvent::SyscallStop => {
+                sys::cont(tid, 0).map_err(TraceError::os(tid, "PTRACE_CONT"))?;
+            }
+            WaitEvent::SignalStop(sig) => {
+                // What CRIU does too: let the thread take its signal, then
+                // collect the interrupt trap, which stays pending.
+                sys::cont(tid, sig).map_err(TraceError::os(tid, "PTRACE_CONT"))?;
+            }
+        }
+    }
+}
+
+impl State for Running {
+    fn release(tracee: &mut Tracee<Self>) {
+        // The interrupt is pending: collect the stop, then detach.
+        match wait_for_trap(tracee.tid) {
+            Ok(_) => {
+                if let Err(e) = sys::detach(tracee.tid) {
+                    log::warn!("detaching thread {}: {e}", tracee.tid);
+                }
+            }
+            Err(TraceError::Gone(_)) => sys::reap(tracee.tid),
+            Err(e) => log::warn!("releasing thread {}: {e}", tracee.tid),
+        }
+    }
+}
+
+impl State for Stopped {
+    fn release(tracee: &mut Tracee<Self>) {
+        if let Err(e) = tracee.restore_and_detach() {
+            match e {
+                TraceError::Gone(_) => {}
+                e => log::error!("releasing thread {}: {e}", tracee.tid),
+            }
+        }
+    }
+}
+
+/// Signals that stay unblocked during injection: blocking a signal the kernel
+/// then forces would reset its handler to SIG_DFL.
+const SYNCHRONOUS_SIGNALS: [i32; 6] = [
+    libc::SIGSEGV,
+    libc::SIGBUS,
+    libc::SIGILL,
+    libc::SIGFPE,
+    libc::SIGTRAP,
+    libc::SIGSYS,
+];
+
+/// The mask set while injected code runs.
+fn injection_mask() -> u64 {
+    SYNCHRONOUS_SIGNALS
+        .iter()
+        .fold(u64::MAX, |mask, &sig| mask & !(1u64 << (sig - 1)))
+}
+
+fn is_stop_signal(sig: i32) -> bool {
+    matches!(
+        sig,
+        libc::SIGSTOP | libc::SIGTSTP | libc::SIGTTIN | libc::SIGTTOU
+    )
+}
+
+/// What to do with a signal-delivery stop met while the thread runs toward
+/// an expected stop.
+enum SignalDisposition {
+    /// Resume with this signal (a stop signal: the group stop happens).
+    PassOn(i32),
+    /// Sent by a process: hold it and send it again before detaching.
+    Defer(i32),
+    /// Raised by the kernel because of an injected syscall: discard.
+    Discard(i32),
+}
+
+fn classify_signal(tid: Pid, sig: i32) -> Result<SignalDisposition, TraceError> {
+    if is_stop_signal(sig) {
+        return Ok(SignalDisposition::PassOn(sig));
+    }
+    let code = sys::siginfo_code(tid).map_err(TraceError::os(tid, "PTRACE_GETSIGINFO"))?;
+    // si_code <= 0: sent from user space (kill, tgkill, sigqueue, timers).
+    Ok(if code <= 0 {
+        SignalDisposition::Defer(sig)
+    } else {
+        SignalDisposition::Discard(sig)
+    })
+}
+
+impl Tracee<Stopped> {
+    /// The registers the thread will get back, as found at the stop (plus a
+    /// result set with [`Tracee::set_result`]).
+    pub fn regs(&self) -> &Registers {
+        &self.state.saved
+    }
+
+    /// The signal mask the thread will get back.
+    pub fn sigmask(&self) -> u64 {
+        self.state.saved_mask
+    }
+
+    /// Whether the thread was in a group-stop (SIGSTOP) when it was seized.
+    pub fn was_group_stopped(&self) -> bool {
+        self.state.group_stopped
+    }
+
+    /// Makes the syscall the thread was stopped in return `value` (a result,
+    /// or `-errno`) instead of what it returned. Replaces a pending restart.
+    pub fn set_result(&mut self, value: i64) -> Result<(), TraceError> {
+        if self.state.saved.syscall_nr().is_none() {
+            return Err(TraceError::NotInSyscall(self.tid));
+        }
+        self.state.saved.set_result(value);
+        self.state.regs_dirty = true;
+        Ok(())
+    }
+
+    /// A `syscall` instruction in the thread's address space: the one it
+    /// entered the kernel through if there is one, else one in the vDSO or
+    /// another executable mapping. The result is cached.
+    pub fn syscall_site(&mut self) -> Result<SyscallSite, TraceError> {
+        let tid = self.tid;
+        if let Some(addr) = self.state.site {
+            return Ok(SyscallSite {
+                tgid: self.tgid,
+                addr,
+            });
+        }
+        if !self.state.saved.is_native() {
+            return Err(TraceError::Unsupported("32-bit (compat) thread"));
+        }
+        let mut found = None;
+        if let Some(addr) = self.state.saved.syscall_insn_before_pc() {
+            match site::holds_syscall_insn(tid, addr) {
+                Ok(true) => found = Some(addr),
+                Ok(false) | Err(Errno::EFAULT) => {}
+                Err(e) => return Err(TraceError::os(tid, "process_vm_readv")(e)),
+            }
+        }
+        let addr = match found {
+            Some(addr) => addr,
+            None => site::scan(tid)
+                .map_err(TraceError::os(tid, "scanning executable mappings"))?
+                .ok_or(TraceError::NoSyscallSite(self.tgid))?,
+        };
+        self.state.site = Some(addr);
+        Ok(SyscallSite {
+            tgid: self.tgid,
+            addr,
+        })
+    }
+
+    /// Uses a site found through another thread of the same process.
+    pub fn use_syscall_site(&mut self, site: SyscallSite) -> Result<(), TraceError> {
+        if site.tgid != self.tgid {
+            return Err(TraceError::ForeignSite {
+                site: site.tgid,
+                tracee: self.tgid,
+            });
+        }
+        self.state.site = Some(site.addr);
+        Ok(())
+    }
+
+    /// Makes the thread execute syscall `nr` with `args`.
+    ///
+    /// The outer result is the tracer's; the inner one is the syscall's own
+    /// return value or errno. The thread stays stopped; its registers are
+    /// put back by [`Tracee::restore`] or [`Tracee::detach`].
+    pub fn syscall(&mut self, nr: i64, args: [u64; 6]) -> Result<SyscallResult, TraceError> {
+        let tid = self.tid;
+        if !self.state.saved.is_native() {
+            return Err(TraceError::Unsupported("32-bit (compat) thread"));
+        }
+        let site = self.syscall_site()?.addr;
+        if let StopPoint::Delivery(sig) = self.state.at {
+            // Resuming for the injection would swallow it.
+            if sig != 0 {
+                self.state.deferred.push(sig);
+            }
+            self.state.at = StopPoint::Delivery(0);
+        }
+        if !self.state.mask_dirty {
+            sys::set_sigmask(tid, injection_mask())
+                .map_err(TraceError::os(tid, "PTRACE_SETSIGMASK"))?;
+            self.state.mask_dirty = true;
+        }
+        let mut regs = self.state.saved;
+        regs.prepare_syscall(site, nr, args);
+        arch::set(tid, &regs).map_err(TraceError::os(tid, "PTRACE_SETREGS"))?;
+        self.state.regs_dirty = true;
+        let after = self.step_over_syscall(site)?;
+        Ok(decode_return(after.result()))
+    }
+
+    /// Single-steps the `syscall` instruction at `site`: one stop, a SIGTRAP
+    /// reported at the syscall's exit, with the result in the registers.
+    fn step_over_syscall(&mut self, site: u64) -> Result<Registers, TraceError> {
+        let tid = self.tid;
+        let mut pass = 0;
+        for _ in 0..MAX_STOPS {
+            sys::single_step(tid, pass).map_err(TraceError::os(tid, "PTRACE_SINGLESTEP"))?;
+            pass = 0;
+            match sys::wait(tid).map_err(TraceError::os(tid, "waitpid"))? {
+                WaitEvent::Gone => {
+                    self.released = true;
+                    return Err(TraceError::Gone(tid));
+                }
+                WaitEvent::SignalStop(libc::SIGTRAP)
+                    if sys::siginfo_code(tid)
+                        .map_err(TraceError::os(tid, "PTRACE_GETSIGINFO"))?
+                        > 0 =>
+                {
+                    // Our trap: it is discarded when the thread resumes.
+                    self.state.at = StopPoint::Delivery(0);
+                    let regs = arch::get(tid).map_err(TraceError::os(tid, "PTRACE_GETREGS"))?;
+                    if regs.pc() == site + arch::SYSCALL_INSN.len() as u64 {
+                        return Ok(regs);
+                    }
+                    if regs.pc() != site {
+                        return Err(TraceError::StrayStep { tid, pc: regs.pc() });
+                    }
+                }
+                WaitEvent::SignalStop(sig) => match classify_signal(tid, sig)? {
+                    SignalDisposition::PassOn(sig) => pass = sig,
+                    SignalDisposition::Defer(sig) => self.state.deferred.push(sig),
+                    SignalDisposition::Discard(sig) => {
+                        log::warn!("thread {tid}: discarding signal {sig} raised by injection");
+                    }
+                },
+                // A group-stop or interrupt trap: ptrace lets us go on.
+                WaitEvent::EventStop { .. } | WaitEvent::SyscallStop => {}
+            }
+        }
+        self.state.at = StopPoint::Delivery(0);
+        Err(TraceError::TooManyStops {
+            tid,
+            expected: "single-step",
+        })
+    }
+
+    /// Puts the saved registers and signal mask back. The thread stays
+    /// stopped; it can be injected into again.
+    pub fn restore(&mut self) -> Result<(), TraceError> {
+        let tid = self.tid;
+        if self.state.regs_dirty {
+            arch::set(tid, &self.state.saved).map_err(TraceError::os(tid, "PTRACE_SETREGS"))?;
+            self.state.regs_dirty = false;
+        }
+        if self.state.mask_dirty {
+            sys::set_sigmask(tid, self.state.saved_mask)
+                .map_err(TraceError::os(tid, "PTRACE_SETSIGMASK"))?;
+            self.state.mask_dirty = false;
+        }
+        Ok(())
+    }
+
+    fn restore_and_detach(&mut self) -> Result<(), TraceError> {
+        let result = self.try_restore_and_detach();
+        if let Err(TraceError::Gone(_)) = result {
+            if !self.released {
+                sys::reap(self.tid);
+            }
+        }
+        self.released = true;
+        result
+    }
+
+    fn try_restore_and_detach(&mut self) -> Result<(), TraceError> {
+        let tid = self.tid;
+        self.restore()?;
+        for sig in std::mem::take(&mut self.state.deferred) {
+            if let Err(e) = sys::tgkill(self.tgid, tid, sig) {
+                log::warn!("thread {tid}: sending held signal {sig} again: {e}");
+            }
+        }
+        let pass = match self.state.at {
+            StopPoint::Delivery(sig) => sig,
+            _ => 0,
+        };
+        let result = if pass == 0 {
+            sys::detach(tid)
+        } else {
+            sys::detach_with_signal(tid, pass)
+        };
+        result.map_err(TraceError::os(tid, "PTRACE_DETACH"))
+    }
+
+    /// Restores registers and mask and lets the thread go.
+    pub fn detach(mut self) -> Result<(), TraceError> {
+        let result = self.restore_and_detach();
+        // On failure Drop must not try again with a half-released thread.
+        self.released = true;
+        result
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decodes_signed_returns() {
+        assert_eq!(decode_return(3), Ok(3));
+        assert_eq!(decode_return(0), Ok(0));
+        assert_eq!(decode_return(-1), Err(Errno::EPERM));
+        assert_eq!(decode_return(-22), Err(Errno::EINVAL));
+        assert_eq!(decode_return(-4096), Ok(-4096));
+        // An address in the upper half is a value, not an errno.
+        assert_eq!(decode_return(i64::MIN), Ok(i64::MIN));
+    }
+
+    #[test]
+    fn restart_codes() {
+        assert_eq!(Restart::from_return(-512), Some(Restart::Sys));
+        assert_eq!(Restart::from_return(-516), Some(Restart::RestartBlock));
+        assert_eq!(Restart::from_return(-515), None);
+        assert_eq!(Restart::from_return(-4), None);
+    }
+
+    #[test]
+    fn injection_mask_keeps_synchronous_signals() {
+        let mask = injection_mask();
+        for sig in SYNCHRONOUS_SIGNALS {
+            assert_eq!(mask & (1 << (sig - 1)), 0);
+        }
+        assert_ne!(mask & (1 << (libc::SIGTERM - 1)), 0);
+        assert_ne!(mask & (1 << 63), 0);
+    }
+}

@@ -1,0 +1,136 @@
+//! x86_64: register layout, syscall ABI and the `syscall` instruction.
+
+use std::ffi::c_void;
+
+use nix::errno::Errno;
+use nix::unistd::Pid;
+
+use super::Restart;
+
+/// Injection is implemented on this architecture.
+pub(crate) const SUPPORTED: bool = true;
+
+/// The bytes of the `syscall` instruction.
+pub(crate) const SYSCALL_INSN: [u8; 2] = [0x0f, 0x05];
+
+/// Code segment selector of 64-bit user code (`__USER_CS`); 32-bit (compat)
+/// tasks run with 0x23 and use another syscall table.
+const USER_CS_64: u64 = 0x33;
+
+/// The general-purpose registers of a stopped thread.
+#[derive(Clone, Copy)]
+pub struct Registers {
+    raw: libc::user_regs_struct,
+}
+
+impl std::fmt::Debug for Registers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Registers")
+            .field("rip", &format_args!("{:#x}", self.raw.rip))
+            .field("rax", &(self.raw.rax as i64))
+            .field("orig_rax", &(self.raw.orig_rax as i64))
+            .field("cs", &format_args!("{:#x}", self.raw.cs))
+            .finish_non_exhaustive()
+    }
+}
+
+impl Registers {
+    /// The instruction pointer.
+    pub fn pc(&self) -> u64 {
+        self.raw.rip
+    }
+
+    /// The number of the syscall the thread was stopped in, if it was in one
+    /// (`orig_rax >= 0`).
+    pub fn syscall_nr(&self) -> Option<i64> {
+        let nr = self.raw.orig_rax as i64;
+        (nr >= 0).then_some(nr)
+    }
+
+    /// The result register (`rax`) as a signed value.
+    pub fn result(&self) -> i64 {
+        self.raw.rax as i64
+    }
+
+    /// The restart the kernel has pending for the interrupted syscall, if any.
+    pub fn restart(&self) -> Option<Restart> {
+        self.syscall_nr()?;
+        Restart::from_return(self.result())
+    }
+
+    /// Whether the thread runs 64-bit code (and so takes native syscalls).
+    pub fn is_native(&self) -> bool {
+        self.raw.cs == USER_CS_64
+    }
+
+    /// The raw register block.
+    pub fn raw(&self) -> &libc::user_regs_struct {
+        &self.raw
+    }
+
+    pub(crate) fn set_result(&mut self, value: i64) {
+        self.raw.rax = value as u64;
+    }
+
+    /// Where a `syscall` instruction should sit if the thread entered the
+    /// kernel through one: the two bytes before the instruction pointer.
+    pub(crate) fn syscall_insn_before_pc(&self) -> Option<u64> {
+        self.syscall_nr()?;
+        self.raw.rip.checked_sub(SYSCALL_INSN.len() as u64)
+    }
+
+    /// Sets up a syscall at `site`: number, six arguments, and
+    /// `orig_rax = -1` so that no restart logic applies on the way out of
+    /// the stop we resume from.
+    pub(crate) fn prepare_syscall(&mut self, site: u64, nr: i64, args: [u64; 6]) {
+        let r = &mut self.raw;
+        r.rip = site;
+        r.rax = nr as u64;
+        r.orig_rax = u64::MAX;
+        r.rdi = args[0];
+        r.rsi = args[1];
+        r.rdx = args[2];
+        r.r10 = args[3];
+        r.r8 = args[4];
+        r.r9 = args[5];
+    }
+}
+
+pub(crate) fn get(tid: Pid) -> Result<Registers, Errno> {
+    let mut raw = std::mem::MaybeUninit::<libc::user_regs_struct>::uninit();
+    // SAFETY: PTRACE_GETREGS writes one user_regs_struct to `data`, which
+    // points to storage of exactly that type.
+    let ret = unsafe {
+        libc::ptrace(
+            libc::PTRACE_GETREGS,
+            tid.as_raw(),
+            std::ptr::null_mut::<c_void>(),
+            raw.as_mut_ptr() as *mut c_void,
+        )
+    };
+    if ret == -1 {
+        return Err(Errno::last());
+    }
+    // SAFETY: the call succeeded, so the kernel filled the whole struct.
+    Ok(Registers {
+        raw: unsafe { raw.assume_init() },
+    })
+}
+
+pub(crate) fn set(tid: Pid, regs: &Registers) -> Result<(), Errno> {
+    // SAFETY: PTRACE_SETREGS reads one user_regs_struct from `data`, which
+    // points to a live value of that type.
+    let ret = unsafe {
+        libc::ptrace(
+            libc::PTRACE_SETREGS,
+            tid.as_raw(),
+            std::ptr::null_mut::<c_void>(),
+            &regs.raw as *const libc::user_regs_struct as *mut c_void,
+        )
+    };
+    if ret == -1 {
+        Err(Errno::last())
+    } else {
+        Ok(())
+    }
+}

@@ -1,0 +1,704 @@
+//! Moving a running process, every thread of it, into the namespaces of a
+//! holder process.
+//!
+//! One move: pin the target (pidfd) -> stop every thread, re-reading
+//! `/proc/PID/task` until no new thread shows up -> in each thread inject
+//! `fd = pidfd_open(holder, 0); setns(fd, kinds); close(fd)` -> let every
+//! thread go. `setns` with a pidfd joins all the requested namespaces of the
+//! holder at once or none of them, so a thread is either moved or untouched.
+//!
+//! All or nothing across threads: no thread runs before every thread has
+//! moved. If one refuses, the threads already moved join the namespaces of a
+//! thread that has not (through a `PIDFD_THREAD` pidfd, opened inside the
+//! moved thread), which is the set they had before; then every register and
+//! signal mask is restored and the error of the refusing thread is returned.
+//!
+//! Limits the kernel imposes and that are passed on, not hidden:
+//! * with `CLONE_NEWNS` a thread sharing its `fs_struct` cannot join, so in a
+//!   multithreaded target each thread first runs `unshare(CLONE_FS)`: its
+//!   threads stop sharing cwd, root and umask, and that stays so even if the
+//!   move is then rolled back. Joining a mount namespace moves root and cwd to
+//!   that namespace's root, also when a rollback joins the old one again.
+//! * a multithreaded process cannot join a user or time namespace (EINVAL,
+//!   EUSERS); re-joining the user namespace it is in is EINVAL too, so the
+//!   caller passes only the kinds that change.
+//! * a seccomp filter of the target applies to the injected syscalls: an
+//!   `SECCOMP_RET_ERRNO` filter yields its errno, a killing filter kills.
+//!
+//! Nothing here takes a lock or knows about FUSE; everything runs on the
+//! calling thread, which must be the only one tracing the target.
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::fs;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::unix::fs::MetadataExt;
+
+use nix::errno::Errno;
+use nix::sched::CloneFlags;
+use nix::unistd::Pid;
+
+use crate::inject::{self, Stopped, SyscallResult, TraceError, Tracee};
+
+/// Rounds of re-reading `/proc/PID/task` before giving up on a process that
+/// keeps creating threads faster than they can be stopped.
+const MAX_ROUNDS: usize = 64;
+
+/// `PF_KTHREAD` in the flags field of `/proc/PID/stat`.
+const PF_KTHREAD: u64 = 0x0020_0000;
+
+/// `PIDFD_THREAD` (Linux 6.9): a pidfd for one thread, not its group. The
+/// kernel defines it as `O_EXCL`.
+const PIDFD_THREAD: u64 = libc::O_EXCL as u64;
+
+/// The namespace kinds `setns` accepts, with their `/proc/TID/ns/` entry
+/// (for pid and time, the one `setns` changes).
+const KINDS: [(libc::c_int, &str); 8] = [
+    (libc::CLONE_NEWCGROUP, "cgroup"),
+    (libc::CLONE_NEWIPC, "ipc"),
+    (libc::CLONE_NEWNS, "mnt"),
+    (libc::CLONE_NEWNET, "net"),
+    (libc::CLONE_NEWPID, "pid_for_children"),
+    (libc::CLONE_NEWTIME, "time_for_children"),
+    (libc::CLONE_NEWUSER, "user"),
+    (libc::CLONE_NEWUTS, "uts"),
+];
+
+/// A pinned process: a pidfd plus the pid it had in our pid namespace when
+/// it was pinned. The pid is only trusted while the pidfd says the process
+/// is alive.
+#[derive(Debug)]
+pub struct ProcessHandle {
+    pidfd: OwnedFd,
+    tgid: Pid,
+}
+
+impl ProcessHandle {
+    /// Pins process `pid` (a thread-group id in our pid namespace).
+    pub fn open(pid: i32) -> Result<Self, MoveError> {
+        if pid <= 0 {
+            return Err(MoveError::Gone(pid));
+        }
+        let tgid = Pid::from_raw(pid);
+        match inject::sys::pidfd_open(tgid, 0) {
+            Ok(pidfd) => Ok(ProcessHandle { pidfd, tgid }),
+            Err(Errno::ESRCH) => Err(MoveError::Gone(pid)),
+            // EINVAL: a thread that is not a group leader.
+            Err(errno) => Err(MoveError::Pin { pid, errno }),
+        }
+    }
+
+    /// Takes over a pidfd pinned elsewhere; its pid is read from fdinfo.
+    pub fn from_pidfd(pidfd: OwnedFd) -> Result<Self, MoveError> {
+        let path = format!("/proc/self/fdinfo/{}", pidfd.as_raw_fd());
+        let info = fs::read_to_string(path).map_err(MoveError::Proc)?;
+        let pid = info
+            .lines()
+            .find_map(|l| l.strip_prefix("Pid:"))
+            .and_then(|v| v.trim().parse::<i32>().ok())
+            .ok_or(MoveError::Pin {
+                pid: -1,
+                errno: Errno::EBADF,
+            })?;
+        // -1: the process is gone; 0: not visible in our pid namespace.
+        if pid <= 0 {
+            return Err(MoveError::Gone(pid));
+        }
+        Ok(ProcessHandle {
+            pidfd,
+            tgid: Pid::from_raw(pid),
+        })
+    }
+
+    /// The pid, in our pid namespace.
+    pub fn pid(&self) -> Pid {
+        self.tgid
+    }
+
+    /// The pidfd.
+    pub fn pidfd(&self) -> BorrowedFd<'_> {
+        self.pidfd.as_fd()
+    }
+
+    /// Whether the pinned process has not exited (a zombie has).
+    pub fn is_alive(&self) -> bool {
+        inject::sys::pidfd_send_signal(self.pidfd.as_fd(), 0).is_ok()
+    }
+}
+
+/// The injected step that failed in a thread.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    /// `unshare(CLONE_FS)`, before joining a mount namespace.
+    UnshareFs,
+    /// `pidfd_open(holder)`: the holder is not visible in the target's pid
+    /// namespace, or no descriptor is free.
+    PidfdOpen,
+    /// `setns(pidfd, kinds)`.
+    Setns,
+}
+
+impl fmt::Display for Step {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Step::UnshareFs => "unshare(CLONE_FS)",
+            Step::PidfdOpen => "pidfd_open",
+            Step::Setns => "setns",
+        })
+    }
+}
+
+/// Why a move did not happen. Unless stated otherwise, the target was left
+/// exactly as it was.
+#[derive(Debug, thiserror::Error)]
+pub enum MoveError {
+    /// The process exited (before or during the move).
+    #[error("process {0} is gone")]
+    Gone(i32),
+    /// The process has exited but is not reaped yet.
+    #[error("process {0} is a zombie")]
+    Zombie(i32),
+    /// Kernel threads have no user context to run a syscall in.
+    #[error("process {0} is a kernel thread")]
+    KernelThread(i32),
+    /// The calling process cannot trace itself.
+    #[error("refusing to move the calling process itself")]
+    SelfProcess,
+    /// Another tracer (debugger, strace) holds a thread; it is left alone.
+    #[error("thread {tid} is already traced by {tracer}")]
+    AlreadyTraced {
+        /// The traced thread.
+        tid: i32,
+        /// Its tracer.
+        tracer: i32,
+    },
+    /// The kernel refused to let us trace the process.
+    #[error("not permitted to trace thread {0}")]
+    TraceDenied(i32),
+    /// `kinds` holds something that is not a namespace kind.
+    #[error("not namespace kinds: {0:#x}")]
+    InvalidKinds(libc::c_int),
+    /// Pinning the pid failed.
+    #[error("cannot pin pid {pid}: {errno}")]
+    Pin {
+        /// The pid given.
+        pid: i32,
+        /// pidfd_open's errno.
+        errno: Errno,
+    },
+    /// A thread refused; threads moved before it were moved back.
+    #[error("thread {tid}: {step} failed: {errno} ({moved_back} threads moved back)")]
+    Refused {
+        /// The refusing thread.
+        tid: i32,
+        /// What it refused.
+        step: Step,
+        /// The kernel's errno, passed through.
+        errno: Errno,
+        /// Threads that had moved and were moved back.
+        moved_back: usize,
+    },
+    /// Moving threads back failed: the process is split across namespaces.
+    #[error("thread {tid} could not be moved back after {cause}")]
+    RollbackFailed {
+        /// A thread left in the new namespaces.
+        tid: i32,
+        /// The failure that made the rollback necessary.
+        cause: Box<MoveError>,
+    },
+    /// Threads kept appearing while the process was being stopped.
+    #[error("process {0} keeps creating threads")]
+    Unstable(i32),
+    /// No injection for this architecture or this process.
+    #[error("unsupported: {0}")]
+    Unsupported(&'static str),
+    /// Tracing failed.
+    #[error(transparent)]
+    Trace(TraceError),
+    /// Reading `/proc` failed.
+    #[error("reading /proc: {0}")]
+    Proc(std::io::Error),
+}
+
+impl From<TraceError> for MoveError {
+    fn from(e: TraceError) -> Self {
+        match e {
+            TraceError::Gone(tid) => MoveError::Gone(tid.as_raw()),
+            TraceError::AlreadyTraced { tid, tracer } => MoveError::AlreadyTraced {
+                tid: tid.as_raw(),
+                tracer: tracer.as_raw(),
+            },
+            TraceError::Denied(tid) => MoveError::TraceDenied(tid.as_raw()),
+            TraceError::Unsupported(what) => MoveError::Unsupported(what),
+            e => MoveError::Trace(e),
+        }
+    }
+}
+
+impl MoveError {
+    /// The errno a caller of the filesystem sees.
+    pub fn errno(&self) -> Errno {
+        match self {
+            MoveError::Gone(_) | MoveError::Zombie(_) => Errno::ESRCH,
+            MoveError::KernelThread(_) | MoveError::SelfProcess | MoveError::TraceDenied(_) => {
+                Errno::EPERM
+            }
+            MoveError::AlreadyTraced { .. } => Errno::EBUSY,
+            MoveError::InvalidKinds(_) => Errno::EINVAL,
+            MoveError::Pin { errno, .. } => match *errno {
+                Errno::EINVAL => Errno::ESRCH,
+                errno => errno,
+            },
+            MoveError::Refused { errno, .. } => *errno,
+            MoveError::RollbackFailed { .. } => Errno::EIO,
+            MoveError::Unstable(_) => Errno::EAGAIN,
+            MoveError::Unsupported(_) => Errno::EOPNOTSUPP,
+            MoveError::Trace(e) => match e {
+                TraceError::Gone(_) => Errno::ESRCH,
+                TraceError::AlreadyTraced { .. } => Errno::EBUSY,
+                TraceError::Denied(_) => Errno::EPERM,
+                TraceError::Unsupported(_) => Errno::EOPNOTSUPP,
+                TraceError::NoSyscallSite(_)
+                | TraceError::ForeignSite { .. }
+                | TraceError::NotInSyscall(_)
+                | TraceError::TooManyStops { .. }
+                | TraceError::StrayStep { .. }
+                | TraceError::Os { .. } => Errno::EIO,
+            },
+            MoveError::Proc(e) => match e.kind() {
+                std::io::ErrorKind::NotFound => Errno::ESRCH,
+                _ => Errno::EIO,
+            },
+        }
+    }
+}
+
+/// What a successful move did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MoveReport {
+    /// Threads moved.
+    pub threads: usize,
+    /// Reads of `/proc/PID/task` until the thread list was stable.
+    pub rounds: usize,
+    /// Whether each thread had to `unshare(CLONE_FS)` first.
+    pub unshared_fs: bool,
+}
+
+/// The fields of `/proc/PID/stat` the move checks.
+struct ProcStat {
+    state: char,
+    flags: u64,
+}
+
+fn proc_stat(pid: Pid) -> Result<ProcStat, MoveError> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).map_err(MoveError::Proc)?;
+    parse_stat(&stat).ok_or(MoveError::Proc(std::io::Error::other(
+        "malformed /proc/PID/stat",
+    )))
+}
+
+fn parse_stat(stat: &str) -> Option<ProcStat> {
+    // The command name may hold anything, spaces and parentheses included.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let mut fields = rest.split_whitespace();
+    let state = fields.next()?.chars().next()?;
+    // ppid pgrp session tty_nr tpgid, then flags (field 9).
+    let flags = fields.nth(5)?.parse().ok()?;
+    Some(ProcStat { state, flags })
+}
+
+fn list_threads(tgid: Pid) -> Result<BTreeSet<i32>, MoveError> {
+    let dir = fs::read_dir(format!("/proc/{tgid}/task")).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => MoveError::Gone(tgid.as_raw()),
+        _ => MoveError::Proc(e),
+    })?;
+    let mut tids = BTreeSet::new();
+    for entry in dir {
+        let entry = entry.map_err(MoveError::Proc)?;
+        if let Some(tid) = entry.file_name().to_str().and_then(|n| n.parse().ok()) {
+            tids.insert(tid);
+        }
+    }
+    Ok(tids)
+}
+
+fn is_zombie(tid: Pid) -> bool {
+    proc_stat(tid).is_ok_and(|s| matches!(s.state, 'Z' | 'X'))
+}
+
+/// Stops every thread of `tgid`. Returns them in tid order, and the number
+/// of `/proc/PID/task` reads it took.
+fn stop_all(tgid: Pid) -> Result<(Vec<Tracee<Stopped>>, usize), MoveError> {
+    let mut stopped: Vec<Tracee<Stopped>> = Vec::new();
+    let mut seen = BTreeSet::new();
+    for round in 1..=MAX_ROUNDS {
+        let new: Vec<i32> = list_threads(tgid)?
+            .into_iter()
+            .filter(|t| !seen.contains(t))
+            .collect();
+        if new.is_empty() {
+            // Every listed thread is stopped, so none can have created a
+            // thread this read missed.
+            stopped.sort_by_key(|t| t.tid());
+            return Ok((stopped, round));
+        }
+        let mut running = Vec::with_capacity(new.len());
+        for &tid in &new {
+            seen.insert(tid);
+            match Tracee::seize_thread(tgid, Pid::from_raw(tid)) {
+                Ok(t) => running.push(t),
+                // Exited meanwhile, or a leader that exited before the
+                // other threads: nothing to move.
+                Err(TraceError::Gone(_)) => {}
+                Err(TraceError::Denied(t)) if is_zombie(t) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        for t in running {
+            match t.wait_stop() {
+                Ok(t) => stopped.push(t),
+                Err(TraceError::Gone(_)) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+    Err(MoveError::Unstable(tgid.as_raw()))
+}
+
+/// Namespace inode numbers of one thread, one per requested kind.
+fn ns_ids(tgid: Pid, tid: Pid, kinds: libc::c_int) -> Result<Vec<u64>, MoveError> {
+    KINDS
+        .iter()
+        .filter(|(flag, _)| kinds & flag != 0)
+        .map(|(_, name)| {
+            fs::metadata(format!("/proc/{tgid}/task/{tid}/ns/{name}"))
+                .map(|m| m.ino())
+                .map_err(MoveError::Proc)
+        })
+        .collect()
+}
+
+/// The last NSpid entry: the thread's id in its own pid namespace, which is
+/// where an injected `pidfd_open` looks numbers up.
+fn own_ns_tid(tid: Pid) -> Result<i32, MoveError> {
+    let status = fs::read_to_string(format!("/proc/{tid}/status")).map_err(MoveError::Proc)?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("NSpid:"))
+        .and_then(|v| v.split_whitespace().last())
+        .and_then(|v| v.parse().ok())
+        .ok_or(MoveError::Proc(std::io::Error::other(
+            "no NSpid in /proc/PID/status",
+        )))
+}
+
+/// How one thread's join went wrong.
+enum JoinFailure {
+    /// An injected syscall returned an error; the thread did not move.
+    Refused(Step, Errno),
+    /// Tracing failed; whether the thread moved is not known.
+    Trace(TraceError),
+}
+
+impl From<TraceError> for JoinFailure {
+    fn from(e: TraceError) -> Self {
+        JoinFailure::Trace(e)
+    }
+}
+
+fn run(
+    t: &mut Tracee<Stopped>,
+    nr: libc::c_long,
+    args: &[u64],
+) -> Result<SyscallResult, TraceError> {
+    let mut all = [0u64; 6];
+    all[..args.len()].copy_from_slice(args);
+    t.syscall(nr, all)
+}
+
+/// Makes thread `t` join the namespaces (`kinds`) of the process or thread
+/// `source` (numbered in the target's pid namespace), then restores its
+/// registers; it stays stopped.
+fn join(
+    t: &mut Tracee<Stopped>,
+    source: i32,
+    pidfd_flags: u64,
+    kinds: libc::c_int,
+    unshare_fs: bool,
+) -> Result<(), JoinFailure> {
+    if unshare_fs {
+        run(t, libc::SYS_unshare, &[libc::CLONE_FS as u64])?
+            .map_err(|e| JoinFailure::Refused(Step::UnshareFs, e))?;
+    }
+    let fd = run(t, libc::SYS_pidfd_open, &[source as u64, pidfd_flags])?
+        .map_err(|e| JoinFailure::Refused(Step::PidfdOpen, e))?;
+    let joined = run(t, libc::SYS_setns, &[fd as u64, kinds as u64]);
+    // Close even if setns failed; a tracer failure here still reports.
+    let closed = run(t, libc::SYS_close, &[fd as u64]);
+    let joined = joined?;
+    match closed {
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => log::warn!("thread {}: closing injected pidfd {fd}: {e}", t.tid()),
+        Err(e) if joined.is_ok() => {
+            log::error!("thread {}: pidfd {fd} left open: {e}", t.tid());
+        }
+        Err(e) => return Err(e.into()),
+    }
+    joined.map_err(|e| JoinFailure::Refused(Step::Setns, e))?;
+    t.restore()?;
+    Ok(())
+}
+
+/// Moves every thread of `target` into the namespaces of kinds `kinds` of the
+/// holder process, whose pid in the target's pid namespace is
+/// `holder_pid_in_target_ns`.
+///
+/// Pass only the kinds that differ between target and holder. An empty
+/// `kinds` does nothing.
+pub fn move_process(
+    target: &ProcessHandle,
+    holder_pid_in_target_ns: i32,
+    kinds: CloneFlags,
+) -> Result<MoveReport, MoveError> {
+    let kinds = kinds.bits();
+    let known = KINDS.iter().fold(0, |all, (flag, _)| all | flag);
+    if kinds & !known != 0 {
+        return Err(MoveError::InvalidKinds(kinds));
+    }
+    if kinds == 0 {
+        return Ok(MoveReport {
+            threads: 0,
+            rounds: 0,
+            unshared_fs: false,
+        });
+    }
+    let tgid = target.pid();
+    if tgid == nix::unistd::getpid() {
+        return Err(MoveError::SelfProcess);
+    }
+    let stat = proc_stat(tgid).map_err(|e| match e.errno() {
+        Errno::ESRCH => MoveError::Gone(tgid.as_raw()),
+        _ => e,
+    })?;
+    if stat.flags & PF_KTHREAD != 0 {
+        return Err(MoveError::KernelThread(tgid.as_raw()));
+    }
+    if matches!(stat.state, 'Z' | 'X') && list_threads(tgid)?.len() <= 1 {
+        return Err(MoveError::Zombie(tgid.as_raw()));
+    }
+
+    if !target.is_alive() {
+        return Err(MoveError::Gone(tgid.as_raw()));
+    }
+
+    let (mut threads, rounds) = stop_all(tgid)?;
+    // The pin: if the pinned process still lives, the pid read from /proc
+    // was its own all along, and so are the threads listed under it.
+    if threads.is_empty() || !target.is_alive() {
+        return Err(MoveError::Gone(tgid.as_raw()));
+    }
+    if threads.iter().any(|t| !t.regs().is_native()) {
+        return Err(MoveError::Unsupported("32-bit (compat) process"));
+    }
+    share_syscall_site(&mut threads)?;
+
+    let multi = threads.len() > 1;
+    let unshare_fs = multi && kinds & libc::CLONE_NEWNS != 0;
+    let originals = if multi {
+        threads
+            .iter()
+            .map(|t| ns_ids(tgid, t.tid(), kinds))
+            .collect::<Result<Vec<_>, _>>()?
+    } else {
+        Vec::new()
+    };
+
+    for i in 0..threads.len() {
+        match join(
+            &mut threads[i],
+            holder_pid_in_target_ns,
+            0,
+            kinds,
+            unshare_fs,
+        ) {
+            Ok(()) => {}
+            Err(failure) => {
+                let tid = threads[i].tid().as_raw();
+                let cause = match failure {
+                    JoinFailure::Refused(step, errno) => MoveError::Refused {
+                        tid,
+                        step,
+                        errno,
+                        moved_back: 0,
+                    },
+                    JoinFailure::Trace(e) => MoveError::from(e),
+                };
+                if !multi {
+                    return Err(cause);
+                }
+                return Err(roll_back(tgid, &mut threads, &originals, kinds, cause));
+            }
+        }
+    }
+    let count = threads.len();
+    detach_all(threads)?;
+    Ok(MoveReport {
+        threads: count,
+        rounds,
+        unshared_fs: unshare_fs,
+    })
+}
+
+/// Finds one `syscall` instruction for the whole process (threads share the
+/// address space), preferring the one a thread entered the kernel through.
+fn share_syscall_site(threads: &mut [Tracee<Stopped>]) -> Result<(), MoveError> {
+    let in_syscall = threads
+        .iter()
+        .position(|t| t.regs().syscall_nr().is_some())
+        .unwrap_or(0);
+    let site = match threads.get_mut(in_syscall) {
+        Some(t) => t.syscall_site()?,
+        None => return Ok(()),
+    };
+    for t in threads.iter_mut() {
+        t.use_syscall_site(site)?;
+    }
+    Ok(())
+}
+
+/// Lets every thread go; reports the first failure after trying all.
+fn detach_all(threads: Vec<Tracee<Stopped>>) -> Result<(), MoveError> {
+    let mut first = None;
+    for t in threads {
+        if let Err(e) = t.detach() {
+            first.get_or_insert(e);
+        }
+    }
+    match first {
+        None => Ok(()),
+        Some(e) => Err(e.into()),
+    }
+}
+
+/// After a failure in a multithreaded move: every thread whose namespaces
+/// changed joins those of an unchanged thread that had the same ones before.
+/// Returns the error to report.
+fn roll_back(
+    tgid: Pid,
+    threads: &mut [Tracee<Stopped>],
+    originals: &[Vec<u64>],
+    kinds: libc::c_int,
+    cause: MoveError,
+) -> MoveError {
+    let current: Result<Vec<_>, _> = threads
+        .iter()
+        .map(|t| ns_ids(tgid, t.tid(), kinds))
+        .collect();
+    let current = match current {
+        Ok(c) => c,
+        // Most likely the process is being killed.
+        Err(_) if !is_alive(tgid) => return MoveError::Gone(tgid.as_raw()),
+        Err(e) => return rollback_failed(tgid.as_raw(), cause, e),
+    };
+    let unmoved: Vec<usize> = (0..threads.len())
+        .filter(|&i| current[i] == originals[i])
+        .collect();
+    let mut moved_back = 0;
+    for i in (0..threads.len()).filter(|&i| current[i] != originals[i]) {
+        let tid = threads[i].tid();
+        let Some(&src) = unmoved.iter().find(|&&j| originals[j] == originals[i]) else {
+            return rollback_failed(tid.as_raw(), cause, "no unmoved thread to copy from");
+        };
+        let src_tid = threads[src].tid();
+        let flags = if src_tid == tgid { 0 } else { PIDFD_THREAD };
+        let source = match own_ns_tid(src_tid) {
+            Ok(s) => s,
+            Err(e) => return rollback_failed(tid.as_raw(), cause, e),
+        };
+        match join(&mut threads[i], source, flags, kinds, false) {
+            Ok(()) => {}
+            Err(JoinFailure::Refused(step, errno)) => {
+                return rollback_failed(tid.as_raw(), cause, format!("{step}: {errno}"));
+            }
+            Err(JoinFailure::Trace(TraceError::Gone(_))) if !is_alive(tgid) => {
+                return MoveError::Gone(tgid.as_raw());
+            }
+            Err(JoinFailure::Trace(e)) => return rollback_failed(tid.as_raw(), cause, e),
+        }
+        match ns_ids(tgid, tid, kinds) {
+            Ok(now) if now == originals[i] => moved_back += 1,
+            Ok(_) => {
+                return rollback_failed(tid.as_raw(), cause, "namespaces differ after rollback");
+            }
+            Err(e) => return rollback_failed(tid.as_raw(), cause, e),
+        }
+    }
+    match cause {
+        MoveError::Refused {
+            tid, step, errno, ..
+        } => MoveError::Refused {
+            tid,
+            step,
+            errno,
+            moved_back,
+        },
+        other => other,
+    }
+}
+
+fn rollback_failed(tid: i32, cause: MoveError, why: impl fmt::Display) -> MoveError {
+    log::error!("thread {tid}: rollback after \"{cause}\" failed: {why}");
+    MoveError::RollbackFailed {
+        tid,
+        cause: Box::new(cause),
+    }
+}
+
+fn is_alive(tgid: Pid) -> bool {
+    proc_stat(tgid).is_ok_and(|s| !matches!(s.state, 'Z' | 'X'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_stat_with_odd_command_names() {
+        let line = "42 (a) b (c)) S 1 42 42 0 -1 4194560 121 0 0 0 0 0 0 0 20 0 1 0 \
+                    1234 2412544 224 18446744073709551615 1 1 0 0 0 0 0 0 0 0 0 0 17 1 0 0 0 0 0";
+        let stat = parse_stat(line).expect("parses");
+        assert_eq!(stat.state, 'S');
+        assert_eq!(stat.flags, 4194560);
+        let kthread = "2 (kthreadd) S 0 0 0 0 -1 2129984 0 0 0 0 0 0 0 0 20 0 1 0 \
+                       5 0 0 18446744073709551615 0 0 0 0 0 0 0 2147483647 0 0 0 0 17 0 0 0 0 0 0";
+        assert_ne!(parse_stat(kthread).expect("parses").flags & PF_KTHREAD, 0);
+        assert!(parse_stat("garbage").is_none());
+    }
+
+    #[test]
+    fn errno_mapping() {
+        assert_eq!(MoveError::Zombie(1).errno(), Errno::ESRCH);
+        assert_eq!(MoveError::SelfProcess.errno(), Errno::EPERM);
+        assert_eq!(
+            MoveError::AlreadyTraced { tid: 1, tracer: 2 }.errno(),
+            Errno::EBUSY
+        );
+        let refused = MoveError::Refused {
+            tid: 1,
+            step: Step::Setns,
+            errno: Errno::EINVAL,
+            moved_back: 0,
+        };
+        assert_eq!(refused.errno(), Errno::EINVAL);
+        assert_eq!(MoveError::Unsupported("x").errno(), Errno::EOPNOTSUPP);
+    }
+
+    #[test]
+    fn rejects_non_namespace_flags() {
+        let handle = ProcessHandle::open(std::process::id() as i32).expect("pin self");
+        let err = move_process(&handle, 1, CloneFlags::CLONE_VM).expect_err("must refuse");
+        assert!(matches!(err, MoveError::InvalidKinds(_)));
+        let err = move_process(&handle, 1, CloneFlags::CLONE_NEWUTS).expect_err("must refuse");
+        assert!(matches!(err, MoveError::SelfProcess));
+    }
+}

@@ -1,0 +1,840 @@
+//! Moves real processes between real namespaces (no FUSE) and checks
+//! `/proc/PID/task/*/ns/*` before and after.
+//!
+//! Needs root: without it each test says why and passes, except under
+//! `CI=true`, where it fails. Every test has a watchdog that kills the
+//! processes it started and fails the test, naming the step, if it hangs.
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::fs::MetadataExt;
+use std::path::PathBuf;
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use nix::errno::Errno;
+use nix::sched::CloneFlags;
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use nsproxyfs::mover::{MoveError, ProcessHandle, move_process};
+
+const WATCHDOG: Duration = Duration::from_secs(60);
+
+fn have_root(test: &str) -> bool {
+    if nix::unistd::geteuid().is_root() {
+        return true;
+    }
+    assert_ne!(
+        std::env::var("CI").as_deref(),
+        Ok("true"),
+        "{test}: needs root (namespaces, ptrace), and CI=true makes skipping a failure"
+    );
+    eprintln!("{test}: skipped, needs root");
+    false
+}
+
+struct WatchdogState {
+    step: Mutex<String>,
+    pids: Mutex<Vec<i32>>,
+    done: AtomicBool,
+    fired: AtomicBool,
+}
+
+/// Kills the watched pids and fails the test if it is still running after
+/// [`WATCHDOG`].
+struct Watchdog {
+    state: Arc<WatchdogState>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Watchdog {
+    fn new(test: &'static str) -> Watchdog {
+        let state = Arc::new(WatchdogState {
+            step: Mutex::new("start".into()),
+            pids: Mutex::new(Vec::new()),
+            done: AtomicBool::new(false),
+            fired: AtomicBool::new(false),
+        });
+        let watched = Arc::clone(&state);
+        let thread = std::thread::spawn(move || {
+            let start = Instant::now();
+            while !watched.done.load(Ordering::SeqCst) {
+                if start.elapsed() > WATCHDOG {
+                    watched.fired.store(true, Ordering::SeqCst);
+                    for &pid in watched.pids.lock().unwrap().iter() {
+                        let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+                    }
+                    panic!(
+                        "{test}: watchdog fired during step: {}",
+                        watched.step.lock().unwrap()
+                    );
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        });
+        Watchdog {
+            state,
+            thread: Some(thread),
+        }
+    }
+
+    fn step(&self, step: &str) {
+        self.check();
+        *self.state.step.lock().unwrap() = step.to_string();
+    }
+
+    fn watch(&self, pid: i32) {
+        self.state.pids.lock().unwrap().push(pid);
+    }
+
+    fn check(&self) {
+        if self.state.fired.load(Ordering::SeqCst) {
+            panic!(
+                "watchdog fired during step: {}",
+                self.state.step.lock().unwrap()
+            );
+        }
+    }
+}
+
+impl Drop for Watchdog {
+    fn drop(&mut self) {
+        self.state.done.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        if !std::thread::panicking() {
+            self.check();
+        }
+    }
+}
+
+/// A child process killed and reaped when dropped.
+struct Proc {
+    child: Child,
+    stdout: Option<BufReader<ChildStdout>>,
+    stdin: Option<ChildStdin>,
+}
+
+impl Proc {
+    fn spawn(wd: &Watchdog, cmd: &mut Command) -> Proc {
+        let mut child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawning {cmd:?}: {e}"));
+        wd.watch(child.id() as i32);
+        let stdout = child.stdout.take().map(BufReader::new);
+        let stdin = child.stdin.take();
+        Proc {
+            child,
+            stdout,
+            stdin,
+        }
+    }
+
+    fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    /// Next stdout line, without the newline; panics at EOF.
+    fn line(&mut self, wd: &Watchdog) -> String {
+        let mut line = String::new();
+        let out = self.stdout.as_mut().expect("stdout is piped");
+        let n = out.read_line(&mut line).expect("reading stdout");
+        wd.check();
+        assert!(n > 0, "process {} closed stdout", self.pid());
+        line.trim_end().to_string()
+    }
+
+    fn expect_line(&mut self, wd: &Watchdog, want: &str) {
+        let got = self.line(wd);
+        assert_eq!(got, want, "process {}", self.pid());
+    }
+
+    fn send(&mut self, text: &str) {
+        let input = self.stdin.as_mut().expect("stdin is piped");
+        input.write_all(text.as_bytes()).expect("writing stdin");
+        input.flush().expect("flushing stdin");
+    }
+
+    fn close_stdin(&mut self) {
+        self.stdin = None;
+    }
+
+    /// Waits for the exit and asserts success.
+    fn wait_success(&mut self, wd: &Watchdog) {
+        let status = self.child.wait().expect("waiting");
+        wd.check();
+        assert!(
+            status.success(),
+            "process {} ended with {status}",
+            self.pid()
+        );
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Polls `cond` (every millisecond) until it holds.
+fn wait_until(wd: &Watchdog, what: &str, mut cond: impl FnMut() -> bool) {
+    wd.step(what);
+    while !cond() {
+        wd.check();
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+fn comm(pid: i32) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/comm"))
+        .unwrap_or_default()
+        .trim()
+        .to_string()
+}
+
+/// The state letter of /proc/PID/stat.
+fn state(pid: i32) -> char {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    stat.rfind(')')
+        .and_then(|i| stat[i + 1..].trim_start().chars().next())
+        .unwrap_or('?')
+}
+
+/// The syscall a thread is blocked in, per /proc/PID/syscall.
+fn blocked_in(pid: i32) -> Option<i64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/syscall")).ok()?;
+    text.split_whitespace().next()?.parse().ok()
+}
+
+fn tracer(pid: i32) -> i32 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("TracerPid:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(-1)
+}
+
+fn ns_of(pid: i32, kind: &str) -> u64 {
+    std::fs::metadata(format!("/proc/{pid}/ns/{kind}"))
+        .unwrap_or_else(|e| panic!("ns {kind} of {pid}: {e}"))
+        .ino()
+}
+
+/// The namespace of `kind` of every thread of `pid`.
+fn thread_ns(pid: i32, kind: &str) -> Vec<u64> {
+    let mut tids: Vec<i32> = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .expect("task dir")
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .collect();
+    tids.sort();
+    tids.iter()
+        .map(|tid| {
+            std::fs::metadata(format!("/proc/{pid}/task/{tid}/ns/{kind}"))
+                .expect("thread ns")
+                .ino()
+        })
+        .collect()
+}
+
+const KINDS: [&str; 8] = [
+    "cgroup",
+    "ipc",
+    "mnt",
+    "net",
+    "pid_for_children",
+    "time_for_children",
+    "user",
+    "uts",
+];
+
+/// Every namespace of every thread, kind by kind.
+fn snapshot(pid: i32) -> Vec<(&'static str, Vec<u64>)> {
+    KINDS.iter().map(|k| (*k, thread_ns(pid, k))).collect()
+}
+
+/// The selfcheck target, built on first use: `cargo test` builds examples,
+/// `cargo test --test move_process` does not.
+fn selfcheck() -> PathBuf {
+    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let exe = std::env::current_exe().expect("current exe");
+            // target/debug/deps/move_process-HASH -> target/debug/examples/
+            let profile_dir = exe.parent().and_then(|d| d.parent()).expect("profile dir");
+            let target_dir = profile_dir.parent().expect("target dir");
+            let mut cargo = Command::new(env!("CARGO"));
+            cargo.args([
+                "build",
+                "--quiet",
+                "--example",
+                "selfcheck_target",
+                "--manifest-path",
+            ]);
+            cargo
+                .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml"))
+                .arg("--target-dir")
+                .arg(target_dir);
+            if profile_dir.ends_with("release") {
+                cargo.arg("--release");
+            }
+            let status = cargo.status().expect("running cargo build");
+            assert!(status.success(), "building the selfcheck target failed");
+            let path = profile_dir.join("examples").join("selfcheck_target");
+            assert!(path.exists(), "{} missing", path.display());
+            path
+        })
+        .clone()
+}
+
+fn selfcheck_proc(wd: &Watchdog, args: &[&str]) -> Proc {
+    let mut p = Proc::spawn(
+        wd,
+        Command::new(selfcheck())
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped()),
+    );
+    wd.step(&format!("selfcheck {args:?} starting"));
+    p.expect_line(wd, "READY");
+    p
+}
+
+/// A process sitting in fresh uts, ipc and net namespaces (hostname serge).
+fn holder(wd: &Watchdog) -> Proc {
+    holder_with(wd, &["--uts", "--ipc", "--net"])
+}
+
+fn holder_with(wd: &Watchdog, unshare_args: &[&str]) -> Proc {
+    let p = Proc::spawn(
+        wd,
+        Command::new("unshare").args(unshare_args).args([
+            "sh",
+            "-c",
+            "hostname serge; exec sleep 100",
+        ]),
+    );
+    let pid = p.pid();
+    wait_until(wd, "holder exec'ing sleep", || comm(pid) == "sleep");
+    p
+}
+
+fn sleeper(wd: &Watchdog) -> Proc {
+    let p = Proc::spawn(wd, Command::new("sleep").arg("100"));
+    let pid = p.pid();
+    wait_until(wd, "target exec'ing sleep", || comm(pid) == "sleep");
+    p
+}
+
+fn uts_ipc_net() -> CloneFlags {
+    CloneFlags::CLONE_NEWUTS | CloneFlags::CLONE_NEWIPC | CloneFlags::CLONE_NEWNET
+}
+
+/// Moves `target` into `holder`'s namespaces of `kinds`.
+fn do_move(wd: &Watchdog, target: i32, holder: i32, kinds: CloneFlags) -> Result<(), MoveError> {
+    wd.step(&format!("moving {target} to {holder}"));
+    let handle = ProcessHandle::open(target)?;
+    move_process(&handle, holder, kinds).map(drop)
+}
+
+/// Asserts that every thread of `target` is in `holder`'s namespaces for the
+/// kinds in `moved`, and in its old ones (`before`) for the rest.
+fn assert_moved(target: i32, holder: i32, moved: &[&str], before: &[(&str, Vec<u64>)]) {
+    for (kind, old) in before {
+        let now = thread_ns(target, kind);
+        if moved.contains(kind) {
+            let want = ns_of(holder, kind);
+            assert!(
+                now.iter().all(|&n| n == want),
+                "{kind}: {now:?}, holder {want}"
+            );
+            assert_ne!(&now, old, "{kind} did not change");
+        } else {
+            assert_eq!(&now, old, "{kind} changed");
+        }
+    }
+}
+
+#[test]
+fn moves_sleep_into_uts() {
+    if !have_root("moves_sleep_into_uts") {
+        return;
+    }
+    let wd = Watchdog::new("moves_sleep_into_uts");
+    let holder = holder(&wd);
+    let target = sleeper(&wd);
+    let before = snapshot(target.pid());
+    do_move(&wd, target.pid(), holder.pid(), CloneFlags::CLONE_NEWUTS).expect("move");
+    assert_moved(target.pid(), holder.pid(), &["uts"], &before);
+    assert_eq!(tracer(target.pid()), 0);
+}
+
+/// Waits until `pid` is blocked in one of `syscalls` (per /proc/PID/syscall).
+fn wait_blocked(wd: &Watchdog, pid: i32, syscalls: &[i64]) {
+    wait_until(wd, &format!("{pid} blocking in {syscalls:?}"), || {
+        state(pid) == 'S' && blocked_in(pid).is_some_and(|nr| syscalls.contains(&nr))
+    });
+}
+
+const SYS_READ: i64 = 0;
+const SYS_NANOSLEEP: i64 = 35;
+const SYS_WAIT4: i64 = 61;
+const SYS_CLOCK_NANOSLEEP: i64 = 230;
+
+#[test]
+fn blocked_read_gets_its_bytes() {
+    if !have_root("blocked_read_gets_its_bytes") {
+        return;
+    }
+    let wd = Watchdog::new("blocked_read_gets_its_bytes");
+    let holder = holder(&wd);
+    let mut target = selfcheck_proc(&wd, &["read-pipe", "bytes after the move\n"]);
+    wait_blocked(&wd, target.pid(), &[SYS_READ]);
+    let before = snapshot(target.pid());
+    do_move(&wd, target.pid(), holder.pid(), uts_ipc_net()).expect("move");
+    assert_moved(target.pid(), holder.pid(), &["uts", "ipc", "net"], &before);
+    wd.step("feeding the reader");
+    target.send("bytes after ");
+    target.send("the move\n");
+    target.close_stdin();
+    target.expect_line(&wd, "SELFCHECK OK");
+    target.wait_success(&wd);
+}
+
+#[test]
+fn nanosleep_sleeps_its_full_time() {
+    if !have_root("nanosleep_sleeps_its_full_time") {
+        return;
+    }
+    let wd = Watchdog::new("nanosleep_sleeps_its_full_time");
+    let holder = holder(&wd);
+    let mut target = selfcheck_proc(&wd, &["nanosleep", "2"]);
+    wait_blocked(&wd, target.pid(), &[SYS_NANOSLEEP, SYS_CLOCK_NANOSLEEP]);
+    let before = snapshot(target.pid());
+    do_move(&wd, target.pid(), holder.pid(), uts_ipc_net()).expect("move");
+    assert_moved(target.pid(), holder.pid(), &["uts", "ipc", "net"], &before);
+    wd.step("waiting for the sleeper's verdict");
+    target.expect_line(&wd, "SELFCHECK OK");
+    target.wait_success(&wd);
+}
+
+#[test]
+fn wait4_sees_its_child_exit() {
+    if !have_root("wait4_sees_its_child_exit") {
+        return;
+    }
+    let wd = Watchdog::new("wait4_sees_its_child_exit");
+    let holder = holder(&wd);
+    let mut target = selfcheck_proc(&wd, &["wait4", "2"]);
+    wait_blocked(&wd, target.pid(), &[SYS_WAIT4]);
+    let before = snapshot(target.pid());
+    do_move(&wd, target.pid(), holder.pid(), CloneFlags::CLONE_NEWUTS).expect("move");
+    assert_moved(target.pid(), holder.pid(), &["uts"], &before);
+    wd.step("waiting for the waiter's verdict");
+    target.expect_line(&wd, "SELFCHECK OK");
+    target.wait_success(&wd);
+}
+
+#[test]
+fn spinning_process_keeps_its_registers() {
+    if !have_root("spinning_process_keeps_its_registers") {
+        return;
+    }
+    let wd = Watchdog::new("spinning_process_keeps_its_registers");
+    let first = holder(&wd);
+    let second = holder(&wd);
+    let mut target = selfcheck_proc(&wd, &["spin", "3"]);
+    let pid = target.pid();
+    wait_until(&wd, "spinner running", || state(pid) == 'R');
+    let before = snapshot(pid);
+    // Back and forth a few times: each move interrupts user code.
+    for round in 0..10 {
+        let to = if round % 2 == 0 { &first } else { &second };
+        do_move(&wd, pid, to.pid(), uts_ipc_net()).expect("move");
+        assert_moved(pid, to.pid(), &["uts", "ipc", "net"], &before);
+    }
+    wd.step("waiting for the spinner's verdict");
+    target.expect_line(&wd, "SELFCHECK OK");
+    target.wait_success(&wd);
+}
+
+/// Asks a `threads` selfcheck target for its threads' uts links.
+fn report(wd: &Watchdog, target: &mut Proc) -> Vec<String> {
+    wd.step("asking the threads to report");
+    target.send("report\n");
+    let mut links = Vec::new();
+    loop {
+        let line = target.line(wd);
+        if line.starts_with("REPORT ") {
+            return links;
+        }
+        let link = line
+            .split_whitespace()
+            .nth(2)
+            .expect("THREAD tid link")
+            .to_string();
+        links.push(link);
+    }
+}
+
+fn uts_link(pid: i32) -> String {
+    std::fs::read_link(format!("/proc/{pid}/ns/uts"))
+        .expect("uts link")
+        .to_string_lossy()
+        .into_owned()
+}
+
+fn moves_threads(test: &'static str, count: &str) {
+    if !have_root(test) {
+        return;
+    }
+    let wd = Watchdog::new(test);
+    let holder = holder(&wd);
+    let mut target = selfcheck_proc(&wd, &["threads", count]);
+    let pid = target.pid();
+    let threads: usize = count.parse::<usize>().unwrap() + 1;
+    let links = report(&wd, &mut target);
+    assert_eq!(links.len(), threads);
+    assert!(links.iter().all(|l| *l == uts_link(pid)));
+    let before = snapshot(pid);
+    wd.step("moving the threads");
+    let handle = ProcessHandle::open(pid).expect("pin");
+    let started = Instant::now();
+    let moved = move_process(&handle, holder.pid(), uts_ipc_net()).expect("move");
+    eprintln!("{test}: {threads} threads moved in {:?}", started.elapsed());
+    assert_eq!(moved.threads, threads);
+    assert!(!moved.unshared_fs);
+    assert_moved(pid, holder.pid(), &["uts", "ipc", "net"], &before);
+    let links = report(&wd, &mut target);
+    assert_eq!(links.len(), threads);
+    assert!(
+        links.iter().all(|l| *l == uts_link(holder.pid())),
+        "{links:?}"
+    );
+    target.send("quit\n");
+    target.expect_line(&wd, "SELFCHECK OK");
+    target.wait_success(&wd);
+}
+
+#[test]
+fn moves_every_thread() {
+    moves_threads("moves_every_thread", "8");
+}
+
+#[test]
+fn moves_sixty_four_threads() {
+    moves_threads("moves_sixty_four_threads", "63");
+}
+
+#[test]
+fn threads_join_a_mount_namespace() {
+    if !have_root("threads_join_a_mount_namespace") {
+        return;
+    }
+    let wd = Watchdog::new("threads_join_a_mount_namespace");
+    let holder = holder_with(&wd, &["--mount", "--uts"]);
+    let mut target = selfcheck_proc(&wd, &["threads", "4"]);
+    let pid = target.pid();
+    let before = snapshot(pid);
+    wd.step("moving into mnt+uts");
+    let handle = ProcessHandle::open(pid).expect("pin");
+    let kinds = CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWUTS;
+    let moved = move_process(&handle, holder.pid(), kinds).expect("move");
+    assert!(moved.unshared_fs);
+    assert_moved(pid, holder.pid(), &["mnt", "uts"], &before);
+    target.send("quit\n");
+    target.expect_line(&wd, "SELFCHECK OK");
+    target.wait_success(&wd);
+}
+
+#[test]
+fn refusing_thread_rolls_back_the_others() {
+    if !have_root("refusing_thread_rolls_back_the_others") {
+        return;
+    }
+    let wd = Watchdog::new("refusing_thread_rolls_back_the_others");
+    let holder = holder(&wd);
+    // The last thread (highest tid, moved last) has dropped to uid 65534
+    // and lost CAP_SYS_ADMIN: its setns fails after the others succeeded.
+    let mut target = selfcheck_proc(&wd, &["threads-mixed", "4"]);
+    let pid = target.pid();
+    let before = snapshot(pid);
+    let err = do_move(&wd, pid, holder.pid(), uts_ipc_net()).expect_err("must fail");
+    match &err {
+        MoveError::Refused {
+            errno, moved_back, ..
+        } => {
+            assert_eq!(*errno, Errno::EPERM);
+            assert_eq!(*moved_back, 4, "{err}");
+        }
+        other => panic!("unexpected error {other}"),
+    }
+    assert_eq!(err.errno(), Errno::EPERM);
+    assert_eq!(snapshot(pid), before);
+    assert_eq!(tracer(pid), 0);
+    let links = report(&wd, &mut target);
+    assert!(links.iter().all(|l| *l == uts_link(pid)));
+    target.send("quit\n");
+    target.expect_line(&wd, "SELFCHECK OK");
+    target.wait_success(&wd);
+}
+
+#[test]
+fn multithreaded_into_user_namespace_is_einval() {
+    if !have_root("multithreaded_into_user_namespace_is_einval") {
+        return;
+    }
+    let wd = Watchdog::new("multithreaded_into_user_namespace_is_einval");
+    let holder = holder_with(&wd, &["--user", "--map-root-user", "--uts"]);
+    let mut target = selfcheck_proc(&wd, &["threads", "3"]);
+    let pid = target.pid();
+    let before = snapshot(pid);
+    let kinds = CloneFlags::CLONE_NEWUSER | CloneFlags::CLONE_NEWUTS;
+    let err = do_move(&wd, pid, holder.pid(), kinds).expect_err("must fail");
+    assert_eq!(err.errno(), Errno::EINVAL, "{err}");
+    assert!(
+        matches!(err, MoveError::Refused { moved_back: 0, .. }),
+        "{err}"
+    );
+    assert_eq!(snapshot(pid), before);
+    target.send("quit\n");
+    target.expect_line(&wd, "SELFCHECK OK");
+    target.wait_success(&wd);
+}
+
+#[test]
+fn single_thread_joins_a_user_namespace() {
+    if !have_root("single_thread_joins_a_user_namespace") {
+        return;
+    }
+    let wd = Watchdog::new("single_thread_joins_a_user_namespace");
+    let holder = holder_with(&wd, &["--user", "--map-root-user", "--uts"]);
+    let target = sleeper(&wd);
+    let before = snapshot(target.pid());
+    let kinds = CloneFlags::CLONE_NEWUSER | CloneFlags::CLONE_NEWUTS;
+    do_move(&wd, target.pid(), holder.pid(), kinds).expect("move");
+    assert_moved(target.pid(), holder.pid(), &["user", "uts"], &before);
+}
+
+#[test]
+fn traced_target_is_busy_and_tracer_stays() {
+    if !have_root("traced_target_is_busy_and_tracer_stays") {
+        return;
+    }
+    let wd = Watchdog::new("traced_target_is_busy_and_tracer_stays");
+    let holder = holder(&wd);
+    let target = sleeper(&wd);
+    let pid = target.pid();
+    let strace = Proc::spawn(
+        &wd,
+        Command::new("strace")
+            .args(["-o", "/dev/null", "-p"])
+            .arg(pid.to_string()),
+    );
+    wait_until(&wd, "strace attaching", || tracer(pid) == strace.pid());
+    let before = snapshot(pid);
+    let err = do_move(&wd, pid, holder.pid(), uts_ipc_net()).expect_err("must fail");
+    assert!(
+        matches!(err, MoveError::AlreadyTraced { tracer, .. } if tracer == strace.pid()),
+        "{err}"
+    );
+    assert_eq!(err.errno(), Errno::EBUSY);
+    assert_eq!(tracer(pid), strace.pid(), "strace must stay attached");
+    assert_eq!(snapshot(pid), before);
+}
+
+#[test]
+fn unprivileged_target_gets_eperm() {
+    if !have_root("unprivileged_target_gets_eperm") {
+        return;
+    }
+    let wd = Watchdog::new("unprivileged_target_gets_eperm");
+    let holder = holder(&wd);
+    let target = Proc::spawn(
+        &wd,
+        Command::new("setpriv").args([
+            "--reuid",
+            "65534",
+            "--regid",
+            "65534",
+            "--clear-groups",
+            "sleep",
+            "100",
+        ]),
+    );
+    let pid = target.pid();
+    wait_until(&wd, "target exec'ing sleep", || comm(pid) == "sleep");
+    let before = snapshot(pid);
+    let err = do_move(&wd, pid, holder.pid(), uts_ipc_net()).expect_err("must fail");
+    assert!(
+        matches!(
+            err,
+            MoveError::Refused {
+                step: nsproxyfs::mover::Step::Setns,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert_eq!(err.errno(), Errno::EPERM);
+    assert_eq!(snapshot(pid), before);
+    assert_eq!(tracer(pid), 0);
+}
+
+#[test]
+fn stopped_target_stays_stopped() {
+    if !have_root("stopped_target_stays_stopped") {
+        return;
+    }
+    let wd = Watchdog::new("stopped_target_stays_stopped");
+    let holder = holder(&wd);
+    let mut target = selfcheck_proc(&wd, &["nanosleep", "1"]);
+    let pid = target.pid();
+    wait_blocked(&wd, pid, &[SYS_NANOSLEEP, SYS_CLOCK_NANOSLEEP]);
+    kill(Pid::from_raw(pid), Signal::SIGSTOP).expect("SIGSTOP");
+    wait_until(&wd, "target stopping", || state(pid) == 'T');
+    let before = snapshot(pid);
+    do_move(&wd, pid, holder.pid(), uts_ipc_net()).expect("move");
+    assert_moved(pid, holder.pid(), &["uts", "ipc", "net"], &before);
+    // Detach puts it back into the group stop; it must never run on its own
+    // (its sleep would end and it would exit).
+    wait_until(&wd, "target back in group stop", || state(pid) == 'T');
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(state(pid), 'T', "target left the group stop");
+    kill(Pid::from_raw(pid), Signal::SIGCONT).expect("SIGCONT");
+    wd.step("waiting for the continued sleeper");
+    target.expect_line(&wd, "SELFCHECK OK");
+    target.wait_success(&wd);
+}
+
+#[test]
+fn refuses_zombies_kernel_threads_self_and_the_dead() {
+    if !have_root("refuses_zombies_kernel_threads_self_and_the_dead") {
+        return;
+    }
+    let wd = Watchdog::new("refuses_zombies_kernel_threads_self_and_the_dead");
+    let holder = holder(&wd);
+    let kinds = CloneFlags::CLONE_NEWUTS;
+
+    let zombie = Proc::spawn(&wd, &mut Command::new("true"));
+    let zpid = zombie.pid();
+    wait_until(&wd, "child becoming a zombie", || state(zpid) == 'Z');
+    let err = do_move(&wd, zpid, holder.pid(), kinds).expect_err("zombie");
+    assert!(matches!(err, MoveError::Zombie(_)), "{err}");
+    assert_eq!(err.errno(), Errno::ESRCH);
+
+    wd.step("refusing a kernel thread");
+    let kthread = std::fs::read_dir("/proc")
+        .expect("/proc")
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .find(|&pid| {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            let flags = stat
+                .rfind(')')
+                .and_then(|i| stat[i + 1..].split_whitespace().nth(6)?.parse::<u64>().ok());
+            flags.is_some_and(|f| f & 0x0020_0000 != 0)
+        });
+    match kthread {
+        Some(kpid) => {
+            let err = do_move(&wd, kpid, holder.pid(), kinds).expect_err("kthread");
+            assert!(matches!(err, MoveError::KernelThread(_)), "{err}");
+            assert_eq!(err.errno(), Errno::EPERM);
+        }
+        None => eprintln!("no kernel thread visible: that case is not checked"),
+    }
+
+    wd.step("refusing ourselves");
+    let err = do_move(&wd, std::process::id() as i32, holder.pid(), kinds).expect_err("self");
+    assert!(matches!(err, MoveError::SelfProcess), "{err}");
+    assert_eq!(err.errno(), Errno::EPERM);
+
+    wd.step("refusing a process that died after being pinned");
+    let mut dead = sleeper(&wd);
+    let handle = ProcessHandle::open(dead.pid()).expect("pin");
+    dead.child.kill().expect("kill");
+    dead.child.wait().expect("reap");
+    let err = move_process(&handle, holder.pid(), kinds).expect_err("dead");
+    assert_eq!(err.errno(), Errno::ESRCH, "{err}");
+}
+
+#[test]
+fn syscall_result_can_be_replaced() {
+    if !have_root("syscall_result_can_be_replaced") {
+        return;
+    }
+    let wd = Watchdog::new("syscall_result_can_be_replaced");
+    let mut target = selfcheck_proc(&wd, &["report-read"]);
+    let pid = target.pid();
+    wait_blocked(&wd, pid, &[SYS_READ]);
+    wd.step("stopping the reader");
+    let tracee = nsproxyfs::inject::Tracee::seize(Pid::from_raw(pid)).expect("seize");
+    let mut tracee = tracee.wait_stop().expect("stop");
+    assert_eq!(tracee.regs().syscall_nr(), Some(SYS_READ));
+    assert!(tracee.regs().restart().is_some(), "{:?}", tracee.regs());
+    tracee
+        .set_result(-i64::from(libc::EPERM))
+        .expect("set result");
+    tracee.detach().expect("detach");
+    target.expect_line(&wd, &format!("READ -{}", libc::EPERM));
+    target.expect_line(&wd, "SELFCHECK OK");
+    target.wait_success(&wd);
+}
+
+#[test]
+fn injected_syscall_reports_signed_results() {
+    if !have_root("injected_syscall_reports_signed_results") {
+        return;
+    }
+    let wd = Watchdog::new("injected_syscall_reports_signed_results");
+    let target = sleeper(&wd);
+    let pid = target.pid();
+    wd.step("injecting getpid and a bad close");
+    let tracee = nsproxyfs::inject::Tracee::seize(Pid::from_raw(pid)).expect("seize");
+    let mut tracee = tracee.wait_stop().expect("stop");
+    let regs_before = *tracee.regs().raw();
+    let mask_before = tracee.sigmask();
+    let got = tracee.syscall(libc::SYS_getpid, [0; 6]).expect("inject");
+    assert_eq!(got, Ok(i64::from(pid)));
+    let got = tracee
+        .syscall(libc::SYS_close, [u64::MAX, 0, 0, 0, 0, 0])
+        .expect("inject");
+    assert_eq!(got, Err(Errno::EBADF));
+    tracee.restore().expect("restore");
+    assert_eq!(*tracee.regs().raw(), regs_before);
+    assert_eq!(tracee.sigmask(), mask_before);
+    tracee.detach().expect("detach");
+    assert_eq!(tracer(pid), 0);
+}
+
+/// Prints what one single-threaded move costs here (no assertion on it).
+#[test]
+fn single_thread_move_figures() {
+    if !have_root("single_thread_move_figures") {
+        return;
+    }
+    let wd = Watchdog::new("single_thread_move_figures");
+    let first = holder(&wd);
+    let second = holder(&wd);
+    let target = sleeper(&wd);
+    let handle = ProcessHandle::open(target.pid()).expect("pin");
+    wd.step("moving back and forth");
+    let mut times = Vec::new();
+    for round in 0..400 {
+        let to = if round % 2 == 0 { &first } else { &second };
+        let started = Instant::now();
+        move_process(&handle, to.pid(), uts_ipc_net()).expect("move");
+        times.push(started.elapsed());
+    }
+    times.sort();
+    eprintln!(
+        "single-threaded move of sleep (uts+ipc+net), {} runs: median {:?}, p99 {:?}",
+        times.len(),
+        times[times.len() / 2],
+        times[times.len() * 99 / 100]
+    );
+}
