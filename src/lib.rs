@@ -10,6 +10,11 @@
 //! * [`procfs`]: reading processes' namespaces from `/proc`.
 //! * [`fs`]: the FUSE adapter, the only code that knows fuser; it checks
 //!   the caller, asks the tree, and turns results into replies and errnos.
+//! * [`inject`]: ptrace: stopping a task, running a syscall in it, and
+//!   restoring it exactly.
+//! * [`mover`]: one move: every thread of a process joins a holder's
+//!   namespaces through injected `setns(pidfd)`, all or nothing.
+//! * [`moving`]: the daemon's mover: which kinds change, holders per set.
 //! * [`daemon`]: checks, mount, background, signals.
 //!
 //! The binary `nsproxyfs` is a thin command line over [`daemon::run`].
@@ -18,28 +23,12 @@ pub mod daemon;
 pub mod fs;
 pub mod inject;
 pub mod mover;
+pub mod moving;
 pub mod ns;
 pub mod procfs;
 pub mod tree;
 
-/// The process mover this build uses.
-pub fn mover() -> Box<dyn fs::Mover> {
-    Box::new(Unavailable)
-}
-
-/// Refuses every move: the ptrace mover is not part of this build yet.
-struct Unavailable;
-
-impl fs::Mover for Unavailable {
-    fn move_process(
-        &self,
-        _pid: i32,
-        _writer_tid: u32,
-        _set: &[std::sync::Arc<ns::Namespace>; 8],
-        reply: &mut dyn FnMut(fs::Result<()>),
-    ) {
-        reply(Err(fs::Error::Unsupported(
-            "moving processes is not part of this build yet".into(),
-        )));
-    }
+/// The process mover the daemon uses.
+pub fn mover() -> fs::Result<Box<dyn fs::Mover>> {
+    Ok(Box::new(moving::PtraceMover::new()?))
 }

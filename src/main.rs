@@ -48,7 +48,14 @@ fn main() -> ExitCode {
         foreground: cli.foreground,
         level,
     };
-    match daemon::run(settings, nsproxyfs::mover()) {
+    let mover = match nsproxyfs::mover() {
+        Ok(m) => m,
+        Err(e) => {
+            eprintln!("nsproxyfs: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match daemon::run(settings, mover) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("nsproxyfs: {e}");

@@ -17,6 +17,9 @@ pub enum Error {
     /// A namespace could not be found, opened or made.
     #[error(transparent)]
     Ns(#[from] NsError),
+    /// A move failed; the process was left as it was.
+    #[error(transparent)]
+    Move(#[from] crate::mover::MoveError),
     /// The written text is not understood.
     #[error("bad input: {0}")]
     Input(#[from] InputError),
@@ -61,6 +64,7 @@ impl Error {
                 TreeError::TooDeep => libc::EMLINK,
             },
             Error::Ns(e) => e.errno(),
+            Error::Move(e) => e.errno() as i32,
             Error::Input(_) | Error::Invalid(_) => libc::EINVAL,
             Error::Denied(_) => libc::EPERM,
             Error::NotFound => libc::ENOENT,

@@ -69,6 +69,12 @@ pub trait Mover: Send + Sync + 'static {
         set: &[Arc<Namespace>; 8],
         reply: &mut dyn FnMut(Result<()>),
     );
+
+    /// Namespace `ino` lost its last binding: forget anything holding it.
+    fn released(&self, ino: u64);
+
+    /// Processes the mover runs for its own use, left out of `tasks`.
+    fn helper_pids(&self) -> Vec<i32>;
 }
 
 struct State {
@@ -330,8 +336,14 @@ impl NsProxyFs {
     }
 
     fn tasks_text(&self, c: ContainerId, reader: &Caller) -> Result<Vec<u8>> {
-        let (set, differing) = {
+        let (set, differing, helpers) = {
             let st = self.state.read();
+            let mut helpers = self.mover.helper_pids();
+            helpers.extend(
+                st.spaces
+                    .values()
+                    .filter_map(|ns| ns.keeper().map(|k| k.pid())),
+            );
             let eff = st.tree.effective_set(c).ok_or(Error::NotFound)?;
             let root = st.tree.effective_set(Tree::ROOT).ok_or(Error::NotFound)?;
             let set: [u64; 8] = std::array::from_fn(|i| eff[i].ino);
@@ -339,12 +351,13 @@ impl NsProxyFs {
                 .into_iter()
                 .filter(|k| set[k.index()] != root[k.index()].ino)
                 .collect();
-            (set, differing)
+            (set, differing, helpers)
         };
-        let members = procfs::members(&set, &differing).map_err(|source| Error::Sys {
+        let mut members = procfs::members(&set, &differing).map_err(|source| Error::Sys {
             what: "read /proc",
             source,
         })?;
+        members.retain(|p| !helpers.contains(p));
         let reader_ns = File::from(reader.pid_ns()?);
         let same_ns = reader_ns.metadata().map(|m| m.ino()).ok() == Some(self.pid_ns);
         let mut pids: Vec<i32> = if same_ns {
@@ -385,6 +398,7 @@ impl NsProxyFs {
             released.and_then(|d| st.spaces.remove(&d.ino))
         };
         if let Some(ns) = &released {
+            self.mover.released(ns.ino());
             log::info!("{} released: no container binds it", ns.describe());
         }
         Ok(())
@@ -399,6 +413,7 @@ impl NsProxyFs {
                 .collect()
         };
         for ns in dropped {
+            self.mover.released(ns.ino());
             log::info!("{} released: no container binds it", ns.describe());
         }
     }
@@ -568,7 +583,9 @@ impl NsProxyFs {
             self.staged.lock().remove(&(c, old.to_owned()));
             released.and_then(|d| st.spaces.remove(&d.ino))
         };
-        drop(released);
+        if let Some(ns) = released {
+            self.mover.released(ns.ino());
+        }
         Ok(())
     }
 

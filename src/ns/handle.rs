@@ -126,8 +126,11 @@ impl Pin {
 impl Drop for Pin {
     fn drop(&mut self) {
         if let Ok(c) = CString::new(self.path.as_os_str().as_bytes()) {
-            if let Err(e) = sys::detach(&c) {
-                log::warn!("cannot unmount pin {}: {e}", self.path.display());
+            match sys::detach(&c) {
+                // Already gone: the daemon clears every pin when it ends.
+                Err(e) if matches!(e.raw_os_error(), Some(libc::EINVAL | libc::ENOENT)) => {}
+                Err(e) => log::warn!("cannot unmount pin {}: {e}", self.path.display()),
+                Ok(()) => {}
             }
             let _ = std::fs::remove_file(&self.path);
         }

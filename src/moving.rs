@@ -1,0 +1,128 @@
+//! The daemon's process mover: decides which kinds change, finds or starts
+//! the holder of the target set, and hands the move to [`crate::mover`].
+//!
+//! Holders are cached per effective set (the eight inodes) and dropped as
+//! soon as one of their namespaces loses its last binding, so a holder never
+//! keeps an unbound namespace alive.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::os::fd::AsFd;
+use std::sync::Arc;
+
+use nix::sched::CloneFlags;
+use parking_lot::Mutex;
+
+use crate::fs::{Error, Mover, Result};
+use crate::mover::{self, ProcessHandle};
+use crate::ns::{Holder, Kind, Namespace, sys};
+use crate::procfs;
+
+/// Moves processes by ptrace-injecting `setns(pidfd_of_holder, kinds)`.
+#[derive(Debug)]
+pub struct PtraceMover {
+    own: [u64; 8],
+    holders: Mutex<HashMap<[u64; 8], Arc<Holder>>>,
+}
+
+impl PtraceMover {
+    /// A mover for a daemon whose own namespaces are `own` (inodes in
+    /// [`Kind::ALL`] order; pid and time as for children).
+    pub fn new() -> Result<PtraceMover> {
+        let me = std::process::id() as i32;
+        let mut own = [0u64; 8];
+        for kind in Kind::ALL {
+            own[kind.index()] = procfs::ns_inode(me, kind).ok_or_else(|| Error::Sys {
+                what: "read the daemon's namespaces",
+                source: std::io::Error::last_os_error(),
+            })?;
+        }
+        Ok(PtraceMover {
+            own,
+            holders: Mutex::new(HashMap::new()),
+        })
+    }
+
+    fn holder(&self, set: &[Arc<Namespace>; 8]) -> Result<Arc<Holder>> {
+        let key: [u64; 8] = std::array::from_fn(|i| set[i].ino());
+        if let Some(h) = self.holders.lock().get(&key) {
+            return Ok(Arc::clone(h));
+        }
+        // Started outside the lock: it forks and joins namespaces.
+        let holder = Arc::new(Holder::spawn(set, &self.own)?);
+        Ok(Arc::clone(self.holders.lock().entry(key).or_insert(holder)))
+    }
+
+    fn try_move(&self, pid: i32, set: &[Arc<Namespace>; 8]) -> Result<()> {
+        if pid == std::process::id() as i32 {
+            return Err(Error::Denied("the daemon does not move itself".into()));
+        }
+        let target = ProcessHandle::open(pid)?;
+        let mut flags = 0;
+        for kind in Kind::ALL {
+            let current = current_ns(pid, kind)?;
+            if current != set[kind.index()].ino() {
+                flags |= kind.clone_flag();
+            }
+        }
+        if flags == 0 {
+            return Ok(());
+        }
+        let holder = self.holder(set)?;
+        let pidns =
+            File::open(format!("/proc/{pid}/ns/pid")).map_err(|_| mover::MoveError::Gone(pid))?;
+        let seen = sys::pid_in_pidns(pidns.as_fd(), holder.pid()).map_err(|_| {
+            Error::Invalid(format!(
+                "process {pid} lives in a pid namespace that cannot see the container's \
+                 namespaces (only ancestors of a pid namespace see into it)"
+            ))
+        })?;
+        let report = mover::move_process(&target, seen, CloneFlags::from_bits_retain(flags))?;
+        log::info!("moved process {pid} ({} threads)", report.threads);
+        Ok(())
+    }
+}
+
+/// The inode of `kind` of process `pid`, for pid and time the namespace its
+/// children are born into.
+fn current_ns(pid: i32, kind: Kind) -> Result<u64> {
+    use std::os::unix::fs::MetadataExt;
+    match std::fs::metadata(format!("/proc/{pid}/ns/{}", kind.proc_entry())) {
+        Ok(md) => Ok(md.ino()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            Err(mover::MoveError::Gone(pid).into())
+        }
+        Err(e) => Err(Error::Denied(format!(
+            "cannot read the namespaces of process {pid}: {e}"
+        ))),
+    }
+}
+
+impl Mover for PtraceMover {
+    fn move_process(
+        &self,
+        pid: i32,
+        _writer_tid: u32,
+        set: &[Arc<Namespace>; 8],
+        reply: &mut dyn FnMut(Result<()>),
+    ) {
+        reply(self.try_move(pid, set));
+    }
+
+    fn helper_pids(&self) -> Vec<i32> {
+        self.holders.lock().values().map(|h| h.pid()).collect()
+    }
+
+    fn released(&self, ino: u64) {
+        let dropped: Vec<Arc<Holder>> = {
+            let mut holders = self.holders.lock();
+            let keys: Vec<[u64; 8]> = holders
+                .keys()
+                .filter(|k| k.contains(&ino))
+                .copied()
+                .collect();
+            keys.iter().filter_map(|k| holders.remove(k)).collect()
+        };
+        drop(dropped);
+    }
+}
