@@ -3,8 +3,8 @@
 //!
 //! One move: pin the target (pidfd) -> stop every thread, re-reading
 //! `/proc/PID/task` until no new thread shows up -> in each thread inject
-//! `fd = pidfd_open(holder, 0); setns(fd, kinds); close(fd)` -> let every
-//! thread go. `setns` with a pidfd joins all the requested namespaces of the
+//! `fd = pidfd_open(holder, 0); setns(fd, kinds); close(fd)`, one syscall per
+//! round for all threads at once -> let every thread go. `setns` with a pidfd joins all the requested namespaces of the
 //! holder at once or none of them, so a thread is either moved or untouched.
 //!
 //! All or nothing across threads: no thread runs before every thread has
@@ -449,6 +449,105 @@ fn join(
     Ok(())
 }
 
+/// Six syscall arguments from the first few.
+fn args(first: &[u64]) -> [u64; 6] {
+    let mut all = [0u64; 6];
+    all[..first.len()].copy_from_slice(first);
+    all
+}
+
+/// Records the first failure of a round of injected syscalls (by thread
+/// order); returns the successful values.
+fn sift(
+    round: Vec<Option<Result<SyscallResult, TraceError>>>,
+    step: Step,
+    failure: &mut Option<(usize, JoinFailure)>,
+) -> Vec<Option<i64>> {
+    round
+        .into_iter()
+        .enumerate()
+        .map(|(i, outcome)| match outcome? {
+            Ok(Ok(value)) => Some(value),
+            Ok(Err(errno)) => {
+                failure.get_or_insert((i, JoinFailure::Refused(step, errno)));
+                None
+            }
+            Err(e) => {
+                failure.get_or_insert((i, JoinFailure::Trace(e)));
+                None
+            }
+        })
+        .collect()
+}
+
+/// Makes every thread join the holder's namespaces, one injected syscall per
+/// round for all threads at once. Every pidfd opened is closed again. On
+/// failure returns the first failing thread (in tid order) and why; threads
+/// may then have moved or not, which the caller checks.
+fn join_all(
+    threads: &mut [Tracee<Stopped>],
+    holder: i32,
+    kinds: libc::c_int,
+    unshare_fs: bool,
+) -> Result<(), (usize, JoinFailure)> {
+    let n = threads.len();
+    let mut failure = None;
+    if unshare_fs {
+        let calls = vec![Some((libc::SYS_unshare, args(&[libc::CLONE_FS as u64]))); n];
+        sift(
+            inject::syscall_each(threads, &calls),
+            Step::UnshareFs,
+            &mut failure,
+        );
+        if let Some(f) = failure {
+            return Err(f);
+        }
+    }
+    let calls = vec![Some((libc::SYS_pidfd_open, args(&[holder as u64, 0]))); n];
+    let fds = sift(
+        inject::syscall_each(threads, &calls),
+        Step::PidfdOpen,
+        &mut failure,
+    );
+    if failure.is_none() {
+        let calls: Vec<_> = fds
+            .iter()
+            .map(|fd| fd.map(|fd| (libc::SYS_setns, args(&[fd as u64, kinds as u64]))))
+            .collect();
+        sift(
+            inject::syscall_each(threads, &calls),
+            Step::Setns,
+            &mut failure,
+        );
+    }
+    let calls: Vec<_> = fds
+        .iter()
+        .map(|fd| fd.map(|fd| (libc::SYS_close, args(&[fd as u64]))))
+        .collect();
+    for (i, closed) in inject::syscall_each(threads, &calls)
+        .into_iter()
+        .enumerate()
+    {
+        match closed {
+            None | Some(Ok(Ok(_))) => {}
+            Some(Ok(Err(e))) => {
+                log::warn!("thread {}: closing injected pidfd: {e}", threads[i].tid())
+            }
+            Some(Err(e)) => {
+                log::error!(
+                    "thread {}: injected pidfd may be left open: {e}",
+                    threads[i].tid()
+                );
+                failure.get_or_insert((i, JoinFailure::Trace(e)));
+            }
+        }
+    }
+    match failure {
+        Some(f) => Err(f),
+        None => Ok(()),
+    }
+}
+
 /// Moves every thread of `target` into the namespaces of kinds `kinds` of the
 /// holder process, whose pid in the target's pid namespace is
 /// `holder_pid_in_target_ns`.
@@ -513,32 +612,21 @@ pub fn move_process(
         Vec::new()
     };
 
-    for i in 0..threads.len() {
-        match join(
-            &mut threads[i],
-            holder_pid_in_target_ns,
-            0,
-            kinds,
-            unshare_fs,
-        ) {
-            Ok(()) => {}
-            Err(failure) => {
-                let tid = threads[i].tid().as_raw();
-                let cause = match failure {
-                    JoinFailure::Refused(step, errno) => MoveError::Refused {
-                        tid,
-                        step,
-                        errno,
-                        moved_back: 0,
-                    },
-                    JoinFailure::Trace(e) => MoveError::from(e),
-                };
-                if !multi {
-                    return Err(cause);
-                }
-                return Err(roll_back(tgid, &mut threads, &originals, kinds, cause));
-            }
+    if let Err((i, failure)) = join_all(&mut threads, holder_pid_in_target_ns, kinds, unshare_fs) {
+        let tid = threads[i].tid().as_raw();
+        let cause = match failure {
+            JoinFailure::Refused(step, errno) => MoveError::Refused {
+                tid,
+                step,
+                errno,
+                moved_back: 0,
+            },
+            JoinFailure::Trace(e) => MoveError::from(e),
+        };
+        if !multi {
+            return Err(cause);
         }
+        return Err(roll_back(tgid, &mut threads, &originals, kinds, cause));
     }
     let count = threads.len();
     detach_all(threads)?;

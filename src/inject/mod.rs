@@ -592,6 +592,14 @@ impl Tracee<Stopped> {
     /// return value or errno. The thread stays stopped; its registers are
     /// put back by [`Tracee::restore`] or [`Tracee::detach`].
     pub fn syscall(&mut self, nr: i64, args: [u64; 6]) -> Result<SyscallResult, TraceError> {
+        let site = self.launch(nr, args)?;
+        let after = self.collect(site)?;
+        Ok(decode_return(after.result()))
+    }
+
+    /// Sets the thread up for syscall `nr` and starts it; [`Self::collect`]
+    /// must follow. Returns the syscall site.
+    fn launch(&mut self, nr: i64, args: [u64; 6]) -> Result<u64, TraceError> {
         let tid = self.tid;
         if !self.state.saved.is_native() {
             return Err(TraceError::Unsupported("32-bit (compat) thread"));
@@ -613,36 +621,40 @@ impl Tracee<Stopped> {
         regs.prepare_syscall(site, nr, args);
         arch::set(tid, &regs).map_err(TraceError::os(tid, "PTRACE_SETREGS"))?;
         self.state.regs_dirty = true;
-        let after = self.step_over_syscall(site)?;
-        Ok(decode_return(after.result()))
+        sys::single_step(tid, 0).map_err(TraceError::os(tid, "PTRACE_SINGLESTEP"))?;
+        Ok(site)
     }
 
-    /// Single-steps the `syscall` instruction at `site`: one stop, a SIGTRAP
-    /// reported at the syscall's exit, with the result in the registers.
-    fn step_over_syscall(&mut self, site: u64) -> Result<Registers, TraceError> {
+    /// Waits until the single step over the `syscall` instruction at `site`
+    /// ends: one stop, a SIGTRAP reported at the syscall's exit, with the
+    /// result in the registers. Other stops are dealt with and the step
+    /// resumed.
+    fn collect(&mut self, site: u64) -> Result<Registers, TraceError> {
         let tid = self.tid;
-        let mut pass = 0;
         for _ in 0..MAX_STOPS {
-            sys::single_step(tid, pass).map_err(TraceError::os(tid, "PTRACE_SINGLESTEP"))?;
-            pass = 0;
+            let mut pass = 0;
             match sys::wait(tid).map_err(TraceError::os(tid, "waitpid"))? {
                 WaitEvent::Gone => {
                     self.released = true;
                     return Err(TraceError::Gone(tid));
                 }
-                WaitEvent::SignalStop(libc::SIGTRAP)
-                    if sys::siginfo_code(tid)
-                        .map_err(TraceError::os(tid, "PTRACE_GETSIGINFO"))?
-                        > 0 =>
-                {
-                    // Our trap: it is discarded when the thread resumes.
-                    self.state.at = StopPoint::Delivery(0);
+                WaitEvent::SignalStop(libc::SIGTRAP) => {
                     let regs = arch::get(tid).map_err(TraceError::os(tid, "PTRACE_GETREGS"))?;
                     if regs.pc() == site + arch::SYSCALL_INSN.len() as u64 {
+                        // The step ended after the syscall: our trap, which
+                        // is discarded when the thread resumes.
+                        self.state.at = StopPoint::Delivery(0);
                         return Ok(regs);
                     }
-                    if regs.pc() != site {
-                        return Err(TraceError::StrayStep { tid, pc: regs.pc() });
+                    match classify_signal(tid, libc::SIGTRAP)? {
+                        SignalDisposition::PassOn(sig) | SignalDisposition::Defer(sig) => {
+                            self.state.deferred.push(sig);
+                        }
+                        SignalDisposition::Discard(_) if regs.pc() == site => {}
+                        SignalDisposition::Discard(_) => {
+                            self.state.at = StopPoint::Delivery(0);
+                            return Err(TraceError::StrayStep { tid, pc: regs.pc() });
+                        }
                     }
                 }
                 WaitEvent::SignalStop(sig) => match classify_signal(tid, sig)? {
@@ -655,6 +667,7 @@ impl Tracee<Stopped> {
                 // A group-stop or interrupt trap: ptrace lets us go on.
                 WaitEvent::EventStop { .. } | WaitEvent::SyscallStop => {}
             }
+            sys::single_step(tid, pass).map_err(TraceError::os(tid, "PTRACE_SINGLESTEP"))?;
         }
         self.state.at = StopPoint::Delivery(0);
         Err(TraceError::TooManyStops {
@@ -717,6 +730,35 @@ impl Tracee<Stopped> {
         self.released = true;
         result
     }
+}
+
+/// Runs one syscall in each of several stopped threads at once: all are
+/// started, then all are collected, so the threads execute in parallel and
+/// the tracer does not wait for one before starting the next.
+///
+/// `calls[i]` is the syscall for `tracees[i]`, `None` to leave it alone; the
+/// result has the same shape. Each outcome is what [`Tracee::syscall`] would
+/// have returned.
+pub fn syscall_each(
+    tracees: &mut [Tracee<Stopped>],
+    calls: &[Option<(i64, [u64; 6])>],
+) -> Vec<Option<Result<SyscallResult, TraceError>>> {
+    let mut launched: Vec<Option<Result<u64, TraceError>>> = tracees
+        .iter_mut()
+        .zip(calls)
+        .map(|(t, call)| call.map(|(nr, args)| t.launch(nr, args)))
+        .collect();
+    launched.resize_with(tracees.len(), || None);
+    tracees
+        .iter_mut()
+        .zip(launched)
+        .map(|(t, launched)| {
+            launched.map(|site| {
+                let after = t.collect(site?)?;
+                Ok(decode_return(after.result()))
+            })
+        })
+        .collect()
 }
 
 #[cfg(test)]
