@@ -328,7 +328,15 @@ fn is_zombie(tid: Pid) -> bool {
 
 /// Stops every thread of `tgid`. Returns them in tid order, and the number
 /// of `/proc/PID/task` reads it took.
-fn stop_all(tgid: Pid) -> Result<(Vec<Tracee<Stopped>>, usize), MoveError> {
+///
+/// `before_wait` runs once, after every thread of the first round is seized
+/// and asked to stop and before any stop is awaited: a thread blocked in a
+/// request that the caller must answer (see [`Writer`]) stops only once the
+/// answer is sent.
+fn stop_all(
+    tgid: Pid,
+    mut before_wait: Option<&mut dyn FnMut()>,
+) -> Result<(Vec<Tracee<Stopped>>, usize), MoveError> {
     let mut stopped: Vec<Tracee<Stopped>> = Vec::new();
     let mut seen = BTreeSet::new();
     for round in 1..=MAX_ROUNDS {
@@ -353,6 +361,9 @@ fn stop_all(tgid: Pid) -> Result<(Vec<Tracee<Stopped>>, usize), MoveError> {
                 Err(TraceError::Denied(t)) if is_zombie(t) => {}
                 Err(e) => return Err(e.into()),
             }
+        }
+        if let Some(answer) = before_wait.take() {
+            answer();
         }
         for t in running {
             match t.wait_stop() {
@@ -559,6 +570,43 @@ pub fn move_process(
     holder_pid_in_target_ns: i32,
     kinds: CloneFlags,
 ) -> Result<MoveReport, MoveError> {
+    move_process_answering(target, holder_pid_in_target_ns, kinds, None)
+}
+
+/// A thread of the target blocked in a request that only the caller can
+/// answer: the writer of `echo $$ > tasks`, waiting for the daemon's reply
+/// to its write().
+///
+/// It can reach a ptrace stop only on its way back to user space, so the
+/// move seizes every thread and asks it to stop, then calls `answer` (which
+/// must send a successful reply), then waits for the stops: the writer's
+/// comes at the exit of its write(), before it runs another instruction. If
+/// the move then fails, the writer's write() is made to return `-errno`
+/// instead, so the caller still sees the failure.
+pub struct Writer<'a> {
+    /// The blocked thread.
+    pub tid: Pid,
+    /// Sends the reply that unblocks it.
+    pub answer: &'a mut dyn FnMut(),
+}
+
+impl fmt::Debug for Writer<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Writer")
+            .field("tid", &self.tid)
+            .finish_non_exhaustive()
+    }
+}
+
+/// [`move_process`], for a target one of whose threads is a [`Writer`].
+/// When `writer` is given, `answer` is called exactly once unless this
+/// returns an error before any thread was asked to stop.
+pub fn move_process_answering(
+    target: &ProcessHandle,
+    holder_pid_in_target_ns: i32,
+    kinds: CloneFlags,
+    mut writer: Option<Writer<'_>>,
+) -> Result<MoveReport, MoveError> {
     let kinds = kinds.bits();
     let known = KINDS.iter().fold(0, |all, (flag, _)| all | flag);
     if kinds & !known != 0 {
@@ -590,7 +638,9 @@ pub fn move_process(
         return Err(MoveError::Gone(tgid.as_raw()));
     }
 
-    let (mut threads, rounds) = stop_all(tgid)?;
+    let writer_tid = writer.as_ref().map(|w| w.tid);
+    let answer = writer.as_mut().map(|w| &mut w.answer as &mut dyn FnMut());
+    let (mut threads, rounds) = stop_all(tgid, answer)?;
     // The pin: if the pinned process still lives, the pid read from /proc
     // was its own all along, and so are the threads listed under it.
     if threads.is_empty() || !target.is_alive() {
@@ -612,7 +662,41 @@ pub fn move_process(
         Vec::new()
     };
 
-    if let Err((i, failure)) = join_all(&mut threads, holder_pid_in_target_ns, kinds, unshare_fs) {
+    let result = join_or_roll_back(
+        tgid,
+        &mut threads,
+        holder_pid_in_target_ns,
+        kinds,
+        unshare_fs,
+        &originals,
+    );
+    if let Err(e) = &result
+        && let Some(w) = threads.iter_mut().find(|t| Some(t.tid()) == writer_tid)
+    {
+        // The write was answered as a success; make it report the failure.
+        w.set_result(-(e.errno() as i64))?;
+    }
+    result?;
+    let count = threads.len();
+    detach_all(threads)?;
+    Ok(MoveReport {
+        threads: count,
+        rounds,
+        unshared_fs: unshare_fs,
+    })
+}
+
+/// Joins every thread; on a failure, moves the threads that had moved back.
+fn join_or_roll_back(
+    tgid: Pid,
+    threads: &mut [Tracee<Stopped>],
+    holder_pid_in_target_ns: i32,
+    kinds: libc::c_int,
+    unshare_fs: bool,
+    originals: &[Vec<u64>],
+) -> Result<(), MoveError> {
+    let multi = threads.len() > 1;
+    if let Err((i, failure)) = join_all(threads, holder_pid_in_target_ns, kinds, unshare_fs) {
         let tid = threads[i].tid().as_raw();
         let cause = match failure {
             JoinFailure::Refused(step, errno) => MoveError::Refused {
@@ -626,15 +710,9 @@ pub fn move_process(
         if !multi {
             return Err(cause);
         }
-        return Err(roll_back(tgid, &mut threads, &originals, kinds, cause));
+        return Err(roll_back(tgid, threads, originals, kinds, cause));
     }
-    let count = threads.len();
-    detach_all(threads)?;
-    Ok(MoveReport {
-        threads: count,
-        rounds,
-        unshared_fs: unshare_fs,
-    })
+    Ok(())
 }
 
 /// Finds one `syscall` instruction for the whole process (threads share the

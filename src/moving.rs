@@ -53,7 +53,12 @@ impl PtraceMover {
         Ok(Arc::clone(self.holders.lock().entry(key).or_insert(holder)))
     }
 
-    fn try_move(&self, pid: i32, set: &[Arc<Namespace>; 8]) -> Result<()> {
+    fn try_move(
+        &self,
+        pid: i32,
+        set: &[Arc<Namespace>; 8],
+        writer: Option<mover::Writer<'_>>,
+    ) -> Result<()> {
         if pid == std::process::id() as i32 {
             return Err(Error::Denied("the daemon does not move itself".into()));
         }
@@ -77,10 +82,22 @@ impl PtraceMover {
                  namespaces (only ancestors of a pid namespace see into it)"
             ))
         })?;
-        let report = mover::move_process(&target, seen, CloneFlags::from_bits_retain(flags))?;
+        let flags = CloneFlags::from_bits_retain(flags);
+        let report = mover::move_process_answering(&target, seen, flags, writer)?;
         log::info!("moved process {pid} ({} threads)", report.threads);
         Ok(())
     }
+}
+
+/// The thread group of thread `tid`.
+fn tgid_of(tid: u32) -> Option<i32> {
+    let status = std::fs::read_to_string(format!("/proc/{tid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Tgid:"))?
+        .trim()
+        .parse()
+        .ok()
 }
 
 /// The inode of `kind` of process `pid`, for pid and time the namespace its
@@ -102,11 +119,25 @@ impl Mover for PtraceMover {
     fn move_process(
         &self,
         pid: i32,
-        _writer_tid: u32,
+        writer_tid: u32,
         set: &[Arc<Namespace>; 8],
         reply: &mut dyn FnMut(Result<()>),
     ) {
-        reply(self.try_move(pid, set));
+        if tgid_of(writer_tid) != Some(pid) {
+            return reply(self.try_move(pid, set, None));
+        }
+        // `echo $$ > tasks`: the writer is blocked in this very write. The
+        // reply goes out once its threads are asked to stop; a failure after
+        // that reaches it as the write's return value.
+        let result = {
+            let mut ok = || reply(Ok(()));
+            let writer = mover::Writer {
+                tid: nix::unistd::Pid::from_raw(writer_tid as i32),
+                answer: &mut ok,
+            };
+            self.try_move(pid, set, Some(writer))
+        };
+        reply(result);
     }
 
     fn helper_pids(&self) -> Vec<i32> {

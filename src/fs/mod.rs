@@ -803,21 +803,25 @@ impl NsProxyFs {
                 return reply.error(refuse("write tasks", caller, &e));
             }
         };
+        // The mover may answer before it is done (a process moving itself);
+        // a failure after that still gets logged here, and reaches the
+        // writer as its write's return value.
         let mut reply = Some(reply);
         let mut answer = |r: Result<()>| {
+            let errno = r.as_ref().err().map(|e| refuse("write tasks", caller, e));
             if let Some(reply) = reply.take() {
-                match r {
-                    Ok(()) => reply.written(len),
-                    Err(e) => reply.error(refuse("write tasks", caller, &e)),
+                match errno {
+                    None => reply.written(len),
+                    Some(errno) => reply.error(errno),
                 }
             }
         };
         self.mover
             .move_process(local, caller.tid, &set, &mut answer);
-        answer(Err(Error::Sys {
-            what: "move",
-            source: std::io::Error::from_raw_os_error(libc::EIO),
-        }));
+        if let Some(reply) = reply {
+            log::error!("the mover did not answer a write to tasks; failing it");
+            reply.error(Errno::EIO);
+        }
     }
 
     fn do_flush(&self, caller: &Caller, fh: u64) -> Result<()> {
@@ -1121,6 +1125,40 @@ impl fuser::Filesystem for NsProxyFs {
             }
         }
         reply.ok();
+    }
+
+    fn ioctl(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _flags: fuser::IoctlFlags,
+        _cmd: u32,
+        _in_data: &[u8],
+        _out_size: u32,
+        reply: fuser::ReplyIoctl,
+    ) {
+        // Shells probe files with terminal ioctls: none apply here.
+        reply.error(Errno::from_i32(libc::ENOTTY));
+    }
+
+    fn getxattr(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _name: &OsStr,
+        _size: u32,
+        reply: fuser::ReplyXattr,
+    ) {
+        reply.error(Errno::from_i32(libc::ENODATA));
+    }
+
+    fn listxattr(&self, _req: &Request, _ino: INodeNo, size: u32, reply: fuser::ReplyXattr) {
+        if size == 0 {
+            reply.size(0)
+        } else {
+            reply.data(&[])
+        }
     }
 
     fn create(

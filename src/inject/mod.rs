@@ -694,10 +694,10 @@ impl Tracee<Stopped> {
 
     fn restore_and_detach(&mut self) -> Result<(), TraceError> {
         let result = self.try_restore_and_detach();
-        if let Err(TraceError::Gone(_)) = result {
-            if !self.released {
-                sys::reap(self.tid);
-            }
+        if let Err(TraceError::Gone(_)) = result
+            && !self.released
+        {
+            sys::reap(self.tid);
         }
         self.released = true;
         result
