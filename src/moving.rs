@@ -73,9 +73,24 @@ impl PtraceMover {
         if flags == 0 {
             return Ok(());
         }
-        let holder = self.holder(set)?;
         let pidns =
             File::open(format!("/proc/{pid}/ns/pid")).map_err(|_| mover::MoveError::Gone(pid))?;
+        // The target must see the holder to open a pidfd of it. When the pid
+        // kind does not change, the holder can sit in the target's own pid
+        // namespace, which it always sees.
+        let holder = if flags & libc::CLONE_NEWPID != 0 {
+            self.holder(set)?
+        } else {
+            let active = pidns.try_clone().map_err(|source| Error::Sys {
+                what: "dup the target's pid namespace",
+                source,
+            })?;
+            let active =
+                Namespace::from_fd(active.into(), Kind::Pid, "the target's pid namespace")?;
+            let mut seen_set = set.clone();
+            seen_set[Kind::Pid.index()] = Arc::new(active);
+            self.holder(&seen_set)?
+        };
         let seen = sys::pid_in_pidns(pidns.as_fd(), holder.pid()).map_err(|_| {
             Error::Invalid(format!(
                 "process {pid} lives in a pid namespace that cannot see the container's \

@@ -1,0 +1,490 @@
+//! Writing pids to `tasks` moves running processes, end to end through a
+//! real mount: shells moving themselves, other processes, threads, pid
+//! namespaces, and every refusal of SPEC's table.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::PathBuf;
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+
+use common::*;
+
+/// A shell reading commands from a pipe, for "screen one" style tests.
+struct Shell {
+    child: Child,
+    stdin: ChildStdin,
+    stdout: BufReader<ChildStdout>,
+}
+
+impl Shell {
+    fn start(program: &str) -> Shell {
+        let mut child = Command::new(program)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start shell");
+        let stdin = child.stdin.take().unwrap();
+        let stdout = BufReader::new(child.stdout.take().unwrap());
+        Shell {
+            child,
+            stdin,
+            stdout,
+        }
+    }
+
+    fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    /// Runs one command line and returns its output, up to a marker line.
+    fn run(&mut self, cmd: &str) -> String {
+        writeln!(self.stdin, "{cmd}; echo __done__").unwrap();
+        self.stdin.flush().unwrap();
+        let mut out = String::new();
+        loop {
+            let mut line = String::new();
+            assert!(
+                self.stdout.read_line(&mut line).unwrap() > 0,
+                "shell ended during {cmd:?}"
+            );
+            if line == "__done__\n" {
+                return out;
+            }
+            out.push_str(&line);
+        }
+    }
+}
+
+impl Drop for Shell {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn example(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let path = exe
+        .parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .join("examples")
+        .join(name);
+    assert!(
+        path.exists(),
+        "{} missing: `cargo test` builds examples",
+        path.display()
+    );
+    path
+}
+
+/// The inode a kind file names (`net:[N]` -> N).
+fn bound(m: &Mount, rel: &str) -> u64 {
+    m.read(rel)
+        .trim()
+        .split(['[', ']'])
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+fn uts_of(pid: i32) -> u64 {
+    ns_ino(pid, "uts")
+}
+
+#[test]
+fn rfc_two_screens_with_bash_and_dash() {
+    let Some(m) = Mount::new("two-screens") else {
+        return;
+    };
+    std::fs::create_dir(m.path("node1")).unwrap();
+    std::fs::File::create(m.path("node1/uts")).unwrap();
+    let host = sh_ok("hostname");
+    // Screen one: a shell moved into node1, which then names its host.
+    let mut one = Shell::start("bash");
+    m.watch_pid(one.pid());
+    m.write("node1/tasks", format!("{}\n", one.pid()).as_bytes())
+        .unwrap();
+    one.run("hostname serge");
+    assert_eq!(one.run("hostname"), "serge\n");
+    assert_eq!(sh_ok("hostname"), host, "the host's name is untouched");
+    // Screen two: each shell moves itself with the builtin echo.
+    let tasks = m.path("node1/tasks");
+    for shell in ["bash", "dash"] {
+        m.step.set(&format!("{shell} moves itself"));
+        let out = Command::new(shell)
+            .arg("-c")
+            .arg(format!("hostname; echo $$ > {}; hostname", tasks.display()))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{shell}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout),
+            format!("{host}serge\n"),
+            "{shell}"
+        );
+    }
+}
+
+#[test]
+fn python_moves_itself() {
+    let Some(m) = Mount::new("python") else {
+        return;
+    };
+    std::fs::create_dir(m.path("py")).unwrap();
+    std::fs::File::create(m.path("py/uts")).unwrap();
+    sh_ok(&format!(
+        "nsenter --uts={} hostname snake",
+        m.pin("py", "uts")
+    ));
+    let script = format!(
+        "import os, socket\nopen('{}', 'w').write(str(os.getpid()))\nprint(socket.gethostname())",
+        m.path("py/tasks").display()
+    );
+    let out = Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "snake\n");
+}
+
+#[test]
+fn a_process_moves_between_containers_and_back() {
+    let Some(m) = Mount::new("between") else {
+        return;
+    };
+    let me = std::process::id() as i32;
+    let daemon = m.daemon_pid();
+    std::fs::create_dir(m.path("a")).unwrap();
+    std::fs::create_dir(m.path("b")).unwrap();
+    for f in ["a/uts", "a/net", "b/ipc"] {
+        std::fs::File::create(m.path(f)).unwrap();
+    }
+    let p = Proc::sh("exec sleep 1000");
+    let pid = p.pid();
+    m.watch_pid(pid);
+    let ino = |rel: &str| bound(&m, rel);
+    assert!(!m.read("a/tasks").lines().any(|l| l == pid.to_string()));
+
+    m.write("a/tasks", pid.to_string().as_bytes()).unwrap();
+    assert_eq!(uts_of(pid), ino("a/uts"));
+    assert_eq!(ns_ino(pid, "net"), ino("a/net"));
+    assert_eq!(
+        ns_ino(pid, "ipc"),
+        ns_ino(daemon, "ipc"),
+        "kinds a does not bind: the root's"
+    );
+    assert!(
+        m.read("a/tasks").lines().any(|l| l == pid.to_string()),
+        "listed in a"
+    );
+    assert!(
+        !m.read("tasks").lines().any(|l| l == pid.to_string()),
+        "not in the root any more"
+    );
+
+    m.write("b/tasks", format!("{pid}\n").as_bytes()).unwrap();
+    assert_eq!(ns_ino(pid, "ipc"), ino("b/ipc"));
+    assert_eq!(
+        uts_of(pid),
+        ns_ino(daemon, "uts"),
+        "b inherits the root's uts"
+    );
+    assert_eq!(ns_ino(pid, "net"), ns_ino(daemon, "net"));
+    assert!(
+        !m.read("a/tasks").lines().any(|l| l == pid.to_string()),
+        "left a"
+    );
+    assert!(m.read("b/tasks").lines().any(|l| l == pid.to_string()));
+
+    m.write("tasks", pid.to_string().as_bytes()).unwrap();
+    for kind in ["cgroup", "ipc", "mnt", "net", "uts", "user"] {
+        assert_eq!(
+            ns_ino(pid, kind),
+            ns_ino(daemon, kind),
+            "{kind} back to the root's"
+        );
+    }
+    assert!(m.read("tasks").lines().any(|l| l == pid.to_string()));
+    // Moving where it already is changes nothing and succeeds.
+    m.write("tasks", pid.to_string().as_bytes()).unwrap();
+    // The test process itself was never touched.
+    assert_eq!(uts_of(me), ns_ino(daemon, "uts"));
+}
+
+#[test]
+fn a_blocked_reader_keeps_its_input_across_a_move() {
+    let Some(m) = Mount::new("reader") else {
+        return;
+    };
+    std::fs::create_dir(m.path("r")).unwrap();
+    std::fs::File::create(m.path("r/uts")).unwrap();
+    std::fs::File::create(m.path("r/ipc")).unwrap();
+    let mut target = Command::new(example("selfcheck_target"))
+        .args(["read-pipe", "hello across the move"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = target.id() as i32;
+    m.watch_pid(pid);
+    let mut out = BufReader::new(target.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    assert_eq!(line, "READY\n");
+    // Let it block in read() before moving it.
+    wait_for("the target to block", || {
+        std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| s.contains(") S "))
+    });
+    m.write("r/tasks", pid.to_string().as_bytes()).unwrap();
+    assert_eq!(uts_of(pid), bound(&m, "r/uts"));
+    assert_eq!(ns_ino(pid, "ipc"), bound(&m, "r/ipc"));
+    let mut stdin = target.stdin.take().unwrap();
+    stdin.write_all(b"hello across the move").unwrap();
+    drop(stdin);
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut out, &mut rest).unwrap();
+    let status = wait_bounded(&mut target, std::time::Duration::from_secs(30));
+    assert!(rest.contains("SELFCHECK OK"), "{rest}");
+    assert!(status.success());
+}
+
+#[test]
+fn every_thread_moves() {
+    let Some(m) = Mount::new("threads") else {
+        return;
+    };
+    std::fs::create_dir(m.path("t")).unwrap();
+    std::fs::File::create(m.path("t/uts")).unwrap();
+    std::fs::File::create(m.path("t/net")).unwrap();
+    let mut target = Command::new(example("selfcheck_target"))
+        .args(["threads", "16"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = target.id() as i32;
+    m.watch_pid(pid);
+    let mut out = BufReader::new(target.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    assert_eq!(line, "READY\n");
+    m.write("t/tasks", pid.to_string().as_bytes()).unwrap();
+    let uts = std::fs::metadata(m.path("t/uts")).unwrap();
+    let net = std::fs::metadata(m.path("t/net")).unwrap();
+    let tids: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert!(tids.len() >= 17, "{tids:?}");
+    use std::os::unix::fs::MetadataExt;
+    for tid in &tids {
+        for (entry, want) in [("uts", uts.ino()), ("net", net.ino())] {
+            let got = std::fs::metadata(format!("/proc/{pid}/task/{tid}/ns/{entry}"))
+                .unwrap()
+                .ino();
+            assert_eq!(got, want, "thread {tid} {entry}");
+        }
+    }
+    let mut stdin = target.stdin.take().unwrap();
+    writeln!(stdin, "quit").unwrap();
+    drop(stdin);
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut out, &mut rest).unwrap();
+    wait_bounded(&mut target, std::time::Duration::from_secs(30));
+}
+
+#[test]
+fn multithreaded_into_user_namespace_fails_and_changes_nothing() {
+    let Some(m) = Mount::new("threads-user") else {
+        return;
+    };
+    std::fs::create_dir(m.path("u")).unwrap();
+    std::fs::File::create(m.path("u/user")).unwrap();
+    std::fs::File::create(m.path("u/uts")).unwrap();
+    let mut target = Command::new(example("selfcheck_target"))
+        .args(["threads", "4"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = target.id() as i32;
+    m.watch_pid(pid);
+    let mut out = BufReader::new(target.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    let before: Vec<u64> = ["uts", "user", "net"]
+        .iter()
+        .map(|k| ns_ino(pid, k))
+        .collect();
+    assert_eq!(
+        errno(m.write("u/tasks", pid.to_string().as_bytes())),
+        libc::EINVAL
+    );
+    let after: Vec<u64> = ["uts", "user", "net"]
+        .iter()
+        .map(|k| ns_ino(pid, k))
+        .collect();
+    assert_eq!(before, after);
+    let _ = target.kill();
+    let _ = target.wait();
+}
+
+#[test]
+fn pid_namespace_applies_to_children() {
+    let Some(m) = Mount::new("pidns") else { return };
+    std::fs::create_dir(m.path("p")).unwrap();
+    std::fs::File::create(m.path("p/pid")).unwrap();
+    let pidns = bound(&m, "p/pid");
+    let mut sh = Shell::start("sh");
+    m.watch_pid(sh.pid());
+    let active_before = ns_ino(sh.pid(), "pid");
+    m.write("p/tasks", sh.pid().to_string().as_bytes()).unwrap();
+    assert_eq!(ns_ino(sh.pid(), "pid_for_children"), pidns);
+    assert_eq!(
+        ns_ino(sh.pid(), "pid"),
+        active_before,
+        "its own pid namespace stays"
+    );
+    for round in 0..3 {
+        // Each child is born into the container's pid namespace, also after
+        // the previous one exited.
+        let child: i32 = sh.run("sleep 100 & echo $!").trim().parse().unwrap();
+        m.watch_pid(child);
+        assert_eq!(ns_ino(child, "pid"), pidns, "child {round}");
+        let status = std::fs::read_to_string(format!("/proc/{child}/status")).unwrap();
+        let nspid = status.lines().find(|l| l.starts_with("NSpid:")).unwrap();
+        assert_eq!(nspid.split_whitespace().count(), 3, "two levels: {nspid}");
+        sh.run(&format!("kill {child}; wait {child}"));
+    }
+}
+
+#[test]
+fn refusals_follow_the_spec_table() {
+    let Some(m) = Mount::new("task-errors") else {
+        return;
+    };
+    std::fs::create_dir(m.path("e")).unwrap();
+    std::fs::File::create(m.path("e/uts")).unwrap();
+    // No such process.
+    assert_eq!(errno(m.write("e/tasks", b"2147483647")), libc::ESRCH);
+    // A zombie: the child exited and its parent (now sleep) never reaps it.
+    let parent = Proc::sh("(exit 0) & exec sleep 1000");
+    m.watch_pid(parent.pid());
+    let zombie = {
+        let mut found = None;
+        wait_for("a zombie child", || {
+            found = std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", parent.pid()))
+                .ok()
+                .and_then(|c| {
+                    c.split_whitespace()
+                        .next()
+                        .and_then(|p| p.parse::<i32>().ok())
+                })
+                .filter(|p| {
+                    std::fs::read_to_string(format!("/proc/{p}/stat"))
+                        .is_ok_and(|s| s.contains(") Z "))
+                });
+            found.is_some()
+        });
+        found.unwrap()
+    };
+    assert_eq!(
+        errno(m.write("e/tasks", zombie.to_string().as_bytes())),
+        libc::ESRCH
+    );
+    // Kernel threads and the daemon itself.
+    assert_eq!(errno(m.write("e/tasks", b"2")), libc::EPERM);
+    assert_eq!(
+        errno(m.write("e/tasks", m.daemon_pid().to_string().as_bytes())),
+        libc::EPERM
+    );
+    // Already traced: EBUSY, and the other tracer stays attached.
+    let target = Proc::sh("exec sleep 1000");
+    m.watch_pid(target.pid());
+    let mut strace = Command::new("strace")
+        .args(["-q", "-o", "/dev/null", "-p", &target.pid().to_string()])
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    m.watch_pid(strace.id() as i32);
+    let tracer = |pid: i32| -> i32 {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("TracerPid:"))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap()
+    };
+    wait_for("strace to attach", || {
+        tracer(target.pid()) == strace.id() as i32
+    });
+    let before = uts_of(target.pid());
+    assert_eq!(
+        errno(m.write("e/tasks", target.pid().to_string().as_bytes())),
+        libc::EBUSY
+    );
+    assert_eq!(
+        tracer(target.pid()),
+        strace.id() as i32,
+        "strace still attached"
+    );
+    assert_eq!(uts_of(target.pid()), before);
+    let _ = strace.kill();
+    let _ = strace.wait();
+    // An unprivileged target cannot join namespaces owned by the host's
+    // user namespace: the kernel's EPERM, and it is left as it was.
+    let nobody = Proc::sh("exec setpriv --reuid 65534 --regid 65534 --clear-groups sleep 1000");
+    m.watch_pid(nobody.pid());
+    wait_for("setpriv to exec sleep", || {
+        std::fs::read_to_string(format!("/proc/{}/comm", nobody.pid()))
+            .is_ok_and(|c| c == "sleep\n")
+    });
+    let before = uts_of(nobody.pid());
+    assert_eq!(
+        errno(m.write("e/tasks", nobody.pid().to_string().as_bytes())),
+        libc::EPERM
+    );
+    assert_eq!(uts_of(nobody.pid()), before);
+    let state = std::fs::read_to_string(format!("/proc/{}/stat", nobody.pid())).unwrap();
+    assert!(state.contains(") S "), "still running normally: {state}");
+}
+
+#[test]
+fn tasks_read_from_inside_a_pid_namespace_uses_its_numbers() {
+    let Some(m) = Mount::new("tasks-pidns") else {
+        return;
+    };
+    std::fs::create_dir(m.path("q")).unwrap();
+    std::fs::File::create(m.path("q/uts")).unwrap();
+    // The sleeper lives in the inner pid and mount namespaces: q binds those
+    // (from the inner shell's view of it) so that it can be a member.
+    let out = sh_ok(&format!(
+        "unshare --fork --pid --mount-proc sh -c \
+         'sleep 1000 & p=$!; echo $p > {q}/mnt; echo $p > {q}/pid; \
+          echo $p > {q}/tasks; echo $p; cat {q}/tasks; kill $p'",
+        q = m.path("q").display()
+    ));
+    let mut lines = out.lines();
+    let inner: i32 = lines.next().unwrap().parse().unwrap();
+    assert!(inner < 10, "a pid of the inner namespace: {inner}");
+    let listed: Vec<i32> = lines.map(|l| l.parse().unwrap()).collect();
+    assert_eq!(listed, vec![inner], "the reader sees its own numbers");
+}
