@@ -15,6 +15,8 @@
 //! selfcheck_target threads-mixed N      as threads, the last thread has dropped
 //!                                       to uid 65534 (its own credentials only)
 //! selfcheck_target report-read          print what one read(stdin) returned
+//! selfcheck_target seccomp-deny-setns    install a seccomp filter that fails
+//!                                       setns() with EPERM, then read-pipe `ok`
 //! ```
 
 use std::io::{BufRead, Write};
@@ -33,6 +35,7 @@ fn main() {
         ("threads", Some(n)) => parse(n).and_then(|n| threads(n, false)),
         ("threads-mixed", Some(n)) => parse(n).and_then(|n| threads(n, true)),
         ("report-read", None) => report_read(),
+        ("seccomp-deny-setns", None) => deny_setns().and_then(|()| read_pipe("ok")),
         _ => Err(format!("usage: selfcheck_target MODE ARG (got {args:?})")),
     };
     match verdict {
@@ -87,6 +90,49 @@ fn read_pipe(expected: &str) -> Result<(), String> {
             String::from_utf8_lossy(&got)
         ))
     }
+}
+
+/// Installs a seccomp filter under which setns() fails with EPERM and every
+/// other call is allowed (x86_64 numbering; elsewhere it allows all).
+fn deny_setns() -> Result<(), String> {
+    const LD_W_ABS: u16 = (libc::BPF_LD | libc::BPF_W | libc::BPF_ABS) as u16;
+    const JEQ_K: u16 = (libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K) as u16;
+    const RET_K: u16 = (libc::BPF_RET | libc::BPF_K) as u16;
+    const AUDIT_ARCH_X86_64: u32 = 0xc000_003e;
+    let stmt = |code, k| libc::sock_filter {
+        code,
+        jt: 0,
+        jf: 0,
+        k,
+    };
+    let jump = |k, jt, jf| libc::sock_filter {
+        code: JEQ_K,
+        jt,
+        jf,
+        k,
+    };
+    let filter = [
+        stmt(LD_W_ABS, 4), // seccomp_data.arch
+        jump(AUDIT_ARCH_X86_64, 0, 3),
+        stmt(LD_W_ABS, 0), // seccomp_data.nr
+        jump(libc::SYS_setns as u32, 0, 1),
+        stmt(RET_K, libc::SECCOMP_RET_ERRNO | libc::EPERM as u32),
+        stmt(RET_K, libc::SECCOMP_RET_ALLOW),
+    ];
+    let prog = libc::sock_fprog {
+        len: filter.len() as u16,
+        filter: filter.as_ptr().cast_mut(),
+    };
+    // SAFETY: prctl with integer arguments; the filter program outlives the
+    // call, which copies it into the kernel.
+    let r = unsafe {
+        libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0);
+        libc::prctl(libc::PR_SET_SECCOMP, libc::SECCOMP_MODE_FILTER, &prog)
+    };
+    if r != 0 {
+        return Err(format!("install seccomp filter: {}", errno()));
+    }
+    Ok(())
 }
 
 fn report_read() -> Result<(), String> {

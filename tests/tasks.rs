@@ -488,3 +488,51 @@ fn tasks_read_from_inside_a_pid_namespace_uses_its_numbers() {
     let listed: Vec<i32> = lines.map(|l| l.parse().unwrap()).collect();
     assert_eq!(listed, vec![inner], "the reader sees its own numbers");
 }
+
+#[test]
+fn a_seccomp_filter_that_denies_setns_leaves_the_process_as_it_was() {
+    let Some(m) = Mount::new("seccomp") else {
+        return;
+    };
+    std::fs::create_dir(m.path("s")).unwrap();
+    std::fs::File::create(m.path("s/uts")).unwrap();
+    std::fs::File::create(m.path("s/net")).unwrap();
+    let mut target = Command::new(example("selfcheck_target"))
+        .arg("seccomp-deny-setns")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = target.id() as i32;
+    m.watch_pid(pid);
+    let mut out = BufReader::new(target.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    assert_eq!(line, "READY\n");
+    let before: Vec<u64> = ["uts", "net"].iter().map(|k| ns_ino(pid, k)).collect();
+    let fds_before = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .count();
+    assert_eq!(
+        errno(m.write("s/tasks", pid.to_string().as_bytes())),
+        libc::EPERM
+    );
+    let after: Vec<u64> = ["uts", "net"].iter().map(|k| ns_ino(pid, k)).collect();
+    assert_eq!(before, after, "nothing moved");
+    let fds_after = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .count();
+    assert_eq!(fds_before, fds_after, "the injected pidfd was closed");
+    // It keeps running normally: its blocked read gets its input.
+    let mut stdin = target.stdin.take().unwrap();
+    stdin.write_all(b"ok").unwrap();
+    drop(stdin);
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut out, &mut rest).unwrap();
+    assert!(rest.contains("SELFCHECK OK"), "{rest}");
+    assert!(wait_bounded(&mut target, std::time::Duration::from_secs(30)).success());
+    assert!(
+        m.log_text().contains("Operation not permitted"),
+        "the refusal is logged"
+    );
+}
