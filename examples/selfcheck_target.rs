@@ -15,6 +15,8 @@
 //! selfcheck_target threads-mixed N      as threads, the last thread has dropped
 //!                                       to uid 65534 (its own credentials only)
 //! selfcheck_target report-read          print what one read(stdin) returned
+//! selfcheck_target churn N              N threads that keep creating short-lived
+//!                                       threads until stdin closes
 //! selfcheck_target seccomp-deny-setns    install a seccomp filter that fails
 //!                                       setns() with EPERM, then read-pipe `ok`
 //! ```
@@ -35,6 +37,7 @@ fn main() {
         ("threads", Some(n)) => parse(n).and_then(|n| threads(n, false)),
         ("threads-mixed", Some(n)) => parse(n).and_then(|n| threads(n, true)),
         ("report-read", None) => report_read(),
+        ("churn", Some(n)) => parse(n).and_then(churn),
         ("seccomp-deny-setns", None) => deny_setns().and_then(|()| read_pipe("ok")),
         _ => Err(format!("usage: selfcheck_target MODE ARG (got {args:?})")),
     };
@@ -90,6 +93,30 @@ fn read_pipe(expected: &str) -> Result<(), String> {
             String::from_utf8_lossy(&got)
         ))
     }
+}
+
+/// Keeps creating threads, so that a move always races thread creation.
+fn churn(n: u64) -> Result<(), String> {
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let workers: Vec<_> = (0..n)
+        .map(|_| {
+            let stop = Arc::clone(&stop);
+            std::thread::spawn(move || {
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let _ =
+                        std::thread::spawn(|| std::thread::sleep(Duration::from_millis(1))).join();
+                }
+            })
+        })
+        .collect();
+    say("READY");
+    let mut buf = [0u8; 64];
+    while raw_read(&mut buf) > 0 {}
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for w in workers {
+        w.join().map_err(|_| "a worker panicked".to_string())?;
+    }
+    Ok(())
 }
 
 /// Installs a seccomp filter under which setns() fails with EPERM and every

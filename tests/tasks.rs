@@ -536,3 +536,51 @@ fn a_seccomp_filter_that_denies_setns_leaves_the_process_as_it_was() {
         "the refusal is logged"
     );
 }
+
+#[test]
+fn threads_created_during_the_move_move_too() {
+    let Some(m) = Mount::new("churn") else { return };
+    std::fs::create_dir(m.path("c")).unwrap();
+    std::fs::File::create(m.path("c/uts")).unwrap();
+    let uts = bound(&m, "c/uts");
+    let mut target = Command::new(example("selfcheck_target"))
+        .args(["churn", "4"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = target.id() as i32;
+    m.watch_pid(pid);
+    let mut out = BufReader::new(target.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    assert_eq!(line, "READY\n");
+    for round in 0..5 {
+        let (to, want) = if round % 2 == 0 {
+            ("c/tasks", uts)
+        } else {
+            ("tasks", ns_ino(m.daemon_pid(), "uts"))
+        };
+        m.write(to, pid.to_string().as_bytes()).unwrap();
+        // Every thread there is now, and every one created from now on, is
+        // in the new namespace: none was missed while threads came and went.
+        for _ in 0..20 {
+            for entry in std::fs::read_dir(format!("/proc/{pid}/task"))
+                .unwrap()
+                .flatten()
+            {
+                let path = entry.path().join("ns/uts");
+                if let Ok(md) = std::fs::metadata(&path) {
+                    use std::os::unix::fs::MetadataExt;
+                    assert_eq!(md.ino(), want, "round {round}: {}", path.display());
+                }
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+    }
+    drop(target.stdin.take());
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut out, &mut rest).unwrap();
+    assert!(rest.contains("SELFCHECK OK"), "{rest}");
+    assert!(wait_bounded(&mut target, std::time::Duration::from_secs(30)).success());
+}
