@@ -584,3 +584,71 @@ fn threads_created_during_the_move_move_too() {
     assert!(rest.contains("SELFCHECK OK"), "{rest}");
     assert!(wait_bounded(&mut target, std::time::Duration::from_secs(30)).success());
 }
+
+#[test]
+fn nothing_of_the_daemon_stays_in_a_moved_process() {
+    let Some(m) = Mount::new("no-trace") else {
+        return;
+    };
+    std::fs::create_dir(m.path("c")).unwrap();
+    std::fs::File::create(m.path("c/uts")).unwrap();
+    std::fs::File::create(m.path("c/net")).unwrap();
+    let mut target = Command::new(example("selfcheck_target"))
+        .args(["threads", "3"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = target.id() as i32;
+    m.watch_pid(pid);
+    let mut out = BufReader::new(target.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    let look = || {
+        let mut fds: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .unwrap()
+            .flatten()
+            .map(|e| {
+                let target = std::fs::read_link(e.path()).unwrap_or_default();
+                format!("{:?} -> {}", e.file_name(), target.display())
+            })
+            .collect();
+        fds.sort();
+        let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap();
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        let masks: Vec<String> = status
+            .lines()
+            .filter(|l| l.starts_with("Sig"))
+            .map(str::to_owned)
+            .collect();
+        (fds, maps, masks)
+    };
+    let before = look();
+    // A thread id names its whole process.
+    let tid = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .find(|&t| t != pid)
+        .unwrap();
+    m.write("c/tasks", tid.to_string().as_bytes()).unwrap();
+    assert_eq!(uts_of(pid), bound(&m, "c/uts"));
+    let after = look();
+    assert_eq!(before.0, after.0, "descriptors");
+    assert_eq!(before.1, after.1, "memory mappings");
+    assert_eq!(before.2, after.2, "signal masks and dispositions");
+    // A thread of the daemon names the daemon.
+    let daemon = m.daemon_pid();
+    let daemon_tid = std::fs::read_dir(format!("/proc/{daemon}/task"))
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .find(|&t| t != daemon)
+        .unwrap();
+    assert_eq!(
+        errno(m.write("c/tasks", daemon_tid.to_string().as_bytes())),
+        libc::EPERM
+    );
+    let _ = target.kill();
+    let _ = target.wait();
+}

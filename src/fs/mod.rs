@@ -777,7 +777,8 @@ impl NsProxyFs {
             }
         };
         let resolved = caller.pid_ns().and_then(|pidns| {
-            ns::sys::pid_from_pidns(pidns.as_fd(), pid).map_err(|e| match e.raw_os_error() {
+            // A thread id names its whole process, as in cgroup.procs.
+            ns::sys::tgid_from_pidns(pidns.as_fd(), pid).map_err(|e| match e.raw_os_error() {
                 Some(libc::ESRCH) => ns::NsError::NoSuchProcess(pid).into(),
                 _ => Error::Sys {
                     what: "translate the pid",

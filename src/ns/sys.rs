@@ -26,6 +26,9 @@ const fn io_read_int(kind: libc::c_ulong, nr: libc::c_ulong) -> libc::c_ulong {
 const NS_GET_NSTYPE: libc::c_ulong = io_none(NSIO, 0x3);
 /// `NS_GET_PID_FROM_PIDNS`: a pid of the given pid ns, in the caller's ns.
 const NS_GET_PID_FROM_PIDNS: libc::c_ulong = io_read_int(NSIO, 0x6);
+/// `NS_GET_TGID_FROM_PIDNS`: the thread group of a pid of the given pid ns,
+/// in the caller's ns.
+const NS_GET_TGID_FROM_PIDNS: libc::c_ulong = io_read_int(NSIO, 0x7);
 /// `NS_GET_PID_IN_PIDNS`: a pid of the caller's pid ns, in the given ns.
 const NS_GET_PID_IN_PIDNS: libc::c_ulong = io_read_int(NSIO, 0x8);
 
@@ -86,6 +89,14 @@ pub fn pidfd_namespace(pidfd: BorrowedFd<'_>, kind: Kind) -> io::Result<OwnedFd>
 pub fn pid_from_pidns(pidns: BorrowedFd<'_>, pid: i32) -> io::Result<i32> {
     // SAFETY: the ioctl takes the pid by value and returns a number or -1.
     check(unsafe { libc::ioctl(pidns.as_raw_fd(), NS_GET_PID_FROM_PIDNS, pid) }.into())
+        .map(|p| p as i32)
+}
+
+/// Translates `pid`, as seen in the pid namespace `pidns`, into the id of
+/// its thread group (the process) in this process's pid namespace.
+pub fn tgid_from_pidns(pidns: BorrowedFd<'_>, pid: i32) -> io::Result<i32> {
+    // SAFETY: the ioctl takes the pid by value and returns a number or -1.
+    check(unsafe { libc::ioctl(pidns.as_raw_fd(), NS_GET_TGID_FROM_PIDNS, pid) }.into())
         .map(|p| p as i32)
 }
 
