@@ -81,6 +81,23 @@ fn example(name: &str) -> PathBuf {
     path
 }
 
+/// Starts the selfcheck target with `args` and waits for its `READY`.
+fn start_target(m: &Mount, args: &[&str]) -> (Child, i32, BufReader<ChildStdout>) {
+    let mut target = Command::new(example("selfcheck_target"))
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = target.id() as i32;
+    m.watch_pid(pid);
+    let mut out = BufReader::new(target.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    assert_eq!(line, "READY\n", "selfcheck_target {args:?}");
+    (target, pid, out)
+}
+
 /// The inode a kind file names (`net:[N]` -> N).
 fn bound(m: &Mount, rel: &str) -> u64 {
     m.read(rel)
@@ -234,18 +251,7 @@ fn a_blocked_reader_keeps_its_input_across_a_move() {
     std::fs::create_dir(m.path("r")).unwrap();
     std::fs::File::create(m.path("r/uts")).unwrap();
     std::fs::File::create(m.path("r/ipc")).unwrap();
-    let mut target = Command::new(example("selfcheck_target"))
-        .args(["read-pipe", "hello across the move"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let pid = target.id() as i32;
-    m.watch_pid(pid);
-    let mut out = BufReader::new(target.stdout.take().unwrap());
-    let mut line = String::new();
-    out.read_line(&mut line).unwrap();
-    assert_eq!(line, "READY\n");
+    let (mut target, pid, mut out) = start_target(&m, &["read-pipe", "hello across the move"]);
     // Let it block in read() before moving it.
     wait_for("the target to block", || {
         std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| s.contains(") S "))
@@ -271,18 +277,7 @@ fn every_thread_moves() {
     std::fs::create_dir(m.path("t")).unwrap();
     std::fs::File::create(m.path("t/uts")).unwrap();
     std::fs::File::create(m.path("t/net")).unwrap();
-    let mut target = Command::new(example("selfcheck_target"))
-        .args(["threads", "16"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let pid = target.id() as i32;
-    m.watch_pid(pid);
-    let mut out = BufReader::new(target.stdout.take().unwrap());
-    let mut line = String::new();
-    out.read_line(&mut line).unwrap();
-    assert_eq!(line, "READY\n");
+    let (mut target, pid, mut out) = start_target(&m, &["threads", "16"]);
     m.write("t/tasks", pid.to_string().as_bytes()).unwrap();
     let uts = std::fs::metadata(m.path("t/uts")).unwrap();
     let net = std::fs::metadata(m.path("t/net")).unwrap();
@@ -316,17 +311,7 @@ fn multithreaded_into_user_namespace_fails_and_changes_nothing() {
     std::fs::create_dir(m.path("u")).unwrap();
     std::fs::File::create(m.path("u/user")).unwrap();
     std::fs::File::create(m.path("u/uts")).unwrap();
-    let mut target = Command::new(example("selfcheck_target"))
-        .args(["threads", "4"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let pid = target.id() as i32;
-    m.watch_pid(pid);
-    let mut out = BufReader::new(target.stdout.take().unwrap());
-    let mut line = String::new();
-    out.read_line(&mut line).unwrap();
+    let (mut target, pid, _out) = start_target(&m, &["threads", "4"]);
     let before: Vec<u64> = ["uts", "user", "net"]
         .iter()
         .map(|k| ns_ino(pid, k))
@@ -497,18 +482,7 @@ fn a_seccomp_filter_that_denies_setns_leaves_the_process_as_it_was() {
     std::fs::create_dir(m.path("s")).unwrap();
     std::fs::File::create(m.path("s/uts")).unwrap();
     std::fs::File::create(m.path("s/net")).unwrap();
-    let mut target = Command::new(example("selfcheck_target"))
-        .arg("seccomp-deny-setns")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let pid = target.id() as i32;
-    m.watch_pid(pid);
-    let mut out = BufReader::new(target.stdout.take().unwrap());
-    let mut line = String::new();
-    out.read_line(&mut line).unwrap();
-    assert_eq!(line, "READY\n");
+    let (mut target, pid, mut out) = start_target(&m, &["seccomp-deny-setns"]);
     let before: Vec<u64> = ["uts", "net"].iter().map(|k| ns_ino(pid, k)).collect();
     let fds_before = std::fs::read_dir(format!("/proc/{pid}/fd"))
         .unwrap()
@@ -543,18 +517,7 @@ fn threads_created_during_the_move_move_too() {
     std::fs::create_dir(m.path("c")).unwrap();
     std::fs::File::create(m.path("c/uts")).unwrap();
     let uts = bound(&m, "c/uts");
-    let mut target = Command::new(example("selfcheck_target"))
-        .args(["churn", "4"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let pid = target.id() as i32;
-    m.watch_pid(pid);
-    let mut out = BufReader::new(target.stdout.take().unwrap());
-    let mut line = String::new();
-    out.read_line(&mut line).unwrap();
-    assert_eq!(line, "READY\n");
+    let (mut target, pid, mut out) = start_target(&m, &["churn", "4"]);
     for round in 0..5 {
         let (to, want) = if round % 2 == 0 {
             ("c/tasks", uts)
@@ -593,17 +556,7 @@ fn nothing_of_the_daemon_stays_in_a_moved_process() {
     std::fs::create_dir(m.path("c")).unwrap();
     std::fs::File::create(m.path("c/uts")).unwrap();
     std::fs::File::create(m.path("c/net")).unwrap();
-    let mut target = Command::new(example("selfcheck_target"))
-        .args(["threads", "3"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let pid = target.id() as i32;
-    m.watch_pid(pid);
-    let mut out = BufReader::new(target.stdout.take().unwrap());
-    let mut line = String::new();
-    out.read_line(&mut line).unwrap();
+    let (mut target, pid, _out) = start_target(&m, &["threads", "3"]);
     let look = || {
         let mut fds: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
             .unwrap()
