@@ -245,12 +245,30 @@ impl Child {
         }
     }
 
-    /// `fork()`: the child's pid, or 0 in the child.
+    /// A fork by the raw system call: the child's pid, or 0 in the child.
+    ///
+    /// Not libc's fork(): it runs atfork handlers that take libc's internal
+    /// locks, and this process is a copy of a multithreaded one, made while
+    /// other threads may have held them. Copied held locks never unlock.
     pub fn fork(&self) -> Result<i32, i32> {
-        // SAFETY: the process forking is itself a single-threaded child, so
-        // the new child inherits no other thread's locks.
-        let pid = unsafe { libc::fork() };
-        if pid < 0 { Err(errno()) } else { Ok(pid) }
+        // SAFETY: clone without CLONE_VM and with a null stack behaves as
+        // fork; the child continues on a copy of this stack and, like its
+        // parent, only makes the async-signal-safe calls of `Child`.
+        let pid = unsafe {
+            libc::syscall(
+                libc::SYS_clone,
+                libc::SIGCHLD as libc::c_ulong,
+                0usize,
+                0usize,
+                0usize,
+                0usize,
+            )
+        };
+        if pid < 0 {
+            Err(errno())
+        } else {
+            Ok(pid as i32)
+        }
     }
 
     /// Closes `fd` (in a child without `CLONE_FILES`: only its own copy).
