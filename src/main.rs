@@ -36,6 +36,10 @@ SIGTERM or SIGINT end it with exit status 0. The tree is described in
 docs/tree.md and in the README.";
 
 fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some(nsproxyfs::moving::INJECTOR_ARG) {
+        return ExitCode::from(nsproxyfs::moving::injector_main(&args[2..]) as u8);
+    }
     let cli = Cli::parse();
     let level = match cli.verbose {
         0 => log::LevelFilter::Warn,

@@ -20,6 +20,14 @@ pub enum Error {
     /// A move failed; the process was left as it was.
     #[error(transparent)]
     Move(#[from] crate::mover::MoveError),
+    /// The injector refused or failed a move (its errno and reason).
+    #[error("{reason}")]
+    Refused {
+        /// The errno to pass on.
+        errno: i32,
+        /// Why, as the injector said it.
+        reason: String,
+    },
     /// The written text is not understood.
     #[error("bad input: {0}")]
     Input(#[from] InputError),
@@ -65,6 +73,7 @@ impl Error {
             },
             Error::Ns(e) => e.errno(),
             Error::Move(e) => e.errno() as i32,
+            Error::Refused { errno, .. } => *errno,
             Error::Input(_) | Error::Invalid(_) => libc::EINVAL,
             Error::Denied(_) => libc::EPERM,
             Error::NotFound => libc::ENOENT,

@@ -819,6 +819,18 @@ impl NsProxyFs {
         };
         self.mover
             .move_process(local, caller.tid, &set, &mut answer);
+        // A namespace released while the move ran (rmdir, rm) may have been
+        // released before the mover cached a holder sitting in it.
+        let gone: Vec<u64> = {
+            let st = self.state.read();
+            set.iter()
+                .map(|ns| ns.ino())
+                .filter(|ino| !st.spaces.contains_key(ino))
+                .collect()
+        };
+        for ino in gone {
+            self.mover.released(ino);
+        }
         if let Some(reply) = reply {
             log::error!("the mover did not answer a write to tasks; failing it");
             reply.error(Errno::EIO);

@@ -52,10 +52,14 @@
 //!
 //! # Tracer death
 //!
-//! `PTRACE_O_EXITKILL` is not used: a daemon that dies while a thread is only
+//! `PTRACE_O_EXITKILL` is not used: a tracer that dies while a thread is only
 //! stopped must not kill it. Registers are changed only between the start of
-//! an injected syscall and [`Tracee::restore`]; a daemon killed inside that
-//! window (microseconds) leaves the thread with the injection registers.
+//! an injected syscall and [`Tracee::restore`]; a tracer killed inside that
+//! window leaves the thread with the injection registers, and one killed
+//! during a single step leaves it a SIGTRAP nobody catches, which kills it.
+//! The daemon therefore never traces from its own process: each move runs
+//! in a separate injector process that the daemon's death does not reach
+//! (`crate::moving`).
 //!
 //! All ptrace requests must come from the thread that attached, so a
 //! [`Tracee`] is neither `Send` nor `Sync`.

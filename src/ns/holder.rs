@@ -18,6 +18,7 @@ use super::{Kind, Namespace, sys};
 #[derive(Debug)]
 pub struct Holder {
     pid: i32,
+    pidfd: OwnedFd,
     set: [u64; 8],
     _control: OwnedFd,
 }
@@ -26,6 +27,23 @@ impl Holder {
     /// The holder's pid in the daemon's pid namespace.
     pub fn pid(&self) -> i32 {
         self.pid
+    }
+
+    /// Whether the holder still runs (it dies with its pid namespace's init,
+    /// or if someone kills it).
+    pub fn is_alive(&self) -> bool {
+        // SAFETY: pidfd_send_signal with signal 0 only checks; the pidfd is
+        // ours and the other arguments are null.
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_pidfd_send_signal,
+                self.pidfd.as_raw_fd(),
+                0,
+                std::ptr::null::<libc::siginfo_t>(),
+                0,
+            )
+        };
+        r == 0
     }
 
     /// The namespace inodes it sits in, in [`Kind::ALL`] order.
@@ -94,8 +112,10 @@ impl Holder {
             }
         };
         let set_inos: [u64; 8] = std::array::from_fn(|i| set[i].ino());
+        let pidfd = sys::pidfd_open(pid, 0).map_err(fail("pin the holder"))?;
         let holder = Holder {
             pid,
+            pidfd,
             set: set_inos,
             _control: control_w,
         };
