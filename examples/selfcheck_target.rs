@@ -19,6 +19,7 @@
 //!                                       threads until stdin closes
 //! selfcheck_target seccomp-deny-setns    install a seccomp filter that fails
 //!                                       setns() with EPERM, then read-pipe `ok`
+//! selfcheck_target seccomp-kill-setns    the same with a filter that kills
 //! ```
 
 use std::io::{BufRead, Write};
@@ -38,7 +39,11 @@ fn main() {
         ("threads-mixed", Some(n)) => parse(n).and_then(|n| threads(n, true)),
         ("report-read", None) => report_read(),
         ("churn", Some(n)) => parse(n).and_then(churn),
-        ("seccomp-deny-setns", None) => deny_setns().and_then(|()| read_pipe("ok")),
+        ("seccomp-deny-setns", None) => filter_setns(libc::SECCOMP_RET_ERRNO | libc::EPERM as u32)
+            .and_then(|()| read_pipe("ok")),
+        ("seccomp-kill-setns", None) => {
+            filter_setns(libc::SECCOMP_RET_KILL_PROCESS).and_then(|()| read_pipe("ok"))
+        }
         _ => Err(format!("usage: selfcheck_target MODE ARG (got {args:?})")),
     };
     match verdict {
@@ -119,9 +124,9 @@ fn churn(n: u64) -> Result<(), String> {
     Ok(())
 }
 
-/// Installs a seccomp filter under which setns() fails with EPERM and every
-/// other call is allowed (x86_64 numbering; elsewhere it allows all).
-fn deny_setns() -> Result<(), String> {
+/// Installs a seccomp filter that answers setns() with `action` and allows
+/// every other call (x86_64 numbering; elsewhere it allows all).
+fn filter_setns(action: u32) -> Result<(), String> {
     const LD_W_ABS: u16 = (libc::BPF_LD | libc::BPF_W | libc::BPF_ABS) as u16;
     const JEQ_K: u16 = (libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K) as u16;
     const RET_K: u16 = (libc::BPF_RET | libc::BPF_K) as u16;
@@ -143,7 +148,7 @@ fn deny_setns() -> Result<(), String> {
         jump(AUDIT_ARCH_X86_64, 0, 3),
         stmt(LD_W_ABS, 0), // seccomp_data.nr
         jump(libc::SYS_setns as u32, 0, 1),
-        stmt(RET_K, libc::SECCOMP_RET_ERRNO | libc::EPERM as u32),
+        stmt(RET_K, action),
         stmt(RET_K, libc::SECCOMP_RET_ALLOW),
     ];
     let prog = libc::sock_fprog {

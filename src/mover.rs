@@ -206,6 +206,15 @@ pub enum MoveError {
         /// The failure that made the rollback necessary.
         cause: Box<MoveError>,
     },
+    /// A seccomp filter of the target would kill it for a syscall the move
+    /// injects; nothing was injected.
+    #[error("thread {tid}: its seccomp filter would kill it for calling {syscall}")]
+    SeccompKills {
+        /// The thread whose filter kills.
+        tid: i32,
+        /// The syscall it would be killed for.
+        syscall: &'static str,
+    },
     /// Threads kept appearing while the process was being stopped.
     #[error("process {0} keeps creating threads")]
     Unstable(i32),
@@ -240,9 +249,10 @@ impl MoveError {
     pub fn errno(&self) -> Errno {
         match self {
             MoveError::Gone(_) | MoveError::Zombie(_) => Errno::ESRCH,
-            MoveError::KernelThread(_) | MoveError::SelfProcess | MoveError::TraceDenied(_) => {
-                Errno::EPERM
-            }
+            MoveError::KernelThread(_)
+            | MoveError::SelfProcess
+            | MoveError::TraceDenied(_)
+            | MoveError::SeccompKills { .. } => Errno::EPERM,
             MoveError::AlreadyTraced { .. } => Errno::EBUSY,
             MoveError::InvalidKinds(_) => Errno::EINVAL,
             MoveError::Pin { errno, .. } => match *errno {
@@ -650,6 +660,7 @@ pub fn move_process_answering(
         return Err(MoveError::Unsupported("32-bit (compat) process"));
     }
     share_syscall_site(&mut threads)?;
+    check_seccomp(&mut threads, holder_pid_in_target_ns, kinds)?;
 
     let multi = threads.len() > 1;
     let unshare_fs = multi && kinds & libc::CLONE_NEWNS != 0;
@@ -711,6 +722,56 @@ fn join_or_roll_back(
             return Err(cause);
         }
         return Err(roll_back(tgid, threads, originals, kinds, cause));
+    }
+    Ok(())
+}
+
+/// Refuses the move if a seccomp filter of any thread would kill it for one
+/// of the syscalls the move injects (the fd number of `setns` and `close`
+/// is not known yet; 3 stands for it).
+fn check_seccomp(
+    threads: &mut [Tracee<Stopped>],
+    holder: i32,
+    kinds: libc::c_int,
+) -> Result<(), MoveError> {
+    use inject::seccomp::{self, SyscallData, Verdict};
+    const AUDIT_ARCH_X86_64: u32 = 0xc000_003e;
+    let calls: [(&'static str, i64, [u64; 6]); 4] = [
+        ("unshare", libc::SYS_unshare, args(&[libc::CLONE_FS as u64])),
+        (
+            "pidfd_open",
+            libc::SYS_pidfd_open,
+            args(&[holder as u64, 0]),
+        ),
+        ("setns", libc::SYS_setns, args(&[3, kinds as u64])),
+        ("close", libc::SYS_close, args(&[3])),
+    ];
+    for t in threads.iter_mut() {
+        let filters = seccomp::filters(t.tid()).map_err(|errno| {
+            MoveError::Trace(TraceError::Os {
+                tid: t.tid(),
+                op: "PTRACE_SECCOMP_GET_FILTER",
+                errno,
+            })
+        })?;
+        if filters.is_empty() {
+            continue;
+        }
+        let ip = t.syscall_site()?.addr();
+        for (name, nr, args) in calls {
+            let data = SyscallData {
+                nr: nr as i32,
+                arch: AUDIT_ARCH_X86_64,
+                ip,
+                args,
+            };
+            if seccomp::check(&filters, &data) == Verdict::Kills {
+                return Err(MoveError::SeccompKills {
+                    tid: t.tid().as_raw(),
+                    syscall: name,
+                });
+            }
+        }
     }
     Ok(())
 }

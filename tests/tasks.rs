@@ -475,6 +475,34 @@ fn tasks_read_from_inside_a_pid_namespace_uses_its_numbers() {
 }
 
 #[test]
+fn a_seccomp_filter_that_would_kill_is_refused_before_anything_is_injected() {
+    let Some(m) = Mount::new("seccomp-kill") else {
+        return;
+    };
+    std::fs::create_dir(m.path("s")).unwrap();
+    std::fs::File::create(m.path("s/uts")).unwrap();
+    let (mut target, pid, mut out) = start_target(&m, &["seccomp-kill-setns"]);
+    let before = uts_of(pid);
+    assert_eq!(
+        errno(m.write("s/tasks", pid.to_string().as_bytes())),
+        libc::EPERM
+    );
+    assert_eq!(uts_of(pid), before);
+    assert!(
+        m.log_text().contains("seccomp filter would kill"),
+        "{}",
+        m.log_text()
+    );
+    let mut stdin = target.stdin.take().unwrap();
+    stdin.write_all(b"ok").unwrap();
+    drop(stdin);
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut out, &mut rest).unwrap();
+    assert!(rest.contains("SELFCHECK OK"), "alive and well: {rest}");
+    assert!(wait_bounded(&mut target, std::time::Duration::from_secs(30)).success());
+}
+
+#[test]
 fn a_seccomp_filter_that_denies_setns_leaves_the_process_as_it_was() {
     let Some(m) = Mount::new("seccomp") else {
         return;

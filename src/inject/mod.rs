@@ -72,6 +72,7 @@ use nix::unistd::Pid;
 #[cfg_attr(target_arch = "x86_64", path = "x86_64.rs")]
 #[cfg_attr(not(target_arch = "x86_64"), path = "unsupported.rs")]
 mod arch;
+pub mod seccomp;
 mod site;
 pub(crate) mod sys;
 

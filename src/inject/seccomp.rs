@@ -1,0 +1,340 @@
+//! What a thread's seccomp filters would do to a syscall we are about to
+//! inject.
+//!
+//! Injected syscalls run under the target's own filters. One that returns an
+//! errno is harmless (the move fails with that errno), but one that kills
+//! would kill the process we only meant to move. So before injecting, the
+//! filters of each stopped thread are read with `PTRACE_SECCOMP_GET_FILTER`
+//! and run, here, on the exact `seccomp_data` of each injected call: a
+//! classic BPF program is small, and its result is the kernel's.
+
+use nix::errno::Errno;
+use nix::unistd::Pid;
+
+/// `PTRACE_SECCOMP_GET_FILTER`.
+const PTRACE_SECCOMP_GET_FILTER: libc::c_uint = 0x420c;
+
+/// Where seccomp's verdict on one syscall lands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// The syscall runs (allow, log, trace without a seccomp tracer, or a
+    /// user notification, which this check does not guess about).
+    Runs,
+    /// The syscall fails with this errno.
+    Fails(i32),
+    /// A SIGSYS is raised instead (the injection code discards it).
+    Traps,
+    /// The thread or the whole process is killed.
+    Kills,
+}
+
+/// The input a filter sees: `struct seccomp_data`.
+#[derive(Debug, Clone, Copy)]
+pub struct SyscallData {
+    /// Syscall number.
+    pub nr: i32,
+    /// `AUDIT_ARCH_*` of the calling convention.
+    pub arch: u32,
+    /// Address of the `syscall` instruction.
+    pub ip: u64,
+    /// The six arguments.
+    pub args: [u64; 6],
+}
+
+impl SyscallData {
+    fn bytes(&self) -> [u8; 64] {
+        let mut b = [0u8; 64];
+        b[0..4].copy_from_slice(&self.nr.to_ne_bytes());
+        b[4..8].copy_from_slice(&self.arch.to_ne_bytes());
+        b[8..16].copy_from_slice(&self.ip.to_ne_bytes());
+        for (i, a) in self.args.iter().enumerate() {
+            b[16 + 8 * i..24 + 8 * i].copy_from_slice(&a.to_ne_bytes());
+        }
+        b
+    }
+}
+
+/// One classic BPF instruction (`struct sock_filter`).
+pub type Insn = libc::sock_filter;
+
+/// Runs one filter program on `data` and returns its 32-bit return value,
+/// or `None` if the program is malformed (the kernel would have refused to
+/// load it, so this does not happen for filters read from a thread).
+pub fn run(prog: &[Insn], data: &SyscallData) -> Option<u32> {
+    let input = data.bytes();
+    let (mut a, mut x) = (0u32, 0u32);
+    let mut mem = [0u32; 16];
+    let mut pc = 0usize;
+    let load = |k: u32| -> Option<u32> {
+        let k = k as usize;
+        let word = input.get(k..k + 4)?;
+        Some(u32::from_ne_bytes([word[0], word[1], word[2], word[3]]))
+    };
+    for _ in 0..=prog.len() {
+        let insn = prog.get(pc)?;
+        pc += 1;
+        let k = insn.k;
+        let src = if insn.code & libc::BPF_X as u16 != 0 {
+            x
+        } else {
+            k
+        };
+        match insn.code as u32 & 0x07 {
+            libc::BPF_LD => {
+                a = match insn.code as u32 & 0xe0 {
+                    libc::BPF_ABS => load(k)?,
+                    libc::BPF_IMM => k,
+                    libc::BPF_MEM => *mem.get(k as usize)?,
+                    libc::BPF_LEN => input.len() as u32,
+                    _ => return None,
+                }
+            }
+            libc::BPF_LDX => {
+                x = match insn.code as u32 & 0xe0 {
+                    libc::BPF_IMM => k,
+                    libc::BPF_MEM => *mem.get(k as usize)?,
+                    libc::BPF_LEN => input.len() as u32,
+                    _ => return None,
+                }
+            }
+            libc::BPF_ST => *mem.get_mut(k as usize)? = a,
+            libc::BPF_STX => *mem.get_mut(k as usize)? = x,
+            libc::BPF_ALU => {
+                a = match insn.code as u32 & 0xf0 {
+                    libc::BPF_ADD => a.wrapping_add(src),
+                    libc::BPF_SUB => a.wrapping_sub(src),
+                    libc::BPF_MUL => a.wrapping_mul(src),
+                    libc::BPF_DIV => a.checked_div(src)?,
+                    libc::BPF_MOD => a.checked_rem(src)?,
+                    libc::BPF_AND => a & src,
+                    libc::BPF_OR => a | src,
+                    libc::BPF_XOR => a ^ src,
+                    libc::BPF_LSH => a.checked_shl(src).unwrap_or(0),
+                    libc::BPF_RSH => a.checked_shr(src).unwrap_or(0),
+                    libc::BPF_NEG => a.wrapping_neg(),
+                    _ => return None,
+                }
+            }
+            libc::BPF_JMP => {
+                let op = insn.code as u32 & 0xf0;
+                if op == libc::BPF_JA {
+                    pc = pc.checked_add(k as usize)?;
+                    continue;
+                }
+                let taken = match op {
+                    libc::BPF_JEQ => a == src,
+                    libc::BPF_JGT => a > src,
+                    libc::BPF_JGE => a >= src,
+                    libc::BPF_JSET => a & src != 0,
+                    _ => return None,
+                };
+                pc += if taken { insn.jt } else { insn.jf } as usize;
+            }
+            libc::BPF_RET => {
+                return Some(match insn.code as u32 & 0x18 {
+                    libc::BPF_K => k,
+                    libc::BPF_A => a,
+                    _ => return None,
+                });
+            }
+            libc::BPF_MISC => match insn.code as u32 & 0xf8 {
+                libc::BPF_TAX => x = a,
+                libc::BPF_TXA => a = x,
+                _ => return None,
+            },
+            _ => return None,
+        }
+    }
+    None
+}
+
+/// What the return values of a thread's filters (all of them run, the
+/// kernel takes the most restrictive) mean for the syscall.
+pub fn verdict(returns: &[u32]) -> Verdict {
+    // Precedence, most restrictive first, as the kernel orders actions.
+    let action = |r: u32| r & libc::SECCOMP_RET_ACTION_FULL;
+    let rank = |r: u32| match action(r) {
+        libc::SECCOMP_RET_KILL_PROCESS => 0,
+        libc::SECCOMP_RET_KILL_THREAD => 1,
+        libc::SECCOMP_RET_TRAP => 2,
+        libc::SECCOMP_RET_ERRNO => 3,
+        libc::SECCOMP_RET_USER_NOTIF => 4,
+        libc::SECCOMP_RET_TRACE => 5,
+        libc::SECCOMP_RET_LOG => 6,
+        libc::SECCOMP_RET_ALLOW => 7,
+        _ => 0, // unknown actions kill, as the kernel treats them
+    };
+    match returns.iter().copied().min_by_key(|&r| rank(r)) {
+        None => Verdict::Runs,
+        Some(r) => match rank(r) {
+            0 | 1 => Verdict::Kills,
+            2 => Verdict::Traps,
+            3 => Verdict::Fails((r & libc::SECCOMP_RET_DATA) as i32),
+            _ => Verdict::Runs,
+        },
+    }
+}
+
+/// The filters of stopped tracee `tid`, newest first, as the kernel runs
+/// them. Empty if it has none.
+pub fn filters(tid: Pid) -> Result<Vec<Vec<Insn>>, Errno> {
+    let mut out = Vec::new();
+    for index in 0usize.. {
+        // SAFETY: with a null buffer the request only returns the length.
+        let len = unsafe {
+            libc::ptrace(
+                PTRACE_SECCOMP_GET_FILTER,
+                tid.as_raw(),
+                index,
+                std::ptr::null_mut::<Insn>(),
+            )
+        };
+        if len < 0 {
+            return match Errno::last() {
+                Errno::ENOENT => Ok(out),
+                // No filter at all (or seccomp off in the kernel).
+                Errno::EINVAL if index == 0 => Ok(out),
+                e => Err(e),
+            };
+        }
+        let mut prog = vec![
+            Insn {
+                code: 0,
+                jt: 0,
+                jf: 0,
+                k: 0
+            };
+            len as usize
+        ];
+        // SAFETY: `prog` has room for the `len` instructions the kernel said
+        // the filter has; the kernel writes at most that many.
+        let got = unsafe {
+            libc::ptrace(
+                PTRACE_SECCOMP_GET_FILTER,
+                tid.as_raw(),
+                index,
+                prog.as_mut_ptr(),
+            )
+        };
+        if got < 0 {
+            return Err(Errno::last());
+        }
+        prog.truncate(got as usize);
+        out.push(prog);
+    }
+    Ok(out)
+}
+
+/// The verdict of all `filters` on `data`.
+pub fn check(filters: &[Vec<Insn>], data: &SyscallData) -> Verdict {
+    let returns: Vec<u32> = filters
+        .iter()
+        .map(|f| run(f, data).unwrap_or(libc::SECCOMP_RET_KILL_PROCESS))
+        .collect();
+    verdict(&returns)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LD_W_ABS: u16 = (libc::BPF_LD | libc::BPF_W | libc::BPF_ABS) as u16;
+    const JEQ_K: u16 = (libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K) as u16;
+    const RET_K: u16 = (libc::BPF_RET | libc::BPF_K) as u16;
+
+    fn stmt(code: u16, k: u32) -> Insn {
+        Insn {
+            code,
+            jt: 0,
+            jf: 0,
+            k,
+        }
+    }
+
+    fn deny(nr: i32, action: u32) -> Vec<Insn> {
+        vec![
+            stmt(LD_W_ABS, 0),
+            Insn {
+                code: JEQ_K,
+                jt: 0,
+                jf: 1,
+                k: nr as u32,
+            },
+            stmt(RET_K, action),
+            stmt(RET_K, libc::SECCOMP_RET_ALLOW),
+        ]
+    }
+
+    fn call(nr: i64) -> SyscallData {
+        SyscallData {
+            nr: nr as i32,
+            arch: 0xc000_003e,
+            ip: 0x1000,
+            args: [3, 0, 0, 0, 0, 0],
+        }
+    }
+
+    #[test]
+    fn filters_decide_per_syscall() {
+        let kill = deny(libc::SYS_setns as i32, libc::SECCOMP_RET_KILL_PROCESS);
+        assert_eq!(
+            check(std::slice::from_ref(&kill), &call(libc::SYS_setns)),
+            Verdict::Kills
+        );
+        assert_eq!(
+            check(std::slice::from_ref(&kill), &call(libc::SYS_close)),
+            Verdict::Runs
+        );
+        let errno = deny(
+            libc::SYS_setns as i32,
+            libc::SECCOMP_RET_ERRNO | libc::EPERM as u32,
+        );
+        assert_eq!(
+            check(std::slice::from_ref(&errno), &call(libc::SYS_setns)),
+            Verdict::Fails(libc::EPERM)
+        );
+        // The most restrictive of several filters wins.
+        assert_eq!(
+            check(&[errno, kill], &call(libc::SYS_setns)),
+            Verdict::Kills
+        );
+        let trap = deny(libc::SYS_setns as i32, libc::SECCOMP_RET_TRAP);
+        assert_eq!(check(&[trap], &call(libc::SYS_setns)), Verdict::Traps);
+        assert_eq!(check(&[], &call(libc::SYS_setns)), Verdict::Runs);
+    }
+
+    #[test]
+    fn arithmetic_memory_and_args() {
+        // A = args[0] (low word); M[0] = A; A = A + 4; X = A; A = M[0];
+        // return A == 3 ? ERRNO(X) : ALLOW
+        let prog = vec![
+            stmt(LD_W_ABS, 16),
+            stmt(libc::BPF_ST as u16, 0),
+            stmt((libc::BPF_ALU | libc::BPF_ADD | libc::BPF_K) as u16, 4),
+            stmt((libc::BPF_MISC | libc::BPF_TAX) as u16, 0),
+            stmt((libc::BPF_LD | libc::BPF_MEM) as u16, 0),
+            Insn {
+                code: JEQ_K,
+                jt: 0,
+                jf: 2,
+                k: 3,
+            },
+            stmt((libc::BPF_MISC | libc::BPF_TXA) as u16, 0),
+            stmt(
+                (libc::BPF_ALU | libc::BPF_OR | libc::BPF_K) as u16,
+                libc::SECCOMP_RET_ERRNO,
+            ),
+            stmt((libc::BPF_RET | libc::BPF_A) as u16, 0),
+        ];
+        assert_eq!(run(&prog, &call(1)), Some(libc::SECCOMP_RET_ERRNO | 7));
+    }
+
+    #[test]
+    fn malformed_programs_count_as_killing() {
+        let runaway = vec![stmt(LD_W_ABS, 1000)];
+        assert_eq!(run(&runaway, &call(1)), None);
+        assert_eq!(check(&[runaway], &call(1)), Verdict::Kills);
+        let no_return = vec![stmt(LD_W_ABS, 0)];
+        assert_eq!(run(&no_return, &call(1)), None);
+    }
+}
