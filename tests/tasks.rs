@@ -633,3 +633,49 @@ fn nothing_of_the_daemon_stays_in_a_moved_process() {
     let _ = target.kill();
     let _ = target.wait();
 }
+
+#[test]
+fn the_caller_needs_ptrace_rights_over_the_target() {
+    let Some(m) = Mount::new("ptrace-rights") else {
+        return;
+    };
+    std::fs::create_dir(m.path("c")).unwrap();
+    std::fs::File::create(m.path("c/uts")).unwrap();
+    let tasks = m.path("c/tasks");
+    let nobody = Proc::sh("exec setpriv --reuid 65534 --regid 65534 --clear-groups sleep 1000");
+    let rooted = Proc::sh("exec sleep 1000");
+    m.watch_pid(nobody.pid());
+    m.watch_pid(rooted.pid());
+    wait_for("setpriv to exec sleep", || {
+        std::fs::read_to_string(format!("/proc/{}/comm", nobody.pid()))
+            .is_ok_and(|c| c == "sleep\n")
+    });
+    // Root with CAP_SYS_ADMIN but without CAP_SYS_PTRACE: only processes it
+    // could trace by its ids.
+    let without_ptrace = |pid: i32| {
+        sh(&format!(
+            "capsh --drop=cap_sys_ptrace -- -c 'echo {pid} > {}'",
+            tasks.display()
+        ))
+    };
+    let before = uts_of(nobody.pid());
+    let out = without_ptrace(nobody.pid());
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("Operation not permitted"));
+    assert_eq!(uts_of(nobody.pid()), before, "nothing moved");
+    assert!(
+        m.log_text().contains("may not trace process"),
+        "the reason is logged"
+    );
+    let out = without_ptrace(rooted.pid());
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        uts_of(rooted.pid()),
+        bound(&m, "c/uts"),
+        "its own uid's process moves"
+    );
+}

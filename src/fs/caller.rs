@@ -13,6 +13,38 @@ use crate::ns::Opener;
 
 /// `CAP_SYS_ADMIN`.
 const CAP_SYS_ADMIN: u32 = 21;
+/// `CAP_SYS_PTRACE`.
+const CAP_SYS_PTRACE: u32 = 19;
+
+/// The fields of `/proc/PID/status` the checks need.
+struct Status {
+    /// Real, effective, saved and filesystem uid.
+    uid: [u32; 4],
+    /// Real, effective, saved and filesystem gid.
+    gid: [u32; 4],
+    cap_eff: u64,
+}
+
+fn status(pid: u32) -> Option<Status> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let ids = |key: &str| -> Option<[u32; 4]> {
+        let line = text.lines().find_map(|l| l.strip_prefix(key))?;
+        let v: Vec<u32> = line
+            .split_whitespace()
+            .filter_map(|x| x.parse().ok())
+            .collect();
+        v.try_into().ok()
+    };
+    let cap_eff = text
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())?;
+    Some(Status {
+        uid: ids("Uid:")?,
+        gid: ids("Gid:")?,
+        cap_eff,
+    })
+}
 
 /// The sender of one request.
 #[derive(Debug, Clone, Copy)]
@@ -49,26 +81,52 @@ impl Caller {
     /// namespace, which every change of the tree needs.
     pub fn require_admin(&self, daemon_user_ns: u64) -> Result<()> {
         let tid = self.visible()?;
-        let status = std::fs::read_to_string(format!("/proc/{tid}/status"))
-            .map_err(|_| Error::Denied(format!("caller {tid} is gone")))?;
-        let cap_eff = status
-            .lines()
-            .find_map(|l| l.strip_prefix("CapEff:"))
-            .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
-            .unwrap_or(0);
-        if cap_eff & (1 << CAP_SYS_ADMIN) == 0 {
+        let st = status(tid).ok_or_else(|| Error::Denied(format!("caller {tid} is gone")))?;
+        if st.cap_eff & (1 << CAP_SYS_ADMIN) == 0 {
             return Err(Error::Denied(format!(
                 "caller {tid} (uid {}) lacks CAP_SYS_ADMIN",
                 self.uid
             )));
         }
-        let user_ns = crate::procfs::ns_inode(tid as i32, crate::ns::Kind::User);
+        self.in_user_ns(daemon_user_ns, "CAP_SYS_ADMIN")
+    }
+
+    fn in_user_ns(&self, daemon_user_ns: u64, what: &str) -> Result<()> {
+        let user_ns = crate::procfs::ns_inode(self.tid as i32, crate::ns::Kind::User);
         if user_ns != Some(daemon_user_ns) {
             return Err(Error::Denied(format!(
-                "caller {tid} holds CAP_SYS_ADMIN only in a user namespace below the daemon's"
+                "caller {} holds {what} only in a user namespace below the daemon's",
+                self.tid
             )));
         }
         Ok(())
+    }
+
+    /// Refuses unless the caller could ptrace process `pid` itself, as the
+    /// kernel decides for `PTRACE_ATTACH`: its real uid and gid equal all of
+    /// the target's uids and gids and the target is dumpable, or it holds
+    /// CAP_SYS_PTRACE (in the daemon's user namespace).
+    pub fn require_ptrace(&self, pid: i32, daemon_user_ns: u64) -> Result<()> {
+        let tid = self.visible()?;
+        let me = status(tid).ok_or_else(|| Error::Denied(format!("caller {tid} is gone")))?;
+        if me.cap_eff & (1 << CAP_SYS_PTRACE) != 0 {
+            return self.in_user_ns(daemon_user_ns, "CAP_SYS_PTRACE");
+        }
+        let target = status(pid as u32).ok_or(crate::ns::NsError::NoSuchProcess(pid))?;
+        let same_ids = target.uid[..3].iter().all(|&u| u == me.uid[0])
+            && target.gid[..3].iter().all(|&g| g == me.gid[0]);
+        // A process that is not dumpable has its /proc entries owned by root.
+        let dumpable = std::fs::metadata(format!("/proc/{pid}"))
+            .map(|m| std::os::unix::fs::MetadataExt::uid(&m) == target.uid[1])
+            .unwrap_or(false);
+        if same_ids && dumpable {
+            return Ok(());
+        }
+        Err(Error::Denied(format!(
+            "caller {tid} (uid {}) may not trace process {pid} (uid {}): it needs the same \
+             ids and a dumpable target, or CAP_SYS_PTRACE",
+            me.uid[0], target.uid[1]
+        )))
     }
 
     /// The caller's pid namespace, where the pids it writes and reads live.

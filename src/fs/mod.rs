@@ -798,6 +798,10 @@ impl NsProxyFs {
                 .map_err(|_| Error::Invalid("incomplete namespace set".into()))?;
             Ok((local, set))
         });
+        let set = set.and_then(|(local, set)| {
+            caller.require_ptrace(local, self.user_ns)?;
+            Ok((local, set))
+        });
         let (local, set) = match set {
             Ok(v) => v,
             Err(e) => {
