@@ -435,8 +435,8 @@ fn fresh_pid() -> Result<Namespace, NsError> {
         }
         match c.fork() {
             Ok(0) => {
-                c.close_all_but(r);
-                c.keep_pid_namespace(r)
+                c.close_all_but(r, w);
+                c.keep_pid_namespace(r, w)
             }
             Ok(init) => c.report(w, init),
             Err(errno) => c.report(w, -errno),
@@ -453,6 +453,10 @@ fn fresh_pid() -> Result<Namespace, NsError> {
         Some(errno) => return Err(fail(io::Error::from_raw_os_error(-errno))),
         None => return Err(fail(io::Error::from_raw_os_error(libc::EIO))),
     };
+    // The init says it is set up (named, descriptors closed).
+    if sys::read_i32(ready_r.as_fd()).map_err(fail)? != Some(0) {
+        return Err(fail(io::Error::from_raw_os_error(libc::EIO)));
+    }
     let path = format!("/proc/{init}/ns/pid");
     let file = File::open(&path).map_err(fail)?;
     let mut ns = Namespace::from_fd(file.into(), Kind::Pid, &path)?;

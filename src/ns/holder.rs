@@ -84,8 +84,8 @@ impl Holder {
             }
             match c.fork() {
                 Ok(0) => {
-                    c.close_all_but(r);
-                    c.hold(r)
+                    c.close_all_but(r, w);
+                    c.hold(r, w)
                 }
                 Ok(pid) => c.report(w, pid),
                 Err(errno) => c.report(w, -errno),
@@ -111,6 +111,12 @@ impl Holder {
                 )));
             }
         };
+        // The holder says it is set up (named, descriptors closed).
+        if sys::read_i32(ready_r.as_fd()).map_err(fail("read"))? != Some(0) {
+            return Err(fail("start a holder")(io::Error::from_raw_os_error(
+                libc::EIO,
+            )));
+        }
         let set_inos: [u64; 8] = std::array::from_fn(|i| set[i].ino());
         let pidfd = sys::pidfd_open(pid, 0).map_err(fail("pin the holder"))?;
         let holder = Holder {

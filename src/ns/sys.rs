@@ -277,28 +277,44 @@ impl Child {
         unsafe { libc::close(fd) };
     }
 
-    /// Closes every descriptor but `keep`.
-    pub fn close_all_but(&self, keep: RawFd) {
-        // SAFETY: close_range takes integers; it closes descriptors this
-        // child owns and will never use again.
-        unsafe {
-            if keep > 0 {
-                libc::syscall(libc::SYS_close_range, 0u32, (keep - 1) as u32, 0u32);
+    /// Closes every descriptor but `a` and `b`.
+    pub fn close_all_but(&self, a: RawFd, b: RawFd) {
+        let (lo, hi) = if a < b {
+            (a as u32, b as u32)
+        } else {
+            (b as u32, a as u32)
+        };
+        let ranges = [
+            (0, lo.checked_sub(1)),
+            (lo + 1, hi.checked_sub(1)),
+            (hi + 1, Some(u32::MAX)),
+        ];
+        for (first, last) in ranges {
+            if let Some(last) = last.filter(|&last| last >= first) {
+                // SAFETY: close_range takes integers; it closes descriptors
+                // this child owns and will never use again.
+                unsafe { libc::syscall(libc::SYS_close_range, first, last, 0u32) };
             }
-            libc::syscall(libc::SYS_close_range, (keep + 1) as u32, u32::MAX, 0u32);
         }
     }
 
+    /// Names this process, tells the parent through `ready` that it is set
+    /// up (a 0 after whatever was reported there), and closes `ready`.
+    fn settle(&self, name: &CStr, ready: RawFd) {
+        // SAFETY: prctl(PR_SET_NAME) copies at most 16 bytes from `name`.
+        unsafe { libc::prctl(libc::PR_SET_NAME, name.as_ptr()) };
+        self.report(ready, 0);
+        self.close(ready);
+    }
+
     /// Runs as init of a pid namespace until `control` reaches EOF and no
-    /// other process is left in the namespace; then exits.
-    pub fn keep_pid_namespace(&self, control: RawFd) -> ! {
-        // SAFETY: prctl(PR_SET_NAME) copies at most 16 bytes from a constant
-        // string; signal() with SIG_IGN installs no handler code. Ignoring
+    /// other process is left in the namespace; then exits. Reports through
+    /// `ready` once it is set up.
+    pub fn keep_pid_namespace(&self, control: RawFd, ready: RawFd) -> ! {
+        // SAFETY: signal() with SIG_IGN installs no handler code. Ignoring
         // SIGCHLD makes the kernel reap this init's children by itself.
-        unsafe {
-            libc::prctl(libc::PR_SET_NAME, c"nsproxyfs-pid1".as_ptr());
-            libc::signal(libc::SIGCHLD, libc::SIG_IGN);
-        }
+        unsafe { libc::signal(libc::SIGCHLD, libc::SIG_IGN) };
+        self.settle(c"nsproxyfs-pid1", ready);
         self.wait_eof(control);
         loop {
             // SAFETY: kill(-1, 0) sends nothing; from init of a pid namespace
@@ -317,9 +333,8 @@ impl Child {
     }
 
     /// Waits, named `nsproxyfs-hold`, until `control` reaches EOF; then exits.
-    pub fn hold(&self, control: RawFd) -> ! {
-        // SAFETY: prctl(PR_SET_NAME) copies at most 16 bytes from a constant.
-        unsafe { libc::prctl(libc::PR_SET_NAME, c"nsproxyfs-hold".as_ptr()) };
+    pub fn hold(&self, control: RawFd, ready: RawFd) -> ! {
+        self.settle(c"nsproxyfs-hold", ready);
         self.wait_eof(control);
         self.exit(0)
     }
