@@ -446,17 +446,13 @@ fn fresh_pid() -> Result<Namespace, NsError> {
     .map_err(fail)?;
     drop(ready_w);
     drop(control_r);
-    let answer = sys::read_i32(ready_r.as_fd());
     let _ = sys::reap(child);
-    let init = match answer.map_err(fail)? {
-        Some(pid) if pid > 0 => pid,
-        Some(errno) => return Err(fail(io::Error::from_raw_os_error(-errno))),
-        None => return Err(fail(io::Error::from_raw_os_error(libc::EIO))),
+    // The child's report (the init's pid) and the init's (set up) come in
+    // either order.
+    let init = match sys::read_spawned(ready_r.as_fd()).map_err(fail)? {
+        Ok(pid) => pid,
+        Err(errno) => return Err(fail(io::Error::from_raw_os_error(errno))),
     };
-    // The init says it is set up (named, descriptors closed).
-    if sys::read_i32(ready_r.as_fd()).map_err(fail)? != Some(0) {
-        return Err(fail(io::Error::from_raw_os_error(libc::EIO)));
-    }
     let path = format!("/proc/{init}/ns/pid");
     let file = File::open(&path).map_err(fail)?;
     let mut ns = Namespace::from_fd(file.into(), Kind::Pid, &path)?;

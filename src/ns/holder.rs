@@ -95,28 +95,18 @@ impl Holder {
         .map_err(fail("fork a holder"))?;
         drop(ready_w);
         drop(control_r);
-        let answer = sys::read_i32(ready_r.as_fd());
         let _ = sys::reap(child);
-        let pid = match answer.map_err(fail("read"))? {
-            Some(pid) if pid > 0 => pid,
-            Some(errno) => {
+        // The child's report (the holder's pid) and the holder's (set up)
+        // come in either order.
+        let pid = match sys::read_spawned(ready_r.as_fd()).map_err(fail("read"))? {
+            Ok(pid) => pid,
+            Err(errno) => {
                 return Err(NsError::Sys {
                     what: "join the container's namespaces",
-                    source: io::Error::from_raw_os_error(-errno),
+                    source: io::Error::from_raw_os_error(errno),
                 });
             }
-            None => {
-                return Err(fail("start a holder")(io::Error::from_raw_os_error(
-                    libc::EIO,
-                )));
-            }
         };
-        // The holder says it is set up (named, descriptors closed).
-        if sys::read_i32(ready_r.as_fd()).map_err(fail("read"))? != Some(0) {
-            return Err(fail("start a holder")(io::Error::from_raw_os_error(
-                libc::EIO,
-            )));
-        }
         let set_inos: [u64; 8] = std::array::from_fn(|i| set[i].ino());
         let pidfd = sys::pidfd_open(pid, 0).map_err(fail("pin the holder"))?;
         let holder = Holder {

@@ -154,6 +154,25 @@ pub fn read_i32(fd: BorrowedFd<'_>) -> io::Result<Option<i32>> {
     Ok(Some(i32::from_ne_bytes(buf)))
 }
 
+/// Reads what a child that forks a long-lived grandchild reports on one
+/// pipe: the grandchild's pid (from the child) and a 0 once the grandchild
+/// is set up (from the grandchild), in either order; or a negative errno
+/// from the child. `Ok(Err(errno))` for a reported failure, `EIO` for a
+/// pipe that ends early.
+pub fn read_spawned(fd: BorrowedFd<'_>) -> io::Result<Result<i32, i32>> {
+    let eio = || io::Error::from_raw_os_error(libc::EIO);
+    let first = read_i32(fd)?.ok_or_else(eio)?;
+    if first < 0 {
+        return Ok(Err(-first));
+    }
+    let second = read_i32(fd)?.ok_or_else(eio)?;
+    match (first, second) {
+        (0, pid) | (pid, 0) if pid > 0 => Ok(Ok(pid)),
+        (_, errno) if errno < 0 => Ok(Err(-errno)),
+        _ => Err(eio()),
+    }
+}
+
 /// What a forked child may do: only async-signal-safe calls through the
 /// functions of [`Child`]. It never returns; it ends with `_exit`.
 pub struct Child(());
