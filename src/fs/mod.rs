@@ -167,11 +167,6 @@ impl NsProxyFs {
         })
     }
 
-    /// Where pins live.
-    pub fn pin_dir(&self) -> &Path {
-        &self.pin_dir
-    }
-
     fn attr(&self, node: Node, kind: FileType, perm: u16, nlink: u32) -> FileAttr {
         FileAttr {
             ino: INodeNo(node.id()),

@@ -60,11 +60,6 @@ impl Node {
     pub fn fits(c: ContainerId) -> bool {
         c.0 < KIND_MIN >> 2
     }
-
-    /// Whether `ino` can be a kind file's node id.
-    pub fn is_namespace_inode(ino: u64) -> bool {
-        ino >= KIND_MIN
-    }
 }
 
 #[cfg(test)]

@@ -19,7 +19,6 @@ use super::{Kind, Namespace, sys};
 pub struct Holder {
     pid: i32,
     pidfd: OwnedFd,
-    set: [u64; 8],
     _control: OwnedFd,
 }
 
@@ -44,11 +43,6 @@ impl Holder {
             )
         };
         r == 0
-    }
-
-    /// The namespace inodes it sits in, in [`Kind::ALL`] order.
-    pub fn set(&self) -> &[u64; 8] {
-        &self.set
     }
 
     /// Starts a holder in `set`. `own` are the inodes of the daemon's own
@@ -112,7 +106,6 @@ impl Holder {
         let holder = Holder {
             pid,
             pidfd,
-            set: set_inos,
             _control: control_w,
         };
         for kind in Kind::ALL {

@@ -234,13 +234,6 @@ impl Tree {
         self.binders.get(&ino).map(|b| b.0)
     }
 
-    /// Every namespace bound anywhere, with its kind.
-    pub fn bound(&self) -> impl Iterator<Item = NsRef> + '_ {
-        self.binders
-            .iter()
-            .map(|(&ino, &(kind, _))| NsRef { kind, ino })
-    }
-
     /// The containers that bind `ino` themselves.
     pub fn containers_binding(&self, ino: u64) -> Vec<ContainerId> {
         let Some(&(kind, _)) = self.binders.get(&ino) else {
