@@ -422,43 +422,18 @@ fn fresh_pid() -> Result<Namespace, NsError> {
         kind: Kind::Pid,
         source,
     };
-    let (ready_r, ready_w) = sys::pipe().map_err(fail)?;
-    let (control_r, control_w) = sys::pipe().map_err(fail)?;
-    let (w, r) = (ready_w.as_raw_fd(), control_r.as_raw_fd());
-    let (unused_r, unused_w) = (ready_r.as_raw_fd(), control_w.as_raw_fd());
-    let child = sys::spawn_child(false, |c| {
-        c.close(unused_r);
-        c.close(unused_w);
-        if let Err(errno) = c.unshare(libc::CLONE_NEWPID) {
-            c.report(w, -errno);
-            return 1;
-        }
-        match c.fork() {
-            Ok(0) => {
-                c.close_all_but(r, w);
-                c.keep_pid_namespace(r, w)
-            }
-            Ok(init) => c.report(w, init),
-            Err(errno) => c.report(w, -errno),
-        }
-        0
-    })
-    .map_err(fail)?;
-    drop(ready_w);
-    drop(control_r);
-    let _ = sys::reap(child);
-    // The child's report (the init's pid) and the init's (set up) come in
-    // either order.
-    let init = match sys::read_spawned(ready_r.as_fd()).map_err(fail)? {
-        Ok(pid) => pid,
-        Err(errno) => return Err(fail(io::Error::from_raw_os_error(errno))),
-    };
-    let path = format!("/proc/{init}/ns/pid");
+    let init = sys::spawn_resident(
+        |c| c.unshare(libc::CLONE_NEWPID),
+        sys::Child::keep_pid_namespace,
+    )
+    .map_err(fail)?
+    .map_err(|errno| fail(io::Error::from_raw_os_error(errno)))?;
+    let path = format!("/proc/{}/ns/pid", init.pid);
     let file = File::open(&path).map_err(fail)?;
     let mut ns = Namespace::from_fd(file.into(), Kind::Pid, &path)?;
     ns.keeper = Some(Keeper {
-        pid: init,
-        _control: control_w,
+        pid: init.pid,
+        _control: init.control,
     });
     Ok(ns)
 }

@@ -8,7 +8,7 @@
 //! and exits when the daemon drops the [`Holder`] or dies.
 
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::sync::Arc;
 
 use super::handle::NsError;
@@ -63,50 +63,23 @@ impl Holder {
                 n += 1;
             }
         }
-        let (ready_r, ready_w) = sys::pipe().map_err(fail("pipe"))?;
-        let (control_r, control_w) = sys::pipe().map_err(fail("pipe"))?;
-        let (w, r) = (ready_w.as_raw_fd(), control_r.as_raw_fd());
-        let (unused_r, unused_w) = (ready_r.as_raw_fd(), control_w.as_raw_fd());
-        let child = sys::spawn_child(false, |c| {
-            c.close(unused_r);
-            c.close(unused_w);
-            for &(fd, flag) in &joins[..n] {
-                if let Err(errno) = c.setns(fd, flag) {
-                    c.report(w, -errno);
-                    return 1;
-                }
-            }
-            match c.fork() {
-                Ok(0) => {
-                    c.close_all_but(r, w);
-                    c.hold(r, w)
-                }
-                Ok(pid) => c.report(w, pid),
-                Err(errno) => c.report(w, -errno),
-            }
-            0
-        })
-        .map_err(fail("fork a holder"))?;
-        drop(ready_w);
-        drop(control_r);
-        let _ = sys::reap(child);
-        // The child's report (the holder's pid) and the holder's (set up)
-        // come in either order.
-        let pid = match sys::read_spawned(ready_r.as_fd()).map_err(fail("read"))? {
-            Ok(pid) => pid,
-            Err(errno) => {
-                return Err(NsError::Sys {
-                    what: "join the container's namespaces",
-                    source: io::Error::from_raw_os_error(errno),
-                });
-            }
+        let joined = |c: &sys::Child| {
+            joins[..n]
+                .iter()
+                .try_for_each(|&(fd, flag)| c.setns(fd, flag))
         };
+        let spawned =
+            sys::spawn_resident(joined, sys::Child::hold).map_err(fail("fork a holder"))?;
+        let sys::Resident { pid, control } = spawned.map_err(|errno| NsError::Sys {
+            what: "join the container's namespaces",
+            source: io::Error::from_raw_os_error(errno),
+        })?;
         let set_inos: [u64; 8] = std::array::from_fn(|i| set[i].ino());
         let pidfd = sys::pidfd_open(pid, 0).map_err(fail("pin the holder"))?;
         let holder = Holder {
             pid,
             pidfd,
-            _control: control_w,
+            _control: control,
         };
         for kind in Kind::ALL {
             // The holder's *active* pid and time namespaces are the set's.

@@ -6,7 +6,7 @@
 
 use std::ffi::CStr;
 use std::io;
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 
 use super::Kind;
 
@@ -159,7 +159,7 @@ pub fn read_i32(fd: BorrowedFd<'_>) -> io::Result<Option<i32>> {
 /// is set up (from the grandchild), in either order; or a negative errno
 /// from the child. `Ok(Err(errno))` for a reported failure, `EIO` for a
 /// pipe that ends early.
-pub fn read_spawned(fd: BorrowedFd<'_>) -> io::Result<Result<i32, i32>> {
+fn read_spawned(fd: BorrowedFd<'_>) -> io::Result<Result<i32, i32>> {
     let eio = || io::Error::from_raw_os_error(libc::EIO);
     let first = read_i32(fd)?.ok_or_else(eio)?;
     if first < 0 {
@@ -171,6 +171,61 @@ pub fn read_spawned(fd: BorrowedFd<'_>) -> io::Result<Result<i32, i32>> {
         (_, errno) if errno < 0 => Ok(Err(-errno)),
         _ => Err(eio()),
     }
+}
+
+/// A long-lived grandchild of the daemon: its pid in the daemon's pid
+/// namespace, and the write end of its control pipe. It exits once that end
+/// is closed (see [`Child::hold`], [`Child::keep_pid_namespace`]).
+#[derive(Debug)]
+pub struct Resident {
+    /// The grandchild's pid.
+    pub pid: i32,
+    /// Closing this tells it to leave.
+    pub control: OwnedFd,
+}
+
+/// Starts a [`Resident`] in two steps. A child runs `prepare` (joining or
+/// unsharing namespaces, which its children inherit, pid and time included)
+/// and forks the grandchild; the grandchild closes every descriptor but its
+/// two pipes and runs `resident(control, ready)`, which must report on
+/// `ready` once it is set up. Returns only when it is, or `Ok(Err(errno))`
+/// if `prepare` or the fork failed. Both closures are restricted as for
+/// [`spawn_child`].
+pub fn spawn_resident(
+    prepare: impl FnOnce(&Child) -> Result<(), i32>,
+    resident: fn(&Child, RawFd, RawFd) -> !,
+) -> io::Result<Result<Resident, i32>> {
+    let (ready_r, ready_w) = pipe()?;
+    let (control_r, control_w) = pipe()?;
+    let (w, r) = (ready_w.as_raw_fd(), control_r.as_raw_fd());
+    let (unused_r, unused_w) = (ready_r.as_raw_fd(), control_w.as_raw_fd());
+    let child = spawn_child(false, |c| {
+        // The child's copies of these ends would keep the pipes from ever
+        // reaching EOF.
+        c.close(unused_r);
+        c.close(unused_w);
+        if let Err(errno) = prepare(c) {
+            c.report(w, -errno);
+            return 1;
+        }
+        match c.fork() {
+            Ok(0) => {
+                c.close_all_but(r, w);
+                resident(c, r, w)
+            }
+            Ok(pid) => c.report(w, pid),
+            Err(errno) => c.report(w, -errno),
+        }
+        0
+    })?;
+    drop(ready_w);
+    drop(control_r);
+    let _ = reap(child);
+    let spawned = read_spawned(ready_r.as_fd())?;
+    Ok(spawned.map(|pid| Resident {
+        pid,
+        control: control_w,
+    }))
 }
 
 /// What a forked child may do: only async-signal-safe calls through the
