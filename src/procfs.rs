@@ -2,6 +2,7 @@
 
 use std::ffi::CStr;
 use std::io;
+use std::os::fd::{AsRawFd, FromRawFd};
 use std::os::unix::ffi::OsStrExt;
 
 use crate::ns::Kind;
@@ -35,6 +36,57 @@ pub fn ns_link_inode(pid: i32, entry: &str) -> Option<u64> {
         return None;
     }
     parse_ns_link(&buf[..n as usize])
+}
+
+/// The eight namespaces of thread `tid` (inodes in [`Kind::ALL`] order;
+/// pid and time as for its children), or `None` if it is gone or cannot be
+/// read. The `ns` directory is opened once and each link read relative to
+/// it, which saves a path walk per kind.
+pub fn ns_set(tid: u32) -> Option<[u64; 8]> {
+    let mut path = [0u8; 32];
+    let len = {
+        use std::io::Write;
+        let mut cur = io::Cursor::new(&mut path[..]);
+        write!(cur, "/proc/{tid}/ns\0").ok()?;
+        cur.position() as usize
+    };
+    let path = CStr::from_bytes_with_nul(&path[..len]).ok()?;
+    // SAFETY: `path` is NUL-terminated; the descriptor returned is owned
+    // by `dir` below and closed when it drops.
+    let fd = unsafe {
+        libc::open(
+            path.as_ptr(),
+            libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC,
+        )
+    };
+    if fd < 0 {
+        return None;
+    }
+    // SAFETY: `fd` was just opened and nothing else owns it.
+    let dir = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
+    let mut set = [0u64; 8];
+    for kind in Kind::ALL {
+        let mut name = [0u8; 24];
+        let entry = kind.proc_entry().as_bytes();
+        name.get_mut(..entry.len())?.copy_from_slice(entry);
+        let mut buf = [0u8; 64];
+        // SAFETY: `name` is NUL-terminated (the entry is shorter than the
+        // zeroed buffer); `buf` is valid for `buf.len()` bytes and
+        // readlinkat writes at most that many.
+        let n = unsafe {
+            libc::readlinkat(
+                dir.as_raw_fd(),
+                name.as_ptr().cast(),
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+            )
+        };
+        if n <= 0 {
+            return None;
+        }
+        set[kind.index()] = parse_ns_link(&buf[..n as usize])?;
+    }
+    Some(set)
 }
 
 /// Parses `net:[4026531840]` into the inode number.
@@ -116,6 +168,11 @@ mod tests {
         let want = parse_ns_link(link.as_os_str().as_bytes()).unwrap();
         assert_eq!(ns_inode(me, Kind::Uts), Some(want));
         assert!(!is_kernel_thread(me));
+        let set = ns_set(me as u32).unwrap();
+        for kind in Kind::ALL {
+            assert_eq!(Some(set[kind.index()]), ns_inode(me, kind), "{kind}");
+        }
+        assert_eq!(ns_set(u32::MAX), None);
         assert!(processes().unwrap().contains(&me));
     }
 }

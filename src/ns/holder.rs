@@ -31,18 +31,8 @@ impl Holder {
     /// Whether the holder still runs (it dies with its pid namespace's init,
     /// or if someone kills it).
     pub fn is_alive(&self) -> bool {
-        // SAFETY: pidfd_send_signal with signal 0 only checks; the pidfd is
-        // ours and the other arguments are null.
-        let r = unsafe {
-            libc::syscall(
-                libc::SYS_pidfd_send_signal,
-                self.pidfd.as_raw_fd(),
-                0,
-                std::ptr::null::<libc::siginfo_t>(),
-                0,
-            )
-        };
-        r == 0
+        use std::os::fd::AsFd;
+        sys::pidfd_alive(self.pidfd.as_fd())
     }
 
     /// Starts a holder in `set`. `own` are the inodes of the daemon's own

@@ -70,6 +70,23 @@ pub fn pidfd_open(pid: i32, flags: libc::c_uint) -> io::Result<OwnedFd> {
     owned(unsafe { libc::syscall(libc::SYS_pidfd_open, pid, flags) })
 }
 
+/// Whether the process of `pidfd` is still running (not exited, not a
+/// zombie): `pidfd_send_signal` with signal 0 checks without sending.
+pub fn pidfd_alive(pidfd: BorrowedFd<'_>) -> bool {
+    // SAFETY: signal 0 only checks; the pidfd is borrowed and the other
+    // arguments are null or zero.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            pidfd.as_raw_fd(),
+            0,
+            std::ptr::null::<libc::siginfo_t>(),
+            0,
+        )
+    };
+    r == 0
+}
+
 /// The `CLONE_NEW*` type of the nsfs file `fd` (ENOTTY/EINVAL if it is not one).
 pub fn ns_type(fd: BorrowedFd<'_>) -> io::Result<i32> {
     // SAFETY: NS_GET_NSTYPE takes no argument and only reads the file.

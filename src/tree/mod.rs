@@ -120,6 +120,8 @@ pub struct Tree {
     containers: HashMap<ContainerId, Container>,
     binders: HashMap<u64, (Kind, u32)>,
     next_id: u64,
+    /// Bumped by every change, so derived indexes know when they are stale.
+    generation: u64,
 }
 
 /// Checks a proposed container name against the naming rules.
@@ -155,6 +157,7 @@ impl Tree {
             containers: HashMap::new(),
             binders: HashMap::new(),
             next_id: 1,
+            generation: 0,
         };
         tree.containers.insert(
             Tree::ROOT,
@@ -183,6 +186,16 @@ impl Tree {
     /// The container `id`, if it exists.
     pub fn get(&self, id: ContainerId) -> Option<&Container> {
         self.containers.get(&id)
+    }
+
+    /// A number that changes whenever the tree does.
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// Every container's id, in no particular order.
+    pub fn ids(&self) -> impl Iterator<Item = ContainerId> + '_ {
+        self.containers.keys().copied()
     }
 
     /// Number of containers, the root included.
@@ -282,6 +295,7 @@ impl Tree {
         }
         let id = ContainerId(self.next_id);
         self.next_id += 1;
+        self.generation += 1;
         self.containers.insert(
             id,
             Container {
@@ -315,6 +329,7 @@ impl Tree {
             return Err(TreeError::NotEmpty);
         }
         let parent = c.parent.ok_or(TreeError::Root)?;
+        self.generation += 1;
         let mut released = Vec::new();
         for kind in Kind::ALL {
             if let Ok(Some(ns)) = self.unbind(id, kind) {
@@ -347,6 +362,7 @@ impl Tree {
         if let Some(victim) = self.child(parent, new) {
             released = self.remove(victim)?;
         }
+        self.generation += 1;
         if let Some(p) = self.containers.get_mut(&parent) {
             p.children.remove(old);
             p.children.insert(new.to_owned(), id);
@@ -424,6 +440,7 @@ impl Tree {
         }
         let c = self.containers.get_mut(&id).ok_or(TreeError::NotFound)?;
         let ino = c.own[kind.index()].take().ok_or(TreeError::NotFound)?;
+        self.generation += 1;
         let last = match self.binders.get_mut(&ino) {
             Some(b) if b.1 > 1 => {
                 b.1 -= 1;
@@ -452,6 +469,7 @@ impl Tree {
         self.check_kind(ns)?;
         let c = self.containers.get_mut(&id).ok_or(TreeError::NotFound)?;
         c.own[ns.kind.index()] = Some(ns.ino);
+        self.generation += 1;
         self.binders.entry(ns.ino).or_insert((ns.kind, 0)).1 += 1;
         Ok(())
     }
@@ -498,6 +516,8 @@ impl Tree {
         Ok(())
     }
 }
+
+pub mod view;
 
 #[cfg(test)]
 mod tests;
