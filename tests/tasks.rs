@@ -457,20 +457,36 @@ fn tasks_read_from_inside_a_pid_namespace_uses_its_numbers() {
     let Some(m) = Mount::new("tasks-pidns") else {
         return;
     };
+    // The reader lives in its own mount and pid namespaces, which q binds,
+    // so it sees q's subtree; the sleeper is moved into q/r (a fresh uts).
     std::fs::create_dir(m.path("q")).unwrap();
-    std::fs::File::create(m.path("q/uts")).unwrap();
-    // The sleeper lives in the inner pid and mount namespaces: q binds those
-    // (from the inner shell's view of it) so that it can be a member.
-    let out = sh_ok(&format!(
-        "unshare --fork --pid --mount-proc sh -c \
-         'sleep 1000 & p=$!; echo $p > {q}/mnt; echo $p > {q}/pid; \
-          echo $p > {q}/tasks; echo $p; cat {q}/tasks; kill $p'",
-        q = m.path("q").display()
-    ));
-    let mut lines = out.lines();
-    let inner: i32 = lines.next().unwrap().parse().unwrap();
+    std::fs::create_dir(m.path("q/r")).unwrap();
+    std::fs::File::create(m.path("q/r/uts")).unwrap();
+    let script = format!(
+        "sleep 1000 & p=$!; echo $p; read go; cat {r}/tasks; echo end; kill $p",
+        r = m.path("q/r").display()
+    );
+    let mut reader = Unshared::start(&["--fork", "--pid", "--mount-proc"], &script);
+    m.watch_pid(reader.inner());
+    let inner: i32 = reader.line().parse().unwrap();
+    for kind in ["mnt", "pid"] {
+        m.write(&format!("q/{kind}"), reader.inner().to_string().as_bytes())
+            .unwrap();
+    }
+    let sleeper =
+        std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", reader.inner())).unwrap();
+    m.write("q/r/tasks", sleeper.trim().as_bytes()).unwrap();
+    reader.send("go");
+    let mut listed = Vec::new();
+    loop {
+        let line = reader.line();
+        if line == "end" {
+            break;
+        }
+        listed.push(line.parse::<i32>().unwrap());
+    }
+    assert!(reader.finish());
     assert!(inner < 10, "a pid of the inner namespace: {inner}");
-    let listed: Vec<i32> = lines.map(|l| l.parse().unwrap()).collect();
     assert_eq!(listed, vec![inner], "the reader sees its own numbers");
 }
 

@@ -223,34 +223,47 @@ fn echo_pid_binds_in_the_writers_pid_namespace() {
     let Some(m) = Mount::new("echo-pid") else {
         return;
     };
-    std::fs::create_dir(m.path("c")).unwrap();
-    // A writer in its own pid namespace writes a pid of that namespace.
+    // A writer in its own uts, mount and pid namespaces writes a pid of its
+    // pid namespace. Container w binds those three, so the writer lives in
+    // w and acts in w's subtree (see docs/security.md); c is inside w.
+    std::fs::create_dir(m.path("w")).unwrap();
+    std::fs::create_dir(m.path("w/c")).unwrap();
     let script = format!(
-        "unshare --uts --fork --pid --mount-proc sh -c \
-         'hostname pidns-uts; sleep 100 & p=$!; echo $p > {c}/uts; echo $p; kill $p'",
-        c = m.path("c").display()
+        "hostname pidns-uts; sleep 100 & p=$!; echo $p; read go; echo $p > {c}/uts; kill $p",
+        c = m.path("w/c").display()
     );
-    let out = sh_ok(&script);
-    let inner_pid: i32 = out.trim().parse().unwrap();
+    let mut writer = Unshared::start(&["--uts", "--fork", "--pid", "--mount-proc"], &script);
+    m.watch_pid(writer.inner());
+    let inner_pid: i32 = writer.line().parse().unwrap();
+    for kind in ["uts", "mnt", "pid"] {
+        m.write(&format!("w/{kind}"), writer.inner().to_string().as_bytes())
+            .unwrap();
+    }
+    writer.send("go");
+    assert!(
+        writer.finish(),
+        "the writer's echo failed: {}",
+        m.log_text()
+    );
     assert!(
         inner_pid < 10,
         "the writer saw a pid of its own namespace: {inner_pid}"
     );
-    let pin = m.pin("c", "uts");
+    let pin = m.pin("w/c", "uts");
     assert_eq!(
         sh_ok(&format!("nsenter --uts={pin} hostname")),
         "pidns-uts\n"
     );
-    assert_ne!(m.read("c/uts"), m.read("uts"));
+    assert_ne!(m.read("w/c/uts"), m.read("uts"));
 
     // Writing to an existing binding replaces it (here: back to the root's).
-    m.write("c/uts", format!("{}\n", std::process::id()).as_bytes())
+    m.write("w/c/uts", format!("{}\n", std::process::id()).as_bytes())
         .unwrap();
-    assert_eq!(m.read("c/uts"), m.read("uts"));
+    assert_eq!(m.read("w/c/uts"), m.read("uts"));
     // No such process.
-    assert_eq!(errno(m.write("c/ipc", b"2147483647\n")), libc::ESRCH);
+    assert_eq!(errno(m.write("w/c/ipc", b"2147483647\n")), libc::ESRCH);
     assert!(
-        !m.path("c/ipc").exists(),
+        !m.path("w/c/ipc").exists(),
         "a failed write leaves nothing bound"
     );
 }

@@ -18,7 +18,7 @@ mod node;
 use std::collections::HashMap;
 use std::ffi::{CString, OsStr};
 use std::fs::File;
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -40,6 +40,7 @@ pub use node::Node;
 
 use crate::ns::{self, Kind, Namespace};
 use crate::procfs;
+use crate::tree::view::{Seen, SetIndex, View};
 use crate::tree::{CONTROL_NAMES, ContainerId, NsRef, Tree};
 
 /// Kernel caches must not keep one caller's answer for another, and the
@@ -112,6 +113,11 @@ pub struct NsProxyFs {
     /// links to a temporary name, then renames it over the target). They
     /// bind nothing until renamed onto their kind's name.
     staged: Mutex<HashMap<(ContainerId, String), u64>>,
+    /// Containers by effective set, for telling which container a caller
+    /// lives in; rebuilt when the tree changes. A leaf lock.
+    index: Mutex<Arc<SetIndex>>,
+    /// The root container's effective set (its bindings never change).
+    root_set: [u64; 8],
     next_fh: AtomicU64,
     next_pending: AtomicU64,
     pin_dir: PathBuf,
@@ -145,11 +151,11 @@ impl NsProxyFs {
             root[kind.index()] = ns.ino();
             spaces.insert(ns.ino(), Arc::new(ns));
         }
+        let tree = Tree::new(root);
         Ok(NsProxyFs {
-            state: RwLock::new(State {
-                tree: Tree::new(root),
-                spaces,
-            }),
+            index: Mutex::new(Arc::new(SetIndex::build(&tree))),
+            root_set: root,
+            state: RwLock::new(State { tree, spaces }),
             handles: Mutex::new(HashMap::new()),
             pending: Mutex::new(HashMap::new()),
             staged: Mutex::new(HashMap::new()),
@@ -187,24 +193,99 @@ impl NsProxyFs {
         }
     }
 
-    fn node_attr(&self, node: Node) -> Result<FileAttr> {
+    /// What `caller` sees of the tree (see [`crate::tree::view`]). Read
+    /// afresh for every request: a process may change namespaces at any
+    /// time, so nothing about a caller is remembered between requests.
+    fn view(&self, caller: &Caller) -> View {
+        let set = if caller.tid == 0 {
+            None
+        } else {
+            procfs::ns_set(caller.tid)
+        };
+        let Some(set) = set else {
+            return View::NOTHING;
+        };
+        if set == self.root_set {
+            return View::ALL;
+        }
         let st = self.state.read();
-        let exists = |c: ContainerId| st.tree.get(c).ok_or(Error::NotFound);
+        let index = self.index(&st.tree);
+        View::of(&st.tree, &index, Some(&set))
+    }
+
+    /// The set index for `tree`, rebuilt if the tree changed since.
+    fn index(&self, tree: &Tree) -> Arc<SetIndex> {
+        let mut index = self.index.lock();
+        if !index.is_current(tree) {
+            *index = Arc::new(SetIndex::build(tree));
+        }
+        Arc::clone(&index)
+    }
+
+    /// Refuses, as if it did not exist, a container `view` does not show
+    /// in full: changes, control files and moves happen only there.
+    fn require_full(&self, view: &View, c: ContainerId) -> Result<()> {
+        let st = self.state.read();
+        if view.full(&st.tree, c) {
+            Ok(())
+        } else {
+            Err(Error::NotFound)
+        }
+    }
+
+    /// Refuses a task (daemon pid namespace) that does not live inside
+    /// `view`: a confined caller acts only on processes of its own subtree.
+    /// The task is pinned with a pidfd while its namespaces are read; the
+    /// pidfd is returned so the caller can check, once done, that the task
+    /// it acted on was this one all along (see [`still_alive`]).
+    fn require_process_in(&self, view: &View, pid: i32) -> Result<Option<OwnedFd>> {
+        if view.is_all() {
+            return Ok(None);
+        }
+        let gone = || Error::from(ns::NsError::NoSuchProcess(pid));
+        let pidfd = ns::sys::pidfd_open(pid, ns::sys::PIDFD_THREAD).map_err(|_| gone())?;
+        let set = procfs::ns_set(pid as u32).ok_or_else(gone)?;
+        still_alive(Some(&pidfd), pid)?;
+        let st = self.state.read();
+        let index = self.index(&st.tree);
+        if view.holds_process(&st.tree, &index, &set) {
+            Ok(Some(pidfd))
+        } else {
+            Err(Error::Denied(format!(
+                "process {pid} lives outside the caller's container"
+            )))
+        }
+    }
+
+    fn node_attr(&self, view: &View, node: Node) -> Result<FileAttr> {
+        let st = self.state.read();
+        let tree = &st.tree;
+        let full = |c: ContainerId| {
+            if view.full(tree, c) {
+                Ok(())
+            } else {
+                Err(Error::NotFound)
+            }
+        };
         Ok(match node {
             Node::Dir(c) => {
-                let n = exists(c)?.children().len() as u32;
-                self.attr(node, FileType::Directory, 0o755, 2 + n)
+                let n = match view.sees(tree, c) {
+                    Seen::Hidden => return Err(Error::NotFound),
+                    Seen::Full => tree.get(c).map_or(0, |c| c.children().len()),
+                    Seen::Path => view.children(tree, c).len(),
+                };
+                self.attr(node, FileType::Directory, 0o755, 2 + n as u32)
             }
             Node::Tasks(c) => {
-                exists(c)?;
+                full(c)?;
                 self.attr(node, FileType::RegularFile, 0o644, 1)
             }
             Node::Status(c) => {
-                exists(c)?;
+                full(c)?;
                 self.attr(node, FileType::RegularFile, 0o444, 1)
             }
             Node::Kind(ino) => {
-                let nlink = st.tree.binders(ino);
+                let nlink = view.nlink(tree, ino);
                 if nlink == 0 {
                     return Err(Error::NotFound);
                 }
@@ -216,10 +297,8 @@ impl NsProxyFs {
                 self.attr(node, FileType::RegularFile, perm, nlink)
             }
             Node::Pending(n) => {
-                drop(st);
-                if !self.pending.lock().contains_key(&n) {
-                    return Err(Error::NotFound);
-                }
+                let c = self.pending.lock().get(&n).map(|p| p.0);
+                full(c.ok_or(Error::NotFound)?)?;
                 self.attr(node, FileType::RegularFile, 0o644, 1)
             }
         })
@@ -232,11 +311,23 @@ impl NsProxyFs {
         }
     }
 
-    fn lookup_node(&self, parent: INodeNo, name: &OsStr) -> Result<Node> {
+    fn lookup_node(&self, view: &View, parent: INodeNo, name: &OsStr) -> Result<Node> {
         let c = self.dir(parent)?;
         let name = name.to_str().ok_or(Error::NotFound)?;
         let st = self.state.read();
         let container = st.tree.get(c).ok_or(Error::NotFound)?;
+        match view.sees(&st.tree, c) {
+            Seen::Full => {}
+            Seen::Hidden => return Err(Error::NotFound),
+            // Only the next step of the path to what the caller sees.
+            Seen::Path => {
+                let child = st.tree.child(c, name).ok_or(Error::NotFound)?;
+                return match view.sees(&st.tree, child) {
+                    Seen::Hidden => Err(Error::NotFound),
+                    _ => Ok(Node::Dir(child)),
+                };
+            }
+        }
         Ok(match name {
             "tasks" => Node::Tasks(c),
             "status" => Node::Status(c),
@@ -256,16 +347,28 @@ impl NsProxyFs {
         })
     }
 
-    fn entries(&self, c: ContainerId) -> Result<Vec<(Node, FileType, String)>> {
+    fn entries(&self, view: &View, c: ContainerId) -> Result<Vec<(Node, FileType, String)>> {
         let st = self.state.read();
         let container = st.tree.get(c).ok_or(Error::NotFound)?;
         let parent = container.parent().unwrap_or(Tree::ROOT);
         let mut out = vec![
             (Node::Dir(c), FileType::Directory, ".".to_owned()),
             (Node::Dir(parent), FileType::Directory, "..".to_owned()),
+        ];
+        match view.sees(&st.tree, c) {
+            Seen::Full => {}
+            Seen::Hidden => return Err(Error::NotFound),
+            Seen::Path => {
+                for (name, child) in view.children(&st.tree, c) {
+                    out.push((Node::Dir(child), FileType::Directory, name.to_owned()));
+                }
+                return Ok(out);
+            }
+        }
+        out.extend([
             (Node::Tasks(c), FileType::RegularFile, "tasks".to_owned()),
             (Node::Status(c), FileType::RegularFile, "status".to_owned()),
-        ];
+        ]);
         for kind in Kind::ALL {
             if let Some(ino) = container.own(kind) {
                 out.push((
@@ -372,9 +475,17 @@ impl NsProxyFs {
             .into_bytes())
     }
 
-    /// Binds `ns` in `container` (replacing its binding of that kind), or in
-    /// every container binding `old` when `old` is set.
-    fn install(&self, ns: Namespace, container: ContainerId, old: Option<u64>) -> Result<()> {
+    /// Binds `ns` in `container` (replacing its binding of that kind), or,
+    /// when `old` is set, in every container binding `old` that `view`
+    /// shows in full: a write to a kind file changes it under all of its
+    /// names the writer can see, and never outside its view.
+    fn install(
+        &self,
+        ns: Namespace,
+        view: &View,
+        container: ContainerId,
+        old: Option<u64>,
+    ) -> Result<()> {
         let r = NsRef {
             kind: ns.kind(),
             ino: ns.ino(),
@@ -382,7 +493,18 @@ impl NsProxyFs {
         let released = {
             let mut st = self.state.write();
             let released = match old {
-                Some(old) => st.tree.rebind_everywhere(old, r)?,
+                Some(old) if view.is_all() => st.tree.rebind_everywhere(old, r)?,
+                Some(old) => {
+                    let names = view.binders(&st.tree, old);
+                    if names.is_empty() {
+                        return Err(Error::NotFound);
+                    }
+                    let mut released = None;
+                    for c in names {
+                        released = st.tree.bind(c, r)?.or(released);
+                    }
+                    released
+                }
                 None => st.tree.bind(container, r)?,
             };
             st.spaces.entry(r.ino).or_insert_with(|| {
@@ -413,19 +535,37 @@ impl NsProxyFs {
         }
     }
 
-    fn namespace_from_write(&self, caller: &Caller, kind: Kind, data: &[u8]) -> Result<Namespace> {
+    fn namespace_from_write(
+        &self,
+        caller: &Caller,
+        view: &View,
+        kind: Kind,
+        data: &[u8],
+    ) -> Result<Namespace> {
         Ok(match input::parse_binding(data)? {
-            Binding::Pid(pid) => {
+            Binding::Pid(pid) if view.is_all() => {
                 let pidns = caller.pid_ns()?;
                 ns::of_pid_in(pidns.as_fd(), pid, kind)?
+            }
+            // A confined caller binds namespaces of its own subtree only.
+            Binding::Pid(pid) => {
+                let pidns = caller.pid_ns()?;
+                let local = ns::sys::pid_from_pidns(pidns.as_fd(), pid)
+                    .map_err(|_| ns::NsError::NoSuchProcess(pid))?;
+                let pin = self.require_process_in(view, local)?;
+                let ns = Namespace::of_task(local, kind)?;
+                still_alive(pin.as_ref(), pid)?;
+                ns
             }
             Binding::Path(path) => ns::of_path(caller.opener()?, path, kind)?,
         })
     }
 
     fn do_mkdir(&self, caller: &Caller, parent: INodeNo, name: &OsStr) -> Result<FileAttr> {
-        caller.require_admin(self.user_ns)?;
+        let view = self.view(caller);
         let parent = self.dir(parent)?;
+        self.require_full(&view, parent)?;
+        caller.require_admin(self.user_ns)?;
         let name = name
             .to_str()
             .ok_or_else(|| Error::Invalid("name is not UTF-8".into()))?;
@@ -435,12 +575,13 @@ impl NsProxyFs {
             self.release(released);
             return Err(Error::Unsupported("container ids exhausted".into()));
         }
-        self.node_attr(Node::Dir(id))
+        self.node_attr(&view, Node::Dir(id))
     }
 
     fn do_rmdir(&self, caller: &Caller, parent: INodeNo, name: &OsStr) -> Result<()> {
-        caller.require_admin(self.user_ns)?;
         let parent = self.dir(parent)?;
+        self.require_full(&self.view(caller), parent)?;
+        caller.require_admin(self.user_ns)?;
         let name = name.to_str().ok_or(Error::NotFound)?;
         if CONTROL_NAMES.contains(&name) || Kind::from_name(name).is_some() {
             return Err(Error::NotDir);
@@ -452,8 +593,9 @@ impl NsProxyFs {
     }
 
     fn do_unlink(&self, caller: &Caller, parent: INodeNo, name: &OsStr) -> Result<()> {
-        caller.require_admin(self.user_ns)?;
         let parent = self.dir(parent)?;
+        self.require_full(&self.view(caller), parent)?;
+        caller.require_admin(self.user_ns)?;
         let name = name.to_str().ok_or(Error::NotFound)?;
         if CONTROL_NAMES.contains(&name) {
             return Err(Error::Denied(format!("{name} is part of every container")));
@@ -484,9 +626,14 @@ impl NsProxyFs {
         newparent: INodeNo,
         newname: &OsStr,
     ) -> Result<FileAttr> {
-        caller.require_admin(self.user_ns)?;
+        let view = self.view(caller);
         let dst = self.dir(newparent)?;
-        let Node::Kind(ns) = Node::from_id(ino.0) else {
+        self.require_full(&view, dst)?;
+        let node = Node::from_id(ino.0);
+        // The source must be in the caller's view too.
+        self.node_attr(&view, node)?;
+        caller.require_admin(self.user_ns)?;
+        let Node::Kind(ns) = node else {
             return Err(Error::Denied("only kind files can be linked".into()));
         };
         let name = newname.to_str().unwrap_or("");
@@ -514,7 +661,7 @@ impl NsProxyFs {
                 }
             }
         }
-        self.node_attr(Node::Kind(ns))
+        self.node_attr(&view, Node::Kind(ns))
     }
 
     fn do_rename(
@@ -526,8 +673,11 @@ impl NsProxyFs {
         newname: &OsStr,
         flags: RenameFlags,
     ) -> Result<()> {
-        caller.require_admin(self.user_ns)?;
         let p = self.dir(parent)?;
+        let view = self.view(caller);
+        self.require_full(&view, p)?;
+        self.require_full(&view, self.dir(newparent)?)?;
+        caller.require_admin(self.user_ns)?;
         if self.dir(newparent)? != p {
             return Err(Error::Invalid(
                 "containers are renamed within their parent only".into(),
@@ -591,16 +741,18 @@ impl NsProxyFs {
         name: &OsStr,
         mode: u32,
     ) -> Result<FileAttr> {
-        caller.require_admin(self.user_ns)?;
+        let view = self.view(caller);
         let c = self.dir(parent)?;
+        self.require_full(&view, c)?;
+        caller.require_admin(self.user_ns)?;
         if mode & libc::S_IFMT != libc::S_IFREG {
             return Err(Error::Invalid("only regular kind files can be made".into()));
         }
         let kind = self.creatable_kind(c, name)?;
         let ns = ns::fresh(kind, &self.mountpoint)?;
         let ino = ns.ino();
-        self.install(ns, c, None)?;
-        self.node_attr(Node::Kind(ino))
+        self.install(ns, &view, c, None)?;
+        self.node_attr(&view, Node::Kind(ino))
     }
 
     fn creatable_kind(&self, c: ContainerId, name: &OsStr) -> Result<Kind> {
@@ -622,8 +774,9 @@ impl NsProxyFs {
     }
 
     fn do_create(&self, caller: &Caller, parent: INodeNo, name: &OsStr) -> Result<(FileAttr, u64)> {
-        caller.require_admin(self.user_ns)?;
         let c = self.dir(parent)?;
+        self.require_full(&self.view(caller), c)?;
+        caller.require_admin(self.user_ns)?;
         let kind = self.creatable_kind(c, name)?;
         let pending = self.next_pending.fetch_add(1, Ordering::Relaxed);
         self.pending.lock().insert(pending, (c, kind));
@@ -654,6 +807,7 @@ impl NsProxyFs {
         let acc = flags.0 & libc::O_ACCMODE;
         let reading = acc == libc::O_RDONLY || acc == libc::O_RDWR;
         let writing = acc == libc::O_WRONLY || acc == libc::O_RDWR;
+        self.node_attr(&self.view(caller), node)?;
         if writing {
             caller.require_admin(self.user_ns)?;
         }
@@ -741,6 +895,10 @@ impl NsProxyFs {
         create: Option<(ContainerId, Kind)>,
         data: &[u8],
     ) -> Result<()> {
+        let view = self.view(caller);
+        if let Some((c, _)) = create {
+            self.require_full(&view, c)?;
+        }
         let (container, kind) = match (rebind, create) {
             (Some(ino), _) => (
                 Tree::ROOT,
@@ -753,8 +911,8 @@ impl NsProxyFs {
             (None, Some(ck)) => ck,
             (None, None) => return Err(Error::Invalid("file not open for writing".into())),
         };
-        let ns = self.namespace_from_write(caller, kind, data)?;
-        self.install(ns, container, rebind)
+        let ns = self.namespace_from_write(caller, &view, kind, data)?;
+        self.install(ns, &view, container, rebind)
     }
 
     fn write_tasks(
@@ -793,8 +951,13 @@ impl NsProxyFs {
                 .map_err(|_| Error::Invalid("incomplete namespace set".into()))?;
             Ok((local, set))
         });
+        // A confined caller moves processes of its subtree, within it.
         let set = set.and_then(|(local, set)| {
+            let view = self.view(caller);
+            self.require_full(&view, c)?;
+            let pin = self.require_process_in(&view, local)?;
             caller.require_ptrace(local, self.user_ns)?;
+            still_alive(pin.as_ref(), local)?;
             Ok((local, set))
         });
         let (local, set) = match set {
@@ -855,6 +1018,8 @@ impl NsProxyFs {
         let Some((container, kind)) = create else {
             return Ok(());
         };
+        let view = self.view(caller);
+        self.require_full(&view, container)?;
         caller.require_admin(self.user_ns)?;
         let ns = ns::fresh(kind, &self.mountpoint)?;
         log::info!(
@@ -862,7 +1027,7 @@ impl NsProxyFs {
             ns.describe(),
             self.state.read().tree.path(container)
         );
-        self.install(ns, container, None)
+        self.install(ns, &view, container, None)
     }
 
     fn do_release(&self, fh: u64) {
@@ -874,6 +1039,18 @@ impl NsProxyFs {
         {
             self.pending.lock().remove(&pending);
         }
+    }
+}
+
+/// Refuses if the task pinned by `pidfd` has exited: whatever was read
+/// about pid `pid` since the pidfd was opened may belong to a newer
+/// process that reused the number.
+fn still_alive(pidfd: Option<&OwnedFd>, pid: i32) -> Result<()> {
+    match pidfd {
+        Some(fd) if !ns::sys::pidfd_alive(fd.as_fd()) => {
+            Err(ns::NsError::NoSuchProcess(pid).into())
+        }
+        _ => Ok(()),
     }
 }
 
@@ -894,18 +1071,20 @@ fn quiet(e: &Error) -> Errno {
 }
 
 impl fuser::Filesystem for NsProxyFs {
-    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+    fn lookup(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        let view = self.view(&Caller::of(req));
         match self
-            .lookup_node(parent, name)
-            .and_then(|n| self.node_attr(n))
+            .lookup_node(&view, parent, name)
+            .and_then(|n| self.node_attr(&view, n))
         {
             Ok(attr) => reply.entry(&TTL, &attr, Generation(0)),
             Err(e) => reply.error(quiet(&e)),
         }
     }
 
-    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
-        match self.node_attr(Node::from_id(ino.0)) {
+    fn getattr(&self, req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        let view = self.view(&Caller::of(req));
+        match self.node_attr(&view, Node::from_id(ino.0)) {
             Ok(attr) => reply.attr(&TTL, &attr),
             Err(e) => reply.error(quiet(&e)),
         }
@@ -933,12 +1112,15 @@ impl fuser::Filesystem for NsProxyFs {
         // of an existing file) are accepted and change nothing; owners and
         // modes are fixed.
         let caller = Caller::of(req);
-        let result = if mode.is_some() || uid.is_some() || gid.is_some() {
+        let attr = self.node_attr(&self.view(&caller), Node::from_id(ino.0));
+        let result = if attr.is_err() {
+            attr
+        } else if mode.is_some() || uid.is_some() || gid.is_some() {
             Err(Error::Denied("owners and modes are fixed".into()))
         } else if size.is_some_and(|s| s != 0) {
             Err(Error::Invalid("only truncation to 0 is accepted".into()))
         } else {
-            self.node_attr(Node::from_id(ino.0))
+            attr
         };
         match result {
             Ok(attr) => reply.attr(&TTL, &attr),
@@ -1112,8 +1294,12 @@ impl fuser::Filesystem for NsProxyFs {
         reply.ok();
     }
 
-    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        match self.dir(ino).and_then(|c| self.node_attr(Node::Dir(c))) {
+    fn opendir(&self, req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        let view = self.view(&Caller::of(req));
+        match self
+            .dir(ino)
+            .and_then(|c| self.node_attr(&view, Node::Dir(c)))
+        {
             Ok(_) => reply.opened(FileHandle(0), FopenFlags::empty()),
             Err(e) => reply.error(quiet(&e)),
         }
@@ -1121,13 +1307,14 @@ impl fuser::Filesystem for NsProxyFs {
 
     fn readdir(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         _fh: FileHandle,
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        let entries = match self.dir(ino).and_then(|c| self.entries(c)) {
+        let view = self.view(&Caller::of(req));
+        let entries = match self.dir(ino).and_then(|c| self.entries(&view, c)) {
             Ok(entries) => entries,
             Err(e) => return reply.error(quiet(&e)),
         };

@@ -462,3 +462,157 @@ pub fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
 pub fn note(msg: &str) {
     let _ = writeln!(io::stderr(), "{msg}");
 }
+
+/// A shell started as `unshare ARGS -- sh -c SCRIPT`, talking through
+/// pipes: the test reads the lines it prints and sends lines it `read`s.
+/// With `--fork`, the shell is unshare's child; [`Unshared::inner`] is its
+/// pid as the test sees it. Killed and reaped on drop (scripts must not
+/// leave background jobs behind outside a pid namespace of their own).
+pub struct Unshared {
+    child: Child,
+    stdin: std::process::ChildStdin,
+    stdout: io::BufReader<std::process::ChildStdout>,
+    inner: i32,
+}
+
+impl Unshared {
+    pub fn start(args: &[&str], script: &str) -> Unshared {
+        let mut child = Command::new("unshare")
+            .args(args)
+            .args(["--", "sh", "-c", script])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start unshare");
+        let stdin = child.stdin.take().unwrap();
+        let stdout = io::BufReader::new(child.stdout.take().unwrap());
+        let pid = child.id() as i32;
+        let mut inner = pid;
+        if args.contains(&"--fork") {
+            let children = format!("/proc/{pid}/task/{pid}/children");
+            wait_for("unshare's child", || {
+                std::fs::read_to_string(&children)
+                    .ok()
+                    .and_then(|s| s.split_whitespace().next()?.parse().ok())
+                    .map(|p| inner = p)
+                    .is_some()
+            });
+        }
+        Unshared {
+            child,
+            stdin,
+            stdout,
+            inner,
+        }
+    }
+
+    /// The shell's pid in the test's pid namespace.
+    pub fn inner(&self) -> i32 {
+        self.inner
+    }
+
+    /// The next line the script prints, without its newline.
+    pub fn line(&mut self) -> String {
+        use std::io::BufRead;
+        let mut line = String::new();
+        let n = self.stdout.read_line(&mut line).expect("read the script");
+        assert!(n > 0, "the script ended early");
+        line.trim_end().to_owned()
+    }
+
+    /// Sends one line to the script's `read`.
+    pub fn send(&mut self, line: &str) {
+        writeln!(self.stdin, "{line}").expect("write to the script");
+        self.stdin.flush().expect("flush");
+    }
+
+    /// Waits for the script to end and returns whether it succeeded.
+    pub fn finish(mut self) -> bool {
+        let status = wait_bounded(&mut self.child, Duration::from_secs(20));
+        status.success()
+    }
+}
+
+impl Drop for Unshared {
+    fn drop(&mut self) {
+        if self.inner != self.child.id() as i32 {
+            // SAFETY: kill takes integers; the shell is this test's own.
+            unsafe { libc::kill(self.inner, libc::SIGKILL) };
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A Python program that runs file operations read from stdin, one per
+/// line (`OP ARG...`), and prints for each `OK [DATA]` or the errno's name.
+/// Used to see the tree as a given process sees it.
+pub const PROBE: &str = r#"
+import errno, os, sys
+def run(op, a):
+    if op == 'stat': os.stat(a[0]); return ''
+    if op == 'list': return ','.join(sorted(os.listdir(a[0])))
+    if op == 'read':
+        with open(a[0]) as f: return ','.join(f.read().split())
+    if op == 'write':
+        fd = os.open(a[0], os.O_WRONLY)
+        try: os.write(fd, a[1].encode())
+        finally: os.close(fd)
+        return ''
+    if op == 'bind':
+        fd = os.open(a[0], os.O_WRONLY | os.O_CREAT)
+        try: os.write(fd, a[1].encode())
+        finally: os.close(fd)
+        return ''
+    if op == 'touch': os.close(os.open(a[0], os.O_WRONLY | os.O_CREAT)); return ''
+    if op == 'mkdir': os.mkdir(a[0]); return ''
+    if op == 'rmdir': os.rmdir(a[0]); return ''
+    if op == 'link': os.link(a[0], a[1]); return ''
+    if op == 'unlink': os.unlink(a[0]); return ''
+    if op == 'rename': os.rename(a[0], a[1]); return ''
+    if op == 'readlink': os.readlink(a[0]); return ''
+    if op == 'utime': os.utime(a[0]); return ''
+    if op == 'chmod': os.chmod(a[0], 0o600); return ''
+    if op == 'pid': return str(os.getpid())
+    raise SystemExit('unknown op ' + op)
+for line in sys.stdin:
+    op, *args = line.split()
+    try: out = 'OK ' + run(op, args)
+    except OSError as e: out = errno.errorcode[e.errno]
+    print(out.strip(), flush=True)
+"#;
+
+/// Runs [`PROBE`] under `prefix` (for example `nsenter --uts=PIN --`) on
+/// `ops`, and returns one answer per op.
+pub fn probe(prefix: &[&str], ops: &[String]) -> Vec<String> {
+    let (program, args) = match prefix.split_first() {
+        Some((p, rest)) => (*p, rest.to_vec()),
+        None => ("python3", Vec::new()),
+    };
+    let mut cmd = Command::new(program);
+    cmd.args(args);
+    if !prefix.is_empty() {
+        cmd.arg("python3");
+    }
+    let mut child = cmd
+        .args(["-c", PROBE])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start the probe");
+    {
+        let mut stdin = child.stdin.take().unwrap();
+        for op in ops {
+            writeln!(stdin, "{op}").unwrap();
+        }
+    }
+    let status = wait_bounded(&mut child, Duration::from_secs(30));
+    let mut out = String::new();
+    io::Read::read_to_string(&mut child.stdout.take().unwrap(), &mut out).unwrap();
+    assert!(status.success(), "probe failed ({status}): {out}");
+    let answers: Vec<String> = out.lines().map(str::to_owned).collect();
+    assert_eq!(answers.len(), ops.len(), "one answer per op: {answers:?}");
+    answers
+}
