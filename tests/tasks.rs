@@ -83,8 +83,12 @@ fn example(name: &str) -> PathBuf {
 
 /// Starts the selfcheck target with `args` and waits for its `READY`.
 fn start_target(m: &Mount, args: &[&str]) -> (Child, i32, BufReader<ChildStdout>) {
+    // Without restartable sequences: the kernel writes a thread's current
+    // cpu into its rseq area whenever it runs, which would hide whether a
+    // move left the target's memory exactly as it was.
     let mut target = Command::new(example("selfcheck_target"))
         .args(args)
+        .env("GLIBC_TUNABLES", "glibc.pthread.rseq=0")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()
@@ -592,6 +596,35 @@ fn threads_created_during_the_move_move_too() {
     assert!(wait_bounded(&mut target, std::time::Duration::from_secs(30)).success());
 }
 
+/// A digest of every readable mapping of `pid` (from its `maps` text),
+/// read through `/proc/PID/mem`; the kernel's own pages are skipped.
+fn memory_digest(pid: i32, maps: &str) -> Vec<(String, u64)> {
+    use std::hash::{DefaultHasher, Hasher};
+    use std::io::{Read, Seek, SeekFrom};
+    let mut mem = std::fs::File::open(format!("/proc/{pid}/mem")).unwrap();
+    let mut out = Vec::new();
+    for line in maps.lines() {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let name = fields.get(5).copied().unwrap_or("");
+        if !fields[1].starts_with('r') || ["[vvar]", "[vvar_vclock]", "[vsyscall]"].contains(&name)
+        {
+            continue;
+        }
+        let (start, end) = fields[0].split_once('-').unwrap();
+        let start = u64::from_str_radix(start, 16).unwrap();
+        let end = u64::from_str_radix(end, 16).unwrap();
+        let mut buf = vec![0u8; (end - start) as usize];
+        mem.seek(SeekFrom::Start(start)).unwrap();
+        let mut hasher = DefaultHasher::new();
+        match mem.read_exact(&mut buf) {
+            Ok(()) => hasher.write(&buf),
+            Err(e) => hasher.write(e.to_string().as_bytes()),
+        }
+        out.push((fields[0].to_owned(), hasher.finish()));
+    }
+    out
+}
+
 #[test]
 fn nothing_of_the_daemon_stays_in_a_moved_process() {
     let Some(m) = Mount::new("no-trace") else {
@@ -612,6 +645,7 @@ fn nothing_of_the_daemon_stays_in_a_moved_process() {
             .collect();
         fds.sort();
         let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap();
+        let memory = memory_digest(pid, &maps);
         let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
         let masks: Vec<String> = status
             .lines()
@@ -619,9 +653,25 @@ fn nothing_of_the_daemon_stays_in_a_moved_process() {
             .filter(|l| (l.starts_with("Sig") && !l.starts_with("SigQ")) || l.starts_with("ShdPnd"))
             .map(str::to_owned)
             .collect();
-        (fds, maps, masks)
+        (fds, maps, masks, memory)
     };
-    let before = look();
+    // Wait until every thread is asleep in a system call and the memory
+    // stands still, so that any difference afterwards is the move's.
+    let mut before = look();
+    wait_for("the target to settle", || {
+        let asleep = std::fs::read_dir(format!("/proc/{pid}/task"))
+            .unwrap()
+            .flatten()
+            .all(|t| {
+                std::fs::read_to_string(t.path().join("syscall"))
+                    .is_ok_and(|s| !s.starts_with("running"))
+            });
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        let again = look();
+        let settled = asleep && again == before;
+        before = again;
+        settled
+    });
     // A thread id names its whole process.
     let tid = std::fs::read_dir(format!("/proc/{pid}/task"))
         .unwrap()
@@ -635,6 +685,9 @@ fn nothing_of_the_daemon_stays_in_a_moved_process() {
     assert_eq!(before.0, after.0, "descriptors");
     assert_eq!(before.1, after.1, "memory mappings");
     assert_eq!(before.2, after.2, "signal masks and dispositions");
+    // Every thread was asleep in a system call across the move, so not
+    // one byte of its memory may differ.
+    assert_eq!(before.3, after.3, "memory contents");
     // A thread of the daemon names the daemon.
     let daemon = m.daemon_pid();
     let daemon_tid = std::fs::read_dir(format!("/proc/{daemon}/task"))
