@@ -404,3 +404,23 @@ fn requests_from_callers_the_daemon_cannot_see_change_nothing() {
         std::fs::read_to_string(&log).unwrap_or_default()
     );
 }
+
+#[test]
+fn a_create_closed_by_a_process_in_execve_completes() {
+    let Some(m) = Mount::new("view-exec-flush") else {
+        return;
+    };
+    std::fs::create_dir(m.path("c")).unwrap();
+    // The created file is close-on-exec: the child's execve() closes it,
+    // and the kernel sends the flush from inside that execve. Reading the
+    // child's namespaces then would wait for the exec, which waits for the
+    // flush.
+    m.step.set("exec with a created kind file open");
+    let file = std::fs::File::create(m.path("c/net")).unwrap();
+    let mut child = Command::new("true").spawn().unwrap();
+    m.watch_pid(child.id() as i32);
+    let status = wait_bounded(&mut child, std::time::Duration::from_secs(20));
+    assert!(status.success(), "{status}");
+    drop(file);
+    assert_ne!(m.read("c/net"), m.read("net"), "a fresh net is bound");
+}
