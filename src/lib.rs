@@ -16,10 +16,13 @@
 //!   namespaces through injected `setns(pidfd)`, all or nothing.
 //! * [`moving`]: the daemon's mover: which kinds change, holders per set.
 //! * [`daemon`]: checks, mount, background, signals.
+//! * [`exec`]: `nsproxyfs exec`, a new command in a container's set.
 //!
-//! The binary `nsproxyfs` is a thin command line over [`daemon::run`].
+//! The binary `nsproxyfs` is a thin command line over [`daemon::run`] and
+//! [`exec::run`].
 
 pub mod daemon;
+pub mod exec;
 pub mod fs;
 pub mod inject;
 pub mod mover;
