@@ -291,7 +291,10 @@ fn serve(
     let mut config = Config::default();
     config.mount_options = vec![
         MountOption::FSName("nsproxyfs".into()),
-        MountOption::Subtype("nsproxyfs".into()),
+        // The kernel takes the subtype as a mount option, so the mount
+        // table shows the type fuse.nsproxyfs (fuser only passes
+        // Subtype to fusermount).
+        MountOption::CUSTOM("subtype=nsproxyfs".into()),
         MountOption::NoSuid,
         MountOption::NoDev,
         MountOption::NoExec,
