@@ -341,6 +341,8 @@ fn serve(
     if report.is_some() {
         tell(&mut report, "ok");
         detach_stdio();
+    } else if let Err(e) = crate::notify::notify("READY=1") {
+        log::warn!("cannot tell the service manager that the mount is ready: {e}");
     }
     let mut sig = 0;
     loop {
@@ -348,6 +350,9 @@ fn serve(
         if unsafe { libc::sigwait(&sigset, &mut sig) } == 0 {
             break;
         }
+    }
+    if settings.foreground {
+        let _ = crate::notify::notify("STOPPING=1");
     }
     if sig == libc::SIGUSR1 {
         log::info!("unmounted; exiting");
