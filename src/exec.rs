@@ -3,10 +3,10 @@
 //! another user namespace, a command that must be born in a pid namespace).
 //!
 //! The set comes from the container's `status` file: one namespace and one
-//! openable pin per kind. Every pin is opened and checked against the inode
-//! `status` named, `status` is read again to be sure the set did not change
-//! meanwhile, and only then does this process join: the kinds it is not in
-//! already, in [`JOIN_ORDER`], the user namespace after the others (a
+//! openable pin per kind. The pin of each namespace this process is not in
+//! yet is opened and checked against the inode `status` named, `status` is
+//! read again to be sure the set did not change meanwhile, and only then
+//! does this process join those kinds, in [`JOIN_ORDER`], the user namespace after the others (a
 //! privileged caller keeps its capabilities over the namespaces owned by its
 //! own user namespace until the end) and any kind refused before it once
 //! more after it (a caller that gains its rights only inside the container's
@@ -305,12 +305,30 @@ fn read_status(container: &Path) -> Result<Vec<StatusLine>, ExecError> {
     })
 }
 
-/// Opens every pin of `lines` and checks that each is the namespace
-/// `status` named.
-fn open_set(lines: &[StatusLine]) -> Result<Vec<Namespace>, ExecError> {
+/// The container's set as `status` named it, with an open handle on each
+/// namespace this process is not in yet (indexed by kind).
+#[derive(Debug)]
+struct Set {
+    lines: Vec<StatusLine>,
+    join: Vec<Option<Namespace>>,
+}
+
+impl Set {
+    fn expected(&self, kind: Kind) -> u64 {
+        self.lines[kind.index()].ino
+    }
+}
+
+/// Opens the pin of each line whose namespace this process is not in, and
+/// checks that it is the namespace `status` named. Kinds it is in already
+/// need no pin.
+fn open_set(lines: &[StatusLine]) -> Result<Vec<Option<Namespace>>, ExecError> {
     lines
         .iter()
         .map(|line| {
+            if own_ino(line.kind)? == line.ino {
+                return Ok(None);
+            }
             let pin = line.pin.clone().ok_or(ExecError::NoPin(line.kind))?;
             let pin_err = |source| ExecError::Pin {
                 kind: line.kind,
@@ -332,20 +350,20 @@ fn open_set(lines: &[StatusLine]) -> Result<Vec<Namespace>, ExecError> {
                     expected: line.ino,
                 });
             }
-            Ok(ns)
+            Ok(Some(ns))
         })
         .collect()
 }
 
 /// Reads the container's set and opens it, until two reads of `status`
 /// around the opening agree.
-fn settle(container: &Path) -> Result<Vec<Namespace>, ExecError> {
+fn settle(container: &Path) -> Result<Set, ExecError> {
     let mut lines = read_status(container)?;
     for _ in 0..ATTEMPTS {
-        let targets = open_set(&lines);
+        let join = open_set(&lines);
         let again = read_status(container)?;
         if again == lines {
-            return targets;
+            return Ok(Set { lines, join: join? });
         }
         lines = again;
     }
@@ -391,13 +409,14 @@ fn join_all(todo: &[Kind], joiner: &mut impl Joiner) -> Result<(), (Kind, Errno)
 
 /// The real joiner: setns() on the opened pins.
 struct Kernel<'a> {
-    targets: &'a [Namespace],
+    set: &'a Set,
 }
 
 impl Joiner for Kernel<'_> {
     fn join(&mut self, kind: Kind) -> Result<(), Errno> {
-        let target = &self.targets[kind.index()];
-        nix::sched::setns(target.fd(), CloneFlags::from_bits_retain(kind.clone_flag()))
+        // Only kinds with an open namespace are ever asked for.
+        let ns = self.set.join[kind.index()].as_ref().ok_or(Errno::EBADF)?;
+        nix::sched::setns(ns.fd(), CloneFlags::from_bits_retain(kind.clone_flag()))
     }
 }
 
@@ -427,20 +446,16 @@ fn join_hint(kind: Kind, errno: Errno) -> &'static str {
     }
 }
 
-/// Moves this process into the set of `targets` (indexed by kind) and
-/// checks that it arrived.
-fn enter(targets: &[Namespace]) -> Result<(), ExecError> {
-    let mut todo = Vec::new();
-    for kind in Kind::ALL {
-        if own_ino(kind)? != targets[kind.index()].ino() {
-            todo.push(kind);
-        }
-    }
+/// Moves this process into `set` and checks that it arrived.
+fn enter(set: &Set) -> Result<(), ExecError> {
+    let todo: Vec<Kind> = Kind::ALL
+        .into_iter()
+        .filter(|k| set.join[k.index()].is_some())
+        .collect();
     let cwd = std::env::current_dir().ok();
-    let mut kernel = Kernel { targets };
-    join_all(&todo, &mut kernel).map_err(|(kind, errno)| ExecError::Join {
+    join_all(&todo, &mut Kernel { set }).map_err(|(kind, errno)| ExecError::Join {
         kind,
-        ino: targets[kind.index()].ino(),
+        ino: set.expected(kind),
         errno,
         hint: join_hint(kind, errno),
     })?;
@@ -457,7 +472,7 @@ fn enter(targets: &[Namespace]) -> Result<(), ExecError> {
     }
     for kind in Kind::ALL {
         let found = own_ino(kind)?;
-        let expected = targets[kind.index()].ino();
+        let expected = set.expected(kind);
         if found != expected {
             return Err(ExecError::Wrong {
                 kind,
@@ -560,16 +575,17 @@ pub fn run(container: &Path, command: &[OsString]) -> Result<u8, ExecError> {
             source: io::Error::from_raw_os_error(libc::EINVAL),
         });
     };
-    let targets = settle(container)?;
-    enter(&targets)?;
+    let set = settle(container)?;
+    enter(&set)?;
     let signals = signals()?;
     let spawned = unmasked_command(program, args).spawn();
     let child = match spawned {
         Ok(c) => c,
         Err(e) if e.raw_os_error() == Some(libc::ENOMEM) => {
-            return Err(ExecError::DeadPidNamespace(
-                targets[Kind::Pid.index()].describe(),
-            ));
+            return Err(ExecError::DeadPidNamespace(format!(
+                "pid:[{}]",
+                set.expected(Kind::Pid)
+            )));
         }
         Err(source) => {
             return Err(ExecError::Spawn {

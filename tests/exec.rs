@@ -112,7 +112,7 @@ fn exec_runs_in_every_namespace_the_container_status_names() {
         "for e in {}; do readlink /proc/self/ns/$e; done; echo $$; hostname; id -u; pwd; ip -o link | wc -l",
         ENTRIES.map(|(e, _)| e).join(" ")
     );
-    for container in ["c", "c/d", "all"] {
+    for container in ["", "c", "c/d", "all"] {
         m.step.set(&format!("exec in {container}"));
         let mut cmd = exec(&m, container, &script);
         cmd.current_dir(m.scratch(""));
@@ -134,10 +134,9 @@ fn exec_runs_in_every_namespace_the_container_status_names() {
             pid > 1,
             "{container}: not PID 1 of its fresh pid namespace: {pid}"
         );
-        let want_host = if container == "all" {
-            host.trim()
-        } else {
-            "node1"
+        let want_host = match container {
+            "" | "all" => host.trim(),
+            _ => "node1",
         };
         assert_eq!(rest[1], want_host, "{container}: hostname");
         assert_eq!(rest[2], "0", "{container}: root in the user namespace");
@@ -146,10 +145,12 @@ fn exec_runs_in_every_namespace_the_container_status_names() {
             m.scratch("").as_path(),
             "{container}: the working directory is kept"
         );
-        assert_eq!(
-            rest[4], "1",
-            "{container}: a fresh net namespace has only lo"
-        );
+        if !container.is_empty() {
+            assert_eq!(
+                rest[4], "1",
+                "{container}: a fresh net namespace has only lo"
+            );
+        }
     }
     assert_eq!(sh_ok("hostname"), host, "the host's name is untouched");
 }
@@ -309,6 +310,29 @@ fn refusals_are_one_clear_line_with_status_125() {
         assert!(err.starts_with("nsproxyfs: exec: "), "{err}");
         assert!(err.contains(want), "{err:?} should say {want:?}");
     }
+    // A caller without CAP_SYS_ADMIN is told why.
+    std::fs::create_dir(m.path("c")).unwrap();
+    std::fs::File::create(m.path("c/uts")).unwrap();
+    let mut cmd = Command::new("setpriv");
+    cmd.args([
+        "--reuid",
+        "65534",
+        "--regid",
+        "65534",
+        "--clear-groups",
+        BIN,
+    ])
+    .arg("exec")
+    .arg(m.path("c"))
+    .args(["--", "true"])
+    .stdin(Stdio::null());
+    let out = output(&m, cmd);
+    let err = text(&out.stderr);
+    assert_eq!(code(out.status), 125, "{err}");
+    assert!(
+        err.contains("uts namespace") && err.contains("CAP_SYS_ADMIN"),
+        "{err}"
+    );
     // Without a command, clap refuses with its usage (status 2).
     let out = output(&m, {
         let mut cmd = Command::new(BIN);
