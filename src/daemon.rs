@@ -291,7 +291,10 @@ fn serve(
     let mut config = Config::default();
     config.mount_options = vec![
         MountOption::FSName("nsproxyfs".into()),
-        MountOption::Subtype("nsproxyfs".into()),
+        // The kernel takes the subtype as a mount option, so the mount
+        // table shows the type fuse.nsproxyfs (fuser only passes
+        // Subtype to fusermount).
+        MountOption::CUSTOM("subtype=nsproxyfs".into()),
         MountOption::NoSuid,
         MountOption::NoDev,
         MountOption::NoExec,
@@ -338,6 +341,8 @@ fn serve(
     if report.is_some() {
         tell(&mut report, "ok");
         detach_stdio();
+    } else if let Err(e) = crate::notify::notify("READY=1") {
+        log::warn!("cannot tell the service manager that the mount is ready: {e}");
     }
     let mut sig = 0;
     loop {
@@ -345,6 +350,9 @@ fn serve(
         if unsafe { libc::sigwait(&sigset, &mut sig) } == 0 {
             break;
         }
+    }
+    if settings.foreground {
+        let _ = crate::notify::notify("STOPPING=1");
     }
     if sig == libc::SIGUSR1 {
         log::info!("unmounted; exiting");

@@ -16,14 +16,19 @@
 //!   namespaces through injected `setns(pidfd)`, all or nothing.
 //! * [`moving`]: the daemon's mover: which kinds change, holders per set.
 //! * [`daemon`]: checks, mount, background, signals.
+//! * [`exec`]: `nsproxyfs exec`, a new command in a container's set.
+//! * [`notify`]: readiness for systemd (`Type=notify`).
 //!
-//! The binary `nsproxyfs` is a thin command line over [`daemon::run`].
+//! The binary `nsproxyfs` is a thin command line over [`daemon::run`] and
+//! [`exec::run`].
 
 pub mod daemon;
+pub mod exec;
 pub mod fs;
 pub mod inject;
 pub mod mover;
 pub mod moving;
+pub mod notify;
 pub mod ns;
 pub mod procfs;
 pub mod tree;

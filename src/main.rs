@@ -1,20 +1,44 @@
 //! The `nsproxyfs` command.
 
+use std::ffi::OsString;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::{Args, Parser, Subcommand};
 
 use nsproxyfs::daemon::{self, Settings};
 
 /// Linux namespaces as a filesystem: one directory per container, one file
 /// per namespace kind, `ln` to compose, and a `tasks` file that moves
 /// running processes.
+///
+/// `nsproxyfs MOUNTPOINT` mounts the tree; `nsproxyfs exec CONTAINER -- CMD`
+/// runs a command in a container's namespaces.
 #[derive(Debug, Parser)]
-#[command(version, about, long_about = None, after_help = AFTER_HELP)]
+#[command(
+    version,
+    about,
+    long_about = None,
+    after_help = AFTER_HELP,
+    args_conflicts_with_subcommands = true,
+    subcommand_negates_reqs = true,
+    disable_help_subcommand = true
+)]
 struct Cli {
-    /// Directory to mount on (usually /container_ns).
-    mountpoint: PathBuf,
+    #[command(subcommand)]
+    command: Option<Command>,
+
+    #[command(flatten)]
+    mount: MountArgs,
+}
+
+/// Mounting (the default when no subcommand is given).
+#[derive(Debug, Args)]
+struct MountArgs {
+    /// Directory to mount on (usually /container_ns). A directory named
+    /// `exec` must be written as `./exec`.
+    #[arg(required = true)]
+    mountpoint: Option<PathBuf>,
 
     /// Stay in the foreground and log to stderr (for systemd and tests).
     #[arg(short, long)]
@@ -29,11 +53,38 @@ struct Cli {
     verbose: u8,
 }
 
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run a new command in a container's namespaces, all eight kinds.
+    ///
+    /// The command is started as a child in the container's effective set
+    /// (as its `status` file lists it) and `nsproxyfs exec` exits with its
+    /// status, 128+N if signal N killed it; HUP, INT, QUIT, TERM, USR1,
+    /// USR2 and WINCH are passed on to it. 125: exec itself failed, 126:
+    /// the command cannot run, 127: it was not found.
+    Exec(ExecArgs),
+}
+
+#[derive(Debug, Args)]
+struct ExecArgs {
+    /// A container directory of a mounted nsproxyfs (/container_ns/web).
+    container: PathBuf,
+
+    /// The command and its arguments (after `--` when it starts with `-`).
+    #[arg(
+        value_name = "COMMAND",
+        required = true,
+        trailing_var_arg = true,
+        allow_hyphen_values = true
+    )]
+    command: Vec<OsString>,
+}
+
 const AFTER_HELP: &str = "\
 Without --foreground the command returns once the mount answers, and the
 daemon goes on in the background, logging to syslog. `umount MOUNTPOINT`,
-SIGTERM or SIGINT end it with exit status 0. The tree is described in
-docs/tree.md and in the README.";
+SIGTERM or SIGINT end it with exit status 0. See nsproxyfs(8) for the tree,
+exec, and mount(8) and fstab use.";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().collect();
@@ -41,15 +92,36 @@ fn main() -> ExitCode {
         return ExitCode::from(nsproxyfs::moving::injector_main(&args[2..]) as u8);
     }
     let cli = Cli::parse();
-    let level = match cli.verbose {
+    match cli.command {
+        Some(Command::Exec(exec)) => run_exec(exec),
+        None => run_mount(cli.mount),
+    }
+}
+
+fn run_exec(args: ExecArgs) -> ExitCode {
+    match nsproxyfs::exec::run(&args.container, &args.command) {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            eprintln!("nsproxyfs: exec: {e}");
+            ExitCode::from(e.exit_code())
+        }
+    }
+}
+
+fn run_mount(args: MountArgs) -> ExitCode {
+    let level = match args.verbose {
         0 => log::LevelFilter::Warn,
         1 => log::LevelFilter::Info,
         _ => log::LevelFilter::Debug,
     };
+    let Some(mountpoint) = args.mountpoint else {
+        eprintln!("nsproxyfs: no mount point given");
+        return ExitCode::FAILURE;
+    };
     let settings = Settings {
-        mountpoint: cli.mountpoint,
-        state_dir: cli.state_dir,
-        foreground: cli.foreground,
+        mountpoint,
+        state_dir: args.state_dir,
+        foreground: args.foreground,
         level,
     };
     let mover = match nsproxyfs::mover() {
