@@ -186,6 +186,9 @@ impl Watchdog {
                                 lock(&w.step)
                             );
                             for &pid in lock(&w.pids).iter() {
+                                describe_stuck(pid, 0);
+                            }
+                            for &pid in lock(&w.pids).iter() {
                                 // SAFETY: kill takes integers; these are our
                                 // own children, unregistered before reaping.
                                 unsafe { libc::kill(pid, libc::SIGKILL) };
@@ -218,6 +221,54 @@ impl Drop for Watchdog {
         watched().done.store(true, Ordering::SeqCst);
         if let Some(t) = self.thread.take() {
             let _ = t.join();
+        }
+    }
+}
+
+/// Prints where each thread of `pid` and of its children waits (state,
+/// wait channel, kernel stack where readable), to tell what a hang was.
+fn describe_stuck(pid: i32, depth: usize) {
+    let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+    eprintln!(
+        "{:indent$}process {pid} {}",
+        "",
+        comm.trim(),
+        indent = depth * 2
+    );
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return;
+    };
+    let mut children = Vec::new();
+    for task in tasks.flatten() {
+        let dir = task.path();
+        let read = |f: &str| std::fs::read_to_string(dir.join(f)).unwrap_or_default();
+        let stat = read("stat");
+        let state = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .unwrap_or("?");
+        let stack: Vec<String> = read("stack")
+            .lines()
+            .take(6)
+            .map(|l| l.split_whitespace().nth(1).unwrap_or(l).to_owned())
+            .collect();
+        eprintln!(
+            "{:indent$}  thread {} state {state} wchan {} stack {}",
+            "",
+            task.file_name().to_string_lossy(),
+            read("wchan"),
+            stack.join(" < "),
+            indent = depth * 2
+        );
+        children.extend(
+            read("children")
+                .split_whitespace()
+                .filter_map(|c| c.parse::<i32>().ok()),
+        );
+    }
+    if depth < 2 {
+        for child in children {
+            describe_stuck(child, depth + 1);
         }
     }
 }

@@ -537,7 +537,56 @@ fn scan_proc() -> io::Result<usize> {
     Ok(seen)
 }
 
+/// A process whose /proc entries cannot be read now (one stuck in the
+/// kernel holding its own locks, as a process blocked in execve does) makes
+/// every scan of /proc wait: nsproxyfs's `tasks`, lsns and ps alike. Scans
+/// once in a thread of its own and names such a process if the scan does not
+/// finish within 10 s; the thread is then left blocked until the benchmark
+/// exits.
+fn proc_blocker() -> Option<String> {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicI32, Ordering};
+    let current = Arc::new(AtomicI32::new(0));
+    let (tx, rx) = std::sync::mpsc::channel();
+    let seen = Arc::clone(&current);
+    std::thread::Builder::new()
+        .name("proc-scan".into())
+        .spawn(move || {
+            for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+                let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+                    continue;
+                };
+                seen.store(pid, Ordering::SeqCst);
+                let _ = std::fs::read(format!("/proc/{pid}/stat"));
+                for ns in NS_ENTRIES {
+                    let _ = std::fs::read_link(format!("/proc/{pid}/ns/{ns}"));
+                }
+            }
+            let _ = tx.send(());
+        })
+        .ok()?;
+    match rx.recv_timeout(Duration::from_secs(10)) {
+        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+            let pid = current.load(Ordering::SeqCst);
+            let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+            Some(format!(
+                "process {pid} ({}) blocks reads of its /proc entries",
+                comm.trim()
+            ))
+        }
+        _ => None,
+    }
+}
+
 fn tasks_reads(s: &Settings, fs: &Daemon, r: &mut Report) {
+    if let Some(why) = proc_blocker() {
+        say(&format!("tasks rows left out: {why}"));
+        r.notes.push(format!(
+            "The `tasks` rows were not measured: {why}, and every scan of /proc \
+             (nsproxyfs's `tasks`, lsns, ps) waits for it."
+        ));
+        return;
+    }
     let lsns = have("lsns");
     for &n in s.tasks_sizes {
         say(&format!("reading tasks with {n} sleeping processes"));
