@@ -506,9 +506,9 @@ const NS_ENTRIES: [&str; 8] = [
     "uts",
 ];
 
-/// Readlinks the eight namespace links of every process in /proc; returns
-/// how many processes answered.
-fn scan_proc() -> io::Result<usize> {
+/// Readlinks the namespace links `entries` of every process in /proc;
+/// returns how many processes answered.
+fn scan_proc(entries: &[&str]) -> io::Result<usize> {
     let mut seen = 0;
     let mut path = Vec::with_capacity(64);
     let mut buf = [0u8; 64];
@@ -519,7 +519,7 @@ fn scan_proc() -> io::Result<usize> {
             continue;
         }
         let mut all = true;
-        for ns in NS_ENTRIES {
+        for ns in entries {
             path.clear();
             path.extend_from_slice(b"/proc/");
             path.extend_from_slice(name);
@@ -601,12 +601,22 @@ fn tasks_reads(s: &Settings, fs: &Daemon, r: &mut Report) {
             members >= n,
             "root tasks lists {members} pids, fewer than {n} sleepers"
         );
+        let in_a = fs.path("A/tasks");
+        let listed_in_a = std::fs::read_to_string(&in_a)
+            .expect("read A/tasks")
+            .lines()
+            .count();
         let mut buf = vec![0u8; 1 << 16];
+        let mut buf_a = vec![0u8; 1 << 16];
         let mut ops = vec![
             Op::new("read root tasks", move || {
                 timed(|| read_through(&tasks, &mut buf))
             }),
-            Op::new("scan /proc", || timed(scan_proc)),
+            Op::new("read A/tasks", move || {
+                timed(|| read_through(&in_a, &mut buf_a))
+            }),
+            Op::new("scan /proc, 8 links", || timed(|| scan_proc(&NS_ENTRIES))),
+            Op::new("scan /proc, 1 link", || timed(|| scan_proc(&["uts"]))),
         ];
         // lsns gives up with status 1 when a process vanishes during its
         // scan (other work on the machine): such runs count, as a user
@@ -628,7 +638,8 @@ fn tasks_reads(s: &Settings, fs: &Daemon, r: &mut Report) {
             }));
         }
         let mut got = measure(s.tasks, ops).into_iter();
-        let (ours, scan) = (got.next().unwrap(), got.next().unwrap());
+        let mut next = || got.next().unwrap();
+        let (ours, ours_a, scan, scan_one) = (next(), next(), next(), next());
         let lsns_stats = lsns.clone().map(|()| got.next().unwrap());
         if lsns_failed.get() > 0 {
             r.notes.push(format!(
@@ -653,6 +664,19 @@ fn tasks_reads(s: &Settings, fs: &Daemon, r: &mut Report) {
                 ),
             ],
             goal: if n >= 10_000 { "≤ 60,000" } else { "" },
+        });
+        r.rows.push(Row {
+            name: format!(
+                "read `A/tasks`, {} processes ({} listed)",
+                stats::thousands(total as u64),
+                stats::thousands(listed_in_a as u64)
+            ),
+            ours: ours_a,
+            alts: vec![(
+                "Rust scan: readlink the uts link of every /proc pid".into(),
+                Ok(scan_one),
+            )],
+            goal: "",
         });
         drop(sleepers);
     }
