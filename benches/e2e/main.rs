@@ -537,9 +537,9 @@ fn scan_proc(entries: &[&str]) -> io::Result<usize> {
     Ok(seen)
 }
 
-/// A process whose /proc entries cannot be read now (one stuck in the
-/// kernel holding its own locks, as a process blocked in execve does) makes
-/// every scan of /proc wait: nsproxyfs's `tasks`, lsns and ps alike. Scans
+/// A process whose /proc entries cannot be read now (seen: one in
+/// uninterruptible sleep while traced by strace) makes every scan of /proc
+/// wait: nsproxyfs's `tasks`, lsns and ps alike. Scans
 /// once in a thread of its own and names such a process if the scan does not
 /// finish within 10 s; the thread is then left blocked until the benchmark
 /// exits.
