@@ -15,6 +15,8 @@
 //! * [`mover`]: one move: every thread of a process joins a holder's
 //!   namespaces through injected `setns(pidfd)`, all or nothing.
 //! * [`moving`]: the daemon's mover: which kinds change, holders per set.
+//! * [`injector`]: the long-lived helper processes that run the moves, so
+//!   that the daemon's death never cuts an injection short.
 //! * [`daemon`]: checks, mount, background, signals.
 //!
 //! The binary `nsproxyfs` is a thin command line over [`daemon::run`].
@@ -22,6 +24,7 @@
 pub mod daemon;
 pub mod fs;
 pub mod inject;
+pub mod injector;
 pub mod mover;
 pub mod moving;
 pub mod ns;

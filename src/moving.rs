@@ -1,7 +1,7 @@
 //! The daemon's process mover: decides which kinds change, finds or starts
 //! the holder of the target set, and hands the move to [`crate::mover`],
-//! run in a separate injector process so that the daemon's death never cuts
-//! an injection short (see [`INJECTOR_ARG`]).
+//! run in one of its injector processes so that the daemon's death never
+//! cuts an injection short (see [`crate::injector`]).
 //!
 //! Holders are cached per effective set (the eight inodes) and dropped as
 //! soon as one of their namespaces loses its last binding, so a holder never
@@ -12,10 +12,10 @@ use std::fs::File;
 use std::os::fd::AsFd;
 use std::sync::Arc;
 
-use nix::sched::CloneFlags;
 use parking_lot::Mutex;
 
 use crate::fs::{Error, Mover, Result};
+use crate::injector::Injectors;
 use crate::mover::{self, ProcessHandle};
 use crate::ns::{Holder, Kind, Namespace, sys};
 use crate::procfs;
@@ -25,6 +25,7 @@ use crate::procfs;
 pub struct PtraceMover {
     own: [u64; 8],
     holders: Mutex<HashMap<[u64; 8], Arc<Holder>>>,
+    injectors: Injectors,
 }
 
 impl PtraceMover {
@@ -42,6 +43,7 @@ impl PtraceMover {
         Ok(PtraceMover {
             own,
             holders: Mutex::new(HashMap::new()),
+            injectors: Injectors::new(),
         })
     }
 
@@ -106,147 +108,10 @@ impl PtraceMover {
                  namespaces (only ancestors of a pid namespace see into it)"
             ))
         })?;
-        let threads = run_injector(&target, seen, flags, writer)?;
+        let threads = self.injectors.run(&target, seen, flags, writer)?;
         log::info!("moved process {pid} ({threads} threads)");
         Ok(())
     }
-}
-
-/// The first argument that makes `nsproxyfs` an injector (see
-/// [`injector_main`]); not meant for people.
-pub const INJECTOR_ARG: &str = "--internal-move";
-
-/// Runs one move in a separate process, `nsproxyfs --internal-move`, so that
-/// nothing that happens to the daemon, SIGKILL included, can interrupt an
-/// injection half way: the injector finishes its move (all or nothing),
-/// reports, and exits. The target's pidfd is handed over as descriptor 3,
-/// so the process moved is the one pinned here.
-fn run_injector(
-    target: &ProcessHandle,
-    holder: i32,
-    flags: libc::c_int,
-    writer: Option<mover::Writer<'_>>,
-) -> Result<usize> {
-    use std::io::BufRead;
-    use std::os::fd::AsRawFd;
-    use std::os::unix::process::CommandExt;
-
-    // /proc/self/exe is the daemon's own binary, even if replaced on disk.
-    let exe = "/proc/self/exe";
-    let pidfd = target.pidfd().as_raw_fd();
-    let writer_tid = writer.as_ref().map_or(0, |w| w.tid.as_raw());
-    let mut cmd = std::process::Command::new(exe);
-    cmd.arg(INJECTOR_ARG)
-        .arg(holder.to_string())
-        .arg(flags.to_string())
-        .arg(writer_tid.to_string())
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::piped());
-    // SAFETY: the closure runs in the child between fork and exec and only
-    // calls dup2, which is async-signal-safe; descriptor 3 becomes a copy
-    // of the pidfd without close-on-exec.
-    unsafe {
-        cmd.pre_exec(move || {
-            if libc::dup2(pidfd, 3) < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-    let mut child = cmd.spawn().map_err(|source| Error::Sys {
-        what: "start the injector",
-        source,
-    })?;
-    let mut lines = std::io::BufReader::new(child.stdout.take().ok_or_else(|| Error::Sys {
-        what: "read the injector",
-        source: std::io::Error::from_raw_os_error(libc::EIO),
-    })?)
-    .lines();
-    let mut writer = writer;
-    let outcome = loop {
-        match lines.next() {
-            Some(Ok(line)) if line == "seized" => {
-                if let Some(w) = writer.as_mut() {
-                    (w.answer)();
-                }
-            }
-            Some(Ok(line)) => break parse_outcome(&line),
-            Some(Err(source)) => {
-                break Err(Error::Sys {
-                    what: "read the injector",
-                    source,
-                });
-            }
-            None => {
-                break Err(Error::Sys {
-                    what: "the injector ended without an answer",
-                    source: std::io::Error::from_raw_os_error(libc::EIO),
-                });
-            }
-        }
-    };
-    let _ = child.wait();
-    outcome
-}
-
-/// Reads the injector's last line: `ok THREADS` or `err ERRNO REASON`.
-fn parse_outcome(line: &str) -> Result<usize> {
-    let mut words = line.splitn(3, ' ');
-    match (words.next(), words.next(), words.next()) {
-        (Some("ok"), Some(n), None) => n.parse().map_err(|_| bad_outcome(line)),
-        (Some("err"), Some(errno), reason) => {
-            let errno = errno.parse().map_err(|_| bad_outcome(line))?;
-            Err(Error::Refused {
-                errno,
-                reason: reason.unwrap_or("").to_owned(),
-            })
-        }
-        _ => Err(bad_outcome(line)),
-    }
-}
-
-fn bad_outcome(line: &str) -> Error {
-    Error::Sys {
-        what: "understand the injector",
-        source: std::io::Error::other(format!("unexpected line {line:?}")),
-    }
-}
-
-/// The injector: moves the process whose pidfd is descriptor 3 into the
-/// namespaces of `holder` (a pid in the target's pid namespace), the kinds
-/// in `flags`; `writer`, if not 0, is the target's thread blocked in the
-/// write that asked for the move. Prints `seized` when the daemon may
-/// answer that write, then `ok THREADS` or `err ERRNO REASON`.
-pub fn injector_main(args: &[String]) -> i32 {
-    use std::io::Write;
-    use std::os::fd::FromRawFd;
-
-    let parse = |i: usize| args.get(i).and_then(|a| a.parse::<i32>().ok());
-    let (Some(holder), Some(flags), Some(writer_tid)) = (parse(0), parse(1), parse(2)) else {
-        eprintln!("nsproxyfs: {INJECTOR_ARG} is for the daemon's own use");
-        return 2;
-    };
-    // SAFETY: the daemon starts the injector with the target's pidfd as
-    // descriptor 3 and nothing else owns it here.
-    let pidfd = unsafe { std::os::fd::OwnedFd::from_raw_fd(3) };
-    let say = |line: &str| {
-        let mut out = std::io::stdout().lock();
-        let _ = writeln!(out, "{line}");
-        let _ = out.flush();
-    };
-    let result = ProcessHandle::from_pidfd(pidfd).and_then(|target| {
-        let mut seized = || say("seized");
-        let writer = (writer_tid != 0).then(|| mover::Writer {
-            tid: nix::unistd::Pid::from_raw(writer_tid),
-            answer: &mut seized,
-        });
-        mover::move_process_answering(&target, holder, CloneFlags::from_bits_retain(flags), writer)
-    });
-    match result {
-        Ok(report) => say(&format!("ok {}", report.threads)),
-        Err(e) => say(&format!("err {} {e}", e.errno() as i32)),
-    }
-    0
 }
 
 /// The thread group of thread `tid`.
@@ -301,7 +166,9 @@ impl Mover for PtraceMover {
     }
 
     fn helper_pids(&self) -> Vec<i32> {
-        self.holders.lock().values().map(|h| h.pid()).collect()
+        let mut pids: Vec<i32> = self.holders.lock().values().map(|h| h.pid()).collect();
+        pids.extend(self.injectors.pids());
+        pids
     }
 
     fn released(&self, ino: u64) {

@@ -330,15 +330,23 @@ impl NsProxyFs {
         }
     }
 
+    /// The daemon's own helper processes: the mover's (holders, injectors)
+    /// and the init processes of fresh pid namespaces. They are neither
+    /// listed in `tasks` nor moved.
+    fn helpers(&self, st: &State) -> Vec<i32> {
+        let mut helpers = self.mover.helper_pids();
+        helpers.extend(
+            st.spaces
+                .values()
+                .filter_map(|ns| ns.keeper().map(|k| k.pid())),
+        );
+        helpers
+    }
+
     fn tasks_text(&self, c: ContainerId, reader: &Caller) -> Result<Vec<u8>> {
         let (set, differing, helpers) = {
             let st = self.state.read();
-            let mut helpers = self.mover.helper_pids();
-            helpers.extend(
-                st.spaces
-                    .values()
-                    .filter_map(|ns| ns.keeper().map(|k| k.pid())),
-            );
+            let helpers = self.helpers(&st);
             let eff = st.tree.effective_set(c).ok_or(Error::NotFound)?;
             let root = st.tree.effective_set(Tree::ROOT).ok_or(Error::NotFound)?;
             let set: [u64; 8] = std::array::from_fn(|i| eff[i].ino);
@@ -783,6 +791,11 @@ impl NsProxyFs {
         });
         let set = resolved.and_then(|local| {
             let st = self.state.read();
+            if self.helpers(&st).contains(&local) {
+                return Err(Error::Denied(format!(
+                    "process {local} is one of the daemon's own helpers"
+                )));
+            }
             let eff = st.tree.effective_set(c).ok_or(Error::NotFound)?;
             let mut set = Vec::with_capacity(8);
             for e in eff {
