@@ -680,3 +680,111 @@ fn the_caller_needs_ptrace_rights_over_the_target() {
         "its own uid's process moves"
     );
 }
+
+/// The descriptors of process `pid`, as `N -> TARGET` lines.
+fn descriptors(pid: i32) -> Vec<String> {
+    let mut fds: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .flatten()
+        .map(|e| {
+            let target = std::fs::read_link(e.path()).unwrap_or_default();
+            format!(
+                "{} -> {}",
+                e.file_name().to_string_lossy(),
+                target.display()
+            )
+        })
+        .collect();
+    fds.sort();
+    fds
+}
+
+#[test]
+fn one_injector_serves_one_move_after_another() {
+    let Some(m) = Mount::new("injector-reuse") else {
+        return;
+    };
+    let daemon = m.daemon_pid();
+    std::fs::create_dir(m.path("c")).unwrap();
+    std::fs::File::create(m.path("c/uts")).unwrap();
+    let target = Proc::sh("exec sleep 1000");
+    m.watch_pid(target.pid());
+    assert_eq!(injector_pids(daemon), [] as [i32; 0], "started lazily");
+
+    m.write("c/tasks", target.pid().to_string().as_bytes())
+        .unwrap();
+    assert_eq!(uts_of(target.pid()), bound(&m, "c/uts"));
+    let first = injector_pids(daemon);
+    assert_eq!(first.len(), 1, "one move, one injector: {first:?}");
+    let injector = Seen::now(first[0]).expect("the injector runs");
+    // It keeps nothing of the daemon but its channel: no FUSE device that
+    // would keep the mount alive without the daemon.
+    let fds = descriptors(injector.pid);
+    assert_eq!(fds.len(), 3, "injector descriptors: {fds:?}");
+    assert!(fds[0].starts_with("0 -> socket:"), "{fds:?}");
+
+    m.write("tasks", target.pid().to_string().as_bytes())
+        .unwrap();
+    assert_eq!(uts_of(target.pid()), ns_ino(daemon, "uts"), "moved back");
+    assert_eq!(
+        injector_pids(daemon),
+        first,
+        "the same injector moved it back"
+    );
+    assert!(injector.running(), "the injector lives on between moves");
+}
+
+#[test]
+fn helpers_are_neither_listed_nor_moved() {
+    let Some(m) = Mount::new("helpers") else {
+        return;
+    };
+    let daemon = m.daemon_pid();
+    std::fs::create_dir(m.path("c")).unwrap();
+    std::fs::File::create(m.path("c/uts")).unwrap();
+    let target = Proc::sh("exec sleep 1000");
+    m.watch_pid(target.pid());
+    m.write("c/tasks", target.pid().to_string().as_bytes())
+        .unwrap();
+    let injectors = injector_pids(daemon);
+    assert_eq!(injectors.len(), 1, "{injectors:?}");
+    let injector = injectors[0];
+    // The holder of c's set: the one process in c's uts namespace that is
+    // not the target.
+    let c_uts = bound(&m, "c/uts");
+    let holder = std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|&p| p != target.pid())
+        .find(|&p| {
+            std::fs::metadata(format!("/proc/{p}/ns/uts"))
+                .is_ok_and(|md| std::os::unix::fs::MetadataExt::ino(&md) == c_uts)
+        })
+        .expect("c's holder");
+    let listed = |rel: &str, pid: i32| m.read(rel).lines().any(|l| l == pid.to_string());
+    assert!(
+        !listed("tasks", injector),
+        "an injector is not the root's task"
+    );
+    assert!(!listed("c/tasks", holder), "a holder is not its set's task");
+    assert!(listed("c/tasks", target.pid()));
+
+    let injector_uts = uts_of(injector);
+    assert_eq!(
+        errno(m.write("c/tasks", injector.to_string().as_bytes())),
+        libc::EPERM
+    );
+    assert_eq!(uts_of(injector), injector_uts, "the injector was not moved");
+    assert_eq!(
+        errno(m.write("tasks", holder.to_string().as_bytes())),
+        libc::EPERM
+    );
+    assert_eq!(uts_of(holder), c_uts, "the holder was not moved");
+    assert!(m.log_text().contains("one of the daemon's own helpers"));
+    // The refusals cost nothing: the injector still serves moves.
+    m.write("tasks", target.pid().to_string().as_bytes())
+        .unwrap();
+    assert_eq!(uts_of(target.pid()), ns_ino(daemon, "uts"));
+    assert_eq!(injector_pids(daemon), injectors);
+}

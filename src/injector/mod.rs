@@ -288,16 +288,11 @@ fn parse_request(text: &str) -> Option<Request> {
 pub fn serve() -> i32 {
     sys::shield_from_signals();
     sys::close_from(3);
-    let channel = match io::stdin().as_fd().try_clone_to_owned() {
-        Ok(fd) => fd,
-        Err(e) => {
-            eprintln!("nsproxyfs: {INJECTOR_ARG} is for the daemon's own use ({e})");
-            return 2;
-        }
-    };
+    let stdin = io::stdin();
+    let channel = stdin.as_fd();
     let mut buf = vec![0u8; RECORD];
     loop {
-        let (n, pidfd) = match sys::recv(channel.as_fd(), &mut buf) {
+        let (n, pidfd) = match sys::recv(channel, &mut buf) {
             // The daemon is gone (or let this injector go).
             Ok((0, _)) => return 0,
             Ok(got) => got,
@@ -312,7 +307,7 @@ pub fn serve() -> i32 {
         };
         let say = |line: &str| {
             // A daemon that died meanwhile cannot hear it; EOF comes next.
-            let _ = sys::send(channel.as_fd(), line.as_bytes(), None);
+            let _ = sys::send(channel, line.as_bytes(), None);
         };
         let request = std::str::from_utf8(&buf[..n]).ok().and_then(parse_request);
         let answer = match (request, pidfd) {
