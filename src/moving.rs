@@ -8,7 +8,6 @@
 //! keeps an unbound namespace alive.
 
 use std::collections::HashMap;
-use std::fs::File;
 use std::os::fd::AsFd;
 use std::sync::Arc;
 
@@ -18,7 +17,7 @@ use crate::fs::{Error, Mover, Result};
 use crate::injector::Injectors;
 use crate::mover::{self, ProcessHandle};
 use crate::ns::{Holder, Kind, Namespace, sys};
-use crate::procfs;
+use crate::procfs::{self, ProcDir};
 
 /// Moves processes by ptrace-injecting `setns(pidfd_of_holder, kinds)`.
 #[derive(Debug)]
@@ -47,15 +46,20 @@ impl PtraceMover {
         })
     }
 
-    fn holder(&self, set: &[Arc<Namespace>; 8]) -> Result<Arc<Holder>> {
-        let key: [u64; 8] = std::array::from_fn(|i| set[i].ino());
+    /// The holder of the set whose inodes are `key`; `set` makes that set's
+    /// handles, only when no live holder is cached.
+    fn holder(
+        &self,
+        key: [u64; 8],
+        set: impl FnOnce() -> Result<[Arc<Namespace>; 8]>,
+    ) -> Result<Arc<Holder>> {
         if let Some(h) = self.holders.lock().get(&key)
             && h.is_alive()
         {
             return Ok(Arc::clone(h));
         }
         // Started outside the lock: it forks and joins namespaces.
-        let holder = Arc::new(Holder::spawn(set, &self.own)?);
+        let holder = Arc::new(Holder::spawn(&set()?, &self.own)?);
         let mut holders = self.holders.lock();
         let cached = holders.entry(key).or_insert_with(|| Arc::clone(&holder));
         if !cached.is_alive() {
@@ -74,33 +78,44 @@ impl PtraceMover {
             return Err(Error::Denied("the daemon does not move itself".into()));
         }
         let target = ProcessHandle::open(pid)?;
+        let unreadable = |e: std::io::Error| -> Error {
+            match e.kind() {
+                std::io::ErrorKind::NotFound => mover::MoveError::Gone(pid).into(),
+                _ => Error::Denied(format!("cannot read the namespaces of process {pid}: {e}")),
+            }
+        };
+        let ns = ProcDir::ns(pid).map_err(unreadable)?;
+        let mut key: [u64; 8] = std::array::from_fn(|i| set[i].ino());
         let mut flags = 0;
         for kind in Kind::ALL {
-            let current = current_ns(pid, kind)?;
-            if current != set[kind.index()].ino() {
+            // For pid and time, the namespace its children are born into.
+            if ns.inode(kind.proc_entry()).map_err(unreadable)? != key[kind.index()] {
                 flags |= kind.clone_flag();
             }
         }
         if flags == 0 {
             return Ok(());
         }
-        let pidns =
-            File::open(format!("/proc/{pid}/ns/pid")).map_err(|_| mover::MoveError::Gone(pid))?;
+        let pidns = ns
+            .open_entry("pid")
+            .map_err(|_| mover::MoveError::Gone(pid))?;
         // The target must see the holder to open a pidfd of it. When the pid
         // kind does not change, the holder can sit in the target's own pid
         // namespace, which it always sees.
         let holder = if flags & libc::CLONE_NEWPID != 0 {
-            self.holder(set)?
+            self.holder(key, || Ok(set.clone()))?
         } else {
-            let active = pidns.try_clone().map_err(|source| Error::Sys {
-                what: "dup the target's pid namespace",
-                source,
-            })?;
-            let active =
-                Namespace::from_fd(active.into(), Kind::Pid, "the target's pid namespace")?;
-            let mut seen_set = set.clone();
-            seen_set[Kind::Pid.index()] = Arc::new(active);
-            self.holder(&seen_set)?
+            key[Kind::Pid.index()] = ns.inode("pid").map_err(unreadable)?;
+            self.holder(key, || {
+                let active = pidns.try_clone().map_err(|source| Error::Sys {
+                    what: "dup the target's pid namespace",
+                    source,
+                })?;
+                let active = Namespace::from_fd(active, Kind::Pid, "the target's pid namespace")?;
+                let mut seen_set = set.clone();
+                seen_set[Kind::Pid.index()] = Arc::new(active);
+                Ok(seen_set)
+            })?
         };
         let seen = sys::pid_in_pidns(pidns.as_fd(), holder.pid()).map_err(|_| {
             Error::Invalid(format!(
@@ -114,30 +129,10 @@ impl PtraceMover {
     }
 }
 
-/// The thread group of thread `tid`.
-fn tgid_of(tid: u32) -> Option<i32> {
-    let status = std::fs::read_to_string(format!("/proc/{tid}/status")).ok()?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("Tgid:"))?
-        .trim()
-        .parse()
-        .ok()
-}
-
-/// The inode of `kind` of process `pid`, for pid and time the namespace its
-/// children are born into.
-fn current_ns(pid: i32, kind: Kind) -> Result<u64> {
-    use std::os::unix::fs::MetadataExt;
-    match std::fs::metadata(format!("/proc/{pid}/ns/{}", kind.proc_entry())) {
-        Ok(md) => Ok(md.ino()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            Err(mover::MoveError::Gone(pid).into())
-        }
-        Err(e) => Err(Error::Denied(format!(
-            "cannot read the namespaces of process {pid}: {e}"
-        ))),
-    }
+/// Whether thread `tid` belongs to process `pid` (both in the daemon's pid
+/// namespace): `/proc/PID/task/TID` exists only then.
+fn is_thread_of(tid: u32, pid: i32) -> bool {
+    tid as i32 == pid || std::fs::symlink_metadata(format!("/proc/{pid}/task/{tid}")).is_ok()
 }
 
 impl Mover for PtraceMover {
@@ -148,7 +143,8 @@ impl Mover for PtraceMover {
         set: &[Arc<Namespace>; 8],
         reply: &mut dyn FnMut(Result<()>),
     ) {
-        if tgid_of(writer_tid) != Some(pid) {
+        let w = is_thread_of(writer_tid, pid);
+        if !w {
             return reply(self.try_move(pid, set, None));
         }
         // `echo $$ > tasks`: the writer is blocked in this very write. The

@@ -2,6 +2,7 @@
 
 use std::ffi::CStr;
 use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 
 use crate::ns::Kind;
@@ -35,6 +36,129 @@ pub fn ns_link_inode(pid: i32, entry: &str) -> Option<u64> {
         return None;
     }
     parse_ns_link(&buf[..n as usize])
+}
+
+/// `s` with a NUL appended, in `buf`.
+fn c_str<'a>(buf: &'a mut [u8], s: &str) -> Option<&'a CStr> {
+    let bytes = s.as_bytes();
+    buf.get_mut(..bytes.len())?.copy_from_slice(bytes);
+    *buf.get_mut(bytes.len())? = 0;
+    CStr::from_bytes_with_nul(&buf[..=bytes.len()]).ok()
+}
+
+/// An open directory of a process under `/proc`: namespace links are read
+/// relative to it, without looking the process up again for each one.
+#[derive(Debug)]
+pub struct ProcDir {
+    fd: OwnedFd,
+}
+
+impl ProcDir {
+    /// Opens `/proc/PID/ns`, whose entries are the kinds (`net`, `pid`,
+    /// `pid_for_children`, ...). `NotFound` once the process is gone.
+    pub fn ns(pid: i32) -> io::Result<ProcDir> {
+        Self::open(&format!("/proc/{pid}/ns"))
+    }
+
+    /// Opens `/proc/PID/task`, whose entries are `TID/ns/KIND`.
+    pub fn tasks(pid: i32) -> io::Result<ProcDir> {
+        Self::open(&format!("/proc/{pid}/task"))
+    }
+
+    fn open(path: &str) -> io::Result<ProcDir> {
+        let mut buf = [0u8; 64];
+        let path =
+            c_str(&mut buf, path).ok_or_else(|| io::Error::from_raw_os_error(libc::EINVAL))?;
+        // SAFETY: `path` is NUL-terminated and outlives the call.
+        let fd = unsafe {
+            libc::open(
+                path.as_ptr(),
+                libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC,
+            )
+        };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: open just returned this descriptor; nothing else owns it.
+        Ok(ProcDir {
+            fd: unsafe { OwnedFd::from_raw_fd(fd) },
+        })
+    }
+
+    /// The inode of the namespace the link `entry` names, read with
+    /// readlinkat(2).
+    pub fn inode(&self, entry: &str) -> io::Result<u64> {
+        let mut name = [0u8; 64];
+        let name =
+            c_str(&mut name, entry).ok_or_else(|| io::Error::from_raw_os_error(libc::EINVAL))?;
+        let mut buf = [0u8; 64];
+        // SAFETY: `name` is NUL-terminated; `buf` is valid for `buf.len()`
+        // bytes and readlinkat writes at most that many.
+        let n = unsafe {
+            libc::readlinkat(
+                self.fd.as_raw_fd(),
+                name.as_ptr(),
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+            )
+        };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        parse_ns_link(&buf[..n as usize]).ok_or_else(|| io::Error::from_raw_os_error(libc::EINVAL))
+    }
+
+    /// Opens the namespace `entry` names.
+    pub fn open_entry(&self, entry: &str) -> io::Result<OwnedFd> {
+        let mut name = [0u8; 64];
+        let name =
+            c_str(&mut name, entry).ok_or_else(|| io::Error::from_raw_os_error(libc::EINVAL))?;
+        // SAFETY: `name` is NUL-terminated and outlives the call.
+        let fd = unsafe {
+            libc::openat(
+                self.fd.as_raw_fd(),
+                name.as_ptr(),
+                libc::O_RDONLY | libc::O_CLOEXEC,
+            )
+        };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: openat just returned this descriptor; nothing else owns it.
+        Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+    }
+}
+
+/// The effective capabilities of thread `tid` (its `CapEff`, by capget(2),
+/// which is much cheaper than reading `/proc/TID/status`); `None` if it is
+/// gone.
+pub fn effective_caps(tid: i32) -> Option<u64> {
+    /// `_LINUX_CAPABILITY_VERSION_3`: two 32-bit halves.
+    const VERSION_3: u32 = 0x2008_0522;
+    #[repr(C)]
+    struct Header {
+        version: u32,
+        pid: libc::c_int,
+    }
+    #[repr(C)]
+    #[derive(Clone, Copy, Default)]
+    struct Data {
+        effective: u32,
+        permitted: u32,
+        inheritable: u32,
+    }
+    if tid <= 0 {
+        return None;
+    }
+    let mut header = Header {
+        version: VERSION_3,
+        pid: tid,
+    };
+    let mut data = [Data::default(); 2];
+    // SAFETY: capget reads `header` and, for version 3, writes exactly two
+    // `Data` records to `data`; both are live locals of those layouts.
+    let r = unsafe { libc::syscall(libc::SYS_capget, &mut header, data.as_mut_ptr()) };
+    (r == 0).then(|| u64::from(data[0].effective) | (u64::from(data[1].effective) << 32))
 }
 
 /// Parses `net:[4026531840]` into the inode number.
@@ -116,6 +240,19 @@ mod tests {
         let want = parse_ns_link(link.as_os_str().as_bytes()).unwrap();
         assert_eq!(ns_inode(me, Kind::Uts), Some(want));
         assert!(!is_kernel_thread(me));
+        let dir = ProcDir::ns(me).unwrap();
+        assert_eq!(dir.inode("uts").unwrap(), want);
+        assert!(dir.open_entry("uts").is_ok());
+        assert!(dir.inode("nothing").is_err());
+        let tasks = ProcDir::tasks(me).unwrap();
+        assert_eq!(tasks.inode(&format!("{me}/ns/uts")).unwrap(), want);
+        let caps = std::fs::read_to_string("/proc/self/status")
+            .unwrap()
+            .lines()
+            .find_map(|l| l.strip_prefix("CapEff:"))
+            .map(|v| u64::from_str_radix(v.trim(), 16).unwrap());
+        assert_eq!(effective_caps(me), caps);
+        assert_eq!(effective_caps(-1), None);
         assert!(processes().unwrap().contains(&me));
     }
 }
