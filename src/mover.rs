@@ -518,12 +518,48 @@ fn sift(
         .collect()
 }
 
+/// For each thread, the index of the first thread that shares its
+/// descriptor table (itself if none before it does). Without kcmp every
+/// thread counts as having a table of its own.
+fn fd_tables(threads: &[Tracee<Stopped>]) -> Result<Vec<usize>, MoveError> {
+    let mut tables: Vec<usize> = Vec::with_capacity(threads.len());
+    let mut openers: Vec<usize> = Vec::new();
+    for (i, t) in threads.iter().enumerate() {
+        let mut table = i;
+        for &o in &openers {
+            match inject::sys::same_files(threads[o].tid(), t.tid()) {
+                Ok(Some(true)) => {
+                    table = o;
+                    break;
+                }
+                Ok(Some(false)) => {}
+                Ok(None) => return Ok((0..threads.len()).collect()),
+                Err(errno) => {
+                    return Err(MoveError::Trace(TraceError::Os {
+                        tid: t.tid(),
+                        op: "kcmp",
+                        errno,
+                    }));
+                }
+            }
+        }
+        if table == i {
+            openers.push(i);
+        }
+        tables.push(table);
+    }
+    Ok(tables)
+}
+
 /// Makes every thread join the holder's namespaces, one injected syscall per
-/// round for all threads at once. Every pidfd opened is closed again. On
-/// failure returns the first failing thread (in tid order) and why; threads
-/// may then have moved or not, which the caller checks.
+/// round for all threads at once. Threads that share a descriptor table
+/// (`tables`, see [`fd_tables`]) share one pidfd: the first of them opens it
+/// and closes it again once all have joined, so every pidfd opened is closed
+/// again. On failure returns the first failing thread (in tid order) and why;
+/// threads may then have moved or not, which the caller checks.
 fn join_all(
     threads: &mut [Tracee<Stopped>],
+    tables: &[usize],
     holder: i32,
     kinds: libc::c_int,
     unshare_fs: bool,
@@ -541,16 +577,21 @@ fn join_all(
             return Err(f);
         }
     }
-    let calls = vec![Some((libc::SYS_pidfd_open, args(&[holder as u64, 0]))); n];
+    let opens = |i: usize| tables.get(i) == Some(&i);
+    let calls: Vec<_> = (0..n)
+        .map(|i| opens(i).then(|| (libc::SYS_pidfd_open, args(&[holder as u64, 0]))))
+        .collect();
     let fds = sift(
         inject::syscall_each(threads, &calls),
         Step::PidfdOpen,
         &mut failure,
     );
     if failure.is_none() {
-        let calls: Vec<_> = fds
-            .iter()
-            .map(|fd| fd.map(|fd| (libc::SYS_setns, args(&[fd as u64, kinds as u64]))))
+        let calls: Vec<_> = (0..n)
+            .map(|i| {
+                let fd = tables.get(i).and_then(|&o| fds.get(o).copied().flatten());
+                fd.map(|fd| (libc::SYS_setns, args(&[fd as u64, kinds as u64])))
+            })
             .collect();
         sift(
             inject::syscall_each(threads, &calls),
@@ -726,7 +767,10 @@ fn join_or_roll_back(
     originals: &[Vec<u64>],
 ) -> Result<(), MoveError> {
     let multi = threads.len() > 1;
-    if let Err((i, failure)) = join_all(threads, holder_pid_in_target_ns, kinds, unshare_fs) {
+    let tables = fd_tables(threads)?;
+    if let Err((i, failure)) =
+        join_all(threads, &tables, holder_pid_in_target_ns, kinds, unshare_fs)
+    {
         let tid = threads[i].tid().as_raw();
         let cause = match failure {
             JoinFailure::Refused(step, errno) => MoveError::Refused {

@@ -792,3 +792,49 @@ fn helpers_are_neither_listed_nor_moved() {
     assert_eq!(uts_of(target.pid()), ns_ino(daemon, "uts"));
     assert_eq!(injector_pids(daemon), injectors);
 }
+
+/// Threads that share a descriptor table share one injected pidfd; a thread
+/// with a table of its own opens (and closes) its own.
+#[test]
+fn a_thread_with_its_own_descriptor_table_moves_and_keeps_no_pidfd() {
+    let Some(m) = Mount::new("own-files") else {
+        return;
+    };
+    std::fs::create_dir(m.path("t")).unwrap();
+    std::fs::File::create(m.path("t/uts")).unwrap();
+    let (mut target, pid, mut out) = start_target(&m, &["threads-own-files", "4"]);
+    let tids: Vec<i32> = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .filter_map(|e| e.unwrap().file_name().to_str()?.parse().ok())
+        .collect();
+    assert_eq!(tids.len(), 5, "{tids:?}");
+    let tables = || -> Vec<Vec<String>> {
+        tids.iter()
+            .map(|tid| {
+                let mut fds: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/task/{tid}/fd"))
+                    .unwrap()
+                    .flatten()
+                    .map(|e| {
+                        let target = std::fs::read_link(e.path()).unwrap_or_default();
+                        format!("{:?} -> {}", e.file_name(), target.display())
+                    })
+                    .collect();
+                fds.sort();
+                fds
+            })
+            .collect()
+    };
+    let before = tables();
+    m.write("t/tasks", pid.to_string().as_bytes()).unwrap();
+    let uts = bound(&m, "t/uts");
+    for tid in &tids {
+        assert_eq!(ns_ino(*tid, "uts"), uts, "thread {tid} moved");
+    }
+    assert_eq!(tables(), before, "every descriptor table as it was");
+    let mut stdin = target.stdin.take().unwrap();
+    writeln!(stdin, "quit").unwrap();
+    drop(stdin);
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut out, &mut rest).unwrap();
+    assert!(wait_bounded(&mut target, std::time::Duration::from_secs(30)).success());
+}

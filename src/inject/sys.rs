@@ -268,6 +268,29 @@ pub(crate) fn pidfd_pid(pidfd: BorrowedFd<'_>) -> Result<Option<i32>, Errno> {
     }
 }
 
+/// Whether threads `a` and `b` share one descriptor table, by kcmp(2)
+/// (`KCMP_FILES`). `Ok(None)` where the kernel has no kcmp.
+pub(crate) fn same_files(a: Pid, b: Pid) -> Result<Option<bool>, Errno> {
+    /// `KCMP_FILES` of `enum kcmp_type`.
+    const KCMP_FILES: libc::c_int = 2;
+    // SAFETY: kcmp with KCMP_FILES takes integers and reads no memory of ours.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_kcmp,
+            a.as_raw(),
+            b.as_raw(),
+            KCMP_FILES,
+            0usize,
+            0usize,
+        )
+    };
+    match check(ret) {
+        Ok(order) => Ok(Some(order == 0)),
+        Err(Errno::ENOSYS) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
 /// `pidfd_send_signal(pidfd, sig, NULL, 0)`; signal 0 only checks that the
 /// process behind the pidfd still runs (ESRCH once it has exited).
 pub(crate) fn pidfd_send_signal(pidfd: BorrowedFd<'_>, sig: i32) -> Result<(), Errno> {
