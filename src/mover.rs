@@ -2,10 +2,13 @@
 //! holder process.
 //!
 //! One move: pin the target (pidfd) -> stop every thread, re-reading
-//! `/proc/PID/task` until no new thread shows up -> in each thread inject
+//! `/proc/PID/task` until no new thread shows up -> inject
 //! `fd = pidfd_open(holder, 0); setns(fd, kinds); close(fd)`, one syscall per
-//! round for all threads at once -> let every thread go. `setns` with a pidfd joins all the requested namespaces of the
-//! holder at once or none of them, so a thread is either moved or untouched.
+//! round for all threads at once -> let every thread go. Threads that share
+//! a descriptor table (as threads normally do; kcmp(2) tells) share the fd:
+//! the first of them opens and closes it, every thread calls `setns`.
+//! `setns` with a pidfd joins all the requested namespaces of the holder at
+//! once or none of them, so a thread is either moved or untouched.
 //!
 //! All or nothing across threads: no thread runs before every thread has
 //! moved. If one refuses, the threads already moved join the namespaces of a
