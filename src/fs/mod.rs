@@ -907,6 +907,16 @@ fn quiet(e: &Error) -> Errno {
 }
 
 impl fuser::Filesystem for NsProxyFs {
+    fn init(&mut self, _req: &Request, config: &mut fuser::KernelConfig) -> std::io::Result<()> {
+        // `echo PID > tasks` opens with O_TRUNC. With this the truncation
+        // rides on the open instead of costing a setattr round trip of its
+        // own; no file here has content to truncate.
+        if let Err(missing) = config.add_capabilities(fuser::InitFlags::FUSE_ATOMIC_O_TRUNC) {
+            log::debug!("the kernel lacks {missing:?}");
+        }
+        Ok(())
+    }
+
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         match self
             .lookup_node(parent, name)
@@ -1175,7 +1185,12 @@ impl fuser::Filesystem for NsProxyFs {
         _size: u32,
         reply: fuser::ReplyXattr,
     ) {
-        reply.error(Errno::from_i32(libc::ENODATA));
+        // No extended attributes here. ENOSYS (answered here rather than by
+        // fuser's default, which logs a warning) makes the kernel stop
+        // asking: otherwise every `echo > FILE` costs a round trip for
+        // security.capability, which truncation checks before clearing.
+        // Callers see EOPNOTSUPP.
+        reply.error(Errno::ENOSYS);
     }
 
     fn listxattr(&self, _req: &Request, _ino: INodeNo, size: u32, reply: fuser::ReplyXattr) {
