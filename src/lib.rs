@@ -12,7 +12,7 @@
 //!   the caller, asks the tree, and turns results into replies and errnos.
 //! * [`inject`]: ptrace: stopping a task, running a syscall in it, and
 //!   restoring it exactly.
-//! * [`mover`]: one move: every thread of a process joins a holder's
+//! * [`mover`](mod@mover): one move: every thread of a process joins a holder's
 //!   namespaces through injected `setns(pidfd)`, all or nothing.
 //! * [`moving`]: the daemon's mover: which kinds change, holders per set.
 //! * [`injector`]: the long-lived helper processes that run the moves, so

@@ -1,5 +1,5 @@
 //! The daemon's process mover: decides which kinds change, finds or starts
-//! the holder of the target set, and hands the move to [`crate::mover`],
+//! the holder of the target set, and hands the move to [`crate::mover`](mod@crate::mover),
 //! run in one of its injector processes so that the daemon's death never
 //! cuts an injection short (see [`crate::injector`]).
 //!
