@@ -838,3 +838,35 @@ fn a_thread_with_its_own_descriptor_table_moves_and_keeps_no_pidfd() {
     std::io::Read::read_to_string(&mut out, &mut rest).unwrap();
     assert!(wait_bounded(&mut target, std::time::Duration::from_secs(30)).success());
 }
+
+#[test]
+fn a_dead_injector_is_replaced_not_reused() {
+    let Some(m) = Mount::new("injector-dies") else {
+        return;
+    };
+    let daemon = m.daemon_pid();
+    std::fs::create_dir(m.path("c")).unwrap();
+    std::fs::File::create(m.path("c/uts")).unwrap();
+    let target = Proc::sh("exec sleep 1000");
+    m.watch_pid(target.pid());
+    m.write("c/tasks", target.pid().to_string().as_bytes())
+        .unwrap();
+    let first = injector_pids(daemon);
+    assert_eq!(first.len(), 1, "{first:?}");
+    let dead = Seen::now(first[0]).expect("the injector runs");
+    m.step.set("kill the idle injector");
+    // SAFETY: kill takes integers; the injector is a child of this test's
+    // daemon, idle between moves.
+    unsafe { libc::kill(dead.pid, libc::SIGKILL) };
+    wait_for("the injector to die", || !dead.running());
+
+    m.write("tasks", target.pid().to_string().as_bytes())
+        .unwrap();
+    assert_eq!(uts_of(target.pid()), ns_ino(daemon, "uts"), "moved back");
+    let now = injector_pids(daemon);
+    assert_eq!(now.len(), 1, "{now:?}");
+    assert!(
+        Seen::now(now[0]).is_some_and(|s| s != dead),
+        "a new injector took over"
+    );
+}
