@@ -91,7 +91,10 @@ impl Injectors {
         // shows as a refused send, before anything of the move happened, and
         // the next one is tried.
         loop {
-            let (injector, fresh) = match self.idle.lock().pop() {
+            // Taken in a statement of its own: the lock must not be held
+            // while a new injector starts.
+            let idle = self.idle.lock().pop();
+            let (injector, fresh) = match idle {
                 Some(i) => (i, false),
                 None => (self.spawn()?, true),
             };
@@ -105,7 +108,7 @@ impl Injectors {
                     if fresh {
                         return Err(Error::Sys {
                             what: "hand the move to a new injector",
-                            source,
+                            source: io::Error::other(source),
                         });
                     }
                 }
@@ -216,9 +219,10 @@ impl Injector {
                 }
                 Ok((n, _)) => n,
                 Err(source) => {
+                    // EIO for the writer, whatever broke the channel.
                     return Exchange::Broken(Error::Sys {
                         what: "read the injector",
-                        source,
+                        source: io::Error::other(source),
                     });
                 }
             };
