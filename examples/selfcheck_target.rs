@@ -14,6 +14,8 @@
 //!                                       thread's uts namespace, `quit` ends
 //! selfcheck_target threads-mixed N      as threads, the last thread has dropped
 //!                                       to uid 65534 (its own credentials only)
+//! selfcheck_target threads-own-files N  as threads, the last thread has its own
+//!                                       descriptor table (unshare CLONE_FILES)
 //! selfcheck_target report-read          print what one read(stdin) returned
 //! selfcheck_target churn N              N threads that keep creating short-lived
 //!                                       threads until stdin closes
@@ -35,8 +37,9 @@ fn main() {
         ("nanosleep", Some(secs)) => parse(secs).and_then(nanosleep),
         ("wait4", Some(secs)) => parse(secs).and_then(wait_child),
         ("spin", Some(secs)) => parse(secs).and_then(spin),
-        ("threads", Some(n)) => parse(n).and_then(|n| threads(n, false)),
-        ("threads-mixed", Some(n)) => parse(n).and_then(|n| threads(n, true)),
+        ("threads", Some(n)) => parse(n).and_then(|n| threads(n, Last::Alike)),
+        ("threads-mixed", Some(n)) => parse(n).and_then(|n| threads(n, Last::Unprivileged)),
+        ("threads-own-files", Some(n)) => parse(n).and_then(|n| threads(n, Last::OwnFiles)),
         ("report-read", None) => report_read(),
         ("churn", Some(n)) => parse(n).and_then(churn),
         ("seccomp-deny-setns", None) => filter_setns(libc::SECCOMP_RET_ERRNO | libc::EPERM as u32)
@@ -317,7 +320,17 @@ fn gettid() -> i64 {
     unsafe { libc::syscall(libc::SYS_gettid) }
 }
 
-fn threads(n: u64, mixed: bool) -> Result<(), String> {
+/// How the last thread of `threads` differs from the others.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Last {
+    Alike,
+    /// It dropped to uid 65534.
+    Unprivileged,
+    /// It has a descriptor table of its own.
+    OwnFiles,
+}
+
+fn threads(n: u64, last: Last) -> Result<(), String> {
     // (generation, stop): each worker answers once per generation.
     let shared = Arc::new((Mutex::new((0u64, false)), Condvar::new()));
     let (tx, rx) = mpsc::channel::<(i64, String)>();
@@ -327,9 +340,16 @@ fn threads(n: u64, mixed: bool) -> Result<(), String> {
         let shared = Arc::clone(&shared);
         let tx = tx.clone();
         let ready_tx = ready_tx.clone();
-        let drop_privileges = mixed && i + 1 == n;
+        let differs = if i + 1 == n { last } else { Last::Alike };
         handles.push(std::thread::spawn(move || {
-            if drop_privileges {
+            if differs == Last::OwnFiles {
+                // SAFETY: unshare takes an integer and changes this thread only.
+                if unsafe { libc::unshare(libc::CLONE_FILES) } != 0 {
+                    let _ = ready_tx.send(Err(format!("unshare(CLONE_FILES): {}", errno())));
+                    return;
+                }
+            }
+            if differs == Last::Unprivileged {
                 // The raw syscall changes this thread only (glibc's setresuid
                 // would change all).
                 // SAFETY: setresuid takes three integers.

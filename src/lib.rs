@@ -12,9 +12,11 @@
 //!   the caller, asks the tree, and turns results into replies and errnos.
 //! * [`inject`]: ptrace: stopping a task, running a syscall in it, and
 //!   restoring it exactly.
-//! * [`mover`]: one move: every thread of a process joins a holder's
+//! * [`mover`](mod@mover): one move: every thread of a process joins a holder's
 //!   namespaces through injected `setns(pidfd)`, all or nothing.
 //! * [`moving`]: the daemon's mover: which kinds change, holders per set.
+//! * [`injector`]: the long-lived helper processes that run the moves, so
+//!   that the daemon's death never cuts an injection short.
 //! * [`daemon`]: checks, mount, background, signals.
 //! * [`exec`]: `nsproxyfs exec`, a new command in a container's set.
 //! * [`notify`]: readiness for systemd (`Type=notify`).
@@ -26,6 +28,7 @@ pub mod daemon;
 pub mod exec;
 pub mod fs;
 pub mod inject;
+pub mod injector;
 pub mod mover;
 pub mod moving;
 pub mod notify;

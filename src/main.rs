@@ -88,8 +88,8 @@ exec, and mount(8) and fstab use.";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().collect();
-    if args.get(1).map(String::as_str) == Some(nsproxyfs::moving::INJECTOR_ARG) {
-        return ExitCode::from(nsproxyfs::moving::injector_main(&args[2..]) as u8);
+    if args.get(1).map(String::as_str) == Some(nsproxyfs::injector::INJECTOR_ARG) {
+        return ExitCode::from(nsproxyfs::injector::serve() as u8);
     }
     let cli = Cli::parse();
     match cli.command {

@@ -2,10 +2,13 @@
 //! holder process.
 //!
 //! One move: pin the target (pidfd) -> stop every thread, re-reading
-//! `/proc/PID/task` until no new thread shows up -> in each thread inject
+//! `/proc/PID/task` until no new thread shows up -> inject
 //! `fd = pidfd_open(holder, 0); setns(fd, kinds); close(fd)`, one syscall per
-//! round for all threads at once -> let every thread go. `setns` with a pidfd joins all the requested namespaces of the
-//! holder at once or none of them, so a thread is either moved or untouched.
+//! round for all threads at once -> let every thread go. Threads that share
+//! a descriptor table (as threads normally do; kcmp(2) tells) share the fd:
+//! the first of them opens and closes it, every thread calls `setns`.
+//! `setns` with a pidfd joins all the requested namespaces of the holder at
+//! once or none of them, so a thread is either moved or untouched.
 //!
 //! All or nothing across threads: no thread runs before every thread has
 //! moved. If one refuses, the threads already moved join the namespaces of a
@@ -32,13 +35,13 @@ use std::collections::BTreeSet;
 use std::fmt;
 use std::fs;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
-use std::os::unix::fs::MetadataExt;
 
 use nix::errno::Errno;
 use nix::sched::CloneFlags;
 use nix::unistd::Pid;
 
 use crate::inject::{self, Stopped, SyscallResult, TraceError, Tracee};
+use crate::procfs::ProcDir;
 
 /// Rounds of re-reading `/proc/PID/task` before giving up on a process that
 /// keeps creating threads faster than they can be stopped.
@@ -88,8 +91,27 @@ impl ProcessHandle {
         }
     }
 
-    /// Takes over a pidfd pinned elsewhere; its pid is read from fdinfo.
+    /// Takes over a pidfd pinned elsewhere; its pid is asked of the kernel.
     pub fn from_pidfd(pidfd: OwnedFd) -> Result<Self, MoveError> {
+        let pid = match inject::sys::pidfd_pid(pidfd.as_fd()) {
+            Ok(Some(pid)) => pid,
+            Ok(None) => Self::pid_from_fdinfo(&pidfd)?,
+            Err(Errno::ESRCH) => -1,
+            Err(errno) => return Err(MoveError::Pin { pid: -1, errno }),
+        };
+        // -1: the process is gone; 0: not visible in our pid namespace.
+        if pid <= 0 {
+            return Err(MoveError::Gone(pid));
+        }
+        Ok(ProcessHandle {
+            pidfd,
+            tgid: Pid::from_raw(pid),
+        })
+    }
+
+    /// The pid of a pidfd as `/proc/self/fdinfo` shows it (-1 once it has
+    /// exited), for kernels without `PIDFD_GET_INFO`.
+    fn pid_from_fdinfo(pidfd: &OwnedFd) -> Result<i32, MoveError> {
         let path = format!("/proc/self/fdinfo/{}", pidfd.as_raw_fd());
         let info = fs::read_to_string(path).map_err(MoveError::Proc)?;
         let pid = info
@@ -100,14 +122,7 @@ impl ProcessHandle {
                 pid: -1,
                 errno: Errno::EBADF,
             })?;
-        // -1: the process is gone; 0: not visible in our pid namespace.
-        if pid <= 0 {
-            return Err(MoveError::Gone(pid));
-        }
-        Ok(ProcessHandle {
-            pidfd,
-            tgid: Pid::from_raw(pid),
-        })
+        Ok(pid)
     }
 
     /// The pid, in our pid namespace.
@@ -332,6 +347,10 @@ fn list_threads(tgid: Pid) -> Result<BTreeSet<i32>, MoveError> {
     Ok(tids)
 }
 
+fn is_kernel_thread(tid: Pid) -> bool {
+    proc_stat(tid).is_ok_and(|s| s.flags & PF_KTHREAD != 0)
+}
+
 fn is_zombie(tid: Pid) -> bool {
     proc_stat(tid).is_ok_and(|s| matches!(s.state, 'Z' | 'X'))
 }
@@ -387,13 +406,14 @@ fn stop_all(
 }
 
 /// Namespace inode numbers of one thread, one per requested kind.
-fn ns_ids(tgid: Pid, tid: Pid, kinds: libc::c_int) -> Result<Vec<u64>, MoveError> {
+/// `tasks` is the process's open `/proc/PID/task`.
+fn ns_ids(tasks: &ProcDir, tid: Pid, kinds: libc::c_int) -> Result<Vec<u64>, MoveError> {
     KINDS
         .iter()
         .filter(|(flag, _)| kinds & flag != 0)
         .map(|(_, name)| {
-            fs::metadata(format!("/proc/{tgid}/task/{tid}/ns/{name}"))
-                .map(|m| m.ino())
+            tasks
+                .inode(&format!("{tid}/ns/{name}"))
                 .map_err(MoveError::Proc)
         })
         .collect()
@@ -501,12 +521,48 @@ fn sift(
         .collect()
 }
 
+/// For each thread, the index of the first thread that shares its
+/// descriptor table (itself if none before it does). Without kcmp every
+/// thread counts as having a table of its own.
+fn fd_tables(threads: &[Tracee<Stopped>]) -> Result<Vec<usize>, MoveError> {
+    let mut tables: Vec<usize> = Vec::with_capacity(threads.len());
+    let mut openers: Vec<usize> = Vec::new();
+    for (i, t) in threads.iter().enumerate() {
+        let mut table = i;
+        for &o in &openers {
+            match inject::sys::same_files(threads[o].tid(), t.tid()) {
+                Ok(Some(true)) => {
+                    table = o;
+                    break;
+                }
+                Ok(Some(false)) => {}
+                Ok(None) => return Ok((0..threads.len()).collect()),
+                Err(errno) => {
+                    return Err(MoveError::Trace(TraceError::Os {
+                        tid: t.tid(),
+                        op: "kcmp",
+                        errno,
+                    }));
+                }
+            }
+        }
+        if table == i {
+            openers.push(i);
+        }
+        tables.push(table);
+    }
+    Ok(tables)
+}
+
 /// Makes every thread join the holder's namespaces, one injected syscall per
-/// round for all threads at once. Every pidfd opened is closed again. On
-/// failure returns the first failing thread (in tid order) and why; threads
-/// may then have moved or not, which the caller checks.
+/// round for all threads at once. Threads that share a descriptor table
+/// (`tables`, see [`fd_tables`]) share one pidfd: the first of them opens it
+/// and closes it again once all have joined, so every pidfd opened is closed
+/// again. On failure returns the first failing thread (in tid order) and why;
+/// threads may then have moved or not, which the caller checks.
 fn join_all(
     threads: &mut [Tracee<Stopped>],
+    tables: &[usize],
     holder: i32,
     kinds: libc::c_int,
     unshare_fs: bool,
@@ -524,16 +580,21 @@ fn join_all(
             return Err(f);
         }
     }
-    let calls = vec![Some((libc::SYS_pidfd_open, args(&[holder as u64, 0]))); n];
+    let opens = |i: usize| tables.get(i) == Some(&i);
+    let calls: Vec<_> = (0..n)
+        .map(|i| opens(i).then(|| (libc::SYS_pidfd_open, args(&[holder as u64, 0]))))
+        .collect();
     let fds = sift(
         inject::syscall_each(threads, &calls),
         Step::PidfdOpen,
         &mut failure,
     );
     if failure.is_none() {
-        let calls: Vec<_> = fds
-            .iter()
-            .map(|fd| fd.map(|fd| (libc::SYS_setns, args(&[fd as u64, kinds as u64]))))
+        let calls: Vec<_> = (0..n)
+            .map(|i| {
+                let fd = tables.get(i).and_then(|&o| fds.get(o).copied().flatten());
+                fd.map(|fd| (libc::SYS_setns, args(&[fd as u64, kinds as u64])))
+            })
             .collect();
         sift(
             inject::syscall_each(threads, &calls),
@@ -633,24 +694,24 @@ pub fn move_process_answering(
     if tgid == nix::unistd::getpid() {
         return Err(MoveError::SelfProcess);
     }
-    let stat = proc_stat(tgid).map_err(|e| match e.errno() {
-        Errno::ESRCH => MoveError::Gone(tgid.as_raw()),
-        _ => e,
-    })?;
-    if stat.flags & PF_KTHREAD != 0 {
-        return Err(MoveError::KernelThread(tgid.as_raw()));
-    }
-    if matches!(stat.state, 'Z' | 'X') && list_threads(tgid)?.len() <= 1 {
-        return Err(MoveError::Zombie(tgid.as_raw()));
-    }
-
     if !target.is_alive() {
         return Err(MoveError::Gone(tgid.as_raw()));
     }
 
     let writer_tid = writer.as_ref().map(|w| w.tid);
     let answer = writer.as_mut().map(|w| &mut w.answer as &mut dyn FnMut());
-    let (mut threads, rounds) = stop_all(tgid, answer)?;
+    // Kernel threads and zombies cannot be seized: they are told apart
+    // (for the error) only then, so a move does not pay for reading
+    // /proc/PID/stat.
+    let (mut threads, rounds) = stop_all(tgid, answer).map_err(|e| match e {
+        MoveError::TraceDenied(_) if is_kernel_thread(tgid) => {
+            MoveError::KernelThread(tgid.as_raw())
+        }
+        e => e,
+    })?;
+    if threads.is_empty() && is_zombie(tgid) {
+        return Err(MoveError::Zombie(tgid.as_raw()));
+    }
     // The pin: if the pinned process still lives, the pid read from /proc
     // was its own all along, and so are the threads listed under it.
     if threads.is_empty() || !target.is_alive() {
@@ -664,10 +725,12 @@ pub fn move_process_answering(
 
     let multi = threads.len() > 1;
     let unshare_fs = multi && kinds & libc::CLONE_NEWNS != 0;
+    // What each thread is in before, for a rollback.
     let originals = if multi {
+        let tasks = ProcDir::tasks(tgid.as_raw()).map_err(MoveError::Proc)?;
         threads
             .iter()
-            .map(|t| ns_ids(tgid, t.tid(), kinds))
+            .map(|t| ns_ids(&tasks, t.tid(), kinds))
             .collect::<Result<Vec<_>, _>>()?
     } else {
         Vec::new()
@@ -707,7 +770,10 @@ fn join_or_roll_back(
     originals: &[Vec<u64>],
 ) -> Result<(), MoveError> {
     let multi = threads.len() > 1;
-    if let Err((i, failure)) = join_all(threads, holder_pid_in_target_ns, kinds, unshare_fs) {
+    let tables = fd_tables(threads)?;
+    if let Err((i, failure)) =
+        join_all(threads, &tables, holder_pid_in_target_ns, kinds, unshare_fs)
+    {
         let tid = threads[i].tid().as_raw();
         let cause = match failure {
             JoinFailure::Refused(step, errno) => MoveError::Refused {
@@ -817,11 +883,16 @@ fn roll_back(
     kinds: libc::c_int,
     cause: MoveError,
 ) -> MoveError {
-    let current: Result<Vec<_>, _> = threads
-        .iter()
-        .map(|t| ns_ids(tgid, t.tid(), kinds))
-        .collect();
-    let current = match current {
+    let current = ProcDir::tasks(tgid.as_raw())
+        .map_err(MoveError::Proc)
+        .and_then(|tasks| {
+            let current: Result<Vec<_>, _> = threads
+                .iter()
+                .map(|t| ns_ids(&tasks, t.tid(), kinds))
+                .collect();
+            Ok((tasks, current?))
+        });
+    let (tasks, current) = match current {
         Ok(c) => c,
         // Most likely the process is being killed.
         Err(_) if !is_alive(tgid) => return MoveError::Gone(tgid.as_raw()),
@@ -852,7 +923,7 @@ fn roll_back(
             }
             Err(JoinFailure::Trace(e)) => return rollback_failed(tid.as_raw(), cause, e),
         }
-        match ns_ids(tgid, tid, kinds) {
+        match ns_ids(&tasks, tid, kinds) {
             Ok(now) if now == originals[i] => moved_back += 1,
             Ok(_) => {
                 return rollback_failed(tid.as_raw(), cause, "namespaces differ after rollback");

@@ -2,7 +2,7 @@
 
 use std::ffi::CStr;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 
 use crate::ns::Kind;
@@ -38,53 +38,137 @@ pub fn ns_link_inode(pid: i32, entry: &str) -> Option<u64> {
     parse_ns_link(&buf[..n as usize])
 }
 
-/// The eight namespaces of thread `tid` (inodes in [`Kind::ALL`] order;
-/// pid and time as for its children), or `None` if it is gone or cannot be
-/// read. The `ns` directory is opened once and each link read relative to
-/// it, which saves a path walk per kind.
-pub fn ns_set(tid: u32) -> Option<[u64; 8]> {
-    let mut path = [0u8; 32];
-    let len = {
-        use std::io::Write;
-        let mut cur = io::Cursor::new(&mut path[..]);
-        write!(cur, "/proc/{tid}/ns\0").ok()?;
-        cur.position() as usize
-    };
-    let path = CStr::from_bytes_with_nul(&path[..len]).ok()?;
-    // SAFETY: `path` is NUL-terminated; the descriptor returned is owned
-    // by `dir` below and closed when it drops.
-    let fd = unsafe {
-        libc::open(
-            path.as_ptr(),
-            libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC,
-        )
-    };
-    if fd < 0 {
-        return None;
+/// `s` with a NUL appended, in `buf`.
+fn c_str<'a>(buf: &'a mut [u8], s: &str) -> Option<&'a CStr> {
+    let bytes = s.as_bytes();
+    buf.get_mut(..bytes.len())?.copy_from_slice(bytes);
+    *buf.get_mut(bytes.len())? = 0;
+    CStr::from_bytes_with_nul(&buf[..=bytes.len()]).ok()
+}
+
+/// An open directory of a process under `/proc`: namespace links are read
+/// relative to it, without looking the process up again for each one.
+#[derive(Debug)]
+pub struct ProcDir {
+    fd: OwnedFd,
+}
+
+impl ProcDir {
+    /// Opens `/proc/PID/ns`, whose entries are the kinds (`net`, `pid`,
+    /// `pid_for_children`, ...). `NotFound` once the process is gone.
+    pub fn ns(pid: i32) -> io::Result<ProcDir> {
+        Self::open(&format!("/proc/{pid}/ns"))
     }
-    // SAFETY: `fd` was just opened and nothing else owns it.
-    let dir = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
-    let mut set = [0u64; 8];
-    for kind in Kind::ALL {
-        let mut name = [0u8; 24];
-        let entry = kind.proc_entry().as_bytes();
-        name.get_mut(..entry.len())?.copy_from_slice(entry);
+
+    /// Opens `/proc/PID/task`, whose entries are `TID/ns/KIND`.
+    pub fn tasks(pid: i32) -> io::Result<ProcDir> {
+        Self::open(&format!("/proc/{pid}/task"))
+    }
+
+    fn open(path: &str) -> io::Result<ProcDir> {
         let mut buf = [0u8; 64];
-        // SAFETY: `name` is NUL-terminated (the entry is shorter than the
-        // zeroed buffer); `buf` is valid for `buf.len()` bytes and
-        // readlinkat writes at most that many.
+        let path =
+            c_str(&mut buf, path).ok_or_else(|| io::Error::from_raw_os_error(libc::EINVAL))?;
+        // SAFETY: `path` is NUL-terminated and outlives the call.
+        let fd = unsafe {
+            libc::open(
+                path.as_ptr(),
+                libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC,
+            )
+        };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: open just returned this descriptor; nothing else owns it.
+        Ok(ProcDir {
+            fd: unsafe { OwnedFd::from_raw_fd(fd) },
+        })
+    }
+
+    /// The inode of the namespace the link `entry` names, read with
+    /// readlinkat(2).
+    pub fn inode(&self, entry: &str) -> io::Result<u64> {
+        let mut name = [0u8; 64];
+        let name =
+            c_str(&mut name, entry).ok_or_else(|| io::Error::from_raw_os_error(libc::EINVAL))?;
+        let mut buf = [0u8; 64];
+        // SAFETY: `name` is NUL-terminated; `buf` is valid for `buf.len()`
+        // bytes and readlinkat writes at most that many.
         let n = unsafe {
             libc::readlinkat(
-                dir.as_raw_fd(),
-                name.as_ptr().cast(),
+                self.fd.as_raw_fd(),
+                name.as_ptr(),
                 buf.as_mut_ptr().cast(),
                 buf.len(),
             )
         };
-        if n <= 0 {
-            return None;
+        if n < 0 {
+            return Err(io::Error::last_os_error());
         }
-        set[kind.index()] = parse_ns_link(&buf[..n as usize])?;
+        parse_ns_link(&buf[..n as usize]).ok_or_else(|| io::Error::from_raw_os_error(libc::EINVAL))
+    }
+
+    /// Opens the namespace `entry` names.
+    pub fn open_entry(&self, entry: &str) -> io::Result<OwnedFd> {
+        let mut name = [0u8; 64];
+        let name =
+            c_str(&mut name, entry).ok_or_else(|| io::Error::from_raw_os_error(libc::EINVAL))?;
+        // SAFETY: `name` is NUL-terminated and outlives the call.
+        let fd = unsafe {
+            libc::openat(
+                self.fd.as_raw_fd(),
+                name.as_ptr(),
+                libc::O_RDONLY | libc::O_CLOEXEC,
+            )
+        };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: openat just returned this descriptor; nothing else owns it.
+        Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+    }
+}
+
+/// The effective capabilities of thread `tid` (its `CapEff`, by capget(2),
+/// which is much cheaper than reading `/proc/TID/status`); `None` if it is
+/// gone.
+pub fn effective_caps(tid: i32) -> Option<u64> {
+    /// `_LINUX_CAPABILITY_VERSION_3`: two 32-bit halves.
+    const VERSION_3: u32 = 0x2008_0522;
+    #[repr(C)]
+    struct Header {
+        version: u32,
+        pid: libc::c_int,
+    }
+    #[repr(C)]
+    #[derive(Clone, Copy, Default)]
+    struct Data {
+        effective: u32,
+        permitted: u32,
+        inheritable: u32,
+    }
+    if tid <= 0 {
+        return None;
+    }
+    let mut header = Header {
+        version: VERSION_3,
+        pid: tid,
+    };
+    let mut data = [Data::default(); 2];
+    // SAFETY: capget reads `header` and, for version 3, writes exactly two
+    // `Data` records to `data`; both are live locals of those layouts.
+    let r = unsafe { libc::syscall(libc::SYS_capget, &mut header, data.as_mut_ptr()) };
+    (r == 0).then(|| u64::from(data[0].effective) | (u64::from(data[1].effective) << 32))
+}
+
+/// The eight namespaces of thread `tid` (inodes in [`Kind::ALL`] order;
+/// pid and time as for its children), or `None` if it is gone or cannot be
+/// read: one open of its `ns` directory, then one readlinkat per kind.
+pub fn ns_set(tid: u32) -> Option<[u64; 8]> {
+    let dir = ProcDir::ns(tid as i32).ok()?;
+    let mut set = [0u64; 8];
+    for kind in Kind::ALL {
+        set[kind.index()] = dir.inode(kind.proc_entry()).ok()?;
     }
     Some(set)
 }
@@ -173,6 +257,19 @@ mod tests {
             assert_eq!(Some(set[kind.index()]), ns_inode(me, kind), "{kind}");
         }
         assert_eq!(ns_set(u32::MAX), None);
+        let dir = ProcDir::ns(me).unwrap();
+        assert_eq!(dir.inode("uts").unwrap(), want);
+        assert!(dir.open_entry("uts").is_ok());
+        assert!(dir.inode("nothing").is_err());
+        let tasks = ProcDir::tasks(me).unwrap();
+        assert_eq!(tasks.inode(&format!("{me}/ns/uts")).unwrap(), want);
+        let caps = std::fs::read_to_string("/proc/self/status")
+            .unwrap()
+            .lines()
+            .find_map(|l| l.strip_prefix("CapEff:"))
+            .map(|v| u64::from_str_radix(v.trim(), 16).unwrap());
+        assert_eq!(effective_caps(me), caps);
+        assert_eq!(effective_caps(-1), None);
         assert!(processes().unwrap().contains(&me));
     }
 }

@@ -452,8 +452,12 @@ fn refusals_follow_the_spec_table() {
         libc::EPERM
     );
     assert_eq!(uts_of(nobody.pid()), before);
-    let state = std::fs::read_to_string(format!("/proc/{}/stat", nobody.pid())).unwrap();
-    assert!(state.contains(") S "), "still running normally: {state}");
+    // Still running normally: back asleep once let go (it may take a moment
+    // to get there), not stopped or traced.
+    wait_for("the refused target to sleep again", || {
+        std::fs::read_to_string(format!("/proc/{}/stat", nobody.pid()))
+            .is_ok_and(|s| s.contains(") S "))
+    });
 }
 
 #[test]
@@ -747,5 +751,191 @@ fn the_caller_needs_ptrace_rights_over_the_target() {
         uts_of(rooted.pid()),
         bound(&m, "c/uts"),
         "its own uid's process moves"
+    );
+}
+
+/// The descriptors of process `pid`, as `N -> TARGET` lines.
+fn descriptors(pid: i32) -> Vec<String> {
+    let mut fds: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .flatten()
+        .map(|e| {
+            let target = std::fs::read_link(e.path()).unwrap_or_default();
+            format!(
+                "{} -> {}",
+                e.file_name().to_string_lossy(),
+                target.display()
+            )
+        })
+        .collect();
+    fds.sort();
+    fds
+}
+
+#[test]
+fn one_injector_serves_one_move_after_another() {
+    let Some(m) = Mount::new("injector-reuse") else {
+        return;
+    };
+    let daemon = m.daemon_pid();
+    std::fs::create_dir(m.path("c")).unwrap();
+    std::fs::File::create(m.path("c/uts")).unwrap();
+    let target = Proc::sh("exec sleep 1000");
+    m.watch_pid(target.pid());
+    assert_eq!(injector_pids(daemon), [] as [i32; 0], "started lazily");
+
+    m.write("c/tasks", target.pid().to_string().as_bytes())
+        .unwrap();
+    assert_eq!(uts_of(target.pid()), bound(&m, "c/uts"));
+    let first = injector_pids(daemon);
+    assert_eq!(first.len(), 1, "one move, one injector: {first:?}");
+    let injector = Seen::now(first[0]).expect("the injector runs");
+    // It keeps nothing of the daemon but its channel: no FUSE device that
+    // would keep the mount alive without the daemon.
+    let fds = descriptors(injector.pid);
+    assert_eq!(fds.len(), 3, "injector descriptors: {fds:?}");
+    assert!(fds[0].starts_with("0 -> socket:"), "{fds:?}");
+
+    m.write("tasks", target.pid().to_string().as_bytes())
+        .unwrap();
+    assert_eq!(uts_of(target.pid()), ns_ino(daemon, "uts"), "moved back");
+    assert_eq!(
+        injector_pids(daemon),
+        first,
+        "the same injector moved it back"
+    );
+    assert!(injector.running(), "the injector lives on between moves");
+}
+
+#[test]
+fn helpers_are_neither_listed_nor_moved() {
+    let Some(m) = Mount::new("helpers") else {
+        return;
+    };
+    let daemon = m.daemon_pid();
+    std::fs::create_dir(m.path("c")).unwrap();
+    std::fs::File::create(m.path("c/uts")).unwrap();
+    let target = Proc::sh("exec sleep 1000");
+    m.watch_pid(target.pid());
+    m.write("c/tasks", target.pid().to_string().as_bytes())
+        .unwrap();
+    let injectors = injector_pids(daemon);
+    assert_eq!(injectors.len(), 1, "{injectors:?}");
+    let injector = injectors[0];
+    // The holder of c's set: the one process in c's uts namespace that is
+    // not the target.
+    let c_uts = bound(&m, "c/uts");
+    let holder = std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|&p| p != target.pid())
+        .find(|&p| {
+            std::fs::metadata(format!("/proc/{p}/ns/uts"))
+                .is_ok_and(|md| std::os::unix::fs::MetadataExt::ino(&md) == c_uts)
+        })
+        .expect("c's holder");
+    let listed = |rel: &str, pid: i32| m.read(rel).lines().any(|l| l == pid.to_string());
+    assert!(
+        !listed("tasks", injector),
+        "an injector is not the root's task"
+    );
+    assert!(!listed("c/tasks", holder), "a holder is not its set's task");
+    assert!(listed("c/tasks", target.pid()));
+
+    let injector_uts = uts_of(injector);
+    assert_eq!(
+        errno(m.write("c/tasks", injector.to_string().as_bytes())),
+        libc::EPERM
+    );
+    assert_eq!(uts_of(injector), injector_uts, "the injector was not moved");
+    assert_eq!(
+        errno(m.write("tasks", holder.to_string().as_bytes())),
+        libc::EPERM
+    );
+    assert_eq!(uts_of(holder), c_uts, "the holder was not moved");
+    assert!(m.log_text().contains("one of the daemon's own helpers"));
+    // The refusals cost nothing: the injector still serves moves.
+    m.write("tasks", target.pid().to_string().as_bytes())
+        .unwrap();
+    assert_eq!(uts_of(target.pid()), ns_ino(daemon, "uts"));
+    assert_eq!(injector_pids(daemon), injectors);
+}
+
+/// Threads that share a descriptor table share one injected pidfd; a thread
+/// with a table of its own opens (and closes) its own.
+#[test]
+fn a_thread_with_its_own_descriptor_table_moves_and_keeps_no_pidfd() {
+    let Some(m) = Mount::new("own-files") else {
+        return;
+    };
+    std::fs::create_dir(m.path("t")).unwrap();
+    std::fs::File::create(m.path("t/uts")).unwrap();
+    let (mut target, pid, mut out) = start_target(&m, &["threads-own-files", "4"]);
+    let tids: Vec<i32> = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .filter_map(|e| e.unwrap().file_name().to_str()?.parse().ok())
+        .collect();
+    assert_eq!(tids.len(), 5, "{tids:?}");
+    let tables = || -> Vec<Vec<String>> {
+        tids.iter()
+            .map(|tid| {
+                let mut fds: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/task/{tid}/fd"))
+                    .unwrap()
+                    .flatten()
+                    .map(|e| {
+                        let target = std::fs::read_link(e.path()).unwrap_or_default();
+                        format!("{:?} -> {}", e.file_name(), target.display())
+                    })
+                    .collect();
+                fds.sort();
+                fds
+            })
+            .collect()
+    };
+    let before = tables();
+    m.write("t/tasks", pid.to_string().as_bytes()).unwrap();
+    let uts = bound(&m, "t/uts");
+    for tid in &tids {
+        assert_eq!(ns_ino(*tid, "uts"), uts, "thread {tid} moved");
+    }
+    assert_eq!(tables(), before, "every descriptor table as it was");
+    let mut stdin = target.stdin.take().unwrap();
+    writeln!(stdin, "quit").unwrap();
+    drop(stdin);
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut out, &mut rest).unwrap();
+    assert!(wait_bounded(&mut target, std::time::Duration::from_secs(30)).success());
+}
+
+#[test]
+fn a_dead_injector_is_replaced_not_reused() {
+    let Some(m) = Mount::new("injector-dies") else {
+        return;
+    };
+    let daemon = m.daemon_pid();
+    std::fs::create_dir(m.path("c")).unwrap();
+    std::fs::File::create(m.path("c/uts")).unwrap();
+    let target = Proc::sh("exec sleep 1000");
+    m.watch_pid(target.pid());
+    m.write("c/tasks", target.pid().to_string().as_bytes())
+        .unwrap();
+    let first = injector_pids(daemon);
+    assert_eq!(first.len(), 1, "{first:?}");
+    let dead = Seen::now(first[0]).expect("the injector runs");
+    m.step.set("kill the idle injector");
+    // SAFETY: kill takes integers; the injector is a child of this test's
+    // daemon, idle between moves.
+    unsafe { libc::kill(dead.pid, libc::SIGKILL) };
+    wait_for("the injector to die", || !dead.running());
+
+    m.write("tasks", target.pid().to_string().as_bytes())
+        .unwrap();
+    assert_eq!(uts_of(target.pid()), ns_ino(daemon, "uts"), "moved back");
+    let now = injector_pids(daemon);
+    assert_eq!(now.len(), 1, "{now:?}");
+    assert!(
+        Seen::now(now[0]).is_some_and(|s| s != dead),
+        "a new injector took over"
     );
 }

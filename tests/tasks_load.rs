@@ -870,9 +870,10 @@ fn concurrent_moves_under_load() {
 /// The daemon is SIGKILLed in the middle of a storm of moves.
 ///
 /// The design property under test: the daemon never traces a target
-/// itself. Each move runs in its own injector process (`nsproxyfs
-/// --internal-move`), which SIGKILL of the daemon does not reach: it
-/// finishes its move and exits. Within the move, every thread stays stopped
+/// itself. Moves run in long-lived injector processes (`nsproxyfs
+/// --internal-injector`), which SIGKILL of the daemon does not reach: each
+/// finishes the move it has in flight, sees the daemon's end of its channel
+/// close, and exits; none outlives the daemon for long. Within the move, every thread stays stopped
 /// until all have moved (or moved back), registers and the signal mask are
 /// put back before detaching, and the namespaces change in one syscall per
 /// thread, `setns(pidfd_of_holder, kinds)`, which joins all the requested
@@ -946,6 +947,11 @@ fn daemon_sigkill_mid_storm_leaves_targets_whole() {
         assert!(w.running(), "writer {} still moving at the kill", w.name);
     }
     let daemon = m.daemon_pid();
+    let injectors: Vec<Seen> = injector_pids(daemon)
+        .into_iter()
+        .filter_map(Seen::now)
+        .collect();
+    assert!(!injectors.is_empty(), "the moves run in injectors");
     m.step.set("SIGKILL the daemon");
     // SAFETY: kill takes integers; the daemon is our child.
     unsafe { libc::kill(daemon, libc::SIGKILL) };
@@ -953,7 +959,9 @@ fn daemon_sigkill_mid_storm_leaves_targets_whole() {
     // Not reaped here: the mount's drop does that.
     wait_for("the daemon to die", || state_of(daemon) == Some('Z'));
     note(&format!(
-        "{test}: killed the daemon {delay:?} into the storm, after about {before} moves"
+        "{test}: killed the daemon {delay:?} into the storm, after about {before} moves, \
+         with {} injectors",
+        injectors.len()
     ));
 
     m.step.set("detach the dead mount");
@@ -1054,6 +1062,21 @@ fn daemon_sigkill_mid_storm_leaves_targets_whole() {
     let left = strays(&container_uts, &targets);
     if !left.is_empty() {
         problems.push(format!("holders outlived the daemon: {left:?}"));
+    }
+    // Each injector finished the move it had in flight (the targets show
+    // it), saw the daemon's end of its channel close, and left.
+    m.step.set("wait for the injectors to go");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline && injectors.iter().any(Seen::running) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let left: Vec<i32> = injectors
+        .iter()
+        .filter(|i| i.running())
+        .map(|i| i.pid)
+        .collect();
+    if !left.is_empty() {
+        problems.push(format!("injectors outlived the daemon: {left:?}"));
     }
     assert!(
         problems.is_empty(),

@@ -2,8 +2,9 @@
 //!
 //! The FUSE header carries the caller's fsuid, fsgid and thread id (0 when
 //! the caller's pid namespace cannot see the daemon's). Capabilities are not
-//! sent: they are read from `/proc/TID/status`, and the user namespace they
-//! hold in from `/proc/TID/ns/user`. Root by uid alone grants nothing.
+//! sent: they are asked of the kernel (capget(2) on the caller's thread), and
+//! the user namespace they hold in is read from `/proc/TID/ns/user`. Root by
+//! uid alone grants nothing.
 
 use std::fs::File;
 use std::os::fd::OwnedFd;
@@ -22,7 +23,6 @@ struct Status {
     uid: [u32; 4],
     /// Real, effective, saved and filesystem gid.
     gid: [u32; 4],
-    cap_eff: u64,
 }
 
 fn status(pid: u32) -> Option<Status> {
@@ -35,14 +35,9 @@ fn status(pid: u32) -> Option<Status> {
             .collect();
         v.try_into().ok()
     };
-    let cap_eff = text
-        .lines()
-        .find_map(|l| l.strip_prefix("CapEff:"))
-        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())?;
     Some(Status {
         uid: ids("Uid:")?,
         gid: ids("Gid:")?,
-        cap_eff,
     })
 }
 
@@ -80,15 +75,21 @@ impl Caller {
     /// Refuses unless the caller holds CAP_SYS_ADMIN in the daemon's user
     /// namespace, which every change of the tree needs.
     pub fn require_admin(&self, daemon_user_ns: u64) -> Result<()> {
-        let tid = self.visible()?;
-        let st = status(tid).ok_or_else(|| Error::Denied(format!("caller {tid} is gone")))?;
-        if st.cap_eff & (1 << CAP_SYS_ADMIN) == 0 {
+        let caps = self.caps()?;
+        if caps & (1 << CAP_SYS_ADMIN) == 0 {
             return Err(Error::Denied(format!(
-                "caller {tid} (uid {}) lacks CAP_SYS_ADMIN",
-                self.uid
+                "caller {} (uid {}) lacks CAP_SYS_ADMIN",
+                self.tid, self.uid
             )));
         }
         self.in_user_ns(daemon_user_ns, "CAP_SYS_ADMIN")
+    }
+
+    /// The caller's effective capabilities.
+    fn caps(&self) -> Result<u64> {
+        let tid = self.visible()?;
+        crate::procfs::effective_caps(tid as i32)
+            .ok_or_else(|| Error::Denied(format!("caller {tid} is gone")))
     }
 
     fn in_user_ns(&self, daemon_user_ns: u64, what: &str) -> Result<()> {
@@ -107,11 +108,11 @@ impl Caller {
     /// the target's uids and gids and the target is dumpable, or it holds
     /// CAP_SYS_PTRACE (in the daemon's user namespace).
     pub fn require_ptrace(&self, pid: i32, daemon_user_ns: u64) -> Result<()> {
-        let tid = self.visible()?;
-        let me = status(tid).ok_or_else(|| Error::Denied(format!("caller {tid} is gone")))?;
-        if me.cap_eff & (1 << CAP_SYS_PTRACE) != 0 {
+        if self.caps()? & (1 << CAP_SYS_PTRACE) != 0 {
             return self.in_user_ns(daemon_user_ns, "CAP_SYS_PTRACE");
         }
+        let tid = self.visible()?;
+        let me = status(tid).ok_or_else(|| Error::Denied(format!("caller {tid} is gone")))?;
         let target = status(pid as u32).ok_or(crate::ns::NsError::NoSuchProcess(pid))?;
         let same_ids = target.uid[..3].iter().all(|&u| u == me.uid[0])
             && target.gid[..3].iter().all(|&g| g == me.gid[0]);

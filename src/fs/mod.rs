@@ -433,15 +433,23 @@ impl NsProxyFs {
         }
     }
 
+    /// The daemon's own helper processes: the mover's (holders, injectors)
+    /// and the init processes of fresh pid namespaces. They are neither
+    /// listed in `tasks` nor moved.
+    fn helpers(&self, st: &State) -> Vec<i32> {
+        let mut helpers = self.mover.helper_pids();
+        helpers.extend(
+            st.spaces
+                .values()
+                .filter_map(|ns| ns.keeper().map(|k| k.pid())),
+        );
+        helpers
+    }
+
     fn tasks_text(&self, c: ContainerId, reader: &Caller) -> Result<Vec<u8>> {
         let (set, differing, helpers) = {
             let st = self.state.read();
-            let mut helpers = self.mover.helper_pids();
-            helpers.extend(
-                st.spaces
-                    .values()
-                    .filter_map(|ns| ns.keeper().map(|k| k.pid())),
-            );
+            let helpers = self.helpers(&st);
             let eff = st.tree.effective_set(c).ok_or(Error::NotFound)?;
             let root = st.tree.effective_set(Tree::ROOT).ok_or(Error::NotFound)?;
             let set: [u64; 8] = std::array::from_fn(|i| eff[i].ino);
@@ -941,6 +949,11 @@ impl NsProxyFs {
         });
         let set = resolved.and_then(|local| {
             let st = self.state.read();
+            if self.helpers(&st).contains(&local) {
+                return Err(Error::Denied(format!(
+                    "process {local} is one of the daemon's own helpers"
+                )));
+            }
             let eff = st.tree.effective_set(c).ok_or(Error::NotFound)?;
             let mut set = Vec::with_capacity(8);
             for e in eff {
@@ -1074,6 +1087,16 @@ fn quiet(e: &Error) -> Errno {
 }
 
 impl fuser::Filesystem for NsProxyFs {
+    fn init(&mut self, _req: &Request, config: &mut fuser::KernelConfig) -> std::io::Result<()> {
+        // `echo PID > tasks` opens with O_TRUNC. With this the truncation
+        // rides on the open instead of costing a setattr round trip of its
+        // own; no file here has content to truncate.
+        if let Err(missing) = config.add_capabilities(fuser::InitFlags::FUSE_ATOMIC_O_TRUNC) {
+            log::debug!("the kernel lacks {missing:?}");
+        }
+        Ok(())
+    }
+
     fn lookup(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         let view = self.view(&Caller::of(req));
         match self
@@ -1352,7 +1375,12 @@ impl fuser::Filesystem for NsProxyFs {
         _size: u32,
         reply: fuser::ReplyXattr,
     ) {
-        reply.error(Errno::from_i32(libc::ENODATA));
+        // No extended attributes here. ENOSYS (answered here rather than by
+        // fuser's default, which logs a warning) makes the kernel stop
+        // asking: otherwise every `echo > FILE` costs a round trip for
+        // security.capability, which truncation checks before clearing.
+        // Callers see EOPNOTSUPP.
+        reply.error(Errno::ENOSYS);
     }
 
     fn listxattr(&self, _req: &Request, _ino: INodeNo, size: u32, reply: fuser::ReplyXattr) {

@@ -57,9 +57,9 @@
 //! an injected syscall and [`Tracee::restore`]; a tracer killed inside that
 //! window leaves the thread with the injection registers, and one killed
 //! during a single step leaves it a SIGTRAP nobody catches, which kills it.
-//! The daemon therefore never traces from its own process: each move runs
-//! in a separate injector process that the daemon's death does not reach
-//! (`crate::moving`).
+//! The daemon therefore never traces from its own process: moves run in
+//! separate injector processes that the daemon's death does not reach
+//! (`crate::injector`).
 //!
 //! All ptrace requests must come from the thread that attached, so a
 //! [`Tracee`] is neither `Send` nor `Sync`.

@@ -231,6 +231,66 @@ pub(crate) fn pidfd_open(pid: Pid, flags: libc::c_uint) -> Result<OwnedFd, Errno
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
+/// `PIDFD_GET_INFO`: `_IOWR(0xff, 11, struct pidfd_info)`, with the size of
+/// the first version of the struct (64 bytes).
+const PIDFD_GET_INFO: libc::c_ulong = (3 << 30) | (64 << 16) | (0xff << 8) | 11;
+
+/// The first version of `struct pidfd_info`.
+#[repr(C)]
+#[derive(Default)]
+struct PidfdInfo {
+    mask: u64,
+    cgroupid: u64,
+    pid: u32,
+    tgid: u32,
+    ppid: u32,
+    ids: [u32; 8],
+    exit_code: i32,
+}
+
+/// The pid, in our pid namespace, of the process behind `pidfd` (0 if it
+/// is not visible there), asked with the `PIDFD_GET_INFO` ioctl (Linux
+/// 6.13). `Ok(None)` on kernels without it; `ESRCH` once it has exited.
+pub(crate) fn pidfd_pid(pidfd: BorrowedFd<'_>) -> Result<Option<i32>, Errno> {
+    /// `PIDFD_INFO_PID`: always answered.
+    const PIDFD_INFO_PID: u64 = 1;
+    let mut info = PidfdInfo {
+        mask: PIDFD_INFO_PID,
+        ..PidfdInfo::default()
+    };
+    // SAFETY: the ioctl writes at most the 64 bytes its number states into
+    // `info`, a live local of exactly that layout.
+    let ret = unsafe { libc::ioctl(pidfd.as_raw_fd(), PIDFD_GET_INFO, &mut info) };
+    match check(ret.into()) {
+        Ok(_) => Ok(Some(info.pid as i32)),
+        Err(Errno::ENOTTY | Errno::EINVAL) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Whether threads `a` and `b` share one descriptor table, by kcmp(2)
+/// (`KCMP_FILES`). `Ok(None)` where the kernel has no kcmp.
+pub(crate) fn same_files(a: Pid, b: Pid) -> Result<Option<bool>, Errno> {
+    /// `KCMP_FILES` of `enum kcmp_type`.
+    const KCMP_FILES: libc::c_int = 2;
+    // SAFETY: kcmp with KCMP_FILES takes integers and reads no memory of ours.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_kcmp,
+            a.as_raw(),
+            b.as_raw(),
+            KCMP_FILES,
+            0usize,
+            0usize,
+        )
+    };
+    match check(ret) {
+        Ok(order) => Ok(Some(order == 0)),
+        Err(Errno::ENOSYS) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
 /// `pidfd_send_signal(pidfd, sig, NULL, 0)`; signal 0 only checks that the
 /// process behind the pidfd still runs (ESRCH once it has exited).
 pub(crate) fn pidfd_send_signal(pidfd: BorrowedFd<'_>, sig: i32) -> Result<(), Errno> {

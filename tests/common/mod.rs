@@ -616,3 +616,56 @@ pub fn probe(prefix: &[&str], ops: &[String]) -> Vec<String> {
     assert_eq!(answers.len(), ops.len(), "one answer per op: {answers:?}");
     answers
 }
+
+/// The daemon's injector processes: its children started as `nsproxyfs
+/// --internal-injector`, in pid order.
+pub fn injector_pids(daemon: i32) -> Vec<i32> {
+    let mut found = Vec::new();
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{daemon}/task")) else {
+        return found;
+    };
+    for task in tasks.flatten() {
+        let children = std::fs::read_to_string(task.path().join("children")).unwrap_or_default();
+        for pid in children.split_whitespace().filter_map(|p| p.parse().ok()) {
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            if cmdline
+                .split(|&b| b == 0)
+                .any(|arg| arg == b"--internal-injector")
+            {
+                found.push(pid);
+            }
+        }
+    }
+    found.sort_unstable();
+    found
+}
+
+/// A process as it was seen at one moment: its pid and start time, so that
+/// a reused pid is not taken for it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Seen {
+    pub pid: i32,
+    start: u64,
+}
+
+impl Seen {
+    /// `pid` now, if it runs.
+    pub fn now(pid: i32) -> Option<Seen> {
+        let start = stat_field(pid, 19)?.parse().ok()?;
+        Some(Seen { pid, start })
+    }
+
+    /// Whether that same process still runs (exited or a zombie: no).
+    pub fn running(&self) -> bool {
+        let state = stat_field(self.pid, 0);
+        let start = stat_field(self.pid, 19).and_then(|s| s.parse().ok());
+        start == Some(self.start) && !matches!(state.as_deref(), Some("Z" | "X") | None)
+    }
+}
+
+/// Field `n` of `/proc/PID/stat` after the command name (0 is the state).
+fn stat_field(pid: i32, n: usize) -> Option<String> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_whitespace().nth(n).map(str::to_owned)
+}

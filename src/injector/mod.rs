@@ -1,0 +1,404 @@
+//! Injectors: long-lived helper processes that run moves for the daemon.
+//!
+//! The daemon never traces a process itself. A tracer that dies in the
+//! middle of an injected syscall leaves its tracee with the injection's
+//! registers, or, during a single step, with a SIGTRAP nobody catches, which
+//! kills it. So each move runs in an injector, a process of its own
+//! (`nsproxyfs --internal-injector`, started by exec of the daemon's binary)
+//! that the daemon's death does not reach: an injector finishes the move in
+//! flight, all or nothing, then sees its channel close and exits.
+//!
+//! The daemon starts injectors lazily and keeps the idle ones ([`Injectors`]):
+//! a move checks one out, or starts one if none is idle, and gives it back
+//! when done, so there are never more than there are concurrent moves.
+//!
+//! # The channel
+//!
+//! Each injector talks to the daemon over its standard input, one end of a
+//! `SOCK_SEQPACKET` socket pair: every message is one record, and the
+//! daemon's death (its end closing) reads as EOF. One move:
+//!
+//! * daemon: `move HOLDER FLAGS WRITER`, with the target's pidfd attached
+//!   (`SCM_RIGHTS`). HOLDER is the holder's pid in the target's pid
+//!   namespace, FLAGS the `CLONE_NEW*` kinds to join, WRITER the target's
+//!   thread blocked in the write that asked for the move, or 0.
+//! * injector: `seized`, when every thread is asked to stop and the daemon
+//!   may answer the writer's write (sent only if WRITER is not 0);
+//! * injector: `ok THREADS` or `err ERRNO REASON`.
+//!
+//! An injector that sends anything else, or whose channel ends before the
+//! last line, is dropped and the move fails with `EIO`.
+
+pub(crate) mod sys;
+
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::process::{Child, Command, Stdio};
+
+use nix::sched::CloneFlags;
+use parking_lot::Mutex;
+
+use crate::fs::{Error, Result};
+use crate::mover::{self, ProcessHandle, Writer};
+
+/// The first argument that makes `nsproxyfs` an injector (see [`serve`]);
+/// not meant for people.
+pub const INJECTOR_ARG: &str = "--internal-injector";
+
+/// Idle injectors kept at most; more are only ever started for concurrent
+/// moves, and the surplus leaves once they are done.
+const MAX_IDLE: usize = 8;
+
+/// Longest record on the channel.
+const RECORD: usize = 4096;
+
+/// The daemon's injectors.
+///
+/// `idle` and `live` are leaf locks, never held across a move or a spawn.
+#[derive(Debug, Default)]
+pub struct Injectors {
+    idle: Mutex<Vec<Injector>>,
+    /// The pids of every injector started and not yet retired, idle or busy.
+    live: Mutex<Vec<i32>>,
+}
+
+impl Injectors {
+    /// No injector yet: the first move starts one.
+    pub fn new() -> Injectors {
+        Injectors::default()
+    }
+
+    /// The pids of the live injectors (in the daemon's pid namespace).
+    pub fn pids(&self) -> Vec<i32> {
+        self.live.lock().clone()
+    }
+
+    /// Moves `target` into the namespaces of kinds `flags` of the holder
+    /// whose pid in the target's pid namespace is `holder`, in an injector.
+    /// Returns the number of threads moved.
+    pub fn run(
+        &self,
+        target: &ProcessHandle,
+        holder: i32,
+        flags: libc::c_int,
+        mut writer: Option<Writer<'_>>,
+    ) -> Result<usize> {
+        let request = format!(
+            "move {holder} {flags} {}",
+            writer.as_ref().map_or(0, |w| w.tid.as_raw())
+        );
+        // An idle injector may have died meanwhile (someone killed it): that
+        // shows as a refused send, before anything of the move happened, and
+        // the next one is tried.
+        loop {
+            // Taken in a statement of its own: the lock must not be held
+            // while a new injector starts.
+            let idle = self.idle.lock().pop();
+            let (injector, fresh) = match idle {
+                Some(i) => (i, false),
+                None => (self.spawn()?, true),
+            };
+            match injector.exchange(&request, target.pidfd(), writer.as_mut()) {
+                Exchange::Answered(outcome) => {
+                    self.check_in(injector);
+                    return outcome;
+                }
+                Exchange::NotSent(source) => {
+                    self.retire(injector);
+                    if fresh {
+                        return Err(Error::Sys {
+                            what: "hand the move to a new injector",
+                            source: io::Error::other(source),
+                        });
+                    }
+                }
+                Exchange::Broken(e) => {
+                    self.retire(injector);
+                    return Err(e);
+                }
+            }
+        }
+    }
+
+    fn spawn(&self) -> Result<Injector> {
+        let injector = Injector::spawn().map_err(|source| Error::Sys {
+            what: "start an injector",
+            source,
+        })?;
+        self.live.lock().push(injector.pid());
+        log::debug!("injector {} started", injector.pid());
+        Ok(injector)
+    }
+
+    fn check_in(&self, injector: Injector) {
+        let mut idle = self.idle.lock();
+        if idle.len() < MAX_IDLE {
+            idle.push(injector);
+            return;
+        }
+        drop(idle);
+        self.retire(injector);
+    }
+
+    /// Lets an injector go: its channel closes, so it exits once its move
+    /// (if any) is over; its exit is collected without blocking the caller.
+    fn retire(&self, injector: Injector) {
+        let pid = injector.pid();
+        self.live.lock().retain(|&p| p != pid);
+        let Injector { mut child, channel } = injector;
+        drop(channel);
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        let reaper = std::thread::Builder::new()
+            .name("injector-reaper".into())
+            .spawn(move || {
+                let _ = child.wait();
+            });
+        if let Err(e) = reaper {
+            log::warn!("injector {pid} will not be reaped: {e}");
+        }
+    }
+}
+
+/// How one exchange with an injector went.
+enum Exchange {
+    /// The injector answered; the move's own outcome.
+    Answered(Result<usize>),
+    /// The request could not be sent: nothing happened.
+    NotSent(io::Error),
+    /// The injector broke off (died, or said something unexpected) after
+    /// taking the request.
+    Broken(Error),
+}
+
+/// One injector process and the daemon's end of its channel.
+#[derive(Debug)]
+struct Injector {
+    child: Child,
+    channel: OwnedFd,
+}
+
+impl Injector {
+    fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    /// Starts `/proc/self/exe --internal-injector` (the daemon's own binary,
+    /// even if the file was replaced since) with its end of the channel as
+    /// standard input. exec, not a bare fork: the daemon is multithreaded,
+    /// and a forked copy of it must not run code that takes locks.
+    fn spawn() -> io::Result<Injector> {
+        let (channel, theirs) = sys::seqpacket_pair()?;
+        let child = Command::new("/proc/self/exe")
+            .arg(INJECTOR_ARG)
+            .stdin(Stdio::from(theirs))
+            .stdout(Stdio::null())
+            .spawn()?;
+        Ok(Injector { child, channel })
+    }
+
+    fn exchange(
+        &self,
+        request: &str,
+        pidfd: BorrowedFd<'_>,
+        mut writer: Option<&mut Writer<'_>>,
+    ) -> Exchange {
+        let channel = self.channel.as_fd();
+        if let Err(e) = sys::send(channel, request.as_bytes(), Some(pidfd)) {
+            return Exchange::NotSent(e);
+        }
+        let mut buf = vec![0u8; RECORD];
+        loop {
+            let n = match sys::recv(channel, &mut buf) {
+                Ok((0, _)) => {
+                    return Exchange::Broken(Error::Sys {
+                        what: "the injector ended without an answer",
+                        source: io::Error::from_raw_os_error(libc::EIO),
+                    });
+                }
+                Ok((n, _)) => n,
+                Err(source) => {
+                    // EIO for the writer, whatever broke the channel.
+                    return Exchange::Broken(Error::Sys {
+                        what: "read the injector",
+                        source: io::Error::other(source),
+                    });
+                }
+            };
+            let line = String::from_utf8_lossy(&buf[..n]);
+            if line == "seized" {
+                match writer.take() {
+                    Some(w) => (w.answer)(),
+                    None => return Exchange::Broken(bad_answer(&line)),
+                }
+                continue;
+            }
+            return match parse_outcome(&line) {
+                Some(outcome) => Exchange::Answered(outcome),
+                None => Exchange::Broken(bad_answer(&line)),
+            };
+        }
+    }
+}
+
+/// Reads the injector's last line: `ok THREADS` or `err ERRNO REASON`.
+fn parse_outcome(line: &str) -> Option<Result<usize>> {
+    let mut words = line.splitn(3, ' ');
+    match (words.next(), words.next(), words.next()) {
+        (Some("ok"), Some(n), None) => n.parse().ok().map(Ok),
+        (Some("err"), Some(errno), reason) => {
+            let errno = errno.parse().ok().filter(|&e| e > 0)?;
+            Some(Err(Error::Refused {
+                errno,
+                reason: reason.unwrap_or("").to_owned(),
+            }))
+        }
+        _ => None,
+    }
+}
+
+fn bad_answer(line: &str) -> Error {
+    Error::Sys {
+        what: "understand the injector",
+        source: io::Error::other(format!("unexpected answer {line:?}")),
+    }
+}
+
+/// One request as the injector reads it.
+#[derive(Debug, PartialEq, Eq)]
+struct Request {
+    holder: i32,
+    flags: libc::c_int,
+    writer: i32,
+}
+
+fn parse_request(text: &str) -> Option<Request> {
+    let mut words = text.split(' ');
+    if words.next()? != "move" {
+        return None;
+    }
+    let mut number = || words.next()?.parse::<i32>().ok();
+    let request = Request {
+        holder: number()?,
+        flags: number()?,
+        writer: number()?,
+    };
+    words.next().is_none().then_some(request)
+}
+
+/// The injector: serves moves on its standard input until the daemon's end
+/// of the channel closes, then returns its exit status.
+pub fn serve() -> i32 {
+    sys::shield_from_signals();
+    sys::close_from(3);
+    let stdin = io::stdin();
+    let channel = stdin.as_fd();
+    let mut buf = vec![0u8; RECORD];
+    loop {
+        let (n, pidfd) = match sys::recv(channel, &mut buf) {
+            // The daemon is gone (or let this injector go).
+            Ok((0, _)) => return 0,
+            Ok(got) => got,
+            Err(e) if e.raw_os_error() == Some(libc::ENOTSOCK) => {
+                eprintln!("nsproxyfs: {INJECTOR_ARG} is for the daemon's own use");
+                return 2;
+            }
+            Err(e) => {
+                eprintln!("nsproxyfs injector: reading the daemon: {e}");
+                return 1;
+            }
+        };
+        let say = |line: &str| {
+            // A daemon that died meanwhile cannot hear it; EOF comes next.
+            let _ = sys::send(channel, line.as_bytes(), None);
+        };
+        let request = std::str::from_utf8(&buf[..n]).ok().and_then(parse_request);
+        let answer = match (request, pidfd) {
+            (Some(request), Some(pidfd)) => match run_move(request, pidfd, &say) {
+                Ok(threads) => format!("ok {threads}"),
+                Err(e) => format!("err {} {e}", e.errno() as i32),
+            },
+            _ => format!("err {} malformed request", libc::EINVAL),
+        };
+        say(&answer);
+    }
+}
+
+fn run_move(
+    request: Request,
+    pidfd: OwnedFd,
+    say: &dyn Fn(&str),
+) -> std::result::Result<usize, mover::MoveError> {
+    let target = ProcessHandle::from_pidfd(pidfd)?;
+    let mut seized = || say("seized");
+    let writer = (request.writer != 0).then(|| Writer {
+        tid: nix::unistd::Pid::from_raw(request.writer),
+        answer: &mut seized,
+    });
+    let kinds = CloneFlags::from_bits_retain(request.flags);
+    mover::move_process_answering(&target, request.holder, kinds, writer)
+        .map(|report| report.threads)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests() {
+        assert_eq!(
+            parse_request("move 12 67108864 0"),
+            Some(Request {
+                holder: 12,
+                flags: 0x0400_0000,
+                writer: 0
+            })
+        );
+        assert_eq!(parse_request("move 12 1"), None);
+        assert_eq!(parse_request("move 12 1 2 3"), None);
+        assert_eq!(parse_request("copy 1 2 3"), None);
+        assert_eq!(parse_request("move x 2 3"), None);
+    }
+
+    #[test]
+    fn outcomes() {
+        assert!(matches!(parse_outcome("ok 3"), Some(Ok(3))));
+        match parse_outcome("err 22 thread 5: setns failed") {
+            Some(Err(Error::Refused { errno, reason })) => {
+                assert_eq!(errno, libc::EINVAL);
+                assert_eq!(reason, "thread 5: setns failed");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(parse_outcome("err 0 x").is_none());
+        assert!(parse_outcome("ok").is_none());
+        assert!(parse_outcome("seized").is_none());
+    }
+
+    #[test]
+    fn records_carry_one_descriptor() {
+        let (a, b) = sys::seqpacket_pair().unwrap();
+        let file = std::fs::File::open("/proc/self/stat").unwrap();
+        sys::send(a.as_fd(), b"move 1 2 3", Some(file.as_fd())).unwrap();
+        sys::send(a.as_fd(), b"ok 1", None).unwrap();
+        let mut buf = [0u8; 64];
+        let (n, fd) = sys::recv(b.as_fd(), &mut buf).unwrap();
+        assert_eq!(&buf[..n], b"move 1 2 3");
+        let fd = fd.expect("a descriptor");
+        let same = |f: BorrowedFd<'_>| {
+            let md = std::fs::File::from(f.try_clone_to_owned().unwrap())
+                .metadata()
+                .unwrap();
+            (
+                std::os::unix::fs::MetadataExt::dev(&md),
+                std::os::unix::fs::MetadataExt::ino(&md),
+            )
+        };
+        assert_eq!(same(fd.as_fd()), same(file.as_fd()));
+        let (n, fd) = sys::recv(b.as_fd(), &mut buf).unwrap();
+        assert_eq!((&buf[..n], fd.is_none()), (&b"ok 1"[..], true));
+        drop(a);
+        assert_eq!(sys::recv(b.as_fd(), &mut buf).unwrap().0, 0, "EOF");
+    }
+}
