@@ -37,6 +37,6 @@ pub mod procfs;
 pub mod tree;
 
 /// The process mover the daemon uses.
-pub fn mover() -> fs::Result<Box<dyn fs::Mover>> {
-    Ok(Box::new(moving::PtraceMover::new()?))
+pub fn mover(fatal_seccomp: mover::FatalSeccomp) -> fs::Result<Box<dyn fs::Mover>> {
+    Ok(Box::new(moving::PtraceMover::new(fatal_seccomp)?))
 }

@@ -51,6 +51,12 @@ struct MountArgs {
     /// Log more: -v for each change, -vv for debugging.
     #[arg(short, long, action = clap::ArgAction::Count)]
     verbose: u8,
+
+    /// Move processes even when their seccomp filter would kill them for
+    /// the calls a move injects (they die). Without it such moves are
+    /// refused with EPERM and the process is left as it was.
+    #[arg(long)]
+    allow_fatal_seccomp: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -89,7 +95,7 @@ exec, and mount(8) and fstab use.";
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().collect();
     if args.get(1).map(String::as_str) == Some(nsproxyfs::injector::INJECTOR_ARG) {
-        return ExitCode::from(nsproxyfs::injector::serve() as u8);
+        return ExitCode::from(nsproxyfs::injector::serve(&args[2..]) as u8);
     }
     let cli = Cli::parse();
     match cli.command {
@@ -124,7 +130,12 @@ fn run_mount(args: MountArgs) -> ExitCode {
         foreground: args.foreground,
         level,
     };
-    let mover = match nsproxyfs::mover() {
+    let fatal_seccomp = if args.allow_fatal_seccomp {
+        nsproxyfs::mover::FatalSeccomp::Allow
+    } else {
+        nsproxyfs::mover::FatalSeccomp::Refuse
+    };
+    let mover = match nsproxyfs::mover(fatal_seccomp) {
         Ok(m) => m,
         Err(e) => {
             eprintln!("nsproxyfs: {e}");

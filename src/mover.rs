@@ -669,6 +669,18 @@ impl fmt::Debug for Writer<'_> {
     }
 }
 
+/// What to do with a target whose seccomp filter would kill it for one of
+/// the calls a move injects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum FatalSeccomp {
+    /// Refuse the move (`EPERM`) before anything is injected.
+    #[default]
+    Refuse,
+    /// Inject anyway: the filter kills the process (the daemon was started
+    /// with `--allow-fatal-seccomp`).
+    Allow,
+}
+
 /// [`move_process`], for a target one of whose threads is a [`Writer`].
 /// When `writer` is given, `answer` is called exactly once unless this
 /// returns an error before any thread was asked to stop.
@@ -676,7 +688,25 @@ pub fn move_process_answering(
     target: &ProcessHandle,
     holder_pid_in_target_ns: i32,
     kinds: CloneFlags,
+    writer: Option<Writer<'_>>,
+) -> Result<MoveReport, MoveError> {
+    move_process_with(
+        target,
+        holder_pid_in_target_ns,
+        kinds,
+        writer,
+        FatalSeccomp::Refuse,
+    )
+}
+
+/// [`move_process_answering`], with a choice about seccomp filters that
+/// would kill the target.
+pub fn move_process_with(
+    target: &ProcessHandle,
+    holder_pid_in_target_ns: i32,
+    kinds: CloneFlags,
     mut writer: Option<Writer<'_>>,
+    fatal_seccomp: FatalSeccomp,
 ) -> Result<MoveReport, MoveError> {
     let kinds = kinds.bits();
     let known = KINDS.iter().fold(0, |all, (flag, _)| all | flag);
@@ -721,7 +751,15 @@ pub fn move_process_answering(
         return Err(MoveError::Unsupported("32-bit (compat) process"));
     }
     share_syscall_site(&mut threads)?;
-    check_seccomp(&mut threads, holder_pid_in_target_ns, kinds)?;
+    match (
+        check_seccomp(&mut threads, holder_pid_in_target_ns, kinds),
+        fatal_seccomp,
+    ) {
+        // Allowed: the injected call kills the process, and the move
+        // reports it gone.
+        (Err(MoveError::SeccompKills { .. }), FatalSeccomp::Allow) => {}
+        (result, _) => result?,
+    }
 
     let multi = threads.len() > 1;
     let unshare_fs = multi && kinds & libc::CLONE_NEWNS != 0;

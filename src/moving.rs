@@ -30,7 +30,7 @@ pub struct PtraceMover {
 impl PtraceMover {
     /// A mover for a daemon whose own namespaces are `own` (inodes in
     /// [`Kind::ALL`] order; pid and time as for children).
-    pub fn new() -> Result<PtraceMover> {
+    pub fn new(fatal_seccomp: crate::mover::FatalSeccomp) -> Result<PtraceMover> {
         let me = std::process::id() as i32;
         let mut own = [0u64; 8];
         for kind in Kind::ALL {
@@ -42,7 +42,7 @@ impl PtraceMover {
         Ok(PtraceMover {
             own,
             holders: Mutex::new(HashMap::new()),
-            injectors: Injectors::new(),
+            injectors: Injectors::new(fatal_seccomp),
         })
     }
 

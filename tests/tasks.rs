@@ -527,6 +527,28 @@ fn a_seccomp_filter_that_would_kill_is_refused_before_anything_is_injected() {
 }
 
 #[test]
+fn allow_fatal_seccomp_moves_anyway_and_the_filter_kills() {
+    let Some(m) = Mount::with_args("seccomp-allow", &["--allow-fatal-seccomp"]) else {
+        return;
+    };
+    std::fs::create_dir(m.path("s")).unwrap();
+    std::fs::File::create(m.path("s/uts")).unwrap();
+    let (mut target, pid, _out) = start_target(&m, &["seccomp-kill-setns"]);
+    // The daemon was told to go ahead: the injected setns() trips the
+    // filter, which kills the process; the write reports it gone.
+    assert_eq!(
+        errno(m.write("s/tasks", pid.to_string().as_bytes())),
+        libc::ESRCH
+    );
+    let status = wait_bounded(&mut target, std::time::Duration::from_secs(30));
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&status),
+        Some(libc::SIGSYS),
+        "killed by its filter: {status}"
+    );
+}
+
+#[test]
 fn a_seccomp_filter_that_denies_setns_leaves_the_process_as_it_was() {
     let Some(m) = Mount::new("seccomp") else {
         return;

@@ -57,15 +57,21 @@ const RECORD: usize = 4096;
 /// `idle` and `live` are leaf locks, never held across a move or a spawn.
 #[derive(Debug, Default)]
 pub struct Injectors {
+    /// Whether moves go ahead for targets a seccomp filter would kill.
+    fatal_seccomp: mover::FatalSeccomp,
     idle: Mutex<Vec<Injector>>,
     /// The pids of every injector started and not yet retired, idle or busy.
     live: Mutex<Vec<i32>>,
 }
 
 impl Injectors {
-    /// No injector yet: the first move starts one.
-    pub fn new() -> Injectors {
-        Injectors::default()
+    /// No injector yet: the first move starts one. `fatal_seccomp` is
+    /// handed to every injector started.
+    pub fn new(fatal_seccomp: mover::FatalSeccomp) -> Injectors {
+        Injectors {
+            fatal_seccomp,
+            ..Injectors::default()
+        }
     }
 
     /// The pids of the live injectors (in the daemon's pid namespace).
@@ -121,7 +127,7 @@ impl Injectors {
     }
 
     fn spawn(&self) -> Result<Injector> {
-        let injector = Injector::spawn().map_err(|source| Error::Sys {
+        let injector = Injector::spawn(self.fatal_seccomp).map_err(|source| Error::Sys {
             what: "start an injector",
             source,
         })?;
@@ -188,10 +194,14 @@ impl Injector {
     /// even if the file was replaced since) with its end of the channel as
     /// standard input. exec, not a bare fork: the daemon is multithreaded,
     /// and a forked copy of it must not run code that takes locks.
-    fn spawn() -> io::Result<Injector> {
+    fn spawn(fatal_seccomp: mover::FatalSeccomp) -> io::Result<Injector> {
         let (channel, theirs) = sys::seqpacket_pair()?;
-        let child = Command::new("/proc/self/exe")
-            .arg(INJECTOR_ARG)
+        let mut cmd = Command::new("/proc/self/exe");
+        cmd.arg(INJECTOR_ARG);
+        if fatal_seccomp == mover::FatalSeccomp::Allow {
+            cmd.arg(ALLOW_FATAL_SECCOMP_ARG);
+        }
+        let child = cmd
             .stdin(Stdio::from(theirs))
             .stdout(Stdio::null())
             .spawn()?;
@@ -287,9 +297,19 @@ fn parse_request(text: &str) -> Option<Request> {
     words.next().is_none().then_some(request)
 }
 
+/// The injector's argument after [`INJECTOR_ARG`] when the daemon runs
+/// with `--allow-fatal-seccomp`.
+pub const ALLOW_FATAL_SECCOMP_ARG: &str = "--allow-fatal-seccomp";
+
 /// The injector: serves moves on its standard input until the daemon's end
-/// of the channel closes, then returns its exit status.
-pub fn serve() -> i32 {
+/// of the channel closes, then returns its exit status. `args` are the
+/// arguments after [`INJECTOR_ARG`].
+pub fn serve(args: &[String]) -> i32 {
+    let fatal_seccomp = if args.iter().any(|a| a == ALLOW_FATAL_SECCOMP_ARG) {
+        mover::FatalSeccomp::Allow
+    } else {
+        mover::FatalSeccomp::Refuse
+    };
     sys::shield_from_signals();
     sys::close_from(3);
     let stdin = io::stdin();
@@ -315,7 +335,7 @@ pub fn serve() -> i32 {
         };
         let request = std::str::from_utf8(&buf[..n]).ok().and_then(parse_request);
         let answer = match (request, pidfd) {
-            (Some(request), Some(pidfd)) => match run_move(request, pidfd, &say) {
+            (Some(request), Some(pidfd)) => match run_move(request, pidfd, fatal_seccomp, &say) {
                 Ok(threads) => format!("ok {threads}"),
                 Err(e) => format!("err {} {e}", e.errno() as i32),
             },
@@ -328,6 +348,7 @@ pub fn serve() -> i32 {
 fn run_move(
     request: Request,
     pidfd: OwnedFd,
+    fatal_seccomp: mover::FatalSeccomp,
     say: &dyn Fn(&str),
 ) -> std::result::Result<usize, mover::MoveError> {
     let target = ProcessHandle::from_pidfd(pidfd)?;
@@ -337,7 +358,7 @@ fn run_move(
         answer: &mut seized,
     });
     let kinds = CloneFlags::from_bits_retain(request.flags);
-    mover::move_process_answering(&target, request.holder, kinds, writer)
+    mover::move_process_with(&target, request.holder, kinds, writer, fatal_seccomp)
         .map(|report| report.threads)
 }
 
