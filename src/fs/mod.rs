@@ -24,7 +24,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use fuser::{
     Errno, FileAttr, FileHandle, FileType, FopenFlags, Generation, INodeNo, LockOwner, OpenFlags,
@@ -47,6 +47,10 @@ use crate::tree::{CONTROL_NAMES, ContainerId, NsRef, Tree};
 /// tree changes under the kernel's feet (processes move, namespaces die):
 /// no entry or attribute caching at all.
 const TTL: Duration = Duration::ZERO;
+
+/// How long a lookup's answer may be repeated to the getattr the same
+/// thread sends right after it (see [`NsProxyFs::recent`]).
+const RECENT: Duration = Duration::from_millis(1);
 
 /// What the daemon needs to know at start.
 #[derive(Debug, Clone)]
@@ -116,6 +120,13 @@ pub struct NsProxyFs {
     /// Containers by effective set, for telling which container a caller
     /// lives in; rebuilt when the tree changes. A leaf lock.
     index: Mutex<Arc<SetIndex>>,
+    /// Per thread, the answer of its last lookup: (node, attributes, when).
+    /// `stat` sends a lookup and then, nothing being cached, a getattr of
+    /// the same node; the getattr that follows within [`RECENT`] is given
+    /// the very attributes the lookup gave that thread, without reading
+    /// its namespaces again. Nothing is shown that the thread was not
+    /// just shown. A leaf lock.
+    recent: Mutex<HashMap<u32, (u64, FileAttr, Instant)>>,
     /// The root container's effective set (its bindings never change).
     root_set: [u64; 8],
     next_fh: AtomicU64,
@@ -154,6 +165,7 @@ impl NsProxyFs {
         let tree = Tree::new(root);
         Ok(NsProxyFs {
             index: Mutex::new(Arc::new(SetIndex::build(&tree))),
+            recent: Mutex::new(HashMap::new()),
             root_set: root,
             state: RwLock::new(State { tree, spaces }),
             handles: Mutex::new(HashMap::new()),
@@ -1098,18 +1110,36 @@ impl fuser::Filesystem for NsProxyFs {
     }
 
     fn lookup(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        let view = self.view(&Caller::of(req));
+        let caller = Caller::of(req);
+        let view = self.view(&caller);
         match self
             .lookup_node(&view, parent, name)
             .and_then(|n| self.node_attr(&view, n))
         {
-            Ok(attr) => reply.entry(&TTL, &attr, Generation(0)),
+            Ok(attr) => {
+                if caller.tid != 0 {
+                    let mut recent = self.recent.lock();
+                    if recent.len() >= 1024 {
+                        recent.retain(|_, (_, _, at)| at.elapsed() < RECENT);
+                    }
+                    recent.insert(caller.tid, (attr.ino.0, attr, Instant::now()));
+                }
+                reply.entry(&TTL, &attr, Generation(0))
+            }
             Err(e) => reply.error(quiet(&e)),
         }
     }
 
     fn getattr(&self, req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
-        let view = self.view(&Caller::of(req));
+        let caller = Caller::of(req);
+        let repeat = self.recent.lock().remove(&caller.tid);
+        if let Some((node, attr, at)) = repeat
+            && node == ino.0
+            && at.elapsed() < RECENT
+        {
+            return reply.attr(&TTL, &attr);
+        }
+        let view = self.view(&caller);
         match self.node_attr(&view, Node::from_id(ino.0)) {
             Ok(attr) => reply.attr(&TTL, &attr),
             Err(e) => reply.error(quiet(&e)),
