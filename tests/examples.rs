@@ -3,27 +3,9 @@
 
 mod common;
 
-use std::path::PathBuf;
 use std::process::Command;
 
 use common::*;
-
-fn example(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let path = exe
-        .parent()
-        .unwrap()
-        .parent()
-        .unwrap()
-        .join("examples")
-        .join(name);
-    assert!(
-        path.exists(),
-        "{} missing: `cargo test` builds examples",
-        path.display()
-    );
-    path
-}
 
 /// The top-level containers of the tree, as the test sees them.
 fn containers(m: &Mount) -> Vec<String> {

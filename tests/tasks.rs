@@ -5,7 +5,6 @@
 mod common;
 
 use std::io::{BufRead, BufReader, Write};
-use std::path::PathBuf;
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 
 use common::*;
@@ -62,23 +61,6 @@ impl Drop for Shell {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-fn example(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let path = exe
-        .parent()
-        .unwrap()
-        .parent()
-        .unwrap()
-        .join("examples")
-        .join(name);
-    assert!(
-        path.exists(),
-        "{} missing: `cargo test` builds examples",
-        path.display()
-    );
-    path
 }
 
 /// Starts the selfcheck target with `args` and waits for its `READY`.

@@ -463,6 +463,25 @@ pub fn note(msg: &str) {
     let _ = writeln!(io::stderr(), "{msg}");
 }
 
+/// The path of example program `name`, which `cargo test` builds next to
+/// the test binaries.
+pub fn example(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let path = exe
+        .parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .join("examples")
+        .join(name);
+    assert!(
+        path.exists(),
+        "{} missing: `cargo test` builds examples",
+        path.display()
+    );
+    path
+}
+
 /// A shell started as `unshare ARGS -- sh -c SCRIPT`, talking through
 /// pipes: the test reads the lines it prints and sends lines it `read`s.
 /// With `--fork`, the shell is unshare's child; [`Unshared::inner`] is its
