@@ -408,9 +408,13 @@ impl NsProxyFs {
             };
             let ns = st.spaces.get(&e.ino);
             let pin = match ns {
-                Some(ns) => match ns.pin_path() {
-                    Some(p) => p.display().to_string(),
-                    None => self.fd_path(ns, reader),
+                Some(ns) => match (ns.pin_path(), ns.keeper()) {
+                    (Some(p), _) => p.display().to_string(),
+                    (None, Some(keeper)) => self
+                        .proc_path(keeper.pid(), reader)
+                        .map(|p| format!("{p}/ns/{}", ns.kind().proc_entry()))
+                        .unwrap_or_else(|| self.fd_path(ns, reader)),
+                    (None, None) => self.fd_path(ns, reader),
                 },
                 None => "-".to_owned(),
             };
@@ -422,15 +426,18 @@ impl NsProxyFs {
     /// `/proc/PID/fd/N` of the daemon's descriptor for `ns`, with PID as the
     /// reader sees the daemon; `-` if the reader cannot see it.
     fn fd_path(&self, ns: &Namespace, reader: &Caller) -> String {
-        let me = std::process::id() as i32;
-        let pid = reader
-            .pid_ns()
-            .ok()
-            .and_then(|pidns| ns::sys::pid_in_pidns(pidns.as_fd(), me).ok());
-        match pid {
-            Some(pid) => format!("/proc/{pid}/fd/{}", ns.raw_fd()),
+        match self.proc_path(std::process::id() as i32, reader) {
+            Some(proc) => format!("{proc}/fd/{}", ns.raw_fd()),
             None => "-".to_owned(),
         }
+    }
+
+    /// `/proc/PID` of process `pid` (daemon pid namespace) as `reader`
+    /// sees it; `None` if the reader cannot see it.
+    fn proc_path(&self, pid: i32, reader: &Caller) -> Option<String> {
+        let pidns = reader.pid_ns().ok()?;
+        let seen = ns::sys::pid_in_pidns(pidns.as_fd(), pid).ok()?;
+        (seen > 0).then(|| format!("/proc/{seen}"))
     }
 
     fn tasks_text(&self, c: ContainerId, reader: &Caller) -> Result<Vec<u8>> {
@@ -481,7 +488,7 @@ impl NsProxyFs {
     /// names the writer can see, and never outside its view.
     fn install(
         &self,
-        ns: Namespace,
+        mut ns: Namespace,
         view: &View,
         container: ContainerId,
         old: Option<u64>,
@@ -490,6 +497,11 @@ impl NsProxyFs {
             kind: ns.kind(),
             ino: ns.ino(),
         };
+        // A mount namespace cannot be pinned: a keeper process holds it,
+        // started here, outside the lock (it forks).
+        if r.kind == Kind::Mnt && !self.state.read().spaces.contains_key(&r.ino) {
+            ns.hold_mount()?;
+        }
         let released = {
             let mut st = self.state.write();
             let released = match old {
@@ -514,13 +526,11 @@ impl NsProxyFs {
             });
             released.and_then(|d| st.spaces.remove(&d.ino))
         };
-        if let Some(ns) = &released {
-            self.mover.released(ns.ino());
-            log::info!("{} released: no container binds it", ns.describe());
-        }
+        self.let_go(released.into_iter().collect());
         Ok(())
     }
 
+    /// Forgets the namespaces that lost their last binding in the tree.
     fn release(&self, released: Vec<NsRef>) {
         let dropped: Vec<Arc<Namespace>> = {
             let mut st = self.state.write();
@@ -529,7 +539,14 @@ impl NsProxyFs {
                 .filter_map(|r| st.spaces.remove(&r.ino))
                 .collect()
         };
+        self.let_go(dropped);
+    }
+
+    /// Lets go of namespaces no container binds any more: their pins go,
+    /// their keepers leave, the mover drops what it holds in them.
+    fn let_go(&self, dropped: Vec<Arc<Namespace>>) {
         for ns in dropped {
+            ns.release();
             self.mover.released(ns.ino());
             log::info!("{} released: no container binds it", ns.describe());
         }
@@ -728,9 +745,7 @@ impl NsProxyFs {
             self.staged.lock().remove(&(c, old.to_owned()));
             released.and_then(|d| st.spaces.remove(&d.ino))
         };
-        if let Some(ns) = released {
-            self.mover.released(ns.ino());
-        }
+        self.let_go(released.into_iter().collect());
         Ok(())
     }
 
