@@ -15,6 +15,8 @@
 //! * [`mover`]: one move: every thread of a process joins a holder's
 //!   namespaces through injected `setns(pidfd)`, all or nothing.
 //! * [`moving`]: the daemon's mover: which kinds change, holders per set.
+//! * [`state`]: the state directory: the record of the tree, written on
+//!   every change, and restoring it (pins, keepers) when the daemon starts.
 //! * [`daemon`]: checks, mount, background, signals.
 //!
 //! The binary `nsproxyfs` is a thin command line over [`daemon::run`].
@@ -26,6 +28,7 @@ pub mod mover;
 pub mod moving;
 pub mod ns;
 pub mod procfs;
+pub mod state;
 pub mod tree;
 
 /// The process mover the daemon uses.

@@ -20,7 +20,8 @@ struct Cli {
     #[arg(short, long)]
     foreground: bool,
 
-    /// Where namespace pins and the daemon's lock live.
+    /// Where the record of the tree, namespace pins and the daemon's lock
+    /// live; a daemon started on it brings the same tree back.
     #[arg(long, value_name = "DIR", default_value = "/run/nsproxyfs")]
     state_dir: PathBuf,
 
@@ -32,8 +33,10 @@ struct Cli {
 const AFTER_HELP: &str = "\
 Without --foreground the command returns once the mount answers, and the
 daemon goes on in the background, logging to syslog. `umount MOUNTPOINT`,
-SIGTERM or SIGINT end it with exit status 0. The tree is described in
-docs/tree.md and in the README.";
+SIGTERM or SIGINT end it with exit status 0. The tree is kept in the state
+directory and comes back when a daemon starts on it again, even after
+kill -9. The tree is described in docs/tree.md, the state directory in
+docs/state.md.";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().collect();

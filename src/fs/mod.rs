@@ -7,8 +7,15 @@
 //! Locking: `state` (tree and namespace handles) is a read-write lock held
 //! only for in-memory work and the quick pin mounts that keep a binding and
 //! its pin in step; never across process scans, namespace creation, path
-//! resolution or ptrace. `handles` and `pending` are leaf locks, never held
-//! while taking `state`.
+//! resolution, ptrace or writing the record. `handles` and `pending` are
+//! leaf locks, never held while taking `state`. The recorder's lock is
+//! taken before `state`, never while holding it: it is held while the
+//! record is written, and `state` only long enough to encode the tree.
+//!
+//! Persistence: every change writes the record of the tree (see
+//! [`crate::state`]) before it is answered, so an acknowledged change is
+//! never missing from the record. Changes made while a record is being
+//! written are written together by the next writer.
 
 mod caller;
 mod error;
@@ -40,6 +47,8 @@ pub use node::Node;
 
 use crate::ns::{self, Kind, Namespace};
 use crate::procfs;
+use crate::state::Recorder;
+use crate::tree::record::{self, KeeperRef, Record};
 use crate::tree::view::{Seen, SetIndex, View};
 use crate::tree::{CONTROL_NAMES, ContainerId, NsRef, Tree};
 
@@ -49,12 +58,16 @@ use crate::tree::{CONTROL_NAMES, ContainerId, NsRef, Tree};
 const TTL: Duration = Duration::ZERO;
 
 /// What the daemon needs to know at start.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Options {
     /// Where namespace pins live (`STATE_DIR/pins`).
     pub pin_dir: PathBuf,
     /// Where the filesystem is mounted.
     pub mountpoint: PathBuf,
+    /// Writes the record of the tree on every change; `None` keeps nothing.
+    pub recorder: Option<Recorder>,
+    /// A record to restore at start.
+    pub restore: Option<Record>,
 }
 
 /// A process mover: moves the process `pid` (daemon pid namespace) into the
@@ -126,6 +139,7 @@ pub struct NsProxyFs {
     pid_ns: u64,
     started: SystemTime,
     mover: Box<dyn Mover>,
+    recorder: Option<Recorder>,
 }
 
 impl std::fmt::Debug for NsProxyFs {
@@ -151,8 +165,18 @@ impl NsProxyFs {
             root[kind.index()] = ns.ino();
             spaces.insert(ns.ino(), Arc::new(ns));
         }
-        let tree = Tree::new(root);
-        Ok(NsProxyFs {
+        let tree = match (&options.restore, &options.recorder) {
+            (Some(record), Some(recorder)) => {
+                restore(record, root, &mut spaces, &options.pin_dir, recorder.boot())
+            }
+            _ => Tree::new(root),
+        };
+        let keep = spaces
+            .values()
+            .filter_map(|ns| ns.pin_path().map(Path::to_path_buf))
+            .collect();
+        crate::state::sweep_pins(&options.pin_dir, &keep);
+        let fs = NsProxyFs {
             index: Mutex::new(Arc::new(SetIndex::build(&tree))),
             root_set: root,
             state: RwLock::new(State { tree, spaces }),
@@ -170,7 +194,46 @@ impl NsProxyFs {
                 .unwrap_or(0),
             started: SystemTime::now(),
             mover,
-        })
+            recorder: options.recorder,
+        };
+        if let Err(e) = fs.record() {
+            log::error!("{e}: changes will be refused until it can be written");
+        }
+        Ok(fs)
+    }
+
+    /// Brings the record of the tree up to date: returns once the record
+    /// on disk holds every change made before the call. A writer that
+    /// finds the record already current (another writer took its change
+    /// along) returns at once.
+    fn record(&self) -> Result<()> {
+        let Some(recorder) = &self.recorder else {
+            return Ok(());
+        };
+        let mut written = recorder.lock();
+        let (generation, text) = {
+            let st = self.state.read();
+            let generation = st.tree.generation();
+            if *written == Some(generation) {
+                return Ok(());
+            }
+            let text = record::encode(&st.tree, recorder.boot(), |ino| {
+                let keeper = st.spaces.get(&ino)?.keeper()?;
+                Some(KeeperRef {
+                    pid: keeper.pid(),
+                    start: keeper.start_time(),
+                })
+            });
+            (generation, text)
+        };
+        recorder
+            .write(text.as_bytes())
+            .map_err(|source| Error::Sys {
+                what: "write the record of the tree",
+                source,
+            })?;
+        *written = Some(generation);
+        Ok(())
     }
 
     fn attr(&self, node: Node, kind: FileType, perm: u16, nlink: u32) -> FileAttr {
@@ -502,7 +565,7 @@ impl NsProxyFs {
         if r.kind == Kind::Mnt && !self.state.read().spaces.contains_key(&r.ino) {
             ns.hold_mount()?;
         }
-        let released = {
+        let (released, bound) = {
             let mut st = self.state.write();
             let released = match old {
                 Some(old) if view.is_all() => st.tree.rebind_everywhere(old, r)?,
@@ -519,14 +582,21 @@ impl NsProxyFs {
                 }
                 None => st.tree.bind(container, r)?,
             };
-            st.spaces.entry(r.ino).or_insert_with(|| {
+            let bound = st.spaces.entry(r.ino).or_insert_with(|| {
                 let mut ns = ns;
                 ns.pin(&self.pin_dir);
                 Arc::new(ns)
             });
-            released.and_then(|d| st.spaces.remove(&d.ino))
+            let bound = Arc::clone(bound);
+            (released.and_then(|d| st.spaces.remove(&d.ino)), bound)
         };
         self.let_go(released.into_iter().collect());
+        self.record()?;
+        // Recorded: its keeper may now outlive the daemon, and the next
+        // daemon will find it.
+        if let Some(keeper) = bound.keeper() {
+            keeper.outlive_daemon();
+        }
         Ok(())
     }
 
@@ -592,6 +662,7 @@ impl NsProxyFs {
             self.release(released);
             return Err(Error::Unsupported("container ids exhausted".into()));
         }
+        self.record()?;
         self.node_attr(&view, Node::Dir(id))
     }
 
@@ -606,7 +677,7 @@ impl NsProxyFs {
         let (id, released) = self.state.write().tree.rmdir(parent, name)?;
         self.staged.lock().retain(|(c, _), _| *c != id);
         self.release(released);
-        Ok(())
+        self.record()
     }
 
     fn do_unlink(&self, caller: &Caller, parent: INodeNo, name: &OsStr) -> Result<()> {
@@ -633,7 +704,7 @@ impl NsProxyFs {
         };
         let released = self.state.write().tree.unbind(parent, kind)?;
         self.release(released.into_iter().collect());
-        Ok(())
+        self.record()
     }
 
     fn do_link(
@@ -678,6 +749,7 @@ impl NsProxyFs {
                 }
             }
         }
+        self.record()?;
         self.node_attr(&view, Node::Kind(ns))
     }
 
@@ -727,7 +799,7 @@ impl NsProxyFs {
             st.tree.rename(p, old, new)?
         };
         self.release(released);
-        Ok(())
+        self.record()
     }
 
     /// Renames a staged link onto its kind's name: the container binds it,
@@ -746,7 +818,7 @@ impl NsProxyFs {
             released.and_then(|d| st.spaces.remove(&d.ino))
         };
         self.let_go(released.into_iter().collect());
-        Ok(())
+        self.record()
     }
 
     fn do_mknod(
@@ -1055,6 +1127,58 @@ impl NsProxyFs {
             self.pending.lock().remove(&pending);
         }
     }
+}
+
+/// Rebuilds the tree of `record` at start: reopens its namespaces (from
+/// pins, or from keepers) into `spaces`, which holds the root's, and
+/// rebuilds the containers. A binding whose namespace cannot be reopened
+/// is dropped with one log line saying why; namespaces reopened but bound
+/// by nothing in the end are let go.
+fn restore(
+    record: &Record,
+    root: [u64; 8],
+    spaces: &mut HashMap<u64, Arc<Namespace>>,
+    pin_dir: &Path,
+    boot: &str,
+) -> Tree {
+    let reopened = crate::state::reopen(record, pin_dir, boot, |ino| spaces.contains_key(&ino));
+    for (ino, ns) in reopened.spaces {
+        spaces.insert(ino, Arc::new(ns));
+    }
+    let restored = record::restore(root, record, |r| {
+        spaces.get(&r.ino).is_some_and(|ns| ns.kind() == r.kind)
+    });
+    for (path, r) in &restored.dropped {
+        let why = reopened
+            .lost
+            .get(&r.ino)
+            .map_or("it is bound as another kind", String::as_str);
+        log::warn!(
+            "restore: {path} no longer binds {}:[{}]: {why}",
+            r.kind,
+            r.ino
+        );
+    }
+    let tree = restored.tree;
+    spaces.retain(|&ino, ns| {
+        let bound = tree.binders(ino) > 0;
+        if !bound {
+            ns.release();
+        }
+        bound
+    });
+    let bindings: u32 = tree
+        .ids()
+        .filter(|&id| id != Tree::ROOT)
+        .filter_map(|id| tree.get(id))
+        .map(|c| Kind::ALL.iter().filter(|&&k| c.own(k).is_some()).count() as u32)
+        .sum();
+    log::info!(
+        "restored {} containers and {bindings} bindings ({} dropped)",
+        tree.len() - 1,
+        restored.dropped.len()
+    );
+    tree
 }
 
 /// Refuses if the task pinned by `pidfd` has exited: whatever was read
