@@ -360,7 +360,7 @@ mod tests {
             let mut size = 0;
             for _ in 0..runs {
                 let t = std::time::Instant::now();
-                let text = record::encode(&tree, rec.boot(), |_| None);
+                let text = record::encode(&tree, rec.boot(), |_| None, &[]);
                 encode.push(t.elapsed());
                 size = text.len();
                 let t = std::time::Instant::now();

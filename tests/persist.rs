@@ -577,10 +577,18 @@ fn mount_and_pid_namespaces_come_back_through_their_keepers() {
     // namespace is empty (it is).
     std::fs::remove_file(m.path("k/mnt")).unwrap();
     std::fs::remove_dir(m.path("k")).unwrap();
+    // The record lists them, so that a daemon restarted meanwhile tells
+    // them again, until they are gone.
+    let record = std::fs::read_to_string(m.state.join("tree")).unwrap();
+    assert!(
+        record.contains(&format!("ns pid {pid_ino} keeper {keeper} ")),
+        "{record}"
+    );
     wait_for("the holder to exit", || comm(holder).is_none());
     wait_for("the init to exit", || comm(keeper).is_none());
+    std::fs::create_dir(m.path("after")).unwrap();
     let record = std::fs::read_to_string(m.state.join("tree")).unwrap();
-    assert_eq!(record.lines().count(), 3, "{record}");
+    assert_eq!(record.lines().count(), 4, "{record}");
 }
 
 #[test]

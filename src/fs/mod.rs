@@ -5,17 +5,18 @@
 //! once, here, with its reason, and mapped to its errno by [`Error::errno`].
 //!
 //! Locking: `state` (tree and namespace handles) is a read-write lock held
-//! only for in-memory work and the quick pin mounts that keep a binding and
-//! its pin in step; never across process scans, namespace creation, path
-//! resolution, ptrace or writing the record. `handles` and `pending` are
-//! leaf locks, never held while taking `state`. The recorder's lock is
+//! only for in-memory work and the quick pin mounts that make a binding's
+//! pin; never across process scans, namespace creation, path resolution,
+//! ptrace or writing the record. `handles`, `pending` and `leaving` are
+//! leaf locks, never held while taking another. The recorder's lock is
 //! taken before `state`, never while holding it: it is held while the
 //! record is written, and `state` only long enough to encode the tree.
 //!
 //! Persistence: every change writes the record of the tree (see
 //! [`crate::state`]) before it is answered, so an acknowledged change is
-//! never missing from the record. Changes made while a record is being
-//! written are written together by the next writer.
+//! never missing from the record, and only then lets go of the namespaces
+//! it unbound ([`NsProxyFs::commit`]). Changes made while a record is
+//! being written are written together by the next writer.
 
 mod caller;
 mod error;
@@ -48,7 +49,7 @@ pub use node::Node;
 use crate::ns::{self, Kind, Namespace};
 use crate::procfs;
 use crate::state::Recorder;
-use crate::tree::record::{self, KeeperRef, Record};
+use crate::tree::record::{self, KeeperRef, Record, RecordedNs};
 use crate::tree::view::{Seen, SetIndex, View};
 use crate::tree::{CONTROL_NAMES, ContainerId, NsRef, Tree};
 
@@ -126,6 +127,11 @@ pub struct NsProxyFs {
     /// links to a temporary name, then renames it over the target). They
     /// bind nothing until renamed onto their kind's name.
     staged: Mutex<HashMap<(ContainerId, String), u64>>,
+    /// Namespaces no container binds any more whose keepers may still run
+    /// (an init leaves only once its namespace is empty). The record lists
+    /// them until their keepers are gone, so that a daemon restarted in
+    /// between tells them to leave again. A leaf lock.
+    leaving: Mutex<Vec<Arc<Namespace>>>,
     /// Containers by effective set, for telling which container a caller
     /// lives in; rebuilt when the tree changes. A leaf lock.
     index: Mutex<Arc<SetIndex>>,
@@ -182,6 +188,7 @@ impl NsProxyFs {
             state: RwLock::new(State { tree, spaces }),
             handles: Mutex::new(HashMap::new()),
             pending: Mutex::new(HashMap::new()),
+            leaving: Mutex::new(Vec::new()),
             staged: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
             next_pending: AtomicU64::new(1),
@@ -217,13 +224,33 @@ impl NsProxyFs {
             if *written == Some(generation) {
                 return Ok(());
             }
-            let text = record::encode(&st.tree, recorder.boot(), |ino| {
-                let keeper = st.spaces.get(&ino)?.keeper()?;
+            let keeper_ref = |ns: &Namespace| {
+                let keeper = ns.keeper()?;
                 Some(KeeperRef {
                     pid: keeper.pid(),
                     start: keeper.start_time(),
                 })
-            });
+            };
+            let leaving: Vec<RecordedNs> = {
+                let mut leaving = self.leaving.lock();
+                leaving.retain(|ns| ns.keeper().is_some_and(|k| k.is_alive()));
+                leaving
+                    .iter()
+                    .map(|ns| RecordedNs {
+                        ns: NsRef {
+                            kind: ns.kind(),
+                            ino: ns.ino(),
+                        },
+                        keeper: keeper_ref(ns),
+                    })
+                    .collect()
+            };
+            let text = record::encode(
+                &st.tree,
+                recorder.boot(),
+                |ino| keeper_ref(st.spaces.get(&ino)?),
+                &leaving,
+            );
             (generation, text)
         };
         recorder
@@ -590,8 +617,7 @@ impl NsProxyFs {
             let bound = Arc::clone(bound);
             (released.and_then(|d| st.spaces.remove(&d.ino)), bound)
         };
-        self.let_go(released.into_iter().collect());
-        self.record()?;
+        self.commit(released.into_iter().collect())?;
         // Recorded: its keeper may now outlive the daemon, and the next
         // daemon will find it.
         if let Some(keeper) = bound.keeper() {
@@ -600,16 +626,32 @@ impl NsProxyFs {
         Ok(())
     }
 
-    /// Forgets the namespaces that lost their last binding in the tree.
-    fn release(&self, released: Vec<NsRef>) {
-        let dropped: Vec<Arc<Namespace>> = {
-            let mut st = self.state.write();
-            released
-                .iter()
-                .filter_map(|r| st.spaces.remove(&r.ino))
-                .collect()
-        };
-        self.let_go(dropped);
+    /// The handles of the namespaces that lost their last binding in the
+    /// tree, taken out of `spaces` (see [`NsProxyFs::commit`]); not those
+    /// bound again since, by a change that came in between.
+    fn unbound(&self, released: Vec<NsRef>) -> Vec<Arc<Namespace>> {
+        let mut st = self.state.write();
+        let State { tree, spaces } = &mut *st;
+        released
+            .iter()
+            .filter(|r| tree.binders(r.ino) == 0)
+            .filter_map(|r| spaces.remove(&r.ino))
+            .collect()
+    }
+
+    /// Finishes a change: writes the record, then lets go of the namespaces
+    /// the change unbound. In this order, so that a daemon killed in
+    /// between finds either the old record with every pin and keeper of it
+    /// in place, or the new one: an unbound namespace's pin is then swept
+    /// at start, and its keeper, still listed in the record as leaving
+    /// (see `leaving`), is told to leave by the next daemon.
+    fn commit(&self, unbound: Vec<Arc<Namespace>>) -> Result<()> {
+        self.leaving
+            .lock()
+            .extend(unbound.iter().filter(|ns| ns.keeper().is_some()).cloned());
+        let recorded = self.record();
+        self.let_go(unbound);
+        recorded
     }
 
     /// Lets go of namespaces no container binds any more: their pins go,
@@ -659,10 +701,10 @@ impl NsProxyFs {
         let id = self.state.write().tree.mkdir(parent, name)?;
         if !Node::fits(id) {
             let released = self.state.write().tree.rmdir(parent, name).map(|r| r.1)?;
-            self.release(released);
+            self.commit(self.unbound(released))?;
             return Err(Error::Unsupported("container ids exhausted".into()));
         }
-        self.record()?;
+        self.commit(Vec::new())?;
         self.node_attr(&view, Node::Dir(id))
     }
 
@@ -676,8 +718,7 @@ impl NsProxyFs {
         }
         let (id, released) = self.state.write().tree.rmdir(parent, name)?;
         self.staged.lock().retain(|(c, _), _| *c != id);
-        self.release(released);
-        self.record()
+        self.commit(self.unbound(released))
     }
 
     fn do_unlink(&self, caller: &Caller, parent: INodeNo, name: &OsStr) -> Result<()> {
@@ -703,8 +744,7 @@ impl NsProxyFs {
             });
         };
         let released = self.state.write().tree.unbind(parent, kind)?;
-        self.release(released.into_iter().collect());
-        self.record()
+        self.commit(self.unbound(released.into_iter().collect()))
     }
 
     fn do_link(
@@ -749,7 +789,7 @@ impl NsProxyFs {
                 }
             }
         }
-        self.record()?;
+        self.commit(Vec::new())?;
         self.node_attr(&view, Node::Kind(ns))
     }
 
@@ -798,8 +838,7 @@ impl NsProxyFs {
             }
             st.tree.rename(p, old, new)?
         };
-        self.release(released);
-        self.record()
+        self.commit(self.unbound(released))
     }
 
     /// Renames a staged link onto its kind's name: the container binds it,
@@ -817,8 +856,7 @@ impl NsProxyFs {
             self.staged.lock().remove(&(c, old.to_owned()));
             released.and_then(|d| st.spaces.remove(&d.ino))
         };
-        self.let_go(released.into_iter().collect());
-        self.record()
+        self.commit(released.into_iter().collect())
     }
 
     fn do_mknod(

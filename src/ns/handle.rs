@@ -179,6 +179,11 @@ impl Keeper {
         self.start
     }
 
+    /// Whether it still runs.
+    pub fn is_alive(&self) -> bool {
+        sys::pidfd_alive(self.pidfd.as_fd())
+    }
+
     /// Makes it stay through the daemon's end, until [`Keeper::leave`].
     /// Call once the record of the tree names it.
     /// The pipe is closed after that: it has nothing more to say.

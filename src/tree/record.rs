@@ -16,10 +16,11 @@
 //!
 //! The root container is not recorded: it always binds the daemon's own
 //! namespaces. `ns` lines name every namespace a container binds, with the
-//! process the daemon keeps in it, if any; `container` lines come parents
-//! first, each with its own bindings. Names are percent-encoded.
+//! process the daemon keeps in it, if any, and the released ones whose
+//! keepers have not left yet; `container` lines come parents first, each
+//! with its own bindings. Names are percent-encoded.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt::Write as _;
 
 use thiserror::Error;
@@ -92,9 +93,16 @@ pub enum RecordError {
 }
 
 /// Writes the record of `tree`: `boot` is the current boot id, `keeper`
-/// says which process, if any, is kept in a namespace. Children are listed
-/// in name order, so the same tree always gives the same text.
-pub fn encode(tree: &Tree, boot: &str, keeper: impl Fn(u64) -> Option<KeeperRef>) -> String {
+/// says which process, if any, is kept in a bound namespace, and `leaving`
+/// lists namespaces no container binds whose keepers have yet to leave (a
+/// restarted daemon tells them again). Children are listed in name order,
+/// so the same tree always gives the same text.
+pub fn encode(
+    tree: &Tree,
+    boot: &str,
+    keeper: impl Fn(u64) -> Option<KeeperRef>,
+    leaving: &[RecordedNs],
+) -> String {
     // About 50 bytes a container: one allocation for most trees.
     let mut containers = String::with_capacity(tree.len() * 56);
     let mut bound: Vec<(Kind, u64)> = Vec::new();
@@ -124,14 +132,26 @@ pub fn encode(tree: &Tree, boot: &str, keeper: impl Fn(u64) -> Option<KeeperRef>
         let len = path.len();
         stack.extend(c.children().values().rev().map(|&child| (child, len)));
     }
-    bound.sort_unstable();
-    bound.dedup();
-    let mut out = String::with_capacity(containers.len() + bound.len() * 48 + 64);
+    // By inode, each once: the bound ones, then the leaving ones not bound
+    // again meanwhile; listed by kind, then inode.
+    let mut spaces: BTreeMap<u64, (Kind, Option<KeeperRef>)> = BTreeMap::new();
+    for (kind, ino) in bound {
+        spaces.entry(ino).or_insert_with(|| (kind, keeper(ino)));
+    }
+    for r in leaving {
+        spaces.entry(r.ns.ino).or_insert((r.ns.kind, r.keeper));
+    }
+    let mut spaces: Vec<(Kind, u64, Option<KeeperRef>)> = spaces
+        .into_iter()
+        .map(|(ino, (kind, keeper))| (kind, ino, keeper))
+        .collect();
+    spaces.sort_unstable_by_key(|&(kind, ino, _)| (kind, ino));
+    let mut out = String::with_capacity(containers.len() + spaces.len() * 48 + 64);
     let _ = writeln!(out, "{MAGIC} {VERSION}");
     let _ = writeln!(out, "boot {boot}");
-    for (kind, ino) in bound {
+    for (kind, ino, keeper) in spaces {
         let _ = write!(out, "ns {kind} {ino}");
-        if let Some(k) = keeper(ino) {
+        if let Some(k) = keeper {
             let _ = write!(out, " keeper {} {}", k.pid, k.start);
         }
         out.push('\n');
@@ -428,7 +448,7 @@ mod tests {
                 start: 777,
             })
         };
-        let text = encode(&t, "boot-id", keeper);
+        let text = encode(&t, "boot-id", keeper, &[]);
         assert!(
             text.starts_with("nsproxyfs-tree 1\nboot boot-id\n"),
             "{text}"
@@ -447,12 +467,42 @@ mod tests {
         assert!(restored.dropped.is_empty());
         restored.tree.check().unwrap();
         assert_eq!(shape(&restored.tree), shape(&t));
-        assert_eq!(encode(&restored.tree, "boot-id", keeper), text);
+        assert_eq!(encode(&restored.tree, "boot-id", keeper, &[]), text);
+    }
+
+    #[test]
+    fn released_namespaces_with_keepers_still_leaving_are_listed_once() {
+        let leaving = [
+            RecordedNs {
+                ns: NsRef {
+                    kind: Kind::Mnt,
+                    ino: 700,
+                },
+                keeper: Some(KeeperRef { pid: 9, start: 8 }),
+            },
+            // Bound again meanwhile: listed as bound, once.
+            RecordedNs {
+                ns: NsRef {
+                    kind: Kind::Net,
+                    ino: 500,
+                },
+                keeper: Some(KeeperRef { pid: 7, start: 6 }),
+            },
+        ];
+        let text = encode(&sample(), "b", |_| None, &leaving);
+        assert!(text.contains("ns mnt 700 keeper 9 8\n"), "{text}");
+        assert!(text.contains("ns net 500\n"), "{text}");
+        assert_eq!(text.matches(" 500\n").count(), 1, "{text}");
+        let record = parse(text.as_bytes()).unwrap();
+        assert_eq!(record.spaces.len(), 4);
+        let restored = restore(ROOT, &record, |_| true);
+        assert_eq!(restored.tree.binders(700), 0);
+        assert_eq!(shape(&restored.tree), shape(&sample()));
     }
 
     #[test]
     fn unusable_namespaces_are_dropped_and_containers_stay() {
-        let record = parse(encode(&sample(), "b", |_| None).as_bytes()).unwrap();
+        let record = parse(encode(&sample(), "b", |_| None, &[]).as_bytes()).unwrap();
         let restored = restore(ROOT, &record, |ns| ns.ino != 500);
         restored.tree.check().unwrap();
         let mut dropped = restored.dropped.clone();
@@ -472,7 +522,7 @@ mod tests {
     #[test]
     fn an_empty_tree_round_trips() {
         let t = Tree::new(ROOT);
-        let text = encode(&t, "b", |_| None);
+        let text = encode(&t, "b", |_| None, &[]);
         assert_eq!(text, "nsproxyfs-tree 1\nboot b\nend\n");
         let restored = restore(ROOT, &parse(text.as_bytes()).unwrap(), |_| true);
         assert_eq!(restored.tree.len(), 1);
@@ -563,9 +613,12 @@ mod tests {
             state ^= state << 17;
             state
         };
-        let good = encode(&sample(), "b", |ino| {
-            (ino == 600).then_some(KeeperRef { pid: 1, start: 2 })
-        })
+        let good = encode(
+            &sample(),
+            "b",
+            |ino| (ino == 600).then_some(KeeperRef { pid: 1, start: 2 }),
+            &[],
+        )
         .into_bytes();
         let alphabet = b"nsproxyfs-tree 1\nboot ns container end keeper net=pid=/%0A9-";
         for round in 0..20_000 {
