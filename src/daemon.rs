@@ -11,13 +11,14 @@ use std::path::{Path, PathBuf};
 use fuser::{Config, MountOption, SessionACL};
 
 use crate::fs::{Mover, NsProxyFs, Options};
+use crate::state::{self, Loaded, Recorder};
 
 /// How the daemon was asked to run.
 #[derive(Debug, Clone)]
 pub struct Settings {
     /// Where to mount.
     pub mountpoint: PathBuf,
-    /// Where state (pins, the lock) lives.
+    /// Where state (the record of the tree, pins, the lock) lives.
     pub state_dir: PathBuf,
     /// Stay attached to the terminal, log to stderr.
     pub foreground: bool,
@@ -124,7 +125,8 @@ fn preflight(settings: &Settings) -> Result<(PathBuf, File), StartError> {
     Ok((canonical, lock))
 }
 
-/// Unmounts and removes every pin left in `dir`.
+/// Unmounts and removes every pin left in `dir` (at start, when there is
+/// no record to restore them from).
 pub fn clear_pins(dir: &Path) {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return;
@@ -272,12 +274,42 @@ fn serve(
     mut report: Option<OwnedFd>,
 ) -> Result<(), StartError> {
     let sigset = block_signals();
-    let pin_dir = settings.state_dir.join("pins");
-    clear_pins(&pin_dir);
+    let state_dir = &settings.state_dir;
+    let pin_dir = state_dir.join(state::PINS);
+    let restore = match state::load(state_dir) {
+        Loaded::Found(record) => Some(record),
+        Loaded::Nothing => {
+            clear_pins(&pin_dir);
+            None
+        }
+        Loaded::SetAside { why, moved } => {
+            let moved = match moved {
+                Some(path) => format!("set aside as {}", path.display()),
+                None => "it could not be set aside and will be overwritten".to_owned(),
+            };
+            log::error!(
+                "the record of the tree in {} cannot be used ({why}); {moved}; starting \
+                 with an empty tree",
+                state_dir.display()
+            );
+            clear_pins(&pin_dir);
+            None
+        }
+    };
+    let recorder = match Recorder::open(state_dir) {
+        Ok(r) => r,
+        Err(e) => {
+            let msg = format!("state directory {}: {e}", state_dir.display());
+            tell(&mut report, &msg);
+            return fail(msg);
+        }
+    };
     let fs = match NsProxyFs::new(
         Options {
             pin_dir: pin_dir.clone(),
             mountpoint: mountpoint.to_path_buf(),
+            recorder: Some(recorder),
+            restore,
         },
         mover,
     ) {
@@ -307,7 +339,7 @@ fn serve(
         Err(e) => {
             let msg = format!("cannot mount on {}: {e}", mountpoint.display());
             tell(&mut report, &msg);
-            clear_pins(&pin_dir);
+            state::tidy(state_dir);
             return fail(msg);
         }
     };
@@ -364,7 +396,8 @@ fn serve(
             log::warn!("unmount {}: {e}", mountpoint.display());
         }
     }
-    clear_pins(&pin_dir);
+    // Pins of bound namespaces stay, with the record, for the next daemon.
+    state::tidy(state_dir);
     Ok(())
 }
 

@@ -17,6 +17,8 @@
 //! * [`moving`]: the daemon's mover: which kinds change, holders per set.
 //! * [`injector`]: the long-lived helper processes that run the moves, so
 //!   that the daemon's death never cuts an injection short.
+//! * [`state`]: the state directory: the record of the tree, written on
+//!   every change, and restoring it (pins, keepers) when the daemon starts.
 //! * [`daemon`]: checks, mount, background, signals.
 //! * [`exec`]: `nsproxyfs exec`, a new command in a container's set.
 //! * [`notify`]: readiness for systemd (`Type=notify`).
@@ -34,6 +36,7 @@ pub mod moving;
 pub mod notify;
 pub mod ns;
 pub mod procfs;
+pub mod state;
 pub mod tree;
 
 /// The process mover the daemon uses.

@@ -44,7 +44,8 @@ struct MountArgs {
     #[arg(short, long)]
     foreground: bool,
 
-    /// Where namespace pins and the daemon's lock live.
+    /// Where the record of the tree, namespace pins and the daemon's lock
+    /// live; a daemon started on it brings the same tree back.
     #[arg(long, value_name = "DIR", default_value = "/run/nsproxyfs")]
     state_dir: PathBuf,
 
@@ -89,8 +90,10 @@ struct ExecArgs {
 const AFTER_HELP: &str = "\
 Without --foreground the command returns once the mount answers, and the
 daemon goes on in the background, logging to syslog. `umount MOUNTPOINT`,
-SIGTERM or SIGINT end it with exit status 0. See nsproxyfs(8) for the tree,
-exec, and mount(8) and fstab use.";
+SIGTERM or SIGINT end it with exit status 0. The tree is kept in the state
+directory and comes back when a daemon starts on it again, even after
+kill -9. See nsproxyfs(8) for the tree, exec, and mount(8) and fstab use;
+docs/state.md for the state directory.";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().collect();

@@ -200,6 +200,26 @@ pub fn is_kernel_thread(pid: i32) -> bool {
         .is_some_and(|flags| flags & PF_KTHREAD != 0)
 }
 
+/// The start time of `pid`, field 22 of `/proc/PID/stat` (clock ticks
+/// after boot): with the pid, it names one process for the life of a boot.
+pub fn start_time(pid: i32) -> Option<u64> {
+    let stat = std::fs::read(format!("/proc/{pid}/stat")).ok()?;
+    // Fields start after the command name's last ')': state is the 3rd
+    // field, so the start time is the 20th after it.
+    let close = stat.iter().rposition(|&b| b == b')')?;
+    let rest = std::str::from_utf8(stat.get(close + 1..)?).ok()?;
+    rest.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// The command name of `pid` (`/proc/PID/comm` without its newline).
+pub fn comm(pid: i32) -> Option<String> {
+    let mut name = std::fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
+    if name.ends_with('\n') {
+        name.pop();
+    }
+    Some(name)
+}
+
 /// Every process (thread-group leader) in the daemon's pid namespace.
 pub fn processes() -> io::Result<Vec<i32>> {
     let mut pids: Vec<i32> = std::fs::read_dir("/proc")?
@@ -271,5 +291,14 @@ mod tests {
         assert_eq!(effective_caps(me), caps);
         assert_eq!(effective_caps(-1), None);
         assert!(processes().unwrap().contains(&me));
+        let started = start_time(me).unwrap();
+        assert!(started > 0 && start_time(1).unwrap() <= started);
+        assert_eq!(start_time(i32::MAX), None);
+        assert_eq!(
+            comm(me).unwrap(),
+            std::fs::read_to_string("/proc/self/comm")
+                .unwrap()
+                .trim_end()
+        );
     }
 }

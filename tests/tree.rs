@@ -449,15 +449,13 @@ fn a_bound_namespace_outlives_its_processes() {
     assert!(!std::path::Path::new(&pin).exists(), "pin {pin} removed");
 }
 
-#[test]
-fn status_pins_work_with_nsenter() {
-    let Some(m) = Mount::new("status") else {
-        return;
-    };
-    std::fs::create_dir(m.path("s")).unwrap();
-    std::fs::File::create(m.path("s/net")).unwrap();
+/// Checks every pin path `status` of `container` prints with util-linux
+/// nsenter: entering it gives the namespace `status` names. Returns the
+/// kinds checked.
+fn check_status_pins(m: &Mount, container: &str) -> Vec<String> {
     let me = std::process::id() as i32;
-    for line in m.status("s") {
+    let mut checked = Vec::new();
+    for line in m.status(container) {
         let [kind, ns, _from, pin] = &line[..] else {
             panic!("{line:?}")
         };
@@ -470,11 +468,39 @@ fn status_pins_work_with_nsenter() {
         } else {
             kind.as_str()
         };
+        // nsenter forks after joining a pid or time namespace, so the
+        // command runs in it (not only its children).
         let seen = sh_ok(&format!(
             "nsenter --{opt}={pin} readlink /proc/self/ns/{kind}"
         ));
-        if kind != "pid" && kind != "time" {
-            assert_eq!(seen.trim(), ns, "{kind}");
+        assert_eq!(seen.trim(), ns, "{container}/status: {kind} through {pin}");
+        checked.push(kind.clone());
+    }
+    checked
+}
+
+#[test]
+fn status_pins_work_with_nsenter() {
+    let Some(mut m) = Mount::new("status") else {
+        return;
+    };
+    std::fs::create_dir(m.path("s")).unwrap();
+    for kind in KINDS {
+        std::fs::File::create(m.path(&format!("s/{kind}"))).unwrap();
+    }
+    let all: Vec<String> = KINDS.iter().map(|k| k.to_string()).collect();
+    for round in ["first start", "after SIGKILL and a restart"] {
+        m.step.set(round);
+        assert_eq!(check_status_pins(&m, "s"), all, "{round}");
+        let root = check_status_pins(&m, "");
+        assert_eq!(
+            root.len(),
+            7,
+            "the root's own, but user: {root:?} ({round})"
+        );
+        if round == "first start" {
+            m.kill();
+            m.restart();
         }
     }
 }

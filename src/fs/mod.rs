@@ -5,10 +5,18 @@
 //! once, here, with its reason, and mapped to its errno by [`Error::errno`].
 //!
 //! Locking: `state` (tree and namespace handles) is a read-write lock held
-//! only for in-memory work and the quick pin mounts that keep a binding and
-//! its pin in step; never across process scans, namespace creation, path
-//! resolution or ptrace. `handles` and `pending` are leaf locks, never held
-//! while taking `state`.
+//! only for in-memory work and the quick pin mounts that make a binding's
+//! pin; never across process scans, namespace creation, path resolution,
+//! ptrace or writing the record. `handles`, `pending` and `leaving` are
+//! leaf locks, never held while taking another. The recorder's lock is
+//! taken before `state`, never while holding it: it is held while the
+//! record is written, and `state` only long enough to encode the tree.
+//!
+//! Persistence: every change writes the record of the tree (see
+//! [`crate::state`]) before it is answered, so an acknowledged change is
+//! never missing from the record, and only then lets go of the namespaces
+//! it unbound ([`NsProxyFs::commit`]). Changes made while a record is
+//! being written are written together by the next writer.
 
 mod caller;
 mod error;
@@ -40,6 +48,8 @@ pub use node::Node;
 
 use crate::ns::{self, Kind, Namespace};
 use crate::procfs;
+use crate::state::Recorder;
+use crate::tree::record::{self, KeeperRef, Record, RecordedNs};
 use crate::tree::view::{Seen, SetIndex, View};
 use crate::tree::{CONTROL_NAMES, ContainerId, NsRef, Tree};
 
@@ -53,12 +63,16 @@ const TTL: Duration = Duration::ZERO;
 const RECENT: Duration = Duration::from_millis(1);
 
 /// What the daemon needs to know at start.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Options {
     /// Where namespace pins live (`STATE_DIR/pins`).
     pub pin_dir: PathBuf,
     /// Where the filesystem is mounted.
     pub mountpoint: PathBuf,
+    /// Writes the record of the tree on every change; `None` keeps nothing.
+    pub recorder: Option<Recorder>,
+    /// A record to restore at start.
+    pub restore: Option<Record>,
 }
 
 /// A process mover: moves the process `pid` (daemon pid namespace) into the
@@ -117,6 +131,11 @@ pub struct NsProxyFs {
     /// links to a temporary name, then renames it over the target). They
     /// bind nothing until renamed onto their kind's name.
     staged: Mutex<HashMap<(ContainerId, String), u64>>,
+    /// Namespaces no container binds any more whose keepers may still run
+    /// (an init leaves only once its namespace is empty). The record lists
+    /// them until their keepers are gone, so that a daemon restarted in
+    /// between tells them to leave again. A leaf lock.
+    leaving: Mutex<Vec<Arc<Namespace>>>,
     /// Containers by effective set, for telling which container a caller
     /// lives in; rebuilt when the tree changes. A leaf lock.
     index: Mutex<Arc<SetIndex>>,
@@ -137,6 +156,7 @@ pub struct NsProxyFs {
     pid_ns: u64,
     started: SystemTime,
     mover: Box<dyn Mover>,
+    recorder: Option<Recorder>,
 }
 
 impl std::fmt::Debug for NsProxyFs {
@@ -162,14 +182,25 @@ impl NsProxyFs {
             root[kind.index()] = ns.ino();
             spaces.insert(ns.ino(), Arc::new(ns));
         }
-        let tree = Tree::new(root);
-        Ok(NsProxyFs {
+        let tree = match (&options.restore, &options.recorder) {
+            (Some(record), Some(recorder)) => {
+                restore(record, root, &mut spaces, &options.pin_dir, recorder.boot())
+            }
+            _ => Tree::new(root),
+        };
+        let keep = spaces
+            .values()
+            .filter_map(|ns| ns.pin_path().map(Path::to_path_buf))
+            .collect();
+        crate::state::sweep_pins(&options.pin_dir, &keep);
+        let fs = NsProxyFs {
             index: Mutex::new(Arc::new(SetIndex::build(&tree))),
             recent: Mutex::new(HashMap::new()),
             root_set: root,
             state: RwLock::new(State { tree, spaces }),
             handles: Mutex::new(HashMap::new()),
             pending: Mutex::new(HashMap::new()),
+            leaving: Mutex::new(Vec::new()),
             staged: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
             next_pending: AtomicU64::new(1),
@@ -182,7 +213,66 @@ impl NsProxyFs {
                 .unwrap_or(0),
             started: SystemTime::now(),
             mover,
-        })
+            recorder: options.recorder,
+        };
+        if let Err(e) = fs.record() {
+            log::error!("{e}: changes will be refused until it can be written");
+        }
+        Ok(fs)
+    }
+
+    /// Brings the record of the tree up to date: returns once the record
+    /// on disk holds every change made before the call. A writer that
+    /// finds the record already current (another writer took its change
+    /// along) returns at once.
+    fn record(&self) -> Result<()> {
+        let Some(recorder) = &self.recorder else {
+            return Ok(());
+        };
+        let mut written = recorder.lock();
+        let (generation, text) = {
+            let st = self.state.read();
+            let generation = st.tree.generation();
+            if *written == Some(generation) {
+                return Ok(());
+            }
+            let keeper_ref = |ns: &Namespace| {
+                let keeper = ns.keeper()?;
+                Some(KeeperRef {
+                    pid: keeper.pid(),
+                    start: keeper.start_time(),
+                })
+            };
+            let leaving: Vec<RecordedNs> = {
+                let mut leaving = self.leaving.lock();
+                leaving.retain(|ns| ns.keeper().is_some_and(|k| k.is_alive()));
+                leaving
+                    .iter()
+                    .map(|ns| RecordedNs {
+                        ns: NsRef {
+                            kind: ns.kind(),
+                            ino: ns.ino(),
+                        },
+                        keeper: keeper_ref(ns),
+                    })
+                    .collect()
+            };
+            let text = record::encode(
+                &st.tree,
+                recorder.boot(),
+                |ino| keeper_ref(st.spaces.get(&ino)?),
+                &leaving,
+            );
+            (generation, text)
+        };
+        recorder
+            .write(text.as_bytes())
+            .map_err(|source| Error::Sys {
+                what: "write the record of the tree",
+                source,
+            })?;
+        *written = Some(generation);
+        Ok(())
     }
 
     fn attr(&self, node: Node, kind: FileType, perm: u16, nlink: u32) -> FileAttr {
@@ -420,9 +510,13 @@ impl NsProxyFs {
             };
             let ns = st.spaces.get(&e.ino);
             let pin = match ns {
-                Some(ns) => match ns.pin_path() {
-                    Some(p) => p.display().to_string(),
-                    None => self.fd_path(ns, reader),
+                Some(ns) => match (ns.pin_path(), ns.keeper()) {
+                    (Some(p), _) => p.display().to_string(),
+                    (None, Some(keeper)) => self
+                        .proc_path(keeper.pid(), reader)
+                        .map(|p| format!("{p}/ns/{}", ns.kind().proc_entry()))
+                        .unwrap_or_else(|| self.fd_path(ns, reader)),
+                    (None, None) => self.fd_path(ns, reader),
                 },
                 None => "-".to_owned(),
             };
@@ -434,13 +528,8 @@ impl NsProxyFs {
     /// `/proc/PID/fd/N` of the daemon's descriptor for `ns`, with PID as the
     /// reader sees the daemon; `-` if the reader cannot see it.
     fn fd_path(&self, ns: &Namespace, reader: &Caller) -> String {
-        let me = std::process::id() as i32;
-        let pid = reader
-            .pid_ns()
-            .ok()
-            .and_then(|pidns| ns::sys::pid_in_pidns(pidns.as_fd(), me).ok());
-        match pid {
-            Some(pid) => format!("/proc/{pid}/fd/{}", ns.raw_fd()),
+        match self.proc_path(std::process::id() as i32, reader) {
+            Some(proc) => format!("{proc}/fd/{}", ns.raw_fd()),
             None => "-".to_owned(),
         }
     }
@@ -456,6 +545,14 @@ impl NsProxyFs {
                 .filter_map(|ns| ns.keeper().map(|k| k.pid())),
         );
         helpers
+    }
+
+    /// `/proc/PID` of process `pid` (daemon pid namespace) as `reader`
+    /// sees it; `None` if the reader cannot see it.
+    fn proc_path(&self, pid: i32, reader: &Caller) -> Option<String> {
+        let pidns = reader.pid_ns().ok()?;
+        let seen = ns::sys::pid_in_pidns(pidns.as_fd(), pid).ok()?;
+        (seen > 0).then(|| format!("/proc/{seen}"))
     }
 
     fn tasks_text(&self, c: ContainerId, reader: &Caller) -> Result<Vec<u8>> {
@@ -501,7 +598,7 @@ impl NsProxyFs {
     /// names the writer can see, and never outside its view.
     fn install(
         &self,
-        ns: Namespace,
+        mut ns: Namespace,
         view: &View,
         container: ContainerId,
         old: Option<u64>,
@@ -510,7 +607,12 @@ impl NsProxyFs {
             kind: ns.kind(),
             ino: ns.ino(),
         };
-        let released = {
+        // A mount namespace cannot be pinned: a keeper process holds it,
+        // started here, outside the lock (it forks).
+        if r.kind == Kind::Mnt && !self.state.read().spaces.contains_key(&r.ino) {
+            ns.hold_mount()?;
+        }
+        let (released, bound) = {
             let mut st = self.state.write();
             let released = match old {
                 Some(old) if view.is_all() => st.tree.rebind_everywhere(old, r)?,
@@ -527,29 +629,56 @@ impl NsProxyFs {
                 }
                 None => st.tree.bind(container, r)?,
             };
-            st.spaces.entry(r.ino).or_insert_with(|| {
+            let bound = st.spaces.entry(r.ino).or_insert_with(|| {
                 let mut ns = ns;
                 ns.pin(&self.pin_dir);
                 Arc::new(ns)
             });
-            released.and_then(|d| st.spaces.remove(&d.ino))
+            let bound = Arc::clone(bound);
+            (released.and_then(|d| st.spaces.remove(&d.ino)), bound)
         };
-        if let Some(ns) = &released {
-            self.mover.released(ns.ino());
-            log::info!("{} released: no container binds it", ns.describe());
+        self.commit(released.into_iter().collect())?;
+        // Recorded: its keeper may now outlive the daemon, and the next
+        // daemon will find it.
+        if let Some(keeper) = bound.keeper() {
+            keeper.outlive_daemon();
         }
         Ok(())
     }
 
-    fn release(&self, released: Vec<NsRef>) {
-        let dropped: Vec<Arc<Namespace>> = {
-            let mut st = self.state.write();
-            released
-                .iter()
-                .filter_map(|r| st.spaces.remove(&r.ino))
-                .collect()
-        };
+    /// The handles of the namespaces that lost their last binding in the
+    /// tree, taken out of `spaces` (see [`NsProxyFs::commit`]); not those
+    /// bound again since, by a change that came in between.
+    fn unbound(&self, released: Vec<NsRef>) -> Vec<Arc<Namespace>> {
+        let mut st = self.state.write();
+        let State { tree, spaces } = &mut *st;
+        released
+            .iter()
+            .filter(|r| tree.binders(r.ino) == 0)
+            .filter_map(|r| spaces.remove(&r.ino))
+            .collect()
+    }
+
+    /// Finishes a change: writes the record, then lets go of the namespaces
+    /// the change unbound. In this order, so that a daemon killed in
+    /// between finds either the old record with every pin and keeper of it
+    /// in place, or the new one: an unbound namespace's pin is then swept
+    /// at start, and its keeper, still listed in the record as leaving
+    /// (see `leaving`), is told to leave by the next daemon.
+    fn commit(&self, unbound: Vec<Arc<Namespace>>) -> Result<()> {
+        self.leaving
+            .lock()
+            .extend(unbound.iter().filter(|ns| ns.keeper().is_some()).cloned());
+        let recorded = self.record();
+        self.let_go(unbound);
+        recorded
+    }
+
+    /// Lets go of namespaces no container binds any more: their pins go,
+    /// their keepers leave, the mover drops what it holds in them.
+    fn let_go(&self, dropped: Vec<Arc<Namespace>>) {
         for ns in dropped {
+            ns.release();
             self.mover.released(ns.ino());
             log::info!("{} released: no container binds it", ns.describe());
         }
@@ -592,9 +721,10 @@ impl NsProxyFs {
         let id = self.state.write().tree.mkdir(parent, name)?;
         if !Node::fits(id) {
             let released = self.state.write().tree.rmdir(parent, name).map(|r| r.1)?;
-            self.release(released);
+            self.commit(self.unbound(released))?;
             return Err(Error::Unsupported("container ids exhausted".into()));
         }
+        self.commit(Vec::new())?;
         self.node_attr(&view, Node::Dir(id))
     }
 
@@ -608,8 +738,7 @@ impl NsProxyFs {
         }
         let (id, released) = self.state.write().tree.rmdir(parent, name)?;
         self.staged.lock().retain(|(c, _), _| *c != id);
-        self.release(released);
-        Ok(())
+        self.commit(self.unbound(released))
     }
 
     fn do_unlink(&self, caller: &Caller, parent: INodeNo, name: &OsStr) -> Result<()> {
@@ -635,8 +764,7 @@ impl NsProxyFs {
             });
         };
         let released = self.state.write().tree.unbind(parent, kind)?;
-        self.release(released.into_iter().collect());
-        Ok(())
+        self.commit(self.unbound(released.into_iter().collect()))
     }
 
     fn do_link(
@@ -681,6 +809,7 @@ impl NsProxyFs {
                 }
             }
         }
+        self.commit(Vec::new())?;
         self.node_attr(&view, Node::Kind(ns))
     }
 
@@ -729,8 +858,7 @@ impl NsProxyFs {
             }
             st.tree.rename(p, old, new)?
         };
-        self.release(released);
-        Ok(())
+        self.commit(self.unbound(released))
     }
 
     /// Renames a staged link onto its kind's name: the container binds it,
@@ -748,10 +876,7 @@ impl NsProxyFs {
             self.staged.lock().remove(&(c, old.to_owned()));
             released.and_then(|d| st.spaces.remove(&d.ino))
         };
-        if let Some(ns) = released {
-            self.mover.released(ns.ino());
-        }
-        Ok(())
+        self.commit(released.into_iter().collect())
     }
 
     fn do_mknod(
@@ -1068,6 +1193,58 @@ impl NsProxyFs {
             self.pending.lock().remove(&pending);
         }
     }
+}
+
+/// Rebuilds the tree of `record` at start: reopens its namespaces (from
+/// pins, or from keepers) into `spaces`, which holds the root's, and
+/// rebuilds the containers. A binding whose namespace cannot be reopened
+/// is dropped with one log line saying why; namespaces reopened but bound
+/// by nothing in the end are let go.
+fn restore(
+    record: &Record,
+    root: [u64; 8],
+    spaces: &mut HashMap<u64, Arc<Namespace>>,
+    pin_dir: &Path,
+    boot: &str,
+) -> Tree {
+    let reopened = crate::state::reopen(record, pin_dir, boot, |ino| spaces.contains_key(&ino));
+    for (ino, ns) in reopened.spaces {
+        spaces.insert(ino, Arc::new(ns));
+    }
+    let restored = record::restore(root, record, |r| {
+        spaces.get(&r.ino).is_some_and(|ns| ns.kind() == r.kind)
+    });
+    for (path, r) in &restored.dropped {
+        let why = reopened
+            .lost
+            .get(&r.ino)
+            .map_or("it is bound as another kind", String::as_str);
+        log::warn!(
+            "restore: {path} no longer binds {}:[{}]: {why}",
+            r.kind,
+            r.ino
+        );
+    }
+    let tree = restored.tree;
+    spaces.retain(|&ino, ns| {
+        let bound = tree.binders(ino) > 0;
+        if !bound {
+            ns.release();
+        }
+        bound
+    });
+    let bindings: u32 = tree
+        .ids()
+        .filter(|&id| id != Tree::ROOT)
+        .filter_map(|id| tree.get(id))
+        .map(|c| Kind::ALL.iter().filter(|&&k| c.own(k).is_some()).count() as u32)
+        .sum();
+    log::info!(
+        "restored {} containers and {bindings} bindings ({} dropped)",
+        tree.len() - 1,
+        restored.dropped.len()
+    );
+    tree
 }
 
 /// Refuses if the task pinned by `pidfd` has exited: whatever was read

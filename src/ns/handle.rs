@@ -8,6 +8,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
+use parking_lot::Mutex;
 use thiserror::Error;
 
 use super::Kind;
@@ -75,33 +76,159 @@ fn sys_err(what: &'static str) -> impl FnOnce(io::Error) -> NsError {
     move |source| NsError::Sys { what, source }
 }
 
-/// The init process of a fresh pid namespace, which the daemon keeps alive
-/// while the namespace is bound. Dropping this closes the control pipe: the
-/// init then leaves as soon as no other process is left in its namespace.
+/// A process the daemon keeps inside a namespace: the init of a fresh pid
+/// namespace (`nsproxyfs-pid1`), without which the namespace could take no
+/// new process, or the holder of a mount namespace (`nsproxyfs-mnt`), which
+/// keeps it alive and reachable as `/proc/PID/ns/mnt` where no pin can.
+///
+/// A new keeper leaves when the daemon closes its control pipe or dies,
+/// until [`Keeper::outlive_daemon`] (called once the record of the tree
+/// names it). From then on only [`Keeper::leave`] ends it: it survives a
+/// daemon restart, and the next daemon takes it over with
+/// [`Keeper::adopt`]. Dropping a keeper only closes the pipe.
 #[derive(Debug)]
 pub struct Keeper {
+    kind: Kind,
     pid: i32,
-    _control: OwnedFd,
+    start: u64,
+    pidfd: OwnedFd,
+    control: Mutex<Option<File>>,
+}
+
+/// The command name of a keeper of `kind`, as it names itself.
+fn keeper_name(kind: Kind) -> &'static str {
+    match kind {
+        Kind::Pid => "nsproxyfs-pid1",
+        _ => "nsproxyfs-mnt",
+    }
 }
 
 impl Keeper {
+    fn started(kind: Kind, resident: sys::Resident) -> Result<Keeper, NsError> {
+        let pidfd = sys::pidfd_open(resident.pid, 0).map_err(sys_err("pin the keeper"))?;
+        let start = crate::procfs::start_time(resident.pid)
+            .filter(|_| sys::pidfd_alive(pidfd.as_fd()))
+            .ok_or_else(|| NsError::Sys {
+                what: "read the keeper's start time",
+                source: io::Error::from_raw_os_error(libc::ESRCH),
+            })?;
+        Ok(Keeper {
+            kind,
+            pid: resident.pid,
+            start,
+            pidfd,
+            control: Mutex::new(Some(File::from(resident.control))),
+        })
+    }
+
+    /// Takes over the keeper a previous daemon recorded for the namespace
+    /// `kind`:`ino`, after checking that process `pid` is still the one
+    /// that started at `start`, is a keeper, and sits in that namespace.
+    /// Returns it with a descriptor of its namespace, or why not.
+    pub fn adopt(kind: Kind, ino: u64, pid: i32, start: u64) -> Result<(Keeper, OwnedFd), String> {
+        let what = match kind {
+            Kind::Pid => "init",
+            _ => "holder",
+        };
+        let gone = || format!("its {what} process {pid} has exited");
+        let pidfd = sys::pidfd_open(pid, 0).map_err(|_| gone())?;
+        if crate::procfs::start_time(pid) != Some(start) {
+            return Err(format!("{} (the pid now names another process)", gone()));
+        }
+        match crate::procfs::comm(pid) {
+            Some(name) if name == keeper_name(kind) => {}
+            Some(name) if name == "nsproxyfs-exit" => {
+                return Err(format!(
+                    "its {what} process {pid} is leaving (it was told to, or lost the daemon \
+                     before the namespace was recorded) and will exit with the namespace's \
+                     last process"
+                ));
+            }
+            _ => return Err(format!("process {pid} is not its {what} any more")),
+        }
+        let fd = sys::pidfd_namespace(pidfd.as_fd(), kind).map_err(|_| gone())?;
+        let found = File::from(fd.try_clone().map_err(|e| e.to_string())?)
+            .metadata()
+            .map(|m| m.ino())
+            .map_err(|e| e.to_string())?;
+        if found != ino {
+            return Err(format!(
+                "its {what} process {pid} sits in {kind}:[{found}], not in this namespace"
+            ));
+        }
+        if !sys::pidfd_alive(pidfd.as_fd()) {
+            return Err(gone());
+        }
+        let keeper = Keeper {
+            kind,
+            pid,
+            start,
+            pidfd,
+            control: Mutex::new(None),
+        };
+        Ok((keeper, fd))
+    }
+
     /// The keeper's pid in the daemon's pid namespace.
     pub fn pid(&self) -> i32 {
         self.pid
+    }
+
+    /// Its start time (see [`crate::procfs::start_time`]).
+    pub fn start_time(&self) -> u64 {
+        self.start
+    }
+
+    /// Whether it still runs.
+    pub fn is_alive(&self) -> bool {
+        sys::pidfd_alive(self.pidfd.as_fd())
+    }
+
+    /// Makes it stay through the daemon's end, until [`Keeper::leave`].
+    /// Call once the record of the tree names it.
+    /// The pipe is closed after that: it has nothing more to say.
+    pub fn outlive_daemon(&self) {
+        if let Some(mut control) = self.control.lock().take()
+            && let Err(e) = control.write_all(&[sys::OUTLIVE_DAEMON])
+        {
+            log::warn!("cannot tell keeper {} to outlive the daemon: {e}", self.pid);
+        }
+    }
+
+    /// Tells it to leave: an init exits once it is the last process of its
+    /// namespace (its exit would kill the others), a holder at once.
+    pub fn leave(&self) {
+        self.control.lock().take();
+        let signal = match self.kind {
+            Kind::Pid => libc::SIGTERM,
+            _ => libc::SIGKILL,
+        };
+        if let Err(e) = sys::pidfd_send_signal(self.pidfd.as_fd(), signal)
+            && e.raw_os_error() != Some(libc::ESRCH)
+        {
+            log::warn!("cannot tell keeper {} to leave: {e}", self.pid);
+        }
     }
 }
 
 /// A bind mount of a namespace file in the state directory, which keeps the
 /// namespace alive and lets standard tools (`nsenter --net=PIN`) open it.
+/// It stays when the daemon ends (that is what lets a restarted daemon find
+/// the namespace again) and goes with [`Pin::remove`].
 #[derive(Debug)]
 pub struct Pin {
     path: PathBuf,
 }
 
 impl Pin {
+    /// Where the pin of `kind`:`ino` lives in `dir`.
+    pub fn path_in(dir: &Path, kind: Kind, ino: u64) -> PathBuf {
+        dir.join(format!("{}-{}", kind.name(), ino))
+    }
+
     /// Pins `fd` at `dir/KIND-INO`, replacing a stale pin of the same name.
     pub fn create(dir: &Path, kind: Kind, ino: u64, fd: BorrowedFd<'_>) -> io::Result<Pin> {
-        let path = dir.join(format!("{}-{}", kind.name(), ino));
+        let path = Pin::path_in(dir, kind, ino);
         let c = CString::new(path.as_os_str().as_bytes())
             .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
         while sys::detach(&c).is_ok() {}
@@ -121,19 +248,33 @@ impl Pin {
     pub fn path(&self) -> &Path {
         &self.path
     }
+
+    /// Unmounts and deletes the pin.
+    pub fn remove(&self) {
+        remove_pin(&self.path);
+    }
 }
 
-impl Drop for Pin {
-    fn drop(&mut self) {
-        if let Ok(c) = CString::new(self.path.as_os_str().as_bytes()) {
+/// Unmounts (every layer) and deletes the pin at `path`.
+pub fn remove_pin(path: &Path) {
+    if let Ok(c) = CString::new(path.as_os_str().as_bytes()) {
+        let mut detached = false;
+        loop {
             match sys::detach(&c) {
-                // Already gone: the daemon clears every pin when it ends.
-                Err(e) if matches!(e.raw_os_error(), Some(libc::EINVAL | libc::ENOENT)) => {}
-                Err(e) => log::warn!("cannot unmount pin {}: {e}", self.path.display()),
-                Ok(()) => {}
+                Ok(()) => detached = true,
+                Err(e)
+                    if detached
+                        || matches!(e.raw_os_error(), Some(libc::EINVAL | libc::ENOENT)) =>
+                {
+                    break;
+                }
+                Err(e) => {
+                    log::warn!("cannot unmount pin {}: {e}", path.display());
+                    break;
+                }
             }
-            let _ = std::fs::remove_file(&self.path);
         }
+        let _ = std::fs::remove_file(path);
     }
 }
 
@@ -234,16 +375,91 @@ impl Namespace {
         format!("{}:[{}]", self.kind.name(), self.ino)
     }
 
-    /// The init process kept for a fresh pid namespace, if this is one.
+    /// The process kept in this namespace, if any: the init of a fresh pid
+    /// namespace, or the holder of a bound mount namespace.
     pub fn keeper(&self) -> Option<&Keeper> {
         self.keeper.as_ref()
     }
 
-    /// Pins the namespace in `dir` (see [`Pin`]). Mount namespaces newer than
-    /// the daemon's own cannot be bind-mounted there (the kernel refuses
-    /// mount loops with EINVAL); they stay unpinned and are held by the
-    /// daemon's open descriptor alone.
+    /// Starts a keeper sitting in this mount namespace (`nsproxyfs-mnt`),
+    /// so that it lives on, reachable as `/proc/PID/ns/mnt`, even after
+    /// the daemon ends. Nothing to do if it has one.
+    pub fn hold_mount(&mut self) -> Result<(), NsError> {
+        if self.kind != Kind::Mnt || self.keeper.is_some() {
+            return Ok(());
+        }
+        let fail = |source| NsError::Sys {
+            what: "start a holder for the mount namespace",
+            source,
+        };
+        let fd = self.fd.as_raw_fd();
+        let resident =
+            sys::spawn_resident(|c| c.setns(fd, libc::CLONE_NEWNS), sys::Child::hold_mount)
+                .map_err(fail)?
+                .map_err(|errno| fail(io::Error::from_raw_os_error(errno)))?;
+        let keeper = Keeper::started(Kind::Mnt, resident)?;
+        if crate::procfs::ns_link_inode(keeper.pid(), "mnt") != Some(self.ino) {
+            keeper.leave();
+            return Err(fail(io::Error::from_raw_os_error(libc::EINVAL)));
+        }
+        self.keeper = Some(keeper);
+        Ok(())
+    }
+
+    /// Reopens the namespace `kind`:`ino` from its pin at `path`, checking
+    /// that the file is a namespace of that kind and inode; the pin is
+    /// taken over as it is. `Err` says why not, in words.
+    pub fn from_pin(path: &Path, kind: Kind, ino: u64) -> Result<Namespace, String> {
+        let shown = path.display().to_string();
+        let file = File::open(path).map_err(|e| match e.raw_os_error() {
+            Some(libc::ENOENT) => format!("its pin {shown} is missing"),
+            _ => format!("its pin {shown} cannot be opened: {e}"),
+        })?;
+        let mut ns = Namespace::from_fd(file.into(), kind, &shown).map_err(|e| e.to_string())?;
+        if ns.ino != ino {
+            return Err(format!(
+                "its pin {shown} now holds {kind}:[{}], another namespace",
+                ns.ino
+            ));
+        }
+        ns.pin = Some(Pin {
+            path: path.to_owned(),
+        });
+        Ok(ns)
+    }
+
+    /// Wraps `fd`, a namespace a keeper sits in (see [`Keeper::adopt`]).
+    pub fn kept(fd: OwnedFd, kind: Kind, keeper: Keeper) -> Result<Namespace, NsError> {
+        let mut ns = Namespace::from_fd(fd, kind, "a keeper's namespace")?;
+        ns.keeper = Some(keeper);
+        Ok(ns)
+    }
+
+    /// Gives this namespace the keeper a previous daemon left in it.
+    pub fn adopt_keeper(&mut self, keeper: Keeper) {
+        self.keeper = Some(keeper);
+    }
+
+    /// The namespace lost its last binding: removes its pin and tells its
+    /// keeper to leave. Processes still in it keep it alive.
+    pub fn release(&self) {
+        if let Some(pin) = &self.pin {
+            pin.remove();
+        }
+        if let Some(keeper) = &self.keeper {
+            keeper.leave();
+        }
+    }
+
+    /// Pins the namespace in `dir` (see [`Pin`]). Mount namespaces are not
+    /// pinned: the kernel refuses to bind-mount one into a mount namespace
+    /// that is not older than it (mount loops, EINVAL), which rules out the
+    /// daemon's own and every one made after it; a bound mount namespace has
+    /// a keeper instead ([`Namespace::hold_mount`]).
     pub fn pin(&mut self, dir: &Path) {
+        if self.kind == Kind::Mnt {
+            return;
+        }
         match Pin::create(dir, self.kind, self.ino, self.fd.as_fd()) {
             Ok(pin) => self.pin = Some(pin),
             Err(e) => log::info!("{} not pinned in {}: {e}", self.describe(), dir.display()),
@@ -431,9 +647,6 @@ fn fresh_pid() -> Result<Namespace, NsError> {
     let path = format!("/proc/{}/ns/pid", init.pid);
     let file = File::open(&path).map_err(fail)?;
     let mut ns = Namespace::from_fd(file.into(), Kind::Pid, &path)?;
-    ns.keeper = Some(Keeper {
-        pid: init.pid,
-        _control: init.control,
-    });
+    ns.keeper = Some(Keeper::started(Kind::Pid, init)?);
     Ok(ns)
 }

@@ -87,6 +87,22 @@ pub fn pidfd_alive(pidfd: BorrowedFd<'_>) -> bool {
     r == 0
 }
 
+/// Sends `signal` to the process behind `pidfd`.
+pub fn pidfd_send_signal(pidfd: BorrowedFd<'_>, signal: i32) -> io::Result<()> {
+    // SAFETY: the pidfd is borrowed; a null siginfo makes the kernel fill
+    // it as kill(2) would; flags are zero.
+    check(unsafe {
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            pidfd.as_raw_fd(),
+            signal,
+            std::ptr::null::<libc::siginfo_t>(),
+            0,
+        )
+    })
+    .map(drop)
+}
+
 /// The `CLONE_NEW*` type of the nsfs file `fd` (ENOTTY/EINVAL if it is not one).
 pub fn ns_type(fd: BorrowedFd<'_>) -> io::Result<i32> {
     // SAFETY: NS_GET_NSTYPE takes no argument and only reads the file.
@@ -245,6 +261,10 @@ pub fn spawn_resident(
     }))
 }
 
+/// The byte a keeper reads on its control pipe when it is to outlive the
+/// daemon (see [`Child::keep_pid_namespace`], [`Child::hold_mount`]).
+pub const OUTLIVE_DAEMON: u8 = b'P';
+
 /// What a forked child may do: only async-signal-safe calls through the
 /// functions of [`Child`]. It never returns; it ends with `_exit`.
 pub struct Child(());
@@ -392,21 +412,73 @@ impl Child {
     /// Names this process, tells the parent through `ready` that it is set
     /// up (a 0 after whatever was reported there), and closes `ready`.
     fn settle(&self, name: &CStr, ready: RawFd) {
-        // SAFETY: prctl(PR_SET_NAME) copies at most 16 bytes from `name`.
-        unsafe { libc::prctl(libc::PR_SET_NAME, name.as_ptr()) };
+        self.rename(name);
         self.report(ready, 0);
         self.close(ready);
     }
 
-    /// Runs as init of a pid namespace until `control` reaches EOF and no
-    /// other process is left in the namespace; then exits. Reports through
-    /// `ready` once it is set up.
+    /// Reads one byte from `fd`: `None` at EOF or on an error.
+    pub fn read_byte(&self, fd: RawFd) -> Option<u8> {
+        let mut b = 0u8;
+        loop {
+            // SAFETY: reads at most one byte into `b`.
+            let n = unsafe { libc::read(fd, (&raw mut b).cast(), 1) };
+            match n {
+                1 => return Some(b),
+                n if n < 0 && errno() == libc::EINTR => {}
+                _ => return None,
+            }
+        }
+    }
+
+    /// Sets this process's command name (at most 15 bytes are kept).
+    fn rename(&self, name: &CStr) {
+        // SAFETY: prctl(PR_SET_NAME) copies at most 16 bytes from `name`.
+        unsafe { libc::prctl(libc::PR_SET_NAME, name.as_ptr()) };
+    }
+
+    /// Runs as init of a pid namespace, named `nsproxyfs-pid1`, and reaps
+    /// orphans. It stays while the daemon holds `control` open; once the
+    /// daemon writes [`OUTLIVE_DAEMON`] there, it stays until a SIGTERM
+    /// comes from outside its pid namespace (one sent from inside is
+    /// ignored), whatever happens to the daemon. Then it renames itself
+    /// `nsproxyfs-exit` and exits as soon as no other process is left in
+    /// the namespace. Reports through `ready` once it is set up.
     pub fn keep_pid_namespace(&self, control: RawFd, ready: RawFd) -> ! {
         // SAFETY: signal() with SIG_IGN installs no handler code. Ignoring
         // SIGCHLD makes the kernel reap this init's children by itself.
         unsafe { libc::signal(libc::SIGCHLD, libc::SIG_IGN) };
+        // SAFETY: `term` is a sigset_t that sigemptyset initialises before
+        // sigaddset and sigprocmask read it; these calls only touch it and
+        // this thread's signal mask. A blocked SIGTERM is queued even for
+        // an init (the kernel drops only unblocked default-action signals),
+        // so sigwaitinfo below receives it.
+        let term = unsafe {
+            let mut term: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut term);
+            libc::sigaddset(&mut term, libc::SIGTERM);
+            libc::sigprocmask(libc::SIG_BLOCK, &term, std::ptr::null_mut());
+            term
+        };
         self.settle(c"nsproxyfs-pid1", ready);
-        self.wait_eof(control);
+        if self.read_byte(control) == Some(OUTLIVE_DAEMON) {
+            self.close(control);
+            loop {
+                // SAFETY: an all-zero siginfo_t is a valid value for the
+                // kernel to overwrite.
+                let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+                // SAFETY: `term` is initialised; `info` is valid to fill.
+                let sig = unsafe { libc::sigwaitinfo(&term, &mut info) };
+                // SAFETY: si_pid is the union member the kernel fills for
+                // signals sent by a process (si_code <= 0: SI_USER,
+                // SI_QUEUE, SI_TKILL). A sender outside this pid namespace
+                // is seen as pid 0.
+                if sig == libc::SIGTERM && info.si_code <= 0 && unsafe { info.si_pid() } == 0 {
+                    break;
+                }
+            }
+        }
+        self.rename(c"nsproxyfs-exit");
         loop {
             // SAFETY: kill(-1, 0) sends nothing; from init of a pid namespace
             // it answers ESRCH once no other process is left in it.
@@ -421,6 +493,31 @@ impl Child {
             // SAFETY: `second` is a valid timespec; no remainder is wanted.
             unsafe { libc::nanosleep(&second, std::ptr::null_mut()) };
         }
+    }
+
+    /// Sits in its mount namespace, named `nsproxyfs-mnt`, to keep it alive.
+    /// Exits when the daemon closes `control` or dies, until the daemon
+    /// writes [`OUTLIVE_DAEMON`] there; from then on it stays until it is
+    /// killed (the daemon sends SIGKILL; SIGTERM works too). Reports
+    /// through `ready` once it is set up.
+    pub fn hold_mount(&self, control: RawFd, ready: RawFd) -> ! {
+        // SAFETY: `none` is initialised by sigemptyset before sigprocmask
+        // reads it; unblocking every signal gives SIGTERM its default
+        // action again (the daemon's threads block it).
+        unsafe {
+            let mut none: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut none);
+            libc::sigprocmask(libc::SIG_SETMASK, &none, std::ptr::null_mut());
+        }
+        self.settle(c"nsproxyfs-mnt", ready);
+        if self.read_byte(control) == Some(OUTLIVE_DAEMON) {
+            self.close(control);
+            loop {
+                // SAFETY: pause() only waits for a signal.
+                unsafe { libc::pause() };
+            }
+        }
+        self.exit(0)
     }
 
     /// Waits, named `nsproxyfs-hold`, until `control` reaches EOF; then exits.

@@ -517,6 +517,7 @@ impl Tree {
     }
 }
 
+pub mod record;
 pub mod view;
 
 #[cfg(test)]

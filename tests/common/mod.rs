@@ -169,12 +169,17 @@ impl Drop for Watchdog {
 }
 
 /// A mounted nsproxyfs with its daemon in the foreground, in this thread's
-/// private mount namespace.
+/// private mount namespace. The daemon can be stopped, killed and started
+/// again on the same mount point and state directory; its log collects
+/// every run.
 pub struct Mount {
     pub dir: PathBuf,
     pub state: PathBuf,
     pub log: PathBuf,
     pub step: Step,
+    test: String,
+    extra: Vec<String>,
+    root_dev: u64,
     daemon: Option<Child>,
     pids: Arc<Mutex<Vec<i32>>>,
     _watchdog: Option<Watchdog>,
@@ -199,51 +204,101 @@ impl Mount {
         let log = scratch.0.join("daemon.log");
         std::fs::create_dir_all(&dir).unwrap();
         let root_dev = std::fs::metadata(&dir).unwrap().dev();
-        let step = Step::default();
-        step.set("start the daemon");
-        let daemon = Command::new(env!("CARGO_BIN_EXE_nsproxyfs"))
-            .arg("-f")
-            .arg("-v")
-            .arg("--state-dir")
-            .arg(&state)
-            .args(extra)
-            .arg(&dir)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .expect("spawn nsproxyfs");
-        let pids = Arc::new(Mutex::new(vec![daemon.id() as i32]));
         let mut m = Mount {
             dir,
             state,
             log,
-            step: step.clone(),
-            daemon: Some(daemon),
-            pids: pids.clone(),
+            step: Step::default(),
+            test: test.to_owned(),
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+            root_dev,
+            daemon: None,
+            pids: Arc::new(Mutex::new(Vec::new())),
             _watchdog: None,
             scratch,
         };
+        m.start();
+        Some(m)
+    }
+
+    /// Starts a daemon on the mount point and state directory and waits
+    /// until the mount answers.
+    fn start(&mut self) {
+        self.step.set("start the daemon");
+        let log = std::fs::File::options()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
+        let daemon = Command::new(env!("CARGO_BIN_EXE_nsproxyfs"))
+            .arg("-f")
+            .arg("-v")
+            .arg("--state-dir")
+            .arg(&self.state)
+            .args(&self.extra)
+            .arg(&self.dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn nsproxyfs");
+        self.pids.lock().unwrap().push(daemon.id() as i32);
+        self.daemon = Some(daemon);
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            if let Ok(md) = std::fs::metadata(m.dir.join("status"))
-                && md.dev() != root_dev
+            if let Ok(md) = std::fs::metadata(self.dir.join("status"))
+                && md.dev() != self.root_dev
             {
                 break;
             }
-            if let Some(Ok(Some(status))) = m.daemon.as_mut().map(|d| d.try_wait()) {
-                panic!("daemon exited while mounting ({status}): {}", m.log_text());
+            if let Some(Ok(Some(status))) = self.daemon.as_mut().map(|d| d.try_wait()) {
+                panic!(
+                    "daemon exited while mounting ({status}): {}",
+                    self.log_text()
+                );
             }
             assert!(
                 Instant::now() < deadline,
                 "mount did not answer: {}",
-                m.log_text()
+                self.log_text()
             );
             std::thread::sleep(Duration::from_millis(20));
         }
-        let dev = std::fs::metadata(&m.dir).unwrap().dev();
-        m._watchdog = Some(Watchdog::start(test, step, pids, Some(dev)));
-        Some(m)
+        let dev = std::fs::metadata(&self.dir).unwrap().dev();
+        self._watchdog = None;
+        self._watchdog = Some(Watchdog::start(
+            &self.test,
+            self.step.clone(),
+            self.pids.clone(),
+            Some(dev),
+        ));
+    }
+
+    /// Kills the daemon with SIGKILL, as a crash would, reaps it, and
+    /// detaches the dead mount.
+    pub fn kill(&mut self) {
+        self.step.set("SIGKILL the daemon");
+        let mut daemon = self.daemon.take().expect("daemon already stopped");
+        // SAFETY: kill takes integers; the pid is our own child.
+        unsafe { libc::kill(daemon.id() as i32, libc::SIGKILL) };
+        wait_bounded(&mut daemon, Duration::from_secs(20));
+        self.detach();
+    }
+
+    /// Lazily unmounts the mount point, if anything is mounted there.
+    fn detach(&self) {
+        if let Ok(c) = CString::new(self.dir.as_os_str().as_bytes()) {
+            // SAFETY: a NUL-terminated path; failure (not mounted) is fine.
+            unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+        }
+    }
+
+    /// Starts a new daemon on the same mount point and state directory,
+    /// after [`Mount::stop`] or [`Mount::kill`].
+    pub fn restart(&mut self) {
+        assert!(self.daemon.is_none(), "the daemon still runs");
+        self.detach();
+        self.start();
     }
 
     /// A path inside the mount.
@@ -313,20 +368,28 @@ impl Mount {
         unsafe { libc::kill(daemon.id() as i32, libc::SIGTERM) };
         wait_bounded(&mut daemon, Duration::from_secs(20))
     }
+
+    /// Ends the daemon with `umount`, as a user would, and returns its exit
+    /// status.
+    pub fn umount(&mut self) -> std::process::ExitStatus {
+        self.step.set("umount");
+        let mut daemon = self.daemon.take().expect("daemon already stopped");
+        sh_ok(&format!("umount '{}'", self.dir.display()));
+        wait_bounded(&mut daemon, Duration::from_secs(20))
+    }
 }
 
 impl Drop for Mount {
     fn drop(&mut self) {
-        if let Ok(c) = CString::new(self.dir.as_os_str().as_bytes()) {
-            // SAFETY: a NUL-terminated path; failure (not mounted) is fine.
-            unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
-        }
+        self.detach();
         if let Some(mut d) = self.daemon.take() {
             // SAFETY: kill takes integers; the pid is our own child.
             unsafe { libc::kill(d.id() as i32, libc::SIGTERM) };
             wait_bounded(&mut d, Duration::from_secs(20));
         }
-        nsproxyfs::daemon::clear_pins(&self.state.join("pins"));
+        // The daemon leaves the tree's record, pins and keepers for its
+        // successor: this test has none.
+        nsproxyfs::state::forget(&self.state);
         if std::thread::panicking() {
             eprintln!("--- daemon log ---\n{}", self.log_text());
         }

@@ -1,0 +1,391 @@
+//! The state directory: what the daemon keeps so that a restarted daemon,
+//! even after SIGKILL, shows the same tree with the same namespaces.
+//!
+//! ```text
+//! STATE/lock                   flock()ed by the running daemon
+//! STATE/tree                   the record of the tree (crate::tree::record)
+//! STATE/tree.tmp               the next record, while it is written
+//! STATE/tree.corrupt-SECONDS   a record that could not be read, set aside
+//! STATE/pins/KIND-INO          bind mounts of namespace files
+//! ```
+//!
+//! The record is replaced on every change by writing a temporary file,
+//! fsync()ing it, renaming it over the record and fsync()ing the directory:
+//! whatever happens, the record on disk is one whole version. This module
+//! does that I/O, reopens recorded namespaces at start (from pins, or from
+//! the keepers of pid and mount namespaces), and tidies pins; the format
+//! itself is plain data in [`crate::tree::record`].
+
+use std::collections::{HashMap, HashSet};
+use std::fs::File;
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+
+use parking_lot::{Mutex, MutexGuard};
+
+use crate::ns::{self, Keeper, Kind, Namespace, Pin};
+use crate::tree::record::{self, Record, RecordError, RecordedNs};
+
+/// The record's file name in the state directory.
+pub const RECORD: &str = "tree";
+
+/// The pin directory's name in the state directory.
+pub const PINS: &str = "pins";
+
+/// What the state directory held at start.
+#[derive(Debug)]
+pub enum Loaded {
+    /// No record: a new state directory, or one from before records.
+    Nothing,
+    /// A record to restore.
+    Found(Record),
+    /// A record that could not be read; it was renamed to `moved` (if the
+    /// rename worked) and the daemon starts with an empty tree.
+    SetAside {
+        /// Why it could not be read.
+        why: String,
+        /// Where it is now.
+        moved: Option<PathBuf>,
+    },
+}
+
+/// Reads the record in `dir`. An unreadable one is renamed to
+/// `tree.corrupt-SECONDS` (seconds since the epoch), never deleted.
+pub fn load(dir: &Path) -> Loaded {
+    let path = dir.join(RECORD);
+    let why = match std::fs::read(&path) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Loaded::Nothing,
+        Err(e) => format!("cannot read it: {e}"),
+        Ok(bytes) => match record::parse(&bytes) {
+            Ok(record) => return Loaded::Found(record),
+            Err(e @ RecordError::Version(_)) => e.to_string(),
+            Err(e) => format!("it is corrupt: {e}"),
+        },
+    };
+    let seconds = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let aside = dir.join(format!("{RECORD}.corrupt-{seconds}"));
+    let moved = std::fs::rename(&path, &aside).ok().map(|()| aside);
+    Loaded::SetAside { why, moved }
+}
+
+/// This boot's id (`/proc/sys/kernel/random/boot_id`): pids and start
+/// times in a record mean something only within the boot that wrote it.
+pub fn boot_id() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+        .map(|s| s.trim().to_owned())
+        .ok()
+        .filter(|s| !s.is_empty() && !s.contains(char::is_whitespace))
+        .unwrap_or_else(|| "unknown".to_owned())
+}
+
+/// Writes the record. Writers take [`Recorder::lock`] first, which also
+/// keeps the tree generation the record on disk describes, so that several
+/// changes made meanwhile are written once (group commit).
+#[derive(Debug)]
+pub struct Recorder {
+    dir: File,
+    path: PathBuf,
+    tmp: PathBuf,
+    boot: String,
+    written: Mutex<Option<u64>>,
+}
+
+impl Recorder {
+    /// A recorder for the state directory `dir`.
+    pub fn open(dir: &Path) -> io::Result<Recorder> {
+        Ok(Recorder {
+            dir: File::open(dir)?,
+            path: dir.join(RECORD),
+            tmp: dir.join(format!("{RECORD}.tmp")),
+            boot: boot_id(),
+            written: Mutex::new(None),
+        })
+    }
+
+    /// The boot id written into records.
+    pub fn boot(&self) -> &str {
+        &self.boot
+    }
+
+    /// Where the record is.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Serializes writers; holds the tree generation last written.
+    pub fn lock(&self) -> MutexGuard<'_, Option<u64>> {
+        self.written.lock()
+    }
+
+    /// Replaces the record with `text`: a temporary file, fsync, rename
+    /// over the record, fsync of the directory. Call with [`Recorder::lock`]
+    /// held (the temporary file's name is fixed).
+    pub fn write(&self, text: &[u8]) -> io::Result<()> {
+        let mut tmp = File::options()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&self.tmp)?;
+        tmp.write_all(text)?;
+        tmp.sync_all()?;
+        drop(tmp);
+        std::fs::rename(&self.tmp, &self.path)?;
+        self.dir.sync_all()
+    }
+}
+
+/// The namespaces of a record, reopened.
+#[derive(Debug, Default)]
+pub struct Reopened {
+    /// By inode: the ones that could be reopened.
+    pub spaces: HashMap<u64, Namespace>,
+    /// By inode: why each of the others could not.
+    pub lost: HashMap<u64, String>,
+}
+
+/// Reopens the namespaces `record` names, except those `have` already
+/// (the daemon's own): mount namespaces from their keepers, the others from
+/// their pins in `pins`, each checked to be the namespace of that kind and
+/// inode; a pid namespace also needs its init alive, since one whose init
+/// has exited takes no new process. `boot` is this boot's id.
+pub fn reopen(record: &Record, pins: &Path, boot: &str, have: impl Fn(u64) -> bool) -> Reopened {
+    let mut out = Reopened::default();
+    for r in &record.spaces {
+        if have(r.ns.ino) {
+            continue;
+        }
+        let result = if record.boot != boot {
+            Err("it was recorded before the machine last booted".to_owned())
+        } else {
+            reopen_one(r, pins)
+        };
+        match result {
+            Ok(ns) => {
+                out.spaces.insert(r.ns.ino, ns);
+            }
+            Err(why) => {
+                if record.boot == boot {
+                    dismiss_keeper(r);
+                }
+                out.lost.insert(r.ns.ino, why);
+            }
+        }
+    }
+    out
+}
+
+fn reopen_one(r: &RecordedNs, pins: &Path) -> Result<Namespace, String> {
+    let (kind, ino) = (r.ns.kind, r.ns.ino);
+    if kind == Kind::Mnt {
+        let k = r
+            .keeper
+            .ok_or("no holder process was recorded for it (mount namespaces cannot be pinned)")?;
+        let (keeper, fd) = Keeper::adopt(kind, ino, k.pid, k.start)?;
+        return Namespace::kept(fd, kind, keeper).map_err(|e| e.to_string());
+    }
+    let mut ns = Namespace::from_pin(&Pin::path_in(pins, kind, ino), kind, ino)?;
+    if kind == Kind::Pid {
+        let dead = "a pid namespace whose init has exited takes no new process";
+        match r.keeper {
+            Some(k) => {
+                let (keeper, _) = Keeper::adopt(kind, ino, k.pid, k.start)
+                    .map_err(|why| format!("{why}; {dead}"))?;
+                ns.adopt_keeper(keeper);
+            }
+            None => {
+                if ns::sys::pid_from_pidns(ns.fd(), 1).is_err() {
+                    return Err(format!("its init process has exited; {dead}"));
+                }
+            }
+        }
+    }
+    Ok(ns)
+}
+
+/// Tells the recorded keeper of `r`, if it is still that process and it
+/// is still a keeper, to leave: nothing will bind its namespace again.
+fn dismiss_keeper(r: &RecordedNs) {
+    if let Some(k) = r.keeper
+        && let Ok((keeper, _)) = Keeper::adopt(r.ns.kind, r.ns.ino, k.pid, k.start)
+    {
+        keeper.leave();
+    }
+}
+
+/// Removes every pin in `pins` but those in `keep`: pins of namespaces
+/// nothing binds any more, and at the daemon's end those of the root's own.
+pub fn sweep_pins(pins: &Path, keep: &HashSet<PathBuf>) {
+    let Ok(entries) = std::fs::read_dir(pins) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if !keep.contains(&path) {
+            log::debug!("removing pin {}", path.display());
+            ns::remove_pin(&path);
+        }
+    }
+}
+
+/// The pins the record in `dir` needs, or `None` without a readable record.
+fn recorded_pins(dir: &Path) -> Option<HashSet<PathBuf>> {
+    let bytes = std::fs::read(dir.join(RECORD)).ok()?;
+    let record = record::parse(&bytes).ok()?;
+    let pins = dir.join(PINS);
+    Some(
+        record
+            .spaces
+            .iter()
+            .filter(|r| r.ns.kind != Kind::Mnt)
+            .map(|r| Pin::path_in(&pins, r.ns.kind, r.ns.ino))
+            .collect(),
+    )
+}
+
+/// At the daemon's end: removes the pins the record does not need (those
+/// of namespaces only the root container bound). The others stay for the
+/// next daemon. Without a readable record, nothing is touched.
+pub fn tidy(dir: &Path) {
+    if let Some(keep) = recorded_pins(dir) {
+        sweep_pins(&dir.join(PINS), &keep);
+    }
+}
+
+/// Forgets everything the state directory `dir` keeps: tells the keepers
+/// the record names to leave, removes every pin, and deletes the record.
+/// For a daemon that is not running (tests, or starting over by hand).
+pub fn forget(dir: &Path) {
+    if let Loaded::Found(record) = load(dir)
+        && record.boot == boot_id()
+    {
+        record.spaces.iter().for_each(dismiss_keeper);
+    }
+    sweep_pins(&dir.join(PINS), &HashSet::new());
+    let _ = std::fs::remove_file(dir.join(RECORD));
+    let _ = std::fs::remove_file(dir.join(format!("{RECORD}.tmp")));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scratch(name: &str) -> PathBuf {
+        let dir =
+            std::env::temp_dir().join(format!("nsproxyfs-state-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    #[test]
+    fn a_record_is_replaced_whole_and_read_back() {
+        let dir = scratch("write");
+        assert!(matches!(load(&dir), Loaded::Nothing));
+        let rec = Recorder::open(&dir).unwrap();
+        let text = format!("nsproxyfs-tree 1\nboot {}\nend\n", rec.boot());
+        {
+            let _guard = rec.lock();
+            rec.write(text.as_bytes()).unwrap();
+            rec.write(text.as_bytes()).unwrap();
+        }
+        assert_eq!(std::fs::read_to_string(rec.path()).unwrap(), text);
+        assert!(!dir.join("tree.tmp").exists());
+        match load(&dir) {
+            Loaded::Found(r) => assert_eq!(r.boot, rec.boot()),
+            other => panic!("{other:?}"),
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_corrupt_record_is_set_aside() {
+        let dir = scratch("corrupt");
+        std::fs::write(dir.join(RECORD), "nsproxyfs-tree 1\nboot b\ncontainer /x\n").unwrap();
+        match load(&dir) {
+            Loaded::SetAside { why, moved } => {
+                assert!(why.contains("cut short"), "{why}");
+                let moved = moved.unwrap();
+                assert!(
+                    moved
+                        .file_name()
+                        .unwrap()
+                        .to_str()
+                        .unwrap()
+                        .starts_with("tree.corrupt-")
+                );
+                assert!(moved.exists());
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(!dir.join(RECORD).exists());
+        assert!(matches!(load(&dir), Loaded::Nothing));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// What one record write costs with 10, 1,000 and 10,000 containers
+    /// (encode, then temp file, fsync, rename, fsync of the directory), on
+    /// the file system of the temporary directory. A measurement, not a
+    /// check: `cargo test --release --lib -- --ignored --nocapture record_cost`.
+    #[test]
+    #[ignore]
+    fn record_cost() {
+        use crate::tree::{NsRef, Tree};
+        let dir = scratch("cost");
+        let rec = Recorder::open(&dir).unwrap();
+        for n in [10usize, 1_000, 10_000] {
+            let mut tree = Tree::new([1, 2, 3, 4, 5, 6, 7, 8]);
+            // A hundred containers at the top, the rest below them.
+            let mut parents = Vec::new();
+            for i in 0..n {
+                let parent = match i {
+                    0..100 => Tree::ROOT,
+                    _ => parents[i % 100],
+                };
+                let id = tree.mkdir(parent, &format!("container-{i}")).unwrap();
+                let ns = NsRef {
+                    kind: Kind::ALL[i % 8],
+                    ino: 4_026_532_000 + (i as u64 % 500) * 8 + (i % 8) as u64,
+                };
+                if i % 8 != 2 {
+                    tree.link(id, ns).unwrap();
+                }
+                if i < 100 {
+                    parents.push(id);
+                }
+            }
+            let runs = 30;
+            let (mut encode, mut write) = (Vec::new(), Vec::new());
+            let mut size = 0;
+            for _ in 0..runs {
+                let t = std::time::Instant::now();
+                let text = record::encode(&tree, rec.boot(), |_| None, &[]);
+                encode.push(t.elapsed());
+                size = text.len();
+                let t = std::time::Instant::now();
+                let _guard = rec.lock();
+                rec.write(text.as_bytes()).unwrap();
+                write.push(t.elapsed());
+            }
+            encode.sort();
+            write.sort();
+            println!(
+                "{n:>6} containers, {size:>7} bytes: encode median {:?} p90 {:?}; \
+                 write median {:?} p90 {:?}",
+                encode[runs / 2],
+                encode[runs * 9 / 10],
+                write[runs / 2],
+                write[runs * 9 / 10]
+            );
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn boot_id_is_one_word() {
+        let id = boot_id();
+        assert!(!id.is_empty() && !id.contains(' '));
+        assert_eq!(id, boot_id());
+    }
+}
