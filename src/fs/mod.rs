@@ -15,7 +15,7 @@
 //! Persistence: every change writes the record of the tree (see
 //! [`crate::state`]) before it is answered, so an acknowledged change is
 //! never missing from the record, and only then lets go of the namespaces
-//! it unbound ([`NsProxyFs::commit`]). Changes made while a record is
+//! it unbound (see `NsProxyFs::commit`). Changes made while a record is
 //! being written are written together by the next writer.
 
 mod caller;
