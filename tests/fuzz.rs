@@ -15,36 +15,6 @@ use std::path::Path;
 use common::*;
 use nsproxyfs::fs::input::{Binding, MAX_INPUT, parse_binding, parse_pid};
 
-/// A small deterministic generator (64-bit LCG), so a seed replays a run.
-struct Rng(u64);
-
-impl Rng {
-    fn from_env(test: &str) -> Rng {
-        let seed = std::env::var("NSPROXYFS_FUZZ_SEED")
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or_else(|| {
-                std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map_or(1, |d| d.as_nanos() as u64)
-            });
-        note(&format!("{test}: NSPROXYFS_FUZZ_SEED={seed}"));
-        Rng(seed)
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        self.0 = self
-            .0
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        ((self.0 >> 33) % n as u64) as usize
-    }
-
-    fn pick<T: Copy>(&mut self, items: &[T]) -> T {
-        items[self.below(items.len())]
-    }
-}
-
 fn ops_budget(default: usize) -> usize {
     std::env::var("NSPROXYFS_FUZZ_OPS")
         .ok()

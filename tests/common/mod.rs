@@ -751,3 +751,35 @@ fn stat_field(pid: i32, n: usize) -> Option<String> {
     let rest = &stat[stat.rfind(')')? + 1..];
     rest.split_whitespace().nth(n).map(str::to_owned)
 }
+
+/// A small deterministic generator (64-bit LCG) for randomized tests: the
+/// seed comes from `NSPROXYFS_FUZZ_SEED` or the clock and is printed, so a
+/// run can be replayed.
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn from_env(test: &str) -> Rng {
+        let seed = std::env::var("NSPROXYFS_FUZZ_SEED")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| {
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(1, |d| d.as_nanos() as u64)
+            });
+        note(&format!("{test}: NSPROXYFS_FUZZ_SEED={seed}"));
+        Rng(seed)
+    }
+
+    pub fn below(&mut self, n: usize) -> usize {
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        ((self.0 >> 33) % n as u64) as usize
+    }
+
+    pub fn pick<T: Clone>(&mut self, items: &[T]) -> T {
+        items[self.below(items.len())].clone()
+    }
+}
