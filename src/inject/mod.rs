@@ -330,21 +330,27 @@ impl Tracee<Running> {
                 "no injection backend for this architecture",
             ));
         }
-        match sys::seize(tid, libc::PTRACE_O_TRACESYSGOOD) {
-            Ok(()) => {}
-            Err(Errno::ESRCH) => return Err(TraceError::Gone(tid)),
-            Err(Errno::EPERM) => {
-                return Err(match tracer_of(tid) {
-                    Some(tracer) => TraceError::AlreadyTraced { tid, tracer },
-                    None => TraceError::Denied(tid),
-                });
-            }
-            Err(errno) => {
-                return Err(TraceError::Os {
-                    tid,
-                    op: "PTRACE_SEIZE",
-                    errno,
-                });
+        // EPERM means traced by someone else, or not allowed at all. A
+        // tracer that is seen no more when asked (another move that just
+        // ended) may have held it a moment ago: one more try tells.
+        let mut tries = 2;
+        loop {
+            tries -= 1;
+            match sys::seize(tid, libc::PTRACE_O_TRACESYSGOOD) {
+                Ok(()) => break,
+                Err(Errno::ESRCH) => return Err(TraceError::Gone(tid)),
+                Err(Errno::EPERM) => match tracer_of(tid) {
+                    Some(tracer) => return Err(TraceError::AlreadyTraced { tid, tracer }),
+                    None if tries > 0 => continue,
+                    None => return Err(TraceError::Denied(tid)),
+                },
+                Err(errno) => {
+                    return Err(TraceError::Os {
+                        tid,
+                        op: "PTRACE_SEIZE",
+                        errno,
+                    });
+                }
             }
         }
         let tracee = Tracee {
