@@ -296,8 +296,9 @@ impl NsProxyFs {
     }
 
     /// What `caller` sees of the tree (see [`crate::tree::view`]). Read
-    /// afresh for every request: a process may change namespaces at any
-    /// time, so nothing about a caller is remembered between requests.
+    /// afresh for every request that needs it: a process may change
+    /// namespaces at any time, so no view is kept (only a lookup's own
+    /// answer is repeated to the getattr right after it, see `recent`).
     fn view(&self, caller: &Caller) -> View {
         let set = if caller.tid == 0 {
             None
@@ -823,11 +824,12 @@ impl NsProxyFs {
         flags: RenameFlags,
     ) -> Result<()> {
         let p = self.dir(parent)?;
+        let np = self.dir(newparent)?;
         let view = self.view(caller);
         self.require_full(&view, p)?;
-        self.require_full(&view, self.dir(newparent)?)?;
+        self.require_full(&view, np)?;
         caller.require_admin(self.user_ns)?;
-        if self.dir(newparent)? != p {
+        if np != p {
             return Err(Error::Invalid(
                 "containers are renamed within their parent only".into(),
             ));
