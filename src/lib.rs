@@ -19,6 +19,8 @@
 //!   that the daemon's death never cuts an injection short.
 //! * [`state`]: the state directory: the record of the tree, written on
 //!   every change, and restoring it (pins, keepers) when the daemon starts.
+//! * [`discover`]: the namespace sets already in use on the host, kept
+//!   current from process events, and the `lsns`-like table.
 //! * [`daemon`]: checks, mount, background, signals.
 //! * [`exec`]: `nsproxyfs exec`, a new command in a container's set.
 //! * [`notify`]: readiness for systemd (`Type=notify`).
@@ -27,6 +29,7 @@
 //! [`exec::run`].
 
 pub mod daemon;
+pub mod discover;
 pub mod exec;
 pub mod fs;
 pub mod inject;

@@ -68,7 +68,7 @@ impl Error {
                 TreeError::Exists => libc::EEXIST,
                 TreeError::NotEmpty => libc::ENOTEMPTY,
                 TreeError::InvalidName(_) | TreeError::KindMismatch { .. } => libc::EINVAL,
-                TreeError::Root => libc::EPERM,
+                TreeError::Root | TreeError::Discovered => libc::EPERM,
                 TreeError::TooDeep => libc::EMLINK,
             },
             Error::Ns(e) => e.errno(),

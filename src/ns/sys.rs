@@ -22,6 +22,10 @@ const fn io_read_int(kind: libc::c_ulong, nr: libc::c_ulong) -> libc::c_ulong {
     (2 << 30) | (4 << 16) | (kind << 8) | nr
 }
 
+/// `NS_GET_USERNS`: the user namespace owning a namespace.
+const NS_GET_USERNS: libc::c_ulong = io_none(NSIO, 0x1);
+/// `NS_GET_PARENT`: the parent of a pid or user namespace.
+const NS_GET_PARENT: libc::c_ulong = io_none(NSIO, 0x2);
 /// `NS_GET_NSTYPE`: the `CLONE_NEW*` flag of an nsfs file.
 const NS_GET_NSTYPE: libc::c_ulong = io_none(NSIO, 0x3);
 /// `NS_GET_PID_FROM_PIDNS`: a pid of the given pid ns, in the caller's ns.
@@ -107,6 +111,21 @@ pub fn pidfd_send_signal(pidfd: BorrowedFd<'_>, signal: i32) -> io::Result<()> {
 pub fn ns_type(fd: BorrowedFd<'_>) -> io::Result<i32> {
     // SAFETY: NS_GET_NSTYPE takes no argument and only reads the file.
     check(unsafe { libc::ioctl(fd.as_raw_fd(), NS_GET_NSTYPE) }.into()).map(|t| t as i32)
+}
+
+/// The user namespace that owns the namespace `fd` (for a user namespace,
+/// its parent). EPERM for the initial user namespace, or one outside the
+/// caller's.
+pub fn ns_owner(fd: BorrowedFd<'_>) -> io::Result<OwnedFd> {
+    // SAFETY: NS_GET_USERNS takes no argument and returns a new fd or -1.
+    owned(unsafe { libc::ioctl(fd.as_raw_fd(), NS_GET_USERNS) }.into())
+}
+
+/// The parent of the pid or user namespace `fd`. EPERM at the top, EINVAL
+/// for other kinds.
+pub fn ns_parent(fd: BorrowedFd<'_>) -> io::Result<OwnedFd> {
+    // SAFETY: NS_GET_PARENT takes no argument and returns a new fd or -1.
+    owned(unsafe { libc::ioctl(fd.as_raw_fd(), NS_GET_PARENT) }.into())
 }
 
 /// The namespace of `kind` of the task behind `pidfd` (for pid and time: the

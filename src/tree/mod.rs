@@ -27,6 +27,11 @@ pub const MAX_NAME: usize = 255;
 /// Names inside a container that are files, never containers.
 pub const CONTROL_NAMES: [&str; 2] = ["tasks", "status"];
 
+/// The reserved container, child of the root, under which discovered
+/// namespace sets appear (see [`Tree::enable_discovery`]). Its name starts
+/// with a dot, so no user container can take it.
+pub const DISCOVERED: &str = ".discovered";
+
 /// Identity of a container. Never reused within one daemon's life, so a stale
 /// kernel reference can never reach a newer container.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -62,6 +67,10 @@ pub enum TreeError {
     /// Nesting would pass [`MAX_DEPTH`].
     #[error("nesting deeper than {MAX_DEPTH} levels")]
     TooDeep,
+    /// Discovered containers mirror what runs on the host: they change
+    /// only with it, and leave only by being adopted.
+    #[error("discovered containers are read-only (adopt one with mv)")]
+    Discovered,
     /// A namespace inode was offered under a kind it is not.
     #[error("namespace {ino} is a {bound} namespace, not {wanted}")]
     KindMismatch {
@@ -119,6 +128,10 @@ pub struct Effective {
 pub struct Tree {
     containers: HashMap<ContainerId, Container>,
     binders: HashMap<u64, (Kind, u32)>,
+    /// Of `binders`, the bindings made by discovered containers.
+    discovered_binders: HashMap<u64, u32>,
+    /// The [`DISCOVERED`] container, once discovery is on.
+    discovered: Option<ContainerId>,
     next_id: u64,
     /// Bumped by every change, so derived indexes know when they are stale.
     generation: u64,
@@ -156,6 +169,8 @@ impl Tree {
         let mut tree = Tree {
             containers: HashMap::new(),
             binders: HashMap::new(),
+            discovered_binders: HashMap::new(),
+            discovered: None,
             next_id: 1,
             generation: 0,
         };
@@ -285,6 +300,12 @@ impl Tree {
     /// Makes a new, empty container `name` under `parent`.
     pub fn mkdir(&mut self, parent: ContainerId, name: &str) -> Result<ContainerId, TreeError> {
         check_name(name)?;
+        self.writable(parent)?;
+        self.make(parent, name)
+    }
+
+    /// Makes `name` under `parent`, the name already checked.
+    fn make(&mut self, parent: ContainerId, name: &str) -> Result<ContainerId, TreeError> {
         let depth = self.depth(parent);
         let p = self.containers.get(&parent).ok_or(TreeError::NotFound)?;
         if p.children.contains_key(name) {
@@ -319,6 +340,7 @@ impl Tree {
         name: &str,
     ) -> Result<(ContainerId, Vec<NsRef>), TreeError> {
         let id = self.child(parent, name).ok_or(TreeError::NotFound)?;
+        self.writable(id)?;
         let released = self.remove(id)?;
         Ok((id, released))
     }
@@ -332,7 +354,7 @@ impl Tree {
         self.generation += 1;
         let mut released = Vec::new();
         for kind in Kind::ALL {
-            if let Ok(Some(ns)) = self.unbind(id, kind) {
+            if let Ok(Some(ns)) = self.detach(id, kind) {
                 released.push(ns);
             }
         }
@@ -355,11 +377,13 @@ impl Tree {
     ) -> Result<Vec<NsRef>, TreeError> {
         check_name(new)?;
         let id = self.child(parent, old).ok_or(TreeError::NotFound)?;
+        self.writable(id)?;
         if old == new {
             return Ok(Vec::new());
         }
         let mut released = Vec::new();
         if let Some(victim) = self.child(parent, new) {
+            self.writable(victim)?;
             released = self.remove(victim)?;
         }
         self.generation += 1;
@@ -379,6 +403,7 @@ impl Tree {
         if id == Tree::ROOT {
             return Err(TreeError::Root);
         }
+        self.writable(id)?;
         if c.own(ns.kind).is_some() {
             return Err(TreeError::Exists);
         }
@@ -391,12 +416,13 @@ impl Tree {
         if id == Tree::ROOT {
             return Err(TreeError::Root);
         }
+        self.writable(id)?;
         let c = self.containers.get(&id).ok_or(TreeError::NotFound)?;
         if c.own(ns.kind) == Some(ns.ino) {
             return Ok(None);
         }
         self.check_kind(ns)?;
-        let released = match self.unbind(id, ns.kind) {
+        let released = match self.detach(id, ns.kind) {
             Ok(released) => released,
             Err(TreeError::NotFound) => None,
             Err(e) => return Err(e),
@@ -406,8 +432,10 @@ impl Tree {
     }
 
     /// Replaces `old` by `new` in every container that binds `old` (a write
-    /// to a kind file changes it under all of its names). Refused if the
-    /// root binds `old`. Returns `old` if it lost its last binder.
+    /// to a kind file changes it under all of its names), discovered ones
+    /// left out: they keep what their processes use. Refused if the root
+    /// binds `old`, or if only discovered containers do. Returns `old` if
+    /// it lost its last binder.
     pub fn rebind_everywhere(&mut self, old: u64, new: NsRef) -> Result<Option<NsRef>, TreeError> {
         let kind = self.bound_kind(old).ok_or(TreeError::NotFound)?;
         if old == new.ino {
@@ -421,9 +449,13 @@ impl Tree {
             });
         }
         self.check_kind(new)?;
-        let holders = self.containers_binding(old);
+        let mut holders = self.containers_binding(old);
         if holders.contains(&Tree::ROOT) {
             return Err(TreeError::Root);
+        }
+        holders.retain(|&c| !self.is_discovered(c));
+        if holders.is_empty() {
+            return Err(TreeError::Discovered);
         }
         let mut released = None;
         for id in holders {
@@ -438,9 +470,27 @@ impl Tree {
         if id == Tree::ROOT {
             return Err(TreeError::Root);
         }
+        self.writable(id)?;
+        self.detach(id, kind)
+    }
+
+    /// [`Tree::unbind`] for any container but the root, discovered or not.
+    fn detach(&mut self, id: ContainerId, kind: Kind) -> Result<Option<NsRef>, TreeError> {
+        if id == Tree::ROOT {
+            return Err(TreeError::Root);
+        }
+        let discovered = self.is_discovered(id);
         let c = self.containers.get_mut(&id).ok_or(TreeError::NotFound)?;
         let ino = c.own[kind.index()].take().ok_or(TreeError::NotFound)?;
         self.generation += 1;
+        if discovered {
+            match self.discovered_binders.get_mut(&ino) {
+                Some(n) if *n > 1 => *n -= 1,
+                _ => {
+                    self.discovered_binders.remove(&ino);
+                }
+            }
+        }
         let last = match self.binders.get_mut(&ino) {
             Some(b) if b.1 > 1 => {
                 b.1 -= 1;
@@ -467,11 +517,132 @@ impl Tree {
 
     fn attach(&mut self, id: ContainerId, ns: NsRef) -> Result<(), TreeError> {
         self.check_kind(ns)?;
+        let discovered = self.is_discovered(id);
         let c = self.containers.get_mut(&id).ok_or(TreeError::NotFound)?;
         c.own[ns.kind.index()] = Some(ns.ino);
         self.generation += 1;
         self.binders.entry(ns.ino).or_insert((ns.kind, 0)).1 += 1;
+        if discovered {
+            *self.discovered_binders.entry(ns.ino).or_insert(0) += 1;
+        }
         Ok(())
+    }
+
+    /// Refuses changes a user might ask for in the discovered subtree.
+    fn writable(&self, id: ContainerId) -> Result<(), TreeError> {
+        if self.is_discovered(id) {
+            Err(TreeError::Discovered)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Makes the [`DISCOVERED`] container under the root, if it is not
+    /// there yet, and returns it. It binds nothing: its effective set is
+    /// the root's, and each discovered container binds the kinds in which
+    /// its set differs from the root's.
+    pub fn enable_discovery(&mut self) -> ContainerId {
+        if let Some(id) = self.discovered {
+            return id;
+        }
+        // The root has no child of that name: user names never start
+        // with a dot.
+        let id = ContainerId(self.next_id);
+        self.next_id += 1;
+        self.generation += 1;
+        self.containers.insert(
+            id,
+            Container {
+                name: DISCOVERED.to_owned(),
+                parent: Some(Tree::ROOT),
+                children: BTreeMap::new(),
+                own: [None; 8],
+            },
+        );
+        if let Some(root) = self.containers.get_mut(&Tree::ROOT) {
+            root.children.insert(DISCOVERED.to_owned(), id);
+        }
+        self.discovered = Some(id);
+        id
+    }
+
+    /// The [`DISCOVERED`] container, if discovery is on.
+    pub fn discovered_root(&self) -> Option<ContainerId> {
+        self.discovered
+    }
+
+    /// Whether `id` is the [`DISCOVERED`] container or one below it.
+    pub fn is_discovered(&self, id: ContainerId) -> bool {
+        match self.discovered {
+            Some(d) => self.ancestors(id).any(|a| a == d),
+            None => false,
+        }
+    }
+
+    /// Number of bindings of `ino` made by containers that are not
+    /// discovered ones: the bindings that must outlive a restart.
+    pub fn user_binders(&self, ino: u64) -> u32 {
+        self.binders(ino) - self.discovered_binders.get(&ino).copied().unwrap_or(0)
+    }
+
+    /// Adds a discovered container `name` binding `own` (the kinds in which
+    /// its set differs from the root's). All or nothing.
+    pub fn discover(&mut self, name: &str, own: &[NsRef]) -> Result<ContainerId, TreeError> {
+        check_name(name)?;
+        let parent = self.discovered.ok_or(TreeError::NotFound)?;
+        for &ns in own {
+            self.check_kind(ns)?;
+        }
+        let id = self.make(parent, name)?;
+        for &ns in own {
+            if let Err(e) = self.attach(id, ns) {
+                let _ = self.remove(id);
+                return Err(e);
+            }
+        }
+        Ok(id)
+    }
+
+    /// Removes the discovered container `id` (its processes are gone).
+    /// Returns the namespaces that lost their last binder.
+    pub fn forget(&mut self, id: ContainerId) -> Result<Vec<NsRef>, TreeError> {
+        let parent = self.get(id).and_then(Container::parent);
+        if parent.is_none() || parent != self.discovered {
+            return Err(TreeError::NotFound);
+        }
+        self.remove(id)
+    }
+
+    /// Adopts the discovered container `id` as `name` under `parent`, a
+    /// container of the user's: the new container binds each kind in which
+    /// `id`'s effective set differs from `parent`'s, so its effective set
+    /// is `id`'s, and `id` leaves the discovered subtree. A name already
+    /// taken is refused (`Exists`). Returns the new container and the
+    /// namespaces that lost their last binder (none, unless `parent`
+    /// changes in between, which the lock of the caller rules out).
+    pub fn adopt(
+        &mut self,
+        id: ContainerId,
+        parent: ContainerId,
+        name: &str,
+    ) -> Result<(ContainerId, Vec<NsRef>), TreeError> {
+        check_name(name)?;
+        self.writable(parent)?;
+        if self.get(id).and_then(Container::parent) != self.discovered || self.discovered.is_none()
+        {
+            return Err(TreeError::NotFound);
+        }
+        let from = self.effective_set(id).ok_or(TreeError::NotFound)?;
+        let under = self.effective_set(parent).ok_or(TreeError::NotFound)?;
+        let new = self.make(parent, name)?;
+        for kind in Kind::ALL {
+            let ino = from[kind.index()].ino;
+            if ino != under[kind.index()].ino {
+                self.attach(new, NsRef { kind, ino })?;
+            }
+        }
+        let released = self.remove(id)?;
+        Ok((new, released))
     }
 
     /// Verifies the invariants listed in the module documentation.
@@ -481,13 +652,20 @@ impl Tree {
             return Err("root has a parent or an unbound kind".into());
         }
         let mut counts: HashMap<u64, (Kind, u32)> = HashMap::new();
+        let mut discovered: HashMap<u64, u32> = HashMap::new();
         for (&id, c) in &self.containers {
             if let Some(p) = c.parent {
                 let parent = self.containers.get(&p).ok_or("dangling parent")?;
                 if parent.children.get(&c.name) != Some(&id) {
                     return Err(format!("{id:?} missing from its parent's children"));
                 }
-                check_name(&c.name).map_err(|e| e.to_string())?;
+                if Some(id) == self.discovered {
+                    if p != Tree::ROOT || c.name != DISCOVERED {
+                        return Err("the discovered container is misplaced".into());
+                    }
+                } else {
+                    check_name(&c.name).map_err(|e| e.to_string())?;
+                }
             } else if id != Tree::ROOT {
                 return Err(format!("{id:?} has no parent"));
             }
@@ -504,6 +682,9 @@ impl Tree {
                         return Err(format!("inode {ino} bound as two kinds"));
                     }
                     e.1 += 1;
+                    if self.is_discovered(id) {
+                        *discovered.entry(ino).or_insert(0) += 1;
+                    }
                 }
             }
             if self.depth(id) > MAX_DEPTH {
@@ -512,6 +693,24 @@ impl Tree {
         }
         if counts != self.binders {
             return Err(format!("binder counts {:?} != {:?}", self.binders, counts));
+        }
+        if discovered != self.discovered_binders {
+            return Err(format!(
+                "discovered binder counts {:?} != {:?}",
+                self.discovered_binders, discovered
+            ));
+        }
+        if let Some(d) = self.discovered
+            && self.containers.get(&d).is_none_or(|c| {
+                c.own.iter().any(Option::is_some)
+                    || c.children.values().any(|ch| {
+                        self.containers
+                            .get(ch)
+                            .is_none_or(|ch| !ch.children.is_empty())
+                    })
+            })
+        {
+            return Err("the discovered subtree binds or nests".into());
         }
         Ok(())
     }

@@ -15,9 +15,10 @@
 //! ```
 //!
 //! The root container is not recorded: it always binds the daemon's own
-//! namespaces. `ns` lines name every namespace a container binds, with the
-//! process the daemon keeps in it, if any, and the released ones whose
-//! keepers have not left yet; `container` lines come parents first, each
+//! namespaces; nor are discovered containers, which are found again.
+//! `ns` lines name every namespace a container binds, with the process
+//! the daemon keeps in it, if any, and the released ones whose keepers
+//! have not left yet; `container` lines come parents first, each
 //! with its own bindings. Names are percent-encoded.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -109,8 +110,15 @@ pub fn encode(
     // Depth-first from the root: (id, length of the parent's path).
     let mut path = String::new();
     let mut stack: Vec<(ContainerId, usize)> = Vec::new();
+    // Discovered containers are found again at start, never recorded.
     if let Some(root) = tree.get(Tree::ROOT) {
-        stack.extend(root.children().values().rev().map(|&c| (c, 0)));
+        stack.extend(
+            root.children()
+                .values()
+                .rev()
+                .filter(|&&c| Some(c) != tree.discovered_root())
+                .map(|&c| (c, 0)),
+        );
     }
     while let Some((id, parent_len)) = stack.pop() {
         let Some(c) = tree.get(id) else { continue };

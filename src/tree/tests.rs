@@ -245,3 +245,116 @@ fn binding_what_is_already_bound_changes_nothing() {
     assert_eq!(t.binders(500), 1);
     t.check().unwrap();
 }
+
+#[test]
+fn discovered_containers_are_read_only_and_adopted_whole() {
+    let mut t = Tree::new(ROOT_NS);
+    let web = t.mkdir(Tree::ROOT, "web").unwrap();
+    t.link(web, ns(Kind::Net, 500)).unwrap();
+    let d = t.enable_discovery();
+    assert_eq!(t.enable_discovery(), d);
+    assert_eq!(t.child(Tree::ROOT, DISCOVERED), Some(d));
+    let x = t
+        .discover("docker-abc", &[ns(Kind::Net, 600), ns(Kind::Uts, 601)])
+        .unwrap();
+    t.check().unwrap();
+    assert!(t.is_discovered(x) && t.is_discovered(d) && !t.is_discovered(web));
+    assert_eq!(t.user_binders(600), 0);
+    assert_eq!(t.binders(600), 1);
+
+    // Nothing a user asks for changes the discovered subtree.
+    let before = t.generation();
+    assert_eq!(t.mkdir(d, "mine"), Err(TreeError::Discovered));
+    assert_eq!(t.mkdir(x, "mine"), Err(TreeError::Discovered));
+    assert_eq!(
+        t.rmdir(Tree::ROOT, DISCOVERED).map(|r| r.0),
+        Err(TreeError::Discovered)
+    );
+    assert_eq!(
+        t.rmdir(d, "docker-abc").map(|r| r.0),
+        Err(TreeError::Discovered)
+    );
+    assert_eq!(t.rename(d, "docker-abc", "b"), Err(TreeError::Discovered));
+    assert_eq!(
+        t.rename(Tree::ROOT, DISCOVERED, "d"),
+        Err(TreeError::Discovered)
+    );
+    assert_eq!(t.link(x, ns(Kind::Ipc, 700)), Err(TreeError::Discovered));
+    assert_eq!(t.bind(x, ns(Kind::Net, 700)), Err(TreeError::Discovered));
+    assert_eq!(t.unbind(x, Kind::Net), Err(TreeError::Discovered));
+    assert_eq!(
+        t.rebind_everywhere(600, ns(Kind::Net, 700)),
+        Err(TreeError::Discovered)
+    );
+    assert_eq!(t.generation(), before);
+
+    // A user links one of its namespaces: a write to the user's name
+    // rebinds the user's container only.
+    let b = t.mkdir(Tree::ROOT, "b").unwrap();
+    t.link(b, ns(Kind::Uts, 601)).unwrap();
+    assert_eq!(t.user_binders(601), 1);
+    assert_eq!(t.rebind_everywhere(601, ns(Kind::Uts, 800)).unwrap(), None);
+    assert_eq!(t.effective(x, Kind::Uts).unwrap().ino, 601);
+    assert_eq!(t.effective(b, Kind::Uts).unwrap().ino, 800);
+    assert_eq!(t.user_binders(601), 0);
+    t.check().unwrap();
+
+    // Adopted under web: binds what differs from web's set, and the
+    // discovered one is gone.
+    let set = t.effective_set(x).unwrap();
+    let (adopted, released) = t.adopt(x, web, "x").unwrap();
+    assert!(released.is_empty());
+    assert_eq!(t.child(web, "x"), Some(adopted));
+    let now = t.effective_set(adopted).unwrap();
+    for kind in Kind::ALL {
+        assert_eq!(now[kind.index()].ino, set[kind.index()].ino, "{kind}");
+    }
+    let own: Vec<Kind> = Kind::ALL
+        .into_iter()
+        .filter(|&k| t.get(adopted).unwrap().own(k).is_some())
+        .collect();
+    assert_eq!(own, vec![Kind::Net, Kind::Uts]);
+    assert_eq!(t.child(d, "docker-abc"), None);
+    assert_eq!(t.user_binders(600), 1);
+    t.check().unwrap();
+
+    // Adoption is refused into the discovered subtree, onto a taken name,
+    // and for what is not a discovered container.
+    let y = t.discover("y", &[ns(Kind::Ipc, 900)]).unwrap();
+    assert_eq!(t.adopt(y, d, "z"), Err(TreeError::Discovered));
+    assert_eq!(t.adopt(y, Tree::ROOT, "web"), Err(TreeError::Exists));
+    assert_eq!(t.adopt(web, Tree::ROOT, "w2"), Err(TreeError::NotFound));
+    assert_eq!(
+        t.adopt(y, Tree::ROOT, ".y"),
+        Err(TreeError::InvalidName(
+            "names starting with '.' are reserved"
+        ))
+    );
+
+    // Forgetting releases what nobody else binds.
+    assert_eq!(t.forget(y), Ok(vec![ns(Kind::Ipc, 900)]));
+    assert_eq!(t.forget(web), Err(TreeError::NotFound));
+    assert_eq!(
+        t.discover("bad/name", &[]),
+        Err(TreeError::InvalidName("contains '/' or NUL"))
+    );
+    // A discovered inode keeps its kind, and a failed discover adds nothing.
+    let n = t.len();
+    assert!(t.discover("k", &[ns(Kind::Uts, 600)]).is_err());
+    assert_eq!(t.len(), n);
+    t.check().unwrap();
+}
+
+#[test]
+fn the_record_leaves_discovered_containers_out() {
+    let mut t = Tree::new(ROOT_NS);
+    t.mkdir(Tree::ROOT, "web").unwrap();
+    t.enable_discovery();
+    t.discover("docker-abc", &[ns(Kind::Net, 600)]).unwrap();
+    let text = record::encode(&t, "boot", |_| None, &[]);
+    assert!(
+        !text.contains("600") && !text.contains("discovered"),
+        "{text}"
+    );
+    assert!(text.contains("container /web\n"), "{text}");
+}
