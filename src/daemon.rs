@@ -7,10 +7,11 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use fuser::{Config, MountOption, SessionACL};
 
-use crate::fs::{Mover, NsProxyFs, Options};
+use crate::fs::{Mounted, Mover, NsProxyFs, Options};
 use crate::state::{self, Loaded, Recorder};
 
 /// How the daemon was asked to run.
@@ -24,6 +25,8 @@ pub struct Settings {
     pub foreground: bool,
     /// Log level.
     pub level: log::LevelFilter,
+    /// Show the namespace sets already in use (`--discover`).
+    pub discover: bool,
 }
 
 /// A start-up failure, printed as one line.
@@ -310,6 +313,7 @@ fn serve(
             mountpoint: mountpoint.to_path_buf(),
             recorder: Some(recorder),
             restore,
+            discover: settings.discover,
         },
         mover,
     ) {
@@ -334,7 +338,15 @@ fn serve(
     config.acl = SessionACL::All;
     config.n_threads = Some(4);
     config.clone_fd = true;
-    let session = match fuser::Session::new(fs, mountpoint, &config) {
+    let fs = Arc::new(fs);
+    if settings.discover
+        && let Err(e) = crate::discover::spawn(Arc::clone(&fs) as Arc<dyn crate::discover::Sink>)
+    {
+        let msg = format!("cannot start the discovery thread: {e}");
+        tell(&mut report, &msg);
+        return fail(msg);
+    }
+    let session = match fuser::Session::new(Mounted(fs), mountpoint, &config) {
         Ok(s) => s,
         Err(e) => {
             let msg = format!("cannot mount on {}: {e}", mountpoint.display());

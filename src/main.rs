@@ -58,6 +58,14 @@ struct MountArgs {
     /// refused with EPERM and the process is left as it was.
     #[arg(long)]
     allow_fatal_seccomp: bool,
+
+    /// Show the namespace sets processes already use (containers made by
+    /// docker, podman, LXC, nspawn, unshare, ip netns...) as read-only
+    /// containers under MOUNTPOINT/.discovered, and every namespace of the
+    /// host in MOUNTPOINT/.namespaces. `mv .discovered/NAME NEWNAME` adopts
+    /// one as a container of your own.
+    #[arg(long)]
+    discover: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -132,6 +140,7 @@ fn run_mount(args: MountArgs) -> ExitCode {
         state_dir: args.state_dir,
         foreground: args.foreground,
         level,
+        discover: args.discover,
     };
     let fatal_seccomp = if args.allow_fatal_seccomp {
         nsproxyfs::mover::FatalSeccomp::Allow

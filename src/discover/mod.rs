@@ -117,7 +117,8 @@ impl Model {
             Ok(pids) => {
                 self.procs.clear();
                 for pid in pids {
-                    self.set(pid, procfs::ns_set(pid as u32));
+                    let set = read_set(pid, &self.root);
+                    self.set(pid, set);
                 }
             }
             Err(e) => log::warn!("discovery cannot read /proc: {e}"),
@@ -137,6 +138,15 @@ impl Model {
         }
         sets
     }
+}
+
+/// The namespace set of process `pid`, `None` if it is gone or a kernel
+/// thread (kernel threads stay in the initial namespaces, which are not
+/// the root container's when the daemon runs in namespaces of its own).
+/// `root` saves the check for processes in the root's set.
+fn read_set(pid: i32, root: &[u64; 8]) -> Option<[u64; 8]> {
+    let set = procfs::ns_set(pid as u32)?;
+    (&set == root || !procfs::is_kernel_thread(pid)).then_some(set)
 }
 
 /// Remembers the names given to live sets, so a set keeps its name for
@@ -303,7 +313,7 @@ fn run(sink: &dyn Sink) {
                 Ok(batch) => {
                     let mut changed = false;
                     for event in batch.events {
-                        changed |= model.apply(event, |pid| procfs::ns_set(pid as u32));
+                        changed |= model.apply(event, |pid| read_set(pid, &root));
                     }
                     if batch.overflowed {
                         log::info!("process events were lost: reading /proc in full");

@@ -46,17 +46,21 @@ pub use error::{Error, Result};
 use input::Binding;
 pub use node::Node;
 
+use crate::discover::{Found, Sink};
 use crate::ns::{self, Kind, Namespace};
 use crate::procfs;
 use crate::state::Recorder;
 use crate::tree::record::{self, KeeperRef, Record, RecordedNs};
 use crate::tree::view::{Seen, SetIndex, View};
-use crate::tree::{CONTROL_NAMES, ContainerId, NsRef, Tree};
+use crate::tree::{CONTROL_NAMES, ContainerId, NsRef, Tree, TreeError};
 
 /// Kernel caches must not keep one caller's answer for another, and the
 /// tree changes under the kernel's feet (processes move, namespaces die):
 /// no entry or attribute caching at all.
 const TTL: Duration = Duration::ZERO;
+
+/// The root's table of every namespace on the host (with discovery on).
+const NAMESPACES: &str = ".namespaces";
 
 /// How long a lookup's answer may be repeated to the getattr the same
 /// thread sends right after it (see [`NsProxyFs::recent`]).
@@ -73,6 +77,9 @@ pub struct Options {
     pub recorder: Option<Recorder>,
     /// A record to restore at start.
     pub restore: Option<Record>,
+    /// Show the namespace sets in use on the host under `.discovered`, and
+    /// the `.namespaces` table (see [`crate::discover`]).
+    pub discover: bool,
 }
 
 /// A process mover: moves the process `pid` (daemon pid namespace) into the
@@ -182,12 +189,15 @@ impl NsProxyFs {
             root[kind.index()] = ns.ino();
             spaces.insert(ns.ino(), Arc::new(ns));
         }
-        let tree = match (&options.restore, &options.recorder) {
+        let mut tree = match (&options.restore, &options.recorder) {
             (Some(record), Some(recorder)) => {
                 restore(record, root, &mut spaces, &options.pin_dir, recorder.boot())
             }
             _ => Tree::new(root),
         };
+        if options.discover {
+            tree.enable_discovery();
+        }
         let keep = spaces
             .values()
             .filter_map(|ns| ns.pin_path().map(Path::to_path_buf))
@@ -379,6 +389,9 @@ impl NsProxyFs {
                 };
                 self.attr(node, FileType::Directory, 0o755, 2 + n as u32)
             }
+            Node::Tasks(c) | Node::Status(c) if Some(c) == tree.discovered_root() => {
+                return Err(Error::NotFound);
+            }
             Node::Tasks(c) => {
                 full(c)?;
                 self.attr(node, FileType::RegularFile, 0o644, 1)
@@ -403,6 +416,12 @@ impl NsProxyFs {
                 let c = self.pending.lock().get(&n).map(|p| p.0);
                 full(c.ok_or(Error::NotFound)?)?;
                 self.attr(node, FileType::RegularFile, 0o644, 1)
+            }
+            Node::Namespaces => {
+                if !view.is_all() || tree.discovered_root().is_none() {
+                    return Err(Error::NotFound);
+                }
+                self.attr(node, FileType::RegularFile, 0o444, 1)
             }
         })
     }
@@ -431,9 +450,14 @@ impl NsProxyFs {
                 };
             }
         }
+        let plain = Some(c) == st.tree.discovered_root();
         Ok(match name {
+            "tasks" | "status" if plain => return Err(Error::NotFound),
             "tasks" => Node::Tasks(c),
             "status" => Node::Status(c),
+            NAMESPACES if c == Tree::ROOT && st.tree.discovered_root().is_some() => {
+                Node::Namespaces
+            }
             _ => match Kind::from_name(name) {
                 Some(kind) => Node::Kind(container.own(kind).ok_or(Error::NotFound)?),
                 None => match st.tree.child(c, name) {
@@ -468,10 +492,21 @@ impl NsProxyFs {
                 return Ok(out);
             }
         }
-        out.extend([
-            (Node::Tasks(c), FileType::RegularFile, "tasks".to_owned()),
-            (Node::Status(c), FileType::RegularFile, "status".to_owned()),
-        ]);
+        // The discovered subtree's top is a plain directory: its set is
+        // the root's, which the root's own files already show.
+        if Some(c) != st.tree.discovered_root() {
+            out.extend([
+                (Node::Tasks(c), FileType::RegularFile, "tasks".to_owned()),
+                (Node::Status(c), FileType::RegularFile, "status".to_owned()),
+            ]);
+        }
+        if c == Tree::ROOT && st.tree.discovered_root().is_some() {
+            out.push((
+                Node::Namespaces,
+                FileType::RegularFile,
+                NAMESPACES.to_owned(),
+            ));
+        }
         for kind in Kind::ALL {
             if let Some(ino) = container.own(kind) {
                 out.push((
@@ -618,9 +653,13 @@ impl NsProxyFs {
             let released = match old {
                 Some(old) if view.is_all() => st.tree.rebind_everywhere(old, r)?,
                 Some(old) => {
-                    let names = view.binders(&st.tree, old);
+                    let mut names = view.binders(&st.tree, old);
                     if names.is_empty() {
                         return Err(Error::NotFound);
+                    }
+                    names.retain(|&c| !st.tree.is_discovered(c));
+                    if names.is_empty() {
+                        return Err(TreeError::Discovered.into());
                     }
                     let mut released = None;
                     for c in names {
@@ -667,12 +706,171 @@ impl NsProxyFs {
     /// at start, and its keeper, still listed in the record as leaving
     /// (see `leaving`), is told to leave by the next daemon.
     fn commit(&self, unbound: Vec<Arc<Namespace>>) -> Result<()> {
+        self.make_durable();
         self.leaving
             .lock()
             .extend(unbound.iter().filter(|ns| ns.keeper().is_some()).cloned());
         let recorded = self.record();
         self.let_go(unbound);
         recorded
+    }
+
+    /// Pins (or, for a mount namespace, gives a keeper to) every namespace
+    /// a user's container binds that has neither: one a discovered
+    /// container brought in, now linked or adopted by the user. Called
+    /// before the record is written, so the record names only namespaces a
+    /// restarted daemon can reopen. A namespace that cannot be pinned is
+    /// logged and tried again at the next change.
+    fn make_durable(&self) {
+        let loose: Vec<Arc<Namespace>> = {
+            let st = self.state.read();
+            st.spaces
+                .values()
+                .filter(|ns| {
+                    ns.pin_path().is_none()
+                        && ns.keeper().is_none()
+                        && !self.root_set.contains(&ns.ino())
+                        && st.tree.user_binders(ns.ino()) > 0
+                })
+                .cloned()
+                .collect()
+        };
+        for ns in loose {
+            let copy = ns
+                .fd()
+                .try_clone_to_owned()
+                .map_err(|source| ns::NsError::Sys {
+                    what: "dup",
+                    source,
+                })
+                .and_then(|fd| Namespace::from_fd(fd, ns.kind(), "a discovered namespace"));
+            let mut copy = match copy {
+                Ok(copy) => copy,
+                Err(e) => {
+                    log::warn!("{} cannot be kept: {e}", ns.describe());
+                    continue;
+                }
+            };
+            if ns.kind() == Kind::Mnt {
+                if let Err(e) = copy.hold_mount() {
+                    log::warn!("{} cannot be kept: {e}", ns.describe());
+                    continue;
+                }
+            } else {
+                copy.pin(&self.pin_dir);
+                if copy.pin_path().is_none() {
+                    continue;
+                }
+            }
+            let mut st = self.state.write();
+            match st.spaces.get_mut(&ns.ino()) {
+                Some(slot) if Arc::ptr_eq(slot, &ns) => *slot = Arc::new(copy),
+                _ => copy.release(),
+            }
+        }
+    }
+
+    /// The `.namespaces` table (see [`crate::discover::lsns`]).
+    fn namespaces_text(&self) -> Vec<u8> {
+        let bound: Vec<Arc<Namespace>> = self.state.read().spaces.values().cloned().collect();
+        let fds: Vec<(Kind, u64, std::os::fd::BorrowedFd<'_>)> = bound
+            .iter()
+            .map(|ns| (ns.kind(), ns.ino(), ns.fd()))
+            .collect();
+        crate::discover::lsns::table(&fds).into_bytes()
+    }
+
+    /// Makes the discovered subtree show `found`, the sets in use on the
+    /// host, less those a user's container is already the effective set
+    /// of: sets gone or taken over leave, new ones come. A set whose
+    /// process left before its namespaces could be opened waits for the
+    /// next round.
+    fn publish_discovered(&self, found: &[Found]) {
+        let (current, taken) = {
+            let st = self.state.read();
+            let Some(d) = st.tree.discovered_root() else {
+                return;
+            };
+            let index = self.index(&st.tree);
+            let current: HashMap<[u64; 8], ContainerId> = st
+                .tree
+                .get(d)
+                .map(|c| c.children().values().copied().collect::<Vec<_>>())
+                .unwrap_or_default()
+                .into_iter()
+                .filter_map(|id| {
+                    let set = st.tree.effective_set(id)?;
+                    Some((std::array::from_fn(|i| set[i].ino), id))
+                })
+                .collect();
+            let taken: Vec<[u64; 8]> = found
+                .iter()
+                .filter(|f| {
+                    index
+                        .matching(&f.set)
+                        .iter()
+                        .any(|&c| !st.tree.is_discovered(c))
+                })
+                .map(|f| f.set)
+                .collect();
+            (current, taken)
+        };
+        let wanted: Vec<&Found> = found.iter().filter(|f| !taken.contains(&f.set)).collect();
+        for (set, &id) in &current {
+            if wanted.iter().any(|f| &f.set == set) {
+                continue;
+            }
+            let (path, released) = {
+                let mut st = self.state.write();
+                let path = st.tree.path(id);
+                (path, st.tree.forget(id).unwrap_or_default())
+            };
+            self.let_go(self.unbound(released));
+            log::info!("{path} is gone: no process uses that namespace set any more");
+        }
+        for f in wanted {
+            if current.contains_key(&f.set) {
+                continue;
+            }
+            let mut opened = Vec::new();
+            for kind in Kind::ALL {
+                let ino = f.set[kind.index()];
+                if ino == self.root_set[kind.index()] {
+                    continue;
+                }
+                match Namespace::of_task(f.pid, kind) {
+                    Ok(ns) if ns.ino() == ino => opened.push(ns),
+                    _ => break,
+                }
+            }
+            let differing = Kind::ALL
+                .into_iter()
+                .filter(|k| f.set[k.index()] != self.root_set[k.index()])
+                .count();
+            if opened.len() != differing {
+                continue;
+            }
+            let refs: Vec<NsRef> = opened
+                .iter()
+                .map(|ns| NsRef {
+                    kind: ns.kind(),
+                    ino: ns.ino(),
+                })
+                .collect();
+            let mut st = self.state.write();
+            match st.tree.discover(&f.name, &refs) {
+                Ok(id) if Node::fits(id) => {
+                    for ns in opened {
+                        st.spaces.entry(ns.ino()).or_insert_with(|| Arc::new(ns));
+                    }
+                    log::info!("discovered {} (process {})", st.tree.path(id), f.pid);
+                }
+                Ok(id) => {
+                    let _ = st.tree.forget(id);
+                }
+                Err(e) => log::info!("set of process {} not shown as {}: {e}", f.pid, f.name),
+            }
+        }
     }
 
     /// Lets go of namespaces no container binds any more: their pins go,
@@ -799,6 +997,9 @@ impl NsProxyFs {
                 None => {
                     crate::tree::check_name(name)?;
                     st.tree.get(dst).ok_or(Error::NotFound)?;
+                    if st.tree.is_discovered(dst) {
+                        return Err(TreeError::Discovered.into());
+                    }
                     if st.tree.child(dst, name).is_some() {
                         return Err(crate::tree::TreeError::Exists.into());
                     }
@@ -829,14 +1030,17 @@ impl NsProxyFs {
         self.require_full(&view, p)?;
         self.require_full(&view, np)?;
         caller.require_admin(self.user_ns)?;
+        let (Some(old), Some(new)) = (name.to_str(), newname.to_str()) else {
+            return Err(Error::Invalid("name is not UTF-8".into()));
+        };
         if np != p {
+            if self.state.read().tree.discovered_root() == Some(p) {
+                return self.adopt(p, old, np, new);
+            }
             return Err(Error::Invalid(
                 "containers are renamed within their parent only".into(),
             ));
         }
-        let (Some(old), Some(new)) = (name.to_str(), newname.to_str()) else {
-            return Err(Error::Invalid("name is not UTF-8".into()));
-        };
         let staged = self.staged.lock().get(&(p, old.to_owned())).copied();
         if let Some(ino) = staged {
             return self.rename_staged(p, old, ino, new);
@@ -861,6 +1065,26 @@ impl NsProxyFs {
             st.tree.rename(p, old, new)?
         };
         self.commit(self.unbound(released))
+    }
+
+    /// Adopts the discovered container `old` as `new` under `np`, one of
+    /// the user's: `mv /container_ns/.discovered/NAME /container_ns/web`.
+    fn adopt(&self, p: ContainerId, old: &str, np: ContainerId, new: &str) -> Result<()> {
+        let (id, released) = {
+            let mut st = self.state.write();
+            let id = st.tree.child(p, old).ok_or(Error::NotFound)?;
+            let (id, released) = st.tree.adopt(id, np, new)?;
+            if !Node::fits(id) {
+                let released = st.tree.rmdir(np, new).map(|r| r.1)?;
+                drop(st);
+                self.commit(self.unbound(released))?;
+                return Err(Error::Unsupported("container ids exhausted".into()));
+            }
+            (id, released)
+        };
+        self.commit(self.unbound(released))?;
+        log::info!("adopted {old} as {}", self.state.read().tree.path(id));
+        Ok(())
     }
 
     /// Renames a staged link onto its kind's name: the container binds it,
@@ -914,6 +1138,9 @@ impl NsProxyFs {
         if c == Tree::ROOT {
             return Err(crate::tree::TreeError::Root.into());
         }
+        if st.tree.is_discovered(c) {
+            return Err(TreeError::Discovered.into());
+        }
         if container.own(kind).is_some() {
             return Err(crate::tree::TreeError::Exists.into());
         }
@@ -961,6 +1188,12 @@ impl NsProxyFs {
         let (content, write) = match node {
             Node::Dir(_) => return Err(Error::IsDir),
             Node::Pending(_) => return Err(Error::NotFound),
+            Node::Namespaces => {
+                if writing {
+                    return Err(Error::Denied(format!("{NAMESPACES} is read-only")));
+                }
+                (self.namespaces_text(), None)
+            }
             Node::Status(c) => {
                 if writing {
                     return Err(Error::Denied("status is read-only".into()));
@@ -982,6 +1215,9 @@ impl NsProxyFs {
                     return Err(Error::Denied(format!(
                         "{kind}:[{ino}] is bound by the root container, whose bindings are read-only"
                     )));
+                }
+                if writing && st.tree.user_binders(ino) == 0 {
+                    return Err(TreeError::Discovered.into());
                 }
                 let content = format!("{kind}:[{ino}]\n").into_bytes();
                 (content, writing.then_some(WriteTarget::Rebind(ino)))
@@ -1252,6 +1488,33 @@ fn restore(
 /// Refuses if the task pinned by `pidfd` has exited: whatever was read
 /// about pid `pid` since the pidfd was opened may belong to a newer
 /// process that reused the number.
+/// The filesystem as the FUSE session holds it: shared with the discovery
+/// thread.
+#[derive(Debug, Clone)]
+pub struct Mounted(pub Arc<NsProxyFs>);
+
+impl std::ops::Deref for Mounted {
+    type Target = NsProxyFs;
+
+    fn deref(&self) -> &NsProxyFs {
+        &self.0
+    }
+}
+
+impl Sink for NsProxyFs {
+    fn root_set(&self) -> [u64; 8] {
+        self.root_set
+    }
+
+    fn helper_pids(&self) -> Vec<i32> {
+        self.helpers(&self.state.read())
+    }
+
+    fn publish(&self, found: &[Found]) {
+        self.publish_discovered(found);
+    }
+}
+
 fn still_alive(pidfd: Option<&OwnedFd>, pid: i32) -> Result<()> {
     match pidfd {
         Some(fd) if !ns::sys::pidfd_alive(fd.as_fd()) => {
@@ -1277,7 +1540,7 @@ fn quiet(e: &Error) -> Errno {
     Errno::from_i32(e.errno())
 }
 
-impl fuser::Filesystem for NsProxyFs {
+impl fuser::Filesystem for Mounted {
     fn init(&mut self, _req: &Request, config: &mut fuser::KernelConfig) -> std::io::Result<()> {
         // `echo PID > tasks` opens with O_TRUNC. With this the truncation
         // rides on the open instead of costing a setattr round trip of its

@@ -14,6 +14,9 @@ const TAG_PENDING: u64 = 0;
 const TAG_DIR: u64 = 1;
 const TAG_TASKS: u64 = 2;
 const TAG_STATUS: u64 = 3;
+/// The `.namespaces` table: the top id below the kind-file range, which
+/// [`Node::fits`] keeps from ever being a container's.
+const NAMESPACES: u64 = KIND_MIN - 1;
 
 /// What a node id names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -28,6 +31,8 @@ pub enum Node {
     Kind(u64),
     /// A kind file created by `touch` or `echo >` and not bound yet.
     Pending(u64),
+    /// The root's `.namespaces` table (with discovery on).
+    Namespaces,
 }
 
 impl Node {
@@ -39,6 +44,7 @@ impl Node {
             Node::Status(c) => (c.0 << 2) | TAG_STATUS,
             Node::Kind(ino) => ino,
             Node::Pending(n) => (n << 2) | TAG_PENDING,
+            Node::Namespaces => NAMESPACES,
         }
     }
 
@@ -46,6 +52,9 @@ impl Node {
     pub fn from_id(id: u64) -> Node {
         if id >= KIND_MIN {
             return Node::Kind(id);
+        }
+        if id == NAMESPACES {
+            return Node::Namespaces;
         }
         let c = ContainerId(id >> 2);
         match id & 3 {
@@ -56,9 +65,10 @@ impl Node {
         }
     }
 
-    /// Whether a container id still fits below the kind-file range.
+    /// Whether a container id still fits below the kind-file range (the
+    /// last one is left to [`Node::Namespaces`]).
     pub fn fits(c: ContainerId) -> bool {
-        c.0 < KIND_MIN >> 2
+        c.0 < (KIND_MIN >> 2) - 1
     }
 }
 
@@ -76,10 +86,15 @@ mod tests {
             Node::Kind(4026531840),
             Node::Kind(0xEFFF_FFFB),
             Node::Pending(3),
+            Node::Namespaces,
         ] {
             assert_eq!(Node::from_id(node.id()), node);
         }
-        assert!(Node::fits(ContainerId((1 << 29) - 1)));
-        assert!(!Node::fits(ContainerId(1 << 29)));
+        assert!(Node::fits(ContainerId((1 << 29) - 2)));
+        assert!(!Node::fits(ContainerId((1 << 29) - 1)));
+        assert_ne!(
+            Node::Status(ContainerId((1 << 29) - 2)).id(),
+            Node::Namespaces.id()
+        );
     }
 }
