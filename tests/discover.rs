@@ -474,3 +474,38 @@ fn the_namespaces_table_agrees_with_lsns() {
     }
     drop(parent);
 }
+
+#[test]
+fn a_set_emptied_by_a_move_leaves_and_moves_into_discovered_sets_work() {
+    let test = "discover_move";
+    let Some(m) = Mount::with_args(test, &["--discover"]) else {
+        return;
+    };
+    let a = Proc::sh("exec unshare --uts --net sleep 1000");
+    let b = Proc::sh("exec sleep 1000");
+    m.watch_pid(a.pid());
+    m.watch_pid(b.pid());
+    wait_comm(a.pid(), "sleep");
+    let name = wait_discovered(&m, a.pid());
+    let dir = format!(".discovered/{name}");
+
+    m.step.set("move b into a's discovered set");
+    m.write(&format!("{dir}/tasks"), b.pid().to_string().as_bytes())
+        .unwrap();
+    assert_eq!(set_of(b.pid()), set_of(a.pid()));
+    let mut both = vec![a.pid(), b.pid()];
+    both.sort();
+    let want: String = both.iter().map(|p| format!("{p}\n")).collect();
+    assert_eq!(m.read(&format!("{dir}/tasks")), want);
+
+    m.step
+        .set("move both back to the root: the set is left empty");
+    for pid in [a.pid(), b.pid()] {
+        m.write("tasks", pid.to_string().as_bytes()).unwrap();
+    }
+    // No exec tells of a move: the daemon itself has discovery look again.
+    wait_for("the emptied set to leave", || {
+        !discovered(&m).contains(&name)
+    });
+    assert_eq!(discovered_as(&m, a.pid()), None);
+}

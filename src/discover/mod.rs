@@ -10,8 +10,9 @@
 //!   `unshare CMD`, `ip netns exec`, a container runtime starting its init;
 //! * an exit forgets the process.
 //!
-//! Changes that come without an exec (a process calling unshare(2) or
-//! setns(2) and carrying on) are caught by a full read every
+//! Processes the daemon itself moves are read again within [`TICK`].
+//! Other changes that come without an exec (a process calling unshare(2)
+//! or setns(2) and carrying on) are caught by a full read every
 //! [`RESYNC`]; so is anything missed when the kernel drops events. Without
 //! process events (no CAP_NET_ADMIN in the initial network namespace, or a
 //! kernel without them) discovery reads `/proc` in full every
@@ -48,6 +49,10 @@ pub const FALLBACK: Duration = Duration::from_secs(3);
 /// How long changes are gathered before they are published.
 pub const SETTLE: Duration = Duration::from_millis(100);
 
+/// How often the thread wakes, at the least, to look at processes the
+/// daemon moved.
+pub const TICK: Duration = Duration::from_secs(1);
+
 /// Where `ip netns` keeps its names.
 const NETNS_DIR: &str = "/run/netns";
 
@@ -70,6 +75,9 @@ pub trait Sink: Send + Sync + 'static {
     fn helper_pids(&self) -> Vec<i32>;
     /// Makes the discovered containers match `found`, in pid order.
     fn publish(&self, found: &[Found]);
+    /// Processes the daemon moved since the last call: their sets changed
+    /// without an exec, so no event tells of it.
+    fn take_moved(&self) -> Vec<i32>;
 }
 
 /// Which process is in which namespace set, for processes outside the root
@@ -307,7 +315,7 @@ fn run(sink: &dyn Sink) {
         if let Some(due) = pending {
             until = until.min(due);
         }
-        let wait = until.saturating_duration_since(now);
+        let wait = until.saturating_duration_since(now).min(TICK);
         match &events {
             Some(events) => match events.wait(wait) {
                 Ok(batch) => {
@@ -329,6 +337,13 @@ fn run(sink: &dyn Sink) {
                 }
             },
             None => std::thread::sleep(wait),
+        }
+        let mut changed = false;
+        for pid in sink.take_moved() {
+            changed |= model.set(pid, read_set(pid, &root));
+        }
+        if changed && pending.is_none() {
+            pending = Some(Instant::now() + SETTLE);
         }
         let now = Instant::now();
         if now >= next_full {

@@ -155,6 +155,9 @@ pub struct NsProxyFs {
     recent: Mutex<HashMap<u32, (u64, FileAttr, Instant)>>,
     /// The root container's effective set (its bindings never change).
     root_set: [u64; 8],
+    /// Processes moved since discovery last looked (see
+    /// [`Sink::take_moved`]); kept only with discovery on. A leaf lock.
+    moved: Mutex<Vec<i32>>,
     next_fh: AtomicU64,
     next_pending: AtomicU64,
     pin_dir: PathBuf,
@@ -206,6 +209,7 @@ impl NsProxyFs {
         let fs = NsProxyFs {
             index: Mutex::new(Arc::new(SetIndex::build(&tree))),
             recent: Mutex::new(HashMap::new()),
+            moved: Mutex::new(Vec::new()),
             root_set: root,
             state: RwLock::new(State { tree, spaces }),
             handles: Mutex::new(HashMap::new()),
@@ -1369,6 +1373,9 @@ impl NsProxyFs {
         };
         self.mover
             .move_process(local, caller.tid, &set, &mut answer);
+        if self.state.read().tree.discovered_root().is_some() {
+            self.moved.lock().push(local);
+        }
         // A namespace released while the move ran (rmdir, rm) may have been
         // released before the mover cached a holder sitting in it.
         let gone: Vec<u64> = {
@@ -1512,6 +1519,10 @@ impl Sink for NsProxyFs {
 
     fn publish(&self, found: &[Found]) {
         self.publish_discovered(found);
+    }
+
+    fn take_moved(&self) -> Vec<i32> {
+        std::mem::take(&mut *self.moved.lock())
     }
 }
 
