@@ -19,6 +19,8 @@
 //!   that the daemon's death never cuts an injection short.
 //! * [`state`]: the state directory: the record of the tree, written on
 //!   every change, and restoring it (pins, keepers) when the daemon starts.
+//! * [`export`]: `--netns-export`: each container's own net namespace
+//!   bind-mounted into a directory such as `/run/netns`, for `ip netns`.
 //! * [`daemon`]: checks, mount, background, signals.
 //! * [`exec`]: `nsproxyfs exec`, a new command in a container's set.
 //! * [`notify`]: readiness for systemd (`Type=notify`).
@@ -28,6 +30,7 @@
 
 pub mod daemon;
 pub mod exec;
+pub mod export;
 pub mod fs;
 pub mod inject;
 pub mod injector;
