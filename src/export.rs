@@ -304,12 +304,7 @@ fn classify(dir_dev: Option<u64>, nsfs_dev: u64, path: &Path, ino: u64) -> Found
         Err(e) if e.kind() == io::ErrorKind::NotFound => Found::Missing,
         Err(_) => Found::Other,
         Ok(md) if md.dev() == nsfs_dev && md.ino() == ino => Found::Ours,
-        Ok(md)
-            if md.file_type().is_file()
-                && md.len() == 0
-                && Some(md.dev()) == dir_dev
-                && !md.file_type().is_symlink() =>
-        {
+        Ok(md) if md.file_type().is_file() && md.len() == 0 && Some(md.dev()) == dir_dev => {
             Found::Leftover
         }
         Ok(_) => Found::Other,
@@ -456,11 +451,6 @@ impl Exporter {
             exporter.write_list(&mut inner, &now);
         }
         Ok(exporter)
-    }
-
-    /// The export directory.
-    pub fn dir(&self) -> &Path {
-        &self.dir
     }
 
     /// Brings DIR in line with the tree: `snapshot` is called with the
@@ -620,16 +610,18 @@ impl Exporter {
         }
         inner.closed = true;
         let exported = std::mem::take(&mut inner.exported);
+        let mut removed = 0;
         let mut left = BTreeMap::new();
         for (name, ino) in exported {
             let path = self.dir.join(&name);
             match classify(None, self.nsfs_dev, &path, ino) {
-                Found::Ours => {
-                    if let Err(e) = unexport(&path) {
+                Found::Ours => match unexport(&path) {
+                    Ok(()) => removed += 1,
+                    Err(e) => {
                         log::warn!("netns export: cannot remove {}: {e}", path.display());
                         left.insert(name, ino);
                     }
-                }
+                },
                 _ => log::debug!("netns export: {} is not ours any more", path.display()),
             }
         }
@@ -639,7 +631,12 @@ impl Exporter {
         } else {
             self.write_list(&mut inner, &left);
         }
-        log::info!("netns export: exports removed from {}", self.dir.display());
+        if removed > 0 {
+            log::info!(
+                "netns export: {removed} exports removed from {}",
+                self.dir.display()
+            );
+        }
     }
 
     /// Writes the list with `exports`, if it differs from what is on disk.
