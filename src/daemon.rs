@@ -11,6 +11,7 @@ use std::sync::Arc;
 
 use fuser::{Config, MountOption, SessionACL};
 
+use crate::export::Exporter;
 use crate::fs::{Mounted, Mover, NsProxyFs, Options};
 use crate::state::{self, Loaded, Recorder};
 
@@ -21,6 +22,8 @@ pub struct Settings {
     pub mountpoint: PathBuf,
     /// Where state (the record of the tree, pins, the lock) lives.
     pub state_dir: PathBuf,
+    /// Where to export containers' own net namespaces (`--netns-export`).
+    pub netns_export: Option<PathBuf>,
     /// Stay attached to the terminal, log to stderr.
     pub foreground: bool,
     /// Log level.
@@ -78,9 +81,17 @@ fn unescape_mountinfo(field: &[u8]) -> Vec<u8> {
     out
 }
 
+/// What [`preflight`] found: the mount point and the export directory,
+/// both canonical, and the state directory's lock.
+struct Checked {
+    mountpoint: PathBuf,
+    netns_export: Option<PathBuf>,
+    lock: File,
+}
+
 /// Checks everything that can be checked before forking, so the user gets
 /// one clear line instead of a daemon that dies in the background.
-fn preflight(settings: &Settings) -> Result<(PathBuf, File), StartError> {
+fn preflight(settings: &Settings) -> Result<Checked, StartError> {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
         return fail(
@@ -125,7 +136,19 @@ fn preflight(settings: &Settings) -> Result<(PathBuf, File), StartError> {
             settings.state_dir.display()
         ));
     }
-    Ok((canonical, lock))
+    let netns_export = match &settings.netns_export {
+        Some(dir) => {
+            let state = std::fs::canonicalize(&settings.state_dir)
+                .map_err(|e| StartError(format!("{}: {e}", settings.state_dir.display())))?;
+            Some(crate::export::check_dir(dir, &canonical, &state).map_err(StartError)?)
+        }
+        None => None,
+    };
+    Ok(Checked {
+        mountpoint: canonical,
+        netns_export,
+        lock,
+    })
 }
 
 /// Unmounts and removes every pin left in `dir` (at start, when there is
@@ -181,7 +204,11 @@ fn block_signals() -> libc::sigset_t {
 /// Runs the daemon. In the background case the calling process returns
 /// (exit status for the shell) only once the mount answers or failed.
 pub fn run(settings: Settings, mover: Box<dyn Mover>) -> Result<(), StartError> {
-    let (mountpoint, lock) = preflight(&settings)?;
+    let Checked {
+        mountpoint,
+        netns_export,
+        lock,
+    } = preflight(&settings)?;
     let report = if settings.foreground {
         None
     } else {
@@ -210,7 +237,7 @@ pub fn run(settings: Settings, mover: Box<dyn Mover>) -> Result<(), StartError> 
         }
     };
     init_logging(&settings);
-    let result = serve(&settings, &mountpoint, mover, report);
+    let result = serve(&settings, &mountpoint, netns_export, mover, report);
     drop(lock);
     result
 }
@@ -270,14 +297,42 @@ fn watch_unmount(mountpoint: PathBuf) {
     }
 }
 
+/// Removes the exports when the daemon ends by returning, whether cleanly
+/// or because it could not mount; a killed daemon leaves them to the next.
+struct CloseExports(Option<Arc<Exporter>>);
+
+impl Drop for CloseExports {
+    fn drop(&mut self) {
+        if let Some(exporter) = &self.0 {
+            exporter.close();
+        }
+    }
+}
+
 fn serve(
     settings: &Settings,
     mountpoint: &Path,
+    netns_export: Option<PathBuf>,
     mover: Box<dyn Mover>,
     mut report: Option<OwnedFd>,
 ) -> Result<(), StartError> {
     let sigset = block_signals();
     let state_dir = &settings.state_dir;
+    let exporter = match netns_export {
+        Some(dir) => match Exporter::open(&dir, state_dir) {
+            Ok(exporter) => Some(Arc::new(exporter)),
+            Err(msg) => {
+                tell(&mut report, &msg);
+                return fail(msg);
+            }
+        },
+        // Exports a previous daemon made with the option go.
+        None => {
+            crate::export::forget(state_dir);
+            None
+        }
+    };
+    let _close_exports = CloseExports(exporter.clone());
     let pin_dir = state_dir.join(state::PINS);
     let restore = match state::load(state_dir) {
         Loaded::Found(record) => Some(record),
@@ -314,6 +369,7 @@ fn serve(
             recorder: Some(recorder),
             restore,
             discover: settings.discover,
+            exporter,
         },
         mover,
     ) {
@@ -408,7 +464,8 @@ fn serve(
             log::warn!("unmount {}: {e}", mountpoint.display());
         }
     }
-    // Pins of bound namespaces stay, with the record, for the next daemon.
+    // Pins of bound namespaces stay, with the record, for the next daemon;
+    // exports go (see CloseExports).
     state::tidy(state_dir);
     Ok(())
 }

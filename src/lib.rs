@@ -21,6 +21,8 @@
 //!   every change, and restoring it (pins, keepers) when the daemon starts.
 //! * [`discover`]: the namespace sets already in use on the host, kept
 //!   current from process events, and the `lsns`-like table.
+//! * [`export`]: `--netns-export`: each container's own net namespace
+//!   bind-mounted into a directory such as `/run/netns`, for `ip netns`.
 //! * [`daemon`]: checks, mount, background, signals.
 //! * [`exec`]: `nsproxyfs exec`, a new command in a container's set.
 //! * [`notify`]: readiness for systemd (`Type=notify`).
@@ -31,6 +33,7 @@
 pub mod daemon;
 pub mod discover;
 pub mod exec;
+pub mod export;
 pub mod fs;
 pub mod inject;
 pub mod injector;

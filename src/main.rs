@@ -49,6 +49,14 @@ struct MountArgs {
     #[arg(long, value_name = "DIR", default_value = "/run/nsproxyfs")]
     state_dir: PathBuf,
 
+    /// Export the net namespace of every container that binds its own into
+    /// DIR (usually /run/netns), as `ip netns add` makes them, so that `ip
+    /// netns list` and `ip netns exec NAME` work. Nested containers are
+    /// named by their path with dots: /web/db is web.db. The exports follow
+    /// the tree and are removed when the daemon ends cleanly.
+    #[arg(long, value_name = "DIR")]
+    netns_export: Option<PathBuf>,
+
     /// Log more: -v for each change, -vv for debugging.
     #[arg(short, long, action = clap::ArgAction::Count)]
     verbose: u8,
@@ -138,6 +146,7 @@ fn run_mount(args: MountArgs) -> ExitCode {
     let settings = Settings {
         mountpoint,
         state_dir: args.state_dir,
+        netns_export: args.netns_export,
         foreground: args.foreground,
         level,
         discover: args.discover,

@@ -7,6 +7,7 @@
 //! STATE/tree.tmp               the next record, while it is written
 //! STATE/tree.corrupt-SECONDS   a record that could not be read, set aside
 //! STATE/pins/KIND-INO          bind mounts of namespace files
+//! STATE/exports                what --netns-export made (crate::export)
 //! ```
 //!
 //! The record is replaced on every change by writing a temporary file,
@@ -254,9 +255,11 @@ pub fn tidy(dir: &Path) {
 }
 
 /// Forgets everything the state directory `dir` keeps: tells the keepers
-/// the record names to leave, removes every pin, and deletes the record.
+/// the record names to leave, removes every pin and every export left by
+/// `--netns-export`, and deletes the record.
 /// For a daemon that is not running (tests, or starting over by hand).
 pub fn forget(dir: &Path) {
+    crate::export::forget(dir);
     if let Loaded::Found(record) = load(dir)
         && record.boot == boot_id()
     {

@@ -493,7 +493,7 @@ fn a_set_emptied_by_a_move_leaves_and_moves_into_discovered_sets_work() {
     m.write(&format!("{dir}/tasks"), b.pid().to_string().as_bytes())
         .unwrap();
     assert_eq!(set_of(b.pid()), set_of(a.pid()));
-    let mut both = vec![a.pid(), b.pid()];
+    let mut both = [a.pid(), b.pid()];
     both.sort();
     let want: String = both.iter().map(|p| format!("{p}\n")).collect();
     assert_eq!(m.read(&format!("{dir}/tasks")), want);

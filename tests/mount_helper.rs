@@ -417,6 +417,7 @@ fn options_are_checked_fake_mounts_nothing_and_sloppy_ignores_unknown_ones() {
         (with("ro"), "ro is not supported"),
         (with("bogus=1"), "unknown option bogus=1"),
         ("state_dir=".to_owned(), "state_dir needs a directory"),
+        (with("netns_export="), "netns_export needs a directory"),
     ] {
         let ran = s.mount(
             "mount",
@@ -450,6 +451,27 @@ fn options_are_checked_fake_mounts_nothing_and_sloppy_ignores_unknown_ones() {
         !s.mounted() && s.daemons.is_empty(),
         "mount -f mounts nothing"
     );
+    // -v shows the daemon's command line: netns_export=DIR is passed on.
+    let ran = s.mount(
+        "mount",
+        &[
+            "-f",
+            "-v",
+            "-t",
+            "fuse.nsproxyfs",
+            "nsproxyfs",
+            &mnt,
+            "-o",
+            &with("netns_export=/run/netns"),
+        ],
+    );
+    assert!(ran.status.success(), "mount -f -v: {}", ran.stderr);
+    assert!(
+        ran.stderr.contains("--netns-export /run/netns"),
+        "{:?}",
+        ran.stderr
+    );
+    assert!(!s.mounted() && s.daemons.is_empty());
 
     let ran = s.mount(
         "mount",

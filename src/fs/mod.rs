@@ -11,6 +11,9 @@
 //! leaf locks, never held while taking another. The recorder's lock is
 //! taken before `state`, never while holding it: it is held while the
 //! record is written, and `state` only long enough to encode the tree.
+//! The exporter's lock (`--netns-export`, see [`crate::export`]) is taken
+//! the same way, after the record is written: `state` only to copy what to
+//! export, never while mounting.
 //!
 //! Persistence: every change writes the record of the tree (see
 //! [`crate::state`]) before it is answered, so an acknowledged change is
@@ -80,6 +83,8 @@ pub struct Options {
     /// Show the namespace sets in use on the host under `.discovered`, and
     /// the `.namespaces` table (see [`crate::discover`]).
     pub discover: bool,
+    /// Exports containers' own net namespaces (`--netns-export`).
+    pub exporter: Option<Arc<crate::export::Exporter>>,
 }
 
 /// A process mover: moves the process `pid` (daemon pid namespace) into the
@@ -167,6 +172,7 @@ pub struct NsProxyFs {
     started: SystemTime,
     mover: Box<dyn Mover>,
     recorder: Option<Recorder>,
+    exporter: Option<Arc<crate::export::Exporter>>,
 }
 
 impl std::fmt::Debug for NsProxyFs {
@@ -228,10 +234,12 @@ impl NsProxyFs {
             started: SystemTime::now(),
             mover,
             recorder: options.recorder,
+            exporter: options.exporter,
         };
         if let Err(e) = fs.record() {
             log::error!("{e}: changes will be refused until it can be written");
         }
+        fs.export();
         Ok(fs)
     }
 
@@ -715,6 +723,7 @@ impl NsProxyFs {
             .lock()
             .extend(unbound.iter().filter(|ns| ns.keeper().is_some()).cloned());
         let recorded = self.record();
+        self.export();
         self.let_go(unbound);
         recorded
     }
@@ -874,6 +883,19 @@ impl NsProxyFs {
                 }
                 Err(e) => log::info!("set of process {} not shown as {}: {e}", f.pid, f.name),
             }
+        }
+    }
+
+    /// Brings the `--netns-export` directory in line with the tree (see
+    /// [`crate::export`]): the tree is read under its lock, the mounts are
+    /// made after. Failures are logged there and never fail the change.
+    fn export(&self) {
+        if let Some(exporter) = &self.exporter {
+            exporter.sync(|| {
+                let st = self.state.read();
+                // Discovered containers are not the user's to export.
+                crate::export::Snapshot::of(&st.tree, &st.spaces, |c| st.tree.is_discovered(c))
+            });
         }
     }
 

@@ -293,6 +293,11 @@ impl Mount {
         }
     }
 
+    /// Changes the extra arguments the next [`Mount::restart`] passes.
+    pub fn set_args(&mut self, extra: &[&str]) {
+        self.extra = extra.iter().map(|s| s.to_string()).collect();
+    }
+
     /// Starts a new daemon on the same mount point and state directory,
     /// after [`Mount::stop`] or [`Mount::kill`].
     pub fn restart(&mut self) {
