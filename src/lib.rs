@@ -25,11 +25,13 @@
 //!   bind-mounted into a directory such as `/run/netns`, for `ip netns`.
 //! * [`daemon`]: checks, mount, background, signals.
 //! * [`exec`]: `nsproxyfs exec`, a new command in a container's set.
+//! * [`adopt`]: `nsproxyfs adopt`, a running process's set as a container.
 //! * [`notify`]: readiness for systemd (`Type=notify`).
 //!
 //! The binary `nsproxyfs` is a thin command line over [`daemon::run`] and
 //! [`exec::run`].
 
+pub mod adopt;
 pub mod daemon;
 pub mod discover;
 pub mod exec;

@@ -13,7 +13,8 @@ use nsproxyfs::daemon::{self, Settings};
 /// running processes.
 ///
 /// `nsproxyfs MOUNTPOINT` mounts the tree; `nsproxyfs exec CONTAINER -- CMD`
-/// runs a command in a container's namespaces.
+/// runs a command in a container's namespaces; `nsproxyfs adopt PID DEST`
+/// makes a running process's namespaces a container.
 #[derive(Debug, Parser)]
 #[command(
     version,
@@ -36,7 +37,7 @@ struct Cli {
 #[derive(Debug, Args)]
 struct MountArgs {
     /// Directory to mount on (usually /container_ns). A directory named
-    /// `exec` must be written as `./exec`.
+    /// like a command (`exec`, `adopt`) must be written as `./exec`.
     #[arg(required = true)]
     mountpoint: Option<PathBuf>,
 
@@ -86,6 +87,26 @@ enum Command {
     /// USR2 and WINCH are passed on to it. 125: exec itself failed, 126:
     /// the command cannot run, 127: it was not found.
     Exec(ExecArgs),
+
+    /// Make the namespaces of a running process a container of your own.
+    ///
+    /// Finds the process's namespace set among the discovered containers
+    /// of the mount DEST lies in (mounted with --discover) and renames it
+    /// to DEST, as `mv MOUNTPOINT/.discovered/NAME DEST` does: DEST then
+    /// binds each kind in which the set differs from its parent's, and is
+    /// kept in the state directory like any container. Waits up to 5 s for
+    /// a set that has just appeared. Exit status 1, with one line on
+    /// stderr, when there is nothing to adopt or the rename is refused.
+    Adopt(AdoptArgs),
+}
+
+#[derive(Debug, Args)]
+struct AdoptArgs {
+    /// The process whose namespaces to adopt, as this shell sees it.
+    pid: i32,
+
+    /// The new container: a path in a mounted nsproxyfs (/container_ns/web).
+    dest: PathBuf,
 }
 
 #[derive(Debug, Args)]
@@ -119,6 +140,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Some(Command::Exec(exec)) => run_exec(exec),
+        Some(Command::Adopt(adopt)) => run_adopt(adopt),
         None => run_mount(cli.mount),
     }
 }
@@ -129,6 +151,16 @@ fn run_exec(args: ExecArgs) -> ExitCode {
         Err(e) => {
             eprintln!("nsproxyfs: exec: {e}");
             ExitCode::from(e.exit_code())
+        }
+    }
+}
+
+fn run_adopt(args: AdoptArgs) -> ExitCode {
+    match nsproxyfs::adopt::run(args.pid, &args.dest, std::time::Duration::from_secs(5)) {
+        Ok(_) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("nsproxyfs: adopt: {e}");
+            ExitCode::FAILURE
         }
     }
 }

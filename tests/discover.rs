@@ -509,3 +509,93 @@ fn a_set_emptied_by_a_move_leaves_and_moves_into_discovered_sets_work() {
     });
     assert_eq!(discovered_as(&m, a.pid()), None);
 }
+
+/// Runs `nsproxyfs adopt PID DEST`.
+fn adopt(pid: i32, dest: &Path) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_nsproxyfs"))
+        .arg("adopt")
+        .arg(pid.to_string())
+        .arg(dest)
+        .output()
+        .expect("run nsproxyfs adopt")
+}
+
+#[test]
+fn nsproxyfs_adopt_names_a_process_set_in_one_command() {
+    let test = "discover_adopt_command";
+    let Some(m) = Mount::with_args(test, &["--discover"]) else {
+        return;
+    };
+    let a = Proc::sh("exec unshare --uts --ipc sleep 1000");
+    m.watch_pid(a.pid());
+    wait_comm(a.pid(), "sleep");
+    // Straight after the process starts: adopt waits for discovery.
+    let out = adopt(a.pid(), &m.path("web"));
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(status_set(&m, "web").unwrap(), set_of(a.pid()));
+    assert_eq!(m.read("web/tasks"), format!("{}\n", a.pid()));
+    assert_eq!(discovered_as(&m, a.pid()), None);
+
+    // Each refusal is one line and exit status 1; nothing changes.
+    let refused = |pid: i32, dest: PathBuf, want: &str| {
+        let out = adopt(pid, &dest);
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert_eq!(
+            out.status.code(),
+            Some(1),
+            "{pid} {}: {err}",
+            dest.display()
+        );
+        assert!(err.contains(want), "{err:?} lacks {want:?}");
+        assert_eq!(err.lines().count(), 1, "{err}");
+    };
+    refused(a.pid(), m.path("again"), "already the container");
+    // Started from this thread, in the daemon's own mount namespace.
+    let plain = Proc::sh("exec sleep 1000");
+    m.watch_pid(plain.pid());
+    refused(plain.pid(), m.path("plain"), "root container's namespaces");
+    refused(i32::MAX, m.path("none"), "no process");
+    refused(a.pid(), m.scratch("elsewhere"), "not a container directory");
+    let mut names: Vec<String> = std::fs::read_dir(&m.dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| !n.starts_with('.') && !KINDS.contains(&n.as_str()))
+        .collect();
+    names.sort();
+    assert_eq!(names, ["status", "tasks", "web"]);
+}
+
+#[test]
+fn discovered_sets_are_not_exported_until_adopted() {
+    let test = "discover_export";
+    // Dropped after the mount, whose daemon removes its exports first.
+    let scratch = Scratch::new("discover_export_dir");
+    let export = scratch.0.join("netns");
+    let export_arg = export.display().to_string();
+    let Some(m) = Mount::with_args(test, &["--discover", "--netns-export", &export_arg]) else {
+        return;
+    };
+    let a = Proc::sh("exec unshare --uts --net sleep 1000");
+    m.watch_pid(a.pid());
+    wait_comm(a.pid(), "sleep");
+    let name = wait_discovered(&m, a.pid());
+    let exported = || {
+        let mut names: Vec<String> = std::fs::read_dir(&export)
+            .map(|d| {
+                d.filter_map(Result::ok)
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        names.sort();
+        names
+    };
+    assert!(exported().is_empty(), "{:?}", exported());
+    std::fs::rename(m.path(&format!(".discovered/{name}")), m.path("vpn")).unwrap();
+    assert_eq!(exported(), ["vpn"]);
+    let inside = sh_ok(&format!(
+        "nsenter --net={} readlink /proc/self/ns/net",
+        export.join("vpn").display()
+    ));
+    assert_eq!(inside.trim(), format!("net:[{}]", ns_ino(a.pid(), "net")));
+}

@@ -451,7 +451,8 @@ fn options_are_checked_fake_mounts_nothing_and_sloppy_ignores_unknown_ones() {
         !s.mounted() && s.daemons.is_empty(),
         "mount -f mounts nothing"
     );
-    // -v shows the daemon's command line: netns_export=DIR is passed on.
+    // -v shows the daemon's command line: netns_export=DIR and discover
+    // are passed on.
     let ran = s.mount(
         "mount",
         &[
@@ -462,12 +463,12 @@ fn options_are_checked_fake_mounts_nothing_and_sloppy_ignores_unknown_ones() {
             "nsproxyfs",
             &mnt,
             "-o",
-            &with("netns_export=/run/netns"),
+            &with("netns_export=/run/netns,discover"),
         ],
     );
     assert!(ran.status.success(), "mount -f -v: {}", ran.stderr);
     assert!(
-        ran.stderr.contains("--netns-export /run/netns"),
+        ran.stderr.contains("--netns-export /run/netns --discover"),
         "{:?}",
         ran.stderr
     );
