@@ -45,6 +45,7 @@ fn the_page_uses_only_man_macros_and_names_every_section() {
         "DESCRIPTION",
         "OPTIONS",
         "EXEC",
+        "ADOPT",
         "THE TREE",
         "ERRORS",
         "MOUNT HELPER",
@@ -77,7 +78,7 @@ fn long_options(help: &str) -> Vec<String> {
 #[test]
 fn every_option_of_the_command_is_documented() {
     let text = page();
-    for args in [&["--help"][..], &["exec", "--help"]] {
+    for args in [&["--help"][..], &["exec", "--help"], &["adopt", "--help"]] {
         let out = Command::new(BIN).args(args).output().expect("run --help");
         assert!(out.status.success());
         let help = String::from_utf8_lossy(&out.stdout);
