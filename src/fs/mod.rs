@@ -833,13 +833,16 @@ impl NsProxyFs {
             if wanted.iter().any(|f| &f.set == set) {
                 continue;
             }
-            let (path, released) = {
+            // Adopted meanwhile, if it is no longer there to forget.
+            let (path, forgotten) = {
                 let mut st = self.state.write();
                 let path = st.tree.path(id);
-                (path, st.tree.forget(id).unwrap_or_default())
+                (path, st.tree.forget(id))
             };
-            self.let_go(self.unbound(released));
-            log::info!("{path} is gone: no process uses that namespace set any more");
+            if let Ok(released) = forgotten {
+                self.let_go(self.unbound(released));
+                log::info!("{path} is gone: no process uses that namespace set any more");
+            }
         }
         for f in wanted {
             if current.contains_key(&f.set) {
