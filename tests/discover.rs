@@ -95,6 +95,17 @@ fn child_of(parent: i32) -> i32 {
     child
 }
 
+/// Starts `sh -c script` (which must end in `sleep`), for the watchdog to
+/// kill too, and waits until its set is discovered; returns the process
+/// and the set's name.
+fn start_discovered(m: &Mount, script: &str) -> (Proc, String) {
+    let p = Proc::sh(script);
+    m.watch_pid(p.pid());
+    wait_comm(p.pid(), "sleep");
+    let name = wait_discovered(m, p.pid());
+    (p, name)
+}
+
 /// Waits until `pid` has exec'd `comm` (and so is in its final set).
 fn wait_comm(pid: i32, comm: &str) {
     wait_for(&format!("process {pid} to run {comm}"), || {
@@ -363,10 +374,7 @@ fn a_process_inside_a_discovered_set_sees_only_its_container() {
     let Some(m) = Mount::with_args(test, &["--discover"]) else {
         return;
     };
-    let a = Proc::sh("exec unshare --uts --ipc --net sleep 1000");
-    m.watch_pid(a.pid());
-    wait_comm(a.pid(), "sleep");
-    let name = wait_discovered(&m, a.pid());
+    let (a, name) = start_discovered(&m, "exec unshare --uts --ipc --net sleep 1000");
     let inside = |cmd: &str| sh(&format!("nsenter -t {} -u -i -n -- {cmd}", a.pid()));
     let ls = |rel: &str| {
         let out = inside(&format!("ls -a {}", m.path(rel).display()));
@@ -575,10 +583,7 @@ fn discovered_sets_are_not_exported_until_adopted() {
     let Some(m) = Mount::with_args(test, &["--discover", "--netns-export", &export_arg]) else {
         return;
     };
-    let a = Proc::sh("exec unshare --uts --net sleep 1000");
-    m.watch_pid(a.pid());
-    wait_comm(a.pid(), "sleep");
-    let name = wait_discovered(&m, a.pid());
+    let (a, name) = start_discovered(&m, "exec unshare --uts --net sleep 1000");
     let exported = || {
         let mut names: Vec<String> = std::fs::read_dir(&export)
             .map(|d| {

@@ -314,6 +314,11 @@ impl Tree {
         if depth + 1 > MAX_DEPTH {
             return Err(TreeError::TooDeep);
         }
+        Ok(self.insert(parent, name))
+    }
+
+    /// Adds an empty container `name` under `parent`, names unchecked.
+    fn insert(&mut self, parent: ContainerId, name: &str) -> ContainerId {
         let id = ContainerId(self.next_id);
         self.next_id += 1;
         self.generation += 1;
@@ -329,7 +334,7 @@ impl Tree {
         if let Some(p) = self.containers.get_mut(&parent) {
             p.children.insert(name.to_owned(), id);
         }
-        Ok(id)
+        id
     }
 
     /// Removes the child `name` of `parent`, which must have no children.
@@ -547,21 +552,7 @@ impl Tree {
         }
         // The root has no child of that name: user names never start
         // with a dot.
-        let id = ContainerId(self.next_id);
-        self.next_id += 1;
-        self.generation += 1;
-        self.containers.insert(
-            id,
-            Container {
-                name: DISCOVERED.to_owned(),
-                parent: Some(Tree::ROOT),
-                children: BTreeMap::new(),
-                own: [None; 8],
-            },
-        );
-        if let Some(root) = self.containers.get_mut(&Tree::ROOT) {
-            root.children.insert(DISCOVERED.to_owned(), id);
-        }
+        let id = self.insert(Tree::ROOT, DISCOVERED);
         self.discovered = Some(id);
         id
     }
