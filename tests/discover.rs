@@ -46,9 +46,9 @@ fn status_set(m: &Mount, container: &str) -> Option<Vec<(String, u64)>> {
         .collect()
 }
 
-/// The names under `.discovered`.
-fn discovered(m: &Mount) -> Vec<String> {
-    let mut names: Vec<String> = std::fs::read_dir(m.path(".discovered"))
+/// The names in directory `dir`, sorted; none if it cannot be read.
+fn names_in(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
         .map(|d| {
             d.filter_map(Result::ok)
                 .map(|e| e.file_name().to_string_lossy().into_owned())
@@ -57,6 +57,11 @@ fn discovered(m: &Mount) -> Vec<String> {
         .unwrap_or_default();
     names.sort();
     names
+}
+
+/// The names under `.discovered`.
+fn discovered(m: &Mount) -> Vec<String> {
+    names_in(&m.path(".discovered"))
 }
 
 /// The discovered container whose set is `pid`'s, if any.
@@ -137,12 +142,10 @@ fn unshare_sets_appear_named_by_hostname_and_leave_with_their_processes() {
     let dir = format!(".discovered/{name}");
 
     // Kind files for exactly the kinds that differ from the root's.
-    let mut files: Vec<String> = std::fs::read_dir(m.path(&dir))
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
-    files.sort();
-    assert_eq!(files, ["ipc", "net", "status", "tasks", "uts"]);
+    assert_eq!(
+        names_in(&m.path(&dir)),
+        ["ipc", "net", "status", "tasks", "uts"]
+    );
     let mine = set_of(p.pid());
     for ((kind, ino), (_, root_ino)) in mine.iter().zip(&root) {
         if ino != root_ino {
@@ -266,12 +269,10 @@ fn ip_netns_sets_are_named_after_their_netns() {
     let found = wait_discovered(&m, p.pid());
     assert_eq!(found, format!("netns-{name}"));
     // `ip netns exec` gives the command a mount namespace of its own too.
-    let mut files: Vec<String> = std::fs::read_dir(m.path(&format!(".discovered/{found}")))
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
-    files.sort();
-    assert_eq!(files, ["mnt", "net", "status", "tasks"]);
+    assert_eq!(
+        names_in(&m.path(&format!(".discovered/{found}"))),
+        ["mnt", "net", "status", "tasks"]
+    );
     drop(p);
     sh_ok(&format!("ip netns del {name} && umount /run/netns"));
 }
@@ -564,12 +565,10 @@ fn nsproxyfs_adopt_names_a_process_set_in_one_command() {
     refused(plain.pid(), m.path("plain"), "root container's namespaces");
     refused(i32::MAX, m.path("none"), "no process");
     refused(a.pid(), m.scratch("elsewhere"), "not a container directory");
-    let mut names: Vec<String> = std::fs::read_dir(&m.dir)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+    let names: Vec<String> = names_in(&m.dir)
+        .into_iter()
         .filter(|n| !n.starts_with('.') && !KINDS.contains(&n.as_str()))
         .collect();
-    names.sort();
     assert_eq!(names, ["status", "tasks", "web"]);
 }
 
@@ -584,17 +583,7 @@ fn discovered_sets_are_not_exported_until_adopted() {
         return;
     };
     let (a, name) = start_discovered(&m, "exec unshare --uts --net sleep 1000");
-    let exported = || {
-        let mut names: Vec<String> = std::fs::read_dir(&export)
-            .map(|d| {
-                d.filter_map(Result::ok)
-                    .map(|e| e.file_name().to_string_lossy().into_owned())
-                    .collect()
-            })
-            .unwrap_or_default();
-        names.sort();
-        names
-    };
+    let exported = || names_in(&export);
     assert!(exported().is_empty(), "{:?}", exported());
     std::fs::rename(m.path(&format!(".discovered/{name}")), m.path("vpn")).unwrap();
     assert_eq!(exported(), ["vpn"]);
