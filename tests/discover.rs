@@ -572,12 +572,23 @@ fn nsproxyfs_adopt_names_a_process_set_in_one_command() {
     assert_eq!(names, ["status", "tasks", "web"]);
 }
 
+/// A scratch directory holding an export directory, which the daemon makes
+/// a mount point (bound onto itself, in this test's mount namespace): it
+/// is detached before the scratch directory is removed.
+struct ExportDir(Scratch);
+
+impl Drop for ExportDir {
+    fn drop(&mut self) {
+        sh(&format!("umount -l '{}/netns'", self.0.0.display()));
+    }
+}
+
 #[test]
 fn discovered_sets_are_not_exported_until_adopted() {
     let test = "discover_export";
     // Dropped after the mount, whose daemon removes its exports first.
-    let scratch = Scratch::new("discover_export_dir");
-    let export = scratch.0.join("netns");
+    let dir = ExportDir(Scratch::new("discover_export_dir"));
+    let export = dir.0.0.join("netns");
     let export_arg = export.display().to_string();
     let Some(m) = Mount::with_args(test, &["--discover", "--netns-export", &export_arg]) else {
         return;
