@@ -292,7 +292,7 @@ fn remove_leftover(path: &Path) {
 
 /// Has `cmd`'s child receive `sig` when the benchmark's main thread ends,
 /// and puts it in a process group of its own.
-fn guard_child(cmd: &mut Command, sig: libc::c_int) {
+pub fn guard_child(cmd: &mut Command, sig: libc::c_int) {
     let parent = std::process::id() as i32;
     cmd.process_group(0);
     // SAFETY: the closure runs in the child between fork and exec and calls
@@ -350,7 +350,7 @@ impl Drop for Scratch {
     fn drop(&mut self) {
         // The mounts below are gone by now; detach again in case a guard
         // could not, so removal never walks into a mount.
-        for sub in ["mnt", "bare", "cgroup2"] {
+        for sub in ["mnt", "discover", "bare", "cgroup2"] {
             detach(&self.0.join(sub));
         }
         let _ = std::fs::remove_dir_all(&self.0);
@@ -370,15 +370,30 @@ pub struct Daemon {
 }
 
 impl Daemon {
+    /// The benchmark's main daemon, mounted on `mnt` in the scratch
+    /// directory.
     pub fn start(scratch: &Scratch) -> Daemon {
-        step("start the daemon");
-        let dir = scratch.0.join("mnt");
-        let state = scratch.0.join("state");
-        let log = scratch.0.join("daemon.log");
+        Daemon::start_with(scratch, "mnt", &[])
+    }
+
+    /// A daemon mounted on `name` in the scratch directory, started with
+    /// the options `extra` besides `-f` and `--state-dir`. (Its mount point
+    /// must be among those [`Scratch`]'s drop detaches.)
+    pub fn start_with(scratch: &Scratch, name: &str, extra: &[&str]) -> Daemon {
+        step(&format!("start the daemon {name:?} {extra:?}"));
+        let dir = scratch.0.join(name);
+        let (state, log) = match name {
+            "mnt" => (scratch.0.join("state"), scratch.0.join("daemon.log")),
+            _ => (
+                scratch.0.join(format!("{name}-state")),
+                scratch.0.join(format!("{name}-daemon.log")),
+            ),
+        };
         std::fs::create_dir_all(&dir).expect("create the mount point");
         let outer = std::fs::metadata(&dir).expect("stat the mount point").dev();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_nsproxyfs"));
         cmd.arg("-f")
+            .args(extra)
             .arg("--state-dir")
             .arg(&state)
             .arg(&dir)
@@ -440,6 +455,40 @@ impl Daemon {
             .find_map(|l| l.strip_prefix("VmRSS:"))
             .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
             .expect("VmRSS in the daemon's status")
+    }
+
+    /// The CPU time the daemon used so far, all its threads (utime +
+    /// stime of `/proc/PID/stat`, in clock ticks), in milliseconds.
+    pub fn cpu_ms(&self) -> f64 {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid))
+            .expect("read the daemon's stat");
+        // Fields start after the command name's last ')': state is the 3rd
+        // field, so utime (14th) and stime (15th) are the 12th and 13th
+        // after it.
+        let rest = &stat[stat.rfind(')').expect("a stat line") + 1..];
+        let ticks: u64 = rest
+            .split_whitespace()
+            .skip(11)
+            .take(2)
+            .map(|f| f.parse::<u64>().expect("utime and stime"))
+            .sum();
+        // SAFETY: sysconf takes a constant and has no preconditions.
+        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+        ticks as f64 * 1000.0 / hz.max(1) as f64
+    }
+
+    /// The time the daemon's live threads ran so far (the first field of
+    /// `/proc/PID/task/TID/schedstat`, in ns), in milliseconds: finer than
+    /// [`Daemon::cpu_ms`]'s clock ticks, but threads that ended are left out.
+    pub fn run_ms(&self) -> f64 {
+        let tasks = std::fs::read_dir(format!("/proc/{}/task", self.pid))
+            .expect("list the daemon's threads");
+        let ns: u64 = tasks
+            .flatten()
+            .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
+            .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+            .sum();
+        ns as f64 / 1e6
     }
 }
 

@@ -14,6 +14,7 @@
 //! that stops making progress (see `harness.rs`).
 
 mod bare;
+mod discover;
 mod harness;
 mod roles;
 mod stats;
@@ -44,6 +45,12 @@ struct Settings {
     scale_sizes: &'static [usize],
     scale: Plan,
     scale_slow: Plan,
+    /// Samples of the discovery latency rows (each about a quarter of a
+    /// second) and of the resync and `lsns` beside them.
+    discover: Plan,
+    /// Forks and execs of `/bin/true` for discovery's CPU cost, in turns.
+    execs: usize,
+    exec_turns: usize,
 }
 
 impl Settings {
@@ -61,6 +68,9 @@ impl Settings {
                 scale_sizes: &[10, 100, 1_000],
                 scale: Plan::new(500, 1),
                 scale_slow: Plan::new(50, 1),
+                discover: Plan::new(8, 1),
+                execs: 400,
+                exec_turns: 4,
             }
         } else {
             Settings {
@@ -75,6 +85,9 @@ impl Settings {
                 scale_sizes: &[10, 100, 1_000, 10_000],
                 scale: Plan::new(5_000, 3),
                 scale_slow: Plan::new(500, 5),
+                discover: Plan::new(40, 15),
+                execs: 2_000,
+                exec_turns: 10,
             }
         }
     }
@@ -103,6 +116,7 @@ struct Report {
     scale: Vec<ScaleRow>,
     memory: Vec<(String, u64)>,
     notes: Vec<String>,
+    discovery: Option<discover::ExecCost>,
 }
 
 fn main() {
@@ -177,6 +191,7 @@ fn run(s: &Settings) -> Report {
         "after the rows above (2 containers with 3 own namespaces each, holders)".into(),
         fs.rss_kib(),
     ));
+    discover::discovery(s, &fs, &scratch, &mut report);
     scaling(s, &fs, &sets, &mut report);
     harness::step("clean up");
     say("cleaning up");
@@ -343,6 +358,26 @@ fn have(tool: &str) -> Result<(), String> {
                 .then_some(())
                 .ok_or(format!("{tool} --version failed"))
         })
+}
+
+/// One `lsns` run, spawned and waited for, output to /dev/null. lsns gives
+/// up with status 1 when a process vanishes during its scan (other work on
+/// the machine): such runs count, as a user waits for them too, and are
+/// counted in `failed` to be reported.
+fn lsns_op(failed: &Cell<usize>) -> Op<'_> {
+    Op::new("lsns", move || {
+        let start = Instant::now();
+        let status = Command::new("lsns")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()?;
+        let d = start.elapsed();
+        if !status.success() {
+            failed.set(failed.get() + 1);
+        }
+        Ok(d)
+    })
 }
 
 /// Spawns `cmd` and waits for it, requiring success.
@@ -608,6 +643,9 @@ fn tasks_reads(s: &Settings, fs: &Daemon, r: &mut Report) {
             .count();
         let mut buf = vec![0u8; 1 << 16];
         let mut buf_a = vec![0u8; 1 << 16];
+        // Discovery's full read of /proc is measured here too, with 1,000
+        // and 10,000 sleepers (with few, in the discovery rows).
+        let resync = n >= 1_000;
         let mut ops = vec![
             Op::new("read root tasks", move || {
                 timed(|| read_through(&tasks, &mut buf))
@@ -618,29 +656,18 @@ fn tasks_reads(s: &Settings, fs: &Daemon, r: &mut Report) {
             Op::new("scan /proc, 8 links", || timed(|| scan_proc(&NS_ENTRIES))),
             Op::new("scan /proc, 1 link", || timed(|| scan_proc(&["uts"]))),
         ];
-        // lsns gives up with status 1 when a process vanishes during its
-        // scan (other work on the machine): such runs count, as a user
-        // waits for them too, and are reported.
         let lsns_failed = Cell::new(0);
         if lsns.is_ok() {
-            ops.push(Op::new("lsns", || {
-                let start = Instant::now();
-                let status = Command::new("lsns")
-                    .stdin(Stdio::null())
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::null())
-                    .status()?;
-                let d = start.elapsed();
-                if !status.success() {
-                    lsns_failed.set(lsns_failed.get() + 1);
-                }
-                Ok(d)
-            }));
+            ops.push(lsns_op(&lsns_failed));
+        }
+        if resync {
+            ops.push(discover::resync_op());
         }
         let mut got = measure(s.tasks, ops).into_iter();
         let mut next = || got.next().unwrap();
         let (ours, ours_a, scan, scan_one) = (next(), next(), next(), next());
         let lsns_stats = lsns.clone().map(|()| got.next().unwrap());
+        let resync_stats = resync.then(|| got.next().unwrap());
         if lsns_failed.get() > 0 {
             r.notes.push(format!(
                 "`lsns` with {} processes exited non-zero in {} of its runs (a process \
@@ -657,14 +684,16 @@ fn tasks_reads(s: &Settings, fs: &Daemon, r: &mut Report) {
             ),
             ours,
             alts: vec![
-                ("`lsns` (spawn+wait)".into(), lsns_stats),
+                ("`lsns` (spawn+wait)".into(), lsns_stats.clone()),
                 (
                     "Rust scan: readlink 8 ns links of every /proc pid".into(),
-                    Ok(scan),
+                    Ok(scan.clone()),
                 ),
             ],
             goal: if n >= 10_000 { "≤ 60,000" } else { "" },
         });
+        let resync_row =
+            resync_stats.map(|stats| discover::resync_row(total, stats, lsns_stats.clone(), scan));
         r.rows.push(Row {
             name: format!(
                 "read `A/tasks`, {} processes ({} listed)",
@@ -678,6 +707,7 @@ fn tasks_reads(s: &Settings, fs: &Daemon, r: &mut Report) {
             )],
             goal: "",
         });
+        r.rows.extend(resync_row);
         drop(sleepers);
     }
 }
@@ -1005,6 +1035,9 @@ fn print_report(s: &Settings, r: &Report, took: Duration, load: &str) {
                 Err(why) => println!("{start} {name}: not measured ({why}) | | | | | {goal} |"),
             }
         }
+    }
+    if let Some(c) = &r.discovery {
+        discover::print_exec_cost(c);
     }
     println!();
     println!("Scaling with the number of containers (µs, median / p99; samples: n):");
