@@ -64,6 +64,8 @@ pub struct Batch {
 #[derive(Debug)]
 pub struct Events {
     fd: OwnedFd,
+    /// Where datagrams are received, kept across waits.
+    buf: Vec<u8>,
 }
 
 impl Events {
@@ -112,7 +114,10 @@ impl Events {
         if r < 0 {
             return Err(io::Error::last_os_error());
         }
-        let events = Events { fd };
+        let events = Events {
+            fd,
+            buf: vec![0u8; 64 * 1024],
+        };
         events.send_listen()?;
         Ok(events)
     }
@@ -140,7 +145,7 @@ impl Events {
 
     /// Waits up to `timeout` for the first message, then takes every
     /// message already queued, without waiting again.
-    pub fn wait(&self, timeout: Duration) -> io::Result<Batch> {
+    pub fn wait(&mut self, timeout: Duration) -> io::Result<Batch> {
         let mut batch = Batch::default();
         let mut pfd = libc::pollfd {
             fd: self.fd.as_raw_fd(),
@@ -160,7 +165,7 @@ impl Events {
         if r == 0 {
             return Ok(batch);
         }
-        let mut buf = vec![0u8; 64 * 1024];
+        let buf = &mut self.buf;
         loop {
             // SAFETY: sockaddr_nl is plain data; all-zero is a valid value.
             let mut from: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
@@ -323,7 +328,7 @@ mod tests {
             eprintln!("skipped: the process connector needs CAP_NET_ADMIN (not root)");
             return;
         }
-        let events = Events::open().expect("open the process connector");
+        let mut events = Events::open().expect("open the process connector");
         let child = std::process::Command::new("true").spawn().unwrap();
         let pid = child.id() as i32;
         let mut child = child;

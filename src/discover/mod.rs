@@ -5,8 +5,10 @@
 //! which set it is in. It is filled by one full read of `/proc` at start,
 //! then kept current from process events (see [`events`]):
 //! * a fork copies the parent's set to the child (no system call);
-//! * an exec reads the process's eight namespace links again (about 30 µs),
-//!   since an exec is how nearly every process arrives in new namespaces:
+//! * an exec reads the process's eight namespace links again (about 20 µs;
+//!   with the rest of the event's handling, about 0.1 ms of the daemon's
+//!   CPU per exec, as BENCHMARKS.md measures), since an exec is how nearly
+//!   every process arrives in new namespaces:
 //!   `unshare CMD`, `ip netns exec`, a container runtime starting its init;
 //! * an exit forgets the process.
 //!
@@ -286,7 +288,7 @@ pub fn spawn(sink: Arc<dyn Sink>) -> std::io::Result<()> {
 }
 
 fn run(sink: &dyn Sink) {
-    let events = match Events::open() {
+    let mut events = match Events::open() {
         Ok(e) => Some(e),
         Err(e) => {
             log::warn!(
@@ -316,7 +318,7 @@ fn run(sink: &dyn Sink) {
             until = until.min(due);
         }
         let wait = until.saturating_duration_since(now).min(TICK);
-        match &events {
+        match &mut events {
             Some(events) => match events.wait(wait) {
                 Ok(batch) => {
                     let mut changed = false;
