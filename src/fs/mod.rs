@@ -163,6 +163,8 @@ pub struct NsProxyFs {
     /// Processes moved since discovery last looked (see
     /// [`Sink::take_moved`]); kept only with discovery on. A leaf lock.
     moved: Mutex<Vec<i32>>,
+    /// Discovery is on (`--discover`).
+    discovering: bool,
     next_fh: AtomicU64,
     next_pending: AtomicU64,
     pin_dir: PathBuf,
@@ -216,6 +218,7 @@ impl NsProxyFs {
             index: Mutex::new(Arc::new(SetIndex::build(&tree))),
             recent: Mutex::new(HashMap::new()),
             moved: Mutex::new(Vec::new()),
+            discovering: options.discover,
             root_set: root,
             state: RwLock::new(State { tree, spaces }),
             handles: Mutex::new(HashMap::new()),
@@ -735,6 +738,10 @@ impl NsProxyFs {
     /// restarted daemon can reopen. A namespace that cannot be pinned is
     /// logged and tried again at the next change.
     fn make_durable(&self) {
+        // Without discovery every bound namespace was pinned when bound.
+        if !self.discovering {
+            return;
+        }
         let loose: Vec<Arc<Namespace>> = {
             let st = self.state.read();
             st.spaces
@@ -1398,7 +1405,7 @@ impl NsProxyFs {
         };
         self.mover
             .move_process(local, caller.tid, &set, &mut answer);
-        if self.state.read().tree.discovered_root().is_some() {
+        if self.discovering {
             self.moved.lock().push(local);
         }
         // A namespace released while the move ran (rmdir, rm) may have been
