@@ -15,7 +15,6 @@ use std::time::{Duration, Instant};
 
 use thiserror::Error;
 
-use crate::ns::Kind;
 use crate::procfs;
 use crate::tree::DISCOVERED;
 
@@ -63,26 +62,8 @@ pub enum AdoptError {
 /// The set `status` in `dir` lists, inodes in [`Kind::ALL`] order.
 fn status_set(dir: &Path) -> Option<[u64; 8]> {
     let text = std::fs::read_to_string(dir.join("status")).ok()?;
-    let mut set = [0u64; 8];
-    let mut seen = 0;
-    for line in text.lines() {
-        let mut fields = line.split('\t');
-        let kind = Kind::from_name(fields.next()?)?;
-        let ino = procfs::parse_ns_link(fields.next()?.as_bytes())?;
-        set[kind.index()] = ino;
-        seen += 1;
-    }
-    (seen == 8).then_some(set)
-}
-
-/// The set of process `pid` (pid and time as for its children, as
-/// containers name them).
-fn process_set(pid: i32) -> Option<[u64; 8]> {
-    let mut set = [0u64; 8];
-    for kind in Kind::ALL {
-        set[kind.index()] = procfs::ns_inode(pid, kind)?;
-    }
-    Some(set)
+    let lines = crate::exec::parse_status(&text).ok()?;
+    Some(std::array::from_fn(|i| lines[i].ino))
 }
 
 /// The top of the mount `dir` is in: the last directory going up that is
@@ -135,7 +116,7 @@ pub fn run(pid: i32, dest: &Path, wait: Duration) -> Result<String, AdoptError> 
     if !discovered.is_dir() {
         return Err(AdoptError::NoDiscovery(root));
     }
-    let set = process_set(pid).ok_or(AdoptError::NoProcess(pid))?;
+    let set = procfs::ns_set(pid as u32).ok_or(AdoptError::NoProcess(pid))?;
     if status_set(&root).as_ref() == Some(&set) {
         return Err(AdoptError::RootSet(pid));
     }

@@ -249,7 +249,7 @@ struct Inner {
 }
 
 /// The device of nsfs, where every namespace file lives.
-fn nsfs_dev() -> io::Result<u64> {
+pub fn nsfs_dev() -> io::Result<u64> {
     Ok(std::fs::metadata("/proc/self/ns/net")?.dev())
 }
 

@@ -855,24 +855,20 @@ impl NsProxyFs {
             if current.contains_key(&f.set) {
                 continue;
             }
-            let mut opened = Vec::new();
-            for kind in Kind::ALL {
-                let ino = f.set[kind.index()];
-                if ino == self.root_set[kind.index()] {
-                    continue;
-                }
-                match Namespace::of_task(f.pid, kind) {
-                    Ok(ns) if ns.ino() == ino => opened.push(ns),
-                    _ => break,
-                }
-            }
-            let differing = Kind::ALL
+            // Every kind that differs from the root's, still the one the
+            // set names, or nothing (the process left or moved meanwhile).
+            let opened: Option<Vec<Namespace>> = Kind::ALL
                 .into_iter()
                 .filter(|k| f.set[k.index()] != self.root_set[k.index()])
-                .count();
-            if opened.len() != differing {
+                .map(|kind| {
+                    Namespace::of_task(f.pid, kind)
+                        .ok()
+                        .filter(|ns| ns.ino() == f.set[kind.index()])
+                })
+                .collect();
+            let Some(opened) = opened else {
                 continue;
-            }
+            };
             let refs: Vec<NsRef> = opened
                 .iter()
                 .map(|ns| NsRef {
