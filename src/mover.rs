@@ -91,6 +91,18 @@ impl ProcessHandle {
         }
     }
 
+    /// Takes over `pidfd`, pinned elsewhere as process `pid` (a thread-group
+    /// id in our pid namespace).
+    pub fn pinned(pidfd: OwnedFd, pid: i32) -> Result<Self, MoveError> {
+        if pid <= 0 {
+            return Err(MoveError::Gone(pid));
+        }
+        Ok(ProcessHandle {
+            pidfd,
+            tgid: Pid::from_raw(pid),
+        })
+    }
+
     /// Takes over a pidfd pinned elsewhere; its pid is asked of the kernel.
     pub fn from_pidfd(pidfd: OwnedFd) -> Result<Self, MoveError> {
         let pid = match inject::sys::pidfd_pid(pidfd.as_fd()) {

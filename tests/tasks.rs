@@ -742,7 +742,7 @@ fn the_caller_needs_ptrace_rights_over_the_target() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("Operation not permitted"));
     assert_eq!(uts_of(nobody.pid()), before, "nothing moved");
     assert!(
-        m.log_text().contains("may not trace process"),
+        m.log_text().contains("the kernel refuses caller"),
         "the reason is logged"
     );
     let out = without_ptrace(rooted.pid());

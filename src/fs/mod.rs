@@ -29,7 +29,7 @@ mod node;
 use std::collections::HashMap;
 use std::ffi::{CString, OsStr};
 use std::fs::File;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -91,11 +91,13 @@ pub struct Options {
 /// namespaces in `set` (indexed by [`Kind::index`]). Supplied by the daemon;
 /// the filesystem only decides whether a move is allowed and into what.
 pub trait Mover: Send + Sync + 'static {
-    /// Moves `pid`; `writer_tid` is the thread that wrote the pid, which may
-    /// belong to the process being moved.
+    /// Moves `pid`, pinned by the pidfd `target` before it was judged;
+    /// `writer_tid` is the thread that wrote the pid, which may belong to
+    /// the process being moved.
     fn move_process(
         &self,
         pid: i32,
+        target: OwnedFd,
         writer_tid: u32,
         set: &[Arc<Namespace>; 8],
         reply: &mut dyn FnMut(Result<()>),
@@ -169,6 +171,8 @@ pub struct NsProxyFs {
     next_pending: AtomicU64,
     pin_dir: PathBuf,
     mountpoint: CString,
+    /// The device of this filesystem's mount, learnt once it is mounted.
+    own_dev: std::sync::OnceLock<(u32, u32)>,
     user_ns: u64,
     pid_ns: u64,
     started: SystemTime,
@@ -228,6 +232,7 @@ impl NsProxyFs {
             next_fh: AtomicU64::new(1),
             next_pending: AtomicU64::new(1),
             pin_dir: options.pin_dir,
+            own_dev: std::sync::OnceLock::new(),
             mountpoint: CString::new(options.mountpoint.as_os_str().as_bytes())
                 .map_err(|_| Error::Invalid("mount point contains NUL".into()))?,
             user_ns: root[Kind::User.index()],
@@ -320,6 +325,19 @@ impl NsProxyFs {
         }
     }
 
+    /// The device (major, minor) of this filesystem's mount, from the
+    /// daemon's mount table (the mount is up once requests arrive).
+    fn own_dev(&self) -> Result<(u32, u32)> {
+        if let Some(dev) = self.own_dev.get() {
+            return Ok(*dev);
+        }
+        let dev = procfs::mount_device(self.mountpoint.as_bytes()).ok_or_else(|| Error::Sys {
+            what: "find this filesystem's mount",
+            source: std::io::Error::from_raw_os_error(libc::ENOENT),
+        })?;
+        Ok(*self.own_dev.get_or_init(|| dev))
+    }
+
     /// What `caller` sees of the tree (see [`crate::tree::view`]). Read
     /// afresh for every request that needs it: a process may change
     /// namespaces at any time, so no view is kept (only a lookup's own
@@ -361,23 +379,21 @@ impl NsProxyFs {
         }
     }
 
-    /// Refuses a task (daemon pid namespace) that does not live inside
-    /// `view`: a confined caller acts only on processes of its own subtree.
-    /// The task is pinned with a pidfd while its namespaces are read; the
-    /// pidfd is returned so the caller can check, once done, that the task
-    /// it acted on was this one all along (see [`still_alive`]).
-    fn require_process_in(&self, view: &View, pid: i32) -> Result<Option<OwnedFd>> {
+    /// Refuses a task (daemon pid namespace), pinned by `pidfd`, that does
+    /// not live inside `view`: a confined caller acts only on processes of
+    /// its own subtree. The pin is checked once the task's namespaces are
+    /// read, so the answer was about this task.
+    fn require_process_in(&self, view: &View, pid: i32, pidfd: BorrowedFd<'_>) -> Result<()> {
         if view.is_all() {
-            return Ok(None);
+            return Ok(());
         }
         let gone = || Error::from(ns::NsError::NoSuchProcess(pid));
-        let pidfd = ns::sys::pidfd_open(pid, ns::sys::PIDFD_THREAD).map_err(|_| gone())?;
         let set = procfs::ns_set(pid as u32).ok_or_else(gone)?;
-        still_alive(Some(&pidfd), pid)?;
+        still_alive(pidfd, pid)?;
         let st = self.state.read();
         let index = self.index(&st.tree);
         if view.holds_process(&st.tree, &index, &set) {
-            Ok(Some(pidfd))
+            Ok(())
         } else {
             Err(Error::Denied(format!(
                 "process {pid} lives outside the caller's container"
@@ -923,21 +939,19 @@ impl NsProxyFs {
         data: &[u8],
     ) -> Result<Namespace> {
         Ok(match input::parse_binding(data)? {
-            Binding::Pid(pid) if view.is_all() => {
-                let pidns = caller.pid_ns()?;
-                ns::of_pid_in(pidns.as_fd(), pid, kind)?
-            }
-            // A confined caller binds namespaces of its own subtree only.
+            // Pinned, then judged: a confined caller binds namespaces of its
+            // own subtree only, and every caller needs what opening
+            // /proc/PID/ns/KIND would need of it.
             Binding::Pid(pid) => {
                 let pidns = caller.pid_ns()?;
                 let local = ns::sys::pid_from_pidns(pidns.as_fd(), pid)
                     .map_err(|_| ns::NsError::NoSuchProcess(pid))?;
-                let pin = self.require_process_in(view, local)?;
-                let ns = Namespace::of_task(local, kind)?;
-                still_alive(pin.as_ref(), pid)?;
-                ns
+                let pidfd = pin(local, ns::sys::PIDFD_THREAD)?;
+                self.require_process_in(view, local, pidfd.as_fd())?;
+                let creds = caller.credentials()?;
+                Namespace::of_pidfd_as(&creds, pidfd.as_fd(), pid, kind)?
             }
-            Binding::Path(path) => ns::of_path(caller.opener()?, path, kind)?,
+            Binding::Path(path) => ns::of_path(&caller.opener(self.own_dev()?)?, path, kind)?,
         })
     }
 
@@ -1354,7 +1368,10 @@ impl NsProxyFs {
                 },
             })
         });
-        let set = resolved.and_then(|local| {
+        // Pinned before anything about it is judged: a pid reused between
+        // the checks and the move can never be the process moved.
+        let pinned = resolved.and_then(|local| Ok((local, pin(local, 0)?)));
+        let set = pinned.and_then(|(local, pidfd)| {
             let st = self.state.read();
             if self.helpers(&st).contains(&local) {
                 return Err(Error::Denied(format!(
@@ -1369,18 +1386,19 @@ impl NsProxyFs {
             let set: [Arc<Namespace>; 8] = set
                 .try_into()
                 .map_err(|_| Error::Invalid("incomplete namespace set".into()))?;
-            Ok((local, set))
+            Ok((local, pidfd, set))
         });
-        // A confined caller moves processes of its subtree, within it.
-        let set = set.and_then(|(local, set)| {
+        // A confined caller moves processes of its subtree, within it; every
+        // caller needs the kernel's leave to trace the process.
+        let set = set.and_then(|(local, pidfd, set)| {
             let view = self.view(caller);
             self.require_full(&view, c)?;
-            let pin = self.require_process_in(&view, local)?;
-            caller.require_ptrace(local, self.user_ns)?;
-            still_alive(pin.as_ref(), local)?;
-            Ok((local, set))
+            self.require_process_in(&view, local, pidfd.as_fd())?;
+            let creds = caller.credentials()?;
+            caller.require_ptrace(&creds, local, pidfd.as_fd())?;
+            Ok((local, pidfd, set))
         });
-        let (local, set) = match set {
+        let (local, pidfd, set) = match set {
             Ok(v) => v,
             Err(e) => {
                 return reply.error(refuse("write tasks", caller, &e));
@@ -1400,7 +1418,7 @@ impl NsProxyFs {
             }
         };
         self.mover
-            .move_process(local, caller.tid, &set, &mut answer);
+            .move_process(local, pidfd, caller.tid, &set, &mut answer);
         if self.discovering {
             self.moved.lock().push(local);
         }
@@ -1554,13 +1572,26 @@ impl Sink for NsProxyFs {
     }
 }
 
-fn still_alive(pidfd: Option<&OwnedFd>, pid: i32) -> Result<()> {
-    match pidfd {
-        Some(fd) if !ns::sys::pidfd_alive(fd.as_fd()) => {
-            Err(ns::NsError::NoSuchProcess(pid).into())
-        }
-        _ => Ok(()),
+/// Refuses with ESRCH once the process pinned by `pidfd` has exited: what
+/// was read about `pid` since the pin may be about a reused pid.
+fn still_alive(pidfd: BorrowedFd<'_>, pid: i32) -> Result<()> {
+    if ns::sys::pidfd_alive(pidfd) {
+        Ok(())
+    } else {
+        Err(ns::NsError::NoSuchProcess(pid).into())
     }
+}
+
+/// Pins `pid` (daemon pid namespace) with a pidfd, before anything about it
+/// is judged.
+fn pin(pid: i32, flags: libc::c_uint) -> Result<OwnedFd> {
+    ns::sys::pidfd_open(pid, flags).map_err(|e| match e.raw_os_error() {
+        Some(libc::ESRCH | libc::EINVAL) => ns::NsError::NoSuchProcess(pid).into(),
+        _ => Error::Sys {
+            what: "pidfd_open",
+            source: e,
+        },
+    })
 }
 
 /// Logs a refusal once, with its reason, and returns its errno.

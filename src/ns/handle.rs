@@ -3,7 +3,7 @@
 use std::ffi::{CStr, CString};
 use std::fs::File;
 use std::io::{self, Write};
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -12,6 +12,8 @@ use parking_lot::Mutex;
 use thiserror::Error;
 
 use super::Kind;
+use super::creds::{self, Credentials};
+use super::resolve::{self, Opener, Resolved};
 use super::sys::{self, PIDFD_THREAD};
 
 /// Why a namespace could not be obtained.
@@ -49,6 +51,17 @@ pub enum NsError {
         /// The kernel's answer.
         source: io::Error,
     },
+    /// A written path leads where no namespace file can be.
+    #[error("{path}: refused, {why}")]
+    Refused {
+        /// The path, as written.
+        path: String,
+        /// Why.
+        why: &'static str,
+    },
+    /// The kernel refuses the caller what it asked for.
+    #[error("not permitted: {0}")]
+    Denied(String),
     /// Any other system call failure.
     #[error("{what}: {source}")]
     Sys {
@@ -65,6 +78,11 @@ impl NsError {
         match self {
             NsError::NoSuchProcess(_) => libc::ESRCH,
             NsError::WrongKind { .. } | NsError::NotANamespace(_) => libc::EINVAL,
+            NsError::Denied(_) => libc::EPERM,
+            NsError::Refused { .. } => libc::EINVAL,
+            NsError::Open { source, .. } if source.kind() == io::ErrorKind::TimedOut => {
+                libc::ETIMEDOUT
+            }
             NsError::Open { source, .. }
             | NsError::Fresh { source, .. }
             | NsError::Sys { source, .. } => source.raw_os_error().unwrap_or(libc::EIO),
@@ -355,6 +373,35 @@ impl Namespace {
         Namespace::from_fd(fd, kind, &format!("process {pid}"))
     }
 
+    /// The namespace of `kind` of the task behind `pidfd` (`pid`, as the
+    /// writer wrote it, names it in errors), taken as a caller holding
+    /// `creds` would open `/proc/PID/ns/KIND`: the kernel applies its
+    /// `PTRACE_MODE_READ_FSCREDS` check to those credentials.
+    pub fn of_pidfd_as(
+        creds: &Credentials,
+        pidfd: BorrowedFd<'_>,
+        pid: i32,
+        kind: Kind,
+    ) -> Result<Namespace, NsError> {
+        let fd = creds::as_caller(creds, || sys::pidfd_namespace(pidfd, kind))
+            .map_err(|e| NsError::Sys {
+                what: "act as the caller",
+                source: io::Error::other(e.to_string()),
+            })?
+            .map_err(|e| match e.raw_os_error() {
+                Some(libc::ESRCH) => NsError::NoSuchProcess(pid),
+                Some(libc::EACCES | libc::EPERM) => NsError::Denied(format!(
+                    "the kernel refuses uid {} access to the {kind} namespace of process {pid}",
+                    creds.uid[3]
+                )),
+                _ => NsError::Sys {
+                    what: "PIDFD_GET_NAMESPACE",
+                    source: e,
+                },
+            })?;
+        Namespace::from_fd(fd, kind, &format!("process {pid}"))
+    }
+
     /// The kind.
     pub fn kind(&self) -> Kind {
         self.kind
@@ -493,83 +540,40 @@ pub fn of_pid_in(writer_pidns: BorrowedFd<'_>, pid: i32, kind: Kind) -> Result<N
     })
 }
 
-/// Who is asking to open a path, and where they stand.
-#[derive(Debug, Clone, Copy)]
-pub struct Opener {
-    /// The caller's thread id in the daemon's pid namespace.
-    pub tid: u32,
-    /// The caller's filesystem uid.
-    pub uid: u32,
-    /// The caller's filesystem gid.
-    pub gid: u32,
-}
-
-/// Opens `path` as the caller would: in its mount namespace, from its root
-/// and working directory, with its filesystem ids; then checks that it is a
-/// namespace file of `kind`.
-pub fn of_path(opener: Opener, path: &str, kind: Kind) -> Result<Namespace, NsError> {
-    let proc = format!("/proc/{}", opener.tid);
-    let open_proc = |entry: &str| {
-        File::open(format!("{proc}/{entry}"))
-            .map(OwnedFd::from)
-            .map_err(|e| match e.raw_os_error() {
-                Some(libc::ENOENT | libc::ESRCH) => NsError::NoSuchProcess(opener.tid as i32),
-                _ => NsError::Sys {
-                    what: "open the writer's /proc entries",
-                    source: e,
-                },
-            })
-    };
-    let mnt = open_proc("ns/mnt")?;
-    let root = open_proc("root")?;
-    let cwd = open_proc("cwd")?;
-    let cpath = CString::new(path).map_err(|_| NsError::NotANamespace(path.into()))?;
-    let (report_r, report_w) = sys::pipe().map_err(sys_err("pipe"))?;
-    let (mnt, root, cwd, w) = (
-        mnt.as_raw_fd(),
-        root.as_raw_fd(),
-        cwd.as_raw_fd(),
-        report_w.as_raw_fd(),
-    );
-    let child = sys::spawn_child(true, |c| {
-        let result = c
-            .setns(mnt, libc::CLONE_NEWNS)
-            .and_then(|()| c.chdir_fd(root, true))
-            .and_then(|()| c.chdir_fd(cwd, false))
-            .and_then(|()| {
-                c.set_fs_ids(opener.uid, opener.gid);
-                c.open(&cpath)
-            });
-        c.report(w, result.unwrap_or_else(|errno| -errno));
-        0
-    })
-    .map_err(sys_err("clone"))?;
-    // The child shares the descriptor table: the write end must stay open
-    // until it has exited, then close so that a silent death reads as EOF.
-    let _ = sys::reap(child);
-    drop(report_w);
-    let answer = sys::read_i32(report_r.as_fd());
-    let fd = match answer.map_err(sys_err("read"))? {
-        Some(fd) if fd >= 0 => {
-            // SAFETY: the child opened `fd` in the descriptor table it shares
-            // with this process (CLONE_FILES) and then exited: nothing else
-            // owns it.
-            unsafe { OwnedFd::from_raw_fd(fd) }
-        }
-        Some(errno) => {
-            return Err(NsError::Open {
-                path: path.into(),
-                source: io::Error::from_raw_os_error(-errno),
-            });
-        }
-        None => {
-            return Err(NsError::Sys {
-                what: "open in the writer's mount namespace",
-                source: io::Error::from_raw_os_error(libc::EIO),
-            });
-        }
-    };
-    Namespace::from_fd(fd, kind, path)
+/// Opens `path` as the caller of `opener` would (see [`super::resolve`])
+/// and checks that it is a namespace file of `kind`.
+pub fn of_path(opener: &Opener, path: &str, kind: Kind) -> Result<Namespace, NsError> {
+    if path.as_bytes().contains(&0) {
+        return Err(NsError::NotANamespace(path.into()));
+    }
+    let resolved = resolve::open(opener, path.as_bytes()).map_err(|e| match e.raw_os_error() {
+        Some(libc::ENOENT | libc::ESRCH) => NsError::NoSuchProcess(opener.tid as i32),
+        _ => NsError::Sys {
+            what: "open in the writer's mount namespace",
+            source: e,
+        },
+    })?;
+    match resolved {
+        Resolved::File(fd) => Namespace::from_fd(fd, kind, path),
+        Resolved::Failed(errno) => Err(NsError::Open {
+            path: path.into(),
+            source: io::Error::from_raw_os_error(errno),
+        }),
+        Resolved::Refused(why) => Err(NsError::Refused {
+            path: path.into(),
+            why,
+        }),
+        Resolved::TimedOut => Err(NsError::Open {
+            path: path.into(),
+            source: io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!(
+                    "no answer within {} s (a filesystem on the way does not respond)",
+                    resolve::LIMIT.as_secs()
+                ),
+            ),
+        }),
+    }
 }
 
 /// Makes a fresh, empty namespace of `kind`. What "fresh" means per kind is

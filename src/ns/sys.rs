@@ -35,6 +35,9 @@ const NS_GET_PID_FROM_PIDNS: libc::c_ulong = io_read_int(NSIO, 0x6);
 const NS_GET_TGID_FROM_PIDNS: libc::c_ulong = io_read_int(NSIO, 0x7);
 /// `NS_GET_PID_IN_PIDNS`: a pid of the caller's pid ns, in the given ns.
 const NS_GET_PID_IN_PIDNS: libc::c_ulong = io_read_int(NSIO, 0x8);
+/// `NS_GET_TGID_IN_PIDNS`: the thread group of a pid of the caller's pid
+/// ns, in the given ns.
+const NS_GET_TGID_IN_PIDNS: libc::c_ulong = io_read_int(NSIO, 0x9);
 
 /// `PIDFD_THREAD` (= `O_EXCL`): the pidfd names one thread.
 pub const PIDFD_THREAD: libc::c_uint = libc::O_EXCL as libc::c_uint;
@@ -158,6 +161,101 @@ pub fn pid_in_pidns(pidns: BorrowedFd<'_>, pid: i32) -> io::Result<i32> {
     // SAFETY: the ioctl takes the pid by value and returns a number or -1.
     check(unsafe { libc::ioctl(pidns.as_raw_fd(), NS_GET_PID_IN_PIDNS, pid) }.into())
         .map(|p| p as i32)
+}
+
+/// The thread group of `pid` of this process's pid namespace, as the pid
+/// namespace `pidns` numbers it. ESRCH if it is not visible there.
+pub fn tgid_in_pidns(pidns: BorrowedFd<'_>, pid: i32) -> io::Result<i32> {
+    // SAFETY: the ioctl takes the pid by value and returns a number or -1.
+    check(unsafe { libc::ioctl(pidns.as_raw_fd(), NS_GET_TGID_IN_PIDNS, pid) }.into())
+        .map(|p| p as i32)
+}
+
+/// `openat(dir, path, flags | O_CLOEXEC | O_NOCTTY)`; `None` for the
+/// working directory.
+pub fn open_path(dir: Option<BorrowedFd<'_>>, path: &CStr, flags: i32) -> io::Result<OwnedFd> {
+    let dir = dir.map_or(libc::AT_FDCWD, |d| d.as_raw_fd());
+    // SAFETY: `path` is NUL-terminated and outlives the call.
+    owned(
+        unsafe {
+            libc::openat(
+                dir,
+                path.as_ptr(),
+                flags | libc::O_CLOEXEC | libc::O_NOCTTY,
+            )
+        }
+        .into(),
+    )
+}
+
+/// The device (major, minor) of the file `fd`, from the kernel's cached
+/// attributes: a file of a FUSE mount is not asked of its daemon.
+pub fn device_of(fd: BorrowedFd<'_>) -> io::Result<(u32, u32)> {
+    // SAFETY: statx is plain data; all-zero is a valid value to overwrite.
+    let mut st: libc::statx = unsafe { std::mem::zeroed() };
+    // SAFETY: an empty path with AT_EMPTY_PATH names `fd` itself; `st` is
+    // a live statx the kernel fills.
+    check(
+        unsafe {
+            libc::statx(
+                fd.as_raw_fd(),
+                c"".as_ptr(),
+                libc::AT_EMPTY_PATH | libc::AT_STATX_DONT_SYNC | libc::AT_SYMLINK_NOFOLLOW,
+                libc::STATX_TYPE,
+                &mut st,
+            )
+        }
+        .into(),
+    )?;
+    Ok((st.stx_dev_major, st.stx_dev_minor))
+}
+
+/// Waits up to `limit` for `fd` to be readable (or at EOF); false if the
+/// time ran out.
+pub fn wait_readable(fd: BorrowedFd<'_>, limit: std::time::Duration) -> io::Result<bool> {
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let mut pfd = libc::pollfd {
+            fd: fd.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one live pollfd.
+        let n = unsafe { libc::poll(&mut pfd, 1, left.as_millis().min(i32::MAX as u128) as i32) };
+        match n {
+            0 => return Ok(false),
+            n if n > 0 => return Ok(true),
+            _ => {
+                let err = io::Error::last_os_error();
+                if err.raw_os_error() != Some(libc::EINTR) {
+                    return Err(err);
+                }
+            }
+        }
+    }
+}
+
+/// Sends `sig` to the process `pid`, a child of this one.
+pub fn kill(pid: i32, sig: i32) {
+    // SAFETY: kill takes integers; `pid` is an unreaped child of ours, so
+    // the number cannot have been reused.
+    unsafe { libc::kill(pid, sig) };
+}
+
+pub(crate) use crate::injector::sys::{recv, seqpacket_pair};
+
+/// What the path walk needs of a file: type, inode and device.
+#[derive(Debug, Clone, Copy)]
+pub struct Stat {
+    /// `st_mode`.
+    pub mode: u16,
+    /// The inode number.
+    pub ino: u64,
+    /// Major of the device.
+    pub dev_major: u32,
+    /// Minor of the device.
+    pub dev_minor: u32,
 }
 
 /// A pipe whose ends are close-on-exec.
@@ -353,6 +451,111 @@ impl Child {
             )
         };
         if fd < 0 { Err(errno()) } else { Ok(fd) }
+    }
+
+    /// `openat(dir, name, O_PATH)`, not following a final symbolic link
+    /// unless `follow`: opens nothing (no FIFO blocks, no device runs).
+    pub fn open_path_at(&self, dir: RawFd, name: &CStr, follow: bool) -> Result<RawFd, i32> {
+        let nofollow = if follow { 0 } else { libc::O_NOFOLLOW };
+        // SAFETY: `name` is NUL-terminated and outlives the call.
+        let fd = unsafe { libc::openat(dir, name.as_ptr(), libc::O_PATH | libc::O_CLOEXEC | nofollow) };
+        if fd < 0 { Err(errno()) } else { Ok(fd) }
+    }
+
+    /// Type, inode and device of `fd` itself, from the kernel's cached
+    /// attributes (a FUSE file's daemon is not asked).
+    pub fn statx(&self, fd: RawFd) -> Result<Stat, i32> {
+        // SAFETY: statx is plain data; all-zero is a valid value.
+        let mut st: libc::statx = unsafe { std::mem::zeroed() };
+        // SAFETY: an empty path with AT_EMPTY_PATH names `fd`; `st` is a
+        // live statx the kernel fills.
+        let r = unsafe {
+            libc::statx(
+                fd,
+                c"".as_ptr(),
+                libc::AT_EMPTY_PATH | libc::AT_STATX_DONT_SYNC | libc::AT_SYMLINK_NOFOLLOW,
+                libc::STATX_TYPE | libc::STATX_INO,
+                &mut st,
+            )
+        };
+        ret(r)?;
+        Ok(Stat {
+            mode: st.stx_mode,
+            ino: st.stx_ino,
+            dev_major: st.stx_dev_major,
+            dev_minor: st.stx_dev_minor,
+        })
+    }
+
+    /// The filesystem type (`f_type`) of `fd`.
+    pub fn fs_magic(&self, fd: RawFd) -> Result<i64, i32> {
+        // SAFETY: statfs is plain data; all-zero is a valid value.
+        let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+        // SAFETY: `st` is a live statfs the kernel fills.
+        ret(unsafe { libc::fstatfs(fd, &mut st) })?;
+        #[allow(clippy::unnecessary_cast)]
+        Ok(st.f_type as i64)
+    }
+
+    /// The target of the symbolic link `fd` (opened with `O_PATH |
+    /// O_NOFOLLOW`), into `buf`: its length.
+    pub fn read_link(&self, fd: RawFd, buf: &mut [u8]) -> Result<usize, i32> {
+        // SAFETY: an empty path names `fd` itself; the kernel writes at most
+        // `buf.len()` bytes into `buf`.
+        let n = unsafe { libc::readlinkat(fd, c"".as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+        if n < 0 {
+            Err(errno())
+        } else if n as usize == buf.len() {
+            Err(libc::ENAMETOOLONG)
+        } else {
+            Ok(n as usize)
+        }
+    }
+
+    /// Opens the file `fd` (an `O_PATH` descriptor) for reading, through
+    /// `self/fd/N` of the procfs directory `proc`: an open of the file
+    /// itself, checked against this process's credentials.
+    pub fn reopen(&self, proc: RawFd, fd: RawFd) -> Result<RawFd, i32> {
+        let mut path = *b"self/fd/\0\0\0\0\0\0\0\0\0\0\0\0";
+        let mut digits = [0u8; 10];
+        let mut n = fd as u32;
+        let mut len = 0;
+        loop {
+            digits[len] = b'0' + (n % 10) as u8;
+            len += 1;
+            n /= 10;
+            if n == 0 {
+                break;
+            }
+        }
+        for i in 0..len {
+            path[8 + i] = digits[len - 1 - i];
+        }
+        let Ok(path) = CStr::from_bytes_until_nul(&path) else {
+            return Err(libc::EINVAL);
+        };
+        // SAFETY: `path` is NUL-terminated and outlives the call.
+        let r = unsafe {
+            libc::openat(
+                proc,
+                path.as_ptr(),
+                libc::O_RDONLY | libc::O_CLOEXEC | libc::O_NOCTTY,
+            )
+        };
+        if r < 0 { Err(errno()) } else { Ok(r) }
+    }
+
+    /// Sends one record on the socket `sock`, with `fd` attached if given.
+    /// A failure leaves the parent reading EOF, which it treats as one.
+    pub fn send(&self, sock: RawFd, data: &[u8], fd: Option<RawFd>) {
+        // SAFETY: both descriptors are open in this child for the call.
+        let (sock, fd) = unsafe {
+            (
+                BorrowedFd::borrow_raw(sock),
+                fd.map(|f| BorrowedFd::borrow_raw(f)),
+            )
+        };
+        let _ = crate::injector::sys::send(sock, data, fd);
     }
 
     /// Writes one i32 to `fd` for the parent to read with [`read_i32`].
