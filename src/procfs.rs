@@ -258,7 +258,7 @@ pub fn mount_device(mountpoint: &[u8]) -> Option<(u32, u32)> {
             let (major, minor) = dev.split_once(':')?;
             Some((major.parse().ok()?, minor.parse().ok()?))
         })
-        .last()
+        .next_back()
 }
 
 /// The thread ids of process `pid`, from `/proc/PID/task`.

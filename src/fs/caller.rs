@@ -99,7 +99,12 @@ impl Caller {
     /// move itself, as the kernel lets every task access its own thread
     /// group. `pidfd` pins the process; it is checked to be alive after the
     /// question, so the answer was about this process.
-    pub fn require_ptrace(&self, creds: &Credentials, pid: i32, pidfd: BorrowedFd<'_>) -> Result<()> {
+    pub fn require_ptrace(
+        &self,
+        creds: &Credentials,
+        pid: i32,
+        pidfd: BorrowedFd<'_>,
+    ) -> Result<()> {
         let tid = self.visible()?;
         let gone = || Error::from(crate::ns::NsError::NoSuchProcess(pid));
         if tid as i32 == pid || std::fs::symlink_metadata(format!("/proc/{pid}/task/{tid}")).is_ok()
@@ -128,9 +133,9 @@ impl Caller {
         match answer {
             // Alive, yet no thread has memory to check: a kernel thread or
             // a zombie, neither of which can be traced.
-            Ok(0) if crate::procfs::is_kernel_thread(pid) => Err(Error::Denied(format!(
-                "process {pid} is a kernel thread"
-            ))),
+            Ok(0) if crate::procfs::is_kernel_thread(pid) => {
+                Err(Error::Denied(format!("process {pid} is a kernel thread")))
+            }
             Ok(0) => Err(gone()),
             Ok(_) => Ok(()),
             Err((t, errno)) => Err(Error::Denied(format!(

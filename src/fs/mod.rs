@@ -134,6 +134,10 @@ struct Handle {
     written: bool,
     /// Flush already did its work for a created kind file.
     flushed: bool,
+    /// The fresh namespace that flush bound (a shell's `echo X > file`
+    /// closes a duplicate of the file before it writes): a write that then
+    /// fails unbinds it again, so a refused write changes nothing.
+    fresh: Option<u64>,
 }
 
 /// The nsproxyfs filesystem.
@@ -1209,6 +1213,7 @@ impl NsProxyFs {
             }),
             written: false,
             flushed: false,
+            fresh: None,
         });
         Ok((
             self.attr(Node::Pending(pending), FileType::RegularFile, 0o644, 1),
@@ -1274,6 +1279,7 @@ impl NsProxyFs {
             write,
             written: false,
             flushed: false,
+            fresh: None,
         }))
     }
 
@@ -1309,11 +1315,49 @@ impl NsProxyFs {
             Some(WriteTarget::Rebind(ino)) => self.write_kind(caller, Some(ino), None, data),
             Some(WriteTarget::Create {
                 container, kind, ..
-            }) => self.write_kind(caller, None, Some((container, kind)), data),
+            }) => {
+                let result = self.write_kind(caller, None, Some((container, kind)), data);
+                if result.is_err() {
+                    self.undo_fresh(fh, container, kind);
+                }
+                result
+            }
         };
         match result {
             Ok(()) => reply.written(len),
             Err(e) => reply.error(refuse("write", caller, &e)),
+        }
+    }
+
+    /// Unbinds the fresh namespace that flushing handle `fh` bound in
+    /// `container`, if it is still bound there (a failed write must leave
+    /// nothing behind).
+    fn undo_fresh(&self, fh: u64, container: ContainerId, kind: Kind) {
+        let Some(ino) = self
+            .handles
+            .lock()
+            .get_mut(&fh)
+            .and_then(|h| h.fresh.take())
+        else {
+            return;
+        };
+        let released = {
+            let mut st = self.state.write();
+            if st.tree.get(container).and_then(|c| c.own(kind)) != Some(ino) {
+                return;
+            }
+            st.tree.unbind(container, kind)
+        };
+        match released
+            .map_err(Error::from)
+            .and_then(|r| self.commit(self.unbound(r.into_iter().collect())))
+        {
+            Ok(()) => log::info!(
+                "the fresh {kind} namespace bound at a close is unbound again: the write failed"
+            ),
+            Err(e) => {
+                log::warn!("could not unbind the fresh {kind} namespace after a failed write: {e}")
+            }
         }
     }
 
@@ -1466,12 +1510,17 @@ impl NsProxyFs {
         // of such a process's /proc/PID/ns until the exec is done, which
         // waits for this very flush.
         let ns = ns::fresh(kind, &self.mountpoint)?;
+        let ino = ns.ino();
         log::info!(
             "fresh {} bound in {}",
             ns.describe(),
             self.state.read().tree.path(container)
         );
-        self.install(ns, &View::ALL, container, None)
+        self.install(ns, &View::ALL, container, None)?;
+        if let Some(h) = self.handles.lock().get_mut(&fh) {
+            h.fresh = Some(ino);
+        }
+        Ok(())
     }
 
     fn do_release(&self, fh: u64) {

@@ -153,11 +153,7 @@ impl Credentials {
         // SAFETY: the pointer and length describe `self.groups`, which
         // outlives the call; the kernel copies them.
         raw(unsafe {
-            libc::syscall(
-                libc::SYS_setgroups,
-                self.groups.len(),
-                self.groups.as_ptr(),
-            )
+            libc::syscall(libc::SYS_setgroups, self.groups.len(), self.groups.as_ptr())
         })?;
         // SAFETY: setresgid/setfsgid take integers and change only this task.
         raw(unsafe { libc::syscall(libc::SYS_setresgid, rgid, egid, sgid) })?;
@@ -290,7 +286,10 @@ mod tests {
         assert!(c.has(21) && !c.has(19));
         assert_eq!(Credentials::parse("Uid:\t1\t2\t3\n"), None);
         let no_groups = text.replace("Groups:\t4 27 \n", "Groups:\t\n");
-        assert_eq!(Credentials::parse(&no_groups).unwrap().groups, Vec::<u32>::new());
+        assert_eq!(
+            Credentials::parse(&no_groups).unwrap().groups,
+            Vec::<u32>::new()
+        );
     }
 
     #[test]
@@ -298,6 +297,9 @@ mod tests {
         let me = Credentials::of_thread(std::process::id()).unwrap();
         assert!(me.are_daemons());
         let here = std::thread::current().id();
-        assert_eq!(as_caller(&me, || std::thread::current().id()).unwrap(), here);
+        assert_eq!(
+            as_caller(&me, || std::thread::current().id()).unwrap(),
+            here
+        );
     }
 }

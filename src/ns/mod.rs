@@ -9,6 +9,6 @@ pub mod resolve;
 pub mod sys;
 
 pub use handle::{Keeper, Namespace, NsError, Pin, fresh, of_path, of_pid_in, remove_pin};
-pub use resolve::Opener;
 pub use holder::Holder;
 pub use kind::{CLONE_NEWTIME, Kind};
+pub use resolve::Opener;

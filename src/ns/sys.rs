@@ -177,14 +177,8 @@ pub fn open_path(dir: Option<BorrowedFd<'_>>, path: &CStr, flags: i32) -> io::Re
     let dir = dir.map_or(libc::AT_FDCWD, |d| d.as_raw_fd());
     // SAFETY: `path` is NUL-terminated and outlives the call.
     owned(
-        unsafe {
-            libc::openat(
-                dir,
-                path.as_ptr(),
-                flags | libc::O_CLOEXEC | libc::O_NOCTTY,
-            )
-        }
-        .into(),
+        unsafe { libc::openat(dir, path.as_ptr(), flags | libc::O_CLOEXEC | libc::O_NOCTTY) }
+            .into(),
     )
 }
 
@@ -458,7 +452,13 @@ impl Child {
     pub fn open_path_at(&self, dir: RawFd, name: &CStr, follow: bool) -> Result<RawFd, i32> {
         let nofollow = if follow { 0 } else { libc::O_NOFOLLOW };
         // SAFETY: `name` is NUL-terminated and outlives the call.
-        let fd = unsafe { libc::openat(dir, name.as_ptr(), libc::O_PATH | libc::O_CLOEXEC | nofollow) };
+        let fd = unsafe {
+            libc::openat(
+                dir,
+                name.as_ptr(),
+                libc::O_PATH | libc::O_CLOEXEC | nofollow,
+            )
+        };
         if fd < 0 { Err(errno()) } else { Ok(fd) }
     }
 
@@ -743,10 +743,35 @@ impl Child {
     }
 
     /// Waits, named `nsproxyfs-hold`, until `control` reaches EOF; then exits.
+    ///
+    /// It gives up every capability first: a process joins the holder's
+    /// namespaces with `setns(pidfd)`, which needs ptrace read access to
+    /// the holder, and a root process lacking some capability (the
+    /// capability-superset rule) could not otherwise read a full-capability
+    /// holder. Nothing the holder does needs one.
     pub fn hold(&self, control: RawFd, ready: RawFd) -> ! {
+        self.drop_capabilities();
         self.settle(c"nsproxyfs-hold", ready);
         self.wait_eof(control);
         self.exit(0)
+    }
+
+    /// Empties this process's effective, permitted and inheritable
+    /// capability sets.
+    fn drop_capabilities(&self) {
+        #[repr(C)]
+        struct Header {
+            version: u32,
+            pid: libc::c_int,
+        }
+        let header = Header {
+            version: 0x2008_0522,
+            pid: 0,
+        };
+        let data = [0u32; 6];
+        // SAFETY: capset reads the header and, for version 3, two records of
+        // three u32s; both are live locals of that size.
+        unsafe { libc::syscall(libc::SYS_capset, &header, data.as_ptr()) };
     }
 
     /// `_exit(code)`.
