@@ -73,7 +73,7 @@ const RECENT: Duration = Duration::from_millis(1);
 #[derive(Debug)]
 pub struct Options {
     /// Where namespace pins live (`STATE_DIR/pins`).
-    pub pin_dir: PathBuf,
+    pub pin_dir: Arc<ns::PinDir>,
     /// Where the filesystem is mounted.
     pub mountpoint: PathBuf,
     /// Writes the record of the tree on every change; `None` keeps nothing.
@@ -167,7 +167,7 @@ pub struct NsProxyFs {
     discovering: bool,
     next_fh: AtomicU64,
     next_pending: AtomicU64,
-    pin_dir: PathBuf,
+    pin_dir: Arc<ns::PinDir>,
     mountpoint: CString,
     user_ns: u64,
     pid_ns: u64,
@@ -180,7 +180,7 @@ pub struct NsProxyFs {
 impl std::fmt::Debug for NsProxyFs {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("NsProxyFs")
-            .field("pin_dir", &self.pin_dir)
+            .field("pin_dir", &self.pin_dir.path())
             .finish_non_exhaustive()
     }
 }
@@ -188,10 +188,6 @@ impl std::fmt::Debug for NsProxyFs {
 impl NsProxyFs {
     /// A filesystem whose root container binds the daemon's own namespaces.
     pub fn new(options: Options, mover: Box<dyn Mover>) -> Result<NsProxyFs> {
-        std::fs::create_dir_all(&options.pin_dir).map_err(|source| Error::Sys {
-            what: "create the pin directory",
-            source,
-        })?;
         let mut spaces = HashMap::new();
         let mut root = [0u64; 8];
         for kind in Kind::ALL {
@@ -1477,7 +1473,7 @@ fn restore(
     record: &Record,
     root: [u64; 8],
     spaces: &mut HashMap<u64, Arc<Namespace>>,
-    pin_dir: &Path,
+    pin_dir: &Arc<ns::PinDir>,
     boot: &str,
 ) -> Tree {
     let reopened = crate::state::reopen(record, pin_dir, boot, |ino| spaces.contains_key(&ino));

@@ -6,6 +6,6 @@ mod holder;
 mod kind;
 pub mod sys;
 
-pub use handle::{Keeper, Namespace, NsError, Opener, Pin, fresh, of_path, of_pid_in, remove_pin};
+pub use handle::{Keeper, Namespace, NsError, Opener, Pin, PinDir, fresh, of_path, of_pid_in};
 pub use holder::Holder;
 pub use kind::{CLONE_NEWTIME, Kind};
