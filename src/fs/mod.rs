@@ -1198,6 +1198,45 @@ impl NsProxyFs {
         ))
     }
 
+    /// Refuses unless `caller` may change `node` (write it, truncate it, set
+    /// its times): CAP_SYS_ADMIN in the daemon's user namespace, a node
+    /// `view` shows in full, and a node that is not read-only for everyone
+    /// (`status`, `.namespaces`, the root's bindings, discovered sets).
+    fn require_changeable(&self, caller: &Caller, view: &View, node: Node) -> Result<()> {
+        caller.require_admin(self.user_ns)?;
+        match node {
+            Node::Dir(c) => {
+                let st = self.state.read();
+                if !view.full(&st.tree, c) {
+                    return Err(Error::Denied(format!(
+                        "{} is outside the caller's container",
+                        st.tree.path(c)
+                    )));
+                }
+                if st.tree.is_discovered(c) {
+                    return Err(TreeError::Discovered.into());
+                }
+                Ok(())
+            }
+            Node::Namespaces => Err(Error::Denied(format!("{NAMESPACES} is read-only"))),
+            Node::Status(_) => Err(Error::Denied("status is read-only".into())),
+            Node::Tasks(_) | Node::Pending(_) => Ok(()),
+            Node::Kind(ino) => {
+                let st = self.state.read();
+                let kind = st.tree.bound_kind(ino).ok_or(Error::NotFound)?;
+                if st.tree.containers_binding(ino).contains(&Tree::ROOT) {
+                    return Err(Error::Denied(format!(
+                        "{kind}:[{ino}] is bound by the root container, whose bindings are read-only"
+                    )));
+                }
+                if st.tree.user_binders(ino) == 0 {
+                    return Err(TreeError::Discovered.into());
+                }
+                Ok(())
+            }
+        }
+    }
+
     fn add_handle(&self, handle: Handle) -> u64 {
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
         self.handles.lock().insert(fh, handle);
@@ -1209,25 +1248,20 @@ impl NsProxyFs {
         let acc = flags.0 & libc::O_ACCMODE;
         let reading = acc == libc::O_RDONLY || acc == libc::O_RDWR;
         let writing = acc == libc::O_WRONLY || acc == libc::O_RDWR;
-        self.node_attr(&self.view(caller), node)?;
-        if writing {
-            caller.require_admin(self.user_ns)?;
+        let view = self.view(caller);
+        self.node_attr(&view, node)?;
+        if let Node::Dir(_) = node {
+            return Err(Error::IsDir);
+        }
+        // O_TRUNC asks for a change even on a read-only open.
+        if writing || flags.0 & libc::O_TRUNC != 0 {
+            self.require_changeable(caller, &view, node)?;
         }
         let (content, write) = match node {
             Node::Dir(_) => return Err(Error::IsDir),
             Node::Pending(_) => return Err(Error::NotFound),
-            Node::Namespaces => {
-                if writing {
-                    return Err(Error::Denied(format!("{NAMESPACES} is read-only")));
-                }
-                (self.namespaces_text(), None)
-            }
-            Node::Status(c) => {
-                if writing {
-                    return Err(Error::Denied("status is read-only".into()));
-                }
-                (self.status_text(c, caller)?, None)
-            }
+            Node::Namespaces => (self.namespaces_text(), None),
+            Node::Status(c) => (self.status_text(c, caller)?, None),
             Node::Tasks(c) => {
                 let content = if reading {
                     self.tasks_text(c, caller)?
@@ -1239,14 +1273,6 @@ impl NsProxyFs {
             Node::Kind(ino) => {
                 let st = self.state.read();
                 let kind = st.tree.bound_kind(ino).ok_or(Error::NotFound)?;
-                if writing && st.tree.containers_binding(ino).contains(&Tree::ROOT) {
-                    return Err(Error::Denied(format!(
-                        "{kind}:[{ino}] is bound by the root container, whose bindings are read-only"
-                    )));
-                }
-                if writing && st.tree.user_binders(ino) == 0 {
-                    return Err(TreeError::Discovered.into());
-                }
                 let content = format!("{kind}:[{ino}]\n").into_bytes();
                 (content, writing.then_some(WriteTarget::Rebind(ino)))
             }
@@ -1641,20 +1667,23 @@ impl fuser::Filesystem for Mounted {
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
-        // Truncation (`echo >` opens with O_TRUNC) and time changes (`touch`
-        // of an existing file) are accepted and change nothing; owners and
-        // modes are fixed.
+        // Owners and modes are fixed. Truncation to 0 (`echo >` without
+        // atomic O_TRUNC) and time changes (`touch` of an existing file)
+        // change nothing, but only callers who may change the node get that
+        // answer; the others get EPERM, as for any change.
         let caller = Caller::of(req);
-        let attr = self.node_attr(&self.view(&caller), Node::from_id(ino.0));
-        let result = if attr.is_err() {
-            attr
-        } else if mode.is_some() || uid.is_some() || gid.is_some() {
-            Err(Error::Denied("owners and modes are fixed".into()))
-        } else if size.is_some_and(|s| s != 0) {
-            Err(Error::Invalid("only truncation to 0 is accepted".into()))
-        } else {
-            attr
-        };
+        let node = Node::from_id(ino.0);
+        let view = self.view(&caller);
+        let result = self.node_attr(&view, node).and_then(|attr| {
+            if mode.is_some() || uid.is_some() || gid.is_some() {
+                return Err(Error::Denied("owners and modes are fixed".into()));
+            }
+            self.require_changeable(&caller, &view, node)?;
+            if size.is_some_and(|s| s != 0) {
+                return Err(Error::Invalid("only truncation to 0 is accepted".into()));
+            }
+            Ok(attr)
+        });
         match result {
             Ok(attr) => reply.attr(&TTL, &attr),
             Err(e) => reply.error(refuse("setattr", &caller, &e)),
