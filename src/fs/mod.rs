@@ -25,6 +25,7 @@ mod caller;
 mod error;
 pub mod input;
 mod node;
+pub mod refusals;
 
 use std::collections::HashMap;
 use std::ffi::{CString, OsStr};
@@ -1585,15 +1586,33 @@ fn still_alive(pidfd: Option<&OwnedFd>, pid: i32) -> Result<()> {
     }
 }
 
-/// Logs a refusal once, with its reason, and returns its errno.
-fn refuse(op: &str, caller: &Caller, e: &Error) -> Errno {
+/// How many refusals reach the log, per caller (see [`refusals`]).
+static REFUSALS: std::sync::LazyLock<refusals::Refusals> =
+    std::sync::LazyLock::new(refusals::Refusals::default);
+
+/// Logs a refusal once, with its reason, unless its caller has had too
+/// many logged lately (the first of each kind is always logged), and
+/// returns its errno.
+fn refuse(op: &'static str, caller: &Caller, e: &Error) -> Errno {
     let errno = e.errno();
-    let name = std::io::Error::from_raw_os_error(errno);
-    log::warn!(
-        "{op} by pid {} uid {} refused ({name}): {e}",
-        caller.tid,
-        caller.uid
-    );
+    let verdict = REFUSALS.judge(caller.uid, op, errno, Instant::now());
+    let held = |uid: u32, n: u64| {
+        log::warn!("{n} more refusals of requests by uid {uid} were not logged (too many)");
+    };
+    if let Some((uid, n)) = verdict.forgotten {
+        held(uid, n);
+    }
+    if verdict.log {
+        if verdict.held_back > 0 {
+            held(caller.uid, verdict.held_back);
+        }
+        let name = std::io::Error::from_raw_os_error(errno);
+        log::warn!(
+            "{op} by pid {} uid {} refused ({name}): {e}",
+            caller.tid,
+            caller.uid
+        );
+    }
     Errno::from_i32(errno)
 }
 
