@@ -198,7 +198,12 @@ mod tests {
         let mut forgotten = Vec::new();
         for i in 1..=(SHARDS * CALLERS_PER_SHARD * 3) as u32 {
             let uid = 3 + i * SHARDS as u32;
-            let v = r.judge(uid, "open", libc::EPERM, t0 + Duration::from_micros(i as u64));
+            let v = r.judge(
+                uid,
+                "open",
+                libc::EPERM,
+                t0 + Duration::from_micros(i as u64),
+            );
             assert!(v.log, "a new caller's first refusal is logged");
             forgotten.extend(v.forgotten);
         }
