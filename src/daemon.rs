@@ -13,7 +13,7 @@ use fuser::{Config, MountOption, SessionACL};
 
 use crate::export::Exporter;
 use crate::fs::{Mounted, Mover, NsProxyFs, Options};
-use crate::state::{self, Loaded, Recorder};
+use crate::state::{self, Loaded, Recorder, StateDir};
 
 /// How the daemon was asked to run.
 #[derive(Debug, Clone)]
@@ -86,6 +86,7 @@ pub(crate) fn unescape_mountinfo(field: &[u8]) -> Vec<u8> {
 struct Checked {
     mountpoint: PathBuf,
     netns_export: Option<PathBuf>,
+    state: Arc<StateDir>,
     lock: File,
 }
 
@@ -116,19 +117,13 @@ fn preflight(settings: &Settings) -> Result<Checked, StartError> {
             mp.display()
         ));
     }
-    if let Err(e) = std::fs::create_dir_all(&settings.state_dir) {
-        return fail(format!(
-            "state directory {}: {e}",
-            settings.state_dir.display()
-        ));
-    }
-    let lock_path = settings.state_dir.join("lock");
-    let lock = File::options()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&lock_path)
-        .map_err(|e| StartError(format!("{}: {e}", lock_path.display())))?;
+    let state = Arc::new(StateDir::open(&settings.state_dir).map_err(StartError)?);
+    let lock = state.lock_file().map_err(|e| {
+        StartError(format!(
+            "{}: {e}",
+            state.path().join(crate::state_dir::LOCK).display()
+        ))
+    })?;
     // SAFETY: flock takes a descriptor we own and a constant.
     if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
         return fail(format!(
@@ -138,31 +133,25 @@ fn preflight(settings: &Settings) -> Result<Checked, StartError> {
     }
     let netns_export = match &settings.netns_export {
         Some(dir) => {
-            let state = std::fs::canonicalize(&settings.state_dir)
-                .map_err(|e| StartError(format!("{}: {e}", settings.state_dir.display())))?;
-            Some(crate::export::check_dir(dir, &canonical, &state).map_err(StartError)?)
+            Some(crate::export::check_dir(dir, &canonical, state.path()).map_err(StartError)?)
         }
         None => None,
     };
     Ok(Checked {
         mountpoint: canonical,
         netns_export,
+        state,
         lock,
     })
 }
 
-/// Unmounts and removes every pin left in `dir` (at start, when there is
-/// no record to restore them from).
+/// Unmounts and removes every pin left in `dir`, following no symbolic
+/// link (for tests and benchmarks that start over).
 pub fn clear_pins(dir: &Path) {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return;
-    };
-    for entry in entries.flatten() {
-        let path = entry.path();
-        if let Ok(c) = std::ffi::CString::new(path.as_os_str().as_bytes()) {
-            while crate::ns::sys::detach(&c).is_ok() {}
-        }
-        let _ = std::fs::remove_file(&path);
+    let fd = std::fs::File::open(dir).map(OwnedFd::from);
+    if let Ok(fd) = fd {
+        let pins = crate::ns::PinDir::new(dir.to_path_buf(), fd);
+        state::sweep_pins(&pins, &std::collections::HashSet::new());
     }
 }
 
@@ -207,6 +196,7 @@ pub fn run(settings: Settings, mover: Box<dyn Mover>) -> Result<(), StartError> 
     let Checked {
         mountpoint,
         netns_export,
+        state,
         lock,
     } = preflight(&settings)?;
     let report = if settings.foreground {
@@ -237,7 +227,7 @@ pub fn run(settings: Settings, mover: Box<dyn Mover>) -> Result<(), StartError> 
         }
     };
     init_logging(&settings);
-    let result = serve(&settings, &mountpoint, netns_export, mover, report);
+    let result = serve(&settings, state, &mountpoint, netns_export, mover, report);
     drop(lock);
     result
 }
@@ -311,15 +301,22 @@ impl Drop for CloseExports {
 
 fn serve(
     settings: &Settings,
+    state_dir: Arc<StateDir>,
     mountpoint: &Path,
     netns_export: Option<PathBuf>,
     mover: Box<dyn Mover>,
     mut report: Option<OwnedFd>,
 ) -> Result<(), StartError> {
     let sigset = block_signals();
-    let state_dir = &settings.state_dir;
+    let pin_dir = match state_dir.pins() {
+        Ok(pins) => Arc::new(pins),
+        Err(msg) => {
+            tell(&mut report, &msg);
+            return fail(msg);
+        }
+    };
     let exporter = match netns_export {
-        Some(dir) => match Exporter::open(&dir, state_dir) {
+        Some(dir) => match Exporter::open(&dir, Arc::clone(&state_dir)) {
             Ok(exporter) => Some(Arc::new(exporter)),
             Err(msg) => {
                 tell(&mut report, &msg);
@@ -328,16 +325,16 @@ fn serve(
         },
         // Exports a previous daemon made with the option go.
         None => {
-            crate::export::forget(state_dir);
+            crate::export::forget(&state_dir);
             None
         }
     };
     let _close_exports = CloseExports(exporter.clone());
-    let pin_dir = state_dir.join(state::PINS);
-    let restore = match state::load(state_dir) {
+    let no_pins = std::collections::HashSet::new();
+    let restore = match state::load(&state_dir) {
         Loaded::Found(record) => Some(record),
         Loaded::Nothing => {
-            clear_pins(&pin_dir);
+            state::sweep_pins(&pin_dir, &no_pins);
             None
         }
         Loaded::SetAside { why, moved } => {
@@ -348,23 +345,16 @@ fn serve(
             log::error!(
                 "the record of the tree in {} cannot be used ({why}); {moved}; starting \
                  with an empty tree",
-                state_dir.display()
+                state_dir.path().display()
             );
-            clear_pins(&pin_dir);
+            state::sweep_pins(&pin_dir, &no_pins);
             None
         }
     };
-    let recorder = match Recorder::open(state_dir) {
-        Ok(r) => r,
-        Err(e) => {
-            let msg = format!("state directory {}: {e}", state_dir.display());
-            tell(&mut report, &msg);
-            return fail(msg);
-        }
-    };
+    let recorder = Recorder::open(Arc::clone(&state_dir));
     let fs = match NsProxyFs::new(
         Options {
-            pin_dir: pin_dir.clone(),
+            pin_dir: Arc::clone(&pin_dir),
             mountpoint: mountpoint.to_path_buf(),
             recorder: Some(recorder),
             restore,
@@ -407,7 +397,7 @@ fn serve(
         Err(e) => {
             let msg = format!("cannot mount on {}: {e}", mountpoint.display());
             tell(&mut report, &msg);
-            state::tidy(state_dir);
+            state::tidy(&state_dir, &pin_dir);
             return fail(msg);
         }
     };
@@ -436,7 +426,7 @@ fn serve(
     log::info!(
         "mounted on {}, state in {}",
         mountpoint.display(),
-        settings.state_dir.display()
+        state_dir.path().display()
     );
     if report.is_some() {
         tell(&mut report, "ok");
@@ -466,7 +456,7 @@ fn serve(
     }
     // Pins of bound namespaces stay, with the record, for the next daemon;
     // exports go (see CloseExports).
-    state::tidy(state_dir);
+    state::tidy(&state_dir, &pin_dir);
     Ok(())
 }
 

@@ -25,6 +25,7 @@ mod caller;
 mod error;
 pub mod input;
 mod node;
+pub mod refusals;
 
 use std::collections::HashMap;
 use std::ffi::{CString, OsStr};
@@ -73,7 +74,7 @@ const RECENT: Duration = Duration::from_millis(1);
 #[derive(Debug)]
 pub struct Options {
     /// Where namespace pins live (`STATE_DIR/pins`).
-    pub pin_dir: PathBuf,
+    pub pin_dir: Arc<ns::PinDir>,
     /// Where the filesystem is mounted.
     pub mountpoint: PathBuf,
     /// Writes the record of the tree on every change; `None` keeps nothing.
@@ -173,7 +174,7 @@ pub struct NsProxyFs {
     discovering: bool,
     next_fh: AtomicU64,
     next_pending: AtomicU64,
-    pin_dir: PathBuf,
+    pin_dir: Arc<ns::PinDir>,
     mountpoint: CString,
     /// The device of this filesystem's mount, learnt once it is mounted.
     own_dev: std::sync::OnceLock<(u32, u32)>,
@@ -188,7 +189,7 @@ pub struct NsProxyFs {
 impl std::fmt::Debug for NsProxyFs {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("NsProxyFs")
-            .field("pin_dir", &self.pin_dir)
+            .field("pin_dir", &self.pin_dir.path())
             .finish_non_exhaustive()
     }
 }
@@ -196,10 +197,6 @@ impl std::fmt::Debug for NsProxyFs {
 impl NsProxyFs {
     /// A filesystem whose root container binds the daemon's own namespaces.
     pub fn new(options: Options, mover: Box<dyn Mover>) -> Result<NsProxyFs> {
-        std::fs::create_dir_all(&options.pin_dir).map_err(|source| Error::Sys {
-            what: "create the pin directory",
-            source,
-        })?;
         let mut spaces = HashMap::new();
         let mut root = [0u64; 8];
         for kind in Kind::ALL {
@@ -1221,6 +1218,45 @@ impl NsProxyFs {
         ))
     }
 
+    /// Refuses unless `caller` may change `node` (write it, truncate it, set
+    /// its times): CAP_SYS_ADMIN in the daemon's user namespace, a node
+    /// `view` shows in full, and a node that is not read-only for everyone
+    /// (`status`, `.namespaces`, the root's bindings, discovered sets).
+    fn require_changeable(&self, caller: &Caller, view: &View, node: Node) -> Result<()> {
+        caller.require_admin(self.user_ns)?;
+        match node {
+            Node::Dir(c) => {
+                let st = self.state.read();
+                if !view.full(&st.tree, c) {
+                    return Err(Error::Denied(format!(
+                        "{} is outside the caller's container",
+                        st.tree.path(c)
+                    )));
+                }
+                if st.tree.is_discovered(c) {
+                    return Err(TreeError::Discovered.into());
+                }
+                Ok(())
+            }
+            Node::Namespaces => Err(Error::Denied(format!("{NAMESPACES} is read-only"))),
+            Node::Status(_) => Err(Error::Denied("status is read-only".into())),
+            Node::Tasks(_) | Node::Pending(_) => Ok(()),
+            Node::Kind(ino) => {
+                let st = self.state.read();
+                let kind = st.tree.bound_kind(ino).ok_or(Error::NotFound)?;
+                if st.tree.containers_binding(ino).contains(&Tree::ROOT) {
+                    return Err(Error::Denied(format!(
+                        "{kind}:[{ino}] is bound by the root container, whose bindings are read-only"
+                    )));
+                }
+                if st.tree.user_binders(ino) == 0 {
+                    return Err(TreeError::Discovered.into());
+                }
+                Ok(())
+            }
+        }
+    }
+
     fn add_handle(&self, handle: Handle) -> u64 {
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
         self.handles.lock().insert(fh, handle);
@@ -1232,25 +1268,20 @@ impl NsProxyFs {
         let acc = flags.0 & libc::O_ACCMODE;
         let reading = acc == libc::O_RDONLY || acc == libc::O_RDWR;
         let writing = acc == libc::O_WRONLY || acc == libc::O_RDWR;
-        self.node_attr(&self.view(caller), node)?;
-        if writing {
-            caller.require_admin(self.user_ns)?;
+        let view = self.view(caller);
+        self.node_attr(&view, node)?;
+        if let Node::Dir(_) = node {
+            return Err(Error::IsDir);
+        }
+        // O_TRUNC asks for a change even on a read-only open.
+        if writing || flags.0 & libc::O_TRUNC != 0 {
+            self.require_changeable(caller, &view, node)?;
         }
         let (content, write) = match node {
             Node::Dir(_) => return Err(Error::IsDir),
             Node::Pending(_) => return Err(Error::NotFound),
-            Node::Namespaces => {
-                if writing {
-                    return Err(Error::Denied(format!("{NAMESPACES} is read-only")));
-                }
-                (self.namespaces_text(), None)
-            }
-            Node::Status(c) => {
-                if writing {
-                    return Err(Error::Denied("status is read-only".into()));
-                }
-                (self.status_text(c, caller)?, None)
-            }
+            Node::Namespaces => (self.namespaces_text(), None),
+            Node::Status(c) => (self.status_text(c, caller)?, None),
             Node::Tasks(c) => {
                 let content = if reading {
                     self.tasks_text(c, caller)?
@@ -1262,14 +1293,6 @@ impl NsProxyFs {
             Node::Kind(ino) => {
                 let st = self.state.read();
                 let kind = st.tree.bound_kind(ino).ok_or(Error::NotFound)?;
-                if writing && st.tree.containers_binding(ino).contains(&Tree::ROOT) {
-                    return Err(Error::Denied(format!(
-                        "{kind}:[{ino}] is bound by the root container, whose bindings are read-only"
-                    )));
-                }
-                if writing && st.tree.user_binders(ino) == 0 {
-                    return Err(TreeError::Discovered.into());
-                }
                 let content = format!("{kind}:[{ino}]\n").into_bytes();
                 (content, writing.then_some(WriteTarget::Rebind(ino)))
             }
@@ -1544,7 +1567,7 @@ fn restore(
     record: &Record,
     root: [u64; 8],
     spaces: &mut HashMap<u64, Arc<Namespace>>,
-    pin_dir: &Path,
+    pin_dir: &Arc<ns::PinDir>,
     boot: &str,
 ) -> Tree {
     let reopened = crate::state::reopen(record, pin_dir, boot, |ino| spaces.contains_key(&ino));
@@ -1643,15 +1666,33 @@ fn pin(pid: i32, flags: libc::c_uint) -> Result<OwnedFd> {
     })
 }
 
-/// Logs a refusal once, with its reason, and returns its errno.
-fn refuse(op: &str, caller: &Caller, e: &Error) -> Errno {
+/// How many refusals reach the log, per caller (see [`refusals`]).
+static REFUSALS: std::sync::LazyLock<refusals::Refusals> =
+    std::sync::LazyLock::new(refusals::Refusals::default);
+
+/// Logs a refusal once, with its reason, unless its caller has had too
+/// many logged lately (the first of each kind is always logged), and
+/// returns its errno.
+fn refuse(op: &'static str, caller: &Caller, e: &Error) -> Errno {
     let errno = e.errno();
-    let name = std::io::Error::from_raw_os_error(errno);
-    log::warn!(
-        "{op} by pid {} uid {} refused ({name}): {e}",
-        caller.tid,
-        caller.uid
-    );
+    let verdict = REFUSALS.judge(caller.uid, op, errno, Instant::now());
+    let held = |uid: u32, n: u64| {
+        log::warn!("{n} more refusals of requests by uid {uid} were not logged (too many)");
+    };
+    if let Some((uid, n)) = verdict.forgotten {
+        held(uid, n);
+    }
+    if verdict.log {
+        if verdict.held_back > 0 {
+            held(caller.uid, verdict.held_back);
+        }
+        let name = std::io::Error::from_raw_os_error(errno);
+        log::warn!(
+            "{op} by pid {} uid {} refused ({name}): {e}",
+            caller.tid,
+            caller.uid
+        );
+    }
     Errno::from_i32(errno)
 }
 
@@ -1725,20 +1766,23 @@ impl fuser::Filesystem for Mounted {
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
-        // Truncation (`echo >` opens with O_TRUNC) and time changes (`touch`
-        // of an existing file) are accepted and change nothing; owners and
-        // modes are fixed.
+        // Owners and modes are fixed. Truncation to 0 (`echo >` without
+        // atomic O_TRUNC) and time changes (`touch` of an existing file)
+        // change nothing, but only callers who may change the node get that
+        // answer; the others get EPERM, as for any change.
         let caller = Caller::of(req);
-        let attr = self.node_attr(&self.view(&caller), Node::from_id(ino.0));
-        let result = if attr.is_err() {
-            attr
-        } else if mode.is_some() || uid.is_some() || gid.is_some() {
-            Err(Error::Denied("owners and modes are fixed".into()))
-        } else if size.is_some_and(|s| s != 0) {
-            Err(Error::Invalid("only truncation to 0 is accepted".into()))
-        } else {
-            attr
-        };
+        let node = Node::from_id(ino.0);
+        let view = self.view(&caller);
+        let result = self.node_attr(&view, node).and_then(|attr| {
+            if mode.is_some() || uid.is_some() || gid.is_some() {
+                return Err(Error::Denied("owners and modes are fixed".into()));
+            }
+            self.require_changeable(&caller, &view, node)?;
+            if size.is_some_and(|s| s != 0) {
+                return Err(Error::Invalid("only truncation to 0 is accepted".into()));
+            }
+            Ok(attr)
+        });
         match result {
             Ok(attr) => reply.attr(&TTL, &attr),
             Err(e) => reply.error(refuse("setattr", &caller, &e)),

@@ -4,9 +4,9 @@ use std::ffi::{CStr, CString};
 use std::fs::File;
 use std::io::{self, Write};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
-use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use parking_lot::Mutex;
 use thiserror::Error;
@@ -229,37 +229,154 @@ impl Keeper {
     }
 }
 
+/// The directory pins live in (`STATE/pins`), opened once: every pin is
+/// reached relative to it by its single name, never through a symbolic
+/// link, so nothing planted there can redirect a pin's mount, unmount or
+/// removal elsewhere.
+#[derive(Debug)]
+pub struct PinDir {
+    path: PathBuf,
+    fd: OwnedFd,
+}
+
+impl PinDir {
+    /// The directory open as `fd`, shown as `path`.
+    pub fn new(path: PathBuf, fd: OwnedFd) -> PinDir {
+        PinDir { path, fd }
+    }
+
+    /// Where it is.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The names in it.
+    pub fn names(&self) -> Vec<String> {
+        let Ok(entries) = std::fs::read_dir(format!("/proc/self/fd/{}", self.fd.as_raw_fd()))
+        else {
+            return Vec::new();
+        };
+        entries
+            .flatten()
+            .filter_map(|e| e.file_name().into_string().ok())
+            .collect()
+    }
+
+    /// `name` reached through the directory's descriptor: a path whose
+    /// last step (the only one resolved in this directory) is `name`.
+    fn through_fd(&self, name: &str) -> io::Result<CString> {
+        if name.is_empty() || name.contains('/') || name == "." || name == ".." {
+            return Err(io::Error::from_raw_os_error(libc::EINVAL));
+        }
+        CString::new(format!("/proc/self/fd/{}/{name}", self.fd.as_raw_fd()))
+            .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))
+    }
+
+    /// Opens `name` read-only, never following a symbolic link.
+    fn open(&self, name: &str) -> io::Result<OwnedFd> {
+        nix::fcntl::openat(
+            self.fd.as_fd(),
+            name,
+            nix::fcntl::OFlag::O_RDONLY
+                | nix::fcntl::OFlag::O_NOFOLLOW
+                | nix::fcntl::OFlag::O_CLOEXEC
+                | nix::fcntl::OFlag::O_NONBLOCK,
+            nix::sys::stat::Mode::empty(),
+        )
+        .map_err(|e| io::Error::from_raw_os_error(e as i32))
+    }
+
+    /// Unmounts every layer mounted on `name` (not following a symbolic
+    /// link) and removes it, whatever it is but a directory.
+    pub fn remove(&self, name: &str) {
+        let shown = self.path.join(name);
+        let Ok(c) = self.through_fd(name) else {
+            return;
+        };
+        let flags = nix::mount::MntFlags::MNT_DETACH | nix::mount::MntFlags::UMOUNT_NOFOLLOW;
+        let mut detached = false;
+        loop {
+            match nix::mount::umount2(c.as_c_str(), flags) {
+                Ok(()) => detached = true,
+                Err(e)
+                    if detached
+                        || matches!(e, nix::errno::Errno::EINVAL | nix::errno::Errno::ENOENT) =>
+                {
+                    break;
+                }
+                Err(e) => {
+                    log::warn!("cannot unmount pin {}: {e}", shown.display());
+                    break;
+                }
+            }
+        }
+        let _ = nix::unistd::unlinkat(
+            self.fd.as_fd(),
+            name,
+            nix::unistd::UnlinkatFlags::NoRemoveDir,
+        );
+    }
+}
+
 /// A bind mount of a namespace file in the state directory, which keeps the
 /// namespace alive and lets standard tools (`nsenter --net=PIN`) open it.
 /// It stays when the daemon ends (that is what lets a restarted daemon find
 /// the namespace again) and goes with [`Pin::remove`].
+///
+/// The file under the mount is made afresh with mode 0600 (whatever was
+/// there before, a symbolic link included, is unlinked first) and the
+/// mount is made on it through its own descriptor, so it lands on that
+/// file and nowhere else. Who may open a pin: whoever may pass through the
+/// state directory and `pins/`, both mode 0700, i.e. root; the mount shows
+/// the namespace file's own mode (0444) to those.
 #[derive(Debug)]
 pub struct Pin {
+    dir: Arc<PinDir>,
+    name: String,
     path: PathBuf,
 }
 
 impl Pin {
+    /// The pin's name for `kind`:`ino`.
+    pub fn name(kind: Kind, ino: u64) -> String {
+        format!("{}-{}", kind.name(), ino)
+    }
+
     /// Where the pin of `kind`:`ino` lives in `dir`.
     pub fn path_in(dir: &Path, kind: Kind, ino: u64) -> PathBuf {
-        dir.join(format!("{}-{}", kind.name(), ino))
+        dir.join(Pin::name(kind, ino))
     }
 
     /// Pins `fd` at `dir/KIND-INO`, replacing a stale pin of the same name.
-    pub fn create(dir: &Path, kind: Kind, ino: u64, fd: BorrowedFd<'_>) -> io::Result<Pin> {
-        let path = Pin::path_in(dir, kind, ino);
-        let c = CString::new(path.as_os_str().as_bytes())
+    pub fn create(dir: &Arc<PinDir>, kind: Kind, ino: u64, fd: BorrowedFd<'_>) -> io::Result<Pin> {
+        let name = Pin::name(kind, ino);
+        dir.remove(&name);
+        let file = nix::fcntl::openat(
+            dir.fd.as_fd(),
+            name.as_str(),
+            nix::fcntl::OFlag::O_WRONLY
+                | nix::fcntl::OFlag::O_CREAT
+                | nix::fcntl::OFlag::O_EXCL
+                | nix::fcntl::OFlag::O_CLOEXEC,
+            nix::sys::stat::Mode::from_bits_truncate(0o600),
+        )
+        .map_err(|e| io::Error::from_raw_os_error(e as i32))?;
+        let target = CString::new(format!("/proc/self/fd/{}", file.as_raw_fd()))
             .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
-        while sys::detach(&c).is_ok() {}
-        std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&path)?;
-        if let Err(e) = sys::bind_mount_fd(fd, &c) {
-            let _ = std::fs::remove_file(&path);
+        if let Err(e) = sys::bind_mount_fd(fd, &target) {
+            drop(file);
+            let _ = nix::unistd::unlinkat(
+                dir.fd.as_fd(),
+                name.as_str(),
+                nix::unistd::UnlinkatFlags::NoRemoveDir,
+            );
             return Err(e);
         }
-        Ok(Pin { path })
+        Ok(Pin {
+            dir: Arc::clone(dir),
+            path: dir.path.join(&name),
+            name,
+        })
     }
 
     /// Where the pin is.
@@ -269,30 +386,7 @@ impl Pin {
 
     /// Unmounts and deletes the pin.
     pub fn remove(&self) {
-        remove_pin(&self.path);
-    }
-}
-
-/// Unmounts (every layer) and deletes the pin at `path`.
-pub fn remove_pin(path: &Path) {
-    if let Ok(c) = CString::new(path.as_os_str().as_bytes()) {
-        let mut detached = false;
-        loop {
-            match sys::detach(&c) {
-                Ok(()) => detached = true,
-                Err(e)
-                    if detached
-                        || matches!(e.raw_os_error(), Some(libc::EINVAL | libc::ENOENT)) =>
-                {
-                    break;
-                }
-                Err(e) => {
-                    log::warn!("cannot unmount pin {}: {e}", path.display());
-                    break;
-                }
-            }
-        }
-        let _ = std::fs::remove_file(path);
+        self.dir.remove(&self.name);
     }
 }
 
@@ -456,13 +550,16 @@ impl Namespace {
     /// Reopens the namespace `kind`:`ino` from its pin at `path`, checking
     /// that the file is a namespace of that kind and inode; the pin is
     /// taken over as it is. `Err` says why not, in words.
-    pub fn from_pin(path: &Path, kind: Kind, ino: u64) -> Result<Namespace, String> {
+    pub fn from_pin(dir: &Arc<PinDir>, kind: Kind, ino: u64) -> Result<Namespace, String> {
+        let name = Pin::name(kind, ino);
+        let path = dir.path.join(&name);
         let shown = path.display().to_string();
-        let file = File::open(path).map_err(|e| match e.raw_os_error() {
+        let file = dir.open(&name).map_err(|e| match e.raw_os_error() {
             Some(libc::ENOENT) => format!("its pin {shown} is missing"),
+            Some(libc::ELOOP) => format!("its pin {shown} is a symbolic link"),
             _ => format!("its pin {shown} cannot be opened: {e}"),
         })?;
-        let mut ns = Namespace::from_fd(file.into(), kind, &shown).map_err(|e| e.to_string())?;
+        let mut ns = Namespace::from_fd(file, kind, &shown).map_err(|e| e.to_string())?;
         if ns.ino != ino {
             return Err(format!(
                 "its pin {shown} now holds {kind}:[{}], another namespace",
@@ -470,7 +567,9 @@ impl Namespace {
             ));
         }
         ns.pin = Some(Pin {
-            path: path.to_owned(),
+            dir: Arc::clone(dir),
+            name,
+            path,
         });
         Ok(ns)
     }
@@ -503,13 +602,17 @@ impl Namespace {
     /// that is not older than it (mount loops, EINVAL), which rules out the
     /// daemon's own and every one made after it; a bound mount namespace has
     /// a keeper instead ([`Namespace::hold_mount`]).
-    pub fn pin(&mut self, dir: &Path) {
+    pub fn pin(&mut self, dir: &Arc<PinDir>) {
         if self.kind == Kind::Mnt {
             return;
         }
         match Pin::create(dir, self.kind, self.ino, self.fd.as_fd()) {
             Ok(pin) => self.pin = Some(pin),
-            Err(e) => log::info!("{} not pinned in {}: {e}", self.describe(), dir.display()),
+            Err(e) => log::info!(
+                "{} not pinned in {}: {e}",
+                self.describe(),
+                dir.path.display()
+            ),
         }
     }
 

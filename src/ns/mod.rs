@@ -8,7 +8,7 @@ mod kind;
 pub mod resolve;
 pub mod sys;
 
-pub use handle::{Keeper, Namespace, NsError, Pin, fresh, of_path, of_pid_in, remove_pin};
+pub use handle::{Keeper, Namespace, NsError, Pin, PinDir, fresh, of_path, of_pid_in};
 pub use holder::Holder;
 pub use kind::{CLONE_NEWTIME, Kind};
 pub use resolve::Opener;
