@@ -137,7 +137,13 @@ impl Caller {
                 Err(Error::Denied(format!("process {pid} is a kernel thread")))
             }
             Ok(0) => Err(gone()),
-            Ok(_) => Ok(()),
+            Ok(_) => {
+                log::debug!(
+                    "the kernel lets caller {tid} (uid {}) trace process {pid}",
+                    creds.uid[0]
+                );
+                Ok(())
+            }
             Err((t, errno)) => Err(Error::Denied(format!(
                 "the kernel refuses caller {tid} (uid {}, gid {}) ptrace access to process {pid} \
                  (thread {t}): {}",

@@ -429,3 +429,46 @@ fn walk(c: &Child, step: &Step<'_>, sock: RawFd) {
         Err(errno) => fail(errno),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rest(path: &[u8]) -> Rest {
+        let mut r = Rest {
+            buf: [0; 2 * PATH_MAX + 2],
+            pos: 0,
+            len: path.len(),
+        };
+        r.buf[..path.len()].copy_from_slice(path);
+        r
+    }
+
+    fn components(r: &mut Rest) -> Vec<String> {
+        let mut out = Vec::new();
+        while let Some((s, e)) = r.next() {
+            out.push(String::from_utf8_lossy(&r.buf[s..e]).into_owned());
+        }
+        out
+    }
+
+    #[test]
+    fn components_skip_repeated_slashes() {
+        let mut r = rest(b"//proc///self/ns/net/");
+        assert_eq!(components(&mut r), ["proc", "self", "ns", "net"]);
+        assert!(components(&mut rest(b"/")).is_empty());
+    }
+
+    #[test]
+    fn a_link_is_walked_before_the_rest() {
+        let mut r = rest(b"/a/link/tail");
+        assert_eq!(r.next().map(|(s, e)| &r.buf[s..e]), Some(&b"a"[..]));
+        assert_eq!(r.next().map(|(s, e)| &r.buf[s..e]), Some(&b"link"[..]));
+        assert!(r.prepend(b"../x/y"));
+        assert_eq!(components(&mut r), ["..", "x", "y", "tail"]);
+        // A link that would make the path longer than the buffer.
+        let mut r = rest(&[b'a'; PATH_MAX]);
+        r.pos = 1;
+        assert!(!r.prepend(&[b'b'; PATH_MAX + 3]));
+    }
+}
