@@ -1902,6 +1902,14 @@ impl fuser::Filesystem for Mounted {
         }
     }
 
+    fn access(&self, _req: &Request, _ino: INodeNo, _mask: fuser::AccessFlags, reply: ReplyEmpty) {
+        // What was possible is decided by each operation itself. ENOSYS
+        // (answered here rather than by fuser's default, which logs a
+        // warning for a shell's `cd`) makes the kernel stop asking and
+        // answer access(2) from the file modes.
+        reply.error(Errno::ENOSYS)
+    }
+
     fn create(
         &self,
         req: &Request,
