@@ -1390,7 +1390,9 @@ impl NsProxyFs {
         // a failure after that still gets logged here, and reaches the
         // writer as its write's return value.
         let mut reply = Some(reply);
+        let mut moved = false;
         let mut answer = |r: Result<()>| {
+            moved = r.is_ok();
             let errno = r.as_ref().err().map(|e| refuse("write tasks", caller, e));
             if let Some(reply) = reply.take() {
                 match errno {
@@ -1401,6 +1403,13 @@ impl NsProxyFs {
         };
         self.mover
             .move_process(local, caller.tid, &set, &mut answer);
+        if moved && log::log_enabled!(log::Level::Info) {
+            log::info!(
+                "process {local} moved into {} (written by pid {})",
+                self.state.read().tree.path(c),
+                caller.tid
+            );
+        }
         if self.discovering {
             self.moved.lock().push(local);
         }
