@@ -141,10 +141,59 @@ pub fn install(dest: &Destination, level: log::LevelFilter, state_dir: &Path) ->
             Err(_) => return install(&Destination::Stderr, level, state_dir),
         },
     };
-    if log::set_boxed_logger(logger).is_ok() {
+    if log::set_boxed_logger(Box::new(Calm(logger))).is_ok() {
         log::set_max_level(level);
     }
     dest.clone()
+}
+
+/// Whether a line fuser logs as a warning or an error is part of a normal
+/// end, and so only worth a debug line: when the mount is gone (`umount`)
+/// fuser's own unmount finds nothing to unmount, and a reply to a request
+/// whose caller was interrupted or which the end of the mount cut short
+/// finds no request to answer (ENOENT).
+fn routine(record: &log::Record<'_>) -> bool {
+    if !record.target().starts_with("fuser") || record.level() > log::Level::Warn {
+        return false;
+    }
+    let text = record.args().to_string();
+    text.starts_with("Failed to umount filesystem")
+        || text.starts_with("Unmount failed")
+        || (text.starts_with("Failed to send FUSE reply")
+            && text.contains(&io::Error::from_raw_os_error(libc::ENOENT).to_string()))
+}
+
+/// Passes every record on, fuser's routine ones (see [`routine`]) at the
+/// debug level.
+struct Calm(Box<dyn log::Log>);
+
+impl log::Log for Calm {
+    fn enabled(&self, metadata: &log::Metadata<'_>) -> bool {
+        self.0.enabled(metadata)
+    }
+
+    fn log(&self, record: &log::Record<'_>) {
+        if !routine(record) {
+            return self.0.log(record);
+        }
+        if log::max_level() < log::LevelFilter::Debug {
+            return;
+        }
+        self.0.log(
+            &log::Record::builder()
+                .args(*record.args())
+                .level(log::Level::Debug)
+                .target(record.target())
+                .module_path(record.module_path())
+                .file(record.file())
+                .line(record.line())
+                .build(),
+        );
+    }
+
+    fn flush(&self) {
+        self.0.flush()
+    }
 }
 
 fn open_append(path: &Path) -> io::Result<File> {
