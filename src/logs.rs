@@ -343,6 +343,42 @@ mod tests {
     }
 
     #[test]
+    fn only_fusers_end_of_mount_lines_are_routine() {
+        let check = |target: &str, level, text: std::fmt::Arguments<'_>| {
+            routine(
+                &log::Record::builder()
+                    .target(target)
+                    .level(level)
+                    .args(text)
+                    .build(),
+            )
+        };
+        let enoent = io::Error::from_raw_os_error(libc::ENOENT);
+        let eio = io::Error::from_raw_os_error(libc::EIO);
+        use log::Level::{Error, Warn};
+        assert!(check(
+            "fuser::session",
+            Warn,
+            format_args!("Failed to umount filesystem: Invalid argument")
+        ));
+        assert!(check(
+            "fuser::reply",
+            Error,
+            format_args!("Failed to send FUSE reply: {enoent}")
+        ));
+        assert!(!check(
+            "fuser::reply",
+            Error,
+            format_args!("Failed to send FUSE reply: {eio}")
+        ));
+        assert!(!check(
+            "nsproxyfs::fs",
+            Warn,
+            format_args!("Failed to umount filesystem: x")
+        ));
+    }
+
+    #[test]
     fn log_values() {
         assert_eq!(Destination::parse("stderr"), Ok(Destination::Stderr));
         assert_eq!(Destination::parse("kmsg"), Ok(Destination::Kmsg));

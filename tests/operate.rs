@@ -5,6 +5,7 @@
 mod common;
 
 use std::ffi::CString;
+use std::fs::File;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
@@ -274,4 +275,19 @@ fn help_is_a_command_and_log_values_are_checked() {
         .output()
         .unwrap();
     assert!(!out.status.success());
+}
+
+#[test]
+fn verbose_logs_name_the_container_a_process_moved_into() {
+    let Some(m) = Mount::new("operate_verbose") else {
+        return;
+    };
+    std::fs::create_dir_all(m.path("web/db")).unwrap();
+    File::create(m.path("web/db/uts")).unwrap();
+    let sleeper = Proc::sh("exec sleep 600");
+    m.watch_pid(sleeper.pid());
+    m.write("web/db/tasks", sleeper.pid().to_string().as_bytes())
+        .unwrap();
+    let said = format!("process {} moved into /web/db", sleeper.pid());
+    assert!(m.log_text().contains(&said), "{}", m.log_text());
 }
