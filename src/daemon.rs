@@ -13,6 +13,7 @@ use fuser::{Config, MountOption, SessionACL};
 
 use crate::export::Exporter;
 use crate::fs::{Mounted, Mover, NsProxyFs, Options};
+use crate::logs::Destination;
 use crate::state::{self, Loaded, Recorder, StateDir};
 
 /// How the daemon was asked to run.
@@ -30,6 +31,9 @@ pub struct Settings {
     pub level: log::LevelFilter,
     /// Show the namespace sets already in use (`--discover`).
     pub discover: bool,
+    /// Where to log (`--log`); `None` chooses by `foreground` and whether
+    /// a syslog socket answers.
+    pub log: Option<Destination>,
 }
 
 /// A start-up failure, printed as one line.
@@ -59,6 +63,89 @@ fn is_mount_point(path: &Path) -> bool {
     })
 }
 
+/// The filesystem type of the topmost mount on `path` in this mount
+/// namespace, if something is mounted there.
+fn mount_type_at(path: &Path) -> Option<String> {
+    let info = std::fs::read("/proc/self/mountinfo").ok()?;
+    let want = path.as_os_str().as_bytes();
+    info.split(|&b| b == b'\n')
+        .rev()
+        .filter(|line| {
+            line.split(|&b| b == b' ')
+                .nth(4)
+                .is_some_and(|mp| unescape_mountinfo(mp) == want)
+        })
+        .filter_map(|line| {
+            let mut fields = line.split(|&b| b == b' ').skip_while(|&f| f != b"-");
+            fields
+                .nth(1)
+                .map(|t| String::from_utf8_lossy(t).into_owned())
+        })
+        .next()
+}
+
+/// The type a dead mount of this filesystem shows in the mount table.
+const OWN_TYPE: &str = "fuse.nsproxyfs";
+
+/// Resolves the mount point. A mount of this filesystem whose daemon died
+/// (it answers `ENOTCONN`) is detached first, so that a crash never blocks
+/// the next start; the message saying so is returned for the log. A dead
+/// mount of another filesystem is left alone and refused.
+fn resolve_mount_point(mp: &Path) -> Result<(PathBuf, Option<String>), StartError> {
+    let dead = |e: &std::io::Error| e.raw_os_error() == Some(libc::ENOTCONN);
+    let resolved = std::fs::canonicalize(mp);
+    let err = match &resolved {
+        Ok(p) => match std::fs::metadata(p) {
+            Err(e) if dead(&e) => e,
+            _ => return Ok((p.clone(), None)),
+        },
+        Err(e) if dead(e) => std::io::Error::from_raw_os_error(libc::ENOTCONN),
+        Err(e) => return fail(format!("mount point {}: {e}", mp.display())),
+    };
+    // The dead mount's own path: resolved whole if the kernel lets it be,
+    // else its parent resolved and its name as given.
+    let absolute = std::path::absolute(mp)
+        .map_err(|e| StartError(format!("mount point {}: {e}", mp.display())))?;
+    let at = match (&resolved, absolute.parent(), absolute.file_name()) {
+        (Ok(p), _, _) => Some(p.clone()),
+        (Err(_), Some(parent), Some(name)) => {
+            std::fs::canonicalize(parent).ok().map(|p| p.join(name))
+        }
+        _ => None,
+    };
+    let Some(at) = at else {
+        return fail(format!("mount point {}: {err}", mp.display()));
+    };
+    match mount_type_at(&at) {
+        Some(t) if t == OWN_TYPE => {}
+        Some(t) => {
+            return fail(format!(
+                "mount point {}: {err}: a mount of type {t} whose server is gone; \
+                 unmount it first (umount -l {})",
+                mp.display(),
+                at.display()
+            ));
+        }
+        None => return fail(format!("mount point {}: {err}", mp.display())),
+    }
+    let c = std::ffi::CString::new(at.as_os_str().as_bytes())
+        .map_err(|_| StartError(format!("mount point {}: a NUL in the path", mp.display())))?;
+    if let Err(e) = crate::ns::sys::detach(&c) {
+        return fail(format!(
+            "mount point {}: the mount of a daemon that died is still there and cannot be \
+             detached: {e}",
+            mp.display()
+        ));
+    }
+    let canonical = std::fs::canonicalize(&at)
+        .map_err(|e| StartError(format!("mount point {}: {e}", mp.display())))?;
+    let note = format!(
+        "detached the mount on {} left by a daemon that died ({err})",
+        canonical.display()
+    );
+    Ok((canonical, Some(note)))
+}
+
 /// Undoes mountinfo's octal escapes (`\040` for a space, and so on).
 pub(crate) fn unescape_mountinfo(field: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(field.len());
@@ -81,13 +168,16 @@ pub(crate) fn unescape_mountinfo(field: &[u8]) -> Vec<u8> {
     out
 }
 
-/// What [`preflight`] found: the mount point and the export directory,
-/// both canonical, and the state directory's lock.
+/// What [`preflight`] found: the mount point, the state directory and the
+/// export directory, all canonical, the state directory's lock, and what
+/// was done to the mount point on the way (a dead mount detached).
 struct Checked {
     mountpoint: PathBuf,
+    state_dir: PathBuf,
     netns_export: Option<PathBuf>,
     state: Arc<StateDir>,
     lock: File,
+    detached: Option<String>,
 }
 
 /// Checks everything that can be checked before forking, so the user gets
@@ -104,10 +194,7 @@ fn preflight(settings: &Settings) -> Result<Checked, StartError> {
         _ => return fail("/dev/fuse is missing: load the fuse module (modprobe fuse)"),
     }
     let mp = &settings.mountpoint;
-    let canonical = match std::fs::canonicalize(mp) {
-        Ok(p) => p,
-        Err(e) => return fail(format!("mount point {}: {e}", mp.display())),
-    };
+    let (canonical, detached) = resolve_mount_point(mp)?;
     if !canonical.is_dir() {
         return fail(format!("mount point {} is not a directory", mp.display()));
     }
@@ -137,11 +224,16 @@ fn preflight(settings: &Settings) -> Result<Checked, StartError> {
         }
         None => None,
     };
+    // Absolute from here on (the state directory is resolved when it is
+    // opened): pins in `status` and the daemon's working directory (/) must
+    // not depend on where it was started.
     Ok(Checked {
         mountpoint: canonical,
+        state_dir: state.path().to_path_buf(),
         netns_export,
         state,
         lock,
+        detached,
     })
 }
 
@@ -152,27 +244,6 @@ pub fn clear_pins(dir: &Path) {
     if let Ok(fd) = fd {
         let pins = crate::ns::PinDir::new(dir.to_path_buf(), fd);
         state::sweep_pins(&pins, &std::collections::HashSet::new());
-    }
-}
-
-fn init_logging(settings: &Settings) {
-    if settings.foreground {
-        env_logger::Builder::new()
-            .filter_level(settings.level)
-            .format_timestamp_micros()
-            .init();
-        return;
-    }
-    let formatter = syslog::Formatter3164 {
-        facility: syslog::Facility::LOG_DAEMON,
-        hostname: None,
-        process: "nsproxyfs".into(),
-        pid: std::process::id(),
-    };
-    if let Ok(logger) = syslog::unix(formatter)
-        && log::set_boxed_logger(Box::new(syslog::BasicLogger::new(logger))).is_ok()
-    {
-        log::set_max_level(settings.level);
     }
 }
 
@@ -192,13 +263,31 @@ fn block_signals() -> libc::sigset_t {
 
 /// Runs the daemon. In the background case the calling process returns
 /// (exit status for the shell) only once the mount answers or failed.
-pub fn run(settings: Settings, mover: Box<dyn Mover>) -> Result<(), StartError> {
+pub fn run(mut settings: Settings, mover: Box<dyn Mover>) -> Result<(), StartError> {
     let Checked {
         mountpoint,
+        state_dir,
         netns_export,
         state,
         lock,
+        detached,
     } = preflight(&settings)?;
+    settings.state_dir = state_dir;
+    let log_to = match &settings.log {
+        Some(dest) => {
+            crate::logs::check(dest).map_err(StartError)?;
+            dest.clone()
+        }
+        None => Destination::default_for(settings.foreground, &settings.state_dir),
+    };
+    // Every path in use is absolute now; the daemon and its helpers keep
+    // no directory busy.
+    if let Err(e) = std::env::set_current_dir("/") {
+        return fail(format!("cannot change directory to /: {e}"));
+    }
+    if settings.foreground && log_to != Destination::Stderr {
+        eprintln!("nsproxyfs: logging to {log_to}");
+    }
     let report = if settings.foreground {
         None
     } else {
@@ -218,16 +307,33 @@ pub fn run(settings: Settings, mover: Box<dyn Mover>) -> Result<(), StartError> 
                 drop(w);
                 let mut msg = String::new();
                 let _ = File::from(r).read_to_string(&mut msg);
-                return match msg.strip_prefix("ok") {
-                    Some(_) => Ok(()),
+                return match msg.strip_prefix("ok ") {
+                    Some(log_to) => {
+                        eprintln!(
+                            "nsproxyfs: mounted on {}; logging to {log_to}",
+                            mountpoint.display()
+                        );
+                        Ok(())
+                    }
                     None if msg.is_empty() => fail("the daemon died while starting"),
                     None => Err(StartError(msg)),
                 };
             }
         }
     };
-    init_logging(&settings);
-    let result = serve(&settings, state, &mountpoint, netns_export, mover, report);
+    let log_to = crate::logs::install(&log_to, settings.level, &settings.state_dir);
+    if let Some(note) = detached {
+        log::warn!("{note}");
+    }
+    let result = serve(
+        &settings,
+        state,
+        &mountpoint,
+        netns_export,
+        mover,
+        report,
+        &log_to,
+    );
     drop(lock);
     result
 }
@@ -306,6 +412,7 @@ fn serve(
     netns_export: Option<PathBuf>,
     mover: Box<dyn Mover>,
     mut report: Option<OwnedFd>,
+    log_to: &Destination,
 ) -> Result<(), StartError> {
     let sigset = block_signals();
     let pin_dir = match state_dir.pins() {
@@ -392,7 +499,7 @@ fn serve(
         tell(&mut report, &msg);
         return fail(msg);
     }
-    let session = match fuser::Session::new(Mounted(fs), mountpoint, &config) {
+    let mut session = match fuser::Session::new(Mounted(fs), mountpoint, &config) {
         Ok(s) => s,
         Err(e) => {
             let msg = format!("cannot mount on {}: {e}", mountpoint.display());
@@ -401,6 +508,9 @@ fn serve(
             return fail(msg);
         }
     };
+    // The daemon unmounts by itself (or finds the mount gone); fuser's own
+    // attempt at the end would fail and log a warning on a clean end.
+    let mut unmounter = session.unmount_callable();
     let loop_thread = std::thread::Builder::new()
         .name("fuse".into())
         .spawn(move || {
@@ -424,12 +534,13 @@ fn serve(
         return fail(msg);
     }
     log::info!(
-        "mounted on {}, state in {}",
+        "nsproxyfs {} mounted on {}, state in {}, logging to {log_to}",
+        env!("CARGO_PKG_VERSION"),
         mountpoint.display(),
         state_dir.path().display()
     );
     if report.is_some() {
-        tell(&mut report, "ok");
+        tell(&mut report, &format!("ok {log_to}"));
         detach_stdio();
     } else if let Err(e) = crate::notify::notify("READY=1") {
         log::warn!("cannot tell the service manager that the mount is ready: {e}");
@@ -454,6 +565,9 @@ fn serve(
             log::warn!("unmount {}: {e}", mountpoint.display());
         }
     }
+    // Takes the mount from fuser; it is gone already (or is ours to detach
+    // above), so the error says only that.
+    let _ = unmounter.unmount();
     // Pins of bound namespaces stay, with the record, for the next daemon;
     // exports go (see CloseExports).
     state::tidy(&state_dir, &pin_dir);

@@ -41,6 +41,7 @@ pub mod export;
 pub mod fs;
 pub mod inject;
 pub mod injector;
+pub mod logs;
 pub mod mover;
 pub mod moving;
 pub mod notify;

@@ -1475,7 +1475,9 @@ impl NsProxyFs {
         // a failure after that still gets logged here, and reaches the
         // writer as its write's return value.
         let mut reply = Some(reply);
+        let mut moved = false;
         let mut answer = |r: Result<()>| {
+            moved = r.is_ok();
             let errno = r.as_ref().err().map(|e| refuse("write tasks", caller, e));
             if let Some(reply) = reply.take() {
                 match errno {
@@ -1486,6 +1488,13 @@ impl NsProxyFs {
         };
         self.mover
             .move_process(local, pidfd, caller.tid, &set, &mut answer);
+        if moved && log::log_enabled!(log::Level::Info) {
+            log::info!(
+                "process {local} moved into {} (written by pid {})",
+                self.state.read().tree.path(c),
+                caller.tid
+            );
+        }
         if self.discovering {
             self.moved.lock().push(local);
         }
@@ -2024,6 +2033,14 @@ impl fuser::Filesystem for Mounted {
         } else {
             reply.data(&[])
         }
+    }
+
+    fn access(&self, _req: &Request, _ino: INodeNo, _mask: fuser::AccessFlags, reply: ReplyEmpty) {
+        // What was possible is decided by each operation itself. ENOSYS
+        // (answered here rather than by fuser's default, which logs a
+        // warning for a shell's `cd`) makes the kernel stop asking and
+        // answer access(2) from the file modes.
+        reply.error(Errno::ENOSYS)
     }
 
     fn create(

@@ -45,6 +45,10 @@ use crate::mover::{self, ProcessHandle, Writer};
 /// not meant for people.
 pub const INJECTOR_ARG: &str = "--internal-injector";
 
+/// An injector's name (command name and `argv[0]`), so that it is never
+/// taken for the daemon.
+pub const INJECTOR_NAME: &str = "nsproxyfs-inj";
+
 /// Idle injectors kept at most; more are only ever started for concurrent
 /// moves, and the surplus leaves once they are done.
 const MAX_IDLE: usize = 8;
@@ -197,6 +201,7 @@ impl Injector {
     fn spawn(fatal_seccomp: mover::FatalSeccomp) -> io::Result<Injector> {
         let (channel, theirs) = sys::seqpacket_pair()?;
         let mut cmd = Command::new("/proc/self/exe");
+        std::os::unix::process::CommandExt::arg0(&mut cmd, INJECTOR_NAME);
         cmd.arg(INJECTOR_ARG);
         if fatal_seccomp == mover::FatalSeccomp::Allow {
             cmd.arg(ALLOW_FATAL_SECCOMP_ARG);

@@ -378,7 +378,27 @@ pub const OUTLIVE_DAEMON: u8 = b'P';
 
 /// What a forked child may do: only async-signal-safe calls through the
 /// functions of [`Child`]. It never returns; it ends with `_exit`.
-pub struct Child(());
+pub struct Child {
+    /// Where the command line lies in this process's memory, as read by
+    /// the parent before the fork (see [`argv_region`]).
+    argv: Option<(usize, usize)>,
+}
+
+/// Where this process's command line (its argument strings, one after the
+/// other) lies in its memory: `arg_start` and `arg_end` of
+/// `/proc/self/stat`, read once.
+fn argv_region() -> Option<(usize, usize)> {
+    static REGION: std::sync::OnceLock<Option<(usize, usize)>> = std::sync::OnceLock::new();
+    *REGION.get_or_init(|| {
+        let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+        // Fields after the command name start at field 3; arg_start and
+        // arg_end are fields 48 and 49.
+        let mut fields = stat.rsplit_once(')')?.1.split_whitespace().skip(45);
+        let start = fields.next()?.parse().ok()?;
+        let end = fields.next()?.parse().ok()?;
+        (start < end).then_some((start, end))
+    })
+}
 
 impl Child {
     /// `unshare(flags)`, the errno on failure.
@@ -653,10 +673,42 @@ impl Child {
         }
     }
 
-    /// Sets this process's command name (at most 15 bytes are kept).
+    /// Sets this process's command name (at most 15 bytes are kept) and
+    /// makes its command line that name alone, so that `pidof nsproxyfs`
+    /// and `pgrep -x nsproxyfs` never take it for the daemon.
     fn rename(&self, name: &CStr) {
         // SAFETY: prctl(PR_SET_NAME) copies at most 16 bytes from `name`.
         unsafe { libc::prctl(libc::PR_SET_NAME, name.as_ptr()) };
+        let Some((start, end)) = self.argv else {
+            return;
+        };
+        let bytes = name.to_bytes_with_nul();
+        let len = bytes.len().min(end - start);
+        // SAFETY: [start, end) holds this process's argument strings, put
+        // on its stack by the kernel at exec: mapped, writable, and, in
+        // this child made without CLONE_VM, a private copy. Nothing in the
+        // child reads the arguments again. The name is cut to the region,
+        // whose last byte stays NUL so the kernel reads it as plain
+        // arguments.
+        unsafe {
+            let region = start as *mut u8;
+            std::ptr::write_bytes(region, 0, end - start);
+            std::ptr::copy_nonoverlapping(bytes.as_ptr(), region, len.saturating_sub(1));
+        }
+        // Shrinking the region drops the trailing NULs from
+        // /proc/PID/cmdline. It needs CAP_SYS_RESOURCE, which a holder in
+        // a container's user namespace lacks: the NULs then stay.
+        // SAFETY: prctl(PR_SET_MM_ARG_END) takes integers; the new end lies
+        // within the same mapped region, after its start.
+        unsafe {
+            libc::prctl(
+                libc::PR_SET_MM,
+                libc::PR_SET_MM_ARG_END as libc::c_ulong,
+                (start + len) as libc::c_ulong,
+                0 as libc::c_ulong,
+                0 as libc::c_ulong,
+            )
+        };
     }
 
     /// Runs as init of a pid namespace, named `nsproxyfs-pid1`, and reaps
@@ -798,6 +850,7 @@ fn ret(r: libc::c_int) -> Result<(), i32> {
 /// With `share_files`, the child shares this process's descriptor table
 /// (`CLONE_FILES`), so descriptors it opens appear here.
 pub fn spawn_child(share_files: bool, body: impl FnOnce(&Child) -> i32) -> io::Result<i32> {
+    let argv = argv_region();
     let flags = libc::SIGCHLD as libc::c_ulong
         | if share_files {
             libc::CLONE_FILES as libc::c_ulong
@@ -811,7 +864,7 @@ pub fn spawn_child(share_files: bool, body: impl FnOnce(&Child) -> i32) -> io::R
     let pid = unsafe { libc::syscall(libc::SYS_clone, flags, 0usize, 0usize, 0usize, 0usize) };
     match pid {
         0 => {
-            let child = Child(());
+            let child = Child { argv };
             let code = body(&child);
             child.exit(code)
         }
