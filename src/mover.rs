@@ -35,6 +35,7 @@ use std::collections::BTreeSet;
 use std::fmt;
 use std::fs;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
 use nix::sched::CloneFlags;
@@ -46,6 +47,12 @@ use crate::procfs::ProcDir;
 /// Rounds of re-reading `/proc/PID/task` before giving up on a process that
 /// keeps creating threads faster than they can be stopped.
 const MAX_ROUNDS: usize = 64;
+
+/// How long a move waits for the target's threads to stop before it gives
+/// up: a thread that sleeps where no signal reaches it (a vfork parent
+/// until its child execs or exits, a killable or uninterruptible wait)
+/// stops only when it wakes.
+pub const STOP_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// `PF_KTHREAD` in the flags field of `/proc/PID/stat`.
 const PF_KTHREAD: u64 = 0x0020_0000;
@@ -230,6 +237,32 @@ pub enum MoveError {
         /// The syscall it would be killed for.
         syscall: &'static str,
     },
+    /// A thread is in strict seccomp mode, where any of the injected calls
+    /// would kill it; nothing was injected.
+    #[error("thread {0} is in strict seccomp mode: any injected call would kill it")]
+    SeccompStrict(i32),
+    /// A seccomp filter of the target hands one of the injected calls to
+    /// another process (a user-notification supervisor or a tracer), which
+    /// could fake its result or never answer; nothing was injected.
+    #[error("thread {tid}: its seccomp filter hands {syscall} to a supervisor or tracer")]
+    SeccompDelegates {
+        /// The thread whose filter delegates.
+        tid: i32,
+        /// The syscall it would hand over.
+        syscall: &'static str,
+    },
+    /// A thread did not stop within [`STOP_TIMEOUT`]. The threads that had
+    /// stopped were let go untouched; the stuck one is still attached, with
+    /// a stop requested, until the calling thread exits (which is why an
+    /// injector ends after this error): the kernel then drops the request
+    /// and the thread never notices.
+    #[error("thread {tid} did not stop within {waited:?} (a vfork parent, or a sleep no signal interrupts)")]
+    Stuck {
+        /// The thread that did not stop.
+        tid: i32,
+        /// How long the move waited.
+        waited: Duration,
+    },
     /// Threads kept appearing while the process was being stopped.
     #[error("process {0} keeps creating threads")]
     Unstable(i32),
@@ -260,6 +293,16 @@ impl From<TraceError> for MoveError {
 }
 
 impl MoveError {
+    /// Whether a thread of the target is still attached to the calling
+    /// thread after this error ([`MoveError::Stuck`]): the calling thread
+    /// must exit to let it go, and must trace nothing else meanwhile.
+    pub fn leaves_tracee_attached(&self) -> bool {
+        matches!(
+            self,
+            MoveError::Stuck { .. } | MoveError::Trace(TraceError::NotStopping(_))
+        )
+    }
+
     /// The errno a caller of the filesystem sees.
     pub fn errno(&self) -> Errno {
         match self {
@@ -267,7 +310,9 @@ impl MoveError {
             MoveError::KernelThread(_)
             | MoveError::SelfProcess
             | MoveError::TraceDenied(_)
-            | MoveError::SeccompKills { .. } => Errno::EPERM,
+            | MoveError::SeccompKills { .. }
+            | MoveError::SeccompStrict(_)
+            | MoveError::SeccompDelegates { .. } => Errno::EPERM,
             MoveError::AlreadyTraced { .. } => Errno::EBUSY,
             MoveError::InvalidKinds(_) => Errno::EINVAL,
             MoveError::Pin { errno, .. } => match *errno {
@@ -276,13 +321,14 @@ impl MoveError {
             },
             MoveError::Refused { errno, .. } => *errno,
             MoveError::RollbackFailed { .. } => Errno::EIO,
-            MoveError::Unstable(_) => Errno::EAGAIN,
+            MoveError::Unstable(_) | MoveError::Stuck { .. } => Errno::EAGAIN,
             MoveError::Unsupported(_) => Errno::EOPNOTSUPP,
             MoveError::Trace(e) => match e {
                 TraceError::Gone(_) => Errno::ESRCH,
                 TraceError::AlreadyTraced { .. } => Errno::EBUSY,
                 TraceError::Denied(_) => Errno::EPERM,
                 TraceError::Unsupported(_) => Errno::EOPNOTSUPP,
+                TraceError::NotStopping(_) => Errno::EAGAIN,
                 TraceError::NoSyscallSite(_)
                 | TraceError::ForeignSite { .. }
                 | TraceError::NotInSyscall(_)
@@ -368,6 +414,7 @@ fn stop_all(
 ) -> Result<(Vec<Tracee<Stopped>>, usize), MoveError> {
     let mut stopped: Vec<Tracee<Stopped>> = Vec::new();
     let mut seen = BTreeSet::new();
+    let mut deadline = None;
     for round in 1..=MAX_ROUNDS {
         let new: Vec<i32> = list_threads(tgid)?
             .into_iter()
@@ -394,12 +441,25 @@ fn stop_all(
         if let Some(answer) = before_wait.take() {
             answer();
         }
+        let deadline = *deadline.get_or_insert_with(|| Instant::now() + STOP_TIMEOUT);
+        let mut stuck = None;
         for t in running {
-            match t.wait_stop() {
+            // Past a stuck thread the deadline has passed: the others are
+            // only asked whether they have stopped, and let go if so.
+            match t.wait_stop_until(Some(deadline)) {
                 Ok(t) => stopped.push(t),
                 Err(TraceError::Gone(_)) => {}
+                Err(TraceError::NotStopping(tid)) => {
+                    stuck.get_or_insert(tid);
+                }
                 Err(e) => return Err(e.into()),
             }
+        }
+        if let Some(tid) = stuck {
+            return Err(MoveError::Stuck {
+                tid: tid.as_raw(),
+                waited: STOP_TIMEOUT,
+            });
         }
     }
     Err(MoveError::Unstable(tgid.as_raw()))
@@ -757,7 +817,7 @@ pub fn move_process_with(
     ) {
         // Allowed: the injected call kills the process, and the move
         // reports it gone.
-        (Err(MoveError::SeccompKills { .. }), FatalSeccomp::Allow) => {}
+        (Err(MoveError::SeccompKills { .. } | MoveError::SeccompStrict(_)), FatalSeccomp::Allow) => {}
         (result, _) => result?,
     }
 
@@ -831,14 +891,15 @@ fn join_or_roll_back(
 }
 
 /// Refuses the move if a seccomp filter of any thread would kill it for one
-/// of the syscalls the move injects (the fd number of `setns` and `close`
-/// is not known yet; 3 stands for it).
+/// of the syscalls the move injects, or would hand one to a supervisor or
+/// tracer (which could fake its result), or if a thread is in strict mode
+/// (the fd number of `setns` and `close` is not known yet; 3 stands for it).
 fn check_seccomp(
     threads: &mut [Tracee<Stopped>],
     holder: i32,
     kinds: libc::c_int,
 ) -> Result<(), MoveError> {
-    use inject::seccomp::{self, SyscallData, Verdict};
+    use inject::seccomp::{self, Mode, SyscallData, Verdict};
     const AUDIT_ARCH_X86_64: u32 = 0xc000_003e;
     let calls: [(&'static str, i64, [u64; 6]); 4] = [
         ("unshare", libc::SYS_unshare, args(&[libc::CLONE_FS as u64])),
@@ -850,17 +911,20 @@ fn check_seccomp(
         ("setns", libc::SYS_setns, args(&[3, kinds as u64])),
         ("close", libc::SYS_close, args(&[3])),
     ];
+    let mut delegated = None;
     for t in threads.iter_mut() {
-        let filters = seccomp::filters(t.tid()).map_err(|errno| {
+        let mode = seccomp::mode(t.tid()).map_err(|errno| {
             MoveError::Trace(TraceError::Os {
                 tid: t.tid(),
                 op: "PTRACE_SECCOMP_GET_FILTER",
                 errno,
             })
         })?;
-        if filters.is_empty() {
-            continue;
-        }
+        let filters = match mode {
+            Mode::Off => continue,
+            Mode::Strict => return Err(MoveError::SeccompStrict(t.tid().as_raw())),
+            Mode::Filters(filters) => filters,
+        };
         let ip = t.syscall_site()?.addr();
         for (name, nr, args) in calls {
             let data = SyscallData {
@@ -869,15 +933,27 @@ fn check_seccomp(
                 ip,
                 args,
             };
-            if seccomp::check(&filters, &data) == Verdict::Kills {
-                return Err(MoveError::SeccompKills {
-                    tid: t.tid().as_raw(),
-                    syscall: name,
-                });
+            match seccomp::check(&filters, &data) {
+                Verdict::Kills => {
+                    return Err(MoveError::SeccompKills {
+                        tid: t.tid().as_raw(),
+                        syscall: name,
+                    });
+                }
+                Verdict::Delegated => {
+                    delegated.get_or_insert(MoveError::SeccompDelegates {
+                        tid: t.tid().as_raw(),
+                        syscall: name,
+                    });
+                }
+                Verdict::Runs | Verdict::Fails(_) | Verdict::Traps => {}
             }
         }
     }
-    Ok(())
+    match delegated {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
 }
 
 /// Finds one `syscall` instruction for the whole process (threads share the

@@ -25,6 +25,7 @@ mod caller;
 mod error;
 pub mod input;
 mod node;
+mod pending;
 
 use std::collections::HashMap;
 use std::ffi::{CString, OsStr};
@@ -173,6 +174,8 @@ pub struct NsProxyFs {
     pid_ns: u64,
     started: SystemTime,
     mover: Box<dyn Mover>,
+    /// The threads that run moves, off the FUSE workers.
+    moves: pending::MoveThreads,
     recorder: Option<Recorder>,
     exporter: Option<Arc<crate::export::Exporter>>,
 }
@@ -236,6 +239,7 @@ impl NsProxyFs {
                 .unwrap_or(0),
             started: SystemTime::now(),
             mover,
+            moves: pending::MoveThreads::default(),
             recorder: options.recorder,
             exporter: options.exporter,
         };
@@ -1263,7 +1267,7 @@ impl NsProxyFs {
         }))
     }
 
-    fn do_write(&self, caller: &Caller, fh: u64, data: &[u8], reply: ReplyWrite) {
+    fn do_write(self: &Arc<Self>, caller: &Caller, fh: u64, data: &[u8], reply: ReplyWrite) {
         let target = {
             let mut handles = self.handles.lock();
             let Some(h) = handles.get_mut(&fh) else {
@@ -1331,7 +1335,7 @@ impl NsProxyFs {
     }
 
     fn write_tasks(
-        &self,
+        self: &Arc<Self>,
         caller: &Caller,
         c: ContainerId,
         data: &[u8],
@@ -1386,6 +1390,31 @@ impl NsProxyFs {
                 return reply.error(refuse("write tasks", caller, &e));
             }
         };
+        // The move runs on a thread of its own: it may wait seconds for its
+        // target to stop, and the FUSE workers must go on answering.
+        let Some(slot) = self.moves.reserve() else {
+            let e = Error::Refused {
+                errno: libc::EAGAIN,
+                reason: format!("{} moves are in flight already", pending::MAX_IN_FLIGHT),
+            };
+            return reply.error(refuse("write tasks", caller, &e));
+        };
+        let this = Arc::clone(self);
+        let caller = *caller;
+        slot.run(Box::new(move || {
+            this.finish_move(&caller, local, &set, reply, len)
+        }));
+    }
+
+    /// Moves `local` into `set` and answers the write that asked for it.
+    fn finish_move(
+        &self,
+        caller: &Caller,
+        local: i32,
+        set: &[Arc<Namespace>; 8],
+        reply: ReplyWrite,
+        len: u32,
+    ) {
         // The mover may answer before it is done (a process moving itself);
         // a failure after that still gets logged here, and reaches the
         // writer as its write's return value.
@@ -1399,8 +1428,7 @@ impl NsProxyFs {
                 }
             }
         };
-        self.mover
-            .move_process(local, caller.tid, &set, &mut answer);
+        self.mover.move_process(local, caller.tid, set, &mut answer);
         if self.discovering {
             self.moved.lock().push(local);
         }
@@ -1799,7 +1827,7 @@ impl fuser::Filesystem for Mounted {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        self.do_write(&Caller::of(req), fh.0, data, reply);
+        NsProxyFs::do_write(&self.0, &Caller::of(req), fh.0, data, reply);
     }
 
     fn flush(
