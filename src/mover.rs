@@ -256,7 +256,9 @@ pub enum MoveError {
     /// a stop requested, until the calling thread exits (which is why an
     /// injector ends after this error): the kernel then drops the request
     /// and the thread never notices.
-    #[error("thread {tid} did not stop within {waited:?} (a vfork parent, or a sleep no signal interrupts)")]
+    #[error(
+        "thread {tid} did not stop within {waited:?} (a vfork parent, or a sleep no signal interrupts)"
+    )]
     Stuck {
         /// The thread that did not stop.
         tid: i32,
@@ -817,7 +819,10 @@ pub fn move_process_with(
     ) {
         // Allowed: the injected call kills the process, and the move
         // reports it gone.
-        (Err(MoveError::SeccompKills { .. } | MoveError::SeccompStrict(_)), FatalSeccomp::Allow) => {}
+        (
+            Err(MoveError::SeccompKills { .. } | MoveError::SeccompStrict(_)),
+            FatalSeccomp::Allow,
+        ) => {}
         (result, _) => result?,
     }
 

@@ -391,7 +391,10 @@ mod tests {
 
     #[test]
     fn strict_mode_is_read_from_status() {
-        assert_eq!(status_mode("Name:\tdd\nSeccomp:\t1\nSeccomp_filters:\t0\n"), Some(1));
+        assert_eq!(
+            status_mode("Name:\tdd\nSeccomp:\t1\nSeccomp_filters:\t0\n"),
+            Some(1)
+        );
         assert_eq!(status_mode("Seccomp:\t0\n"), Some(0));
         assert_eq!(status_mode("Name:\tx\n"), None);
     }
