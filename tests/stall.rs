@@ -320,11 +320,6 @@ fn sixty_four_stuck_moves_leave_the_mount_answering() {
     };
     const STUCK: usize = 64;
     container(&m, "s");
-    container(&m, "quick");
-    for i in 0..STUCK {
-        std::fs::create_dir(m.path(&format!("c{i}"))).unwrap();
-        std::fs::hard_link(m.path("s/uts"), m.path(&format!("c{i}/uts"))).unwrap();
-    }
     let mut targets: Vec<Target> = (0..STUCK)
         .map(|_| Target::start(&m, "vfork-parent"))
         .collect();
@@ -332,42 +327,45 @@ fn sixty_four_stuck_moves_leave_the_mount_answering() {
     for &pid in &pids {
         wait_for("the vfork parents to sleep", || state(pid) == 'D');
     }
+    // 64 writes to the same `tasks` file, each started once the one before
+    // has its target attached, so that all are pending at once.
     let returned = Arc::new(AtomicUsize::new(0));
-    let writers: Vec<_> = pids
-        .iter()
-        .enumerate()
-        .map(|(i, &pid)| {
-            let tasks = m.path(&format!("c{i}/tasks"));
-            let returned = Arc::clone(&returned);
-            std::thread::spawn(move || {
-                let r = write_once(&tasks, pid.to_string().as_bytes());
-                returned.fetch_add(1, Ordering::SeqCst);
-                r.err().and_then(|e| e.raw_os_error())
-            })
-        })
-        .collect();
-    // Every stuck move has its target attached (seen at least once).
-    let mut seen = [false; STUCK];
-    m.step.set("wait for every stuck move to attach");
-    wait_for("every stuck move to attach", || {
-        for (i, &pid) in pids.iter().enumerate() {
-            seen[i] = seen[i] || traced(pid);
-        }
-        seen.iter().all(|&s| s)
-    });
+    let tasks = m.path("s/tasks");
+    let mut writers = Vec::new();
+    m.step.set("start 64 stuck moves");
+    let started = std::time::Instant::now();
+    for &pid in &pids {
+        let tasks = tasks.clone();
+        let returned = Arc::clone(&returned);
+        writers.push(std::thread::spawn(move || {
+            let r = write_once(&tasks, pid.to_string().as_bytes());
+            returned.fetch_add(1, Ordering::SeqCst);
+            r.err().and_then(|e| e.raw_os_error())
+        }));
+        wait_for("the stuck move to attach", || traced(pid));
+    }
+    note(&format!(
+        "64 stuck moves pending after {:?}",
+        started.elapsed()
+    ));
     // Meanwhile the rest of the mount answers: a listing, a read, and a
-    // move of another process, start to end.
+    // move of another process through the same `tasks` file, start to end.
     m.step.set("ls, cat and a move while 64 moves are stuck");
     let names: Vec<String> = std::fs::read_dir(&m.dir)
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
-    assert!(names.contains(&"c63".to_owned()));
+    assert!(names.contains(&"s".to_owned()));
     let _ = m.read("status");
     let sleeper = Proc(Command::new("sleep").arg("1000").spawn().unwrap());
-    m.write("quick/tasks", sleeper.pid().to_string().as_bytes())
+    let quick = std::time::Instant::now();
+    m.write("s/tasks", sleeper.pid().to_string().as_bytes())
         .unwrap();
-    assert_eq!(ns_text(sleeper.pid(), "uts"), m.read("quick/uts").trim());
+    note(&format!(
+        "a move through the same tasks file meanwhile: {:?}",
+        quick.elapsed()
+    ));
+    assert_eq!(ns_text(sleeper.pid(), "uts"), m.read("s/uts").trim());
     assert_eq!(
         returned.load(Ordering::SeqCst),
         0,

@@ -176,6 +176,9 @@ pub struct NsProxyFs {
     mover: Box<dyn Mover>,
     /// The threads that run moves, off the FUSE workers.
     moves: pending::MoveThreads,
+    /// The names `tasks` files are looked up under while writes to them
+    /// are pending.
+    tasks_names: pending::TasksNames,
     recorder: Option<Recorder>,
     exporter: Option<Arc<crate::export::Exporter>>,
 }
@@ -240,6 +243,7 @@ impl NsProxyFs {
             started: SystemTime::now(),
             mover,
             moves: pending::MoveThreads::default(),
+            tasks_names: pending::TasksNames::default(),
             recorder: options.recorder,
             exporter: options.exporter,
         };
@@ -1267,7 +1271,14 @@ impl NsProxyFs {
         }))
     }
 
-    fn do_write(self: &Arc<Self>, caller: &Caller, fh: u64, data: &[u8], reply: ReplyWrite) {
+    fn do_write(
+        self: &Arc<Self>,
+        caller: &Caller,
+        ino: u64,
+        fh: u64,
+        data: &[u8],
+        reply: ReplyWrite,
+    ) {
         let target = {
             let mut handles = self.handles.lock();
             let Some(h) = handles.get_mut(&fh) else {
@@ -1295,7 +1306,10 @@ impl NsProxyFs {
         }
         let result = match target {
             None => Err(Error::Invalid("file not open for writing".into())),
-            Some(WriteTarget::Tasks(c)) => return self.write_tasks(caller, c, data, reply, len),
+            Some(WriteTarget::Tasks(c)) => {
+                let generation = Node::alias_generation(ino);
+                return self.write_tasks(caller, (c, generation), data, reply, len);
+            }
             Some(WriteTarget::Rebind(ino)) => self.write_kind(caller, Some(ino), None, data),
             Some(WriteTarget::Create {
                 container, kind, ..
@@ -1337,7 +1351,7 @@ impl NsProxyFs {
     fn write_tasks(
         self: &Arc<Self>,
         caller: &Caller,
-        c: ContainerId,
+        (c, generation): (ContainerId, u32),
         data: &[u8],
         reply: ReplyWrite,
         len: u32,
@@ -1399,10 +1413,14 @@ impl NsProxyFs {
             };
             return reply.error(refuse("write tasks", caller, &e));
         };
+        // Until it is answered, the kernel holds this name of `tasks`
+        // locked: new lookups get another.
+        self.tasks_names.begin(c, generation);
         let this = Arc::clone(self);
         let caller = *caller;
         slot.run(Box::new(move || {
-            this.finish_move(&caller, local, &set, reply, len)
+            this.finish_move(&caller, local, &set, reply, len);
+            this.tasks_names.end(c, generation);
         }));
     }
 
@@ -1623,17 +1641,24 @@ impl fuser::Filesystem for Mounted {
         let view = self.view(&caller);
         match self
             .lookup_node(&view, parent, name)
-            .and_then(|n| self.node_attr(&view, n))
+            .and_then(|n| Ok((n, self.node_attr(&view, n)?)))
         {
-            Ok(attr) => {
+            Ok((node, attr)) => {
+                // While a write to this `tasks` is pending, another name of
+                // it (see `Node::tasks_alias`); its attributes stay the
+                // file's own.
+                let mut entry = attr;
+                if let Node::Tasks(c) = node {
+                    entry.ino = INodeNo(Node::tasks_alias(c, self.tasks_names.current(c)));
+                }
                 if caller.tid != 0 {
                     let mut recent = self.recent.lock();
                     if recent.len() >= 1024 {
                         recent.retain(|_, (_, _, at)| at.elapsed() < RECENT);
                     }
-                    recent.insert(caller.tid, (attr.ino.0, attr, Instant::now()));
+                    recent.insert(caller.tid, (entry.ino.0, attr, Instant::now()));
                 }
-                reply.entry(&TTL, &attr, Generation(0))
+                reply.entry(&TTL, &entry, Generation(0))
             }
             Err(e) => reply.error(quiet(&e)),
         }
@@ -1818,7 +1843,7 @@ impl fuser::Filesystem for Mounted {
     fn write(
         &self,
         req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         _offset: u64,
         data: &[u8],
@@ -1827,7 +1852,7 @@ impl fuser::Filesystem for Mounted {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        NsProxyFs::do_write(&self.0, &Caller::of(req), fh.0, data, reply);
+        NsProxyFs::do_write(&self.0, &Caller::of(req), ino.0, fh.0, data, reply);
     }
 
     fn flush(

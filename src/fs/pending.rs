@@ -10,10 +10,12 @@
 //! to [`MAX_IN_FLIGHT`] moves at once; past that a write is refused with
 //! `EAGAIN` at once.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
 use parking_lot::{Condvar, Mutex};
+
+use crate::tree::ContainerId;
 
 /// Moves that may be in flight at once (each has a thread here and an
 /// injector process); past that a write to `tasks` fails with `EAGAIN`.
@@ -133,10 +135,87 @@ fn serve(shared: &(Mutex<State>, Condvar)) {
     }
 }
 
+/// Per container, which names of its `tasks` file have writes pending
+/// (see [`super::node::Node::tasks_alias`]), and the name a lookup gives
+/// now: one with no write pending. A leaf lock.
+#[derive(Debug, Default)]
+pub(crate) struct TasksNames {
+    names: Mutex<HashMap<ContainerId, Names>>,
+}
+
+#[derive(Debug, Default)]
+struct Names {
+    /// The generation lookups give.
+    current: u32,
+    /// Writes pending per generation.
+    pending: HashMap<u32, usize>,
+}
+
+/// Generations wrap below this, well inside a node id's spare bits.
+const GENERATIONS: u32 = 1 << 20;
+
+impl TasksNames {
+    /// The generation a lookup of `c`'s `tasks` gives.
+    pub(crate) fn current(&self, c: ContainerId) -> u32 {
+        self.names.lock().get(&c).map_or(0, |n| n.current)
+    }
+
+    /// A write to generation `generation` of `c`'s `tasks` is pending: new
+    /// lookups give another one.
+    pub(crate) fn begin(&self, c: ContainerId, generation: u32) {
+        let mut all = self.names.lock();
+        let names = all.entry(c).or_default();
+        *names.pending.entry(generation).or_insert(0) += 1;
+        while names.pending.contains_key(&names.current) {
+            names.current = (names.current + 1) % GENERATIONS;
+        }
+    }
+
+    /// That write was answered. Once none is pending, lookups give the
+    /// file's own id again.
+    pub(crate) fn end(&self, c: ContainerId, generation: u32) {
+        let mut all = self.names.lock();
+        let Some(names) = all.get_mut(&c) else {
+            return;
+        };
+        if let Some(n) = names.pending.get_mut(&generation) {
+            *n -= 1;
+            if *n == 0 {
+                names.pending.remove(&generation);
+            }
+        }
+        if names.pending.is_empty() {
+            all.remove(&c);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::sync::mpsc;
+
+    #[test]
+    fn lookups_give_a_name_with_no_write_pending() {
+        let names = TasksNames::default();
+        let c = ContainerId(5);
+        assert_eq!(names.current(c), 0);
+        names.begin(c, 0);
+        assert_eq!(names.current(c), 1);
+        names.begin(c, 1);
+        assert_eq!(names.current(c), 2);
+        names.end(c, 0);
+        assert_eq!(names.current(c), 2, "generations move on");
+        names.begin(c, 2);
+        names.begin(c, 2);
+        assert_eq!(names.current(c), 3);
+        names.end(c, 2);
+        names.end(c, 1);
+        assert_eq!(names.current(c), 3);
+        names.end(c, 2);
+        assert_eq!(names.current(c), 0, "nothing pending: the file's own id");
+        assert_eq!(names.current(ContainerId(6)), 0);
+    }
 
     #[test]
     fn runs_jobs_concurrently_and_refuses_past_the_limit() {
