@@ -265,6 +265,17 @@ pub enum MoveError {
         /// How long the move waited.
         waited: Duration,
     },
+    /// An injected call reported success, but the thread is not where the
+    /// call would have put it (a seccomp supervisor or tracer answered in
+    /// the kernel's stead): the move was undone, and a descriptor the move
+    /// did not open was never closed.
+    #[error("thread {tid}: {step} reported success, but its effect is not there")]
+    Untrusted {
+        /// The thread.
+        tid: i32,
+        /// The call whose result was not true.
+        step: Step,
+    },
     /// Threads kept appearing while the process was being stopped.
     #[error("process {0} keeps creating threads")]
     Unstable(i32),
@@ -314,7 +325,8 @@ impl MoveError {
             | MoveError::TraceDenied(_)
             | MoveError::SeccompKills { .. }
             | MoveError::SeccompStrict(_)
-            | MoveError::SeccompDelegates { .. } => Errno::EPERM,
+            | MoveError::SeccompDelegates { .. }
+            | MoveError::Untrusted { .. } => Errno::EPERM,
             MoveError::AlreadyTraced { .. } => Errno::EBUSY,
             MoveError::InvalidKinds(_) => Errno::EINVAL,
             MoveError::Pin { errno, .. } => match *errno {
@@ -495,12 +507,72 @@ fn own_ns_tid(tid: Pid) -> Result<i32, MoveError> {
         )))
 }
 
+/// What a move must find once it is done: the holder (its pid in our pid
+/// namespace) and, for each kind moved in [`KINDS`] order, the namespace
+/// `setns(pidfd_of_holder, kinds)` joins.
+#[derive(Debug)]
+struct Expected {
+    holder: i32,
+    inodes: Vec<u64>,
+}
+
+/// The holder whose pid in the target's pid namespace is `holder`, and the
+/// namespaces a join of `kinds` through it must end in (for pid and time:
+/// the ones it is in, which `setns` makes the target's children's).
+fn expected(target: Pid, holder: i32, kinds: libc::c_int) -> Result<Expected, MoveError> {
+    let refused = |errno: Errno| MoveError::Refused {
+        tid: target.as_raw(),
+        step: Step::PidfdOpen,
+        errno,
+        moved_back: 0,
+    };
+    let pidns = fs::File::open(format!("/proc/{target}/ns/pid")).map_err(MoveError::Proc)?;
+    let local = crate::ns::sys::tgid_from_pidns(pidns.as_fd(), holder)
+        .map_err(|e| refused(e.raw_os_error().map_or(Errno::ESRCH, Errno::from_raw)))?;
+    let pin = ProcessHandle::open(local).map_err(|_| refused(Errno::ESRCH))?;
+    let ns = ProcDir::ns(local).map_err(|_| refused(Errno::ESRCH))?;
+    let inodes = KINDS
+        .iter()
+        .filter(|(flag, _)| kinds & flag != 0)
+        .map(|&(flag, entry)| {
+            let active = match flag {
+                libc::CLONE_NEWPID => "pid",
+                libc::CLONE_NEWTIME => "time",
+                _ => entry,
+            };
+            ns.inode(active).map_err(|_| refused(Errno::ESRCH))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    // The pin: the namespaces read are those of the process translated.
+    if !pin.is_alive() {
+        return Err(refused(Errno::ESRCH));
+    }
+    Ok(Expected {
+        holder: local,
+        inodes,
+    })
+}
+
+/// Whether descriptor `fd` of thread `tid` (of process `tgid`) is a pidfd
+/// of process `holder` (pid in our namespace): only then did the injected
+/// `pidfd_open` really open it, and only then may the move close it.
+fn is_pidfd_of(tgid: Pid, tid: Pid, fd: i64, holder: i32) -> bool {
+    let path = format!("/proc/{tgid}/task/{tid}/fdinfo/{fd}");
+    fs::read_to_string(path).is_ok_and(|info| {
+        info.lines()
+            .find_map(|l| l.strip_prefix("Pid:"))
+            .is_some_and(|p| p.trim().parse::<i32>() == Ok(holder))
+    })
+}
+
 /// How one thread's join went wrong.
 enum JoinFailure {
     /// An injected syscall returned an error; the thread did not move.
     Refused(Step, Errno),
     /// Tracing failed; whether the thread moved is not known.
     Trace(TraceError),
+    /// An injected call reported success that did not happen.
+    Untrusted(Step),
 }
 
 impl From<TraceError> for JoinFailure {
@@ -626,6 +698,7 @@ fn join_all(
     threads: &mut [Tracee<Stopped>],
     tables: &[usize],
     holder: i32,
+    expected: &Expected,
     kinds: libc::c_int,
     unshare_fs: bool,
 ) -> Result<(), (usize, JoinFailure)> {
@@ -646,11 +719,27 @@ fn join_all(
     let calls: Vec<_> = (0..n)
         .map(|i| opens(i).then(|| (libc::SYS_pidfd_open, args(&[holder as u64, 0]))))
         .collect();
-    let fds = sift(
+    let mut fds = sift(
         inject::syscall_each(threads, &calls),
         Step::PidfdOpen,
         &mut failure,
     );
+    // A result that is not a pidfd of the holder was not made by the
+    // kernel's pidfd_open: whatever descriptor it names is the target's own.
+    for (i, fd) in fds.iter_mut().enumerate() {
+        if let Some(value) = *fd {
+            let t = &threads[i];
+            if !is_pidfd_of(t.tgid(), t.tid(), value, expected.holder) {
+                log::error!(
+                    "thread {}: injected pidfd_open returned {value}, which is not a pidfd \
+                     of the holder; it is left alone",
+                    t.tid()
+                );
+                *fd = None;
+                failure.get_or_insert((i, JoinFailure::Untrusted(Step::PidfdOpen)));
+            }
+        }
+    }
     if failure.is_none() {
         let calls: Vec<_> = (0..n)
             .map(|i| {
@@ -839,14 +928,17 @@ pub fn move_process_with(
         Vec::new()
     };
 
-    let result = join_or_roll_back(
-        tgid,
-        &mut threads,
-        holder_pid_in_target_ns,
-        kinds,
-        unshare_fs,
-        &originals,
-    );
+    let result = expected(tgid, holder_pid_in_target_ns, kinds).and_then(|expected| {
+        join_or_roll_back(
+            tgid,
+            &mut threads,
+            holder_pid_in_target_ns,
+            &expected,
+            kinds,
+            unshare_fs,
+            &originals,
+        )
+    });
     if let Err(e) = &result
         && let Some(w) = threads.iter_mut().find(|t| Some(t.tid()) == writer_tid)
     {
@@ -868,15 +960,23 @@ fn join_or_roll_back(
     tgid: Pid,
     threads: &mut [Tracee<Stopped>],
     holder_pid_in_target_ns: i32,
+    expected: &Expected,
     kinds: libc::c_int,
     unshare_fs: bool,
     originals: &[Vec<u64>],
 ) -> Result<(), MoveError> {
     let multi = threads.len() > 1;
     let tables = fd_tables(threads)?;
-    if let Err((i, failure)) =
-        join_all(threads, &tables, holder_pid_in_target_ns, kinds, unshare_fs)
-    {
+    let joined = join_all(
+        threads,
+        &tables,
+        holder_pid_in_target_ns,
+        expected,
+        kinds,
+        unshare_fs,
+    )
+    .and_then(|()| verify(tgid, threads, expected, kinds));
+    if let Err((i, failure)) = joined {
         let tid = threads[i].tid().as_raw();
         let cause = match failure {
             JoinFailure::Refused(step, errno) => MoveError::Refused {
@@ -886,6 +986,7 @@ fn join_or_roll_back(
                 moved_back: 0,
             },
             JoinFailure::Trace(e) => MoveError::from(e),
+            JoinFailure::Untrusted(step) => MoveError::Untrusted { tid, step },
         };
         if !multi {
             return Err(cause);
@@ -893,6 +994,50 @@ fn join_or_roll_back(
         return Err(roll_back(tgid, threads, originals, kinds, cause));
     }
     Ok(())
+}
+
+/// Checks that every thread is in the namespaces the holder's are, as
+/// every `setns` said: a result faked by a seccomp supervisor or tracer
+/// would say so without doing it.
+fn verify(
+    tgid: Pid,
+    threads: &[Tracee<Stopped>],
+    expected: &Expected,
+    kinds: libc::c_int,
+) -> Result<(), (usize, JoinFailure)> {
+    let tasks = ProcDir::tasks(tgid.as_raw())
+        .map_err(|e| (0, JoinFailure::Trace(proc_failure(tgid, e))))?;
+    for (i, t) in threads.iter().enumerate() {
+        match ns_ids(&tasks, t.tid(), kinds) {
+            Ok(now) if now == expected.inodes => {}
+            Ok(_) => {
+                log::error!(
+                    "thread {}: setns reported success, but the thread is not in the \
+                     holder's namespaces",
+                    t.tid()
+                );
+                return Err((i, JoinFailure::Untrusted(Step::Setns)));
+            }
+            Err(MoveError::Proc(e)) => {
+                return Err((i, JoinFailure::Trace(proc_failure(t.tid(), e))));
+            }
+            Err(_) => return Err((i, JoinFailure::Untrusted(Step::Setns))),
+        }
+    }
+    Ok(())
+}
+
+/// A failed read of `/proc` while verifying, as a tracer failure: the
+/// thread is gone if the entry is.
+fn proc_failure(tid: Pid, e: std::io::Error) -> TraceError {
+    match e.kind() {
+        std::io::ErrorKind::NotFound => TraceError::Gone(tid),
+        _ => TraceError::Os {
+            tid,
+            op: "reading /proc/PID/task/TID/ns",
+            errno: e.raw_os_error().map_or(Errno::EIO, Errno::from_raw),
+        },
+    }
 }
 
 /// Refuses the move if a seccomp filter of any thread would kill it for one
@@ -1037,6 +1182,9 @@ fn roll_back(
             Err(JoinFailure::Refused(step, errno)) => {
                 return rollback_failed(tid.as_raw(), cause, format!("{step}: {errno}"));
             }
+            Err(JoinFailure::Untrusted(step)) => {
+                return rollback_failed(tid.as_raw(), cause, format!("{step}: not done"));
+            }
             Err(JoinFailure::Trace(TraceError::Gone(_))) if !is_alive(tgid) => {
                 return MoveError::Gone(tgid.as_raw());
             }
@@ -1108,6 +1256,25 @@ mod tests {
         };
         assert_eq!(refused.errno(), Errno::EINVAL);
         assert_eq!(MoveError::Unsupported("x").errno(), Errno::EOPNOTSUPP);
+    }
+
+    #[test]
+    fn only_a_pidfd_of_the_holder_counts_as_opened() {
+        let me = nix::unistd::getpid();
+        let other = std::process::Command::new("sleep")
+            .arg("100")
+            .spawn()
+            .unwrap();
+        let pidfd = inject::sys::pidfd_open(me, 0).unwrap();
+        let file = std::fs::File::open("/proc/self/stat").unwrap();
+        let raw = |fd: BorrowedFd<'_>| i64::from(fd.as_raw_fd());
+        assert!(is_pidfd_of(me, me, raw(pidfd.as_fd()), me.as_raw()));
+        assert!(!is_pidfd_of(me, me, raw(pidfd.as_fd()), other.id() as i32));
+        assert!(!is_pidfd_of(me, me, raw(file.as_fd()), me.as_raw()));
+        assert!(!is_pidfd_of(me, me, 0x7fff_0000, me.as_raw()));
+        let mut other = other;
+        let _ = other.kill();
+        let _ = other.wait();
     }
 
     #[test]
