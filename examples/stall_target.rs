@@ -16,6 +16,9 @@
 //!                             the supervisor has seen
 //! stall_target trace-setns    a filter answering setns with SECCOMP_RET_TRACE;
 //!                             stdin lines are answered `PONG 0`
+//! stall_target trace-setns-sh SCRIPT
+//!                             the same filter, then exec `sh -c SCRIPT` (no
+//!                             READY: the script speaks for itself)
 //! stall_target notif-stuck    the main thread calls getppid(), which a filter
 //!                             hands to a supervisor thread (killable wait);
 //!                             the supervisor prints READY once it holds the
@@ -69,6 +72,7 @@ fn main() {
         "strict" => strict(),
         "notif-fake" => notif_fake(),
         "trace-setns" => trace_setns(),
+        "trace-setns-sh" => trace_setns_sh(std::env::args().nth(2).unwrap_or_default()),
         "notif-stuck" => notif_stuck(),
         _ => Err(format!("usage: stall_target MODE (got {mode:?})")),
     };
@@ -264,6 +268,18 @@ fn trace_setns() -> Result<(), String> {
     let prog = filter(&[libc::SYS_setns], libc::SECCOMP_RET_TRACE);
     install(&prog, 0)?;
     pong(&AtomicUsize::new(0))
+}
+
+fn trace_setns_sh(script: String) -> Result<(), String> {
+    use std::os::unix::process::CommandExt;
+    let prog = filter(&[libc::SYS_setns], libc::SECCOMP_RET_TRACE);
+    install(&prog, 0)?;
+    // The filter stays across exec (no_new_privs is set).
+    let e = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(script)
+        .exec();
+    Err(format!("exec sh: {e}"))
 }
 
 fn notif_stuck() -> Result<(), String> {

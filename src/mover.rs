@@ -898,10 +898,23 @@ pub fn move_process_with(
     if threads.is_empty() || !target.is_alive() {
         return Err(MoveError::Gone(tgid.as_raw()));
     }
+    // From here on a writer's write has been answered as a success: a
+    // refusal must change its return value (see below).
+    let refused = |threads: &mut [Tracee<Stopped>], e: MoveError| {
+        if let Some(w) = threads.iter_mut().find(|t| Some(t.tid()) == writer_tid)
+            && let Err(te) = w.set_result(-(e.errno() as i64))
+        {
+            log::warn!("thread {}: cannot report the refusal: {te}", w.tid());
+        }
+        e
+    };
     if threads.iter().any(|t| !t.regs().is_native()) {
-        return Err(MoveError::Unsupported("32-bit (compat) process"));
+        return Err(refused(
+            &mut threads,
+            MoveError::Unsupported("32-bit (compat) process"),
+        ));
     }
-    share_syscall_site(&mut threads)?;
+    share_syscall_site(&mut threads).map_err(|e| refused(&mut threads, e))?;
     match (
         check_seccomp(&mut threads, holder_pid_in_target_ns, kinds),
         fatal_seccomp,
@@ -912,7 +925,7 @@ pub fn move_process_with(
             Err(MoveError::SeccompKills { .. } | MoveError::SeccompStrict(_)),
             FatalSeccomp::Allow,
         ) => {}
-        (result, _) => result?,
+        (result, _) => result.map_err(|e| refused(&mut threads, e))?,
     }
 
     let multi = threads.len() > 1;

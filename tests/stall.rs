@@ -241,6 +241,39 @@ fn a_filter_that_hands_setns_to_a_tracer_is_refused() {
 }
 
 #[test]
+fn a_shell_refused_when_moving_itself_sees_the_refusal() {
+    let Some(m) = Mount::new("stall-self") else {
+        return;
+    };
+    container(&m, "s");
+    // `echo $$ > tasks` is answered before the move is done; a refusal
+    // found afterwards (here: the filter) must still reach the shell.
+    let script = format!(
+        "if echo $$ > '{}' 2>/dev/null; then echo moved; else echo refused; fi; \
+         readlink /proc/self/ns/uts",
+        m.path("s/tasks").display()
+    );
+    let out = Command::new(example("stall_target"))
+        .args(["trace-setns-sh", &script])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.first(), Some(&"refused"), "{text}");
+    assert_eq!(
+        lines.get(1).copied(),
+        Some(ns_text(std::process::id() as i32, "uts").as_str()),
+        "not moved"
+    );
+    assert!(
+        m.log_text()
+            .contains("hands setns to a supervisor or tracer"),
+        "{}",
+        m.log_text()
+    );
+}
+
+#[test]
 fn a_thread_waiting_for_a_silent_supervisor_is_given_up_on() {
     let Some(m) = Mount::new("stall-notif-wait") else {
         return;
