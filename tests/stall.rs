@@ -192,8 +192,8 @@ fn a_supervisor_that_would_fake_results_gets_nothing_to_answer() {
     let pid = t.pid();
     let before = ns_ino(pid, "uts");
     let fds_before = fds(pid);
-    // Today's failure: pidfd_open "returns" 0, setns "succeeds", and the
-    // injected close(0) closes the target's stdin.
+    // Were the calls injected, pidfd_open would "return" 0, setns would
+    // "succeed", and the injected close(0) would close the target's stdin.
     assert_eq!(
         errno(m.write("s/tasks", pid.to_string().as_bytes())),
         libc::EPERM
