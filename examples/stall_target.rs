@@ -25,6 +25,10 @@
 //!                             notification, and answers it with 42 when a
 //!                             stdin line arrives; the main thread then
 //!                             prints `RESULT value`
+//! stall_target notif-stuck-self TASKS
+//!                             as notif-stuck, but before READY the supervisor
+//!                             writes the process's own pid to TASKS and
+//!                             prints `WRITE ok` or `WRITE errno`
 //! ```
 
 use std::io::{BufRead, Write};
@@ -73,7 +77,8 @@ fn main() {
         "notif-fake" => notif_fake(),
         "trace-setns" => trace_setns(),
         "trace-setns-sh" => trace_setns_sh(std::env::args().nth(2).unwrap_or_default()),
-        "notif-stuck" => notif_stuck(),
+        "notif-stuck" => notif_stuck(None),
+        "notif-stuck-self" => notif_stuck(std::env::args().nth(2)),
         _ => Err(format!("usage: stall_target MODE (got {mode:?})")),
     };
     if let Err(e) = result {
@@ -282,12 +287,20 @@ fn trace_setns_sh(script: String) -> Result<(), String> {
     Err(format!("exec sh: {e}"))
 }
 
-fn notif_stuck() -> Result<(), String> {
+fn notif_stuck(tasks: Option<String>) -> Result<(), String> {
     let (tx, rx) = mpsc::channel::<i32>();
     std::thread::spawn(move || {
         let run = || -> Result<(), String> {
             let listener = rx.recv().map_err(|e| e.to_string())?;
             let n = recv(listener)?;
+            if let Some(tasks) = tasks {
+                // `echo $$ > tasks` from the one thread that can stop.
+                let written = std::fs::write(&tasks, std::process::id().to_string());
+                say(&match written {
+                    Ok(()) => "WRITE ok".to_owned(),
+                    Err(e) => format!("WRITE {}", e.raw_os_error().unwrap_or(0)),
+                });
+            }
             say("READY");
             let mut line = String::new();
             std::io::stdin()

@@ -421,10 +421,12 @@ fn is_zombie(tid: Pid) -> bool {
 /// `before_wait` runs once, after every thread of the first round is seized
 /// and asked to stop and before any stop is awaited: a thread blocked in a
 /// request that the caller must answer (see [`Writer`]) stops only once the
-/// answer is sent.
+/// answer is sent. If the move then gives up on a thread that does not
+/// stop, the write of thread `writer` is made to fail.
 fn stop_all(
     tgid: Pid,
     mut before_wait: Option<&mut dyn FnMut()>,
+    writer: Option<Pid>,
 ) -> Result<(Vec<Tracee<Stopped>>, usize), MoveError> {
     let mut stopped: Vec<Tracee<Stopped>> = Vec::new();
     let mut seen = BTreeSet::new();
@@ -470,10 +472,15 @@ fn stop_all(
             }
         }
         if let Some(tid) = stuck {
-            return Err(MoveError::Stuck {
+            let e = MoveError::Stuck {
                 tid: tid.as_raw(),
                 waited: STOP_TIMEOUT,
-            });
+            };
+            if let Some(w) = stopped.iter_mut().find(|t| Some(t.tid()) == writer) {
+                // Its write was answered as a success.
+                let _ = w.set_result(-(e.errno() as i64));
+            }
+            return Err(e);
         }
     }
     Err(MoveError::Unstable(tgid.as_raw()))
@@ -884,7 +891,7 @@ pub fn move_process_with(
     // Kernel threads and zombies cannot be seized: they are told apart
     // (for the error) only then, so a move does not pay for reading
     // /proc/PID/stat.
-    let (mut threads, rounds) = stop_all(tgid, answer).map_err(|e| match e {
+    let (mut threads, rounds) = stop_all(tgid, answer, writer_tid).map_err(|e| match e {
         MoveError::TraceDenied(_) if is_kernel_thread(tgid) => {
             MoveError::KernelThread(tgid.as_raw())
         }

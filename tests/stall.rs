@@ -297,6 +297,37 @@ fn a_thread_waiting_for_a_silent_supervisor_is_given_up_on() {
 }
 
 #[test]
+fn a_process_moving_itself_learns_that_one_of_its_threads_would_not_stop() {
+    let Some(m) = Mount::new("stall-self-stuck") else {
+        return;
+    };
+    container(&m, "s");
+    let tasks = m.path("s/tasks");
+    let mut child = Command::new(example("stall_target"))
+        .arg("notif-stuck-self")
+        .arg(&tasks)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    m.watch_pid(child.id() as i32);
+    let pid = child.id() as i32;
+    let stdin = child.stdin.take();
+    let out = BufReader::new(child.stdout.take().unwrap());
+    let mut t = Target { child, stdin, out };
+    let before = ns_ino(pid, "uts");
+    // The write is answered as soon as the threads are asked to stop; the
+    // main thread never stops, and the write must still fail.
+    assert_eq!(t.line(), format!("WRITE {}", libc::EAGAIN));
+    assert_eq!(t.line(), "READY");
+    assert_eq!(ns_ino(pid, "uts"), before);
+    wait_for("the injector to let go", || !traced(pid));
+    t.send("answer\n");
+    assert_eq!(t.line(), "RESULT 42");
+    t.wait_success();
+}
+
+#[test]
 fn a_stopped_process_is_stopped_whenever_a_write_returns() {
     let Some(m) = Mount::new("stall-stopped") else {
         return;
