@@ -25,6 +25,7 @@ mod caller;
 mod error;
 pub mod input;
 mod node;
+mod pending;
 pub mod refusals;
 
 use std::collections::HashMap;
@@ -182,6 +183,11 @@ pub struct NsProxyFs {
     pid_ns: u64,
     started: SystemTime,
     mover: Box<dyn Mover>,
+    /// The threads that run moves, off the FUSE workers.
+    moves: pending::MoveThreads,
+    /// The names `tasks` files are looked up under while writes to them
+    /// are pending.
+    tasks_names: pending::TasksNames,
     recorder: Option<Recorder>,
     exporter: Option<Arc<crate::export::Exporter>>,
 }
@@ -242,6 +248,8 @@ impl NsProxyFs {
                 .unwrap_or(0),
             started: SystemTime::now(),
             mover,
+            moves: pending::MoveThreads::default(),
+            tasks_names: pending::TasksNames::default(),
             recorder: options.recorder,
             exporter: options.exporter,
         };
@@ -1306,7 +1314,14 @@ impl NsProxyFs {
         }))
     }
 
-    fn do_write(&self, caller: &Caller, fh: u64, data: &[u8], reply: ReplyWrite) {
+    fn do_write(
+        self: &Arc<Self>,
+        caller: &Caller,
+        ino: u64,
+        fh: u64,
+        data: &[u8],
+        reply: ReplyWrite,
+    ) {
         let target = {
             let mut handles = self.handles.lock();
             let Some(h) = handles.get_mut(&fh) else {
@@ -1334,7 +1349,10 @@ impl NsProxyFs {
         }
         let result = match target {
             None => Err(Error::Invalid("file not open for writing".into())),
-            Some(WriteTarget::Tasks(c)) => return self.write_tasks(caller, c, data, reply, len),
+            Some(WriteTarget::Tasks(c)) => {
+                let generation = Node::alias_generation(ino);
+                return self.write_tasks(caller, (c, generation), data, reply, len);
+            }
             Some(WriteTarget::Rebind(ino)) => self.write_kind(caller, Some(ino), None, data),
             Some(WriteTarget::Create {
                 container, kind, ..
@@ -1412,9 +1430,9 @@ impl NsProxyFs {
     }
 
     fn write_tasks(
-        &self,
+        self: &Arc<Self>,
         caller: &Caller,
-        c: ContainerId,
+        (c, generation): (ContainerId, u32),
         data: &[u8],
         reply: ReplyWrite,
         len: u32,
@@ -1471,6 +1489,39 @@ impl NsProxyFs {
                 return reply.error(refuse("write tasks", caller, &e));
             }
         };
+        // The move runs on a thread of its own: it may wait seconds for its
+        // target to stop, and the FUSE workers must go on answering.
+        let Some(slot) = self.moves.reserve() else {
+            let e = Error::Refused {
+                errno: libc::EAGAIN,
+                reason: format!("{} moves are in flight already", pending::MAX_IN_FLIGHT),
+            };
+            return reply.error(refuse("write tasks", caller, &e));
+        };
+        // Until it is answered, the kernel holds this name of `tasks`
+        // locked: new lookups get another.
+        self.tasks_names.begin(c, generation);
+        let this = Arc::clone(self);
+        let caller = *caller;
+        slot.run(Box::new(move || {
+            this.finish_move(&caller, c, local, pidfd, &set, reply, len);
+            this.tasks_names.end(c, generation);
+        }));
+    }
+
+    /// Moves `local`, pinned by `pidfd`, into `set` (the effective set of
+    /// container `c`) and answers the write that asked for it.
+    #[allow(clippy::too_many_arguments)]
+    fn finish_move(
+        &self,
+        caller: &Caller,
+        c: ContainerId,
+        local: i32,
+        pidfd: OwnedFd,
+        set: &[Arc<Namespace>; 8],
+        reply: ReplyWrite,
+        len: u32,
+    ) {
         // The mover may answer before it is done (a process moving itself);
         // a failure after that still gets logged here, and reaches the
         // writer as its write's return value.
@@ -1487,7 +1538,7 @@ impl NsProxyFs {
             }
         };
         self.mover
-            .move_process(local, pidfd, caller.tid, &set, &mut answer);
+            .move_process(local, pidfd, caller.tid, set, &mut answer);
         if moved && log::log_enabled!(log::Level::Info) {
             log::info!(
                 "process {local} moved into {} (written by pid {})",
@@ -1725,17 +1776,24 @@ impl fuser::Filesystem for Mounted {
         let view = self.view(&caller);
         match self
             .lookup_node(&view, parent, name)
-            .and_then(|n| self.node_attr(&view, n))
+            .and_then(|n| Ok((n, self.node_attr(&view, n)?)))
         {
-            Ok(attr) => {
+            Ok((node, attr)) => {
+                // While a write to this `tasks` is pending, another name of
+                // it (see `Node::tasks_alias`); its attributes stay the
+                // file's own.
+                let mut entry = attr;
+                if let Node::Tasks(c) = node {
+                    entry.ino = INodeNo(Node::tasks_alias(c, self.tasks_names.current(c)));
+                }
                 if caller.tid != 0 {
                     let mut recent = self.recent.lock();
                     if recent.len() >= 1024 {
                         recent.retain(|_, (_, _, at)| at.elapsed() < RECENT);
                     }
-                    recent.insert(caller.tid, (attr.ino.0, attr, Instant::now()));
+                    recent.insert(caller.tid, (entry.ino.0, attr, Instant::now()));
                 }
-                reply.entry(&TTL, &attr, Generation(0))
+                reply.entry(&TTL, &entry, Generation(0))
             }
             Err(e) => reply.error(quiet(&e)),
         }
@@ -1923,7 +1981,7 @@ impl fuser::Filesystem for Mounted {
     fn write(
         &self,
         req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         _offset: u64,
         data: &[u8],
@@ -1932,7 +1990,7 @@ impl fuser::Filesystem for Mounted {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        self.do_write(&Caller::of(req), fh.0, data, reply);
+        NsProxyFs::do_write(&self.0, &Caller::of(req), ino.0, fh.0, data, reply);
     }
 
     fn flush(

@@ -137,24 +137,48 @@ const SPIN: std::time::Duration = std::time::Duration::from_micros(50);
 /// Blocks until `tid` reports a state change. EINTR is retried; ECHILD means
 /// the thread is not (or no longer) our tracee.
 pub(crate) fn wait(tid: Pid) -> Result<WaitEvent, Errno> {
+    match wait_until(tid, None)? {
+        Some(event) => Ok(event),
+        // Without a deadline the wait only ends with an event.
+        None => Err(Errno::EAGAIN),
+    }
+}
+
+/// [`wait`], giving up at `deadline` if one is given (`Ok(None)`).
+pub(crate) fn wait_until(
+    tid: Pid,
+    deadline: Option<std::time::Instant>,
+) -> Result<Option<WaitEvent>, Errno> {
     let mut status: libc::c_int = 0;
     let spin_until = std::time::Instant::now() + SPIN;
     let mut flags = libc::__WALL | libc::WNOHANG;
+    let mut nap = std::time::Duration::from_micros(100);
     loop {
         // SAFETY: waitpid writes one int to `status`, a live local.
         let ret = unsafe { libc::waitpid(tid.as_raw(), &mut status, flags) };
         match check(ret as libc::c_long) {
             Ok(0) => {
-                if std::time::Instant::now() >= spin_until {
-                    flags = libc::__WALL;
+                let now = std::time::Instant::now();
+                match deadline {
+                    _ if now < spin_until => std::thread::yield_now(),
+                    None => flags = libc::__WALL,
+                    Some(deadline) if now >= deadline => return Ok(None),
+                    // Bounded: poll, less and less often.
+                    Some(deadline) => {
+                        std::thread::sleep(nap.min(deadline - now));
+                        nap = (nap * 2).min(std::time::Duration::from_millis(20));
+                    }
                 }
-                std::thread::yield_now();
             }
             Ok(_) => break,
             Err(Errno::EINTR) => continue,
             Err(e) => return Err(e),
         }
     }
+    decode_status(status).map(Some)
+}
+
+fn decode_status(status: libc::c_int) -> Result<WaitEvent, Errno> {
     if libc::WIFEXITED(status) || libc::WIFSIGNALED(status) {
         return Ok(WaitEvent::Gone);
     }
@@ -196,6 +220,35 @@ pub(crate) fn reap(tid: Pid) {
             return;
         }
         std::thread::sleep(std::time::Duration::from_micros(100));
+    }
+}
+
+/// Waits until thread `tid`, just detached from a group stop, is stopped
+/// again (state `T`), has exited, or a second has passed (a SIGCONT that
+/// came meanwhile lets it run on; logged).
+pub(crate) fn await_group_stop(tid: Pid) {
+    let path = format!("/proc/{tid}/stat");
+    let start = std::time::Instant::now();
+    let deadline = start + std::time::Duration::from_secs(1);
+    loop {
+        let state = std::fs::read_to_string(&path).ok().and_then(|stat| {
+            let rest = &stat[stat.rfind(')')? + 1..];
+            rest.split_whitespace().next()?.chars().next()
+        });
+        match state {
+            None | Some('T' | 'Z' | 'X') => return,
+            Some(_) => {}
+        }
+        if std::time::Instant::now() >= deadline {
+            log::warn!("thread {tid} was stopped before the move and is not stopped again");
+            return;
+        }
+        // It normally takes microseconds; past a millisecond, stop spinning.
+        if start.elapsed() < std::time::Duration::from_millis(1) {
+            std::thread::yield_now();
+        } else {
+            std::thread::sleep(std::time::Duration::from_micros(200));
+        }
     }
 }
 

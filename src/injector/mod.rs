@@ -24,6 +24,9 @@
 //!   thread blocked in the write that asked for the move, or 0.
 //! * injector: `seized`, when every thread is asked to stop and the daemon
 //!   may answer the writer's write (sent only if WRITER is not 0);
+//! * injector: `leaving`, only if a thread of the target would not stop:
+//!   it stays attached to the injector until the injector exits, which it
+//!   does right after its answer (the daemon does not use it again);
 //! * injector: `ok THREADS` or `err ERRNO REASON`.
 //!
 //! An injector that sends anything else, or whose channel ends before the
@@ -113,6 +116,10 @@ impl Injectors {
                     self.check_in(injector);
                     return outcome;
                 }
+                Exchange::Leaving(outcome) => {
+                    self.retire(injector);
+                    return outcome;
+                }
                 Exchange::NotSent(source) => {
                     self.retire(injector);
                     if fresh {
@@ -175,6 +182,9 @@ impl Injectors {
 enum Exchange {
     /// The injector answered; the move's own outcome.
     Answered(Result<usize>),
+    /// The injector answered and exits: a thread that would not stop is
+    /// attached to it until it does.
+    Leaving(Result<usize>),
     /// The request could not be sent: nothing happened.
     NotSent(io::Error),
     /// The injector broke off (died, or said something unexpected) after
@@ -224,6 +234,7 @@ impl Injector {
             return Exchange::NotSent(e);
         }
         let mut buf = vec![0u8; RECORD];
+        let mut leaving = false;
         loop {
             let n = match sys::recv(channel, &mut buf) {
                 Ok((0, _)) => {
@@ -249,7 +260,12 @@ impl Injector {
                 }
                 continue;
             }
+            if line == "leaving" {
+                leaving = true;
+                continue;
+            }
             return match parse_outcome(&line) {
+                Some(outcome) if leaving => Exchange::Leaving(outcome),
                 Some(outcome) => Exchange::Answered(outcome),
                 None => Exchange::Broken(bad_answer(&line)),
             };
@@ -339,13 +355,24 @@ pub fn serve(args: &[String]) -> i32 {
             let _ = sys::send(channel, line.as_bytes(), None);
         };
         let request = std::str::from_utf8(&buf[..n]).ok().and_then(parse_request);
+        let mut leaving = false;
         let answer = match (request, pidfd) {
             (Some(request), Some(pidfd)) => match run_move(request, pidfd, fatal_seccomp, &say) {
                 Ok(threads) => format!("ok {threads}"),
-                Err(e) => format!("err {} {e}", e.errno() as i32),
+                Err(e) => {
+                    leaving = e.leaves_tracee_attached();
+                    format!("err {} {e}", e.errno() as i32)
+                }
             },
             _ => format!("err {} malformed request", libc::EINVAL),
         };
+        if leaving {
+            // A thread that would not stop is still attached to this
+            // process; only its exit lets it go untouched.
+            say("leaving");
+            say(&answer);
+            return 0;
+        }
         say(&answer);
     }
 }
