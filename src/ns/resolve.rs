@@ -383,16 +383,20 @@ fn walk(c: &Child, step: &Step<'_>, sock: RawFd) {
                 let tail = tail.strip_prefix(b"/").unwrap_or(tail);
                 return report(tag, 0, links as i32, tail, Some(cur));
             }
-            // Procfs links are the kernel's to follow (and to check).
-            c.close(next);
-            match c.open_path_at(cur, cname, true) {
-                Ok(fd) => {
-                    c.close(cur);
-                    cur = fd;
+            // Procfs links are the kernel's to follow (and to check), but
+            // not those of its root (`net`, `mounts`): they lead to `self`,
+            // which would be this child, so they are read and walked here.
+            if !at_root {
+                c.close(next);
+                match c.open_path_at(cur, cname, true) {
+                    Ok(fd) => {
+                        c.close(cur);
+                        cur = fd;
+                    }
+                    Err(errno) => return fail(errno),
                 }
-                Err(errno) => return fail(errno),
+                continue;
             }
-            continue;
         }
         let mut target = [0u8; PATH_MAX];
         let n = match c.read_link(next, &mut target) {
