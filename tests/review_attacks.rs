@@ -55,3 +55,96 @@ fn links_to_self_inside_procfs_mean_the_writer() {
         "the writer's net, not the daemon's"
     );
 }
+
+/// The attacker of `a_thread_acting_as_the_caller_is_no_door_into_the_daemon`:
+/// it makes the daemon judge a move of a process with many threads (one
+/// check per thread, on a daemon thread holding the attacker's credentials)
+/// and meanwhile tries to list, through each new daemon thread, the
+/// descriptors the daemon holds. The kernel refuses it the daemon's own.
+const THREAD_ATTACKER: &str = r#"
+import os, sys, threading, subprocess, signal
+signal.alarm(60)
+daemon, tasks = sys.argv[1], sys.argv[2]
+target = subprocess.Popen([sys.executable, "-c",
+    "import threading, time\n"
+    "for _ in range(400): threading.Thread(target=time.sleep, args=(1000,), daemon=True).start()\n"
+    "print('ready', flush=True)\n"
+    "time.sleep(1000)\n"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+signal.signal(signal.SIGALRM, lambda *a: (target.kill(), print("alarm"), os._exit(3)))
+assert target.stdout.readline() == b"ready\n"
+def links(d):
+    return [os.readlink(d + "/" + n) for n in os.listdir(d)]
+try:
+    links("/proc/%s/fd" % daemon)
+    print("the daemon's own descriptors are open to this caller")
+    target.kill()
+    sys.exit(2)
+except PermissionError:
+    pass
+seen = set(os.listdir("/proc/%s/task" % daemon))
+for round in range(20):
+    def write():
+        fd = os.open(tasks, os.O_WRONLY)
+        try:
+            os.write(fd, b"%d" % target.pid)
+        except OSError:
+            pass
+        os.close(fd)
+    w = threading.Thread(target=write)
+    w.start()
+    while w.is_alive():
+        try:
+            now = os.listdir("/proc/%s/task" % daemon)
+        except OSError:
+            continue
+        for t in now:
+            if t in seen:
+                continue
+            if not os.path.exists("/proc/%s/task/%s" % (daemon, t)):
+                seen.add(t)
+                continue
+            try:
+                fds = links("/proc/%s/task/%s/fd" % (daemon, t))
+            except OSError:
+                continue
+            if not fds:
+                continue
+            print("LEAK through thread", t, "of the daemon:", fds)
+            target.kill()
+            sys.exit(1)
+    w.join()
+target.kill()
+print("held")
+"#;
+
+/// A daemon thread that takes a caller's credentials is, for as long as it
+/// lives, a thread of the daemon that the caller's peers may trace and
+/// whose descriptors (the daemon's: `/dev/fuse`, every namespace it pins)
+/// they may open, when the caller's credentials do not differ from the
+/// daemon's in a way that makes the kernel mark it undumpable (root without
+/// `CAP_SYS_PTRACE`, say).
+#[test]
+fn a_thread_acting_as_the_caller_is_no_door_into_the_daemon() {
+    let Some(m) = Mount::new("review-as-thread") else {
+        return;
+    };
+    std::fs::create_dir(m.path("c")).unwrap();
+    let script = m.scratch("attack.py");
+    std::fs::write(&script, THREAD_ATTACKER).unwrap();
+    let out = Command::new("capsh")
+        .args(["--drop=cap_sys_ptrace", "--", "-c"])
+        .arg(format!(
+            "exec python3 {} {} {}",
+            script.display(),
+            m.daemon_pid(),
+            m.path("c/tasks").display()
+        ))
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && said.contains("held"),
+        "{said}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -803,6 +803,11 @@ impl Child {
     /// holder. Nothing the holder does needs one.
     pub fn hold(&self, control: RawFd, ready: RawFd) -> ! {
         self.drop_capabilities();
+        // The daemon is not dumpable (see `daemon::run`), and a fork keeps
+        // that; a holder must be, or joining it would need CAP_SYS_PTRACE.
+        // SAFETY: prctl(PR_SET_DUMPABLE) takes integers; this process has
+        // its own memory, so only it changes.
+        unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 1, 0, 0, 0) };
         self.settle(c"nsproxyfs-hold", ready);
         self.wait_eof(control);
         self.exit(0)
