@@ -148,3 +148,43 @@ fn a_thread_acting_as_the_caller_is_no_door_into_the_daemon() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// A check made as a caller of another uid changes the credentials of a
+/// daemon thread, and the kernel then marks the whole daemon undumpable;
+/// holders forked after that inherit it, and a root process without
+/// `CAP_SYS_PTRACE` could no longer join them: moves would depend on who
+/// was served before.
+#[test]
+fn moves_do_not_depend_on_which_callers_came_before() {
+    let Some(m) = Mount::new("review-holder-dumpable") else {
+        return;
+    };
+    std::fs::create_dir(m.path("c")).unwrap();
+    // uid 1000 with CAP_SYS_ADMIN moves another process of its own: the
+    // daemon checks that on a thread holding uid 1000.
+    let mine = Proc::sh(
+        "exec setpriv --reuid 1000 --regid 1000 --clear-groups sleep 1000",
+    );
+    wait_for("the uid 1000 process", || {
+        std::fs::read_to_string(format!("/proc/{}/comm", mine.pid())).is_ok_and(|c| c == "sleep\n")
+    });
+    let out = sh(&format!(
+        "setpriv --reuid 1000 --regid 1000 --clear-groups --inh-caps +sys_admin \
+         --ambient-caps +sys_admin sh -c 'echo {} > {}'",
+        mine.pid(),
+        m.path("c/tasks").display()
+    ));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // Then root moves a root process lacking CAP_SYS_PTRACE into a
+    // container with a fresh namespace.
+    std::fs::create_dir(m.path("d")).unwrap();
+    std::fs::File::create(m.path("d/uts")).unwrap();
+    let target = Proc::sh("exec capsh --drop=cap_sys_ptrace -- -c 'exec sleep 1000'");
+    wait_for("the target", || {
+        std::fs::read_to_string(format!("/proc/{}/comm", target.pid())).is_ok_and(|c| c == "sleep\n")
+    });
+    m.step.set("move the root process without CAP_SYS_PTRACE");
+    let got = m.write("d/tasks", target.pid().to_string().as_bytes());
+    assert!(got.is_ok(), "{got:?}");
+    assert_eq!(ns_ino(target.pid(), "uts"), ns_ino_of_file(&m, "d/uts"));
+}
