@@ -8,6 +8,14 @@ use std::process::Command;
 
 use common::*;
 
+/// These tests race for pids and watch other processes: run one at a time,
+/// so one test's processes are never another's suspects.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// The namespace inode a kind file names.
 fn ns_ino_of_file(m: &Mount, rel: &str) -> u64 {
     let text = m.read(rel);
@@ -24,6 +32,7 @@ fn ns_ino_of_file(m: &Mount, rel: &str) -> u64 {
 /// daemon holds).
 #[test]
 fn links_to_self_inside_procfs_mean_the_writer() {
+    let _serial = serial();
     let Some(m) = Mount::new("review-proc-net") else {
         return;
     };
@@ -125,6 +134,7 @@ print("held")
 /// `CAP_SYS_PTRACE`, say).
 #[test]
 fn a_thread_acting_as_the_caller_is_no_door_into_the_daemon() {
+    let _serial = serial();
     let Some(m) = Mount::new("review-as-thread") else {
         return;
     };
@@ -156,6 +166,7 @@ fn a_thread_acting_as_the_caller_is_no_door_into_the_daemon() {
 /// was served before.
 #[test]
 fn moves_do_not_depend_on_which_callers_came_before() {
+    let _serial = serial();
     let Some(m) = Mount::new("review-holder-dumpable") else {
         return;
     };
@@ -187,4 +198,120 @@ fn moves_do_not_depend_on_which_callers_came_before() {
     let got = m.write("d/tasks", target.pid().to_string().as_bytes());
     assert!(got.is_ok(), "{got:?}");
     assert_eq!(ns_ino(target.pid(), "uts"), ns_ino_of_file(&m, "d/uts"));
+}
+
+/// The attacker of `the_walking_child_holds_none_of_the_daemon_s_descriptors`:
+/// it names descriptor N of the next process to be made, which is the
+/// child that walks its path, and which (a copy of the daemon) would hold
+/// every descriptor of the daemon; a process may always open its own.
+const NEXT_PID_ATTACKER: &str = r#"
+import os, sys
+kind_file, template, secret = sys.argv[1], sys.argv[2], sys.argv[3]
+if len(sys.argv) > 4:
+    # Confined: into a container first.
+    f = os.open(sys.argv[4], os.O_WRONLY)
+    os.write(f, b"%d" % os.getpid())
+    os.close(f)
+for attempt in range(600):
+    last = int(open("/proc/sys/kernel/ns_last_pid").read())
+    pid = last + 1 + attempt % 3
+    if os.path.exists("/proc/%d" % pid):
+        continue
+    path = template.replace("PID", str(pid))
+    f = os.open(kind_file, os.O_WRONLY)
+    try:
+        os.write(f, path.encode())
+    except OSError:
+        pass
+    os.close(f)
+    try:
+        bound = open(kind_file).read()
+    except OSError:
+        bound = ""
+    if secret in bound:
+        try:
+            os.close(os.open(path, os.O_RDONLY))
+            # Another process the writer may read: the kernel's answer.
+            print("the kernel's answer too:", path)
+            sys.exit(0)
+        except OSError:
+            pass
+        try:
+            who = open(path.rsplit("/", 2)[0] + "/status").read().split("\n")[:9]
+        except OSError as e:
+            who = e
+        print("LEAK after", attempt + 1, "attempts:", path, who)
+        sys.exit(1)
+print("held")
+"#;
+
+#[test]
+fn the_walking_child_holds_none_of_the_daemon_s_descriptors() {
+    let _serial = serial();
+    let Some(m) = Mount::new("review-next-pid") else {
+        return;
+    };
+    std::fs::create_dir(m.path("secret")).unwrap();
+    std::fs::File::create(m.path("secret/net")).unwrap();
+    std::fs::create_dir(m.path("c")).unwrap();
+    std::fs::File::create(m.path("c/net")).unwrap();
+    let secret = m.read("secret/net").trim().to_string();
+    let daemon = m.daemon_pid();
+    let fd = std::fs::read_dir(format!("/proc/{daemon}/fd"))
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .find(|e| std::fs::read_link(e.path()).is_ok_and(|l| l.to_string_lossy() == secret))
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .expect("the daemon holds the secret namespace");
+    let script = m.scratch("next-pid.py");
+    std::fs::write(&script, NEXT_PID_ATTACKER).unwrap();
+    let out = Command::new("capsh")
+        .args(["--drop=cap_sys_ptrace", "--", "-c"])
+        .arg(format!(
+            "exec python3 {} {} /proc/PID/fd/{fd} '{secret}'",
+            script.display(),
+            m.path("c/net").display()
+        ))
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && said.contains("held"),
+        "{said}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The same guess, by a writer confined to a container, for the walking
+/// child's `ns/net`: the daemon's (the root's) net namespace.
+#[test]
+fn a_confined_writer_cannot_name_the_walking_child() {
+    let _serial = serial();
+    let Some(m) = Mount::new("review-next-pid-ns") else {
+        return;
+    };
+    std::fs::create_dir(m.path("c")).unwrap();
+    std::fs::File::create(m.path("c/net")).unwrap();
+    std::fs::create_dir(m.path("c/sub")).unwrap();
+    std::fs::File::create(m.path("c/sub/net")).unwrap();
+    let root_net = ns_text(std::process::id() as i32, "net");
+    assert_ne!(m.read("c/net").trim(), root_net);
+    let script = m.scratch("next-pid.py");
+    std::fs::write(&script, NEXT_PID_ATTACKER).unwrap();
+    let out = Command::new("capsh")
+        .args(["--drop=cap_sys_ptrace", "--", "-c"])
+        .arg(format!(
+            "exec python3 {} {} /proc/PID/ns/net '{root_net}' {}",
+            script.display(),
+            m.path("c/sub/net").display(),
+            m.path("c/tasks").display()
+        ))
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && said.contains("held"),
+        "{said}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

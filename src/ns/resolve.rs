@@ -301,6 +301,15 @@ fn walk(c: &Child, step: &Step<'_>, sock: RawFd) {
     };
     let fail = |errno: i32| report(FAILED, errno, 0, &[], None);
     let refuse = |why: i32| report(REFUSED, why, 0, &[], None);
+    // A copy of the daemon holds all its descriptors, and a process may
+    // always open its own (`/proc/PID/fd/N` with this child's pid).
+    c.close_all_except(&mut [
+        step.mnt.as_raw_fd(),
+        step.root.as_raw_fd(),
+        step.start.as_raw_fd(),
+        step.own_proc.as_raw_fd(),
+        sock,
+    ]);
     let joined = c
         .setns(step.mnt.as_raw_fd(), libc::CLONE_NEWNS)
         .and_then(|()| c.chdir_fd(step.root.as_raw_fd(), true))
@@ -348,6 +357,25 @@ fn walk(c: &Child, step: &Step<'_>, sock: RawFd) {
         };
         if cname.to_bytes() == b"." {
             continue;
+        }
+        // This child's own entry of a procfs (a guessed pid) would show
+        // it its own namespaces (the daemon's) and pass every access
+        // check: the process it names is gone once the walk is done.
+        if c.fs_magic(cur) == Ok(PROC_SUPER_MAGIC)
+            && c.statx(cur).is_ok_and(|s| s.ino == PROC_ROOT_INO)
+        {
+            let mut own = [0u8; 16];
+            let own_len = match c.open_path_at(cur, c"self", false) {
+                Ok(link) => {
+                    let n = c.read_link(link, &mut own).unwrap_or(0);
+                    c.close(link);
+                    n
+                }
+                Err(_) => 0,
+            };
+            if own_len > 0 && cname.to_bytes() == &own[..own_len] {
+                return fail(libc::ENOENT);
+            }
         }
         let next = match c.open_path_at(cur, cname, false) {
             Ok(fd) => fd,

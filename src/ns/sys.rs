@@ -651,6 +651,23 @@ impl Child {
         }
     }
 
+    /// Closes every descriptor but those of `keep` (which it sorts).
+    pub fn close_all_except(&self, keep: &mut [RawFd]) {
+        keep.sort_unstable();
+        let mut first = 0u32;
+        for &fd in keep.iter() {
+            let fd = fd as u32;
+            if fd > first {
+                // SAFETY: close_range takes integers; it closes descriptors
+                // this child owns and will never use again.
+                unsafe { libc::syscall(libc::SYS_close_range, first, fd - 1, 0u32) };
+            }
+            first = first.max(fd + 1);
+        }
+        // SAFETY: as above.
+        unsafe { libc::syscall(libc::SYS_close_range, first, u32::MAX, 0u32) };
+    }
+
     /// Names this process, tells the parent through `ready` that it is set
     /// up (a 0 after whatever was reported there), and closes `ready`.
     fn settle(&self, name: &CStr, ready: RawFd) {
