@@ -315,3 +315,65 @@ fn a_confined_writer_cannot_name_the_walking_child() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// To translate `/proc/self`, the daemon itself reads `PID/status` and
+/// `PID/stat` in the writer's procfs, through the writer's mounts. A writer
+/// with a mount namespace of its own covers its own `status` with a FIFO:
+/// the daemon's open of it would wait for a writer that never comes, and
+/// each such write takes one of the mount's few worker threads for good.
+#[test]
+fn the_writer_s_own_mounts_over_procfs_cannot_hold_the_daemon() {
+    let _serial = serial();
+    let Some(m) = Mount::new("review-proc-fifo") else {
+        return;
+    };
+    std::fs::create_dir(m.path("c")).unwrap();
+    std::fs::create_dir(m.path("c/sub")).unwrap();
+    let fifo = m.scratch("status-fifo");
+    sh_ok(&format!("mkfifo {}", fifo.display()));
+    // The writer: a mount namespace of its own, a FIFO over its status,
+    // then (once c binds that mount namespace, so it may see c) the write.
+    let mut writer = Command::new("unshare")
+        .args(["-m", "--propagation", "private", "sh", "-c"])
+        .arg(format!(
+            "mount --bind {} /proc/$$/status && echo $$ && read go && \
+             echo /proc/self/ns/net > {}; echo done",
+            fifo.display(),
+            m.path("c/sub/net").display()
+        ))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = {
+        use std::io::BufRead;
+        let mut line = String::new();
+        std::io::BufReader::new(writer.stdout.as_mut().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        line.trim().to_string()
+    };
+    m.write("c/mnt", pid.as_bytes()).unwrap();
+    {
+        use std::io::Write;
+        writeln!(writer.stdin.as_mut().unwrap(), "go").unwrap();
+    }
+    m.step.set("the writer of /proc/self with a FIFO over its status");
+    let mut finished = None;
+    for _ in 0..1000 {
+        if let Ok(Some(status)) = writer.try_wait() {
+            finished = Some(status);
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    if finished.is_none() {
+        // Release the daemon's open of the FIFO, so that nothing stays.
+        let _ = std::fs::OpenOptions::new().write(true).open(&fifo);
+        let _ = writer.kill();
+        let _ = writer.wait();
+    }
+    assert!(finished.is_some(), "the write never returned");
+    // And the mount still answers.
+    assert!(m.read("c/status").contains("net"));
+}

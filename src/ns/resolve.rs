@@ -173,7 +173,38 @@ fn writer_in(procfs: BorrowedFd<'_>, tid: u32, thread: bool) -> Option<String> {
     let read_at = |dir: Option<BorrowedFd<'_>>, path: String| -> Option<Vec<u8>> {
         use std::io::Read;
         let path = std::ffi::CString::new(path).ok()?;
-        let mut file = std::fs::File::from(sys::open_path(dir, &path, libc::O_RDONLY).ok()?);
+        let fd = match dir {
+            None => sys::open_path(None, &path, libc::O_RDONLY).ok()?,
+            // The writer's procfs is reached through the writer's mounts,
+            // which may cover `PID/status` with a FIFO or a device (the
+            // daemon's open or read would never end) or with another file:
+            // no mount point is crossed, and no link followed.
+            Some(dir) => {
+                // SAFETY: open_how is plain data; all-zero is a valid value.
+                let mut how: libc::open_how = unsafe { std::mem::zeroed() };
+                how.flags =
+                    (libc::O_RDONLY | libc::O_CLOEXEC | libc::O_NOCTTY | libc::O_NONBLOCK) as u64;
+                how.resolve =
+                    libc::RESOLVE_NO_XDEV | libc::RESOLVE_NO_SYMLINKS | libc::RESOLVE_BENEATH;
+                // SAFETY: `path` is NUL-terminated and `how` a live open_how
+                // of the size passed; both outlive the call.
+                let fd = unsafe {
+                    libc::syscall(
+                        libc::SYS_openat2,
+                        dir.as_raw_fd(),
+                        path.as_ptr(),
+                        &how,
+                        std::mem::size_of::<libc::open_how>(),
+                    )
+                };
+                if fd < 0 {
+                    return None;
+                }
+                // SAFETY: the kernel just returned this new descriptor.
+                unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd as RawFd) }
+            }
+        };
+        let mut file = std::fs::File::from(fd);
         let mut text = Vec::new();
         file.read_to_end(&mut text).ok()?;
         Some(text)
