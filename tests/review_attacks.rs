@@ -377,3 +377,40 @@ fn the_writer_s_own_mounts_over_procfs_cannot_hold_the_daemon() {
     // And the mount still answers.
     assert!(m.read("c/status").contains("net"));
 }
+
+/// Binding by pid asks the kernel on a thread of the daemon, and the kernel
+/// lets every thread read its own thread group's namespaces: a caller that
+/// names the daemon (or one of its threads) would be granted what opening
+/// `/proc/PID/ns/*` of the daemon would not grant it.
+#[test]
+fn binding_the_daemon_s_own_namespaces_by_pid_is_judged_too() {
+    let _serial = serial();
+    let Some(m) = Mount::new("review-bind-daemon") else {
+        return;
+    };
+    std::fs::create_dir(m.path("c")).unwrap();
+    let daemon = m.daemon_pid();
+    let thread = std::fs::read_dir(format!("/proc/{daemon}/task"))
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .find(|&t| t != daemon)
+        .expect("a thread of the daemon");
+    let caller = "setpriv --reuid 1000 --regid 1000 --clear-groups --inh-caps +sys_admin \
+                  --ambient-caps +sys_admin";
+    for pid in [daemon, thread] {
+        m.step.set(&format!("uid 1000 with CAP_SYS_ADMIN binds process {pid}"));
+        let kernel = sh(&format!(
+            "{caller} python3 -c 'import os; os.close(os.open(\"/proc/{pid}/ns/net\", os.O_RDONLY))'"
+        ))
+        .status
+        .success();
+        let out = sh(&format!(
+            "{caller} sh -c 'echo {pid} > {}'",
+            m.path("c/net").display()
+        ));
+        assert_eq!(out.status.success(), kernel, "process {pid}: kernel says {kernel}");
+        if out.status.success() {
+            std::fs::remove_file(m.path("c/net")).unwrap();
+        }
+    }
+}
