@@ -111,6 +111,9 @@ pub fn open(opener: &Opener, path: &[u8]) -> io::Result<Resolved> {
     let own_proc = sys::open_path(None, c"/proc", libc::O_PATH | libc::O_DIRECTORY)?;
     let mut path = path.to_vec();
     let mut links = MAX_LINKS;
+    // One bound for the whole resolution: each `self` on the way takes a
+    // new child, and up to MAX_LINKS of them must not make it 40 bounds.
+    let deadline = std::time::Instant::now() + LIMIT;
     loop {
         if path.len() > PATH_MAX {
             return Ok(Resolved::Refused(REASONS[TOO_LONG as usize]));
@@ -125,7 +128,8 @@ pub fn open(opener: &Opener, path: &[u8]) -> io::Result<Resolved> {
             path: &path,
             links,
         };
-        let Some((header, rest, fd)) = run_child(&step)? else {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let Some((header, rest, fd)) = run_child(&step, left)? else {
             return Ok(Resolved::TimedOut);
         };
         let [tag, a, b] = header;
@@ -248,10 +252,10 @@ struct Step<'a> {
 }
 
 /// A record from the child: tag and two numbers, the rest of a path, and
-/// the descriptor it carried. `None` if no answer came within [`LIMIT`].
+/// the descriptor it carried. `None` if no answer came within `limit`.
 type Record = ([i32; 3], Vec<u8>, Option<OwnedFd>);
 
-fn run_child(step: &Step<'_>) -> io::Result<Option<Record>> {
+fn run_child(step: &Step<'_>, limit: Duration) -> io::Result<Option<Record>> {
     let (ours, theirs) = sys::seqpacket_pair()?;
     let sock = theirs.as_raw_fd();
     let child = sys::spawn_child(false, |c| {
@@ -259,7 +263,7 @@ fn run_child(step: &Step<'_>) -> io::Result<Option<Record>> {
         0
     })?;
     drop(theirs);
-    if !sys::wait_readable(ours.as_fd(), LIMIT)? {
+    if !sys::wait_readable(ours.as_fd(), limit)? {
         sys::kill(child, libc::SIGKILL);
         // A child stuck on a dead filesystem may take a while to die; it is
         // reaped aside so this request does not wait for it.
