@@ -280,6 +280,14 @@ pub fn run(mut settings: Settings, mover: Box<dyn Mover>) -> Result<(), StartErr
         }
         None => Destination::default_for(settings.foreground, &settings.state_dir),
     };
+    // Not dumpable: the threads that take a caller's credentials for a
+    // check (`ns::creds`) would otherwise be open, while they live, to
+    // `ptrace` and `/proc/PID/task/TID/fd` by any process holding those
+    // credentials, and through them the daemon's memory and descriptors.
+    // The kernel already makes it so once a check changes a uid; this
+    // makes it so from the start, whoever the callers are.
+    // SAFETY: prctl(PR_SET_DUMPABLE) takes integers and changes a flag.
+    unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) };
     // Every path in use is absolute now; the daemon and its helpers keep
     // no directory busy.
     if let Err(e) = std::env::set_current_dir("/") {

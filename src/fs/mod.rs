@@ -958,6 +958,18 @@ impl NsProxyFs {
                 let pidfd = pin(local, ns::sys::PIDFD_THREAD)?;
                 self.require_process_in(view, local, pidfd.as_fd())?;
                 let creds = caller.credentials()?;
+                // The check runs on a thread of the daemon, which the kernel
+                // lets read its own thread group whatever its credentials.
+                // The daemon is root's, undumpable, with every capability:
+                // the kernel lets exactly those holding CAP_SYS_PTRACE in.
+                const CAP_SYS_PTRACE: u32 = 19;
+                if std::path::Path::new(&format!("/proc/self/task/{local}")).exists()
+                    && !creds.has(CAP_SYS_PTRACE)
+                {
+                    return Err(Error::Denied(format!(
+                        "process {pid} is the daemon, which the caller may not read"
+                    )));
+                }
                 Namespace::of_pidfd_as(&creds, pidfd.as_fd(), pid, kind)?
             }
             Binding::Path(path) => ns::of_path(&caller.opener(self.own_dev()?)?, path, kind)?,

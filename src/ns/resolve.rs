@@ -111,6 +111,9 @@ pub fn open(opener: &Opener, path: &[u8]) -> io::Result<Resolved> {
     let own_proc = sys::open_path(None, c"/proc", libc::O_PATH | libc::O_DIRECTORY)?;
     let mut path = path.to_vec();
     let mut links = MAX_LINKS;
+    // One bound for the whole resolution: each `self` on the way takes a
+    // new child, and up to MAX_LINKS of them must not make it 40 bounds.
+    let deadline = std::time::Instant::now() + LIMIT;
     loop {
         if path.len() > PATH_MAX {
             return Ok(Resolved::Refused(REASONS[TOO_LONG as usize]));
@@ -125,7 +128,8 @@ pub fn open(opener: &Opener, path: &[u8]) -> io::Result<Resolved> {
             path: &path,
             links,
         };
-        let Some((header, rest, fd)) = run_child(&step)? else {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let Some((header, rest, fd)) = run_child(&step, left)? else {
             return Ok(Resolved::TimedOut);
         };
         let [tag, a, b] = header;
@@ -173,7 +177,38 @@ fn writer_in(procfs: BorrowedFd<'_>, tid: u32, thread: bool) -> Option<String> {
     let read_at = |dir: Option<BorrowedFd<'_>>, path: String| -> Option<Vec<u8>> {
         use std::io::Read;
         let path = std::ffi::CString::new(path).ok()?;
-        let mut file = std::fs::File::from(sys::open_path(dir, &path, libc::O_RDONLY).ok()?);
+        let fd = match dir {
+            None => sys::open_path(None, &path, libc::O_RDONLY).ok()?,
+            // The writer's procfs is reached through the writer's mounts,
+            // which may cover `PID/status` with a FIFO or a device (the
+            // daemon's open or read would never end) or with another file:
+            // no mount point is crossed, and no link followed.
+            Some(dir) => {
+                // SAFETY: open_how is plain data; all-zero is a valid value.
+                let mut how: libc::open_how = unsafe { std::mem::zeroed() };
+                how.flags =
+                    (libc::O_RDONLY | libc::O_CLOEXEC | libc::O_NOCTTY | libc::O_NONBLOCK) as u64;
+                how.resolve =
+                    libc::RESOLVE_NO_XDEV | libc::RESOLVE_NO_SYMLINKS | libc::RESOLVE_BENEATH;
+                // SAFETY: `path` is NUL-terminated and `how` a live open_how
+                // of the size passed; both outlive the call.
+                let fd = unsafe {
+                    libc::syscall(
+                        libc::SYS_openat2,
+                        dir.as_raw_fd(),
+                        path.as_ptr(),
+                        &how,
+                        std::mem::size_of::<libc::open_how>(),
+                    )
+                };
+                if fd < 0 {
+                    return None;
+                }
+                // SAFETY: the kernel just returned this new descriptor.
+                unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd as RawFd) }
+            }
+        };
+        let mut file = std::fs::File::from(fd);
         let mut text = Vec::new();
         file.read_to_end(&mut text).ok()?;
         Some(text)
@@ -217,10 +252,10 @@ struct Step<'a> {
 }
 
 /// A record from the child: tag and two numbers, the rest of a path, and
-/// the descriptor it carried. `None` if no answer came within [`LIMIT`].
+/// the descriptor it carried. `None` if no answer came within `limit`.
 type Record = ([i32; 3], Vec<u8>, Option<OwnedFd>);
 
-fn run_child(step: &Step<'_>) -> io::Result<Option<Record>> {
+fn run_child(step: &Step<'_>, limit: Duration) -> io::Result<Option<Record>> {
     let (ours, theirs) = sys::seqpacket_pair()?;
     let sock = theirs.as_raw_fd();
     let child = sys::spawn_child(false, |c| {
@@ -228,7 +263,7 @@ fn run_child(step: &Step<'_>) -> io::Result<Option<Record>> {
         0
     })?;
     drop(theirs);
-    if !sys::wait_readable(ours.as_fd(), LIMIT)? {
+    if !sys::wait_readable(ours.as_fd(), limit)? {
         sys::kill(child, libc::SIGKILL);
         // A child stuck on a dead filesystem may take a while to die; it is
         // reaped aside so this request does not wait for it.
@@ -301,6 +336,15 @@ fn walk(c: &Child, step: &Step<'_>, sock: RawFd) {
     };
     let fail = |errno: i32| report(FAILED, errno, 0, &[], None);
     let refuse = |why: i32| report(REFUSED, why, 0, &[], None);
+    // A copy of the daemon holds all its descriptors, and a process may
+    // always open its own (`/proc/PID/fd/N` with this child's pid).
+    c.close_all_except(&mut [
+        step.mnt.as_raw_fd(),
+        step.root.as_raw_fd(),
+        step.start.as_raw_fd(),
+        step.own_proc.as_raw_fd(),
+        sock,
+    ]);
     let joined = c
         .setns(step.mnt.as_raw_fd(), libc::CLONE_NEWNS)
         .and_then(|()| c.chdir_fd(step.root.as_raw_fd(), true))
@@ -349,6 +393,25 @@ fn walk(c: &Child, step: &Step<'_>, sock: RawFd) {
         if cname.to_bytes() == b"." {
             continue;
         }
+        // This child's own entry of a procfs (a guessed pid) would show
+        // it its own namespaces (the daemon's) and pass every access
+        // check: the process it names is gone once the walk is done.
+        if c.fs_magic(cur) == Ok(PROC_SUPER_MAGIC)
+            && c.statx(cur).is_ok_and(|s| s.ino == PROC_ROOT_INO)
+        {
+            let mut own = [0u8; 16];
+            let own_len = match c.open_path_at(cur, c"self", false) {
+                Ok(link) => {
+                    let n = c.read_link(link, &mut own).unwrap_or(0);
+                    c.close(link);
+                    n
+                }
+                Err(_) => 0,
+            };
+            if own_len > 0 && cname.to_bytes() == &own[..own_len] {
+                return fail(libc::ENOENT);
+            }
+        }
         let next = match c.open_path_at(cur, cname, false) {
             Ok(fd) => fd,
             Err(errno) => return fail(errno),
@@ -383,16 +446,20 @@ fn walk(c: &Child, step: &Step<'_>, sock: RawFd) {
                 let tail = tail.strip_prefix(b"/").unwrap_or(tail);
                 return report(tag, 0, links as i32, tail, Some(cur));
             }
-            // Procfs links are the kernel's to follow (and to check).
-            c.close(next);
-            match c.open_path_at(cur, cname, true) {
-                Ok(fd) => {
-                    c.close(cur);
-                    cur = fd;
+            // Procfs links are the kernel's to follow (and to check), but
+            // not those of its root (`net`, `mounts`): they lead to `self`,
+            // which would be this child, so they are read and walked here.
+            if !at_root {
+                c.close(next);
+                match c.open_path_at(cur, cname, true) {
+                    Ok(fd) => {
+                        c.close(cur);
+                        cur = fd;
+                    }
+                    Err(errno) => return fail(errno),
                 }
-                Err(errno) => return fail(errno),
+                continue;
             }
-            continue;
         }
         let mut target = [0u8; PATH_MAX];
         let n = match c.read_link(next, &mut target) {

@@ -651,6 +651,23 @@ impl Child {
         }
     }
 
+    /// Closes every descriptor but those of `keep` (which it sorts).
+    pub fn close_all_except(&self, keep: &mut [RawFd]) {
+        keep.sort_unstable();
+        let mut first = 0u32;
+        for &fd in keep.iter() {
+            let fd = fd as u32;
+            if fd > first {
+                // SAFETY: close_range takes integers; it closes descriptors
+                // this child owns and will never use again.
+                unsafe { libc::syscall(libc::SYS_close_range, first, fd - 1, 0u32) };
+            }
+            first = first.max(fd + 1);
+        }
+        // SAFETY: as above.
+        unsafe { libc::syscall(libc::SYS_close_range, first, u32::MAX, 0u32) };
+    }
+
     /// Names this process, tells the parent through `ready` that it is set
     /// up (a 0 after whatever was reported there), and closes `ready`.
     fn settle(&self, name: &CStr, ready: RawFd) {
@@ -803,6 +820,11 @@ impl Child {
     /// holder. Nothing the holder does needs one.
     pub fn hold(&self, control: RawFd, ready: RawFd) -> ! {
         self.drop_capabilities();
+        // The daemon is not dumpable (see `daemon::run`), and a fork keeps
+        // that; a holder must be, or joining it would need CAP_SYS_PTRACE.
+        // SAFETY: prctl(PR_SET_DUMPABLE) takes integers; this process has
+        // its own memory, so only it changes.
+        unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 1, 0, 0, 0) };
         self.settle(c"nsproxyfs-hold", ready);
         self.wait_eof(control);
         self.exit(0)
