@@ -33,7 +33,7 @@ fn ns_ino_of_file(m: &Mount, rel: &str) -> u64 {
 #[test]
 fn links_to_self_inside_procfs_mean_the_writer() {
     let _serial = serial();
-    let Some(m) = Mount::new("review-proc-net") else {
+    let Some(m) = Mount::new("attack-proc-net") else {
         return;
     };
     std::fs::create_dir(m.path("c")).unwrap();
@@ -135,7 +135,7 @@ print("held")
 #[test]
 fn a_thread_acting_as_the_caller_is_no_door_into_the_daemon() {
     let _serial = serial();
-    let Some(m) = Mount::new("review-as-thread") else {
+    let Some(m) = Mount::new("attack-as-thread") else {
         return;
     };
     std::fs::create_dir(m.path("c")).unwrap();
@@ -167,7 +167,7 @@ fn a_thread_acting_as_the_caller_is_no_door_into_the_daemon() {
 #[test]
 fn moves_do_not_depend_on_which_callers_came_before() {
     let _serial = serial();
-    let Some(m) = Mount::new("review-holder-dumpable") else {
+    let Some(m) = Mount::new("attack-holder-dumpable") else {
         return;
     };
     std::fs::create_dir(m.path("c")).unwrap();
@@ -248,7 +248,7 @@ print("held")
 #[test]
 fn the_walking_child_holds_none_of_the_daemon_s_descriptors() {
     let _serial = serial();
-    let Some(m) = Mount::new("review-next-pid") else {
+    let Some(m) = Mount::new("attack-next-pid") else {
         return;
     };
     std::fs::create_dir(m.path("secret")).unwrap();
@@ -287,7 +287,7 @@ fn the_walking_child_holds_none_of_the_daemon_s_descriptors() {
 #[test]
 fn a_confined_writer_cannot_name_the_walking_child() {
     let _serial = serial();
-    let Some(m) = Mount::new("review-next-pid-ns") else {
+    let Some(m) = Mount::new("attack-next-pid-ns") else {
         return;
     };
     std::fs::create_dir(m.path("c")).unwrap();
@@ -324,7 +324,7 @@ fn a_confined_writer_cannot_name_the_walking_child() {
 #[test]
 fn the_writer_s_own_mounts_over_procfs_cannot_hold_the_daemon() {
     let _serial = serial();
-    let Some(m) = Mount::new("review-proc-fifo") else {
+    let Some(m) = Mount::new("attack-proc-fifo") else {
         return;
     };
     std::fs::create_dir(m.path("c")).unwrap();
@@ -385,7 +385,7 @@ fn the_writer_s_own_mounts_over_procfs_cannot_hold_the_daemon() {
 #[test]
 fn binding_the_daemon_s_own_namespaces_by_pid_is_judged_too() {
     let _serial = serial();
-    let Some(m) = Mount::new("review-bind-daemon") else {
+    let Some(m) = Mount::new("attack-bind-daemon") else {
         return;
     };
     std::fs::create_dir(m.path("c")).unwrap();

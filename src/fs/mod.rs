@@ -1370,7 +1370,12 @@ impl NsProxyFs {
                 container, kind, ..
             }) => {
                 let result = self.write_kind(caller, None, Some((container, kind)), data);
-                if result.is_err() {
+                // Undone for a value that could not be bound, never on the
+                // word of a writer refused for who it is (a descriptor can
+                // be passed to anyone).
+                if let Err(e) = &result
+                    && !matches!(e, Error::Denied(_) | Error::NotFound)
+                {
                     self.undo_fresh(fh, container, kind);
                 }
                 result
