@@ -50,6 +50,9 @@ const MAX_ROUNDS: usize = 64;
 /// `PF_KTHREAD` in the flags field of `/proc/PID/stat`.
 const PF_KTHREAD: u64 = 0x0020_0000;
 
+/// `PF_EXITING` in the flags field of `/proc/PID/stat`.
+const PF_EXITING: u64 = 0x0000_0004;
+
 /// `PIDFD_THREAD` (Linux 6.9): a pidfd for one thread, not its group. The
 /// kernel defines it as `O_EXCL`.
 const PIDFD_THREAD: u64 = libc::O_EXCL as u64;
@@ -701,7 +704,74 @@ pub fn move_process_answering(
 
 /// [`move_process_answering`], with a choice about seccomp filters that
 /// would kill the target.
+///
+/// Whatever the outcome, no thread of the target is still traced when this
+/// returns (but a leader that exited while its group runs on, which only
+/// the tracer's exit lets go of: see [`inject::still_traced`]). A target
+/// that died during the move is [`MoveError::Gone`], whichever step noticed.
 pub fn move_process_with(
+    target: &ProcessHandle,
+    holder_pid_in_target_ns: i32,
+    kinds: CloneFlags,
+    writer: Option<Writer<'_>>,
+    fatal_seccomp: FatalSeccomp,
+) -> Result<MoveReport, MoveError> {
+    let result = move_traced(
+        target,
+        holder_pid_in_target_ns,
+        kinds,
+        writer,
+        fatal_seccomp,
+    );
+    inject::settle();
+    match result {
+        Err(MoveError::Gone(pid)) => Err(MoveError::Gone(pid)),
+        Err(MoveError::Zombie(pid)) => Err(MoveError::Zombie(pid)),
+        Err(e) if is_gone_or_dying(target) => {
+            log::debug!("process {}: {e}, and it is dying", target.pid());
+            Err(MoveError::Gone(target.pid().as_raw()))
+        }
+        result => result,
+    }
+}
+
+/// Whether the pinned process has exited or is on its way out: every thread
+/// has exited or is exiting, or one has a SIGKILL pending (a kill, or
+/// another thread's `exit_group`).
+fn is_gone_or_dying(target: &ProcessHandle) -> bool {
+    if !target.is_alive() {
+        return true;
+    }
+    let Ok(tids) = list_threads(target.pid()) else {
+        return true;
+    };
+    let sigkill = 1u64 << (libc::SIGKILL - 1);
+    let mut all_exiting = true;
+    for tid in tids {
+        let tid = Pid::from_raw(tid);
+        let exiting = proc_stat(tid).map_or(true, |s| {
+            matches!(s.state, 'Z' | 'X') || s.flags & PF_EXITING != 0
+        });
+        if !exiting {
+            all_exiting = false;
+        }
+        let status = fs::read_to_string(format!("/proc/{}/task/{tid}/status", target.pid()));
+        let killed = status.is_ok_and(|st| {
+            st.lines()
+                .filter_map(|l| {
+                    l.strip_prefix("SigPnd:")
+                        .or_else(|| l.strip_prefix("ShdPnd:"))
+                })
+                .any(|v| u64::from_str_radix(v.trim(), 16).is_ok_and(|m| m & sigkill != 0))
+        });
+        if killed {
+            return true;
+        }
+    }
+    all_exiting
+}
+
+fn move_traced(
     target: &ProcessHandle,
     holder_pid_in_target_ns: i32,
     kinds: CloneFlags,

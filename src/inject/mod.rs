@@ -263,8 +263,27 @@ pub struct Stopped {
     at: StopPoint,
     group_stopped: bool,
     site: Option<u64>,
-    /// Signals sent to the thread during injection, to send again on detach.
-    deferred: Vec<i32>,
+    /// Signals sent to the thread during injection, held with their siginfo
+    /// to be delivered (or queued again) on detach.
+    held: Vec<HeldSignal>,
+}
+
+/// A signal taken off a thread during injection, with its siginfo.
+struct HeldSignal(libc::siginfo_t);
+
+impl HeldSignal {
+    fn signo(&self) -> i32 {
+        self.0.si_signo
+    }
+}
+
+impl std::fmt::Debug for HeldSignal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HeldSignal")
+            .field("signo", &self.0.si_signo)
+            .field("code", &self.0.si_code)
+            .finish()
+    }
 }
 
 /// A thread under ptrace. `S` is [`Running`] or [`Stopped`].
@@ -404,23 +423,66 @@ impl Tracee<Running> {
                 return Err(e);
             }
         };
+        let mut saved = saved;
+        let mut site = None;
+        if !group_stopped
+            && saved.interrupted_untimed_wait()
+            && !signal_would_interrupt(tid)
+            && let Some(addr) = saved.syscall_insn_before_pc()
+            && site::holds_syscall_insn(tid, addr) == Ok(true)
+        {
+            // Our interrupt, not a signal, ended a call the kernel does not
+            // restart: it is issued again when the thread resumes, as it
+            // would have gone on had nothing stopped it.
+            saved.reissue();
+            site = Some(addr);
+        }
         Ok(Tracee {
             tid,
             tgid,
             state: Stopped {
                 saved,
                 saved_mask,
-                regs_dirty: false,
+                regs_dirty: site.is_some(),
                 mask_dirty: false,
                 at: StopPoint::Trap,
                 group_stopped,
-                site: None,
-                deferred: Vec::new(),
+                site,
+                held: Vec::new(),
             },
             released: false,
             _not_send: PhantomData,
         })
     }
+}
+
+/// Whether a signal is pending for thread `tid` that its mask lets through
+/// and that is not ignored: one that interrupts a blocking call by itself.
+/// Unreadable counts as yes.
+fn signal_would_interrupt(tid: Pid) -> bool {
+    let Ok(status) = std::fs::read_to_string(format!("/proc/{tid}/status")) else {
+        return true;
+    };
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+    };
+    let (Some(pnd), Some(shd), Some(blk), Some(ign), Some(cgt)) = (
+        field("SigPnd:"),
+        field("ShdPnd:"),
+        field("SigBlk:"),
+        field("SigIgn:"),
+        field("SigCgt:"),
+    ) else {
+        return true;
+    };
+    let bit = |sig: i32| 1u64 << (sig - 1);
+    let ignored_by_default =
+        bit(libc::SIGCHLD) | bit(libc::SIGURG) | bit(libc::SIGWINCH) | bit(libc::SIGCONT);
+    let ignored = ign | (ignored_by_default & !cgt);
+    (pnd | shd) & !blk & !ignored != 0
 }
 
 /// Waits until `tid` is in a PTRACE_EVENT_STOP trap, delivering any signal
@@ -473,20 +535,18 @@ impl State for Stopped {
     }
 }
 
-/// Signals that stay unblocked during injection: blocking a signal the kernel
-/// then forces would reset its handler to SIG_DFL.
-const SYNCHRONOUS_SIGNALS: [i32; 6] = [
-    libc::SIGSEGV,
-    libc::SIGBUS,
-    libc::SIGILL,
-    libc::SIGFPE,
-    libc::SIGTRAP,
-    libc::SIGSYS,
-];
+/// Signals that stay unblocked during injection: the kernel forces them on
+/// an injected step (the single-step SIGTRAP; SIGSYS from a seccomp
+/// `SECCOMP_RET_TRAP`), and forcing a blocked signal resets its handler to
+/// SIG_DFL. The fault signals (SIGSEGV, SIGBUS, SIGILL, SIGFPE) are blocked:
+/// an injected `syscall` with integer arguments cannot fault, so one that
+/// comes is sent by someone, and it stays queued, siginfo and all, until
+/// the thread's own mask is back.
+const FORCED_SIGNALS: [i32; 2] = [libc::SIGTRAP, libc::SIGSYS];
 
 /// The mask set while injected code runs.
 fn injection_mask() -> u64 {
-    SYNCHRONOUS_SIGNALS
+    FORCED_SIGNALS
         .iter()
         .fold(u64::MAX, |mask, &sig| mask & !(1u64 << (sig - 1)))
 }
@@ -503,8 +563,8 @@ fn is_stop_signal(sig: i32) -> bool {
 enum SignalDisposition {
     /// Resume with this signal (a stop signal: the group stop happens).
     PassOn(i32),
-    /// Sent by a process: hold it and send it again before detaching.
-    Defer(i32),
+    /// Sent by a process: hold it, siginfo and all, until detaching.
+    Hold(HeldSignal),
     /// Raised by the kernel because of an injected syscall: discard.
     Discard(i32),
 }
@@ -513,10 +573,10 @@ fn classify_signal(tid: Pid, sig: i32) -> Result<SignalDisposition, TraceError> 
     if is_stop_signal(sig) {
         return Ok(SignalDisposition::PassOn(sig));
     }
-    let code = sys::siginfo_code(tid).map_err(TraceError::os(tid, "PTRACE_GETSIGINFO"))?;
+    let info = sys::siginfo(tid).map_err(TraceError::os(tid, "PTRACE_GETSIGINFO"))?;
     // si_code <= 0: sent from user space (kill, tgkill, sigqueue, timers).
-    Ok(if code <= 0 {
-        SignalDisposition::Defer(sig)
+    Ok(if info.si_code <= 0 {
+        SignalDisposition::Hold(HeldSignal(info))
     } else {
         SignalDisposition::Discard(sig)
     })
@@ -619,7 +679,8 @@ impl Tracee<Stopped> {
         if let StopPoint::Delivery(sig) = self.state.at {
             // Resuming for the injection would swallow it.
             if sig != 0 {
-                self.state.deferred.push(sig);
+                let info = sys::siginfo(tid).map_err(TraceError::os(tid, "PTRACE_GETSIGINFO"))?;
+                self.state.held.push(HeldSignal(info));
             }
             self.state.at = StopPoint::Delivery(0);
         }
@@ -651,16 +712,27 @@ impl Tracee<Stopped> {
                 }
                 WaitEvent::SignalStop(libc::SIGTRAP) => {
                     let regs = arch::get(tid).map_err(TraceError::os(tid, "PTRACE_GETREGS"))?;
+                    let disposition = classify_signal(tid, libc::SIGTRAP)?;
                     if regs.pc() == site + arch::SYSCALL_INSN.len() as u64 {
                         // The step ended after the syscall: our trap, which
-                        // is discarded when the thread resumes.
+                        // is discarded when the thread resumes. A SIGTRAP
+                        // sent to the thread and pending already takes the
+                        // place of ours (a second one is not queued): that
+                        // one is held.
+                        if let SignalDisposition::Hold(held) = disposition {
+                            self.state.held.push(held);
+                        }
                         self.state.at = StopPoint::Delivery(0);
                         return Ok(regs);
                     }
-                    match classify_signal(tid, libc::SIGTRAP)? {
-                        SignalDisposition::PassOn(sig) | SignalDisposition::Defer(sig) => {
-                            self.state.deferred.push(sig);
+                    match disposition {
+                        SignalDisposition::PassOn(sig) => {
+                            let info = sys::siginfo(tid)
+                                .map_err(TraceError::os(tid, "PTRACE_GETSIGINFO"))?;
+                            debug_assert_eq!(info.si_signo, sig);
+                            self.state.held.push(HeldSignal(info));
                         }
+                        SignalDisposition::Hold(held) => self.state.held.push(held),
                         SignalDisposition::Discard(_) if regs.pc() == site => {}
                         SignalDisposition::Discard(_) => {
                             self.state.at = StopPoint::Delivery(0);
@@ -670,7 +742,7 @@ impl Tracee<Stopped> {
                 }
                 WaitEvent::SignalStop(sig) => match classify_signal(tid, sig)? {
                     SignalDisposition::PassOn(sig) => pass = sig,
-                    SignalDisposition::Defer(sig) => self.state.deferred.push(sig),
+                    SignalDisposition::Hold(held) => self.state.held.push(held),
                     SignalDisposition::Discard(sig) => {
                         log::warn!("thread {tid}: discarding signal {sig} raised by injection");
                     }
@@ -717,15 +789,31 @@ impl Tracee<Stopped> {
     fn try_restore_and_detach(&mut self) -> Result<(), TraceError> {
         let tid = self.tid;
         self.restore()?;
-        for sig in std::mem::take(&mut self.state.deferred) {
+        let mut held = std::mem::take(&mut self.state.held);
+        let pass = match self.state.at {
+            // At a signal-delivery stop, the signal resumed with is
+            // delivered with the siginfo set here, or queued again with it
+            // if the (restored) mask blocks it: the first held signal goes
+            // that way, exactly as it was sent.
+            StopPoint::Delivery(_) if !held.is_empty() => {
+                let first = held.remove(0);
+                sys::set_siginfo(tid, &first.0)
+                    .map_err(TraceError::os(tid, "PTRACE_SETSIGINFO"))?;
+                first.signo()
+            }
+            StopPoint::Delivery(sig) => sig,
+            _ => 0,
+        };
+        // More than one held (a SIGTRAP and a SIGSYS sent during one
+        // injection): the others can only be sent again, as signals from
+        // this process.
+        for extra in held {
+            let sig = extra.signo();
+            log::warn!("thread {tid}: signal {sig} sent during the move is sent again");
             if let Err(e) = sys::tgkill(self.tgid, tid, sig) {
                 log::warn!("thread {tid}: sending held signal {sig} again: {e}");
             }
         }
-        let pass = match self.state.at {
-            StopPoint::Delivery(sig) => sig,
-            _ => 0,
-        };
         let result = if pass == 0 {
             sys::detach(tid)
         } else {
@@ -741,6 +829,23 @@ impl Tracee<Stopped> {
         self.released = true;
         result
     }
+}
+
+/// Lets go of every thread the calling thread still traces, once the
+/// [`Tracee`]s of a move are gone: detaches those still stopped and
+/// collects the exits of those that died (waiting, up to a second, for a
+/// dying process's exits to be reported). See [`still_traced`] for what may
+/// remain.
+pub fn settle() {
+    sys::settle();
+}
+
+/// The threads the calling thread still traces after [`settle`]: leaders
+/// that exited while other threads of their group run on. Their exit can
+/// only be collected after the group's, so until then only the tracer's own
+/// exit lets go of them (and lets their parent reap them).
+pub fn still_traced() -> Vec<Pid> {
+    sys::tracked()
 }
 
 /// Runs one syscall in each of several stopped threads at once: all are
@@ -796,10 +901,13 @@ mod tests {
     }
 
     #[test]
-    fn injection_mask_keeps_synchronous_signals() {
+    fn injection_mask_keeps_forced_signals() {
         let mask = injection_mask();
-        for sig in SYNCHRONOUS_SIGNALS {
+        for sig in FORCED_SIGNALS {
             assert_eq!(mask & (1 << (sig - 1)), 0);
+        }
+        for sig in [libc::SIGSEGV, libc::SIGBUS, libc::SIGILL, libc::SIGFPE] {
+            assert_ne!(mask & (1 << (sig - 1)), 0);
         }
         assert_ne!(mask & (1 << (libc::SIGTERM - 1)), 0);
         assert_ne!(mask & (1 << 63), 0);

@@ -342,6 +342,14 @@ pub fn serve(args: &[String]) -> i32 {
             _ => format!("err {} malformed request", libc::EINVAL),
         };
         say(&answer);
+        // A leader that exited while its group runs on is still traced, and
+        // only this process's exit lets go of it; the daemon starts another
+        // injector for its next move.
+        let traced = crate::inject::still_traced();
+        if !traced.is_empty() {
+            eprintln!("nsproxyfs injector: exiting to let go of threads {traced:?}");
+            return 0;
+        }
     }
 }
 
