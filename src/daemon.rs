@@ -166,12 +166,71 @@ pub fn clear_pins(dir: &Path) {
     }
 }
 
+/// A logger that passes everything on, but for one false alarm of fuser's.
+///
+/// fuser answers every `FUSE_INTERRUPT` with `ENOSYS`. The kernel sends one
+/// when a thread waiting for a reply is woken, which a move does to a
+/// process moving itself (`echo $$ > tasks`): its writer is asked to stop
+/// while it waits for the reply to its write. That write is answered at
+/// once, so the `ENOSYS` answer often comes after it, for a request the
+/// kernel has already forgotten, and the kernel refuses it with `ENOENT`,
+/// which fuser logs as an error. Nothing failed: the write was answered.
+/// The kernel keeps every other request until it is answered (an aborted
+/// connection answers `ENODEV`), so `ENOENT` means exactly this case; it is
+/// logged at debug level instead.
+struct QuietInterrupts<L>(L);
+
+impl<L: log::Log> QuietInterrupts<L> {
+    fn is_late_interrupt_answer(record: &log::Record<'_>) -> bool {
+        record.level() == log::Level::Error
+            && record.target().starts_with("fuser")
+            && record
+                .args()
+                .to_string()
+                .starts_with("Failed to send FUSE reply: No such file or directory")
+    }
+}
+
+impl<L: log::Log> log::Log for QuietInterrupts<L> {
+    fn enabled(&self, metadata: &log::Metadata<'_>) -> bool {
+        self.0.enabled(metadata)
+    }
+
+    fn log(&self, record: &log::Record<'_>) {
+        if !Self::is_late_interrupt_answer(record) {
+            return self.0.log(record);
+        }
+        let quiet = log::Metadata::builder()
+            .level(log::Level::Debug)
+            .target(record.target())
+            .build();
+        if self.0.enabled(&quiet) {
+            self.0.log(
+                &log::Record::builder()
+                    .metadata(quiet)
+                    .args(format_args!(
+                        "{} (the answer to an interrupt of a request answered already)",
+                        record.args()
+                    ))
+                    .build(),
+            );
+        }
+    }
+
+    fn flush(&self) {
+        self.0.flush();
+    }
+}
+
 fn init_logging(settings: &Settings) {
     if settings.foreground {
-        env_logger::Builder::new()
+        let logger = env_logger::Builder::new()
             .filter_level(settings.level)
             .format_timestamp_micros()
-            .init();
+            .build();
+        if log::set_boxed_logger(Box::new(QuietInterrupts(logger))).is_ok() {
+            log::set_max_level(settings.level);
+        }
         return;
     }
     let formatter = syslog::Formatter3164 {
@@ -181,7 +240,8 @@ fn init_logging(settings: &Settings) {
         pid: std::process::id(),
     };
     if let Ok(logger) = syslog::unix(formatter)
-        && log::set_boxed_logger(Box::new(syslog::BasicLogger::new(logger))).is_ok()
+        && log::set_boxed_logger(Box::new(QuietInterrupts(syslog::BasicLogger::new(logger))))
+            .is_ok()
     {
         log::set_max_level(settings.level);
     }
