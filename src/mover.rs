@@ -142,6 +142,13 @@ impl ProcessHandle {
     pub fn is_alive(&self) -> bool {
         inject::sys::pidfd_send_signal(self.pidfd.as_fd(), 0).is_ok()
     }
+
+    /// Whether the pinned process has exited or is on its way out: every
+    /// thread has exited or is exiting, or one has a SIGKILL pending (a
+    /// kill, or another thread's `exit_group`).
+    pub fn is_gone_or_dying(&self) -> bool {
+        !self.is_alive() || is_dying(self.tgid)
+    }
 }
 
 /// The injected step that failed in a thread.
@@ -727,7 +734,7 @@ pub fn move_process_with(
     match result {
         Err(MoveError::Gone(pid)) => Err(MoveError::Gone(pid)),
         Err(MoveError::Zombie(pid)) => Err(MoveError::Zombie(pid)),
-        Err(e) if is_gone_or_dying(target) => {
+        Err(e) if target.is_gone_or_dying() => {
             log::debug!("process {}: {e}, and it is dying", target.pid());
             Err(MoveError::Gone(target.pid().as_raw()))
         }
@@ -735,14 +742,10 @@ pub fn move_process_with(
     }
 }
 
-/// Whether the pinned process has exited or is on its way out: every thread
-/// has exited or is exiting, or one has a SIGKILL pending (a kill, or
-/// another thread's `exit_group`).
-fn is_gone_or_dying(target: &ProcessHandle) -> bool {
-    if !target.is_alive() {
-        return true;
-    }
-    let Ok(tids) = list_threads(target.pid()) else {
+/// Whether every thread of `tgid` has exited or is exiting, or one has a
+/// SIGKILL pending; gone counts as dying.
+fn is_dying(tgid: Pid) -> bool {
+    let Ok(tids) = list_threads(tgid) else {
         return true;
     };
     let sigkill = 1u64 << (libc::SIGKILL - 1);
@@ -755,7 +758,7 @@ fn is_gone_or_dying(target: &ProcessHandle) -> bool {
         if !exiting {
             all_exiting = false;
         }
-        let status = fs::read_to_string(format!("/proc/{}/task/{tid}/status", target.pid()));
+        let status = fs::read_to_string(format!("/proc/{tgid}/task/{tid}/status"));
         let killed = status.is_ok_and(|st| {
             st.lines()
                 .filter_map(|l| {
@@ -1003,7 +1006,7 @@ fn roll_back(
     let (tasks, current) = match current {
         Ok(c) => c,
         // Most likely the process is being killed.
-        Err(_) if !is_alive(tgid) => return MoveError::Gone(tgid.as_raw()),
+        Err(_) if is_dying(tgid) => return MoveError::Gone(tgid.as_raw()),
         Err(e) => return rollback_failed(tgid.as_raw(), cause, e),
     };
     let unmoved: Vec<usize> = (0..threads.len())
@@ -1026,7 +1029,7 @@ fn roll_back(
             Err(JoinFailure::Refused(step, errno)) => {
                 return rollback_failed(tid.as_raw(), cause, format!("{step}: {errno}"));
             }
-            Err(JoinFailure::Trace(TraceError::Gone(_))) if !is_alive(tgid) => {
+            Err(JoinFailure::Trace(TraceError::Gone(_))) if is_dying(tgid) => {
                 return MoveError::Gone(tgid.as_raw());
             }
             Err(JoinFailure::Trace(e)) => return rollback_failed(tid.as_raw(), cause, e),
@@ -1058,10 +1061,6 @@ fn rollback_failed(tid: i32, cause: MoveError, why: impl fmt::Display) -> MoveEr
         tid,
         cause: Box::new(cause),
     }
-}
-
-fn is_alive(tgid: Pid) -> bool {
-    proc_stat(tgid).is_ok_and(|s| !matches!(s.state, 'Z' | 'X'))
 }
 
 #[cfg(test)]

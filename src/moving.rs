@@ -79,25 +79,22 @@ impl PtraceMover {
         }
         let target = ProcessHandle::open(pid)?;
         let unreadable = |e: std::io::Error| -> Error {
-            match e.kind() {
-                std::io::ErrorKind::NotFound => mover::MoveError::Gone(pid).into(),
-                _ => Error::Denied(format!("cannot read the namespaces of process {pid}: {e}")),
+            if e.kind() == std::io::ErrorKind::NotFound || target.is_gone_or_dying() {
+                return mover::MoveError::Gone(pid).into();
             }
+            Error::Denied(format!("cannot read the namespaces of process {pid}: {e}"))
         };
-        let ns = ProcDir::ns(pid).map_err(unreadable)?;
         let mut key: [u64; 8] = std::array::from_fn(|i| set[i].ino());
-        let mut flags = 0;
-        for kind in Kind::ALL {
-            // For pid and time, the namespace its children are born into.
-            if ns.inode(kind.proc_entry()).map_err(unreadable)? != key[kind.index()] {
-                flags |= kind.clone_flag();
-            }
-        }
+        let (flags, live) = kinds_to_change(pid, &key).map_err(unreadable)?;
+        let Some(live) = live else {
+            return Err(mover::MoveError::Gone(pid).into());
+        };
         if flags == 0 {
             return Ok(());
         }
+        let ns = ProcDir::tasks(pid).map_err(unreadable)?;
         let pidns = ns
-            .open_entry("pid")
+            .open_entry(&format!("{live}/ns/pid"))
             .map_err(|_| mover::MoveError::Gone(pid))?;
         // The target must see the holder to open a pidfd of it. When the pid
         // kind does not change, the holder can sit in the target's own pid
@@ -105,7 +102,7 @@ impl PtraceMover {
         let holder = if flags & libc::CLONE_NEWPID != 0 {
             self.holder(key, || Ok(set.clone()))?
         } else {
-            key[Kind::Pid.index()] = ns.inode("pid").map_err(unreadable)?;
+            key[Kind::Pid.index()] = ns.inode(&format!("{live}/ns/pid")).map_err(unreadable)?;
             self.holder(key, || {
                 let active = pidns.try_clone().map_err(|source| Error::Sys {
                     what: "dup the target's pid namespace",
@@ -127,6 +124,43 @@ impl PtraceMover {
         log::info!("moved process {pid} ({threads} threads)");
         Ok(())
     }
+}
+
+/// The kinds (`CLONE_NEW*` flags) in which some live thread of process
+/// `pid` is not in the set whose inodes are `key` (for pid and time, the
+/// namespace its children are born into), and one live thread.
+///
+/// Decided per thread: a thread may have joined or unshared a namespace of
+/// its own, and the main thread may have exited (`pthread_exit`), leaving
+/// no namespaces to read. The first live thread is read in full, the others
+/// only for the kinds still alike. No live thread: `Ok((0, None))`.
+fn kinds_to_change(pid: i32, key: &[u64; 8]) -> std::io::Result<(libc::c_int, Option<i32>)> {
+    let tasks = ProcDir::tasks(pid)?;
+    let mut tids: Vec<i32> = std::fs::read_dir(format!("/proc/{pid}/task"))?
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse().ok())
+        .collect();
+    // The leader first: the one read in full in the usual case.
+    tids.sort_unstable_by_key(|&tid| (tid != pid, tid));
+    let mut flags = 0;
+    let mut live = None;
+    'threads: for tid in tids {
+        for kind in Kind::ALL {
+            if live.is_some() && flags & kind.clone_flag() != 0 {
+                continue;
+            }
+            match tasks.inode(&format!("{tid}/ns/{}", kind.proc_entry())) {
+                Ok(ino) if ino != key[kind.index()] => flags |= kind.clone_flag(),
+                Ok(_) => {}
+                // An exited thread (a leader that called pthread_exit) has
+                // no namespaces.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue 'threads,
+                Err(e) => return Err(e),
+            }
+        }
+        live.get_or_insert(tid);
+    }
+    Ok((flags, live))
 }
 
 /// Whether thread `tid` belongs to process `pid` (both in the daemon's pid

@@ -396,7 +396,7 @@ impl Tracee<Running> {
     /// [`TraceError::Gone`] if the thread dies first.
     pub fn wait_stop(self) -> Result<Tracee<Stopped>, TraceError> {
         let tid = self.tid;
-        let group_stopped = match wait_for_trap(tid) {
+        let group_stopped = match wait_for_trap(tid, self.tgid) {
             Ok(group) => group,
             Err(e) => {
                 // The thread is not stopped (it is gone or unwaitable):
@@ -487,9 +487,9 @@ fn signal_would_interrupt(tid: Pid) -> bool {
 
 /// Waits until `tid` is in a PTRACE_EVENT_STOP trap, delivering any signal
 /// that is reported first. Returns whether the trap is a group-stop.
-fn wait_for_trap(tid: Pid) -> Result<bool, TraceError> {
+fn wait_for_trap(tid: Pid, tgid: Pid) -> Result<bool, TraceError> {
     loop {
-        match sys::wait(tid).map_err(TraceError::os(tid, "waitpid"))? {
+        match sys::wait(tid, tgid).map_err(TraceError::os(tid, "waitpid"))? {
             WaitEvent::Gone => return Err(TraceError::Gone(tid)),
             WaitEvent::EventStop {
                 event: libc::PTRACE_EVENT_STOP,
@@ -512,7 +512,7 @@ fn wait_for_trap(tid: Pid) -> Result<bool, TraceError> {
 impl State for Running {
     fn release(tracee: &mut Tracee<Self>) {
         // The interrupt is pending: collect the stop, then detach.
-        match wait_for_trap(tracee.tid) {
+        match wait_for_trap(tracee.tid, tracee.tgid) {
             Ok(_) => {
                 if let Err(e) = sys::detach(tracee.tid) {
                     log::warn!("detaching thread {}: {e}", tracee.tid);
@@ -705,7 +705,7 @@ impl Tracee<Stopped> {
         let tid = self.tid;
         for _ in 0..MAX_STOPS {
             let mut pass = 0;
-            match sys::wait(tid).map_err(TraceError::os(tid, "waitpid"))? {
+            match sys::wait(tid, self.tgid).map_err(TraceError::os(tid, "waitpid"))? {
                 WaitEvent::Gone => {
                     self.released = true;
                     return Err(TraceError::Gone(tid));

@@ -249,17 +249,25 @@ fn await_any() -> bool {
     true
 }
 
-/// Blocks until `tid` reports a state change. EINTR is retried; ECHILD means
-/// the thread is not (or no longer) our tracee.
+/// Blocks until `tid`, a thread of process `tgid`, reports a state change.
+/// EINTR is retried; ECHILD means the thread is not (or no longer) our
+/// tracee.
 ///
 /// While waiting, what other traced threads report is collected and kept
 /// for their own wait: a process that dies during a move leaves every
 /// traced thread a zombie that only its tracer can collect, and its leader
 /// is reported only after the others, so waiting for one thread alone could
-/// wait for ever.
-pub(crate) fn wait(tid: Pid) -> Result<WaitEvent, Errno> {
+/// wait for ever. For the same reason a leader that exits while other
+/// threads of its group run on (`pthread_exit`) is reported only once they
+/// are all gone: it reads as gone as soon as it has exited, and stays
+/// tracked (see [`settle`]).
+pub(crate) fn wait(tid: Pid, tgid: Pid) -> Result<WaitEvent, Errno> {
     let spin_until = std::time::Instant::now() + SPIN;
     let raw = tid.as_raw();
+    // Only a leader's exit can wait for other threads; a lone traced thread
+    // has none we hold.
+    let leader_of_many = tid == tgid && TRACED.with(|t| t.borrow().len() > 1);
+    let mut naps = 0u32;
     let status = loop {
         let stashed = TRACED.with(|t| t.borrow_mut().get_mut(&raw).and_then(Option::take));
         if let Some(status) = stashed {
@@ -268,9 +276,19 @@ pub(crate) fn wait(tid: Pid) -> Result<WaitEvent, Errno> {
         if let Some(status) = poll_one(raw)? {
             break status;
         }
-        collect_others(raw);
         if std::time::Instant::now() < spin_until {
             std::thread::yield_now();
+            continue;
+        }
+        collect_others(raw);
+        if leader_of_many {
+            // Its exit would wake no waitid of ours: look every 100 us,
+            // and at its state every few milliseconds.
+            if naps % 32 == 31 && is_waiting_leader(raw) {
+                return Ok(WaitEvent::Gone);
+            }
+            naps += 1;
+            std::thread::sleep(std::time::Duration::from_micros(100));
         } else if !await_any() {
             return Err(Errno::ECHILD);
         }
