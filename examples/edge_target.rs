@@ -10,6 +10,9 @@
 //! edge_target idle N               N threads, all blocked; exits 0 at EOF on stdin
 //! edge_target main-exits N         N threads besides the main one, which then
 //!                                  calls pthread_exit; exits 0 at EOF on stdin
+//! edge_target main-exits-after N MICROS
+//!                                  as main-exits, the main thread leaving
+//!                                  MICROS after READY
 //! edge_target own-net N            N threads, the last in a network namespace
 //!                                  of its own; exits 0 at EOF on stdin
 //! edge_target signals N            N threads; prints one line per signal caught:
@@ -34,7 +37,8 @@ fn main() {
     match mode {
         "exit-after" => exit_after(num(1), num(2)),
         "idle" => idle(num(1)),
-        "main-exits" => main_exits(num(1)),
+        "main-exits" => main_exits(num(1), 0),
+        "main-exits-after" => main_exits(num(1), num(2)),
         "own-net" => own_net(num(1)),
         "signals" => signals(num(1)),
         "block" => block(args.get(1).map(String::as_str).unwrap_or("")),
@@ -75,12 +79,15 @@ fn drain_stdin() {
 
 fn exit_after(n: u64, micros: u64) {
     park(n.saturating_sub(2));
+    let (go, ready) = std::sync::mpsc::channel::<()>();
     let exiter = std::thread::spawn(move || {
+        let _ = ready.recv();
         std::thread::sleep(Duration::from_micros(micros));
         // SAFETY: ends the process, as a program calling exit() would.
         unsafe { libc::exit(0) };
     });
     say("READY");
+    let _ = go.send(());
     let _ = exiter.join();
 }
 
@@ -90,13 +97,14 @@ fn idle(n: u64) {
     drain_stdin();
 }
 
-fn main_exits(n: u64) {
+fn main_exits(n: u64, micros: u64) {
     park(n.saturating_sub(1));
     std::thread::spawn(|| {
         drain_stdin();
         std::process::exit(0);
     });
     say("READY");
+    std::thread::sleep(Duration::from_micros(micros));
     // SAFETY: the other threads own everything they use; the main thread
     // ends alone (SYS_exit, not exit_group), as pthread_exit from main
     // would, without unwinding through Rust frames.
@@ -261,7 +269,8 @@ fn block(call: &str) {
         sem_op: -1,
         sem_flg: 0,
     };
-    let nosig: u64 = 0;
+    // epoll_pwait's own mask keeps SIGUSR1 blocked too: it is sigwaitinfo's.
+    let pwait_mask: u64 = 1 << (libc::SIGUSR1 - 1);
     // SAFETY: raw syscalls with pointers to live locals, no retry on EINTR
     // so that one shows.
     let ret = unsafe {
@@ -273,7 +282,7 @@ fn block(call: &str) {
                 events.as_mut_ptr(),
                 4,
                 -1,
-                &nosig as *const u64,
+                &pwait_mask as *const u64,
                 8usize,
             ),
             "epoll_pwait2" => libc::syscall(

@@ -442,6 +442,50 @@ fn process_whose_main_thread_exited_is_moved() {
 }
 
 #[test]
+fn main_thread_exiting_mid_move_leaves_the_others_moved() {
+    let Some(m) = Mount::new("main-exits-mid-move") else {
+        return;
+    };
+    two_containers(&m);
+    let mut rng = Rng::from_env("main-exits-mid-move");
+    for round in 0..100 {
+        let micros = rng.below(3000).to_string();
+        let mut t = Target::start(&m, &["main-exits-after", "4", &micros]);
+        let pid = t.pid();
+        let c = if round % 2 == 0 { "a" } else { "b" };
+        m.step.set(&format!(
+            "round {round}: main thread leaves after {micros} us"
+        ));
+        assert_eq!(write_pid(&m, c, pid), 0, "round {round}");
+        let uts = bound(&m, &format!("{c}/uts"));
+        // It may leave after the move: look once it has.
+        m.step
+            .set(&format!("round {round}: wait for the main thread to leave"));
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while thread_state(pid, pid) != 'Z' {
+            assert!(
+                Instant::now() < deadline,
+                "round {round}: main thread still runs"
+            );
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        let threads = live_threads(pid);
+        assert!(threads.len() >= 4, "round {round}: {threads:?}");
+        for tid in threads {
+            assert_eq!(
+                thread_ns(pid, tid, "uts"),
+                uts,
+                "round {round}: thread {tid}"
+            );
+            assert_eq!(status_field(pid, tid, "TracerPid:"), "0", "round {round}");
+        }
+        m.step.set(&format!("round {round}: end the target"));
+        assert!(t.finish().success(), "round {round}");
+    }
+    assert_injectors_clean(&m);
+}
+
+#[test]
 fn thread_in_a_namespace_of_its_own_is_moved_too() {
     let Some(m) = Mount::new("own-net-thread") else {
         return;
