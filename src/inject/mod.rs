@@ -34,16 +34,27 @@
 //! restart. The selfcheck target's `read-pipe`, `nanosleep` and `wait4`
 //! modes fail (errno 512/516) should this ever stop holding.
 //!
+//! One exception: calls the kernel never restarts after a stop (signal(7):
+//! `epoll_wait`, `sigwaitinfo`, `semop`, ...) have already failed with
+//! `EINTR` when the first stop comes. If such a call had no timeout and no
+//! signal is pending that would have interrupted it anyway, our interrupt
+//! alone ended it: the saved registers are set to issue it again
+//! (`Registers::interrupted_untimed_wait`), so the thread goes back into it.
+//!
 //! # Signals
 //!
-//! During injection all signals are blocked except the synchronous ones
-//! (SIGSEGV, SIGBUS, SIGILL, SIGFPE, SIGTRAP, SIGSYS): blocking those would
-//! make the kernel reset their handlers should one be forced. A SIGSTOP is
-//! let through (the group stop happens and the thread is resumed as ptrace
-//! permits); a signal sent by a process to the thread meanwhile is held and
-//! sent again (`tgkill`) before detaching; a signal the kernel raises because
-//! of an injected syscall (a seccomp `SECCOMP_RET_TRAP`) is discarded, the
-//! syscall having already failed. `PTRACE_GETSIGMASK` reports the mask a
+//! During injection all signals are blocked except those the kernel may
+//! force on an injected step, SIGTRAP (the single step) and SIGSYS (a
+//! seccomp `SECCOMP_RET_TRAP`): blocking those would make the kernel reset
+//! their handlers should one be forced. Anything else sent meanwhile stays
+//! queued, with its siginfo, until the thread's own mask is back. A SIGSTOP
+//! is let through (the group stop happens and the thread is resumed as
+//! ptrace permits); a SIGTRAP or SIGSYS sent by a process meanwhile is held
+//! with its siginfo and delivered on detach (`PTRACE_SETSIGINFO` at the last
+//! signal-delivery stop, then detaching with it: the kernel delivers it, or
+//! queues it again if the restored mask blocks it); a signal the kernel
+//! raises because of an injected syscall is discarded, the syscall having
+//! already failed. `PTRACE_GETSIGMASK` reports the mask a
 //! `ppoll`/`sigsuspend` will restore, so saving and setting it back is
 //! exactly what the kernel itself would leave.
 //!
