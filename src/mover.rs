@@ -361,8 +361,9 @@ fn is_kernel_thread(tid: Pid) -> bool {
     proc_stat(tid).is_ok_and(|s| s.flags & PF_KTHREAD != 0)
 }
 
+/// Whether thread `tid` has exited (a zombie, or gone already).
 fn is_zombie(tid: Pid) -> bool {
-    proc_stat(tid).is_ok_and(|s| matches!(s.state, 'Z' | 'X'))
+    proc_stat(tid).map_or(true, |s| matches!(s.state, 'Z' | 'X'))
 }
 
 /// Stops every thread of `tgid`. Returns them in tid order, and the number

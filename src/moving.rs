@@ -133,7 +133,8 @@ impl PtraceMover {
 /// Decided per thread: a thread may have joined or unshared a namespace of
 /// its own, and the main thread may have exited (`pthread_exit`), leaving
 /// no namespaces to read. The first live thread is read in full, the others
-/// only for the kinds still alike. No live thread: `Ok((0, None))`.
+/// only for the kinds still alike. No thread at all: `Ok((0, None))`; none
+/// readable: the error of one of them.
 fn kinds_to_change(pid: i32, key: &[u64; 8]) -> std::io::Result<(libc::c_int, Option<i32>)> {
     let tasks = ProcDir::tasks(pid)?;
     let mut tids: Vec<i32> = std::fs::read_dir(format!("/proc/{pid}/task"))?
@@ -144,6 +145,7 @@ fn kinds_to_change(pid: i32, key: &[u64; 8]) -> std::io::Result<(libc::c_int, Op
     tids.sort_unstable_by_key(|&tid| (tid != pid, tid));
     let mut flags = 0;
     let mut live = None;
+    let mut refused = None;
     'threads: for tid in tids {
         for kind in Kind::ALL {
             if live.is_some() && flags & kind.clone_flag() != 0 {
@@ -153,14 +155,27 @@ fn kinds_to_change(pid: i32, key: &[u64; 8]) -> std::io::Result<(libc::c_int, Op
                 Ok(ino) if ino != key[kind.index()] => flags |= kind.clone_flag(),
                 Ok(_) => {}
                 // An exited thread (a leader that called pthread_exit) has
-                // no namespaces.
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue 'threads,
+                // no namespaces; one on its way out may also refuse (EACCES)
+                // or be gone.
+                Err(e)
+                    if matches!(
+                        e.raw_os_error(),
+                        Some(libc::ENOENT | libc::EACCES | libc::ESRCH)
+                    ) =>
+                {
+                    refused = refused.or(Some(e));
+                    continue 'threads;
+                }
                 Err(e) => return Err(e),
             }
         }
         live.get_or_insert(tid);
     }
-    Ok((flags, live))
+    match (live, refused) {
+        // Not one thread could be read: say why.
+        (None, Some(e)) => Err(e),
+        (live, _) => Ok((flags, live)),
+    }
 }
 
 /// Whether thread `tid` belongs to process `pid` (both in the daemon's pid

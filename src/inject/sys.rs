@@ -209,23 +209,31 @@ fn collect_others(tid: i32) {
             .collect()
     });
     for other in others {
-        let status = match poll_one(other) {
-            Ok(None) => continue,
-            Ok(Some(status)) => status,
-            // Not ours any more: reads as gone.
-            Err(_) => 0,
-        };
-        TRACED.with(|t| {
-            if let Some(slot) = t.borrow_mut().get_mut(&other) {
-                *slot = Some(status);
-            }
-        });
+        collect_one(other);
     }
 }
 
+/// Collects what traced thread `tid` has to report, if anything, and keeps
+/// it for its own wait. Whether there was something.
+fn collect_one(tid: i32) -> bool {
+    let status = match poll_one(tid) {
+        Ok(None) => return false,
+        Ok(Some(status)) => status,
+        // Not ours any more: reads as gone.
+        Err(_) => 0,
+    };
+    TRACED.with(|t| {
+        if let Some(slot) = t.borrow_mut().get_mut(&tid) {
+            *slot = Some(status);
+        }
+    });
+    true
+}
+
 /// Blocks until some child or tracee of the calling thread has something
-/// to report, without collecting it. `false` if there is none at all.
-fn await_any() -> bool {
+/// to report, without collecting it, and returns its pid; `None` if there is
+/// no child or tracee at all.
+fn await_any() -> Option<i32> {
     // SAFETY: siginfo_t is plain data; all-zero is a valid value.
     let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
     let flags = libc::WEXITED | libc::WSTOPPED | libc::WNOWAIT | libc::__WALL | libc::__WNOTHREAD;
@@ -235,18 +243,11 @@ fn await_any() -> bool {
         match check(ret as libc::c_long) {
             Ok(_) => break,
             Err(Errno::EINTR) => continue,
-            Err(_) => return false,
+            Err(_) => return None,
         }
     }
     // SAFETY: waitid filled `info` for a child state change.
-    let pid = unsafe { info.si_pid() };
-    let ours = TRACED.with(|t| t.borrow().contains_key(&pid));
-    if !ours {
-        // A child of the caller's own (tests run moves in-process): that
-        // report stays where it is, so look again a little later.
-        std::thread::sleep(std::time::Duration::from_micros(200));
-    }
-    true
+    Some(unsafe { info.si_pid() })
 }
 
 /// Blocks until `tid`, a thread of process `tgid`, reports a state change.
@@ -280,17 +281,24 @@ pub(crate) fn wait(tid: Pid, tgid: Pid) -> Result<WaitEvent, Errno> {
             std::thread::yield_now();
             continue;
         }
-        collect_others(raw);
         if leader_of_many {
             // Its exit would wake no waitid of ours: look every 100 us,
             // and at its state every few milliseconds.
+            collect_others(raw);
             if naps % 32 == 31 && is_waiting_leader(raw) {
                 return Ok(WaitEvent::Gone);
             }
             naps += 1;
             std::thread::sleep(std::time::Duration::from_micros(100));
-        } else if !await_any() {
-            return Err(Errno::ECHILD);
+            continue;
+        }
+        match await_any() {
+            None => return Err(Errno::ECHILD),
+            Some(pid) if pid == raw => {}
+            Some(pid) if TRACED.with(|t| t.borrow().contains_key(&pid)) && collect_one(pid) => {}
+            // A child of the caller's own (tests run moves in-process):
+            // that report stays where it is, so look again a little later.
+            Some(_) => std::thread::sleep(std::time::Duration::from_micros(200)),
         }
     };
     let event = decode(status)?;
