@@ -405,6 +405,8 @@ fn stop_all(
         if let Some(answer) = before_wait.take() {
             answer();
         }
+        // The leader last: see `inject::syscall_each`.
+        running.sort_by_key(|t| t.tid() == tgid);
         for t in running {
             match t.wait_stop() {
                 Ok(t) => stopped.push(t),
@@ -825,6 +827,15 @@ fn move_traced(
         return Err(MoveError::Unsupported("32-bit (compat) process"));
     }
     share_syscall_site(&mut threads)?;
+    let multi = threads.len() > 1;
+    // What each thread is in before, for a rollback; and the kinds some
+    // thread has a namespace of its own in.
+    let (kinds, originals) = if multi {
+        let tasks = ProcDir::tasks(tgid.as_raw()).map_err(MoveError::Proc)?;
+        per_thread_kinds(&tasks, &threads, kinds)?
+    } else {
+        (kinds, Vec::new())
+    };
     match (
         check_seccomp(&mut threads, holder_pid_in_target_ns, kinds),
         fatal_seccomp,
@@ -835,18 +846,7 @@ fn move_traced(
         (result, _) => result?,
     }
 
-    let multi = threads.len() > 1;
     let unshare_fs = multi && kinds & libc::CLONE_NEWNS != 0;
-    // What each thread is in before, for a rollback.
-    let originals = if multi {
-        let tasks = ProcDir::tasks(tgid.as_raw()).map_err(MoveError::Proc)?;
-        threads
-            .iter()
-            .map(|t| ns_ids(&tasks, t.tid(), kinds))
-            .collect::<Result<Vec<_>, _>>()?
-    } else {
-        Vec::new()
-    };
 
     let result = join_or_roll_back(
         tgid,
@@ -870,6 +870,58 @@ fn move_traced(
         rounds,
         unshared_fs: unshare_fs,
     })
+}
+
+/// Kinds a thread can join or unshare on its own, and be left in by a
+/// decision taken from another thread (user and time namespaces cannot
+/// differ between threads that could be moved; a thread's own pid
+/// namespace for children is left as the caller decided).
+const PER_THREAD_KINDS: libc::c_int = libc::CLONE_NEWCGROUP
+    | libc::CLONE_NEWIPC
+    | libc::CLONE_NEWNS
+    | libc::CLONE_NEWNET
+    | libc::CLONE_NEWUTS;
+
+/// Reads every thread's namespaces and widens `kinds` by those in which a
+/// thread differs from the first: the caller chose `kinds` from one thread,
+/// the first (the leader, or the first live one), whose namespace of any
+/// other kind is the container's already, so a thread in another one
+/// joined or unshared it on its own and must change too. Returns the kinds
+/// and, per thread, its namespaces of those kinds (for a rollback).
+fn per_thread_kinds(
+    tasks: &ProcDir,
+    threads: &[Tracee<Stopped>],
+    kinds: libc::c_int,
+) -> Result<(libc::c_int, Vec<Vec<u64>>), MoveError> {
+    let read = kinds | PER_THREAD_KINDS;
+    let all = threads
+        .iter()
+        .map(|t| ns_ids(tasks, t.tid(), read))
+        .collect::<Result<Vec<_>, _>>()?;
+    let flags: Vec<libc::c_int> = KINDS
+        .iter()
+        .map(|&(flag, _)| flag)
+        .filter(|flag| read & flag != 0)
+        .collect();
+    let mut wider = kinds;
+    if let Some(first) = all.first() {
+        for (i, &flag) in flags.iter().enumerate() {
+            if all.iter().any(|ids| ids[i] != first[i]) {
+                wider |= flag;
+            }
+        }
+    }
+    let originals = all
+        .into_iter()
+        .map(|ids| {
+            ids.into_iter()
+                .zip(&flags)
+                .filter(|(_, flag)| wider & **flag != 0)
+                .map(|(id, _)| id)
+                .collect()
+        })
+        .collect();
+    Ok((wider, originals))
 }
 
 /// Joins every thread; on a failure, moves the threads that had moved back.

@@ -85,14 +85,13 @@ impl PtraceMover {
             Error::Denied(format!("cannot read the namespaces of process {pid}: {e}"))
         };
         let mut key: [u64; 8] = std::array::from_fn(|i| set[i].ino());
-        let (flags, live) = kinds_to_change(pid, &key).map_err(unreadable)?;
+        let (flags, live, ns) = kinds_to_change(pid, &key).map_err(unreadable)?;
         let Some(live) = live else {
             return Err(mover::MoveError::Gone(pid).into());
         };
         if flags == 0 {
             return Ok(());
         }
-        let ns = ProcDir::tasks(pid).map_err(unreadable)?;
         let pidns = ns
             .open_entry(&format!("{live}/ns/pid"))
             .map_err(|_| mover::MoveError::Gone(pid))?;
@@ -126,55 +125,79 @@ impl PtraceMover {
     }
 }
 
-/// The kinds (`CLONE_NEW*` flags) in which some live thread of process
-/// `pid` is not in the set whose inodes are `key` (for pid and time, the
-/// namespace its children are born into), and one live thread.
+/// The kinds (`CLONE_NEW*` flags) in which the first live thread of process
+/// `pid` (the leader, unless it has exited) is not in the set whose inodes
+/// are `key` (for pid and time, the namespace its children are born into),
+/// and that thread.
 ///
-/// Decided per thread: a thread may have joined or unshared a namespace of
-/// its own, and the main thread may have exited (`pthread_exit`), leaving
-/// no namespaces to read. The first live thread is read in full, the others
-/// only for the kinds still alike. No thread at all: `Ok((0, None))`; none
-/// readable: the error of one of them.
-fn kinds_to_change(pid: i32, key: &[u64; 8]) -> std::io::Result<(libc::c_int, Option<i32>)> {
+/// The main thread may have exited (`pthread_exit`), leaving no namespaces
+/// to read: the next thread is read then. Threads that joined or unshared
+/// a namespace of their own are found by the move itself, which reads
+/// every thread anyway; only when the first thread is in the set already
+/// are the others read here, for the kinds still alike. No thread at all:
+/// `Ok((0, None))`; none readable: the error of one of them.
+fn kinds_to_change(
+    pid: i32,
+    key: &[u64; 8],
+) -> std::io::Result<(libc::c_int, Option<i32>, ProcDir)> {
     let tasks = ProcDir::tasks(pid)?;
-    let mut tids: Vec<i32> = std::fs::read_dir(format!("/proc/{pid}/task"))?
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse().ok())
-        .collect();
-    // The leader first: the one read in full in the usual case.
-    tids.sort_unstable_by_key(|&tid| (tid != pid, tid));
     let mut flags = 0;
     let mut live = None;
     let mut refused = None;
-    'threads: for tid in tids {
+    // Reads thread `tid`'s kinds not known to change yet; false if it has
+    // exited (a leader that called pthread_exit has no namespaces; one on
+    // its way out may also refuse, EACCES, or be gone).
+    let mut read = |tid: i32, flags: &mut libc::c_int| -> std::io::Result<bool> {
         for kind in Kind::ALL {
-            if live.is_some() && flags & kind.clone_flag() != 0 {
+            if *flags & kind.clone_flag() != 0 {
                 continue;
             }
             match tasks.inode(&format!("{tid}/ns/{}", kind.proc_entry())) {
-                Ok(ino) if ino != key[kind.index()] => flags |= kind.clone_flag(),
+                Ok(ino) if ino != key[kind.index()] => *flags |= kind.clone_flag(),
                 Ok(_) => {}
-                // An exited thread (a leader that called pthread_exit) has
-                // no namespaces; one on its way out may also refuse (EACCES)
-                // or be gone.
                 Err(e)
                     if matches!(
                         e.raw_os_error(),
                         Some(libc::ENOENT | libc::EACCES | libc::ESRCH)
                     ) =>
                 {
-                    refused = refused.or(Some(e));
-                    continue 'threads;
+                    refused = refused.take().or(Some(e));
+                    return Ok(false);
                 }
                 Err(e) => return Err(e),
             }
         }
-        live.get_or_insert(tid);
+        Ok(true)
+    };
+    // The leader first: in the usual case, the only one read.
+    if read(pid, &mut flags)? {
+        live = Some(pid);
+        if flags != 0 {
+            return Ok((flags, live, tasks));
+        }
+    } else {
+        flags = 0;
+    }
+    let mut tids: Vec<i32> = std::fs::read_dir(format!("/proc/{pid}/task"))?
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse().ok())
+        .filter(|&tid| tid != pid)
+        .collect();
+    tids.sort_unstable();
+    for tid in tids {
+        let mut seen = flags;
+        if read(tid, &mut seen)? {
+            flags = seen;
+            live.get_or_insert(tid);
+            if flags != 0 {
+                break;
+            }
+        }
     }
     match (live, refused) {
         // Not one thread could be read: say why.
         (None, Some(e)) => Err(e),
-        (live, _) => Ok((flags, live)),
+        (live, _) => Ok((flags, live, tasks)),
     }
 }
 

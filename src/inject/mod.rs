@@ -500,7 +500,12 @@ fn signal_would_interrupt(tid: Pid) -> bool {
 /// that is reported first. Returns whether the trap is a group-stop.
 fn wait_for_trap(tid: Pid, tgid: Pid) -> Result<bool, TraceError> {
     loop {
-        match sys::wait(tid, tgid).map_err(TraceError::os(tid, "waitpid"))? {
+        let waited = if tid == tgid {
+            sys::Waited::RunningLeader
+        } else {
+            sys::Waited::Thread
+        };
+        match sys::wait(tid, waited).map_err(TraceError::os(tid, "waitpid"))? {
             WaitEvent::Gone => return Err(TraceError::Gone(tid)),
             WaitEvent::EventStop {
                 event: libc::PTRACE_EVENT_STOP,
@@ -716,7 +721,12 @@ impl Tracee<Stopped> {
         let tid = self.tid;
         for _ in 0..MAX_STOPS {
             let mut pass = 0;
-            match sys::wait(tid, self.tgid).map_err(TraceError::os(tid, "waitpid"))? {
+            let waited = if tid == self.tgid {
+                sys::Waited::Leader
+            } else {
+                sys::Waited::Thread
+            };
+            match sys::wait(tid, waited).map_err(TraceError::os(tid, "waitpid"))? {
                 WaitEvent::Gone => {
                     self.released = true;
                     return Err(TraceError::Gone(tid));
@@ -876,16 +886,19 @@ pub fn syscall_each(
         .map(|(t, call)| call.map(|(nr, args)| t.launch(nr, args)))
         .collect();
     launched.resize_with(tracees.len(), || None);
-    tracees
-        .iter_mut()
-        .zip(launched)
-        .map(|(t, launched)| {
-            launched.map(|site| {
-                let after = t.collect(site?)?;
-                Ok(decode_return(after.result()))
-            })
-        })
-        .collect()
+    // The leader is collected last: by then every other thread has
+    // reported, and waiting for it wakes for nothing else.
+    let mut order: Vec<usize> = (0..tracees.len()).collect();
+    order.sort_by_key(|&i| tracees[i].tid == tracees[i].tgid);
+    let mut results: Vec<Option<Result<SyscallResult, TraceError>>> =
+        (0..tracees.len()).map(|_| None).collect();
+    for i in order {
+        results[i] = launched[i].take().map(|site| {
+            let after = tracees[i].collect(site?)?;
+            Ok(decode_return(after.result()))
+        });
+    }
+    results
 }
 
 #[cfg(test)]

@@ -250,9 +250,8 @@ fn await_any() -> Option<i32> {
     Some(unsafe { info.si_pid() })
 }
 
-/// Blocks until `tid`, a thread of process `tgid`, reports a state change.
-/// EINTR is retried; ECHILD means the thread is not (or no longer) our
-/// tracee.
+/// Blocks until `tid` reports a state change. EINTR is retried; ECHILD
+/// means the thread is not (or no longer) our tracee.
 ///
 /// While waiting, what other traced threads report is collected and kept
 /// for their own wait: a process that dies during a move leaves every
@@ -260,14 +259,11 @@ fn await_any() -> Option<i32> {
 /// is reported only after the others, so waiting for one thread alone could
 /// wait for ever. For the same reason a leader that exits while other
 /// threads of its group run on (`pthread_exit`) is reported only once they
-/// are all gone: it reads as gone as soon as it has exited, and stays
-/// tracked (see [`settle`]).
-pub(crate) fn wait(tid: Pid, tgid: Pid) -> Result<WaitEvent, Errno> {
+/// are all gone, and its exit wakes no wait: it reads as gone as soon as it
+/// has exited, and stays tracked (see [`settle`]).
+pub(crate) fn wait(tid: Pid, waited: Waited) -> Result<WaitEvent, Errno> {
     let spin_until = std::time::Instant::now() + SPIN;
     let raw = tid.as_raw();
-    // Only a leader's exit can wait for other threads; a lone traced thread
-    // has none we hold.
-    let leader_of_many = tid == tgid && TRACED.with(|t| t.borrow().len() > 1);
     let mut naps = 0u32;
     let status = loop {
         let stashed = TRACED.with(|t| t.borrow_mut().get_mut(&raw).and_then(Option::take));
@@ -281,9 +277,22 @@ pub(crate) fn wait(tid: Pid, tgid: Pid) -> Result<WaitEvent, Errno> {
             std::thread::yield_now();
             continue;
         }
-        if leader_of_many {
-            // Its exit would wake no waitid of ours: look every 100 us,
-            // and at its state every few milliseconds.
+        if waited == Waited::Thread {
+            break wait_blocking(raw)?;
+        }
+        // Blocking is safe while another traced thread is still to report
+        // (it wakes us); past that, a leader that exits would not. A lone
+        // traced leader's exit is reported like any other.
+        let (others, others_to_report) = TRACED.with(|t| {
+            let t = t.borrow();
+            let others = t.len().saturating_sub(1);
+            let to_report = t
+                .iter()
+                .any(|(&other, kept)| other != raw && kept.is_none());
+            (others, to_report)
+        });
+        if waited == Waited::RunningLeader && others > 0 && !others_to_report {
+            // Look every 100 us, and at its state every few milliseconds.
             collect_others(raw);
             if naps % 32 == 31 && is_waiting_leader(raw) {
                 return Ok(WaitEvent::Gone);
@@ -306,6 +315,35 @@ pub(crate) fn wait(tid: Pid, tgid: Pid) -> Result<WaitEvent, Errno> {
         untrack(tid);
     }
     Ok(event)
+}
+
+/// Which thread [`wait`] waits for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Waited {
+    /// A thread other than its group's leader: its exit is reported at
+    /// once, so waiting for it alone is safe.
+    Thread,
+    /// A leader that is stopped, or only runs an injected step: its exit
+    /// (a kill) is reported after the other threads', which are collected
+    /// meanwhile.
+    Leader,
+    /// A leader that runs freely toward a stop: it could also exit on its
+    /// own (`pthread_exit`) while other threads run on.
+    RunningLeader,
+}
+
+/// `waitpid(tid, __WALL)`, blocking.
+fn wait_blocking(tid: i32) -> Result<libc::c_int, Errno> {
+    let mut status: libc::c_int = 0;
+    loop {
+        // SAFETY: waitpid writes one int to `status`, a live local.
+        let ret = unsafe { libc::waitpid(tid, &mut status, libc::__WALL) };
+        match check(ret as libc::c_long) {
+            Ok(_) => return Ok(status),
+            Err(Errno::EINTR) => continue,
+            Err(e) => return Err(e),
+        }
+    }
 }
 
 fn decode(status: libc::c_int) -> Result<WaitEvent, Errno> {
