@@ -280,19 +280,13 @@ pub(crate) fn wait(tid: Pid, waited: Waited) -> Result<WaitEvent, Errno> {
         if waited == Waited::Thread {
             break wait_blocking(raw)?;
         }
-        // Blocking is safe while another traced thread is still to report
-        // (it wakes us); past that, a leader that exits would not. A lone
-        // traced leader's exit is reported like any other.
-        let (others, others_to_report) = TRACED.with(|t| {
-            let t = t.borrow();
-            let others = t.len().saturating_sub(1);
-            let to_report = t
-                .iter()
-                .any(|(&other, kept)| other != raw && kept.is_none());
-            (others, to_report)
-        });
-        if waited == Waited::RunningLeader && others > 0 && !others_to_report {
-            // Look every 100 us, and at its state every few milliseconds.
+        // A running leader that exits while we hold other threads wakes no
+        // wait of ours (a lone traced leader's exit is reported like any
+        // other's). It is waited for last, so its stop is usually there
+        // already; else look every 100 us, and at its state every few
+        // milliseconds.
+        let others = TRACED.with(|t| t.borrow().len().saturating_sub(1));
+        if waited == Waited::RunningLeader && others > 0 {
             collect_others(raw);
             if naps % 32 == 31 && is_waiting_leader(raw) {
                 return Ok(WaitEvent::Gone);
