@@ -421,14 +421,14 @@ fn stop_all(
 /// Namespace inode numbers of one thread, one per requested kind.
 /// `tasks` is the process's open `/proc/PID/task`.
 fn ns_ids(tasks: &ProcDir, tid: Pid, kinds: libc::c_int) -> Result<Vec<u64>, MoveError> {
+    // The thread's `ns` directory is looked up once for all the links.
+    let ns = tasks
+        .subdir(&format!("{tid}/ns"))
+        .map_err(MoveError::Proc)?;
     KINDS
         .iter()
         .filter(|(flag, _)| kinds & flag != 0)
-        .map(|(_, name)| {
-            tasks
-                .inode(&format!("{tid}/ns/{name}"))
-                .map_err(MoveError::Proc)
-        })
+        .map(|(_, name)| ns.inode(name).map_err(MoveError::Proc))
         .collect()
 }
 
