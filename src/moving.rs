@@ -85,15 +85,15 @@ impl PtraceMover {
             Error::Denied(format!("cannot read the namespaces of process {pid}: {e}"))
         };
         let mut key: [u64; 8] = std::array::from_fn(|i| set[i].ino());
-        let (flags, live, ns) = kinds_to_change(pid, &key).map_err(unreadable)?;
-        let Some(live) = live else {
+        let (flags, ns) = kinds_to_change(pid, &key).map_err(unreadable)?;
+        let Some(ns) = ns else {
             return Err(mover::MoveError::Gone(pid).into());
         };
         if flags == 0 {
             return Ok(());
         }
         let pidns = ns
-            .open_entry(&format!("{live}/ns/pid"))
+            .open_entry("pid")
             .map_err(|_| mover::MoveError::Gone(pid))?;
         // The target must see the holder to open a pidfd of it. When the pid
         // kind does not change, the holder can sit in the target's own pid
@@ -101,7 +101,7 @@ impl PtraceMover {
         let holder = if flags & libc::CLONE_NEWPID != 0 {
             self.holder(key, || Ok(set.clone()))?
         } else {
-            key[Kind::Pid.index()] = ns.inode(&format!("{live}/ns/pid")).map_err(unreadable)?;
+            key[Kind::Pid.index()] = ns.inode("pid").map_err(unreadable)?;
             self.holder(key, || {
                 let active = pidns.try_clone().map_err(|source| Error::Sys {
                     what: "dup the target's pid namespace",
@@ -128,7 +128,7 @@ impl PtraceMover {
 /// The kinds (`CLONE_NEW*` flags) in which the first live thread of process
 /// `pid` (the leader, unless it has exited) is not in the set whose inodes
 /// are `key` (for pid and time, the namespace its children are born into),
-/// and that thread.
+/// and that thread's `ns` directory.
 ///
 /// The main thread may have exited (`pthread_exit`), leaving no namespaces
 /// to read: the next thread is read then. Threads that joined or unshared
@@ -136,47 +136,51 @@ impl PtraceMover {
 /// every thread anyway; only when the first thread is in the set already
 /// are the others read here, for the kinds still alike. No thread at all:
 /// `Ok((0, None))`; none readable: the error of one of them.
-fn kinds_to_change(
-    pid: i32,
-    key: &[u64; 8],
-) -> std::io::Result<(libc::c_int, Option<i32>, ProcDir)> {
+fn kinds_to_change(pid: i32, key: &[u64; 8]) -> std::io::Result<(libc::c_int, Option<ProcDir>)> {
     let tasks = ProcDir::tasks(pid)?;
     let mut flags = 0;
     let mut live = None;
     let mut refused = None;
-    // Reads thread `tid`'s kinds not known to change yet; false if it has
-    // exited (a leader that called pthread_exit has no namespaces; one on
-    // its way out may also refuse, EACCES, or be gone).
-    let mut read = |tid: i32, flags: &mut libc::c_int| -> std::io::Result<bool> {
+    // Reads thread `tid`'s kinds not known to change yet, through its `ns`
+    // directory, which it returns; `None` if the thread has exited (a leader
+    // that called pthread_exit has no namespaces; one on its way out may
+    // also refuse, EACCES, or be gone).
+    let mut read = |tid: i32, flags: &mut libc::c_int| -> std::io::Result<Option<ProcDir>> {
+        let exited = |e: &std::io::Error| {
+            matches!(
+                e.raw_os_error(),
+                Some(libc::ENOENT | libc::EACCES | libc::ESRCH)
+            )
+        };
+        let ns = match tasks.subdir(&format!("{tid}/ns")) {
+            Ok(ns) => ns,
+            Err(e) if exited(&e) => {
+                refused = refused.take().or(Some(e));
+                return Ok(None);
+            }
+            Err(e) => return Err(e),
+        };
         for kind in Kind::ALL {
             if *flags & kind.clone_flag() != 0 {
                 continue;
             }
-            match tasks.inode(&format!("{tid}/ns/{}", kind.proc_entry())) {
+            match ns.inode(kind.proc_entry()) {
                 Ok(ino) if ino != key[kind.index()] => *flags |= kind.clone_flag(),
                 Ok(_) => {}
-                Err(e)
-                    if matches!(
-                        e.raw_os_error(),
-                        Some(libc::ENOENT | libc::EACCES | libc::ESRCH)
-                    ) =>
-                {
+                Err(e) if exited(&e) => {
                     refused = refused.take().or(Some(e));
-                    return Ok(false);
+                    return Ok(None);
                 }
                 Err(e) => return Err(e),
             }
         }
-        Ok(true)
+        Ok(Some(ns))
     };
     // The leader first: in the usual case, the only one read.
-    if read(pid, &mut flags)? {
-        live = Some(pid);
-        if flags != 0 {
-            return Ok((flags, live, tasks));
-        }
-    } else {
-        flags = 0;
+    match read(pid, &mut flags)? {
+        Some(ns) if flags != 0 => return Ok((flags, Some(ns))),
+        Some(ns) => live = Some(ns),
+        None => flags = 0,
     }
     let mut tids: Vec<i32> = std::fs::read_dir(format!("/proc/{pid}/task"))?
         .flatten()
@@ -186,9 +190,9 @@ fn kinds_to_change(
     tids.sort_unstable();
     for tid in tids {
         let mut seen = flags;
-        if read(tid, &mut seen)? {
+        if let Some(ns) = read(tid, &mut seen)? {
             flags = seen;
-            live.get_or_insert(tid);
+            live.get_or_insert(ns);
             if flags != 0 {
                 break;
             }
@@ -197,7 +201,7 @@ fn kinds_to_change(
     match (live, refused) {
         // Not one thread could be read: say why.
         (None, Some(e)) => Err(e),
-        (live, _) => Ok((flags, live, tasks)),
+        (live, _) => Ok((flags, live)),
     }
 }
 
