@@ -4,6 +4,9 @@
 #
 #     ./mount-helper/install.sh [--uninstall] [VAR=VALUE ...]
 #
+# --uninstall removes the installed files and the directories the install
+# made (listed in $PREFIX/share/nsproxyfs/installed-dirs) if they are empty.
+#
 # VAR=VALUE arguments (or the same variables in the environment):
 #     DESTDIR    staging root for packaging; paths inside the files do not
 #                include it (default: empty)
@@ -28,7 +31,7 @@ for arg in "$@"; do
         DESTDIR=* | PREFIX=* | SBINDIR=* | HELPERDIR=* | UNITDIR=* | MANDIR=* | BINARY=*)
             name=${arg%%=*}
             eval "$name=\${arg#*=}" ;;
-        -h | --help) sed -n '2,19s/^# \{0,1\}//p' "$0"; exit 0 ;;
+        -h | --help) sed -n '2,22s/^# \{0,1\}//p' "$0"; exit 0 ;;
         *) die "unknown argument $arg (see --help)" ;;
     esac
 done
@@ -53,6 +56,9 @@ for dir in "$PREFIX" "$SBINDIR" "$HELPERDIR" "$UNITDIR" "$MANDIR"; do
 done
 
 daemon=$SBINDIR/nsproxyfs
+# The directories this script made, one a line (without DESTDIR), so that
+# --uninstall removes them again, and only them.
+dirlist=$PREFIX/share/nsproxyfs/installed-dirs
 # Every file this script installs.
 set -- "$DESTDIR$daemon" "$DESTDIR$HELPERDIR/mount.fuse.nsproxyfs" \
     "$DESTDIR$UNITDIR/nsproxyfs.service" "$DESTDIR$MANDIR/man8/nsproxyfs.8"
@@ -64,6 +70,16 @@ if [ -n "$uninstall" ]; then
             echo "removed $f"
         fi
     done
+    if [ -f "$DESTDIR$dirlist" ]; then
+        made=$(cat "$DESTDIR$dirlist")
+        rm -f "$DESTDIR$dirlist"
+        # Deepest first; a directory that holds something else stays.
+        printf '%s\n' "$made" | sort -r | while IFS= read -r d; do
+            if [ -n "$d" ] && rmdir "$DESTDIR$d" 2>/dev/null; then
+                echo "removed $DESTDIR$d/"
+            fi
+        done
+    fi
     exit 0
 fi
 
@@ -77,7 +93,23 @@ fill() {
     mv -f "$3.new" "$3"
 }
 
-install -d "$DESTDIR$SBINDIR" "$DESTDIR$MANDIR/man8"
+# Prints $1 and each of its parents that do not exist yet, without DESTDIR.
+missing() {
+    d=$1
+    while [ "$d" != / ] && [ ! -d "$DESTDIR$d" ]; do
+        echo "$d"
+        d=$(dirname "$d")
+    done
+}
+made=$(for d in "$SBINDIR" "$HELPERDIR" "$UNITDIR" "$MANDIR/man8" "$(dirname "$dirlist")"; do
+    missing "$d"
+done)
+install -d "$DESTDIR$SBINDIR" "$DESTDIR$MANDIR/man8" "$DESTDIR$(dirname "$dirlist")"
+{
+    [ -f "$DESTDIR$dirlist" ] && cat "$DESTDIR$dirlist"
+    [ -n "$made" ] && printf '%s\n' "$made"
+} | awk 'NF && !seen[$0]++' >"$DESTDIR$dirlist.new"
+mv -f "$DESTDIR$dirlist.new" "$DESTDIR$dirlist"
 install -m 755 "$BINARY" "$DESTDIR$daemon"
 fill "$src/mount-helper/mount.fuse.nsproxyfs" 755 "$DESTDIR$HELPERDIR/mount.fuse.nsproxyfs"
 fill "$src/mount-helper/nsproxyfs.service.in" 644 "$DESTDIR$UNITDIR/nsproxyfs.service"

@@ -104,8 +104,14 @@ fn named(dir: &Path, set: &[u64; 8], depth: usize) -> Option<PathBuf> {
 
 /// Adopts the set of process `pid` (as this process's pid namespace sees
 /// it) as the container `dest`, waiting up to `wait` for discovery to show
-/// the set. Returns the discovered name it had.
-pub fn run(pid: i32, dest: &Path, wait: Duration) -> Result<String, AdoptError> {
+/// the set; `waiting` is told once, with what is awaited, if it must wait.
+/// Returns the discovered name it had.
+pub fn run(
+    pid: i32,
+    dest: &Path,
+    wait: Duration,
+    waiting: impl FnOnce(&str),
+) -> Result<String, AdoptError> {
     let dest = std::path::absolute(dest).map_err(|_| AdoptError::NotInMount(dest.into()))?;
     let parent = dest
         .parent()
@@ -121,6 +127,7 @@ pub fn run(pid: i32, dest: &Path, wait: Duration) -> Result<String, AdoptError> 
         return Err(AdoptError::RootSet(pid));
     }
     let deadline = Instant::now() + wait;
+    let mut waiting = Some(waiting);
     loop {
         let found = std::fs::read_dir(&discovered)
             .into_iter()
@@ -143,6 +150,13 @@ pub fn run(pid: i32, dest: &Path, wait: Duration) -> Result<String, AdoptError> 
         }
         if Instant::now() >= deadline {
             return Err(AdoptError::NotDiscovered(pid));
+        }
+        if let Some(say) = waiting.take() {
+            say(&format!(
+                "waiting up to {} s for the namespaces of process {pid} to appear in {}",
+                wait.as_secs_f32(),
+                discovered.display()
+            ));
         }
         std::thread::sleep(Duration::from_millis(50));
     }

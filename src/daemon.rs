@@ -13,7 +13,8 @@ use fuser::{Config, MountOption, SessionACL};
 
 use crate::export::Exporter;
 use crate::fs::{Mounted, Mover, NsProxyFs, Options};
-use crate::state::{self, Loaded, Recorder};
+use crate::logs::Destination;
+use crate::state::{self, Loaded, Recorder, StateDir};
 
 /// How the daemon was asked to run.
 #[derive(Debug, Clone)]
@@ -30,6 +31,9 @@ pub struct Settings {
     pub level: log::LevelFilter,
     /// Show the namespace sets already in use (`--discover`).
     pub discover: bool,
+    /// Where to log (`--log`); `None` chooses by `foreground` and whether
+    /// a syslog socket answers.
+    pub log: Option<Destination>,
 }
 
 /// A start-up failure, printed as one line.
@@ -59,8 +63,91 @@ fn is_mount_point(path: &Path) -> bool {
     })
 }
 
+/// The filesystem type of the topmost mount on `path` in this mount
+/// namespace, if something is mounted there.
+fn mount_type_at(path: &Path) -> Option<String> {
+    let info = std::fs::read("/proc/self/mountinfo").ok()?;
+    let want = path.as_os_str().as_bytes();
+    info.split(|&b| b == b'\n')
+        .rev()
+        .filter(|line| {
+            line.split(|&b| b == b' ')
+                .nth(4)
+                .is_some_and(|mp| unescape_mountinfo(mp) == want)
+        })
+        .filter_map(|line| {
+            let mut fields = line.split(|&b| b == b' ').skip_while(|&f| f != b"-");
+            fields
+                .nth(1)
+                .map(|t| String::from_utf8_lossy(t).into_owned())
+        })
+        .next()
+}
+
+/// The type a dead mount of this filesystem shows in the mount table.
+const OWN_TYPE: &str = "fuse.nsproxyfs";
+
+/// Resolves the mount point. A mount of this filesystem whose daemon died
+/// (it answers `ENOTCONN`) is detached first, so that a crash never blocks
+/// the next start; the message saying so is returned for the log. A dead
+/// mount of another filesystem is left alone and refused.
+fn resolve_mount_point(mp: &Path) -> Result<(PathBuf, Option<String>), StartError> {
+    let dead = |e: &std::io::Error| e.raw_os_error() == Some(libc::ENOTCONN);
+    let resolved = std::fs::canonicalize(mp);
+    let err = match &resolved {
+        Ok(p) => match std::fs::metadata(p) {
+            Err(e) if dead(&e) => e,
+            _ => return Ok((p.clone(), None)),
+        },
+        Err(e) if dead(e) => std::io::Error::from_raw_os_error(libc::ENOTCONN),
+        Err(e) => return fail(format!("mount point {}: {e}", mp.display())),
+    };
+    // The dead mount's own path: resolved whole if the kernel lets it be,
+    // else its parent resolved and its name as given.
+    let absolute = std::path::absolute(mp)
+        .map_err(|e| StartError(format!("mount point {}: {e}", mp.display())))?;
+    let at = match (&resolved, absolute.parent(), absolute.file_name()) {
+        (Ok(p), _, _) => Some(p.clone()),
+        (Err(_), Some(parent), Some(name)) => {
+            std::fs::canonicalize(parent).ok().map(|p| p.join(name))
+        }
+        _ => None,
+    };
+    let Some(at) = at else {
+        return fail(format!("mount point {}: {err}", mp.display()));
+    };
+    match mount_type_at(&at) {
+        Some(t) if t == OWN_TYPE => {}
+        Some(t) => {
+            return fail(format!(
+                "mount point {}: {err}: a mount of type {t} whose server is gone; \
+                 unmount it first (umount -l {})",
+                mp.display(),
+                at.display()
+            ));
+        }
+        None => return fail(format!("mount point {}: {err}", mp.display())),
+    }
+    let c = std::ffi::CString::new(at.as_os_str().as_bytes())
+        .map_err(|_| StartError(format!("mount point {}: a NUL in the path", mp.display())))?;
+    if let Err(e) = crate::ns::sys::detach(&c) {
+        return fail(format!(
+            "mount point {}: the mount of a daemon that died is still there and cannot be \
+             detached: {e}",
+            mp.display()
+        ));
+    }
+    let canonical = std::fs::canonicalize(&at)
+        .map_err(|e| StartError(format!("mount point {}: {e}", mp.display())))?;
+    let note = format!(
+        "detached the mount on {} left by a daemon that died ({err})",
+        canonical.display()
+    );
+    Ok((canonical, Some(note)))
+}
+
 /// Undoes mountinfo's octal escapes (`\040` for a space, and so on).
-fn unescape_mountinfo(field: &[u8]) -> Vec<u8> {
+pub(crate) fn unescape_mountinfo(field: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(field.len());
     let mut i = 0;
     while i < field.len() {
@@ -81,12 +168,16 @@ fn unescape_mountinfo(field: &[u8]) -> Vec<u8> {
     out
 }
 
-/// What [`preflight`] found: the mount point and the export directory,
-/// both canonical, and the state directory's lock.
+/// What [`preflight`] found: the mount point, the state directory and the
+/// export directory, all canonical, the state directory's lock, and what
+/// was done to the mount point on the way (a dead mount detached).
 struct Checked {
     mountpoint: PathBuf,
+    state_dir: PathBuf,
     netns_export: Option<PathBuf>,
+    state: Arc<StateDir>,
     lock: File,
+    detached: Option<String>,
 }
 
 /// Checks everything that can be checked before forking, so the user gets
@@ -103,10 +194,7 @@ fn preflight(settings: &Settings) -> Result<Checked, StartError> {
         _ => return fail("/dev/fuse is missing: load the fuse module (modprobe fuse)"),
     }
     let mp = &settings.mountpoint;
-    let canonical = match std::fs::canonicalize(mp) {
-        Ok(p) => p,
-        Err(e) => return fail(format!("mount point {}: {e}", mp.display())),
-    };
+    let (canonical, detached) = resolve_mount_point(mp)?;
     if !canonical.is_dir() {
         return fail(format!("mount point {} is not a directory", mp.display()));
     }
@@ -116,19 +204,13 @@ fn preflight(settings: &Settings) -> Result<Checked, StartError> {
             mp.display()
         ));
     }
-    if let Err(e) = std::fs::create_dir_all(&settings.state_dir) {
-        return fail(format!(
-            "state directory {}: {e}",
-            settings.state_dir.display()
-        ));
-    }
-    let lock_path = settings.state_dir.join("lock");
-    let lock = File::options()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&lock_path)
-        .map_err(|e| StartError(format!("{}: {e}", lock_path.display())))?;
+    let state = Arc::new(StateDir::open(&settings.state_dir).map_err(StartError)?);
+    let lock = state.lock_file().map_err(|e| {
+        StartError(format!(
+            "{}: {e}",
+            state.path().join(crate::state_dir::LOCK).display()
+        ))
+    })?;
     // SAFETY: flock takes a descriptor we own and a constant.
     if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
         return fail(format!(
@@ -138,112 +220,30 @@ fn preflight(settings: &Settings) -> Result<Checked, StartError> {
     }
     let netns_export = match &settings.netns_export {
         Some(dir) => {
-            let state = std::fs::canonicalize(&settings.state_dir)
-                .map_err(|e| StartError(format!("{}: {e}", settings.state_dir.display())))?;
-            Some(crate::export::check_dir(dir, &canonical, &state).map_err(StartError)?)
+            Some(crate::export::check_dir(dir, &canonical, state.path()).map_err(StartError)?)
         }
         None => None,
     };
+    // Absolute from here on (the state directory is resolved when it is
+    // opened): pins in `status` and the daemon's working directory (/) must
+    // not depend on where it was started.
     Ok(Checked {
         mountpoint: canonical,
+        state_dir: state.path().to_path_buf(),
         netns_export,
+        state,
         lock,
+        detached,
     })
 }
 
-/// Unmounts and removes every pin left in `dir` (at start, when there is
-/// no record to restore them from).
+/// Unmounts and removes every pin left in `dir`, following no symbolic
+/// link (for tests and benchmarks that start over).
 pub fn clear_pins(dir: &Path) {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return;
-    };
-    for entry in entries.flatten() {
-        let path = entry.path();
-        if let Ok(c) = std::ffi::CString::new(path.as_os_str().as_bytes()) {
-            while crate::ns::sys::detach(&c).is_ok() {}
-        }
-        let _ = std::fs::remove_file(&path);
-    }
-}
-
-/// A logger that passes everything on, but for one false alarm of fuser's.
-///
-/// fuser answers every `FUSE_INTERRUPT` with `ENOSYS`. The kernel sends one
-/// when a thread waiting for a reply is woken, which a move does to a
-/// process moving itself (`echo $$ > tasks`): its writer is asked to stop
-/// while it waits for the reply to its write. That write is answered at
-/// once, so the `ENOSYS` answer often comes after it, for a request the
-/// kernel has already forgotten, and the kernel refuses it with `ENOENT`,
-/// which fuser logs as an error. Nothing failed: the write was answered.
-/// The kernel keeps every other request until it is answered (an aborted
-/// connection answers `ENODEV`), so `ENOENT` means exactly this case; it is
-/// logged at debug level instead.
-struct QuietInterrupts<L>(L);
-
-impl<L: log::Log> QuietInterrupts<L> {
-    fn is_late_interrupt_answer(record: &log::Record<'_>) -> bool {
-        record.level() == log::Level::Error
-            && record.target().starts_with("fuser")
-            && record
-                .args()
-                .to_string()
-                .starts_with("Failed to send FUSE reply: No such file or directory")
-    }
-}
-
-impl<L: log::Log> log::Log for QuietInterrupts<L> {
-    fn enabled(&self, metadata: &log::Metadata<'_>) -> bool {
-        self.0.enabled(metadata)
-    }
-
-    fn log(&self, record: &log::Record<'_>) {
-        if !Self::is_late_interrupt_answer(record) {
-            return self.0.log(record);
-        }
-        let quiet = log::Metadata::builder()
-            .level(log::Level::Debug)
-            .target(record.target())
-            .build();
-        if self.0.enabled(&quiet) {
-            self.0.log(
-                &log::Record::builder()
-                    .metadata(quiet)
-                    .args(format_args!(
-                        "{} (the answer to an interrupt of a request answered already)",
-                        record.args()
-                    ))
-                    .build(),
-            );
-        }
-    }
-
-    fn flush(&self) {
-        self.0.flush();
-    }
-}
-
-fn init_logging(settings: &Settings) {
-    if settings.foreground {
-        let logger = env_logger::Builder::new()
-            .filter_level(settings.level)
-            .format_timestamp_micros()
-            .build();
-        if log::set_boxed_logger(Box::new(QuietInterrupts(logger))).is_ok() {
-            log::set_max_level(settings.level);
-        }
-        return;
-    }
-    let formatter = syslog::Formatter3164 {
-        facility: syslog::Facility::LOG_DAEMON,
-        hostname: None,
-        process: "nsproxyfs".into(),
-        pid: std::process::id(),
-    };
-    if let Ok(logger) = syslog::unix(formatter)
-        && log::set_boxed_logger(Box::new(QuietInterrupts(syslog::BasicLogger::new(logger))))
-            .is_ok()
-    {
-        log::set_max_level(settings.level);
+    let fd = std::fs::File::open(dir).map(OwnedFd::from);
+    if let Ok(fd) = fd {
+        let pins = crate::ns::PinDir::new(dir.to_path_buf(), fd);
+        state::sweep_pins(&pins, &std::collections::HashSet::new());
     }
 }
 
@@ -263,12 +263,39 @@ fn block_signals() -> libc::sigset_t {
 
 /// Runs the daemon. In the background case the calling process returns
 /// (exit status for the shell) only once the mount answers or failed.
-pub fn run(settings: Settings, mover: Box<dyn Mover>) -> Result<(), StartError> {
+pub fn run(mut settings: Settings, mover: Box<dyn Mover>) -> Result<(), StartError> {
     let Checked {
         mountpoint,
+        state_dir,
         netns_export,
+        state,
         lock,
+        detached,
     } = preflight(&settings)?;
+    settings.state_dir = state_dir;
+    let log_to = match &settings.log {
+        Some(dest) => {
+            crate::logs::check(dest).map_err(StartError)?;
+            dest.clone()
+        }
+        None => Destination::default_for(settings.foreground, &settings.state_dir),
+    };
+    // Not dumpable: the threads that take a caller's credentials for a
+    // check (`ns::creds`) would otherwise be open, while they live, to
+    // `ptrace` and `/proc/PID/task/TID/fd` by any process holding those
+    // credentials, and through them the daemon's memory and descriptors.
+    // The kernel already makes it so once a check changes a uid; this
+    // makes it so from the start, whoever the callers are.
+    // SAFETY: prctl(PR_SET_DUMPABLE) takes integers and changes a flag.
+    unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) };
+    // Every path in use is absolute now; the daemon and its helpers keep
+    // no directory busy.
+    if let Err(e) = std::env::set_current_dir("/") {
+        return fail(format!("cannot change directory to /: {e}"));
+    }
+    if settings.foreground && log_to != Destination::Stderr {
+        eprintln!("nsproxyfs: logging to {log_to}");
+    }
     let report = if settings.foreground {
         None
     } else {
@@ -288,16 +315,33 @@ pub fn run(settings: Settings, mover: Box<dyn Mover>) -> Result<(), StartError> 
                 drop(w);
                 let mut msg = String::new();
                 let _ = File::from(r).read_to_string(&mut msg);
-                return match msg.strip_prefix("ok") {
-                    Some(_) => Ok(()),
+                return match msg.strip_prefix("ok ") {
+                    Some(log_to) => {
+                        eprintln!(
+                            "nsproxyfs: mounted on {}; logging to {log_to}",
+                            mountpoint.display()
+                        );
+                        Ok(())
+                    }
                     None if msg.is_empty() => fail("the daemon died while starting"),
                     None => Err(StartError(msg)),
                 };
             }
         }
     };
-    init_logging(&settings);
-    let result = serve(&settings, &mountpoint, netns_export, mover, report);
+    let log_to = crate::logs::install(&log_to, settings.level, &settings.state_dir);
+    if let Some(note) = detached {
+        log::warn!("{note}");
+    }
+    let result = serve(
+        &settings,
+        state,
+        &mountpoint,
+        netns_export,
+        mover,
+        report,
+        &log_to,
+    );
     drop(lock);
     result
 }
@@ -371,15 +415,23 @@ impl Drop for CloseExports {
 
 fn serve(
     settings: &Settings,
+    state_dir: Arc<StateDir>,
     mountpoint: &Path,
     netns_export: Option<PathBuf>,
     mover: Box<dyn Mover>,
     mut report: Option<OwnedFd>,
+    log_to: &Destination,
 ) -> Result<(), StartError> {
     let sigset = block_signals();
-    let state_dir = &settings.state_dir;
+    let pin_dir = match state_dir.pins() {
+        Ok(pins) => Arc::new(pins),
+        Err(msg) => {
+            tell(&mut report, &msg);
+            return fail(msg);
+        }
+    };
     let exporter = match netns_export {
-        Some(dir) => match Exporter::open(&dir, state_dir) {
+        Some(dir) => match Exporter::open(&dir, Arc::clone(&state_dir)) {
             Ok(exporter) => Some(Arc::new(exporter)),
             Err(msg) => {
                 tell(&mut report, &msg);
@@ -388,16 +440,16 @@ fn serve(
         },
         // Exports a previous daemon made with the option go.
         None => {
-            crate::export::forget(state_dir);
+            crate::export::forget(&state_dir);
             None
         }
     };
     let _close_exports = CloseExports(exporter.clone());
-    let pin_dir = state_dir.join(state::PINS);
-    let restore = match state::load(state_dir) {
+    let no_pins = std::collections::HashSet::new();
+    let restore = match state::load(&state_dir) {
         Loaded::Found(record) => Some(record),
         Loaded::Nothing => {
-            clear_pins(&pin_dir);
+            state::sweep_pins(&pin_dir, &no_pins);
             None
         }
         Loaded::SetAside { why, moved } => {
@@ -408,23 +460,16 @@ fn serve(
             log::error!(
                 "the record of the tree in {} cannot be used ({why}); {moved}; starting \
                  with an empty tree",
-                state_dir.display()
+                state_dir.path().display()
             );
-            clear_pins(&pin_dir);
+            state::sweep_pins(&pin_dir, &no_pins);
             None
         }
     };
-    let recorder = match Recorder::open(state_dir) {
-        Ok(r) => r,
-        Err(e) => {
-            let msg = format!("state directory {}: {e}", state_dir.display());
-            tell(&mut report, &msg);
-            return fail(msg);
-        }
-    };
+    let recorder = Recorder::open(Arc::clone(&state_dir));
     let fs = match NsProxyFs::new(
         Options {
-            pin_dir: pin_dir.clone(),
+            pin_dir: Arc::clone(&pin_dir),
             mountpoint: mountpoint.to_path_buf(),
             recorder: Some(recorder),
             restore,
@@ -462,15 +507,18 @@ fn serve(
         tell(&mut report, &msg);
         return fail(msg);
     }
-    let session = match fuser::Session::new(Mounted(fs), mountpoint, &config) {
+    let mut session = match fuser::Session::new(Mounted(fs), mountpoint, &config) {
         Ok(s) => s,
         Err(e) => {
             let msg = format!("cannot mount on {}: {e}", mountpoint.display());
             tell(&mut report, &msg);
-            state::tidy(state_dir);
+            state::tidy(&state_dir, &pin_dir);
             return fail(msg);
         }
     };
+    // The daemon unmounts by itself (or finds the mount gone); fuser's own
+    // attempt at the end would fail and log a warning on a clean end.
+    let mut unmounter = session.unmount_callable();
     let loop_thread = std::thread::Builder::new()
         .name("fuse".into())
         .spawn(move || {
@@ -494,12 +542,13 @@ fn serve(
         return fail(msg);
     }
     log::info!(
-        "mounted on {}, state in {}",
+        "nsproxyfs {} mounted on {}, state in {}, logging to {log_to}",
+        env!("CARGO_PKG_VERSION"),
         mountpoint.display(),
-        settings.state_dir.display()
+        state_dir.path().display()
     );
     if report.is_some() {
-        tell(&mut report, "ok");
+        tell(&mut report, &format!("ok {log_to}"));
         detach_stdio();
     } else if let Err(e) = crate::notify::notify("READY=1") {
         log::warn!("cannot tell the service manager that the mount is ready: {e}");
@@ -524,9 +573,12 @@ fn serve(
             log::warn!("unmount {}: {e}", mountpoint.display());
         }
     }
+    // Takes the mount from fuser; it is gone already (or is ours to detach
+    // above), so the error says only that.
+    let _ = unmounter.unmount();
     // Pins of bound namespaces stay, with the record, for the next daemon;
     // exports go (see CloseExports).
-    state::tidy(state_dir);
+    state::tidy(&state_dir, &pin_dir);
     Ok(())
 }
 

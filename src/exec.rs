@@ -99,7 +99,7 @@ pub enum ExecError {
     )]
     NoPin(Kind),
     /// A pin could not be opened or is not the namespace it should be.
-    #[error("cannot open the container's {kind} namespace at {pin}: {source}")]
+    #[error("cannot open the container's {kind} namespace at {pin}: {source}{}", pin_hint(.source))]
     Pin {
         /// The kind.
         kind: Kind,
@@ -431,6 +431,17 @@ fn become_root() -> Result<(), ExecError> {
     let (uid, gid) = (Uid::from_raw(0), Gid::from_raw(0));
     nix::unistd::setresgid(gid, gid, gid).map_err(ExecError::Root)?;
     nix::unistd::setresuid(uid, uid, uid).map_err(ExecError::Root)
+}
+
+/// Why a pin may not open: the state directory is root's alone.
+fn pin_hint(e: &NsError) -> &'static str {
+    match e {
+        NsError::Open { source, .. } if source.raw_os_error() == Some(libc::EACCES) => {
+            " (pins are root's alone, and joining needs CAP_SYS_ADMIN over the namespace: run \
+             as root)"
+        }
+        _ => "",
+    }
 }
 
 fn join_hint(kind: Kind, errno: Errno) -> &'static str {

@@ -34,8 +34,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::ffi::CString;
 use std::fmt::Write as _;
-use std::fs::File;
-use std::io::{self, Write as _};
+use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
@@ -44,6 +43,7 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 
 use crate::ns::{Kind, Namespace};
+use crate::state::StateDir;
 use crate::tree::{ContainerId, Tree};
 
 /// The list of exports in the state directory.
@@ -230,6 +230,7 @@ enum Found {
 #[derive(Debug)]
 pub struct Exporter {
     dir: PathBuf,
+    state: Arc<StateDir>,
     list: PathBuf,
     nsfs_dev: u64,
     inner: Mutex<Inner>,
@@ -355,9 +356,9 @@ fn remove_listed(list: &Listed, nsfs_dev: u64) -> usize {
 /// At the start of a daemon without `--netns-export`, and for tests:
 /// removes the exports the list in `state_dir` names (those still ours),
 /// and the list.
-pub fn forget(state_dir: &Path) {
-    let path = state_dir.join(LIST);
-    match read_list(&path) {
+pub fn forget(state_dir: &StateDir) {
+    let path = state_dir.path().join(LIST);
+    match read_list(state_dir) {
         Ok(Some(list)) => {
             if let Ok(dev) = nsfs_dev() {
                 let n = remove_listed(&list, dev);
@@ -376,8 +377,8 @@ pub fn forget(state_dir: &Path) {
             path.display()
         ),
     }
-    let _ = std::fs::remove_file(&path);
-    let _ = std::fs::remove_file(state_dir.join(format!("{LIST}.tmp")));
+    let _ = state_dir.remove(LIST);
+    let _ = state_dir.remove(&format!("{LIST}.tmp"));
 }
 
 impl Exporter {
@@ -385,13 +386,13 @@ impl Exporter {
     /// list in `state_dir`. Makes `dir` a shared mount point, and takes
     /// over what a previous daemon exported there (if it exported
     /// elsewhere, that is removed). `Err` says why not, in words.
-    pub fn open(dir: &Path, state_dir: &Path) -> Result<Exporter, String> {
+    pub fn open(dir: &Path, state_dir: Arc<StateDir>) -> Result<Exporter, String> {
         let shown = dir.display();
         share(dir).map_err(|e| format!("netns export directory {shown}: {e}"))?;
         let nsfs_dev = nsfs_dev().map_err(|e| format!("/proc/self/ns/net: {e}"))?;
-        let list = state_dir.join(LIST);
+        let list = state_dir.path().join(LIST);
         let mut inner = Inner::default();
-        match read_list(&list) {
+        match read_list(&state_dir) {
             Ok(None) => {}
             Ok(Some(old)) if old.dir != dir => {
                 let n = remove_listed(&old, nsfs_dev);
@@ -441,6 +442,7 @@ impl Exporter {
         }
         let exporter = Exporter {
             dir: dir.to_path_buf(),
+            state: state_dir,
             list,
             nsfs_dev,
             inner: Mutex::new(inner),
@@ -626,7 +628,7 @@ impl Exporter {
             }
         }
         if left.is_empty() {
-            let _ = std::fs::remove_file(&self.list);
+            let _ = self.state.remove(LIST);
             inner.listed = None;
         } else {
             self.write_list(&mut inner, &left);
@@ -649,10 +651,7 @@ impl Exporter {
             return;
         }
         let text = encode_list(&self.dir, exports);
-        let tmp = self.list.with_file_name(format!("{LIST}.tmp"));
-        let written = File::create(&tmp)
-            .and_then(|mut f| f.write_all(text.as_bytes()))
-            .and_then(|()| std::fs::rename(&tmp, &self.list));
+        let written = self.state.replace(LIST, text.as_bytes(), false);
         match written {
             Ok(()) => {
                 inner.listed = Some(exports.clone());
@@ -777,9 +776,9 @@ fn parse_list(text: &str) -> Result<Listed, String> {
     Err("the list is cut short (no end line)".into())
 }
 
-/// Reads the list at `path`: `None` if there is none.
-fn read_list(path: &Path) -> Result<Option<Listed>, String> {
-    match std::fs::read(path) {
+/// Reads the list in `state_dir`: `None` if there is none.
+fn read_list(state_dir: &StateDir) -> Result<Option<Listed>, String> {
+    match state_dir.read(LIST) {
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(e.to_string()),
         Ok(bytes) => {

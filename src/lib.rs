@@ -19,6 +19,8 @@
 //!   that the daemon's death never cuts an injection short.
 //! * [`state`]: the state directory: the record of the tree, written on
 //!   every change, and restoring it (pins, keepers) when the daemon starts.
+//! * [`state_dir`]: the state directory itself: root's alone, checked at
+//!   start, every file in it reached without following a symbolic link.
 //! * [`discover`]: the namespace sets already in use on the host, kept
 //!   current from process events, and the `lsns`-like table.
 //! * [`export`]: `--netns-export`: each container's own net namespace
@@ -39,12 +41,14 @@ pub mod export;
 pub mod fs;
 pub mod inject;
 pub mod injector;
+pub mod logs;
 pub mod mover;
 pub mod moving;
 pub mod notify;
 pub mod ns;
 pub mod procfs;
 pub mod state;
+pub mod state_dir;
 pub mod tree;
 
 /// The process mover the daemon uses.

@@ -22,8 +22,7 @@ use nsproxyfs::daemon::{self, Settings};
     long_about = None,
     after_help = AFTER_HELP,
     args_conflicts_with_subcommands = true,
-    subcommand_negates_reqs = true,
-    disable_help_subcommand = true
+    subcommand_negates_reqs = true
 )]
 struct Cli {
     #[command(subcommand)]
@@ -37,7 +36,7 @@ struct Cli {
 #[derive(Debug, Args)]
 struct MountArgs {
     /// Directory to mount on (usually /container_ns). A directory named
-    /// like a command (`exec`, `adopt`) must be written as `./exec`.
+    /// like a command (`exec`, `adopt`, `help`) must be written as `./exec`.
     #[arg(required = true)]
     mountpoint: Option<PathBuf>,
 
@@ -61,6 +60,13 @@ struct MountArgs {
     /// Log more: -v for each change, -vv for debugging.
     #[arg(short, long, action = clap::ArgAction::Count)]
     verbose: u8,
+
+    /// Where the log goes: stderr, syslog, kmsg (the kernel log, read
+    /// with dmesg) or a file. Default: stderr with --foreground; else
+    /// syslog if a syslog socket answers, or else the file `log` in the
+    /// state directory. The start names the choice in one line.
+    #[arg(long, value_name = "WHERE", value_parser = parse_log)]
+    log: Option<nsproxyfs::logs::Destination>,
 
     /// Move processes even when their seccomp filter would kill them for
     /// the calls a move injects (they die). Without it such moves are
@@ -95,8 +101,9 @@ enum Command {
     /// to DEST, as `mv MOUNTPOINT/.discovered/NAME DEST` does: DEST then
     /// binds each kind in which the set differs from its parent's, and is
     /// kept in the state directory like any container. Waits up to 5 s for
-    /// a set that has just appeared. Exit status 1, with one line on
-    /// stderr, when there is nothing to adopt or the rename is refused.
+    /// a set that has just appeared, and says so on stderr. Exit status 1,
+    /// with one line on stderr, when there is nothing to adopt or the
+    /// rename is refused.
     Adopt(AdoptArgs),
 }
 
@@ -126,15 +133,25 @@ struct ExecArgs {
 
 const AFTER_HELP: &str = "\
 Without --foreground the command returns once the mount answers, and the
-daemon goes on in the background, logging to syslog. `umount MOUNTPOINT`,
-SIGTERM or SIGINT end it with exit status 0. The tree is kept in the state
-directory and comes back when a daemon starts on it again, even after
-kill -9. See nsproxyfs(8) for the tree, exec, and mount(8) and fstab use;
+daemon goes on in the background, logging where --log says (the start
+names it in one line). `umount MOUNTPOINT`, SIGTERM or SIGINT end it with
+exit status 0. The tree is kept in the state directory and comes back when
+a daemon starts on it again, even after kill -9; a mount left by a killed
+daemon is detached by the next start. See nsproxyfs(8) for the tree, exec, and mount(8) and fstab use;
 docs/state.md for the state directory.";
+
+fn parse_log(text: &str) -> Result<nsproxyfs::logs::Destination, String> {
+    nsproxyfs::logs::Destination::parse(text)
+}
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().collect();
     if args.get(1).map(String::as_str) == Some(nsproxyfs::injector::INJECTOR_ARG) {
+        // exec of /proc/self/exe names the process "exe"; argv[0] is set
+        // by the daemon.
+        if let Ok(name) = std::ffi::CString::new(nsproxyfs::injector::INJECTOR_NAME) {
+            let _ = nix::sys::prctl::set_name(&name);
+        }
         return ExitCode::from(nsproxyfs::injector::serve(&args[2..]) as u8);
     }
     let cli = Cli::parse();
@@ -155,8 +172,12 @@ fn run_exec(args: ExecArgs) -> ExitCode {
     }
 }
 
+/// How long `adopt` waits for a set to be discovered.
+const ADOPT_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
 fn run_adopt(args: AdoptArgs) -> ExitCode {
-    match nsproxyfs::adopt::run(args.pid, &args.dest, std::time::Duration::from_secs(5)) {
+    let say = |what: &str| eprintln!("nsproxyfs: adopt: {what}");
+    match nsproxyfs::adopt::run(args.pid, &args.dest, ADOPT_WAIT, say) {
         Ok(_) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("nsproxyfs: adopt: {e}");
@@ -182,6 +203,7 @@ fn run_mount(args: MountArgs) -> ExitCode {
         foreground: args.foreground,
         level,
         discover: args.discover,
+        log: args.log,
     };
     let fatal_seccomp = if args.allow_fatal_seccomp {
         nsproxyfs::mover::FatalSeccomp::Allow

@@ -35,6 +35,7 @@ use std::collections::BTreeSet;
 use std::fmt;
 use std::fs;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
 use nix::sched::CloneFlags;
@@ -46,6 +47,12 @@ use crate::procfs::ProcDir;
 /// Rounds of re-reading `/proc/PID/task` before giving up on a process that
 /// keeps creating threads faster than they can be stopped.
 const MAX_ROUNDS: usize = 64;
+
+/// How long a move waits for the target's threads to stop before it gives
+/// up: a thread that sleeps where no signal reaches it (a vfork parent
+/// until its child execs or exits, a killable or uninterruptible wait)
+/// stops only when it wakes.
+pub const STOP_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// `PF_KTHREAD` in the flags field of `/proc/PID/stat`.
 const PF_KTHREAD: u64 = 0x0020_0000;
@@ -92,6 +99,18 @@ impl ProcessHandle {
             // EINVAL: a thread that is not a group leader.
             Err(errno) => Err(MoveError::Pin { pid, errno }),
         }
+    }
+
+    /// Takes over `pidfd`, pinned elsewhere as process `pid` (a thread-group
+    /// id in our pid namespace).
+    pub fn pinned(pidfd: OwnedFd, pid: i32) -> Result<Self, MoveError> {
+        if pid <= 0 {
+            return Err(MoveError::Gone(pid));
+        }
+        Ok(ProcessHandle {
+            pidfd,
+            tgid: Pid::from_raw(pid),
+        })
     }
 
     /// Takes over a pidfd pinned elsewhere; its pid is asked of the kernel.
@@ -240,6 +259,45 @@ pub enum MoveError {
         /// The syscall it would be killed for.
         syscall: &'static str,
     },
+    /// A thread is in strict seccomp mode, where any of the injected calls
+    /// would kill it; nothing was injected.
+    #[error("thread {0} is in strict seccomp mode: any injected call would kill it")]
+    SeccompStrict(i32),
+    /// A seccomp filter of the target hands one of the injected calls to
+    /// another process (a user-notification supervisor or a tracer), which
+    /// could fake its result or never answer; nothing was injected.
+    #[error("thread {tid}: its seccomp filter hands {syscall} to a supervisor or tracer")]
+    SeccompDelegates {
+        /// The thread whose filter delegates.
+        tid: i32,
+        /// The syscall it would hand over.
+        syscall: &'static str,
+    },
+    /// A thread did not stop within [`STOP_TIMEOUT`]. The threads that had
+    /// stopped were let go untouched; the stuck one is still attached, with
+    /// a stop requested, until the calling thread exits (which is why an
+    /// injector ends after this error): the kernel then drops the request
+    /// and the thread never notices.
+    #[error(
+        "thread {tid} did not stop within {waited:?} (a vfork parent, or a sleep no signal interrupts)"
+    )]
+    Stuck {
+        /// The thread that did not stop.
+        tid: i32,
+        /// How long the move waited.
+        waited: Duration,
+    },
+    /// An injected call reported success, but the thread is not where the
+    /// call would have put it (a seccomp supervisor or tracer answered in
+    /// the kernel's stead): the move was undone, and a descriptor the move
+    /// did not open was never closed.
+    #[error("thread {tid}: {step} reported success, but its effect is not there")]
+    Untrusted {
+        /// The thread.
+        tid: i32,
+        /// The call whose result was not true.
+        step: Step,
+    },
     /// Threads kept appearing while the process was being stopped.
     #[error("process {0} keeps creating threads")]
     Unstable(i32),
@@ -270,6 +328,16 @@ impl From<TraceError> for MoveError {
 }
 
 impl MoveError {
+    /// Whether a thread of the target is still attached to the calling
+    /// thread after this error ([`MoveError::Stuck`]): the calling thread
+    /// must exit to let it go, and must trace nothing else meanwhile.
+    pub fn leaves_tracee_attached(&self) -> bool {
+        matches!(
+            self,
+            MoveError::Stuck { .. } | MoveError::Trace(TraceError::NotStopping(_))
+        )
+    }
+
     /// The errno a caller of the filesystem sees.
     pub fn errno(&self) -> Errno {
         match self {
@@ -277,7 +345,10 @@ impl MoveError {
             MoveError::KernelThread(_)
             | MoveError::SelfProcess
             | MoveError::TraceDenied(_)
-            | MoveError::SeccompKills { .. } => Errno::EPERM,
+            | MoveError::SeccompKills { .. }
+            | MoveError::SeccompStrict(_)
+            | MoveError::SeccompDelegates { .. }
+            | MoveError::Untrusted { .. } => Errno::EPERM,
             MoveError::AlreadyTraced { .. } => Errno::EBUSY,
             MoveError::InvalidKinds(_) => Errno::EINVAL,
             MoveError::Pin { errno, .. } => match *errno {
@@ -286,13 +357,14 @@ impl MoveError {
             },
             MoveError::Refused { errno, .. } => *errno,
             MoveError::RollbackFailed { .. } => Errno::EIO,
-            MoveError::Unstable(_) => Errno::EAGAIN,
+            MoveError::Unstable(_) | MoveError::Stuck { .. } => Errno::EAGAIN,
             MoveError::Unsupported(_) => Errno::EOPNOTSUPP,
             MoveError::Trace(e) => match e {
                 TraceError::Gone(_) => Errno::ESRCH,
                 TraceError::AlreadyTraced { .. } => Errno::EBUSY,
                 TraceError::Denied(_) => Errno::EPERM,
                 TraceError::Unsupported(_) => Errno::EOPNOTSUPP,
+                TraceError::NotStopping(_) => Errno::EAGAIN,
                 TraceError::NoSyscallSite(_)
                 | TraceError::ForeignSite { .. }
                 | TraceError::NotInSyscall(_)
@@ -372,13 +444,16 @@ fn is_zombie(tid: Pid) -> bool {
 /// `before_wait` runs once, after every thread of the first round is seized
 /// and asked to stop and before any stop is awaited: a thread blocked in a
 /// request that the caller must answer (see [`Writer`]) stops only once the
-/// answer is sent.
+/// answer is sent. If the move then gives up on a thread that does not
+/// stop, the write of thread `writer` is made to fail.
 fn stop_all(
     tgid: Pid,
     mut before_wait: Option<&mut dyn FnMut()>,
+    writer: Option<Pid>,
 ) -> Result<(Vec<Tracee<Stopped>>, usize), MoveError> {
     let mut stopped: Vec<Tracee<Stopped>> = Vec::new();
     let mut seen = BTreeSet::new();
+    let mut deadline = None;
     for round in 1..=MAX_ROUNDS {
         let new: Vec<i32> = list_threads(tgid)?
             .into_iter()
@@ -407,12 +482,30 @@ fn stop_all(
         }
         // The leader last: see `inject::syscall_each`.
         running.sort_by_key(|t| t.tid() == tgid);
+        let deadline = *deadline.get_or_insert_with(|| Instant::now() + STOP_TIMEOUT);
+        let mut stuck = None;
         for t in running {
-            match t.wait_stop() {
+            // Past a stuck thread the deadline has passed: the others are
+            // only asked whether they have stopped, and let go if so.
+            match t.wait_stop_until(Some(deadline)) {
                 Ok(t) => stopped.push(t),
                 Err(TraceError::Gone(_)) => {}
+                Err(TraceError::NotStopping(tid)) => {
+                    stuck.get_or_insert(tid);
+                }
                 Err(e) => return Err(e.into()),
             }
+        }
+        if let Some(tid) = stuck {
+            let e = MoveError::Stuck {
+                tid: tid.as_raw(),
+                waited: STOP_TIMEOUT,
+            };
+            if let Some(w) = stopped.iter_mut().find(|t| Some(t.tid()) == writer) {
+                // Its write was answered as a success.
+                let _ = w.set_result(-(e.errno() as i64));
+            }
+            return Err(e);
         }
     }
     Err(MoveError::Unstable(tgid.as_raw()))
@@ -446,12 +539,72 @@ fn own_ns_tid(tid: Pid) -> Result<i32, MoveError> {
         )))
 }
 
+/// What a move must find once it is done: the holder (its pid in our pid
+/// namespace) and, for each kind moved in [`KINDS`] order, the namespace
+/// `setns(pidfd_of_holder, kinds)` joins.
+#[derive(Debug)]
+struct Expected {
+    holder: i32,
+    inodes: Vec<u64>,
+}
+
+/// The holder whose pid in the target's pid namespace is `holder`, and the
+/// namespaces a join of `kinds` through it must end in (for pid and time:
+/// the ones it is in, which `setns` makes the target's children's).
+fn expected(target: Pid, holder: i32, kinds: libc::c_int) -> Result<Expected, MoveError> {
+    let refused = |errno: Errno| MoveError::Refused {
+        tid: target.as_raw(),
+        step: Step::PidfdOpen,
+        errno,
+        moved_back: 0,
+    };
+    let pidns = fs::File::open(format!("/proc/{target}/ns/pid")).map_err(MoveError::Proc)?;
+    let local = crate::ns::sys::tgid_from_pidns(pidns.as_fd(), holder)
+        .map_err(|e| refused(e.raw_os_error().map_or(Errno::ESRCH, Errno::from_raw)))?;
+    let pin = ProcessHandle::open(local).map_err(|_| refused(Errno::ESRCH))?;
+    let ns = ProcDir::ns(local).map_err(|_| refused(Errno::ESRCH))?;
+    let inodes = KINDS
+        .iter()
+        .filter(|(flag, _)| kinds & flag != 0)
+        .map(|&(flag, entry)| {
+            let active = match flag {
+                libc::CLONE_NEWPID => "pid",
+                libc::CLONE_NEWTIME => "time",
+                _ => entry,
+            };
+            ns.inode(active).map_err(|_| refused(Errno::ESRCH))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    // The pin: the namespaces read are those of the process translated.
+    if !pin.is_alive() {
+        return Err(refused(Errno::ESRCH));
+    }
+    Ok(Expected {
+        holder: local,
+        inodes,
+    })
+}
+
+/// Whether descriptor `fd` of thread `tid` (of process `tgid`) is a pidfd
+/// of process `holder` (pid in our namespace): only then did the injected
+/// `pidfd_open` really open it, and only then may the move close it.
+fn is_pidfd_of(tgid: Pid, tid: Pid, fd: i64, holder: i32) -> bool {
+    let path = format!("/proc/{tgid}/task/{tid}/fdinfo/{fd}");
+    fs::read_to_string(path).is_ok_and(|info| {
+        info.lines()
+            .find_map(|l| l.strip_prefix("Pid:"))
+            .is_some_and(|p| p.trim().parse::<i32>() == Ok(holder))
+    })
+}
+
 /// How one thread's join went wrong.
 enum JoinFailure {
     /// An injected syscall returned an error; the thread did not move.
     Refused(Step, Errno),
     /// Tracing failed; whether the thread moved is not known.
     Trace(TraceError),
+    /// An injected call reported success that did not happen.
+    Untrusted(Step),
 }
 
 impl From<TraceError> for JoinFailure {
@@ -577,6 +730,7 @@ fn join_all(
     threads: &mut [Tracee<Stopped>],
     tables: &[usize],
     holder: i32,
+    expected: &Expected,
     kinds: libc::c_int,
     unshare_fs: bool,
 ) -> Result<(), (usize, JoinFailure)> {
@@ -597,11 +751,27 @@ fn join_all(
     let calls: Vec<_> = (0..n)
         .map(|i| opens(i).then(|| (libc::SYS_pidfd_open, args(&[holder as u64, 0]))))
         .collect();
-    let fds = sift(
+    let mut fds = sift(
         inject::syscall_each(threads, &calls),
         Step::PidfdOpen,
         &mut failure,
     );
+    // A result that is not a pidfd of the holder was not made by the
+    // kernel's pidfd_open: whatever descriptor it names is the target's own.
+    for (i, fd) in fds.iter_mut().enumerate() {
+        if let Some(value) = *fd {
+            let t = &threads[i];
+            if !is_pidfd_of(t.tgid(), t.tid(), value, expected.holder) {
+                log::error!(
+                    "thread {}: injected pidfd_open returned {value}, which is not a pidfd \
+                     of the holder; it is left alone",
+                    t.tid()
+                );
+                *fd = None;
+                failure.get_or_insert((i, JoinFailure::Untrusted(Step::PidfdOpen)));
+            }
+        }
+    }
     if failure.is_none() {
         let calls: Vec<_> = (0..n)
             .map(|i| {
@@ -809,7 +979,7 @@ fn move_traced(
     // Kernel threads and zombies cannot be seized: they are told apart
     // (for the error) only then, so a move does not pay for reading
     // /proc/PID/stat.
-    let (mut threads, rounds) = stop_all(tgid, answer).map_err(|e| match e {
+    let (mut threads, rounds) = stop_all(tgid, answer, writer_tid).map_err(|e| match e {
         MoveError::TraceDenied(_) if is_kernel_thread(tgid) => {
             MoveError::KernelThread(tgid.as_raw())
         }
@@ -823,16 +993,31 @@ fn move_traced(
     if threads.is_empty() || !target.is_alive() {
         return Err(MoveError::Gone(tgid.as_raw()));
     }
+    // From here on a writer's write has been answered as a success: a
+    // refusal must change its return value (see below).
+    let refused = |threads: &mut [Tracee<Stopped>], e: MoveError| {
+        if let Some(w) = threads.iter_mut().find(|t| Some(t.tid()) == writer_tid)
+            && let Err(te) = w.set_result(-(e.errno() as i64))
+        {
+            log::warn!("thread {}: cannot report the refusal: {te}", w.tid());
+        }
+        e
+    };
     if threads.iter().any(|t| !t.regs().is_native()) {
-        return Err(MoveError::Unsupported("32-bit (compat) process"));
+        return Err(refused(
+            &mut threads,
+            MoveError::Unsupported("32-bit (compat) process"),
+        ));
     }
-    share_syscall_site(&mut threads)?;
+    share_syscall_site(&mut threads).map_err(|e| refused(&mut threads, e))?;
     let multi = threads.len() > 1;
     // What each thread is in before, for a rollback; and the kinds some
     // thread has a namespace of its own in.
     let (kinds, originals) = if multi {
-        let tasks = ProcDir::tasks(tgid.as_raw()).map_err(MoveError::Proc)?;
-        per_thread_kinds(&tasks, &threads, kinds)?
+        let read = ProcDir::tasks(tgid.as_raw())
+            .map_err(MoveError::Proc)
+            .and_then(|tasks| per_thread_kinds(&tasks, &threads, kinds));
+        read.map_err(|e| refused(&mut threads, e))?
     } else {
         (kinds, Vec::new())
     };
@@ -842,20 +1027,26 @@ fn move_traced(
     ) {
         // Allowed: the injected call kills the process, and the move
         // reports it gone.
-        (Err(MoveError::SeccompKills { .. }), FatalSeccomp::Allow) => {}
-        (result, _) => result?,
+        (
+            Err(MoveError::SeccompKills { .. } | MoveError::SeccompStrict(_)),
+            FatalSeccomp::Allow,
+        ) => {}
+        (result, _) => result.map_err(|e| refused(&mut threads, e))?,
     }
 
     let unshare_fs = multi && kinds & libc::CLONE_NEWNS != 0;
 
-    let result = join_or_roll_back(
-        tgid,
-        &mut threads,
-        holder_pid_in_target_ns,
-        kinds,
-        unshare_fs,
-        &originals,
-    );
+    let result = expected(tgid, holder_pid_in_target_ns, kinds).and_then(|expected| {
+        join_or_roll_back(
+            tgid,
+            &mut threads,
+            holder_pid_in_target_ns,
+            &expected,
+            kinds,
+            unshare_fs,
+            &originals,
+        )
+    });
     if let Err(e) = &result
         && let Some(w) = threads.iter_mut().find(|t| Some(t.tid()) == writer_tid)
     {
@@ -929,15 +1120,23 @@ fn join_or_roll_back(
     tgid: Pid,
     threads: &mut [Tracee<Stopped>],
     holder_pid_in_target_ns: i32,
+    expected: &Expected,
     kinds: libc::c_int,
     unshare_fs: bool,
     originals: &[Vec<u64>],
 ) -> Result<(), MoveError> {
     let multi = threads.len() > 1;
     let tables = fd_tables(threads)?;
-    if let Err((i, failure)) =
-        join_all(threads, &tables, holder_pid_in_target_ns, kinds, unshare_fs)
-    {
+    let joined = join_all(
+        threads,
+        &tables,
+        holder_pid_in_target_ns,
+        expected,
+        kinds,
+        unshare_fs,
+    )
+    .and_then(|()| verify(tgid, threads, expected, kinds));
+    if let Err((i, failure)) = joined {
         let tid = threads[i].tid().as_raw();
         let cause = match failure {
             JoinFailure::Refused(step, errno) => MoveError::Refused {
@@ -947,6 +1146,7 @@ fn join_or_roll_back(
                 moved_back: 0,
             },
             JoinFailure::Trace(e) => MoveError::from(e),
+            JoinFailure::Untrusted(step) => MoveError::Untrusted { tid, step },
         };
         if !multi {
             return Err(cause);
@@ -956,15 +1156,60 @@ fn join_or_roll_back(
     Ok(())
 }
 
+/// Checks that every thread is in the namespaces the holder's are, as
+/// every `setns` said: a result faked by a seccomp supervisor or tracer
+/// would say so without doing it.
+fn verify(
+    tgid: Pid,
+    threads: &[Tracee<Stopped>],
+    expected: &Expected,
+    kinds: libc::c_int,
+) -> Result<(), (usize, JoinFailure)> {
+    let tasks = ProcDir::tasks(tgid.as_raw())
+        .map_err(|e| (0, JoinFailure::Trace(proc_failure(tgid, e))))?;
+    for (i, t) in threads.iter().enumerate() {
+        match ns_ids(&tasks, t.tid(), kinds) {
+            Ok(now) if now == expected.inodes => {}
+            Ok(_) => {
+                log::error!(
+                    "thread {}: setns reported success, but the thread is not in the \
+                     holder's namespaces",
+                    t.tid()
+                );
+                return Err((i, JoinFailure::Untrusted(Step::Setns)));
+            }
+            Err(MoveError::Proc(e)) => {
+                return Err((i, JoinFailure::Trace(proc_failure(t.tid(), e))));
+            }
+            Err(_) => return Err((i, JoinFailure::Untrusted(Step::Setns))),
+        }
+    }
+    Ok(())
+}
+
+/// A failed read of `/proc` while verifying, as a tracer failure: the
+/// thread is gone if the entry is.
+fn proc_failure(tid: Pid, e: std::io::Error) -> TraceError {
+    match e.kind() {
+        std::io::ErrorKind::NotFound => TraceError::Gone(tid),
+        _ => TraceError::Os {
+            tid,
+            op: "reading /proc/PID/task/TID/ns",
+            errno: e.raw_os_error().map_or(Errno::EIO, Errno::from_raw),
+        },
+    }
+}
+
 /// Refuses the move if a seccomp filter of any thread would kill it for one
-/// of the syscalls the move injects (the fd number of `setns` and `close`
-/// is not known yet; 3 stands for it).
+/// of the syscalls the move injects, or would hand one to a supervisor or
+/// tracer (which could fake its result), or if a thread is in strict mode
+/// (the fd number of `setns` and `close` is not known yet; 3 stands for it).
 fn check_seccomp(
     threads: &mut [Tracee<Stopped>],
     holder: i32,
     kinds: libc::c_int,
 ) -> Result<(), MoveError> {
-    use inject::seccomp::{self, SyscallData, Verdict};
+    use inject::seccomp::{self, Mode, SyscallData, Verdict};
     const AUDIT_ARCH_X86_64: u32 = 0xc000_003e;
     let calls: [(&'static str, i64, [u64; 6]); 4] = [
         ("unshare", libc::SYS_unshare, args(&[libc::CLONE_FS as u64])),
@@ -976,17 +1221,20 @@ fn check_seccomp(
         ("setns", libc::SYS_setns, args(&[3, kinds as u64])),
         ("close", libc::SYS_close, args(&[3])),
     ];
+    let mut delegated = None;
     for t in threads.iter_mut() {
-        let filters = seccomp::filters(t.tid()).map_err(|errno| {
+        let mode = seccomp::mode(t.tid()).map_err(|errno| {
             MoveError::Trace(TraceError::Os {
                 tid: t.tid(),
                 op: "PTRACE_SECCOMP_GET_FILTER",
                 errno,
             })
         })?;
-        if filters.is_empty() {
-            continue;
-        }
+        let filters = match mode {
+            Mode::Off => continue,
+            Mode::Strict => return Err(MoveError::SeccompStrict(t.tid().as_raw())),
+            Mode::Filters(filters) => filters,
+        };
         let ip = t.syscall_site()?.addr();
         for (name, nr, args) in calls {
             let data = SyscallData {
@@ -995,15 +1243,27 @@ fn check_seccomp(
                 ip,
                 args,
             };
-            if seccomp::check(&filters, &data) == Verdict::Kills {
-                return Err(MoveError::SeccompKills {
-                    tid: t.tid().as_raw(),
-                    syscall: name,
-                });
+            match seccomp::check(&filters, &data) {
+                Verdict::Kills => {
+                    return Err(MoveError::SeccompKills {
+                        tid: t.tid().as_raw(),
+                        syscall: name,
+                    });
+                }
+                Verdict::Delegated => {
+                    delegated.get_or_insert(MoveError::SeccompDelegates {
+                        tid: t.tid().as_raw(),
+                        syscall: name,
+                    });
+                }
+                Verdict::Runs | Verdict::Fails(_) | Verdict::Traps => {}
             }
         }
     }
-    Ok(())
+    match delegated {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
 }
 
 /// Finds one `syscall` instruction for the whole process (threads share the
@@ -1082,6 +1342,9 @@ fn roll_back(
             Err(JoinFailure::Refused(step, errno)) => {
                 return rollback_failed(tid.as_raw(), cause, format!("{step}: {errno}"));
             }
+            Err(JoinFailure::Untrusted(step)) => {
+                return rollback_failed(tid.as_raw(), cause, format!("{step}: not done"));
+            }
             Err(JoinFailure::Trace(TraceError::Gone(_))) if is_dying(tgid) => {
                 return MoveError::Gone(tgid.as_raw());
             }
@@ -1149,6 +1412,25 @@ mod tests {
         };
         assert_eq!(refused.errno(), Errno::EINVAL);
         assert_eq!(MoveError::Unsupported("x").errno(), Errno::EOPNOTSUPP);
+    }
+
+    #[test]
+    fn only_a_pidfd_of_the_holder_counts_as_opened() {
+        let me = nix::unistd::getpid();
+        let other = std::process::Command::new("sleep")
+            .arg("100")
+            .spawn()
+            .unwrap();
+        let pidfd = inject::sys::pidfd_open(me, 0).unwrap();
+        let file = std::fs::File::open("/proc/self/stat").unwrap();
+        let raw = |fd: BorrowedFd<'_>| i64::from(fd.as_raw_fd());
+        assert!(is_pidfd_of(me, me, raw(pidfd.as_fd()), me.as_raw()));
+        assert!(!is_pidfd_of(me, me, raw(pidfd.as_fd()), other.id() as i32));
+        assert!(!is_pidfd_of(me, me, raw(file.as_fd()), me.as_raw()));
+        assert!(!is_pidfd_of(me, me, 0x7fff_0000, me.as_raw()));
+        let mut other = other;
+        let _ = other.kill();
+        let _ = other.wait();
     }
 
     #[test]

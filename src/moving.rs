@@ -71,13 +71,14 @@ impl PtraceMover {
     fn try_move(
         &self,
         pid: i32,
+        target: std::os::fd::OwnedFd,
         set: &[Arc<Namespace>; 8],
         writer: Option<mover::Writer<'_>>,
     ) -> Result<()> {
         if pid == std::process::id() as i32 {
             return Err(Error::Denied("the daemon does not move itself".into()));
         }
-        let target = ProcessHandle::open(pid)?;
+        let target = ProcessHandle::pinned(target, pid)?;
         let unreadable = |e: std::io::Error| -> Error {
             if e.kind() == std::io::ErrorKind::NotFound || target.is_gone_or_dying() {
                 return mover::MoveError::Gone(pid).into();
@@ -215,13 +216,14 @@ impl Mover for PtraceMover {
     fn move_process(
         &self,
         pid: i32,
+        target: std::os::fd::OwnedFd,
         writer_tid: u32,
         set: &[Arc<Namespace>; 8],
         reply: &mut dyn FnMut(Result<()>),
     ) {
         let w = is_thread_of(writer_tid, pid);
         if !w {
-            return reply(self.try_move(pid, set, None));
+            return reply(self.try_move(pid, target, set, None));
         }
         // `echo $$ > tasks`: the writer is blocked in this very write. The
         // reply goes out once its threads are asked to stop; a failure after
@@ -232,7 +234,7 @@ impl Mover for PtraceMover {
                 tid: nix::unistd::Pid::from_raw(writer_tid as i32),
                 answer: &mut ok,
             };
-            self.try_move(pid, set, Some(writer))
+            self.try_move(pid, target, set, Some(writer))
         };
         reply(result);
     }

@@ -227,12 +227,31 @@ pub fn is_kernel_thread(pid: i32) -> bool {
 /// The start time of `pid`, field 22 of `/proc/PID/stat` (clock ticks
 /// after boot): with the pid, it names one process for the life of a boot.
 pub fn start_time(pid: i32) -> Option<u64> {
-    let stat = std::fs::read(format!("/proc/{pid}/stat")).ok()?;
+    stat_start_time(&std::fs::read(format!("/proc/{pid}/stat")).ok()?)
+}
+
+/// The start time in the text of a `/proc/PID/stat` file.
+pub fn stat_start_time(stat: &[u8]) -> Option<u64> {
     // Fields start after the command name's last ')': state is the 3rd
     // field, so the start time is the 20th after it.
     let close = stat.iter().rposition(|&b| b == b')')?;
     let rest = std::str::from_utf8(stat.get(close + 1..)?).ok()?;
     rest.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// The `NSpid` and `NStgid` lines of a `/proc/PID/status` text: the
+/// task's id and its thread group's id in each pid namespace from the
+/// reader's down to the task's own.
+pub fn status_ns_ids(status: &str) -> Option<(Vec<i32>, Vec<i32>)> {
+    let list = |key: &str| -> Option<Vec<i32>> {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(key))?
+            .split_whitespace()
+            .map(|x| x.parse().ok())
+            .collect()
+    };
+    Some((list("NSpid:")?, list("NStgid:")?))
 }
 
 /// The command name of `pid` (`/proc/PID/comm` without its newline).
@@ -242,6 +261,39 @@ pub fn comm(pid: i32) -> Option<String> {
         name.pop();
     }
     Some(name)
+}
+
+/// The device (major, minor) of the topmost FUSE mount at `mountpoint` in
+/// this process's mount namespace.
+pub fn mount_device(mountpoint: &[u8]) -> Option<(u32, u32)> {
+    let info = std::fs::read("/proc/self/mountinfo").ok()?;
+    info.split(|&b| b == b'\n')
+        .filter_map(|line| {
+            let fields: Vec<&[u8]> = line.split(|&b| b == b' ').collect();
+            let sep = fields.iter().position(|f| *f == b"-")?;
+            let fstype = fields.get(sep + 1)?;
+            if !fstype.starts_with(b"fuse") {
+                return None;
+            }
+            if crate::daemon::unescape_mountinfo(fields.get(4)?) != mountpoint {
+                return None;
+            }
+            let dev = std::str::from_utf8(fields.get(2)?).ok()?;
+            let (major, minor) = dev.split_once(':')?;
+            Some((major.parse().ok()?, minor.parse().ok()?))
+        })
+        .next_back()
+}
+
+/// The thread ids of process `pid`, from `/proc/PID/task`.
+pub fn threads(pid: i32) -> io::Result<Vec<i32>> {
+    let mut tids = Vec::new();
+    for entry in std::fs::read_dir(format!("/proc/{pid}/task"))? {
+        if let Some(tid) = entry?.file_name().to_str().and_then(|n| n.parse().ok()) {
+            tids.push(tid);
+        }
+    }
+    Ok(tids)
 }
 
 /// Every process (thread-group leader) in the daemon's pid namespace.

@@ -15,23 +15,22 @@
 //! whatever happens, the record on disk is one whole version. This module
 //! does that I/O, reopens recorded namespaces at start (from pins, or from
 //! the keepers of pid and mount namespaces), and tidies pins; the format
-//! itself is plain data in [`crate::tree::record`].
+//! itself is plain data in [`crate::tree::record`]. Every file is reached
+//! through [`StateDir`], never following a symbolic link.
 
 use std::collections::{HashMap, HashSet};
-use std::fs::File;
-use std::io::{self, Write};
+use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use parking_lot::{Mutex, MutexGuard};
 
-use crate::ns::{self, Keeper, Kind, Namespace, Pin};
+use crate::ns::{self, Keeper, Kind, Namespace, Pin, PinDir};
+pub use crate::state_dir::{PINS, StateDir};
 use crate::tree::record::{self, Record, RecordError, RecordedNs};
 
 /// The record's file name in the state directory.
 pub const RECORD: &str = "tree";
-
-/// The pin directory's name in the state directory.
-pub const PINS: &str = "pins";
 
 /// What the state directory held at start.
 #[derive(Debug)]
@@ -52,9 +51,8 @@ pub enum Loaded {
 
 /// Reads the record in `dir`. An unreadable one is renamed to
 /// `tree.corrupt-SECONDS` (seconds since the epoch), never deleted.
-pub fn load(dir: &Path) -> Loaded {
-    let path = dir.join(RECORD);
-    let why = match std::fs::read(&path) {
+pub fn load(dir: &StateDir) -> Loaded {
+    let why = match dir.read(RECORD) {
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Loaded::Nothing,
         Err(e) => format!("cannot read it: {e}"),
         Ok(bytes) => match record::parse(&bytes) {
@@ -66,8 +64,11 @@ pub fn load(dir: &Path) -> Loaded {
     let seconds = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
-    let aside = dir.join(format!("{RECORD}.corrupt-{seconds}"));
-    let moved = std::fs::rename(&path, &aside).ok().map(|()| aside);
+    let aside = format!("{RECORD}.corrupt-{seconds}");
+    let moved = dir
+        .rename(RECORD, &aside)
+        .ok()
+        .map(|()| dir.path().join(aside));
     Loaded::SetAside { why, moved }
 }
 
@@ -86,23 +87,21 @@ pub fn boot_id() -> String {
 /// changes made meanwhile are written once (group commit).
 #[derive(Debug)]
 pub struct Recorder {
-    dir: File,
+    dir: Arc<StateDir>,
     path: PathBuf,
-    tmp: PathBuf,
     boot: String,
     written: Mutex<Option<u64>>,
 }
 
 impl Recorder {
     /// A recorder for the state directory `dir`.
-    pub fn open(dir: &Path) -> io::Result<Recorder> {
-        Ok(Recorder {
-            dir: File::open(dir)?,
-            path: dir.join(RECORD),
-            tmp: dir.join(format!("{RECORD}.tmp")),
+    pub fn open(dir: Arc<StateDir>) -> Recorder {
+        Recorder {
+            path: dir.path().join(RECORD),
+            dir,
             boot: boot_id(),
             written: Mutex::new(None),
-        })
+        }
     }
 
     /// The boot id written into records.
@@ -124,16 +123,7 @@ impl Recorder {
     /// over the record, fsync of the directory. Call with [`Recorder::lock`]
     /// held (the temporary file's name is fixed).
     pub fn write(&self, text: &[u8]) -> io::Result<()> {
-        let mut tmp = File::options()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&self.tmp)?;
-        tmp.write_all(text)?;
-        tmp.sync_all()?;
-        drop(tmp);
-        std::fs::rename(&self.tmp, &self.path)?;
-        self.dir.sync_all()
+        self.dir.replace(RECORD, text, true)
     }
 }
 
@@ -151,7 +141,12 @@ pub struct Reopened {
 /// their pins in `pins`, each checked to be the namespace of that kind and
 /// inode; a pid namespace also needs its init alive, since one whose init
 /// has exited takes no new process. `boot` is this boot's id.
-pub fn reopen(record: &Record, pins: &Path, boot: &str, have: impl Fn(u64) -> bool) -> Reopened {
+pub fn reopen(
+    record: &Record,
+    pins: &Arc<PinDir>,
+    boot: &str,
+    have: impl Fn(u64) -> bool,
+) -> Reopened {
     let mut out = Reopened::default();
     for r in &record.spaces {
         if have(r.ns.ino) {
@@ -177,7 +172,7 @@ pub fn reopen(record: &Record, pins: &Path, boot: &str, have: impl Fn(u64) -> bo
     out
 }
 
-fn reopen_one(r: &RecordedNs, pins: &Path) -> Result<Namespace, String> {
+fn reopen_one(r: &RecordedNs, pins: &Arc<PinDir>) -> Result<Namespace, String> {
     let (kind, ino) = (r.ns.kind, r.ns.ino);
     if kind == Kind::Mnt {
         let k = r
@@ -186,7 +181,7 @@ fn reopen_one(r: &RecordedNs, pins: &Path) -> Result<Namespace, String> {
         let (keeper, fd) = Keeper::adopt(kind, ino, k.pid, k.start)?;
         return Namespace::kept(fd, kind, keeper).map_err(|e| e.to_string());
     }
-    let mut ns = Namespace::from_pin(&Pin::path_in(pins, kind, ino), kind, ino)?;
+    let mut ns = Namespace::from_pin(pins, kind, ino)?;
     if kind == Kind::Pid {
         let dead = "a pid namespace whose init has exited takes no new process";
         match r.keeper {
@@ -217,30 +212,28 @@ fn dismiss_keeper(r: &RecordedNs) {
 
 /// Removes every pin in `pins` but those in `keep`: pins of namespaces
 /// nothing binds any more, and at the daemon's end those of the root's own.
-pub fn sweep_pins(pins: &Path, keep: &HashSet<PathBuf>) {
-    let Ok(entries) = std::fs::read_dir(pins) else {
-        return;
-    };
-    for entry in entries.flatten() {
-        let path = entry.path();
+/// Anything else found there (a symbolic link, a stray file) goes too,
+/// without being followed.
+pub fn sweep_pins(pins: &PinDir, keep: &HashSet<PathBuf>) {
+    for name in pins.names() {
+        let path = pins.path().join(&name);
         if !keep.contains(&path) {
             log::debug!("removing pin {}", path.display());
-            ns::remove_pin(&path);
+            pins.remove(&name);
         }
     }
 }
 
 /// The pins the record in `dir` needs, or `None` without a readable record.
-fn recorded_pins(dir: &Path) -> Option<HashSet<PathBuf>> {
-    let bytes = std::fs::read(dir.join(RECORD)).ok()?;
+fn recorded_pins(dir: &StateDir, pins: &Path) -> Option<HashSet<PathBuf>> {
+    let bytes = dir.read(RECORD).ok()?;
     let record = record::parse(&bytes).ok()?;
-    let pins = dir.join(PINS);
     Some(
         record
             .spaces
             .iter()
             .filter(|r| r.ns.kind != Kind::Mnt)
-            .map(|r| Pin::path_in(&pins, r.ns.kind, r.ns.ino))
+            .map(|r| Pin::path_in(pins, r.ns.kind, r.ns.ino))
             .collect(),
     )
 }
@@ -248,9 +241,9 @@ fn recorded_pins(dir: &Path) -> Option<HashSet<PathBuf>> {
 /// At the daemon's end: removes the pins the record does not need (those
 /// of namespaces only the root container bound). The others stay for the
 /// next daemon. Without a readable record, nothing is touched.
-pub fn tidy(dir: &Path) {
-    if let Some(keep) = recorded_pins(dir) {
-        sweep_pins(&dir.join(PINS), &keep);
+pub fn tidy(dir: &StateDir, pins: &PinDir) {
+    if let Some(keep) = recorded_pins(dir, pins.path()) {
+        sweep_pins(pins, &keep);
     }
 }
 
@@ -258,16 +251,22 @@ pub fn tidy(dir: &Path) {
 /// the record names to leave, removes every pin and every export left by
 /// `--netns-export`, and deletes the record.
 /// For a daemon that is not running (tests, or starting over by hand).
+/// Nothing in it is followed through a symbolic link.
 pub fn forget(dir: &Path) {
-    crate::export::forget(dir);
-    if let Loaded::Found(record) = load(dir)
+    let Ok(dir) = StateDir::existing(dir) else {
+        return;
+    };
+    crate::export::forget(&dir);
+    if let Loaded::Found(record) = load(&dir)
         && record.boot == boot_id()
     {
         record.spaces.iter().for_each(dismiss_keeper);
     }
-    sweep_pins(&dir.join(PINS), &HashSet::new());
-    let _ = std::fs::remove_file(dir.join(RECORD));
-    let _ = std::fs::remove_file(dir.join(format!("{RECORD}.tmp")));
+    if let Ok(pins) = dir.existing_pins() {
+        sweep_pins(&pins, &HashSet::new());
+    }
+    let _ = dir.remove(RECORD);
+    let _ = dir.remove(&format!("{RECORD}.tmp"));
 }
 
 #[cfg(test)]
@@ -285,8 +284,9 @@ mod tests {
     #[test]
     fn a_record_is_replaced_whole_and_read_back() {
         let dir = scratch("write");
-        assert!(matches!(load(&dir), Loaded::Nothing));
-        let rec = Recorder::open(&dir).unwrap();
+        let state = Arc::new(StateDir::existing(&dir).unwrap());
+        assert!(matches!(load(&state), Loaded::Nothing));
+        let rec = Recorder::open(Arc::clone(&state));
         let text = format!("nsproxyfs-tree 1\nboot {}\nend\n", rec.boot());
         {
             let _guard = rec.lock();
@@ -295,7 +295,7 @@ mod tests {
         }
         assert_eq!(std::fs::read_to_string(rec.path()).unwrap(), text);
         assert!(!dir.join("tree.tmp").exists());
-        match load(&dir) {
+        match load(&state) {
             Loaded::Found(r) => assert_eq!(r.boot, rec.boot()),
             other => panic!("{other:?}"),
         }
@@ -306,7 +306,8 @@ mod tests {
     fn a_corrupt_record_is_set_aside() {
         let dir = scratch("corrupt");
         std::fs::write(dir.join(RECORD), "nsproxyfs-tree 1\nboot b\ncontainer /x\n").unwrap();
-        match load(&dir) {
+        let state = StateDir::existing(&dir).unwrap();
+        match load(&state) {
             Loaded::SetAside { why, moved } => {
                 assert!(why.contains("cut short"), "{why}");
                 let moved = moved.unwrap();
@@ -323,7 +324,7 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert!(!dir.join(RECORD).exists());
-        assert!(matches!(load(&dir), Loaded::Nothing));
+        assert!(matches!(load(&state), Loaded::Nothing));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
@@ -336,7 +337,7 @@ mod tests {
     fn record_cost() {
         use crate::tree::{NsRef, Tree};
         let dir = scratch("cost");
-        let rec = Recorder::open(&dir).unwrap();
+        let rec = Recorder::open(Arc::new(StateDir::existing(&dir).unwrap()));
         for n in [10usize, 1_000, 10_000] {
             let mut tree = Tree::new([1, 2, 3, 4, 5, 6, 7, 8]);
             // A hundred containers at the top, the rest below them.

@@ -80,7 +80,12 @@ fn bad_writes_change_nothing() {
             let got = errno(m.write(file, data));
             assert_eq!(got, *want, "{what} into {file}");
             assert_eq!(snapshot(&m), before, "{what} into {file} changed the tree");
-            wait_for("a log line", || refusals(&m) > logged);
+            // Each refusal is logged while the caller stays within its
+            // allowance of log lines (see fs::refusals): the first file's
+            // cases do.
+            if file == "c/uts" {
+                wait_for("a log line", || refusals(&m) > logged);
+            }
         }
     }
     // Still serving.

@@ -546,6 +546,14 @@ fn nsproxyfs_adopt_names_a_process_set_in_one_command() {
     // Straight after the process starts: adopt waits for discovery.
     let out = adopt(a.pid(), &m.path("web"));
     assert!(out.status.success(), "{out:?}");
+    // If it had to wait, it said for what, in one line.
+    let err = String::from_utf8_lossy(&out.stderr);
+    let waiting = format!(
+        "nsproxyfs: adopt: waiting up to 5 s for the namespaces of process {} to appear in {}\n",
+        a.pid(),
+        m.path(".discovered").display()
+    );
+    assert!(err.is_empty() || err == waiting, "{err:?}");
     assert_eq!(status_set(&m, "web").unwrap(), set_of(a.pid()));
     assert_eq!(m.read("web/tasks"), format!("{}\n", a.pid()));
     assert_eq!(discovered_as(&m, a.pid()), None);

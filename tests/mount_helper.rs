@@ -548,6 +548,14 @@ fn install_stages_under_destdir_with_the_final_paths_inside_and_uninstalls() {
     for (file, _) in files {
         assert!(!stage.join(file).exists(), "{file} removed");
     }
+    let left: Vec<_> = std::fs::read_dir(&stage)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert!(
+        left.is_empty(),
+        "the directories it made are removed: {left:?}"
+    );
     let ran = install(&s.0, &args(&["PREFIX=relative"]));
     assert!(!ran.status.success(), "relative directories are refused");
     let ran = install(&s.0, &args(&["BINARY=/nonexistent"]));
@@ -623,4 +631,136 @@ fn the_units_command_reports_ready_once_mounted_and_stops_on_sigterm() {
     let status = wait_bounded(&mut daemon, Duration::from_secs(20));
     assert_eq!(status.code(), Some(0));
     assert!(!s.mounted());
+}
+
+/// The commands of the unit's [Service] section named `key`, with this
+/// test's paths, as systemd would run them: a leading `-` means the
+/// command may fail.
+fn unit_commands(s: &Setup, key: &str) -> Vec<(bool, Vec<String>)> {
+    let unit =
+        std::fs::read_to_string(s.prefix.join("lib/systemd/system/nsproxyfs.service")).unwrap();
+    let prefix = format!("{key}=");
+    unit.lines()
+        .filter_map(|l| l.strip_prefix(prefix.as_str()))
+        .map(|cmd| {
+            let cmd = cmd
+                .replace("/run/nsproxyfs", s.state.to_str().unwrap())
+                .replace("/container_ns", s.mnt.to_str().unwrap());
+            let (may_fail, cmd) = match cmd.strip_prefix('-') {
+                Some(rest) => (true, rest.to_owned()),
+                None => (false, cmd),
+            };
+            (
+                may_fail,
+                cmd.split_whitespace().map(str::to_owned).collect(),
+            )
+        })
+        .collect()
+}
+
+/// SIGKILLs the test's daemon, as a crash would, and waits until it is
+/// gone: its mount is left behind, dead.
+fn crash(s: &mut Setup) {
+    s.step.set("kill -9 the daemon");
+    assert_eq!(s.daemons.len(), 1, "one daemon");
+    s.daemons[0].kill();
+    wait_for("the killed daemon to be gone", || !s.daemons[0].alive());
+    s.daemons.clear();
+    assert_eq!(
+        errno(std::fs::metadata(&s.mnt)),
+        libc::ENOTCONN,
+        "the dead mount stays"
+    );
+}
+
+#[test]
+fn after_kill_9_mount_and_the_units_commands_start_again_with_the_same_tree() {
+    let Some(mut s) = Setup::new("helper-crash", true) else {
+        return;
+    };
+    let (mnt, state) = (s.mnt.display().to_string(), s.state.display().to_string());
+    let log = s.state.join("daemon.log");
+    let opts = format!("state_dir={state},log={}", log.display());
+    let ran = s.mount(
+        "mount",
+        &["-t", "fuse.nsproxyfs", "nsproxyfs", &mnt, "-o", &opts],
+    );
+    assert!(ran.status.success(), "mount: {}", ran.stderr);
+    assert!(
+        ran.stderr
+            .contains(&format!("logging to {}", log.display())),
+        "the start names where the log goes: {}",
+        ran.stderr
+    );
+    std::fs::create_dir(s.mnt.join("web")).unwrap();
+    File::create(s.mnt.join("web/net")).unwrap();
+    let net = std::fs::read_to_string(s.mnt.join("web/net")).unwrap();
+
+    crash(&mut s);
+    let ran = s.mount(
+        "mount",
+        &["-t", "fuse.nsproxyfs", "nsproxyfs", &mnt, "-o", &opts],
+    );
+    assert!(ran.status.success(), "mount after kill -9: {}", ran.stderr);
+    assert_eq!(
+        std::fs::read_to_string(s.mnt.join("web/net")).unwrap(),
+        net,
+        "the tree comes back from the state directory"
+    );
+    let log = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        log.contains("left by a daemon that died"),
+        "the detach is logged: {log}"
+    );
+
+    // systemd's Restart=: ExecStartPre= then ExecStart= on the dead mount.
+    crash(&mut s);
+    for (may_fail, words) in unit_commands(&s, "ExecStartPre") {
+        s.step.set(&format!("ExecStartPre {words:?}"));
+        let ran = run(&s.scratch.0, Command::new(&words[0]).args(&words[1..]));
+        assert!(
+            may_fail || ran.status.success(),
+            "{words:?} must not fail on a dead mount: {}",
+            ran.stderr
+        );
+    }
+    let start = unit_commands(&s, "ExecStart");
+    assert_eq!(start.len(), 1, "one ExecStart=");
+    let words = &start[0].1;
+    let socket = s.scratch.0.join("notify");
+    let manager = UnixDatagram::bind(&socket).unwrap();
+    manager
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    s.step.set("ExecStart on the dead mount");
+    let mut daemon = Command::new(&words[0])
+        .args(&words[1..])
+        .env("NOTIFY_SOCKET", &socket)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(File::create(s.scratch.0.join("daemon.log")).unwrap())
+        .spawn()
+        .unwrap();
+    s.pids.lock().unwrap().push(daemon.id() as i32);
+    let mut buf = [0u8; 256];
+    let n = manager.recv(&mut buf).unwrap_or_else(|e| {
+        panic!(
+            "READY=1 within 20 s ({e}): {}",
+            std::fs::read_to_string(s.scratch.0.join("daemon.log")).unwrap_or_default()
+        )
+    });
+    assert_eq!(&buf[..n], b"READY=1");
+    s.find_daemons();
+    assert_eq!(
+        std::fs::read_to_string(s.mnt.join("web/net")).unwrap(),
+        net,
+        "the unit's restart brings the same tree back"
+    );
+    s.step.set("stop the unit");
+    // SAFETY: kill takes integers; the pid is this test's own child.
+    unsafe { libc::kill(daemon.id() as i32, libc::SIGTERM) };
+    let status = wait_bounded(&mut daemon, Duration::from_secs(20));
+    assert_eq!(status.code(), Some(0));
+    assert!(!s.mounted());
+    s.daemons.clear();
 }

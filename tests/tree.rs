@@ -284,17 +284,34 @@ fn echo_path_binds_a_namespace_file() {
         .unwrap();
     assert_eq!(m.read("c/uts"), format!("uts:[{}]\n", ns_ino(inner, "uts")));
 
-    // An `ip netns add` namespace.
+    // An `ip netns add` namespace, made on a tmpfs of this thread's own
+    // mount namespace: nothing is made on the host.
+    let cover = if std::path::Path::new("/run/netns").is_dir() {
+        c"/run/netns"
+    } else {
+        c"/run"
+    };
+    // SAFETY: NUL-terminated strings that outlive the call; a tmpfs in the
+    // test thread's private mount namespace.
+    let r = unsafe {
+        libc::mount(
+            c"nsproxyfs-test".as_ptr(),
+            cover.as_ptr(),
+            c"tmpfs".as_ptr(),
+            0,
+            std::ptr::null(),
+        )
+    };
+    assert_eq!(r, 0, "tmpfs: {}", std::io::Error::last_os_error());
     let name = format!("nsproxyfs-test-{}", std::process::id());
-    let had_dir = std::path::Path::new("/run/netns").exists();
     sh_ok(&format!("ip netns add {name}"));
     let netns = format!("/run/netns/{name}");
     let result = m.write("c/net", netns.as_bytes());
     let want = std::fs::metadata(&netns).map(|md| md.ino());
     sh_ok(&format!("ip netns del {name}"));
-    if !had_dir {
-        let _ = std::fs::remove_dir("/run/netns");
-    }
+    // SAFETY: a NUL-terminated path; the tmpfs mounted above (with the
+    // mount ip netns made inside it).
+    unsafe { libc::umount2(cover.as_ptr(), libc::MNT_DETACH) };
     result.unwrap();
     assert_eq!(m.read("c/net"), format!("net:[{}]\n", want.unwrap()));
 

@@ -7,39 +7,14 @@
 //! uid alone grants nothing.
 
 use std::fs::File;
-use std::os::fd::OwnedFd;
+use std::os::fd::{BorrowedFd, OwnedFd};
 
 use super::error::{Error, Result};
 use crate::ns::Opener;
+use crate::ns::creds::{self, Credentials, CredsError};
 
 /// `CAP_SYS_ADMIN`.
 const CAP_SYS_ADMIN: u32 = 21;
-/// `CAP_SYS_PTRACE`.
-const CAP_SYS_PTRACE: u32 = 19;
-
-/// The fields of `/proc/PID/status` the checks need.
-struct Status {
-    /// Real, effective, saved and filesystem uid.
-    uid: [u32; 4],
-    /// Real, effective, saved and filesystem gid.
-    gid: [u32; 4],
-}
-
-fn status(pid: u32) -> Option<Status> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let ids = |key: &str| -> Option<[u32; 4]> {
-        let line = text.lines().find_map(|l| l.strip_prefix(key))?;
-        let v: Vec<u32> = line
-            .split_whitespace()
-            .filter_map(|x| x.parse().ok())
-            .collect();
-        v.try_into().ok()
-    };
-    Some(Status {
-        uid: ids("Uid:")?,
-        gid: ids("Gid:")?,
-    })
-}
 
 /// The sender of one request.
 #[derive(Debug, Clone, Copy)]
@@ -103,31 +78,80 @@ impl Caller {
         Ok(())
     }
 
-    /// Refuses unless the caller could ptrace process `pid` itself, as the
-    /// kernel decides for `PTRACE_ATTACH`: its real uid and gid equal all of
-    /// the target's uids and gids and the target is dumpable, or it holds
-    /// CAP_SYS_PTRACE (in the daemon's user namespace).
-    pub fn require_ptrace(&self, pid: i32, daemon_user_ns: u64) -> Result<()> {
-        if self.caps()? & (1 << CAP_SYS_PTRACE) != 0 {
-            return self.in_user_ns(daemon_user_ns, "CAP_SYS_PTRACE");
-        }
+    /// The caller's credentials, read from its thread while it waits for
+    /// this request.
+    pub fn credentials(&self) -> Result<Credentials> {
         let tid = self.visible()?;
-        let me = status(tid).ok_or_else(|| Error::Denied(format!("caller {tid} is gone")))?;
-        let target = status(pid as u32).ok_or(crate::ns::NsError::NoSuchProcess(pid))?;
-        let same_ids = target.uid[..3].iter().all(|&u| u == me.uid[0])
-            && target.gid[..3].iter().all(|&g| g == me.gid[0]);
-        // A process that is not dumpable has its /proc entries owned by root.
-        let dumpable = std::fs::metadata(format!("/proc/{pid}"))
-            .map(|m| std::os::unix::fs::MetadataExt::uid(&m) == target.uid[1])
-            .unwrap_or(false);
-        if same_ids && dumpable {
+        Credentials::of_thread(tid).map_err(|e| match e {
+            CredsError::Gone(_) => Error::Denied(format!("caller {tid} is gone")),
+            CredsError::Sys(source) => Error::Sys {
+                what: "read the caller's credentials",
+                source,
+            },
+        })
+    }
+
+    /// Refuses unless the kernel would let the caller attach to every
+    /// thread of process `pid` with `PTRACE_SEIZE` itself (real ids,
+    /// dumpable, the capability-superset rule, `CAP_SYS_PTRACE`, LSMs): the
+    /// question is put to the kernel by a thread holding the caller's
+    /// credentials (see [`crate::ns::creds`]). A process is always free to
+    /// move itself, as the kernel lets every task access its own thread
+    /// group. `pidfd` pins the process; it is checked to be alive after the
+    /// question, so the answer was about this process.
+    pub fn require_ptrace(
+        &self,
+        creds: &Credentials,
+        pid: i32,
+        pidfd: BorrowedFd<'_>,
+    ) -> Result<()> {
+        let tid = self.visible()?;
+        let gone = || Error::from(crate::ns::NsError::NoSuchProcess(pid));
+        if tid as i32 == pid || std::fs::symlink_metadata(format!("/proc/{pid}/task/{tid}")).is_ok()
+        {
             return Ok(());
         }
-        Err(Error::Denied(format!(
-            "caller {tid} (uid {}) may not trace process {pid} (uid {}): it needs the same \
-             ids and a dumpable target, or CAP_SYS_PTRACE",
-            me.uid[0], target.uid[1]
-        )))
+        let threads = crate::procfs::threads(pid).map_err(|_| gone())?;
+        let answer = creds::as_caller(creds, || {
+            let mut alive = 0;
+            for &t in &threads {
+                match creds::may_attach(t) {
+                    Ok(()) => alive += 1,
+                    Err(libc::ESRCH) => {}
+                    Err(errno) => return Err((t, errno)),
+                }
+            }
+            Ok(alive)
+        })
+        .map_err(|e| Error::Sys {
+            what: "check ptrace rights as the caller",
+            source: std::io::Error::other(e.to_string()),
+        })?;
+        if !crate::ns::sys::pidfd_alive(pidfd) {
+            return Err(gone());
+        }
+        match answer {
+            // Alive, yet no thread has memory to check: a kernel thread or
+            // a zombie, neither of which can be traced.
+            Ok(0) if crate::procfs::is_kernel_thread(pid) => {
+                Err(Error::Denied(format!("process {pid} is a kernel thread")))
+            }
+            Ok(0) => Err(gone()),
+            Ok(_) => {
+                log::debug!(
+                    "the kernel lets caller {tid} (uid {}) trace process {pid}",
+                    creds.uid[0]
+                );
+                Ok(())
+            }
+            Err((t, errno)) => Err(Error::Denied(format!(
+                "the kernel refuses caller {tid} (uid {}, gid {}) ptrace access to process {pid} \
+                 (thread {t}): {}",
+                creds.uid[0],
+                creds.gid[0],
+                std::io::Error::from_raw_os_error(errno)
+            ))),
+        }
     }
 
     /// The caller's pid namespace, where the pids it writes and reads live.
@@ -141,12 +165,13 @@ impl Caller {
             })
     }
 
-    /// The caller as an opener of paths.
-    pub fn opener(&self) -> Result<Opener> {
+    /// The caller as an opener of paths; `own_dev` is the device of this
+    /// filesystem's mount, which no path may enter.
+    pub fn opener(&self, own_dev: (u32, u32)) -> Result<Opener> {
         Ok(Opener {
             tid: self.visible()?,
-            uid: self.uid,
-            gid: self.gid,
+            creds: self.credentials()?,
+            own_dev,
         })
     }
 }

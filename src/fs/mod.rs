@@ -25,11 +25,13 @@ mod caller;
 mod error;
 pub mod input;
 mod node;
+mod pending;
+pub mod refusals;
 
 use std::collections::HashMap;
 use std::ffi::{CString, OsStr};
 use std::fs::File;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -73,7 +75,7 @@ const RECENT: Duration = Duration::from_millis(1);
 #[derive(Debug)]
 pub struct Options {
     /// Where namespace pins live (`STATE_DIR/pins`).
-    pub pin_dir: PathBuf,
+    pub pin_dir: Arc<ns::PinDir>,
     /// Where the filesystem is mounted.
     pub mountpoint: PathBuf,
     /// Writes the record of the tree on every change; `None` keeps nothing.
@@ -91,11 +93,13 @@ pub struct Options {
 /// namespaces in `set` (indexed by [`Kind::index`]). Supplied by the daemon;
 /// the filesystem only decides whether a move is allowed and into what.
 pub trait Mover: Send + Sync + 'static {
-    /// Moves `pid`; `writer_tid` is the thread that wrote the pid, which may
-    /// belong to the process being moved.
+    /// Moves `pid`, pinned by the pidfd `target` before it was judged;
+    /// `writer_tid` is the thread that wrote the pid, which may belong to
+    /// the process being moved.
     fn move_process(
         &self,
         pid: i32,
+        target: OwnedFd,
         writer_tid: u32,
         set: &[Arc<Namespace>; 8],
         reply: &mut dyn FnMut(Result<()>),
@@ -132,6 +136,10 @@ struct Handle {
     written: bool,
     /// Flush already did its work for a created kind file.
     flushed: bool,
+    /// The fresh namespace that flush bound (a shell's `echo X > file`
+    /// closes a duplicate of the file before it writes): a write that then
+    /// fails unbinds it again, so a refused write changes nothing.
+    fresh: Option<u64>,
 }
 
 /// The nsproxyfs filesystem.
@@ -167,12 +175,19 @@ pub struct NsProxyFs {
     discovering: bool,
     next_fh: AtomicU64,
     next_pending: AtomicU64,
-    pin_dir: PathBuf,
+    pin_dir: Arc<ns::PinDir>,
     mountpoint: CString,
+    /// The device of this filesystem's mount, learnt once it is mounted.
+    own_dev: std::sync::OnceLock<(u32, u32)>,
     user_ns: u64,
     pid_ns: u64,
     started: SystemTime,
     mover: Box<dyn Mover>,
+    /// The threads that run moves, off the FUSE workers.
+    moves: pending::MoveThreads,
+    /// The names `tasks` files are looked up under while writes to them
+    /// are pending.
+    tasks_names: pending::TasksNames,
     recorder: Option<Recorder>,
     exporter: Option<Arc<crate::export::Exporter>>,
 }
@@ -180,7 +195,7 @@ pub struct NsProxyFs {
 impl std::fmt::Debug for NsProxyFs {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("NsProxyFs")
-            .field("pin_dir", &self.pin_dir)
+            .field("pin_dir", &self.pin_dir.path())
             .finish_non_exhaustive()
     }
 }
@@ -188,10 +203,6 @@ impl std::fmt::Debug for NsProxyFs {
 impl NsProxyFs {
     /// A filesystem whose root container binds the daemon's own namespaces.
     pub fn new(options: Options, mover: Box<dyn Mover>) -> Result<NsProxyFs> {
-        std::fs::create_dir_all(&options.pin_dir).map_err(|source| Error::Sys {
-            what: "create the pin directory",
-            source,
-        })?;
         let mut spaces = HashMap::new();
         let mut root = [0u64; 8];
         for kind in Kind::ALL {
@@ -228,6 +239,7 @@ impl NsProxyFs {
             next_fh: AtomicU64::new(1),
             next_pending: AtomicU64::new(1),
             pin_dir: options.pin_dir,
+            own_dev: std::sync::OnceLock::new(),
             mountpoint: CString::new(options.mountpoint.as_os_str().as_bytes())
                 .map_err(|_| Error::Invalid("mount point contains NUL".into()))?,
             user_ns: root[Kind::User.index()],
@@ -236,6 +248,8 @@ impl NsProxyFs {
                 .unwrap_or(0),
             started: SystemTime::now(),
             mover,
+            moves: pending::MoveThreads::default(),
+            tasks_names: pending::TasksNames::default(),
             recorder: options.recorder,
             exporter: options.exporter,
         };
@@ -320,6 +334,19 @@ impl NsProxyFs {
         }
     }
 
+    /// The device (major, minor) of this filesystem's mount, from the
+    /// daemon's mount table (the mount is up once requests arrive).
+    fn own_dev(&self) -> Result<(u32, u32)> {
+        if let Some(dev) = self.own_dev.get() {
+            return Ok(*dev);
+        }
+        let dev = procfs::mount_device(self.mountpoint.as_bytes()).ok_or_else(|| Error::Sys {
+            what: "find this filesystem's mount",
+            source: std::io::Error::from_raw_os_error(libc::ENOENT),
+        })?;
+        Ok(*self.own_dev.get_or_init(|| dev))
+    }
+
     /// What `caller` sees of the tree (see [`crate::tree::view`]). Read
     /// afresh for every request that needs it: a process may change
     /// namespaces at any time, so no view is kept (only a lookup's own
@@ -361,23 +388,21 @@ impl NsProxyFs {
         }
     }
 
-    /// Refuses a task (daemon pid namespace) that does not live inside
-    /// `view`: a confined caller acts only on processes of its own subtree.
-    /// The task is pinned with a pidfd while its namespaces are read; the
-    /// pidfd is returned so the caller can check, once done, that the task
-    /// it acted on was this one all along (see [`still_alive`]).
-    fn require_process_in(&self, view: &View, pid: i32) -> Result<Option<OwnedFd>> {
+    /// Refuses a task (daemon pid namespace), pinned by `pidfd`, that does
+    /// not live inside `view`: a confined caller acts only on processes of
+    /// its own subtree. The pin is checked once the task's namespaces are
+    /// read, so the answer was about this task.
+    fn require_process_in(&self, view: &View, pid: i32, pidfd: BorrowedFd<'_>) -> Result<()> {
         if view.is_all() {
-            return Ok(None);
+            return Ok(());
         }
         let gone = || Error::from(ns::NsError::NoSuchProcess(pid));
-        let pidfd = ns::sys::pidfd_open(pid, ns::sys::PIDFD_THREAD).map_err(|_| gone())?;
         let set = procfs::ns_set(pid as u32).ok_or_else(gone)?;
-        still_alive(Some(&pidfd), pid)?;
+        still_alive(pidfd, pid)?;
         let st = self.state.read();
         let index = self.index(&st.tree);
         if view.holds_process(&st.tree, &index, &set) {
-            Ok(Some(pidfd))
+            Ok(())
         } else {
             Err(Error::Denied(format!(
                 "process {pid} lives outside the caller's container"
@@ -923,21 +948,31 @@ impl NsProxyFs {
         data: &[u8],
     ) -> Result<Namespace> {
         Ok(match input::parse_binding(data)? {
-            Binding::Pid(pid) if view.is_all() => {
-                let pidns = caller.pid_ns()?;
-                ns::of_pid_in(pidns.as_fd(), pid, kind)?
-            }
-            // A confined caller binds namespaces of its own subtree only.
+            // Pinned, then judged: a confined caller binds namespaces of its
+            // own subtree only, and every caller needs what opening
+            // /proc/PID/ns/KIND would need of it.
             Binding::Pid(pid) => {
                 let pidns = caller.pid_ns()?;
                 let local = ns::sys::pid_from_pidns(pidns.as_fd(), pid)
                     .map_err(|_| ns::NsError::NoSuchProcess(pid))?;
-                let pin = self.require_process_in(view, local)?;
-                let ns = Namespace::of_task(local, kind)?;
-                still_alive(pin.as_ref(), pid)?;
-                ns
+                let pidfd = pin(local, ns::sys::PIDFD_THREAD)?;
+                self.require_process_in(view, local, pidfd.as_fd())?;
+                let creds = caller.credentials()?;
+                // The check runs on a thread of the daemon, which the kernel
+                // lets read its own thread group whatever its credentials.
+                // The daemon is root's, undumpable, with every capability:
+                // the kernel lets exactly those holding CAP_SYS_PTRACE in.
+                const CAP_SYS_PTRACE: u32 = 19;
+                if std::path::Path::new(&format!("/proc/self/task/{local}")).exists()
+                    && !creds.has(CAP_SYS_PTRACE)
+                {
+                    return Err(Error::Denied(format!(
+                        "process {pid} is the daemon, which the caller may not read"
+                    )));
+                }
+                Namespace::of_pidfd_as(&creds, pidfd.as_fd(), pid, kind)?
             }
-            Binding::Path(path) => ns::of_path(caller.opener()?, path, kind)?,
+            Binding::Path(path) => ns::of_path(&caller.opener(self.own_dev()?)?, path, kind)?,
         })
     }
 
@@ -1195,11 +1230,51 @@ impl NsProxyFs {
             }),
             written: false,
             flushed: false,
+            fresh: None,
         });
         Ok((
             self.attr(Node::Pending(pending), FileType::RegularFile, 0o644, 1),
             fh,
         ))
+    }
+
+    /// Refuses unless `caller` may change `node` (write it, truncate it, set
+    /// its times): CAP_SYS_ADMIN in the daemon's user namespace, a node
+    /// `view` shows in full, and a node that is not read-only for everyone
+    /// (`status`, `.namespaces`, the root's bindings, discovered sets).
+    fn require_changeable(&self, caller: &Caller, view: &View, node: Node) -> Result<()> {
+        caller.require_admin(self.user_ns)?;
+        match node {
+            Node::Dir(c) => {
+                let st = self.state.read();
+                if !view.full(&st.tree, c) {
+                    return Err(Error::Denied(format!(
+                        "{} is outside the caller's container",
+                        st.tree.path(c)
+                    )));
+                }
+                if st.tree.is_discovered(c) {
+                    return Err(TreeError::Discovered.into());
+                }
+                Ok(())
+            }
+            Node::Namespaces => Err(Error::Denied(format!("{NAMESPACES} is read-only"))),
+            Node::Status(_) => Err(Error::Denied("status is read-only".into())),
+            Node::Tasks(_) | Node::Pending(_) => Ok(()),
+            Node::Kind(ino) => {
+                let st = self.state.read();
+                let kind = st.tree.bound_kind(ino).ok_or(Error::NotFound)?;
+                if st.tree.containers_binding(ino).contains(&Tree::ROOT) {
+                    return Err(Error::Denied(format!(
+                        "{kind}:[{ino}] is bound by the root container, whose bindings are read-only"
+                    )));
+                }
+                if st.tree.user_binders(ino) == 0 {
+                    return Err(TreeError::Discovered.into());
+                }
+                Ok(())
+            }
+        }
     }
 
     fn add_handle(&self, handle: Handle) -> u64 {
@@ -1213,25 +1288,20 @@ impl NsProxyFs {
         let acc = flags.0 & libc::O_ACCMODE;
         let reading = acc == libc::O_RDONLY || acc == libc::O_RDWR;
         let writing = acc == libc::O_WRONLY || acc == libc::O_RDWR;
-        self.node_attr(&self.view(caller), node)?;
-        if writing {
-            caller.require_admin(self.user_ns)?;
+        let view = self.view(caller);
+        self.node_attr(&view, node)?;
+        if let Node::Dir(_) = node {
+            return Err(Error::IsDir);
+        }
+        // O_TRUNC asks for a change even on a read-only open.
+        if writing || flags.0 & libc::O_TRUNC != 0 {
+            self.require_changeable(caller, &view, node)?;
         }
         let (content, write) = match node {
             Node::Dir(_) => return Err(Error::IsDir),
             Node::Pending(_) => return Err(Error::NotFound),
-            Node::Namespaces => {
-                if writing {
-                    return Err(Error::Denied(format!("{NAMESPACES} is read-only")));
-                }
-                (self.namespaces_text(), None)
-            }
-            Node::Status(c) => {
-                if writing {
-                    return Err(Error::Denied("status is read-only".into()));
-                }
-                (self.status_text(c, caller)?, None)
-            }
+            Node::Namespaces => (self.namespaces_text(), None),
+            Node::Status(c) => (self.status_text(c, caller)?, None),
             Node::Tasks(c) => {
                 let content = if reading {
                     self.tasks_text(c, caller)?
@@ -1243,14 +1313,6 @@ impl NsProxyFs {
             Node::Kind(ino) => {
                 let st = self.state.read();
                 let kind = st.tree.bound_kind(ino).ok_or(Error::NotFound)?;
-                if writing && st.tree.containers_binding(ino).contains(&Tree::ROOT) {
-                    return Err(Error::Denied(format!(
-                        "{kind}:[{ino}] is bound by the root container, whose bindings are read-only"
-                    )));
-                }
-                if writing && st.tree.user_binders(ino) == 0 {
-                    return Err(TreeError::Discovered.into());
-                }
                 let content = format!("{kind}:[{ino}]\n").into_bytes();
                 (content, writing.then_some(WriteTarget::Rebind(ino)))
             }
@@ -1260,10 +1322,18 @@ impl NsProxyFs {
             write,
             written: false,
             flushed: false,
+            fresh: None,
         }))
     }
 
-    fn do_write(&self, caller: &Caller, fh: u64, data: &[u8], reply: ReplyWrite) {
+    fn do_write(
+        self: &Arc<Self>,
+        caller: &Caller,
+        ino: u64,
+        fh: u64,
+        data: &[u8],
+        reply: ReplyWrite,
+    ) {
         let target = {
             let mut handles = self.handles.lock();
             let Some(h) = handles.get_mut(&fh) else {
@@ -1291,15 +1361,61 @@ impl NsProxyFs {
         }
         let result = match target {
             None => Err(Error::Invalid("file not open for writing".into())),
-            Some(WriteTarget::Tasks(c)) => return self.write_tasks(caller, c, data, reply, len),
+            Some(WriteTarget::Tasks(c)) => {
+                let generation = Node::alias_generation(ino);
+                return self.write_tasks(caller, (c, generation), data, reply, len);
+            }
             Some(WriteTarget::Rebind(ino)) => self.write_kind(caller, Some(ino), None, data),
             Some(WriteTarget::Create {
                 container, kind, ..
-            }) => self.write_kind(caller, None, Some((container, kind)), data),
+            }) => {
+                let result = self.write_kind(caller, None, Some((container, kind)), data);
+                // Undone for a value that could not be bound, never on the
+                // word of a writer refused for who it is (a descriptor can
+                // be passed to anyone).
+                if let Err(e) = &result
+                    && !matches!(e, Error::Denied(_) | Error::NotFound)
+                {
+                    self.undo_fresh(fh, container, kind);
+                }
+                result
+            }
         };
         match result {
             Ok(()) => reply.written(len),
             Err(e) => reply.error(refuse("write", caller, &e)),
+        }
+    }
+
+    /// Unbinds the fresh namespace that flushing handle `fh` bound in
+    /// `container`, if it is still bound there (a failed write must leave
+    /// nothing behind).
+    fn undo_fresh(&self, fh: u64, container: ContainerId, kind: Kind) {
+        let Some(ino) = self
+            .handles
+            .lock()
+            .get_mut(&fh)
+            .and_then(|h| h.fresh.take())
+        else {
+            return;
+        };
+        let released = {
+            let mut st = self.state.write();
+            if st.tree.get(container).and_then(|c| c.own(kind)) != Some(ino) {
+                return;
+            }
+            st.tree.unbind(container, kind)
+        };
+        match released
+            .map_err(Error::from)
+            .and_then(|r| self.commit(self.unbound(r.into_iter().collect())))
+        {
+            Ok(()) => log::info!(
+                "the fresh {kind} namespace bound at a close is unbound again: the write failed"
+            ),
+            Err(e) => {
+                log::warn!("could not unbind the fresh {kind} namespace after a failed write: {e}")
+            }
         }
     }
 
@@ -1331,9 +1447,9 @@ impl NsProxyFs {
     }
 
     fn write_tasks(
-        &self,
+        self: &Arc<Self>,
         caller: &Caller,
-        c: ContainerId,
+        (c, generation): (ContainerId, u32),
         data: &[u8],
         reply: ReplyWrite,
         len: u32,
@@ -1354,7 +1470,10 @@ impl NsProxyFs {
                 },
             })
         });
-        let set = resolved.and_then(|local| {
+        // Pinned before anything about it is judged: a pid reused between
+        // the checks and the move can never be the process moved.
+        let pinned = resolved.and_then(|local| Ok((local, pin(local, 0)?)));
+        let set = pinned.and_then(|(local, pidfd)| {
             let st = self.state.read();
             if self.helpers(&st).contains(&local) {
                 return Err(Error::Denied(format!(
@@ -1369,28 +1488,64 @@ impl NsProxyFs {
             let set: [Arc<Namespace>; 8] = set
                 .try_into()
                 .map_err(|_| Error::Invalid("incomplete namespace set".into()))?;
-            Ok((local, set))
+            Ok((local, pidfd, set))
         });
-        // A confined caller moves processes of its subtree, within it.
-        let set = set.and_then(|(local, set)| {
+        // A confined caller moves processes of its subtree, within it; every
+        // caller needs the kernel's leave to trace the process.
+        let set = set.and_then(|(local, pidfd, set)| {
             let view = self.view(caller);
             self.require_full(&view, c)?;
-            let pin = self.require_process_in(&view, local)?;
-            caller.require_ptrace(local, self.user_ns)?;
-            still_alive(pin.as_ref(), local)?;
-            Ok((local, set))
+            self.require_process_in(&view, local, pidfd.as_fd())?;
+            let creds = caller.credentials()?;
+            caller.require_ptrace(&creds, local, pidfd.as_fd())?;
+            Ok((local, pidfd, set))
         });
-        let (local, set) = match set {
+        let (local, pidfd, set) = match set {
             Ok(v) => v,
             Err(e) => {
                 return reply.error(refuse("write tasks", caller, &e));
             }
         };
+        // The move runs on a thread of its own: it may wait seconds for its
+        // target to stop, and the FUSE workers must go on answering.
+        let Some(slot) = self.moves.reserve() else {
+            let e = Error::Refused {
+                errno: libc::EAGAIN,
+                reason: format!("{} moves are in flight already", pending::MAX_IN_FLIGHT),
+            };
+            return reply.error(refuse("write tasks", caller, &e));
+        };
+        // Until it is answered, the kernel holds this name of `tasks`
+        // locked: new lookups get another.
+        self.tasks_names.begin(c, generation);
+        let this = Arc::clone(self);
+        let caller = *caller;
+        slot.run(Box::new(move || {
+            this.finish_move(&caller, c, local, pidfd, &set, reply, len);
+            this.tasks_names.end(c, generation);
+        }));
+    }
+
+    /// Moves `local`, pinned by `pidfd`, into `set` (the effective set of
+    /// container `c`) and answers the write that asked for it.
+    #[allow(clippy::too_many_arguments)]
+    fn finish_move(
+        &self,
+        caller: &Caller,
+        c: ContainerId,
+        local: i32,
+        pidfd: OwnedFd,
+        set: &[Arc<Namespace>; 8],
+        reply: ReplyWrite,
+        len: u32,
+    ) {
         // The mover may answer before it is done (a process moving itself);
         // a failure after that still gets logged here, and reaches the
         // writer as its write's return value.
         let mut reply = Some(reply);
+        let mut moved = false;
         let mut answer = |r: Result<()>| {
+            moved = r.is_ok();
             let errno = r.as_ref().err().map(|e| refuse("write tasks", caller, e));
             if let Some(reply) = reply.take() {
                 match errno {
@@ -1400,7 +1555,14 @@ impl NsProxyFs {
             }
         };
         self.mover
-            .move_process(local, caller.tid, &set, &mut answer);
+            .move_process(local, pidfd, caller.tid, set, &mut answer);
+        if moved && log::log_enabled!(log::Level::Info) {
+            log::info!(
+                "process {local} moved into {} (written by pid {})",
+                self.state.read().tree.path(c),
+                caller.tid
+            );
+        }
         if self.discovering {
             self.moved.lock().push(local);
         }
@@ -1448,12 +1610,17 @@ impl NsProxyFs {
         // of such a process's /proc/PID/ns until the exec is done, which
         // waits for this very flush.
         let ns = ns::fresh(kind, &self.mountpoint)?;
+        let ino = ns.ino();
         log::info!(
             "fresh {} bound in {}",
             ns.describe(),
             self.state.read().tree.path(container)
         );
-        self.install(ns, &View::ALL, container, None)
+        self.install(ns, &View::ALL, container, None)?;
+        if let Some(h) = self.handles.lock().get_mut(&fh) {
+            h.fresh = Some(ino);
+        }
+        Ok(())
     }
 
     fn do_release(&self, fh: u64) {
@@ -1477,7 +1644,7 @@ fn restore(
     record: &Record,
     root: [u64; 8],
     spaces: &mut HashMap<u64, Arc<Namespace>>,
-    pin_dir: &Path,
+    pin_dir: &Arc<ns::PinDir>,
     boot: &str,
 ) -> Tree {
     let reopened = crate::state::reopen(record, pin_dir, boot, |ino| spaces.contains_key(&ino));
@@ -1554,24 +1721,55 @@ impl Sink for NsProxyFs {
     }
 }
 
-fn still_alive(pidfd: Option<&OwnedFd>, pid: i32) -> Result<()> {
-    match pidfd {
-        Some(fd) if !ns::sys::pidfd_alive(fd.as_fd()) => {
-            Err(ns::NsError::NoSuchProcess(pid).into())
-        }
-        _ => Ok(()),
+/// Refuses with ESRCH once the process pinned by `pidfd` has exited: what
+/// was read about `pid` since the pin may be about a reused pid.
+fn still_alive(pidfd: BorrowedFd<'_>, pid: i32) -> Result<()> {
+    if ns::sys::pidfd_alive(pidfd) {
+        Ok(())
+    } else {
+        Err(ns::NsError::NoSuchProcess(pid).into())
     }
 }
 
-/// Logs a refusal once, with its reason, and returns its errno.
-fn refuse(op: &str, caller: &Caller, e: &Error) -> Errno {
+/// Pins `pid` (daemon pid namespace) with a pidfd, before anything about it
+/// is judged.
+fn pin(pid: i32, flags: libc::c_uint) -> Result<OwnedFd> {
+    ns::sys::pidfd_open(pid, flags).map_err(|e| match e.raw_os_error() {
+        Some(libc::ESRCH | libc::EINVAL) => ns::NsError::NoSuchProcess(pid).into(),
+        _ => Error::Sys {
+            what: "pidfd_open",
+            source: e,
+        },
+    })
+}
+
+/// How many refusals reach the log, per caller (see [`refusals`]).
+static REFUSALS: std::sync::LazyLock<refusals::Refusals> =
+    std::sync::LazyLock::new(refusals::Refusals::default);
+
+/// Logs a refusal once, with its reason, unless its caller has had too
+/// many logged lately (the first of each kind is always logged), and
+/// returns its errno.
+fn refuse(op: &'static str, caller: &Caller, e: &Error) -> Errno {
     let errno = e.errno();
-    let name = std::io::Error::from_raw_os_error(errno);
-    log::warn!(
-        "{op} by pid {} uid {} refused ({name}): {e}",
-        caller.tid,
-        caller.uid
-    );
+    let verdict = REFUSALS.judge(caller.uid, op, errno, Instant::now());
+    let held = |uid: u32, n: u64| {
+        log::warn!("{n} more refusals of requests by uid {uid} were not logged (too many)");
+    };
+    if let Some((uid, n)) = verdict.forgotten {
+        held(uid, n);
+    }
+    if verdict.log {
+        if verdict.held_back > 0 {
+            held(caller.uid, verdict.held_back);
+        }
+        let name = std::io::Error::from_raw_os_error(errno);
+        log::warn!(
+            "{op} by pid {} uid {} refused ({name}): {e}",
+            caller.tid,
+            caller.uid
+        );
+    }
     Errno::from_i32(errno)
 }
 
@@ -1595,17 +1793,24 @@ impl fuser::Filesystem for Mounted {
         let view = self.view(&caller);
         match self
             .lookup_node(&view, parent, name)
-            .and_then(|n| self.node_attr(&view, n))
+            .and_then(|n| Ok((n, self.node_attr(&view, n)?)))
         {
-            Ok(attr) => {
+            Ok((node, attr)) => {
+                // While a write to this `tasks` is pending, another name of
+                // it (see `Node::tasks_alias`); its attributes stay the
+                // file's own.
+                let mut entry = attr;
+                if let Node::Tasks(c) = node {
+                    entry.ino = INodeNo(Node::tasks_alias(c, self.tasks_names.current(c)));
+                }
                 if caller.tid != 0 {
                     let mut recent = self.recent.lock();
                     if recent.len() >= 1024 {
                         recent.retain(|_, (_, _, at)| at.elapsed() < RECENT);
                     }
-                    recent.insert(caller.tid, (attr.ino.0, attr, Instant::now()));
+                    recent.insert(caller.tid, (entry.ino.0, attr, Instant::now()));
                 }
-                reply.entry(&TTL, &attr, Generation(0))
+                reply.entry(&TTL, &entry, Generation(0))
             }
             Err(e) => reply.error(quiet(&e)),
         }
@@ -1645,20 +1850,23 @@ impl fuser::Filesystem for Mounted {
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
-        // Truncation (`echo >` opens with O_TRUNC) and time changes (`touch`
-        // of an existing file) are accepted and change nothing; owners and
-        // modes are fixed.
+        // Owners and modes are fixed. Truncation to 0 (`echo >` without
+        // atomic O_TRUNC) and time changes (`touch` of an existing file)
+        // change nothing, but only callers who may change the node get that
+        // answer; the others get EPERM, as for any change.
         let caller = Caller::of(req);
-        let attr = self.node_attr(&self.view(&caller), Node::from_id(ino.0));
-        let result = if attr.is_err() {
-            attr
-        } else if mode.is_some() || uid.is_some() || gid.is_some() {
-            Err(Error::Denied("owners and modes are fixed".into()))
-        } else if size.is_some_and(|s| s != 0) {
-            Err(Error::Invalid("only truncation to 0 is accepted".into()))
-        } else {
-            attr
-        };
+        let node = Node::from_id(ino.0);
+        let view = self.view(&caller);
+        let result = self.node_attr(&view, node).and_then(|attr| {
+            if mode.is_some() || uid.is_some() || gid.is_some() {
+                return Err(Error::Denied("owners and modes are fixed".into()));
+            }
+            self.require_changeable(&caller, &view, node)?;
+            if size.is_some_and(|s| s != 0) {
+                return Err(Error::Invalid("only truncation to 0 is accepted".into()));
+            }
+            Ok(attr)
+        });
         match result {
             Ok(attr) => reply.attr(&TTL, &attr),
             Err(e) => reply.error(refuse("setattr", &caller, &e)),
@@ -1790,7 +1998,7 @@ impl fuser::Filesystem for Mounted {
     fn write(
         &self,
         req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         _offset: u64,
         data: &[u8],
@@ -1799,7 +2007,7 @@ impl fuser::Filesystem for Mounted {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        self.do_write(&Caller::of(req), fh.0, data, reply);
+        NsProxyFs::do_write(&self.0, &Caller::of(req), ino.0, fh.0, data, reply);
     }
 
     fn flush(
@@ -1900,6 +2108,14 @@ impl fuser::Filesystem for Mounted {
         } else {
             reply.data(&[])
         }
+    }
+
+    fn access(&self, _req: &Request, _ino: INodeNo, _mask: fuser::AccessFlags, reply: ReplyEmpty) {
+        // What was possible is decided by each operation itself. ENOSYS
+        // (answered here rather than by fuser's default, which logs a
+        // warning for a shell's `cd`) makes the kernel stop asking and
+        // answer access(2) from the file modes.
+        reply.error(Errno::ENOSYS)
     }
 
     fn create(

@@ -18,6 +18,10 @@ const TAG_STATUS: u64 = 3;
 /// [`Node::fits`] keeps from ever being a container's.
 const NAMESPACES: u64 = KIND_MIN - 1;
 
+/// Node ids from here up are other names of a container's `tasks` file
+/// (see [`Node::tasks_alias`]); namespace inode numbers stay below 2^32.
+const ALIAS_SHIFT: u32 = 40;
+
 /// What a node id names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Node {
@@ -48,8 +52,34 @@ impl Node {
         }
     }
 
+    /// The id of name `generation` of container `c`'s `tasks` file; 0 is
+    /// [`Node::Tasks`] itself.
+    ///
+    /// The kernel holds a file's inode lock for as long as a write to it is
+    /// answered, and a move may take seconds to answer. While one is
+    /// pending, `tasks` is looked up under another node id, a new inode for
+    /// the kernel with a lock of its own, so that other writers of the same
+    /// `tasks` file do not wait for it. Every name of it is the same file.
+    pub fn tasks_alias(c: ContainerId, generation: u32) -> u64 {
+        Node::Tasks(c).id() | (u64::from(generation) << ALIAS_SHIFT)
+    }
+
+    /// Which name of a `tasks` file a node id is (0 for the file itself,
+    /// and for every other node).
+    pub fn alias_generation(id: u64) -> u32 {
+        (id >> ALIAS_SHIFT) as u32
+    }
+
     /// The node a kernel id stands for.
     pub fn from_id(id: u64) -> Node {
+        if id >> ALIAS_SHIFT != 0 {
+            let base = id & ((1 << ALIAS_SHIFT) - 1);
+            return match base & 3 {
+                TAG_TASKS if base < KIND_MIN => Node::Tasks(ContainerId(base >> 2)),
+                // No such alias is ever handed out.
+                _ => Node::Pending(u64::MAX >> 2),
+            };
+        }
         if id >= KIND_MIN {
             return Node::Kind(id);
         }
@@ -90,6 +120,15 @@ mod tests {
         ] {
             assert_eq!(Node::from_id(node.id()), node);
         }
+        let alias = Node::tasks_alias(ContainerId(7), 3);
+        assert_ne!(alias, Node::Tasks(ContainerId(7)).id());
+        assert_eq!(Node::from_id(alias), Node::Tasks(ContainerId(7)));
+        assert_eq!(Node::alias_generation(alias), 3);
+        assert_eq!(Node::alias_generation(Node::Tasks(ContainerId(7)).id()), 0);
+        assert_eq!(
+            Node::tasks_alias(ContainerId(7), 0),
+            Node::Tasks(ContainerId(7)).id()
+        );
         assert!(Node::fits(ContainerId((1 << 29) - 2)));
         assert!(!Node::fits(ContainerId((1 << 29) - 1)));
         assert_ne!(

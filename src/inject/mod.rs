@@ -174,6 +174,13 @@ pub enum TraceError {
         /// Where it stopped.
         pc: u64,
     },
+    /// The thread did not reach the requested stop in time: it sleeps
+    /// where no signal reaches it (a vfork parent waiting for its child, an
+    /// uninterruptible or killable wait). It is left attached, untouched,
+    /// with the stop still requested: only the exit of the thread that
+    /// traces it lets it go, which drops the request too.
+    #[error("thread {0} did not stop in time (a vfork parent, or an uninterruptible sleep)")]
+    NotStopping(Pid),
     /// A ptrace, wait or /proc operation failed.
     #[error("thread {tid}: {op} failed: {errno}")]
     Os {
@@ -406,8 +413,17 @@ impl Tracee<Running> {
     /// and the wait goes on (the interrupt stays pending). Returns
     /// [`TraceError::Gone`] if the thread dies first.
     pub fn wait_stop(self) -> Result<Tracee<Stopped>, TraceError> {
+        self.wait_stop_until(None)
+    }
+
+    /// [`Tracee::wait_stop`], giving up at `deadline` if one is given, with
+    /// [`TraceError::NotStopping`].
+    pub fn wait_stop_until(
+        self,
+        deadline: Option<std::time::Instant>,
+    ) -> Result<Tracee<Stopped>, TraceError> {
         let tid = self.tid;
-        let group_stopped = match wait_for_trap(tid, self.tgid) {
+        let group_stopped = match wait_for_trap(tid, self.tgid, deadline) {
             Ok(group) => group,
             Err(e) => {
                 // The thread is not stopped (it is gone or unwaitable):
@@ -498,14 +514,21 @@ fn signal_would_interrupt(tid: Pid) -> bool {
 
 /// Waits until `tid` is in a PTRACE_EVENT_STOP trap, delivering any signal
 /// that is reported first. Returns whether the trap is a group-stop.
-fn wait_for_trap(tid: Pid, tgid: Pid) -> Result<bool, TraceError> {
+/// Gives up at `deadline` (if any) with [`TraceError::NotStopping`].
+fn wait_for_trap(
+    tid: Pid,
+    tgid: Pid,
+    deadline: Option<std::time::Instant>,
+) -> Result<bool, TraceError> {
+    let waited = if tid == tgid {
+        sys::Waited::RunningLeader
+    } else {
+        sys::Waited::Thread
+    };
     loop {
-        let waited = if tid == tgid {
-            sys::Waited::RunningLeader
-        } else {
-            sys::Waited::Thread
-        };
-        match sys::wait(tid, waited).map_err(TraceError::os(tid, "waitpid"))? {
+        let event =
+            sys::wait_until(tid, waited, deadline).map_err(TraceError::os(tid, "waitpid"))?;
+        match event.ok_or(TraceError::NotStopping(tid))? {
             WaitEvent::Gone => return Err(TraceError::Gone(tid)),
             WaitEvent::EventStop {
                 event: libc::PTRACE_EVENT_STOP,
@@ -528,7 +551,7 @@ fn wait_for_trap(tid: Pid, tgid: Pid) -> Result<bool, TraceError> {
 impl State for Running {
     fn release(tracee: &mut Tracee<Self>) {
         // The interrupt is pending: collect the stop, then detach.
-        match wait_for_trap(tracee.tid, tracee.tgid) {
+        match wait_for_trap(tracee.tid, tracee.tgid, None) {
             Ok(_) => {
                 if let Err(e) = sys::detach(tracee.tid) {
                     log::warn!("detaching thread {}: {e}", tracee.tid);
@@ -798,6 +821,11 @@ impl Tracee<Stopped> {
 
     fn restore_and_detach(&mut self) -> Result<(), TraceError> {
         let result = self.try_restore_and_detach();
+        if result.is_ok() && self.state.group_stopped {
+            // The kernel wakes the thread to re-enter the group stop: until
+            // it has, `ps` would show a stopped process running.
+            sys::await_group_stop(self.tid);
+        }
         if let Err(TraceError::Gone(_)) = result
             && !self.released
         {

@@ -17,8 +17,7 @@ const PTRACE_SECCOMP_GET_FILTER: libc::c_uint = 0x420c;
 /// Where seccomp's verdict on one syscall lands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verdict {
-    /// The syscall runs (allow, log, trace without a seccomp tracer, or a
-    /// user notification, which this check does not guess about).
+    /// The syscall runs (allow, log).
     Runs,
     /// The syscall fails with this errno.
     Fails(i32),
@@ -26,6 +25,23 @@ pub enum Verdict {
     Traps,
     /// The thread or the whole process is killed.
     Kills,
+    /// Another process decides: a supervisor listening for user
+    /// notifications (`SECCOMP_RET_USER_NOTIF`) or a tracer
+    /// (`SECCOMP_RET_TRACE`). It may fail the call, run it, or fake any
+    /// result, or never answer at all.
+    Delegated,
+}
+
+/// The seccomp mode of a thread, as far as a move cares.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Mode {
+    /// No seccomp.
+    Off,
+    /// `SECCOMP_MODE_STRICT`: any call but read, write, exit and
+    /// sigreturn kills the thread.
+    Strict,
+    /// `SECCOMP_MODE_FILTER` with these programs, newest first.
+    Filters(Vec<Vec<Insn>>),
 }
 
 /// The input a filter sees: `struct seccomp_data`.
@@ -170,13 +186,40 @@ pub fn verdict(returns: &[u32]) -> Verdict {
             0 | 1 => Verdict::Kills,
             2 => Verdict::Traps,
             3 => Verdict::Fails((r & libc::SECCOMP_RET_DATA) as i32),
+            4 | 5 => Verdict::Delegated,
             _ => Verdict::Runs,
         },
     }
 }
 
+/// The seccomp mode of stopped tracee `tid`, with its filters.
+///
+/// `PTRACE_SECCOMP_GET_FILTER` fails with `EINVAL` both without seccomp and
+/// in strict mode; only then is `/proc/TID/status` read to tell the two
+/// apart.
+pub fn mode(tid: Pid) -> Result<Mode, Errno> {
+    let programs = filters(tid)?;
+    if !programs.is_empty() {
+        return Ok(Mode::Filters(programs));
+    }
+    let status = std::fs::read_to_string(format!("/proc/{tid}/status"))
+        .map_err(|e| e.raw_os_error().map_or(Errno::EIO, Errno::from_raw))?;
+    Ok(match status_mode(&status) {
+        Some(1) => Mode::Strict,
+        _ => Mode::Off,
+    })
+}
+
+/// The `Seccomp:` field of a `/proc/PID/status` text.
+fn status_mode(status: &str) -> Option<u32> {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Seccomp:"))
+        .and_then(|v| v.trim().parse().ok())
+}
+
 /// The filters of stopped tracee `tid`, newest first, as the kernel runs
-/// them. Empty if it has none.
+/// them. Empty if it has none (no seccomp, or strict mode: see [`mode`]).
 pub fn filters(tid: Pid) -> Result<Vec<Vec<Insn>>, Errno> {
     let mut out = Vec::new();
     for index in 0usize.. {
@@ -300,6 +343,23 @@ mod tests {
         );
         let trap = deny(libc::SYS_setns as i32, libc::SECCOMP_RET_TRAP);
         assert_eq!(check(&[trap], &call(libc::SYS_setns)), Verdict::Traps);
+        // A supervisor or a tracer could fake any result.
+        let notif = deny(libc::SYS_setns as i32, libc::SECCOMP_RET_USER_NOTIF);
+        assert_eq!(
+            check(std::slice::from_ref(&notif), &call(libc::SYS_setns)),
+            Verdict::Delegated
+        );
+        let trace = deny(libc::SYS_close as i32, libc::SECCOMP_RET_TRACE | 7);
+        assert_eq!(check(&[trace], &call(libc::SYS_close)), Verdict::Delegated);
+        // An errno filter ranks before a supervisor: the call never gets there.
+        let errno_setns = deny(
+            libc::SYS_setns as i32,
+            libc::SECCOMP_RET_ERRNO | libc::EPERM as u32,
+        );
+        assert_eq!(
+            check(&[notif, errno_setns], &call(libc::SYS_setns)),
+            Verdict::Fails(libc::EPERM)
+        );
         assert_eq!(check(&[], &call(libc::SYS_setns)), Verdict::Runs);
     }
 
@@ -327,6 +387,16 @@ mod tests {
             stmt((libc::BPF_RET | libc::BPF_A) as u16, 0),
         ];
         assert_eq!(run(&prog, &call(1)), Some(libc::SECCOMP_RET_ERRNO | 7));
+    }
+
+    #[test]
+    fn strict_mode_is_read_from_status() {
+        assert_eq!(
+            status_mode("Name:\tdd\nSeccomp:\t1\nSeccomp_filters:\t0\n"),
+            Some(1)
+        );
+        assert_eq!(status_mode("Seccomp:\t0\n"), Some(0));
+        assert_eq!(status_mode("Name:\tx\n"), None);
     }
 
     #[test]

@@ -262,9 +262,25 @@ fn await_any() -> Option<i32> {
 /// are all gone, and its exit wakes no wait: it reads as gone as soon as it
 /// has exited, and stays tracked (see [`settle`]).
 pub(crate) fn wait(tid: Pid, waited: Waited) -> Result<WaitEvent, Errno> {
+    match wait_until(tid, waited, None)? {
+        Some(event) => Ok(event),
+        // Without a deadline the wait only ends with an event.
+        None => Err(Errno::EAGAIN),
+    }
+}
+
+/// [`wait`], giving up at `deadline` if one is given (`Ok(None)`): then it
+/// polls, less and less often, collecting what the other traced threads
+/// report each time.
+pub(crate) fn wait_until(
+    tid: Pid,
+    waited: Waited,
+    deadline: Option<std::time::Instant>,
+) -> Result<Option<WaitEvent>, Errno> {
     let spin_until = std::time::Instant::now() + SPIN;
     let raw = tid.as_raw();
     let mut naps = 0u32;
+    let mut nap = std::time::Duration::from_micros(100);
     let status = loop {
         let stashed = TRACED.with(|t| t.borrow_mut().get_mut(&raw).and_then(Option::take));
         if let Some(status) = stashed {
@@ -273,8 +289,23 @@ pub(crate) fn wait(tid: Pid, waited: Waited) -> Result<WaitEvent, Errno> {
         if let Some(status) = poll_one(raw)? {
             break status;
         }
-        if std::time::Instant::now() < spin_until {
+        let now = std::time::Instant::now();
+        if now < spin_until {
             std::thread::yield_now();
+            continue;
+        }
+        if let Some(deadline) = deadline {
+            if now >= deadline {
+                return Ok(None);
+            }
+            if waited != Waited::Thread {
+                collect_others(raw);
+                if waited == Waited::RunningLeader && is_waiting_leader(raw) {
+                    return Ok(Some(WaitEvent::Gone));
+                }
+            }
+            std::thread::sleep(nap.min(deadline - now));
+            nap = (nap * 2).min(std::time::Duration::from_millis(20));
             continue;
         }
         if waited == Waited::Thread {
@@ -289,7 +320,7 @@ pub(crate) fn wait(tid: Pid, waited: Waited) -> Result<WaitEvent, Errno> {
         if waited == Waited::RunningLeader && others > 0 {
             collect_others(raw);
             if naps % 32 == 31 && is_waiting_leader(raw) {
-                return Ok(WaitEvent::Gone);
+                return Ok(Some(WaitEvent::Gone));
             }
             naps += 1;
             std::thread::sleep(std::time::Duration::from_micros(100));
@@ -308,7 +339,7 @@ pub(crate) fn wait(tid: Pid, waited: Waited) -> Result<WaitEvent, Errno> {
     if event == WaitEvent::Gone {
         untrack(tid);
     }
-    Ok(event)
+    Ok(Some(event))
 }
 
 /// Which thread [`wait`] waits for.
@@ -384,6 +415,35 @@ pub(crate) fn reap(tid: Pid) {
     }
 }
 
+/// Waits until thread `tid`, just detached from a group stop, is stopped
+/// again (state `T`), has exited, or a second has passed (a SIGCONT that
+/// came meanwhile lets it run on; logged).
+pub(crate) fn await_group_stop(tid: Pid) {
+    let path = format!("/proc/{tid}/stat");
+    let start = std::time::Instant::now();
+    let deadline = start + std::time::Duration::from_secs(1);
+    loop {
+        let state = std::fs::read_to_string(&path).ok().and_then(|stat| {
+            let rest = &stat[stat.rfind(')')? + 1..];
+            rest.split_whitespace().next()?.chars().next()
+        });
+        match state {
+            None | Some('T' | 'Z' | 'X') => return,
+            Some(_) => {}
+        }
+        if std::time::Instant::now() >= deadline {
+            log::warn!("thread {tid} was stopped before the move and is not stopped again");
+            return;
+        }
+        // It normally takes microseconds; past a millisecond, stop spinning.
+        if start.elapsed() < std::time::Duration::from_millis(1) {
+            std::thread::yield_now();
+        } else {
+            std::thread::sleep(std::time::Duration::from_micros(200));
+        }
+    }
+}
+
 /// Whether `tid` is a thread-group leader that has exited while other
 /// threads of its group run on: its exit is reported only after theirs.
 fn is_waiting_leader(tid: i32) -> bool {
@@ -411,12 +471,43 @@ fn is_waiting_leader(tid: i32) -> bool {
     })
 }
 
+/// Whether thread `tid` is on its way out: exited, exiting, or with a
+/// SIGKILL pending (a kill, or another thread's `exit_group`).
+fn is_exiting(tid: i32) -> bool {
+    /// `PF_EXITING` in the flags field of `/proc/PID/stat`.
+    const PF_EXITING: u64 = 0x4;
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{tid}/stat")) else {
+        return false;
+    };
+    let Some(rest) = stat.rfind(')').map(|i| &stat[i + 1..]) else {
+        return false;
+    };
+    let mut fields = rest.split_whitespace();
+    let state = fields.next().and_then(|s| s.chars().next());
+    // ppid pgrp session tty_nr tpgid, then flags.
+    let flags: u64 = fields.nth(5).and_then(|f| f.parse().ok()).unwrap_or(0);
+    if matches!(state, Some('Z' | 'X')) || flags & PF_EXITING != 0 {
+        return true;
+    }
+    let sigkill = 1u64 << (libc::SIGKILL - 1);
+    std::fs::read_to_string(format!("/proc/{tid}/status")).is_ok_and(|status| {
+        status
+            .lines()
+            .filter_map(|l| {
+                l.strip_prefix("SigPnd:")
+                    .or_else(|| l.strip_prefix("ShdPnd:"))
+            })
+            .any(|v| u64::from_str_radix(v.trim(), 16).is_ok_and(|m| m & sigkill != 0))
+    })
+}
+
 /// Lets go of every thread the calling thread still traces once a move is
 /// over: a stopped one is detached, a dead one collected (waiting, up to a
 /// second, for the exits of a dying process to be reported). Returns the
-/// threads still traced after that: leaders that exited while the rest of
-/// their group runs on, whose exit cannot be collected before the group's,
-/// and which only the tracer's own exit lets go of.
+/// threads still traced after that, which only the tracer's own exit lets
+/// go of: leaders that exited while the rest of their group runs on, whose
+/// exit cannot be collected before the group's, and threads that would not
+/// stop.
 pub(crate) fn settle() -> Vec<Pid> {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(1);
     loop {
@@ -430,8 +521,12 @@ pub(crate) fn settle() -> Vec<Pid> {
         if left.is_empty() {
             return left;
         }
+        // Only a thread on its way out is about to report; one that would
+        // not stop, or a leader waiting for its group, is not.
         if std::time::Instant::now() >= deadline
-            || left.iter().all(|tid| is_waiting_leader(tid.as_raw()))
+            || !left
+                .iter()
+                .any(|tid| is_exiting(tid.as_raw()) && !is_waiting_leader(tid.as_raw()))
         {
             log::debug!("threads still traced after the move: {left:?}");
             return left;

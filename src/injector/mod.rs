@@ -24,6 +24,10 @@
 //!   thread blocked in the write that asked for the move, or 0.
 //! * injector: `seized`, when every thread is asked to stop and the daemon
 //!   may answer the writer's write (sent only if WRITER is not 0);
+//! * injector: `leaving`, only if a thread of the target would not stop, or
+//!   is a leader that exited while its group runs on: it stays attached to
+//!   the injector until the injector exits, which it does right after its
+//!   answer (the daemon does not use it again);
 //! * injector: `ok THREADS` or `err ERRNO REASON`.
 //!
 //! An injector that sends anything else, or whose channel ends before the
@@ -44,6 +48,10 @@ use crate::mover::{self, ProcessHandle, Writer};
 /// The first argument that makes `nsproxyfs` an injector (see [`serve`]);
 /// not meant for people.
 pub const INJECTOR_ARG: &str = "--internal-injector";
+
+/// An injector's name (command name and `argv[0]`), so that it is never
+/// taken for the daemon.
+pub const INJECTOR_NAME: &str = "nsproxyfs-inj";
 
 /// Idle injectors kept at most; more are only ever started for concurrent
 /// moves, and the surplus leaves once they are done.
@@ -109,6 +117,10 @@ impl Injectors {
                     self.check_in(injector);
                     return outcome;
                 }
+                Exchange::Leaving(outcome) => {
+                    self.retire(injector);
+                    return outcome;
+                }
                 Exchange::NotSent(source) => {
                     self.retire(injector);
                     if fresh {
@@ -171,6 +183,9 @@ impl Injectors {
 enum Exchange {
     /// The injector answered; the move's own outcome.
     Answered(Result<usize>),
+    /// The injector answered and exits: a thread that would not stop is
+    /// attached to it until it does.
+    Leaving(Result<usize>),
     /// The request could not be sent: nothing happened.
     NotSent(io::Error),
     /// The injector broke off (died, or said something unexpected) after
@@ -197,6 +212,7 @@ impl Injector {
     fn spawn(fatal_seccomp: mover::FatalSeccomp) -> io::Result<Injector> {
         let (channel, theirs) = sys::seqpacket_pair()?;
         let mut cmd = Command::new("/proc/self/exe");
+        std::os::unix::process::CommandExt::arg0(&mut cmd, INJECTOR_NAME);
         cmd.arg(INJECTOR_ARG);
         if fatal_seccomp == mover::FatalSeccomp::Allow {
             cmd.arg(ALLOW_FATAL_SECCOMP_ARG);
@@ -219,6 +235,7 @@ impl Injector {
             return Exchange::NotSent(e);
         }
         let mut buf = vec![0u8; RECORD];
+        let mut leaving = false;
         loop {
             let n = match sys::recv(channel, &mut buf) {
                 Ok((0, _)) => {
@@ -244,7 +261,12 @@ impl Injector {
                 }
                 continue;
             }
+            if line == "leaving" {
+                leaving = true;
+                continue;
+            }
             return match parse_outcome(&line) {
+                Some(outcome) if leaving => Exchange::Leaving(outcome),
                 Some(outcome) => Exchange::Answered(outcome),
                 None => Exchange::Broken(bad_answer(&line)),
             };
@@ -334,22 +356,26 @@ pub fn serve(args: &[String]) -> i32 {
             let _ = sys::send(channel, line.as_bytes(), None);
         };
         let request = std::str::from_utf8(&buf[..n]).ok().and_then(parse_request);
+        let mut leaving = false;
         let answer = match (request, pidfd) {
             (Some(request), Some(pidfd)) => match run_move(request, pidfd, fatal_seccomp, &say) {
                 Ok(threads) => format!("ok {threads}"),
-                Err(e) => format!("err {} {e}", e.errno() as i32),
+                Err(e) => {
+                    leaving = e.leaves_tracee_attached();
+                    format!("err {} {e}", e.errno() as i32)
+                }
             },
             _ => format!("err {} malformed request", libc::EINVAL),
         };
-        say(&answer);
-        // A leader that exited while its group runs on is still traced, and
-        // only this process's exit lets go of it; the daemon starts another
-        // injector for its next move.
-        let traced = crate::inject::still_traced();
-        if !traced.is_empty() {
-            eprintln!("nsproxyfs injector: exiting to let go of threads {traced:?}");
+        // A thread that would not stop, or a leader that exited while its
+        // group runs on, is still attached to this process; only its exit
+        // lets it go (untouched).
+        if leaving || !crate::inject::still_traced().is_empty() {
+            say("leaving");
+            say(&answer);
             return 0;
         }
+        say(&answer);
     }
 }
 

@@ -3,15 +3,17 @@
 use std::ffi::{CStr, CString};
 use std::fs::File;
 use std::io::{self, Write};
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
-use std::os::unix::ffi::OsStrExt;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use parking_lot::Mutex;
 use thiserror::Error;
 
 use super::Kind;
+use super::creds::{self, Credentials};
+use super::resolve::{self, Opener, Resolved};
 use super::sys::{self, PIDFD_THREAD};
 
 /// Why a namespace could not be obtained.
@@ -49,6 +51,17 @@ pub enum NsError {
         /// The kernel's answer.
         source: io::Error,
     },
+    /// A written path leads where no namespace file can be.
+    #[error("{path}: refused, {why}")]
+    Refused {
+        /// The path, as written.
+        path: String,
+        /// Why.
+        why: &'static str,
+    },
+    /// The kernel refuses the caller what it asked for.
+    #[error("not permitted: {0}")]
+    Denied(String),
     /// Any other system call failure.
     #[error("{what}: {source}")]
     Sys {
@@ -65,6 +78,11 @@ impl NsError {
         match self {
             NsError::NoSuchProcess(_) => libc::ESRCH,
             NsError::WrongKind { .. } | NsError::NotANamespace(_) => libc::EINVAL,
+            NsError::Denied(_) => libc::EPERM,
+            NsError::Refused { .. } => libc::EINVAL,
+            NsError::Open { source, .. } if source.kind() == io::ErrorKind::TimedOut => {
+                libc::ETIMEDOUT
+            }
             NsError::Open { source, .. }
             | NsError::Fresh { source, .. }
             | NsError::Sys { source, .. } => source.raw_os_error().unwrap_or(libc::EIO),
@@ -211,37 +229,154 @@ impl Keeper {
     }
 }
 
+/// The directory pins live in (`STATE/pins`), opened once: every pin is
+/// reached relative to it by its single name, never through a symbolic
+/// link, so nothing planted there can redirect a pin's mount, unmount or
+/// removal elsewhere.
+#[derive(Debug)]
+pub struct PinDir {
+    path: PathBuf,
+    fd: OwnedFd,
+}
+
+impl PinDir {
+    /// The directory open as `fd`, shown as `path`.
+    pub fn new(path: PathBuf, fd: OwnedFd) -> PinDir {
+        PinDir { path, fd }
+    }
+
+    /// Where it is.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The names in it.
+    pub fn names(&self) -> Vec<String> {
+        let Ok(entries) = std::fs::read_dir(format!("/proc/self/fd/{}", self.fd.as_raw_fd()))
+        else {
+            return Vec::new();
+        };
+        entries
+            .flatten()
+            .filter_map(|e| e.file_name().into_string().ok())
+            .collect()
+    }
+
+    /// `name` reached through the directory's descriptor: a path whose
+    /// last step (the only one resolved in this directory) is `name`.
+    fn through_fd(&self, name: &str) -> io::Result<CString> {
+        if name.is_empty() || name.contains('/') || name == "." || name == ".." {
+            return Err(io::Error::from_raw_os_error(libc::EINVAL));
+        }
+        CString::new(format!("/proc/self/fd/{}/{name}", self.fd.as_raw_fd()))
+            .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))
+    }
+
+    /// Opens `name` read-only, never following a symbolic link.
+    fn open(&self, name: &str) -> io::Result<OwnedFd> {
+        nix::fcntl::openat(
+            self.fd.as_fd(),
+            name,
+            nix::fcntl::OFlag::O_RDONLY
+                | nix::fcntl::OFlag::O_NOFOLLOW
+                | nix::fcntl::OFlag::O_CLOEXEC
+                | nix::fcntl::OFlag::O_NONBLOCK,
+            nix::sys::stat::Mode::empty(),
+        )
+        .map_err(|e| io::Error::from_raw_os_error(e as i32))
+    }
+
+    /// Unmounts every layer mounted on `name` (not following a symbolic
+    /// link) and removes it, whatever it is but a directory.
+    pub fn remove(&self, name: &str) {
+        let shown = self.path.join(name);
+        let Ok(c) = self.through_fd(name) else {
+            return;
+        };
+        let flags = nix::mount::MntFlags::MNT_DETACH | nix::mount::MntFlags::UMOUNT_NOFOLLOW;
+        let mut detached = false;
+        loop {
+            match nix::mount::umount2(c.as_c_str(), flags) {
+                Ok(()) => detached = true,
+                Err(e)
+                    if detached
+                        || matches!(e, nix::errno::Errno::EINVAL | nix::errno::Errno::ENOENT) =>
+                {
+                    break;
+                }
+                Err(e) => {
+                    log::warn!("cannot unmount pin {}: {e}", shown.display());
+                    break;
+                }
+            }
+        }
+        let _ = nix::unistd::unlinkat(
+            self.fd.as_fd(),
+            name,
+            nix::unistd::UnlinkatFlags::NoRemoveDir,
+        );
+    }
+}
+
 /// A bind mount of a namespace file in the state directory, which keeps the
 /// namespace alive and lets standard tools (`nsenter --net=PIN`) open it.
 /// It stays when the daemon ends (that is what lets a restarted daemon find
 /// the namespace again) and goes with [`Pin::remove`].
+///
+/// The file under the mount is made afresh with mode 0600 (whatever was
+/// there before, a symbolic link included, is unlinked first) and the
+/// mount is made on it through its own descriptor, so it lands on that
+/// file and nowhere else. Who may open a pin: whoever may pass through the
+/// state directory and `pins/`, both mode 0700, i.e. root; the mount shows
+/// the namespace file's own mode (0444) to those.
 #[derive(Debug)]
 pub struct Pin {
+    dir: Arc<PinDir>,
+    name: String,
     path: PathBuf,
 }
 
 impl Pin {
+    /// The pin's name for `kind`:`ino`.
+    pub fn name(kind: Kind, ino: u64) -> String {
+        format!("{}-{}", kind.name(), ino)
+    }
+
     /// Where the pin of `kind`:`ino` lives in `dir`.
     pub fn path_in(dir: &Path, kind: Kind, ino: u64) -> PathBuf {
-        dir.join(format!("{}-{}", kind.name(), ino))
+        dir.join(Pin::name(kind, ino))
     }
 
     /// Pins `fd` at `dir/KIND-INO`, replacing a stale pin of the same name.
-    pub fn create(dir: &Path, kind: Kind, ino: u64, fd: BorrowedFd<'_>) -> io::Result<Pin> {
-        let path = Pin::path_in(dir, kind, ino);
-        let c = CString::new(path.as_os_str().as_bytes())
+    pub fn create(dir: &Arc<PinDir>, kind: Kind, ino: u64, fd: BorrowedFd<'_>) -> io::Result<Pin> {
+        let name = Pin::name(kind, ino);
+        dir.remove(&name);
+        let file = nix::fcntl::openat(
+            dir.fd.as_fd(),
+            name.as_str(),
+            nix::fcntl::OFlag::O_WRONLY
+                | nix::fcntl::OFlag::O_CREAT
+                | nix::fcntl::OFlag::O_EXCL
+                | nix::fcntl::OFlag::O_CLOEXEC,
+            nix::sys::stat::Mode::from_bits_truncate(0o600),
+        )
+        .map_err(|e| io::Error::from_raw_os_error(e as i32))?;
+        let target = CString::new(format!("/proc/self/fd/{}", file.as_raw_fd()))
             .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
-        while sys::detach(&c).is_ok() {}
-        std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&path)?;
-        if let Err(e) = sys::bind_mount_fd(fd, &c) {
-            let _ = std::fs::remove_file(&path);
+        if let Err(e) = sys::bind_mount_fd(fd, &target) {
+            drop(file);
+            let _ = nix::unistd::unlinkat(
+                dir.fd.as_fd(),
+                name.as_str(),
+                nix::unistd::UnlinkatFlags::NoRemoveDir,
+            );
             return Err(e);
         }
-        Ok(Pin { path })
+        Ok(Pin {
+            dir: Arc::clone(dir),
+            path: dir.path.join(&name),
+            name,
+        })
     }
 
     /// Where the pin is.
@@ -251,30 +386,7 @@ impl Pin {
 
     /// Unmounts and deletes the pin.
     pub fn remove(&self) {
-        remove_pin(&self.path);
-    }
-}
-
-/// Unmounts (every layer) and deletes the pin at `path`.
-pub fn remove_pin(path: &Path) {
-    if let Ok(c) = CString::new(path.as_os_str().as_bytes()) {
-        let mut detached = false;
-        loop {
-            match sys::detach(&c) {
-                Ok(()) => detached = true,
-                Err(e)
-                    if detached
-                        || matches!(e.raw_os_error(), Some(libc::EINVAL | libc::ENOENT)) =>
-                {
-                    break;
-                }
-                Err(e) => {
-                    log::warn!("cannot unmount pin {}: {e}", path.display());
-                    break;
-                }
-            }
-        }
-        let _ = std::fs::remove_file(path);
+        self.dir.remove(&self.name);
     }
 }
 
@@ -355,6 +467,35 @@ impl Namespace {
         Namespace::from_fd(fd, kind, &format!("process {pid}"))
     }
 
+    /// The namespace of `kind` of the task behind `pidfd` (`pid`, as the
+    /// writer wrote it, names it in errors), taken as a caller holding
+    /// `creds` would open `/proc/PID/ns/KIND`: the kernel applies its
+    /// `PTRACE_MODE_READ_FSCREDS` check to those credentials.
+    pub fn of_pidfd_as(
+        creds: &Credentials,
+        pidfd: BorrowedFd<'_>,
+        pid: i32,
+        kind: Kind,
+    ) -> Result<Namespace, NsError> {
+        let fd = creds::as_caller(creds, || sys::pidfd_namespace(pidfd, kind))
+            .map_err(|e| NsError::Sys {
+                what: "act as the caller",
+                source: io::Error::other(e.to_string()),
+            })?
+            .map_err(|e| match e.raw_os_error() {
+                Some(libc::ESRCH) => NsError::NoSuchProcess(pid),
+                Some(libc::EACCES | libc::EPERM) => NsError::Denied(format!(
+                    "the kernel refuses uid {} access to the {kind} namespace of process {pid}",
+                    creds.uid[3]
+                )),
+                _ => NsError::Sys {
+                    what: "PIDFD_GET_NAMESPACE",
+                    source: e,
+                },
+            })?;
+        Namespace::from_fd(fd, kind, &format!("process {pid}"))
+    }
+
     /// The kind.
     pub fn kind(&self) -> Kind {
         self.kind
@@ -409,13 +550,16 @@ impl Namespace {
     /// Reopens the namespace `kind`:`ino` from its pin at `path`, checking
     /// that the file is a namespace of that kind and inode; the pin is
     /// taken over as it is. `Err` says why not, in words.
-    pub fn from_pin(path: &Path, kind: Kind, ino: u64) -> Result<Namespace, String> {
+    pub fn from_pin(dir: &Arc<PinDir>, kind: Kind, ino: u64) -> Result<Namespace, String> {
+        let name = Pin::name(kind, ino);
+        let path = dir.path.join(&name);
         let shown = path.display().to_string();
-        let file = File::open(path).map_err(|e| match e.raw_os_error() {
+        let file = dir.open(&name).map_err(|e| match e.raw_os_error() {
             Some(libc::ENOENT) => format!("its pin {shown} is missing"),
+            Some(libc::ELOOP) => format!("its pin {shown} is a symbolic link"),
             _ => format!("its pin {shown} cannot be opened: {e}"),
         })?;
-        let mut ns = Namespace::from_fd(file.into(), kind, &shown).map_err(|e| e.to_string())?;
+        let mut ns = Namespace::from_fd(file, kind, &shown).map_err(|e| e.to_string())?;
         if ns.ino != ino {
             return Err(format!(
                 "its pin {shown} now holds {kind}:[{}], another namespace",
@@ -423,7 +567,9 @@ impl Namespace {
             ));
         }
         ns.pin = Some(Pin {
-            path: path.to_owned(),
+            dir: Arc::clone(dir),
+            name,
+            path,
         });
         Ok(ns)
     }
@@ -456,13 +602,17 @@ impl Namespace {
     /// that is not older than it (mount loops, EINVAL), which rules out the
     /// daemon's own and every one made after it; a bound mount namespace has
     /// a keeper instead ([`Namespace::hold_mount`]).
-    pub fn pin(&mut self, dir: &Path) {
+    pub fn pin(&mut self, dir: &Arc<PinDir>) {
         if self.kind == Kind::Mnt {
             return;
         }
         match Pin::create(dir, self.kind, self.ino, self.fd.as_fd()) {
             Ok(pin) => self.pin = Some(pin),
-            Err(e) => log::info!("{} not pinned in {}: {e}", self.describe(), dir.display()),
+            Err(e) => log::info!(
+                "{} not pinned in {}: {e}",
+                self.describe(),
+                dir.path.display()
+            ),
         }
     }
 
@@ -493,83 +643,40 @@ pub fn of_pid_in(writer_pidns: BorrowedFd<'_>, pid: i32, kind: Kind) -> Result<N
     })
 }
 
-/// Who is asking to open a path, and where they stand.
-#[derive(Debug, Clone, Copy)]
-pub struct Opener {
-    /// The caller's thread id in the daemon's pid namespace.
-    pub tid: u32,
-    /// The caller's filesystem uid.
-    pub uid: u32,
-    /// The caller's filesystem gid.
-    pub gid: u32,
-}
-
-/// Opens `path` as the caller would: in its mount namespace, from its root
-/// and working directory, with its filesystem ids; then checks that it is a
-/// namespace file of `kind`.
-pub fn of_path(opener: Opener, path: &str, kind: Kind) -> Result<Namespace, NsError> {
-    let proc = format!("/proc/{}", opener.tid);
-    let open_proc = |entry: &str| {
-        File::open(format!("{proc}/{entry}"))
-            .map(OwnedFd::from)
-            .map_err(|e| match e.raw_os_error() {
-                Some(libc::ENOENT | libc::ESRCH) => NsError::NoSuchProcess(opener.tid as i32),
-                _ => NsError::Sys {
-                    what: "open the writer's /proc entries",
-                    source: e,
-                },
-            })
-    };
-    let mnt = open_proc("ns/mnt")?;
-    let root = open_proc("root")?;
-    let cwd = open_proc("cwd")?;
-    let cpath = CString::new(path).map_err(|_| NsError::NotANamespace(path.into()))?;
-    let (report_r, report_w) = sys::pipe().map_err(sys_err("pipe"))?;
-    let (mnt, root, cwd, w) = (
-        mnt.as_raw_fd(),
-        root.as_raw_fd(),
-        cwd.as_raw_fd(),
-        report_w.as_raw_fd(),
-    );
-    let child = sys::spawn_child(true, |c| {
-        let result = c
-            .setns(mnt, libc::CLONE_NEWNS)
-            .and_then(|()| c.chdir_fd(root, true))
-            .and_then(|()| c.chdir_fd(cwd, false))
-            .and_then(|()| {
-                c.set_fs_ids(opener.uid, opener.gid);
-                c.open(&cpath)
-            });
-        c.report(w, result.unwrap_or_else(|errno| -errno));
-        0
-    })
-    .map_err(sys_err("clone"))?;
-    // The child shares the descriptor table: the write end must stay open
-    // until it has exited, then close so that a silent death reads as EOF.
-    let _ = sys::reap(child);
-    drop(report_w);
-    let answer = sys::read_i32(report_r.as_fd());
-    let fd = match answer.map_err(sys_err("read"))? {
-        Some(fd) if fd >= 0 => {
-            // SAFETY: the child opened `fd` in the descriptor table it shares
-            // with this process (CLONE_FILES) and then exited: nothing else
-            // owns it.
-            unsafe { OwnedFd::from_raw_fd(fd) }
-        }
-        Some(errno) => {
-            return Err(NsError::Open {
-                path: path.into(),
-                source: io::Error::from_raw_os_error(-errno),
-            });
-        }
-        None => {
-            return Err(NsError::Sys {
-                what: "open in the writer's mount namespace",
-                source: io::Error::from_raw_os_error(libc::EIO),
-            });
-        }
-    };
-    Namespace::from_fd(fd, kind, path)
+/// Opens `path` as the caller of `opener` would (see [`super::resolve`])
+/// and checks that it is a namespace file of `kind`.
+pub fn of_path(opener: &Opener, path: &str, kind: Kind) -> Result<Namespace, NsError> {
+    if path.as_bytes().contains(&0) {
+        return Err(NsError::NotANamespace(path.into()));
+    }
+    let resolved = resolve::open(opener, path.as_bytes()).map_err(|e| match e.raw_os_error() {
+        Some(libc::ENOENT | libc::ESRCH) => NsError::NoSuchProcess(opener.tid as i32),
+        _ => NsError::Sys {
+            what: "open in the writer's mount namespace",
+            source: e,
+        },
+    })?;
+    match resolved {
+        Resolved::File(fd) => Namespace::from_fd(fd, kind, path),
+        Resolved::Failed(errno) => Err(NsError::Open {
+            path: path.into(),
+            source: io::Error::from_raw_os_error(errno),
+        }),
+        Resolved::Refused(why) => Err(NsError::Refused {
+            path: path.into(),
+            why,
+        }),
+        Resolved::TimedOut => Err(NsError::Open {
+            path: path.into(),
+            source: io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!(
+                    "no answer within {} s (a filesystem on the way does not respond)",
+                    resolve::LIMIT.as_secs()
+                ),
+            ),
+        }),
+    }
 }
 
 /// Makes a fresh, empty namespace of `kind`. What "fresh" means per kind is

@@ -1,11 +1,14 @@
 //! Namespaces: kinds, open handles, fresh ones, pins, and how a written pid
 //! or path becomes a namespace.
 
+pub mod creds;
 mod handle;
 mod holder;
 mod kind;
+pub mod resolve;
 pub mod sys;
 
-pub use handle::{Keeper, Namespace, NsError, Opener, Pin, fresh, of_path, of_pid_in, remove_pin};
+pub use handle::{Keeper, Namespace, NsError, Pin, PinDir, fresh, of_path, of_pid_in};
 pub use holder::Holder;
 pub use kind::{CLONE_NEWTIME, Kind};
+pub use resolve::Opener;

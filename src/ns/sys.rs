@@ -35,6 +35,9 @@ const NS_GET_PID_FROM_PIDNS: libc::c_ulong = io_read_int(NSIO, 0x6);
 const NS_GET_TGID_FROM_PIDNS: libc::c_ulong = io_read_int(NSIO, 0x7);
 /// `NS_GET_PID_IN_PIDNS`: a pid of the caller's pid ns, in the given ns.
 const NS_GET_PID_IN_PIDNS: libc::c_ulong = io_read_int(NSIO, 0x8);
+/// `NS_GET_TGID_IN_PIDNS`: the thread group of a pid of the caller's pid
+/// ns, in the given ns.
+const NS_GET_TGID_IN_PIDNS: libc::c_ulong = io_read_int(NSIO, 0x9);
 
 /// `PIDFD_THREAD` (= `O_EXCL`): the pidfd names one thread.
 pub const PIDFD_THREAD: libc::c_uint = libc::O_EXCL as libc::c_uint;
@@ -158,6 +161,95 @@ pub fn pid_in_pidns(pidns: BorrowedFd<'_>, pid: i32) -> io::Result<i32> {
     // SAFETY: the ioctl takes the pid by value and returns a number or -1.
     check(unsafe { libc::ioctl(pidns.as_raw_fd(), NS_GET_PID_IN_PIDNS, pid) }.into())
         .map(|p| p as i32)
+}
+
+/// The thread group of `pid` of this process's pid namespace, as the pid
+/// namespace `pidns` numbers it. ESRCH if it is not visible there.
+pub fn tgid_in_pidns(pidns: BorrowedFd<'_>, pid: i32) -> io::Result<i32> {
+    // SAFETY: the ioctl takes the pid by value and returns a number or -1.
+    check(unsafe { libc::ioctl(pidns.as_raw_fd(), NS_GET_TGID_IN_PIDNS, pid) }.into())
+        .map(|p| p as i32)
+}
+
+/// `openat(dir, path, flags | O_CLOEXEC | O_NOCTTY)`; `None` for the
+/// working directory.
+pub fn open_path(dir: Option<BorrowedFd<'_>>, path: &CStr, flags: i32) -> io::Result<OwnedFd> {
+    let dir = dir.map_or(libc::AT_FDCWD, |d| d.as_raw_fd());
+    // SAFETY: `path` is NUL-terminated and outlives the call.
+    owned(
+        unsafe { libc::openat(dir, path.as_ptr(), flags | libc::O_CLOEXEC | libc::O_NOCTTY) }
+            .into(),
+    )
+}
+
+/// The device (major, minor) of the file `fd`, from the kernel's cached
+/// attributes: a file of a FUSE mount is not asked of its daemon.
+pub fn device_of(fd: BorrowedFd<'_>) -> io::Result<(u32, u32)> {
+    // SAFETY: statx is plain data; all-zero is a valid value to overwrite.
+    let mut st: libc::statx = unsafe { std::mem::zeroed() };
+    // SAFETY: an empty path with AT_EMPTY_PATH names `fd` itself; `st` is
+    // a live statx the kernel fills.
+    check(
+        unsafe {
+            libc::statx(
+                fd.as_raw_fd(),
+                c"".as_ptr(),
+                libc::AT_EMPTY_PATH | libc::AT_STATX_DONT_SYNC | libc::AT_SYMLINK_NOFOLLOW,
+                libc::STATX_TYPE,
+                &mut st,
+            )
+        }
+        .into(),
+    )?;
+    Ok((st.stx_dev_major, st.stx_dev_minor))
+}
+
+/// Waits up to `limit` for `fd` to be readable (or at EOF); false if the
+/// time ran out.
+pub fn wait_readable(fd: BorrowedFd<'_>, limit: std::time::Duration) -> io::Result<bool> {
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let mut pfd = libc::pollfd {
+            fd: fd.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one live pollfd.
+        let n = unsafe { libc::poll(&mut pfd, 1, left.as_millis().min(i32::MAX as u128) as i32) };
+        match n {
+            0 => return Ok(false),
+            n if n > 0 => return Ok(true),
+            _ => {
+                let err = io::Error::last_os_error();
+                if err.raw_os_error() != Some(libc::EINTR) {
+                    return Err(err);
+                }
+            }
+        }
+    }
+}
+
+/// Sends `sig` to the process `pid`, a child of this one.
+pub fn kill(pid: i32, sig: i32) {
+    // SAFETY: kill takes integers; `pid` is an unreaped child of ours, so
+    // the number cannot have been reused.
+    unsafe { libc::kill(pid, sig) };
+}
+
+pub(crate) use crate::injector::sys::{recv, seqpacket_pair};
+
+/// What the path walk needs of a file: type, inode and device.
+#[derive(Debug, Clone, Copy)]
+pub struct Stat {
+    /// `st_mode`.
+    pub mode: u16,
+    /// The inode number.
+    pub ino: u64,
+    /// Major of the device.
+    pub dev_major: u32,
+    /// Minor of the device.
+    pub dev_minor: u32,
 }
 
 /// A pipe whose ends are close-on-exec.
@@ -286,7 +378,27 @@ pub const OUTLIVE_DAEMON: u8 = b'P';
 
 /// What a forked child may do: only async-signal-safe calls through the
 /// functions of [`Child`]. It never returns; it ends with `_exit`.
-pub struct Child(());
+pub struct Child {
+    /// Where the command line lies in this process's memory, as read by
+    /// the parent before the fork (see [`argv_region`]).
+    argv: Option<(usize, usize)>,
+}
+
+/// Where this process's command line (its argument strings, one after the
+/// other) lies in its memory: `arg_start` and `arg_end` of
+/// `/proc/self/stat`, read once.
+fn argv_region() -> Option<(usize, usize)> {
+    static REGION: std::sync::OnceLock<Option<(usize, usize)>> = std::sync::OnceLock::new();
+    *REGION.get_or_init(|| {
+        let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+        // Fields after the command name start at field 3; arg_start and
+        // arg_end are fields 48 and 49.
+        let mut fields = stat.rsplit_once(')')?.1.split_whitespace().skip(45);
+        let start = fields.next()?.parse().ok()?;
+        let end = fields.next()?.parse().ok()?;
+        (start < end).then_some((start, end))
+    })
+}
 
 impl Child {
     /// `unshare(flags)`, the errno on failure.
@@ -353,6 +465,117 @@ impl Child {
             )
         };
         if fd < 0 { Err(errno()) } else { Ok(fd) }
+    }
+
+    /// `openat(dir, name, O_PATH)`, not following a final symbolic link
+    /// unless `follow`: opens nothing (no FIFO blocks, no device runs).
+    pub fn open_path_at(&self, dir: RawFd, name: &CStr, follow: bool) -> Result<RawFd, i32> {
+        let nofollow = if follow { 0 } else { libc::O_NOFOLLOW };
+        // SAFETY: `name` is NUL-terminated and outlives the call.
+        let fd = unsafe {
+            libc::openat(
+                dir,
+                name.as_ptr(),
+                libc::O_PATH | libc::O_CLOEXEC | nofollow,
+            )
+        };
+        if fd < 0 { Err(errno()) } else { Ok(fd) }
+    }
+
+    /// Type, inode and device of `fd` itself, from the kernel's cached
+    /// attributes (a FUSE file's daemon is not asked).
+    pub fn statx(&self, fd: RawFd) -> Result<Stat, i32> {
+        // SAFETY: statx is plain data; all-zero is a valid value.
+        let mut st: libc::statx = unsafe { std::mem::zeroed() };
+        // SAFETY: an empty path with AT_EMPTY_PATH names `fd`; `st` is a
+        // live statx the kernel fills.
+        let r = unsafe {
+            libc::statx(
+                fd,
+                c"".as_ptr(),
+                libc::AT_EMPTY_PATH | libc::AT_STATX_DONT_SYNC | libc::AT_SYMLINK_NOFOLLOW,
+                libc::STATX_TYPE | libc::STATX_INO,
+                &mut st,
+            )
+        };
+        ret(r)?;
+        Ok(Stat {
+            mode: st.stx_mode,
+            ino: st.stx_ino,
+            dev_major: st.stx_dev_major,
+            dev_minor: st.stx_dev_minor,
+        })
+    }
+
+    /// The filesystem type (`f_type`) of `fd`.
+    pub fn fs_magic(&self, fd: RawFd) -> Result<i64, i32> {
+        // SAFETY: statfs is plain data; all-zero is a valid value.
+        let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+        // SAFETY: `st` is a live statfs the kernel fills.
+        ret(unsafe { libc::fstatfs(fd, &mut st) })?;
+        #[allow(clippy::unnecessary_cast)]
+        Ok(st.f_type as i64)
+    }
+
+    /// The target of the symbolic link `fd` (opened with `O_PATH |
+    /// O_NOFOLLOW`), into `buf`: its length.
+    pub fn read_link(&self, fd: RawFd, buf: &mut [u8]) -> Result<usize, i32> {
+        // SAFETY: an empty path names `fd` itself; the kernel writes at most
+        // `buf.len()` bytes into `buf`.
+        let n = unsafe { libc::readlinkat(fd, c"".as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+        if n < 0 {
+            Err(errno())
+        } else if n as usize == buf.len() {
+            Err(libc::ENAMETOOLONG)
+        } else {
+            Ok(n as usize)
+        }
+    }
+
+    /// Opens the file `fd` (an `O_PATH` descriptor) for reading, through
+    /// `self/fd/N` of the procfs directory `proc`: an open of the file
+    /// itself, checked against this process's credentials.
+    pub fn reopen(&self, proc: RawFd, fd: RawFd) -> Result<RawFd, i32> {
+        let mut path = *b"self/fd/\0\0\0\0\0\0\0\0\0\0\0\0";
+        let mut digits = [0u8; 10];
+        let mut n = fd as u32;
+        let mut len = 0;
+        loop {
+            digits[len] = b'0' + (n % 10) as u8;
+            len += 1;
+            n /= 10;
+            if n == 0 {
+                break;
+            }
+        }
+        for i in 0..len {
+            path[8 + i] = digits[len - 1 - i];
+        }
+        let Ok(path) = CStr::from_bytes_until_nul(&path) else {
+            return Err(libc::EINVAL);
+        };
+        // SAFETY: `path` is NUL-terminated and outlives the call.
+        let r = unsafe {
+            libc::openat(
+                proc,
+                path.as_ptr(),
+                libc::O_RDONLY | libc::O_CLOEXEC | libc::O_NOCTTY,
+            )
+        };
+        if r < 0 { Err(errno()) } else { Ok(r) }
+    }
+
+    /// Sends one record on the socket `sock`, with `fd` attached if given.
+    /// A failure leaves the parent reading EOF, which it treats as one.
+    pub fn send(&self, sock: RawFd, data: &[u8], fd: Option<RawFd>) {
+        // SAFETY: both descriptors are open in this child for the call.
+        let (sock, fd) = unsafe {
+            (
+                BorrowedFd::borrow_raw(sock),
+                fd.map(|f| BorrowedFd::borrow_raw(f)),
+            )
+        };
+        let _ = crate::injector::sys::send(sock, data, fd);
     }
 
     /// Writes one i32 to `fd` for the parent to read with [`read_i32`].
@@ -428,6 +651,23 @@ impl Child {
         }
     }
 
+    /// Closes every descriptor but those of `keep` (which it sorts).
+    pub fn close_all_except(&self, keep: &mut [RawFd]) {
+        keep.sort_unstable();
+        let mut first = 0u32;
+        for &fd in keep.iter() {
+            let fd = fd as u32;
+            if fd > first {
+                // SAFETY: close_range takes integers; it closes descriptors
+                // this child owns and will never use again.
+                unsafe { libc::syscall(libc::SYS_close_range, first, fd - 1, 0u32) };
+            }
+            first = first.max(fd + 1);
+        }
+        // SAFETY: as above.
+        unsafe { libc::syscall(libc::SYS_close_range, first, u32::MAX, 0u32) };
+    }
+
     /// Names this process, tells the parent through `ready` that it is set
     /// up (a 0 after whatever was reported there), and closes `ready`.
     fn settle(&self, name: &CStr, ready: RawFd) {
@@ -450,10 +690,42 @@ impl Child {
         }
     }
 
-    /// Sets this process's command name (at most 15 bytes are kept).
+    /// Sets this process's command name (at most 15 bytes are kept) and
+    /// makes its command line that name alone, so that `pidof nsproxyfs`
+    /// and `pgrep -x nsproxyfs` never take it for the daemon.
     fn rename(&self, name: &CStr) {
         // SAFETY: prctl(PR_SET_NAME) copies at most 16 bytes from `name`.
         unsafe { libc::prctl(libc::PR_SET_NAME, name.as_ptr()) };
+        let Some((start, end)) = self.argv else {
+            return;
+        };
+        let bytes = name.to_bytes_with_nul();
+        let len = bytes.len().min(end - start);
+        // SAFETY: [start, end) holds this process's argument strings, put
+        // on its stack by the kernel at exec: mapped, writable, and, in
+        // this child made without CLONE_VM, a private copy. Nothing in the
+        // child reads the arguments again. The name is cut to the region,
+        // whose last byte stays NUL so the kernel reads it as plain
+        // arguments.
+        unsafe {
+            let region = start as *mut u8;
+            std::ptr::write_bytes(region, 0, end - start);
+            std::ptr::copy_nonoverlapping(bytes.as_ptr(), region, len.saturating_sub(1));
+        }
+        // Shrinking the region drops the trailing NULs from
+        // /proc/PID/cmdline. It needs CAP_SYS_RESOURCE, which a holder in
+        // a container's user namespace lacks: the NULs then stay.
+        // SAFETY: prctl(PR_SET_MM_ARG_END) takes integers; the new end lies
+        // within the same mapped region, after its start.
+        unsafe {
+            libc::prctl(
+                libc::PR_SET_MM,
+                libc::PR_SET_MM_ARG_END as libc::c_ulong,
+                (start + len) as libc::c_ulong,
+                0 as libc::c_ulong,
+                0 as libc::c_ulong,
+            )
+        };
     }
 
     /// Runs as init of a pid namespace, named `nsproxyfs-pid1`, and reaps
@@ -540,10 +812,40 @@ impl Child {
     }
 
     /// Waits, named `nsproxyfs-hold`, until `control` reaches EOF; then exits.
+    ///
+    /// It gives up every capability first: a process joins the holder's
+    /// namespaces with `setns(pidfd)`, which needs ptrace read access to
+    /// the holder, and a root process lacking some capability (the
+    /// capability-superset rule) could not otherwise read a full-capability
+    /// holder. Nothing the holder does needs one.
     pub fn hold(&self, control: RawFd, ready: RawFd) -> ! {
+        self.drop_capabilities();
+        // The daemon is not dumpable (see `daemon::run`), and a fork keeps
+        // that; a holder must be, or joining it would need CAP_SYS_PTRACE.
+        // SAFETY: prctl(PR_SET_DUMPABLE) takes integers; this process has
+        // its own memory, so only it changes.
+        unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 1, 0, 0, 0) };
         self.settle(c"nsproxyfs-hold", ready);
         self.wait_eof(control);
         self.exit(0)
+    }
+
+    /// Empties this process's effective, permitted and inheritable
+    /// capability sets.
+    fn drop_capabilities(&self) {
+        #[repr(C)]
+        struct Header {
+            version: u32,
+            pid: libc::c_int,
+        }
+        let header = Header {
+            version: 0x2008_0522,
+            pid: 0,
+        };
+        let data = [0u32; 6];
+        // SAFETY: capset reads the header and, for version 3, two records of
+        // three u32s; both are live locals of that size.
+        unsafe { libc::syscall(libc::SYS_capset, &header, data.as_ptr()) };
     }
 
     /// `_exit(code)`.
@@ -570,6 +872,7 @@ fn ret(r: libc::c_int) -> Result<(), i32> {
 /// With `share_files`, the child shares this process's descriptor table
 /// (`CLONE_FILES`), so descriptors it opens appear here.
 pub fn spawn_child(share_files: bool, body: impl FnOnce(&Child) -> i32) -> io::Result<i32> {
+    let argv = argv_region();
     let flags = libc::SIGCHLD as libc::c_ulong
         | if share_files {
             libc::CLONE_FILES as libc::c_ulong
@@ -583,7 +886,7 @@ pub fn spawn_child(share_files: bool, body: impl FnOnce(&Child) -> i32) -> io::R
     let pid = unsafe { libc::syscall(libc::SYS_clone, flags, 0usize, 0usize, 0usize, 0usize) };
     match pid {
         0 => {
-            let child = Child(());
+            let child = Child { argv };
             let code = body(&child);
             child.exit(code)
         }

@@ -1,0 +1,305 @@
+//! Acting with a caller's credentials, so that the kernel itself decides
+//! what the caller may do.
+//!
+//! The daemon is root; the callers it serves may not be. Rather than
+//! re-implement the kernel's rules (uids, dumpable, the capability-superset
+//! rule, `CAP_SYS_PTRACE` over the right user namespace, LSMs), a check is
+//! made by a task that holds exactly the caller's credentials: its real,
+//! effective, saved and filesystem ids, its supplementary groups and its
+//! effective, permitted and inheritable capabilities. Credentials are
+//! per thread in the kernel, so that task is a short-lived thread of the
+//! daemon (or a forked child, where a mount namespace must change too),
+//! which takes them with raw system calls that touch only itself.
+//!
+//! Every change of the tree needs `CAP_SYS_ADMIN` in the daemon's user
+//! namespace (see `fs::caller`), so a caller that gets this far lives in
+//! the daemon's user namespace, where that thread lives too.
+
+use std::io;
+use std::sync::OnceLock;
+
+/// `SECBIT_NO_SETUID_FIXUP`: changing uids leaves capabilities alone.
+const SECBIT_NO_SETUID_FIXUP: libc::c_ulong = 1 << 2;
+/// `_LINUX_CAPABILITY_VERSION_3`: two 32-bit halves per set.
+const CAPABILITY_VERSION_3: u32 = 0x2008_0522;
+/// Supplementary groups kept (the kernel's `NGROUPS_MAX`).
+pub const MAX_GROUPS: usize = 65536;
+
+/// What the kernel checks a task's rights by.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Credentials {
+    /// Real, effective, saved and filesystem uid.
+    pub uid: [u32; 4],
+    /// Real, effective, saved and filesystem gid.
+    pub gid: [u32; 4],
+    /// Supplementary groups.
+    pub groups: Vec<u32>,
+    /// Effective capabilities.
+    pub effective: u64,
+    /// Permitted capabilities.
+    pub permitted: u64,
+    /// Inheritable capabilities.
+    pub inheritable: u64,
+}
+
+/// Why a check could not be made with a caller's credentials.
+#[derive(Debug, thiserror::Error)]
+pub enum CredsError {
+    /// The caller's thread is gone.
+    #[error("the calling thread {0} is gone")]
+    Gone(u32),
+    /// The credentials could not be read or taken.
+    #[error("cannot act with the caller's credentials: {0}")]
+    Sys(io::Error),
+}
+
+impl Credentials {
+    /// The credentials of thread `tid` (daemon pid namespace), as
+    /// `/proc/TID/status` shows them. A caller blocked in a request cannot
+    /// change its own credentials meanwhile, so the answer is stable.
+    pub fn of_thread(tid: u32) -> Result<Credentials, CredsError> {
+        let text = std::fs::read_to_string(format!("/proc/{tid}/status")).map_err(|e| {
+            match e.raw_os_error() {
+                Some(libc::ENOENT | libc::ESRCH) => CredsError::Gone(tid),
+                _ => CredsError::Sys(e),
+            }
+        })?;
+        Credentials::parse(&text).ok_or_else(|| {
+            CredsError::Sys(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("unreadable credentials in /proc/{tid}/status"),
+            ))
+        })
+    }
+
+    /// Parses the `Uid`, `Gid`, `Groups` and `Cap*` lines of a
+    /// `/proc/PID/status` text.
+    pub fn parse(status: &str) -> Option<Credentials> {
+        let field = |key: &str| status.lines().find_map(|l| l.strip_prefix(key));
+        let ids = |key: &str| -> Option<[u32; 4]> {
+            let v: Vec<u32> = field(key)?
+                .split_whitespace()
+                .map(|x| x.parse().ok())
+                .collect::<Option<_>>()?;
+            v.try_into().ok()
+        };
+        let caps = |key: &str| u64::from_str_radix(field(key)?.trim(), 16).ok();
+        let groups: Vec<u32> = field("Groups:")?
+            .split_whitespace()
+            .map(|x| x.parse().ok())
+            .collect::<Option<_>>()?;
+        if groups.len() > MAX_GROUPS {
+            return None;
+        }
+        Some(Credentials {
+            uid: ids("Uid:")?,
+            gid: ids("Gid:")?,
+            groups,
+            effective: caps("CapEff:")?,
+            permitted: caps("CapPrm:")?,
+            inheritable: caps("CapInh:")?,
+        })
+    }
+
+    /// The daemon's own credentials, read once.
+    pub fn daemon() -> Option<&'static Credentials> {
+        static OWN: OnceLock<Option<Credentials>> = OnceLock::new();
+        OWN.get_or_init(|| {
+            let text = std::fs::read_to_string("/proc/self/status").ok()?;
+            Credentials::parse(&text)
+        })
+        .as_ref()
+    }
+
+    /// Whether these are exactly the daemon's credentials, so that a check
+    /// made by any thread of the daemon is already the caller's answer.
+    pub fn are_daemons(&self) -> bool {
+        Credentials::daemon() == Some(self)
+    }
+
+    /// Whether the effective set holds capability `cap`.
+    pub fn has(&self, cap: u32) -> bool {
+        self.effective & (1 << cap) != 0
+    }
+
+    /// Makes the calling task hold exactly these credentials. Only raw
+    /// system calls are made (no allocation, no lock, no libc credential
+    /// wrapper, which would broadcast the change to every thread), so this
+    /// may run in a forked child of a multithreaded process. The errno of
+    /// the first refused step on failure.
+    ///
+    /// # Safety
+    ///
+    /// The calling task's credentials are lowered for good: the caller must
+    /// be a thread or child that exists only to act as the caller, and that
+    /// ends once done. Called on any other thread, that thread would go on
+    /// with the caller's rights (too few for the daemon's work).
+    pub unsafe fn assume(&self) -> Result<(), i32> {
+        let [ruid, euid, suid, fsuid] = self.uid;
+        let [rgid, egid, sgid, fsgid] = self.gid;
+        let raw = |r: libc::c_long| if r < 0 { Err(last_errno()) } else { Ok(()) };
+        // SAFETY: prctl(PR_SET_SECUREBITS) takes integers and changes only
+        // this task's credentials.
+        raw(unsafe {
+            libc::syscall(
+                libc::SYS_prctl,
+                libc::PR_SET_SECUREBITS,
+                SECBIT_NO_SETUID_FIXUP,
+                0,
+                0,
+                0,
+            )
+        })?;
+        // SAFETY: the pointer and length describe `self.groups`, which
+        // outlives the call; the kernel copies them.
+        raw(unsafe {
+            libc::syscall(libc::SYS_setgroups, self.groups.len(), self.groups.as_ptr())
+        })?;
+        // SAFETY: setresgid/setfsgid take integers and change only this task.
+        raw(unsafe { libc::syscall(libc::SYS_setresgid, rgid, egid, sgid) })?;
+        // SAFETY: as above.
+        unsafe { libc::syscall(libc::SYS_setfsgid, fsgid) };
+        // SAFETY: setresuid/setfsuid take integers and change only this
+        // task; with SECBIT_NO_SETUID_FIXUP the capabilities stay.
+        raw(unsafe { libc::syscall(libc::SYS_setresuid, ruid, euid, suid) })?;
+        // SAFETY: as above.
+        unsafe { libc::syscall(libc::SYS_setfsuid, fsuid) };
+        #[repr(C)]
+        struct Header {
+            version: u32,
+            pid: libc::c_int,
+        }
+        #[repr(C)]
+        struct Data {
+            effective: u32,
+            permitted: u32,
+            inheritable: u32,
+        }
+        let header = Header {
+            version: CAPABILITY_VERSION_3,
+            pid: 0,
+        };
+        let half = |v: u64, i: u32| (v >> (32 * i)) as u32;
+        let data = [0, 1].map(|i| Data {
+            effective: half(self.effective, i),
+            permitted: half(self.permitted, i),
+            inheritable: half(self.inheritable, i),
+        });
+        // SAFETY: capset reads the header and, for version 3, two `Data`
+        // records; both are live locals of those layouts.
+        raw(unsafe { libc::syscall(libc::SYS_capset, &header, data.as_ptr()) })?;
+        // The filesystem ids are checked last: setfsuid reports no error.
+        // SAFETY: -1 is never a valid id, so these only read the current one.
+        let (fu, fg) = unsafe {
+            (
+                libc::syscall(libc::SYS_setfsuid, u32::MAX) as u32,
+                libc::syscall(libc::SYS_setfsgid, u32::MAX) as u32,
+            )
+        };
+        if fu != fsuid || fg != fsgid {
+            return Err(libc::EPERM);
+        }
+        Ok(())
+    }
+}
+
+fn last_errno() -> i32 {
+    io::Error::last_os_error()
+        .raw_os_error()
+        .unwrap_or(libc::EIO)
+}
+
+/// Runs `check` with `creds`: on this thread when they are the daemon's
+/// own, else on a thread made for it that takes them first and ends after.
+pub fn as_caller<T: Send>(
+    creds: &Credentials,
+    check: impl FnOnce() -> T + Send,
+) -> Result<T, CredsError> {
+    if creds.are_daemons() {
+        return Ok(check());
+    }
+    std::thread::scope(|s| {
+        let worker = std::thread::Builder::new()
+            .name("nsproxyfs-as".into())
+            .stack_size(64 * 1024)
+            .spawn_scoped(s, || {
+                // SAFETY: this thread exists for this one check and ends
+                // right after it.
+                unsafe { creds.assume() }
+                    .map_err(|e| CredsError::Sys(io::Error::from_raw_os_error(e)))?;
+                Ok(check())
+            })
+            .map_err(CredsError::Sys)?;
+        worker
+            .join()
+            .unwrap_or_else(|_| Err(CredsError::Sys(io::Error::other("check thread panicked"))))
+    })
+}
+
+/// The kernel's answer to "may this task attach to (`PTRACE_SEIZE`) task
+/// `tid`", asked without touching it: `process_vm_readv` demands exactly
+/// `PTRACE_MODE_ATTACH_REALCREDS` (uids, dumpable, capabilities, LSMs) of
+/// the caller, and is then given an address no process maps, so it reads
+/// nothing. `Ok(())` allowed; `Err(EPERM)` refused; `Err(ESRCH)` gone.
+pub fn may_attach(tid: i32) -> Result<(), i32> {
+    let mut byte = 0u8;
+    let local = libc::iovec {
+        iov_base: (&raw mut byte).cast(),
+        iov_len: 1,
+    };
+    // The last page of the address space: above every process's user
+    // range, and not the x86 vsyscall page.
+    let remote = libc::iovec {
+        iov_base: (usize::MAX & !0xfff) as *mut libc::c_void,
+        iov_len: 1,
+    };
+    // SAFETY: `local` describes one live byte this call may write; the
+    // remote iovec is only read by the kernel and names the target's
+    // memory, not ours.
+    let r = unsafe { libc::process_vm_readv(tid, &local, 1, &remote, 1, 0) };
+    if r >= 0 {
+        return Ok(());
+    }
+    match last_errno() {
+        // The access check passed; only the (deliberately bad) copy failed.
+        libc::EFAULT => Ok(()),
+        libc::EACCES => Err(libc::EPERM),
+        e => Err(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_status() {
+        let text = "Name:\tx\nUid:\t1000\t0\t0\t0\nGid:\t100\t100\t100\t100\n\
+                    Groups:\t4 27 \nCapInh:\t0000000000000000\nCapPrm:\t000001ffffffffff\n\
+                    CapEff:\t0000000000200000\n";
+        let c = Credentials::parse(text).unwrap();
+        assert_eq!(c.uid, [1000, 0, 0, 0]);
+        assert_eq!(c.gid, [100; 4]);
+        assert_eq!(c.groups, vec![4, 27]);
+        assert_eq!(c.permitted, 0x1ff_ffff_ffff);
+        assert_eq!(c.effective, 1 << 21);
+        assert!(c.has(21) && !c.has(19));
+        assert_eq!(Credentials::parse("Uid:\t1\t2\t3\n"), None);
+        let no_groups = text.replace("Groups:\t4 27 \n", "Groups:\t\n");
+        assert_eq!(
+            Credentials::parse(&no_groups).unwrap().groups,
+            Vec::<u32>::new()
+        );
+    }
+
+    #[test]
+    fn own_credentials_need_no_thread() {
+        let me = Credentials::of_thread(std::process::id()).unwrap();
+        assert!(me.are_daemons());
+        let here = std::thread::current().id();
+        assert_eq!(
+            as_caller(&me, || std::thread::current().id()).unwrap(),
+            here
+        );
+    }
+}
