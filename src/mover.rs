@@ -57,6 +57,9 @@ pub const STOP_TIMEOUT: Duration = Duration::from_secs(5);
 /// `PF_KTHREAD` in the flags field of `/proc/PID/stat`.
 const PF_KTHREAD: u64 = 0x0020_0000;
 
+/// `PF_EXITING` in the flags field of `/proc/PID/stat`.
+const PF_EXITING: u64 = 0x0000_0004;
+
 /// `PIDFD_THREAD` (Linux 6.9): a pidfd for one thread, not its group. The
 /// kernel defines it as `O_EXCL`.
 const PIDFD_THREAD: u64 = libc::O_EXCL as u64;
@@ -157,6 +160,13 @@ impl ProcessHandle {
     /// Whether the pinned process has not exited (a zombie has).
     pub fn is_alive(&self) -> bool {
         inject::sys::pidfd_send_signal(self.pidfd.as_fd(), 0).is_ok()
+    }
+
+    /// Whether the pinned process has exited or is on its way out: every
+    /// thread has exited or is exiting, or one has a SIGKILL pending (a
+    /// kill, or another thread's `exit_group`).
+    pub fn is_gone_or_dying(&self) -> bool {
+        !self.is_alive() || is_dying(self.tgid)
     }
 }
 
@@ -423,8 +433,9 @@ fn is_kernel_thread(tid: Pid) -> bool {
     proc_stat(tid).is_ok_and(|s| s.flags & PF_KTHREAD != 0)
 }
 
+/// Whether thread `tid` has exited (a zombie, or gone already).
 fn is_zombie(tid: Pid) -> bool {
-    proc_stat(tid).is_ok_and(|s| matches!(s.state, 'Z' | 'X'))
+    proc_stat(tid).map_or(true, |s| matches!(s.state, 'Z' | 'X'))
 }
 
 /// Stops every thread of `tgid`. Returns them in tid order, and the number
@@ -469,6 +480,8 @@ fn stop_all(
         if let Some(answer) = before_wait.take() {
             answer();
         }
+        // The leader last: see `inject::syscall_each`.
+        running.sort_by_key(|t| t.tid() == tgid);
         let deadline = *deadline.get_or_insert_with(|| Instant::now() + STOP_TIMEOUT);
         let mut stuck = None;
         for t in running {
@@ -501,14 +514,14 @@ fn stop_all(
 /// Namespace inode numbers of one thread, one per requested kind.
 /// `tasks` is the process's open `/proc/PID/task`.
 fn ns_ids(tasks: &ProcDir, tid: Pid, kinds: libc::c_int) -> Result<Vec<u64>, MoveError> {
+    // The thread's `ns` directory is looked up once for all the links.
+    let ns = tasks
+        .subdir(&format!("{tid}/ns"))
+        .map_err(MoveError::Proc)?;
     KINDS
         .iter()
         .filter(|(flag, _)| kinds & flag != 0)
-        .map(|(_, name)| {
-            tasks
-                .inode(&format!("{tid}/ns/{name}"))
-                .map_err(MoveError::Proc)
-        })
+        .map(|(_, name)| ns.inode(name).map_err(MoveError::Proc))
         .collect()
 }
 
@@ -871,7 +884,70 @@ pub fn move_process_answering(
 
 /// [`move_process_answering`], with a choice about seccomp filters that
 /// would kill the target.
+///
+/// Whatever the outcome, no thread of the target is still traced when this
+/// returns (but a leader that exited while its group runs on, which only
+/// the tracer's exit lets go of: see [`inject::still_traced`]). A target
+/// that died during the move is [`MoveError::Gone`], whichever step noticed.
 pub fn move_process_with(
+    target: &ProcessHandle,
+    holder_pid_in_target_ns: i32,
+    kinds: CloneFlags,
+    writer: Option<Writer<'_>>,
+    fatal_seccomp: FatalSeccomp,
+) -> Result<MoveReport, MoveError> {
+    let result = move_traced(
+        target,
+        holder_pid_in_target_ns,
+        kinds,
+        writer,
+        fatal_seccomp,
+    );
+    inject::settle();
+    match result {
+        Err(MoveError::Gone(pid)) => Err(MoveError::Gone(pid)),
+        Err(MoveError::Zombie(pid)) => Err(MoveError::Zombie(pid)),
+        Err(e) if target.is_gone_or_dying() => {
+            log::debug!("process {}: {e}, and it is dying", target.pid());
+            Err(MoveError::Gone(target.pid().as_raw()))
+        }
+        result => result,
+    }
+}
+
+/// Whether every thread of `tgid` has exited or is exiting, or one has a
+/// SIGKILL pending; gone counts as dying.
+fn is_dying(tgid: Pid) -> bool {
+    let Ok(tids) = list_threads(tgid) else {
+        return true;
+    };
+    let sigkill = 1u64 << (libc::SIGKILL - 1);
+    let mut all_exiting = true;
+    for tid in tids {
+        let tid = Pid::from_raw(tid);
+        let exiting = proc_stat(tid).map_or(true, |s| {
+            matches!(s.state, 'Z' | 'X') || s.flags & PF_EXITING != 0
+        });
+        if !exiting {
+            all_exiting = false;
+        }
+        let status = fs::read_to_string(format!("/proc/{tgid}/task/{tid}/status"));
+        let killed = status.is_ok_and(|st| {
+            st.lines()
+                .filter_map(|l| {
+                    l.strip_prefix("SigPnd:")
+                        .or_else(|| l.strip_prefix("ShdPnd:"))
+                })
+                .any(|v| u64::from_str_radix(v.trim(), 16).is_ok_and(|m| m & sigkill != 0))
+        });
+        if killed {
+            return true;
+        }
+    }
+    all_exiting
+}
+
+fn move_traced(
     target: &ProcessHandle,
     holder_pid_in_target_ns: i32,
     kinds: CloneFlags,
@@ -934,6 +1010,17 @@ pub fn move_process_with(
         ));
     }
     share_syscall_site(&mut threads).map_err(|e| refused(&mut threads, e))?;
+    let multi = threads.len() > 1;
+    // What each thread is in before, for a rollback; and the kinds some
+    // thread has a namespace of its own in.
+    let (kinds, originals) = if multi {
+        let read = ProcDir::tasks(tgid.as_raw())
+            .map_err(MoveError::Proc)
+            .and_then(|tasks| per_thread_kinds(&tasks, &threads, kinds));
+        read.map_err(|e| refused(&mut threads, e))?
+    } else {
+        (kinds, Vec::new())
+    };
     match (
         check_seccomp(&mut threads, holder_pid_in_target_ns, kinds),
         fatal_seccomp,
@@ -947,18 +1034,7 @@ pub fn move_process_with(
         (result, _) => result.map_err(|e| refused(&mut threads, e))?,
     }
 
-    let multi = threads.len() > 1;
     let unshare_fs = multi && kinds & libc::CLONE_NEWNS != 0;
-    // What each thread is in before, for a rollback.
-    let originals = if multi {
-        let tasks = ProcDir::tasks(tgid.as_raw()).map_err(MoveError::Proc)?;
-        threads
-            .iter()
-            .map(|t| ns_ids(&tasks, t.tid(), kinds))
-            .collect::<Result<Vec<_>, _>>()?
-    } else {
-        Vec::new()
-    };
 
     let result = expected(tgid, holder_pid_in_target_ns, kinds).and_then(|expected| {
         join_or_roll_back(
@@ -985,6 +1061,58 @@ pub fn move_process_with(
         rounds,
         unshared_fs: unshare_fs,
     })
+}
+
+/// Kinds a thread can join or unshare on its own, and be left in by a
+/// decision taken from another thread (user and time namespaces cannot
+/// differ between threads that could be moved; a thread's own pid
+/// namespace for children is left as the caller decided).
+const PER_THREAD_KINDS: libc::c_int = libc::CLONE_NEWCGROUP
+    | libc::CLONE_NEWIPC
+    | libc::CLONE_NEWNS
+    | libc::CLONE_NEWNET
+    | libc::CLONE_NEWUTS;
+
+/// Reads every thread's namespaces and widens `kinds` by those in which a
+/// thread differs from the first: the caller chose `kinds` from one thread,
+/// the first (the leader, or the first live one), whose namespace of any
+/// other kind is the container's already, so a thread in another one
+/// joined or unshared it on its own and must change too. Returns the kinds
+/// and, per thread, its namespaces of those kinds (for a rollback).
+fn per_thread_kinds(
+    tasks: &ProcDir,
+    threads: &[Tracee<Stopped>],
+    kinds: libc::c_int,
+) -> Result<(libc::c_int, Vec<Vec<u64>>), MoveError> {
+    let read = kinds | PER_THREAD_KINDS;
+    let all = threads
+        .iter()
+        .map(|t| ns_ids(tasks, t.tid(), read))
+        .collect::<Result<Vec<_>, _>>()?;
+    let flags: Vec<libc::c_int> = KINDS
+        .iter()
+        .map(|&(flag, _)| flag)
+        .filter(|flag| read & flag != 0)
+        .collect();
+    let mut wider = kinds;
+    if let Some(first) = all.first() {
+        for (i, &flag) in flags.iter().enumerate() {
+            if all.iter().any(|ids| ids[i] != first[i]) {
+                wider |= flag;
+            }
+        }
+    }
+    let originals = all
+        .into_iter()
+        .map(|ids| {
+            ids.into_iter()
+                .zip(&flags)
+                .filter(|(_, flag)| wider & **flag != 0)
+                .map(|(id, _)| id)
+                .collect()
+        })
+        .collect();
+    Ok((wider, originals))
 }
 
 /// Joins every thread; on a failure, moves the threads that had moved back.
@@ -1191,7 +1319,7 @@ fn roll_back(
     let (tasks, current) = match current {
         Ok(c) => c,
         // Most likely the process is being killed.
-        Err(_) if !is_alive(tgid) => return MoveError::Gone(tgid.as_raw()),
+        Err(_) if is_dying(tgid) => return MoveError::Gone(tgid.as_raw()),
         Err(e) => return rollback_failed(tgid.as_raw(), cause, e),
     };
     let unmoved: Vec<usize> = (0..threads.len())
@@ -1217,7 +1345,7 @@ fn roll_back(
             Err(JoinFailure::Untrusted(step)) => {
                 return rollback_failed(tid.as_raw(), cause, format!("{step}: not done"));
             }
-            Err(JoinFailure::Trace(TraceError::Gone(_))) if !is_alive(tgid) => {
+            Err(JoinFailure::Trace(TraceError::Gone(_))) if is_dying(tgid) => {
                 return MoveError::Gone(tgid.as_raw());
             }
             Err(JoinFailure::Trace(e)) => return rollback_failed(tid.as_raw(), cause, e),
@@ -1249,10 +1377,6 @@ fn rollback_failed(tid: i32, cause: MoveError, why: impl fmt::Display) -> MoveEr
         tid,
         cause: Box::new(cause),
     }
-}
-
-fn is_alive(tgid: Pid) -> bool {
-    proc_stat(tgid).is_ok_and(|s| !matches!(s.state, 'Z' | 'X'))
 }
 
 #[cfg(test)]

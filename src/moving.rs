@@ -80,20 +80,16 @@ impl PtraceMover {
         }
         let target = ProcessHandle::pinned(target, pid)?;
         let unreadable = |e: std::io::Error| -> Error {
-            match e.kind() {
-                std::io::ErrorKind::NotFound => mover::MoveError::Gone(pid).into(),
-                _ => Error::Denied(format!("cannot read the namespaces of process {pid}: {e}")),
+            if e.kind() == std::io::ErrorKind::NotFound || target.is_gone_or_dying() {
+                return mover::MoveError::Gone(pid).into();
             }
+            Error::Denied(format!("cannot read the namespaces of process {pid}: {e}"))
         };
-        let ns = ProcDir::ns(pid).map_err(unreadable)?;
         let mut key: [u64; 8] = std::array::from_fn(|i| set[i].ino());
-        let mut flags = 0;
-        for kind in Kind::ALL {
-            // For pid and time, the namespace its children are born into.
-            if ns.inode(kind.proc_entry()).map_err(unreadable)? != key[kind.index()] {
-                flags |= kind.clone_flag();
-            }
-        }
+        let (flags, ns) = kinds_to_change(pid, &key).map_err(unreadable)?;
+        let Some(ns) = ns else {
+            return Err(mover::MoveError::Gone(pid).into());
+        };
         if flags == 0 {
             return Ok(());
         }
@@ -127,6 +123,86 @@ impl PtraceMover {
         let threads = self.injectors.run(&target, seen, flags, writer)?;
         log::info!("moved process {pid} ({threads} threads)");
         Ok(())
+    }
+}
+
+/// The kinds (`CLONE_NEW*` flags) in which the first live thread of process
+/// `pid` (the leader, unless it has exited) is not in the set whose inodes
+/// are `key` (for pid and time, the namespace its children are born into),
+/// and that thread's `ns` directory.
+///
+/// The main thread may have exited (`pthread_exit`), leaving no namespaces
+/// to read: the next thread is read then. Threads that joined or unshared
+/// a namespace of their own are found by the move itself, which reads
+/// every thread anyway; only when the first thread is in the set already
+/// are the others read here, for the kinds still alike. No thread at all:
+/// `Ok((0, None))`; none readable: the error of one of them.
+fn kinds_to_change(pid: i32, key: &[u64; 8]) -> std::io::Result<(libc::c_int, Option<ProcDir>)> {
+    let tasks = ProcDir::tasks(pid)?;
+    let mut flags = 0;
+    let mut live = None;
+    let mut refused = None;
+    // Reads thread `tid`'s kinds not known to change yet, through its `ns`
+    // directory, which it returns; `None` if the thread has exited (a leader
+    // that called pthread_exit has no namespaces; one on its way out may
+    // also refuse, EACCES, or be gone).
+    let mut read = |tid: i32, flags: &mut libc::c_int| -> std::io::Result<Option<ProcDir>> {
+        let exited = |e: &std::io::Error| {
+            matches!(
+                e.raw_os_error(),
+                Some(libc::ENOENT | libc::EACCES | libc::ESRCH)
+            )
+        };
+        let ns = match tasks.subdir(&format!("{tid}/ns")) {
+            Ok(ns) => ns,
+            Err(e) if exited(&e) => {
+                refused = refused.take().or(Some(e));
+                return Ok(None);
+            }
+            Err(e) => return Err(e),
+        };
+        for kind in Kind::ALL {
+            if *flags & kind.clone_flag() != 0 {
+                continue;
+            }
+            match ns.inode(kind.proc_entry()) {
+                Ok(ino) if ino != key[kind.index()] => *flags |= kind.clone_flag(),
+                Ok(_) => {}
+                Err(e) if exited(&e) => {
+                    refused = refused.take().or(Some(e));
+                    return Ok(None);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(Some(ns))
+    };
+    // The leader first: in the usual case, the only one read.
+    match read(pid, &mut flags)? {
+        Some(ns) if flags != 0 => return Ok((flags, Some(ns))),
+        Some(ns) => live = Some(ns),
+        None => flags = 0,
+    }
+    let mut tids: Vec<i32> = std::fs::read_dir(format!("/proc/{pid}/task"))?
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse().ok())
+        .filter(|&tid| tid != pid)
+        .collect();
+    tids.sort_unstable();
+    for tid in tids {
+        let mut seen = flags;
+        if let Some(ns) = read(tid, &mut seen)? {
+            flags = seen;
+            live.get_or_insert(ns);
+            if flags != 0 {
+                break;
+            }
+        }
+    }
+    match (live, refused) {
+        // Not one thread could be read: say why.
+        (None, Some(e)) => Err(e),
+        (live, _) => Ok((flags, live)),
     }
 }
 

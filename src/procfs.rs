@@ -85,6 +85,30 @@ impl ProcDir {
         })
     }
 
+    /// Opens the directory `entry` below this one (`TID/ns` below
+    /// `/proc/PID/task`), so that reading several of its links resolves the
+    /// path once.
+    pub fn subdir(&self, entry: &str) -> io::Result<ProcDir> {
+        let mut name = [0u8; 64];
+        let name =
+            c_str(&mut name, entry).ok_or_else(|| io::Error::from_raw_os_error(libc::EINVAL))?;
+        // SAFETY: `name` is NUL-terminated and outlives the call.
+        let fd = unsafe {
+            libc::openat(
+                self.fd.as_raw_fd(),
+                name.as_ptr(),
+                libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC,
+            )
+        };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: openat just returned this descriptor; nothing else owns it.
+        Ok(ProcDir {
+            fd: unsafe { OwnedFd::from_raw_fd(fd) },
+        })
+    }
+
     /// The inode of the namespace the link `entry` names, read with
     /// readlinkat(2).
     pub fn inode(&self, entry: &str) -> io::Result<u64> {

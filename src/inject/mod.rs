@@ -34,16 +34,27 @@
 //! restart. The selfcheck target's `read-pipe`, `nanosleep` and `wait4`
 //! modes fail (errno 512/516) should this ever stop holding.
 //!
+//! One exception: calls the kernel never restarts after a stop (signal(7):
+//! `epoll_wait`, `sigwaitinfo`, `semop`, ...) have already failed with
+//! `EINTR` when the first stop comes. If such a call had no timeout and no
+//! signal is pending that would have interrupted it anyway, our interrupt
+//! alone ended it: the saved registers are set to issue it again
+//! (`Registers::interrupted_untimed_wait`), so the thread goes back into it.
+//!
 //! # Signals
 //!
-//! During injection all signals are blocked except the synchronous ones
-//! (SIGSEGV, SIGBUS, SIGILL, SIGFPE, SIGTRAP, SIGSYS): blocking those would
-//! make the kernel reset their handlers should one be forced. A SIGSTOP is
-//! let through (the group stop happens and the thread is resumed as ptrace
-//! permits); a signal sent by a process to the thread meanwhile is held and
-//! sent again (`tgkill`) before detaching; a signal the kernel raises because
-//! of an injected syscall (a seccomp `SECCOMP_RET_TRAP`) is discarded, the
-//! syscall having already failed. `PTRACE_GETSIGMASK` reports the mask a
+//! During injection all signals are blocked except those the kernel may
+//! force on an injected step, SIGTRAP (the single step) and SIGSYS (a
+//! seccomp `SECCOMP_RET_TRAP`): blocking those would make the kernel reset
+//! their handlers should one be forced. Anything else sent meanwhile stays
+//! queued, with its siginfo, until the thread's own mask is back. A SIGSTOP
+//! is let through (the group stop happens and the thread is resumed as
+//! ptrace permits); a SIGTRAP or SIGSYS sent by a process meanwhile is held
+//! with its siginfo and delivered on detach (`PTRACE_SETSIGINFO` at the last
+//! signal-delivery stop, then detaching with it: the kernel delivers it, or
+//! queues it again if the restored mask blocks it); a signal the kernel
+//! raises because of an injected syscall is discarded, the syscall having
+//! already failed. `PTRACE_GETSIGMASK` reports the mask a
 //! `ppoll`/`sigsuspend` will restore, so saving and setting it back is
 //! exactly what the kernel itself would leave.
 //!
@@ -270,8 +281,27 @@ pub struct Stopped {
     at: StopPoint,
     group_stopped: bool,
     site: Option<u64>,
-    /// Signals sent to the thread during injection, to send again on detach.
-    deferred: Vec<i32>,
+    /// Signals sent to the thread during injection, held with their siginfo
+    /// to be delivered (or queued again) on detach.
+    held: Vec<HeldSignal>,
+}
+
+/// A signal taken off a thread during injection, with its siginfo.
+struct HeldSignal(libc::siginfo_t);
+
+impl HeldSignal {
+    fn signo(&self) -> i32 {
+        self.0.si_signo
+    }
+}
+
+impl std::fmt::Debug for HeldSignal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HeldSignal")
+            .field("signo", &self.0.si_signo)
+            .field("code", &self.0.si_code)
+            .finish()
+    }
 }
 
 /// A thread under ptrace. `S` is [`Running`] or [`Stopped`].
@@ -393,7 +423,7 @@ impl Tracee<Running> {
         deadline: Option<std::time::Instant>,
     ) -> Result<Tracee<Stopped>, TraceError> {
         let tid = self.tid;
-        let group_stopped = match wait_for_trap(tid, deadline) {
+        let group_stopped = match wait_for_trap(tid, self.tgid, deadline) {
             Ok(group) => group,
             Err(e) => {
                 // The thread is not stopped (it is gone or unwaitable):
@@ -420,18 +450,32 @@ impl Tracee<Running> {
                 return Err(e);
             }
         };
+        let mut saved = saved;
+        let mut site = None;
+        if !group_stopped
+            && saved.interrupted_untimed_wait()
+            && !signal_would_interrupt(tid)
+            && let Some(addr) = saved.syscall_insn_before_pc()
+            && site::holds_syscall_insn(tid, addr) == Ok(true)
+        {
+            // Our interrupt, not a signal, ended a call the kernel does not
+            // restart: it is issued again when the thread resumes, as it
+            // would have gone on had nothing stopped it.
+            saved.reissue();
+            site = Some(addr);
+        }
         Ok(Tracee {
             tid,
             tgid,
             state: Stopped {
                 saved,
                 saved_mask,
-                regs_dirty: false,
+                regs_dirty: site.is_some(),
                 mask_dirty: false,
                 at: StopPoint::Trap,
                 group_stopped,
-                site: None,
-                deferred: Vec::new(),
+                site,
+                held: Vec::new(),
             },
             released: false,
             _not_send: PhantomData,
@@ -439,12 +483,51 @@ impl Tracee<Running> {
     }
 }
 
+/// Whether a signal is pending for thread `tid` that its mask lets through
+/// and that is not ignored: one that interrupts a blocking call by itself.
+/// Unreadable counts as yes.
+fn signal_would_interrupt(tid: Pid) -> bool {
+    let Ok(status) = std::fs::read_to_string(format!("/proc/{tid}/status")) else {
+        return true;
+    };
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+    };
+    let (Some(pnd), Some(shd), Some(blk), Some(ign), Some(cgt)) = (
+        field("SigPnd:"),
+        field("ShdPnd:"),
+        field("SigBlk:"),
+        field("SigIgn:"),
+        field("SigCgt:"),
+    ) else {
+        return true;
+    };
+    let bit = |sig: i32| 1u64 << (sig - 1);
+    let ignored_by_default =
+        bit(libc::SIGCHLD) | bit(libc::SIGURG) | bit(libc::SIGWINCH) | bit(libc::SIGCONT);
+    let ignored = ign | (ignored_by_default & !cgt);
+    (pnd | shd) & !blk & !ignored != 0
+}
+
 /// Waits until `tid` is in a PTRACE_EVENT_STOP trap, delivering any signal
 /// that is reported first. Returns whether the trap is a group-stop.
 /// Gives up at `deadline` (if any) with [`TraceError::NotStopping`].
-fn wait_for_trap(tid: Pid, deadline: Option<std::time::Instant>) -> Result<bool, TraceError> {
+fn wait_for_trap(
+    tid: Pid,
+    tgid: Pid,
+    deadline: Option<std::time::Instant>,
+) -> Result<bool, TraceError> {
+    let waited = if tid == tgid {
+        sys::Waited::RunningLeader
+    } else {
+        sys::Waited::Thread
+    };
     loop {
-        let event = sys::wait_until(tid, deadline).map_err(TraceError::os(tid, "waitpid"))?;
+        let event =
+            sys::wait_until(tid, waited, deadline).map_err(TraceError::os(tid, "waitpid"))?;
         match event.ok_or(TraceError::NotStopping(tid))? {
             WaitEvent::Gone => return Err(TraceError::Gone(tid)),
             WaitEvent::EventStop {
@@ -468,7 +551,7 @@ fn wait_for_trap(tid: Pid, deadline: Option<std::time::Instant>) -> Result<bool,
 impl State for Running {
     fn release(tracee: &mut Tracee<Self>) {
         // The interrupt is pending: collect the stop, then detach.
-        match wait_for_trap(tracee.tid, None) {
+        match wait_for_trap(tracee.tid, tracee.tgid, None) {
             Ok(_) => {
                 if let Err(e) = sys::detach(tracee.tid) {
                     log::warn!("detaching thread {}: {e}", tracee.tid);
@@ -491,20 +574,18 @@ impl State for Stopped {
     }
 }
 
-/// Signals that stay unblocked during injection: blocking a signal the kernel
-/// then forces would reset its handler to SIG_DFL.
-const SYNCHRONOUS_SIGNALS: [i32; 6] = [
-    libc::SIGSEGV,
-    libc::SIGBUS,
-    libc::SIGILL,
-    libc::SIGFPE,
-    libc::SIGTRAP,
-    libc::SIGSYS,
-];
+/// Signals that stay unblocked during injection: the kernel forces them on
+/// an injected step (the single-step SIGTRAP; SIGSYS from a seccomp
+/// `SECCOMP_RET_TRAP`), and forcing a blocked signal resets its handler to
+/// SIG_DFL. The fault signals (SIGSEGV, SIGBUS, SIGILL, SIGFPE) are blocked:
+/// an injected `syscall` with integer arguments cannot fault, so one that
+/// comes is sent by someone, and it stays queued, siginfo and all, until
+/// the thread's own mask is back.
+const FORCED_SIGNALS: [i32; 2] = [libc::SIGTRAP, libc::SIGSYS];
 
 /// The mask set while injected code runs.
 fn injection_mask() -> u64 {
-    SYNCHRONOUS_SIGNALS
+    FORCED_SIGNALS
         .iter()
         .fold(u64::MAX, |mask, &sig| mask & !(1u64 << (sig - 1)))
 }
@@ -521,8 +602,8 @@ fn is_stop_signal(sig: i32) -> bool {
 enum SignalDisposition {
     /// Resume with this signal (a stop signal: the group stop happens).
     PassOn(i32),
-    /// Sent by a process: hold it and send it again before detaching.
-    Defer(i32),
+    /// Sent by a process: hold it, siginfo and all, until detaching.
+    Hold(HeldSignal),
     /// Raised by the kernel because of an injected syscall: discard.
     Discard(i32),
 }
@@ -531,10 +612,10 @@ fn classify_signal(tid: Pid, sig: i32) -> Result<SignalDisposition, TraceError> 
     if is_stop_signal(sig) {
         return Ok(SignalDisposition::PassOn(sig));
     }
-    let code = sys::siginfo_code(tid).map_err(TraceError::os(tid, "PTRACE_GETSIGINFO"))?;
+    let info = sys::siginfo(tid).map_err(TraceError::os(tid, "PTRACE_GETSIGINFO"))?;
     // si_code <= 0: sent from user space (kill, tgkill, sigqueue, timers).
-    Ok(if code <= 0 {
-        SignalDisposition::Defer(sig)
+    Ok(if info.si_code <= 0 {
+        SignalDisposition::Hold(HeldSignal(info))
     } else {
         SignalDisposition::Discard(sig)
     })
@@ -637,7 +718,8 @@ impl Tracee<Stopped> {
         if let StopPoint::Delivery(sig) = self.state.at {
             // Resuming for the injection would swallow it.
             if sig != 0 {
-                self.state.deferred.push(sig);
+                let info = sys::siginfo(tid).map_err(TraceError::os(tid, "PTRACE_GETSIGINFO"))?;
+                self.state.held.push(HeldSignal(info));
             }
             self.state.at = StopPoint::Delivery(0);
         }
@@ -662,23 +744,39 @@ impl Tracee<Stopped> {
         let tid = self.tid;
         for _ in 0..MAX_STOPS {
             let mut pass = 0;
-            match sys::wait(tid).map_err(TraceError::os(tid, "waitpid"))? {
+            let waited = if tid == self.tgid {
+                sys::Waited::Leader
+            } else {
+                sys::Waited::Thread
+            };
+            match sys::wait(tid, waited).map_err(TraceError::os(tid, "waitpid"))? {
                 WaitEvent::Gone => {
                     self.released = true;
                     return Err(TraceError::Gone(tid));
                 }
                 WaitEvent::SignalStop(libc::SIGTRAP) => {
                     let regs = arch::get(tid).map_err(TraceError::os(tid, "PTRACE_GETREGS"))?;
+                    let disposition = classify_signal(tid, libc::SIGTRAP)?;
                     if regs.pc() == site + arch::SYSCALL_INSN.len() as u64 {
                         // The step ended after the syscall: our trap, which
-                        // is discarded when the thread resumes.
+                        // is discarded when the thread resumes. A SIGTRAP
+                        // sent to the thread and pending already takes the
+                        // place of ours (a second one is not queued): that
+                        // one is held.
+                        if let SignalDisposition::Hold(held) = disposition {
+                            self.state.held.push(held);
+                        }
                         self.state.at = StopPoint::Delivery(0);
                         return Ok(regs);
                     }
-                    match classify_signal(tid, libc::SIGTRAP)? {
-                        SignalDisposition::PassOn(sig) | SignalDisposition::Defer(sig) => {
-                            self.state.deferred.push(sig);
+                    match disposition {
+                        SignalDisposition::PassOn(sig) => {
+                            let info = sys::siginfo(tid)
+                                .map_err(TraceError::os(tid, "PTRACE_GETSIGINFO"))?;
+                            debug_assert_eq!(info.si_signo, sig);
+                            self.state.held.push(HeldSignal(info));
                         }
+                        SignalDisposition::Hold(held) => self.state.held.push(held),
                         SignalDisposition::Discard(_) if regs.pc() == site => {}
                         SignalDisposition::Discard(_) => {
                             self.state.at = StopPoint::Delivery(0);
@@ -688,7 +786,7 @@ impl Tracee<Stopped> {
                 }
                 WaitEvent::SignalStop(sig) => match classify_signal(tid, sig)? {
                     SignalDisposition::PassOn(sig) => pass = sig,
-                    SignalDisposition::Defer(sig) => self.state.deferred.push(sig),
+                    SignalDisposition::Hold(held) => self.state.held.push(held),
                     SignalDisposition::Discard(sig) => {
                         log::warn!("thread {tid}: discarding signal {sig} raised by injection");
                     }
@@ -740,15 +838,31 @@ impl Tracee<Stopped> {
     fn try_restore_and_detach(&mut self) -> Result<(), TraceError> {
         let tid = self.tid;
         self.restore()?;
-        for sig in std::mem::take(&mut self.state.deferred) {
+        let mut held = std::mem::take(&mut self.state.held);
+        let pass = match self.state.at {
+            // At a signal-delivery stop, the signal resumed with is
+            // delivered with the siginfo set here, or queued again with it
+            // if the (restored) mask blocks it: the first held signal goes
+            // that way, exactly as it was sent.
+            StopPoint::Delivery(_) if !held.is_empty() => {
+                let first = held.remove(0);
+                sys::set_siginfo(tid, &first.0)
+                    .map_err(TraceError::os(tid, "PTRACE_SETSIGINFO"))?;
+                first.signo()
+            }
+            StopPoint::Delivery(sig) => sig,
+            _ => 0,
+        };
+        // More than one held (a SIGTRAP and a SIGSYS sent during one
+        // injection): the others can only be sent again, as signals from
+        // this process.
+        for extra in held {
+            let sig = extra.signo();
+            log::warn!("thread {tid}: signal {sig} sent during the move is sent again");
             if let Err(e) = sys::tgkill(self.tgid, tid, sig) {
                 log::warn!("thread {tid}: sending held signal {sig} again: {e}");
             }
         }
-        let pass = match self.state.at {
-            StopPoint::Delivery(sig) => sig,
-            _ => 0,
-        };
         let result = if pass == 0 {
             sys::detach(tid)
         } else {
@@ -764,6 +878,23 @@ impl Tracee<Stopped> {
         self.released = true;
         result
     }
+}
+
+/// Lets go of every thread the calling thread still traces, once the
+/// [`Tracee`]s of a move are gone: detaches those still stopped and
+/// collects the exits of those that died (waiting, up to a second, for a
+/// dying process's exits to be reported). See [`still_traced`] for what may
+/// remain.
+pub fn settle() {
+    sys::settle();
+}
+
+/// The threads the calling thread still traces after [`settle`]: leaders
+/// that exited while other threads of their group run on. Their exit can
+/// only be collected after the group's, so until then only the tracer's own
+/// exit lets go of them (and lets their parent reap them).
+pub fn still_traced() -> Vec<Pid> {
+    sys::tracked()
 }
 
 /// Runs one syscall in each of several stopped threads at once: all are
@@ -783,16 +914,19 @@ pub fn syscall_each(
         .map(|(t, call)| call.map(|(nr, args)| t.launch(nr, args)))
         .collect();
     launched.resize_with(tracees.len(), || None);
-    tracees
-        .iter_mut()
-        .zip(launched)
-        .map(|(t, launched)| {
-            launched.map(|site| {
-                let after = t.collect(site?)?;
-                Ok(decode_return(after.result()))
-            })
-        })
-        .collect()
+    // The leader is collected last: by then every other thread has
+    // reported, and waiting for it wakes for nothing else.
+    let mut order: Vec<usize> = (0..tracees.len()).collect();
+    order.sort_by_key(|&i| tracees[i].tid == tracees[i].tgid);
+    let mut results: Vec<Option<Result<SyscallResult, TraceError>>> =
+        (0..tracees.len()).map(|_| None).collect();
+    for i in order {
+        results[i] = launched[i].take().map(|site| {
+            let after = tracees[i].collect(site?)?;
+            Ok(decode_return(after.result()))
+        });
+    }
+    results
 }
 
 #[cfg(test)]
@@ -819,10 +953,13 @@ mod tests {
     }
 
     #[test]
-    fn injection_mask_keeps_synchronous_signals() {
+    fn injection_mask_keeps_forced_signals() {
         let mask = injection_mask();
-        for sig in SYNCHRONOUS_SIGNALS {
+        for sig in FORCED_SIGNALS {
             assert_eq!(mask & (1 << (sig - 1)), 0);
+        }
+        for sig in [libc::SIGSEGV, libc::SIGBUS, libc::SIGILL, libc::SIGFPE] {
+            assert_ne!(mask & (1 << (sig - 1)), 0);
         }
         assert_ne!(mask & (1 << (libc::SIGTERM - 1)), 0);
         assert_ne!(mask & (1 << 63), 0);

@@ -29,7 +29,9 @@ fn request(req: libc::c_uint, tid: Pid, addr: usize, data: usize) -> Result<(), 
 }
 
 pub(crate) fn seize(tid: Pid, options: libc::c_int) -> Result<(), Errno> {
-    request(libc::PTRACE_SEIZE, tid, 0, options as usize)
+    request(libc::PTRACE_SEIZE, tid, 0, options as usize)?;
+    track(tid);
+    Ok(())
 }
 
 pub(crate) fn interrupt(tid: Pid) -> Result<(), Errno> {
@@ -49,12 +51,16 @@ pub(crate) fn single_step(tid: Pid, sig: i32) -> Result<(), Errno> {
 /// PTRACE_DETACH without a signal: from a syscall stop a nonzero value would
 /// be sent to the tracee, from an event stop it would be ignored.
 pub(crate) fn detach(tid: Pid) -> Result<(), Errno> {
-    request(libc::PTRACE_DETACH, tid, 0, 0)
+    request(libc::PTRACE_DETACH, tid, 0, 0)?;
+    untrack(tid);
+    Ok(())
 }
 
 /// PTRACE_DETACH from a signal-delivery stop, delivering `sig`.
 pub(crate) fn detach_with_signal(tid: Pid, sig: i32) -> Result<(), Errno> {
-    request(libc::PTRACE_DETACH, tid, 0, sig as usize)
+    request(libc::PTRACE_DETACH, tid, 0, sig as usize)?;
+    untrack(tid);
+    Ok(())
 }
 
 /// The kernel's sigset for a 64-bit task is one `u64`, bit `n - 1` for signal `n`.
@@ -89,8 +95,8 @@ pub(crate) fn set_sigmask(tid: Pid, mask: u64) -> Result<(), Errno> {
     check(ret).map(drop)
 }
 
-/// The `si_code` of the signal a tracee is stopped for (signal-delivery stop).
-pub(crate) fn siginfo_code(tid: Pid) -> Result<i32, Errno> {
+/// The siginfo of the signal a tracee is stopped for (signal-delivery stop).
+pub(crate) fn siginfo(tid: Pid) -> Result<libc::siginfo_t, Errno> {
     // SAFETY: siginfo_t is plain data; all-zero is a valid value.
     let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
     // SAFETY: PTRACE_GETSIGINFO writes one siginfo_t to `data`, which points
@@ -103,7 +109,24 @@ pub(crate) fn siginfo_code(tid: Pid) -> Result<i32, Errno> {
             &mut info as *mut libc::siginfo_t as *mut c_void,
         )
     };
-    check(ret).map(|_| info.si_code)
+    check(ret).map(|_| info)
+}
+
+/// Replaces the siginfo of the signal a tracee is stopped for
+/// (signal-delivery stop): resuming with that signal delivers it with
+/// `info`, or queues it again with `info` if the thread blocks it.
+pub(crate) fn set_siginfo(tid: Pid, info: &libc::siginfo_t) -> Result<(), Errno> {
+    // SAFETY: PTRACE_SETSIGINFO reads one siginfo_t from `data`, which
+    // points to a live siginfo_t.
+    let ret = unsafe {
+        libc::ptrace(
+            libc::PTRACE_SETSIGINFO,
+            tid.as_raw(),
+            std::ptr::null_mut::<c_void>(),
+            info as *const libc::siginfo_t as *mut c_void,
+        )
+    };
+    check(ret).map(drop)
 }
 
 /// Sends `sig` to one thread.
@@ -134,51 +157,221 @@ pub(crate) enum WaitEvent {
 /// single-threaded moves: median ~260 us sleeping, ~170 us polling.
 const SPIN: std::time::Duration = std::time::Duration::from_micros(50);
 
-/// Blocks until `tid` reports a state change. EINTR is retried; ECHILD means
-/// the thread is not (or no longer) our tracee.
-pub(crate) fn wait(tid: Pid) -> Result<WaitEvent, Errno> {
-    match wait_until(tid, None)? {
+std::thread_local! {
+    /// The threads this thread traces, each with a wait status collected
+    /// for it while another one was waited for (and not yet handed out).
+    static TRACED: std::cell::RefCell<std::collections::BTreeMap<i32, Option<libc::c_int>>> =
+        const { std::cell::RefCell::new(std::collections::BTreeMap::new()) };
+}
+
+/// Records that the calling thread now traces `tid`.
+pub(crate) fn track(tid: Pid) {
+    TRACED.with(|t| t.borrow_mut().insert(tid.as_raw(), None));
+}
+
+/// Forgets `tid`: detached, or its exit collected.
+pub(crate) fn untrack(tid: Pid) {
+    TRACED.with(|t| t.borrow_mut().remove(&tid.as_raw()));
+}
+
+/// The threads the calling thread still traces, in tid order.
+pub(crate) fn tracked() -> Vec<Pid> {
+    TRACED.with(|t| t.borrow().keys().map(|&tid| Pid::from_raw(tid)).collect())
+}
+
+/// `waitpid(tid, __WALL | WNOHANG)`: `Ok(None)` if nothing to report.
+fn poll_one(tid: i32) -> Result<Option<libc::c_int>, Errno> {
+    let mut status: libc::c_int = 0;
+    loop {
+        // SAFETY: waitpid writes one int to `status`, a live local.
+        let ret = unsafe { libc::waitpid(tid, &mut status, libc::__WALL | libc::WNOHANG) };
+        match check(ret as libc::c_long) {
+            Ok(0) => return Ok(None),
+            Ok(_) => return Ok(Some(status)),
+            Err(Errno::EINTR) => continue,
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Collects what every other traced thread has to report, so that none is
+/// left waiting for us: a traced thread that exits stays a zombie until its
+/// tracer collects it, and a thread-group leader's own exit is reported
+/// only once every other thread of its group has been collected.
+fn collect_others(tid: i32) {
+    // A stop kept for a thread may be followed by its death (SIGKILL),
+    // which then replaces it.
+    let others: Vec<i32> = TRACED.with(|t| {
+        t.borrow()
+            .iter()
+            .filter(|&(&other, kept)| other != tid && kept.is_none_or(|s| libc::WIFSTOPPED(s)))
+            .map(|(&other, _)| other)
+            .collect()
+    });
+    for other in others {
+        collect_one(other);
+    }
+}
+
+/// Collects what traced thread `tid` has to report, if anything, and keeps
+/// it for its own wait. Whether there was something.
+fn collect_one(tid: i32) -> bool {
+    let status = match poll_one(tid) {
+        Ok(None) => return false,
+        Ok(Some(status)) => status,
+        // Not ours any more: reads as gone.
+        Err(_) => 0,
+    };
+    TRACED.with(|t| {
+        if let Some(slot) = t.borrow_mut().get_mut(&tid) {
+            *slot = Some(status);
+        }
+    });
+    true
+}
+
+/// Blocks until some child or tracee of the calling thread has something
+/// to report, without collecting it, and returns its pid; `None` if there is
+/// no child or tracee at all.
+fn await_any() -> Option<i32> {
+    // SAFETY: siginfo_t is plain data; all-zero is a valid value.
+    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+    let flags = libc::WEXITED | libc::WSTOPPED | libc::WNOWAIT | libc::__WALL | libc::__WNOTHREAD;
+    loop {
+        // SAFETY: waitid writes one siginfo_t to `info`, a live local.
+        let ret = unsafe { libc::waitid(libc::P_ALL, 0, &mut info, flags) };
+        match check(ret as libc::c_long) {
+            Ok(_) => break,
+            Err(Errno::EINTR) => continue,
+            Err(_) => return None,
+        }
+    }
+    // SAFETY: waitid filled `info` for a child state change.
+    Some(unsafe { info.si_pid() })
+}
+
+/// Blocks until `tid` reports a state change. EINTR is retried; ECHILD
+/// means the thread is not (or no longer) our tracee.
+///
+/// While waiting, what other traced threads report is collected and kept
+/// for their own wait: a process that dies during a move leaves every
+/// traced thread a zombie that only its tracer can collect, and its leader
+/// is reported only after the others, so waiting for one thread alone could
+/// wait for ever. For the same reason a leader that exits while other
+/// threads of its group run on (`pthread_exit`) is reported only once they
+/// are all gone, and its exit wakes no wait: it reads as gone as soon as it
+/// has exited, and stays tracked (see [`settle`]).
+pub(crate) fn wait(tid: Pid, waited: Waited) -> Result<WaitEvent, Errno> {
+    match wait_until(tid, waited, None)? {
         Some(event) => Ok(event),
         // Without a deadline the wait only ends with an event.
         None => Err(Errno::EAGAIN),
     }
 }
 
-/// [`wait`], giving up at `deadline` if one is given (`Ok(None)`).
+/// [`wait`], giving up at `deadline` if one is given (`Ok(None)`): then it
+/// polls, less and less often, collecting what the other traced threads
+/// report each time.
 pub(crate) fn wait_until(
     tid: Pid,
+    waited: Waited,
     deadline: Option<std::time::Instant>,
 ) -> Result<Option<WaitEvent>, Errno> {
-    let mut status: libc::c_int = 0;
     let spin_until = std::time::Instant::now() + SPIN;
-    let mut flags = libc::__WALL | libc::WNOHANG;
+    let raw = tid.as_raw();
+    let mut naps = 0u32;
     let mut nap = std::time::Duration::from_micros(100);
-    loop {
-        // SAFETY: waitpid writes one int to `status`, a live local.
-        let ret = unsafe { libc::waitpid(tid.as_raw(), &mut status, flags) };
-        match check(ret as libc::c_long) {
-            Ok(0) => {
-                let now = std::time::Instant::now();
-                match deadline {
-                    _ if now < spin_until => std::thread::yield_now(),
-                    None => flags = libc::__WALL,
-                    Some(deadline) if now >= deadline => return Ok(None),
-                    // Bounded: poll, less and less often.
-                    Some(deadline) => {
-                        std::thread::sleep(nap.min(deadline - now));
-                        nap = (nap * 2).min(std::time::Duration::from_millis(20));
-                    }
+    let status = loop {
+        let stashed = TRACED.with(|t| t.borrow_mut().get_mut(&raw).and_then(Option::take));
+        if let Some(status) = stashed {
+            break status;
+        }
+        if let Some(status) = poll_one(raw)? {
+            break status;
+        }
+        let now = std::time::Instant::now();
+        if now < spin_until {
+            std::thread::yield_now();
+            continue;
+        }
+        if let Some(deadline) = deadline {
+            if now >= deadline {
+                return Ok(None);
+            }
+            if waited != Waited::Thread {
+                collect_others(raw);
+                if waited == Waited::RunningLeader && is_waiting_leader(raw) {
+                    return Ok(Some(WaitEvent::Gone));
                 }
             }
-            Ok(_) => break,
+            std::thread::sleep(nap.min(deadline - now));
+            nap = (nap * 2).min(std::time::Duration::from_millis(20));
+            continue;
+        }
+        if waited == Waited::Thread {
+            break wait_blocking(raw)?;
+        }
+        // A running leader that exits while we hold other threads wakes no
+        // wait of ours (a lone traced leader's exit is reported like any
+        // other's). It is waited for last, so its stop is usually there
+        // already; else look every 100 us, and at its state every few
+        // milliseconds.
+        let others = TRACED.with(|t| t.borrow().len().saturating_sub(1));
+        if waited == Waited::RunningLeader && others > 0 {
+            collect_others(raw);
+            if naps % 32 == 31 && is_waiting_leader(raw) {
+                return Ok(Some(WaitEvent::Gone));
+            }
+            naps += 1;
+            std::thread::sleep(std::time::Duration::from_micros(100));
+            continue;
+        }
+        match await_any() {
+            None => return Err(Errno::ECHILD),
+            Some(pid) if pid == raw => {}
+            Some(pid) if TRACED.with(|t| t.borrow().contains_key(&pid)) && collect_one(pid) => {}
+            // A child of the caller's own (tests run moves in-process):
+            // that report stays where it is, so look again a little later.
+            Some(_) => std::thread::sleep(std::time::Duration::from_micros(200)),
+        }
+    };
+    let event = decode(status)?;
+    if event == WaitEvent::Gone {
+        untrack(tid);
+    }
+    Ok(Some(event))
+}
+
+/// Which thread [`wait`] waits for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Waited {
+    /// A thread other than its group's leader: its exit is reported at
+    /// once, so waiting for it alone is safe.
+    Thread,
+    /// A leader that is stopped, or only runs an injected step: its exit
+    /// (a kill) is reported after the other threads', which are collected
+    /// meanwhile.
+    Leader,
+    /// A leader that runs freely toward a stop: it could also exit on its
+    /// own (`pthread_exit`) while other threads run on.
+    RunningLeader,
+}
+
+/// `waitpid(tid, __WALL)`, blocking.
+fn wait_blocking(tid: i32) -> Result<libc::c_int, Errno> {
+    let mut status: libc::c_int = 0;
+    loop {
+        // SAFETY: waitpid writes one int to `status`, a live local.
+        let ret = unsafe { libc::waitpid(tid, &mut status, libc::__WALL) };
+        match check(ret as libc::c_long) {
+            Ok(_) => return Ok(status),
             Err(Errno::EINTR) => continue,
             Err(e) => return Err(e),
         }
     }
-    decode_status(status).map(Some)
 }
 
-fn decode_status(status: libc::c_int) -> Result<WaitEvent, Errno> {
+fn decode(status: libc::c_int) -> Result<WaitEvent, Errno> {
     if libc::WIFEXITED(status) || libc::WIFSIGNALED(status) {
         return Ok(WaitEvent::Gone);
     }
@@ -197,29 +390,28 @@ fn decode_status(status: libc::c_int) -> Result<WaitEvent, Errno> {
     })
 }
 
-/// Collects the exit of a tracee that a ptrace request found gone (ESRCH):
-/// until its tracer waits for it, a dead traced thread stays a zombie, and
-/// its thread-group leader cannot be reaped by its parent. Gives up after a
-/// second (logged); a thread that turns out to be stopped is detached.
+/// Collects the exit of a tracee that a ptrace request found gone (ESRCH),
+/// if it can be collected now: until its tracer waits for it, a dead traced
+/// thread stays a zombie, and its thread-group leader cannot be reaped by
+/// its parent. A thread whose exit is not reported yet stays tracked, for
+/// [`settle`]; one that turns out to be stopped is detached.
 pub(crate) fn reap(tid: Pid) {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(1);
-    let mut status: libc::c_int = 0;
-    loop {
-        // SAFETY: waitpid writes one int to `status`, a live local.
-        let ret = unsafe { libc::waitpid(tid.as_raw(), &mut status, libc::__WALL | libc::WNOHANG) };
-        match check(ret as libc::c_long) {
-            Ok(0) | Err(Errno::EINTR) => {}
-            Ok(_) if libc::WIFSTOPPED(status) => {
-                let _ = detach(tid);
-                return;
+    let raw = tid.as_raw();
+    let stashed = TRACED.with(|t| t.borrow_mut().get_mut(&raw).and_then(Option::take));
+    let status = match stashed {
+        Some(status) => Some(status),
+        None => {
+            collect_others(raw);
+            match poll_one(raw) {
+                Ok(status) => status,
+                Err(_) => Some(0),
             }
-            Ok(_) | Err(_) => return,
         }
-        if std::time::Instant::now() >= deadline {
-            log::warn!("thread {tid} is gone but its exit was not reported");
-            return;
-        }
-        std::thread::sleep(std::time::Duration::from_micros(100));
+    };
+    match status {
+        Some(status) if libc::WIFSTOPPED(status) && detach(tid).is_ok() => {}
+        Some(_) => untrack(tid),
+        None => {}
     }
 }
 
@@ -249,6 +441,97 @@ pub(crate) fn await_group_stop(tid: Pid) {
         } else {
             std::thread::sleep(std::time::Duration::from_micros(200));
         }
+    }
+}
+
+/// Whether `tid` is a thread-group leader that has exited while other
+/// threads of its group run on: its exit is reported only after theirs.
+fn is_waiting_leader(tid: i32) -> bool {
+    let state = |path: String| {
+        let stat = std::fs::read_to_string(path).ok()?;
+        let rest = &stat[stat.rfind(')')? + 1..];
+        rest.split_whitespace().next()?.chars().next()
+    };
+    if !matches!(state(format!("/proc/{tid}/stat")), Some('Z' | 'X')) {
+        return false;
+    }
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{tid}/task")) else {
+        return false;
+    };
+    dir.flatten().any(|entry| {
+        let name = entry.file_name();
+        let other = name.to_str().and_then(|n| n.parse::<i32>().ok());
+        other.is_some_and(|other| {
+            other != tid
+                && !matches!(
+                    state(format!("/proc/{tid}/task/{other}/stat")),
+                    Some('Z' | 'X')
+                )
+        })
+    })
+}
+
+/// Whether thread `tid` is on its way out: exited, exiting, or with a
+/// SIGKILL pending (a kill, or another thread's `exit_group`).
+fn is_exiting(tid: i32) -> bool {
+    /// `PF_EXITING` in the flags field of `/proc/PID/stat`.
+    const PF_EXITING: u64 = 0x4;
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{tid}/stat")) else {
+        return false;
+    };
+    let Some(rest) = stat.rfind(')').map(|i| &stat[i + 1..]) else {
+        return false;
+    };
+    let mut fields = rest.split_whitespace();
+    let state = fields.next().and_then(|s| s.chars().next());
+    // ppid pgrp session tty_nr tpgid, then flags.
+    let flags: u64 = fields.nth(5).and_then(|f| f.parse().ok()).unwrap_or(0);
+    if matches!(state, Some('Z' | 'X')) || flags & PF_EXITING != 0 {
+        return true;
+    }
+    let sigkill = 1u64 << (libc::SIGKILL - 1);
+    std::fs::read_to_string(format!("/proc/{tid}/status")).is_ok_and(|status| {
+        status
+            .lines()
+            .filter_map(|l| {
+                l.strip_prefix("SigPnd:")
+                    .or_else(|| l.strip_prefix("ShdPnd:"))
+            })
+            .any(|v| u64::from_str_radix(v.trim(), 16).is_ok_and(|m| m & sigkill != 0))
+    })
+}
+
+/// Lets go of every thread the calling thread still traces once a move is
+/// over: a stopped one is detached, a dead one collected (waiting, up to a
+/// second, for the exits of a dying process to be reported). Returns the
+/// threads still traced after that, which only the tracer's own exit lets
+/// go of: leaders that exited while the rest of their group runs on, whose
+/// exit cannot be collected before the group's, and threads that would not
+/// stop.
+pub(crate) fn settle() -> Vec<Pid> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(1);
+    loop {
+        for tid in tracked() {
+            if detach(tid).is_ok() {
+                continue;
+            }
+            reap(tid);
+        }
+        let left = tracked();
+        if left.is_empty() {
+            return left;
+        }
+        // Only a thread on its way out is about to report; one that would
+        // not stop, or a leader waiting for its group, is not.
+        if std::time::Instant::now() >= deadline
+            || !left
+                .iter()
+                .any(|tid| is_exiting(tid.as_raw()) && !is_waiting_leader(tid.as_raw()))
+        {
+            log::debug!("threads still traced after the move: {left:?}");
+            return left;
+        }
+        std::thread::sleep(std::time::Duration::from_micros(100));
     }
 }
 

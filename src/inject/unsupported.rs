@@ -52,6 +52,12 @@ impl Registers {
         match self.never {}
     }
 
+    pub(crate) fn interrupted_untimed_wait(&self) -> bool {
+        false
+    }
+
+    pub(crate) fn reissue(&mut self) {}
+
     pub(crate) fn prepare_syscall(&mut self, _site: u64, _nr: i64, _args: [u64; 6]) {
         match self.never {}
     }

@@ -79,6 +79,36 @@ impl Registers {
         self.raw.rip.checked_sub(SYSCALL_INSN.len() as u64)
     }
 
+    /// Whether the thread is stopped just after a blocking call without a
+    /// timeout failed with `EINTR` though no signal came: the calls the
+    /// kernel never restarts after a stop (signal(7)), which can be issued
+    /// again exactly as they were: `epoll_wait`, `epoll_pwait` and
+    /// `epoll_pwait2` waiting for ever, `rt_sigtimedwait` without a timeout
+    /// (`sigwaitinfo`), `semop`, `semtimedop` without a timeout.
+    pub(crate) fn interrupted_untimed_wait(&self) -> bool {
+        if self.result() != -(libc::EINTR as i64) {
+            return false;
+        }
+        let r = &self.raw;
+        match self.syscall_nr() {
+            Some(libc::SYS_epoll_wait | libc::SYS_epoll_pwait) => (r.r10 as i32) < 0,
+            Some(libc::SYS_epoll_pwait2) => r.r10 == 0,
+            Some(libc::SYS_rt_sigtimedwait) => r.rdx == 0,
+            Some(libc::SYS_semop) => true,
+            Some(libc::SYS_semtimedop) => r.r10 == 0,
+            _ => false,
+        }
+    }
+
+    /// Makes the thread issue the syscall it was stopped after once more,
+    /// with the same arguments, when it resumes: back to the `syscall`
+    /// instruction, with the number in `rax` again (the kernel's own
+    /// restart does the same).
+    pub(crate) fn reissue(&mut self) {
+        self.raw.rax = self.raw.orig_rax;
+        self.raw.rip -= SYSCALL_INSN.len() as u64;
+    }
+
     /// Sets up a syscall at `site`: number, six arguments, and
     /// `orig_rax = -1` so that no restart logic applies on the way out of
     /// the stop we resume from.

@@ -24,9 +24,10 @@
 //!   thread blocked in the write that asked for the move, or 0.
 //! * injector: `seized`, when every thread is asked to stop and the daemon
 //!   may answer the writer's write (sent only if WRITER is not 0);
-//! * injector: `leaving`, only if a thread of the target would not stop:
-//!   it stays attached to the injector until the injector exits, which it
-//!   does right after its answer (the daemon does not use it again);
+//! * injector: `leaving`, only if a thread of the target would not stop, or
+//!   is a leader that exited while its group runs on: it stays attached to
+//!   the injector until the injector exits, which it does right after its
+//!   answer (the daemon does not use it again);
 //! * injector: `ok THREADS` or `err ERRNO REASON`.
 //!
 //! An injector that sends anything else, or whose channel ends before the
@@ -366,9 +367,10 @@ pub fn serve(args: &[String]) -> i32 {
             },
             _ => format!("err {} malformed request", libc::EINVAL),
         };
-        if leaving {
-            // A thread that would not stop is still attached to this
-            // process; only its exit lets it go untouched.
+        // A thread that would not stop, or a leader that exited while its
+        // group runs on, is still attached to this process; only its exit
+        // lets it go (untouched).
+        if leaving || !crate::inject::still_traced().is_empty() {
             say("leaving");
             say(&answer);
             return 0;
