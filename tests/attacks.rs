@@ -173,9 +173,7 @@ fn moves_do_not_depend_on_which_callers_came_before() {
     std::fs::create_dir(m.path("c")).unwrap();
     // uid 1000 with CAP_SYS_ADMIN moves another process of its own: the
     // daemon checks that on a thread holding uid 1000.
-    let mine = Proc::sh(
-        "exec setpriv --reuid 1000 --regid 1000 --clear-groups sleep 1000",
-    );
+    let mine = Proc::sh("exec setpriv --reuid 1000 --regid 1000 --clear-groups sleep 1000");
     wait_for("the uid 1000 process", || {
         std::fs::read_to_string(format!("/proc/{}/comm", mine.pid())).is_ok_and(|c| c == "sleep\n")
     });
@@ -185,14 +183,19 @@ fn moves_do_not_depend_on_which_callers_came_before() {
         mine.pid(),
         m.path("c/tasks").display()
     ));
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     // Then root moves a root process lacking CAP_SYS_PTRACE into a
     // container with a fresh namespace.
     std::fs::create_dir(m.path("d")).unwrap();
     std::fs::File::create(m.path("d/uts")).unwrap();
     let target = Proc::sh("exec capsh --drop=cap_sys_ptrace -- -c 'exec sleep 1000'");
     wait_for("the target", || {
-        std::fs::read_to_string(format!("/proc/{}/comm", target.pid())).is_ok_and(|c| c == "sleep\n")
+        std::fs::read_to_string(format!("/proc/{}/comm", target.pid()))
+            .is_ok_and(|c| c == "sleep\n")
     });
     m.step.set("move the root process without CAP_SYS_PTRACE");
     let got = m.write("d/tasks", target.pid().to_string().as_bytes());
@@ -358,7 +361,8 @@ fn the_writer_s_own_mounts_over_procfs_cannot_hold_the_daemon() {
         use std::io::Write;
         writeln!(writer.stdin.as_mut().unwrap(), "go").unwrap();
     }
-    m.step.set("the writer of /proc/self with a FIFO over its status");
+    m.step
+        .set("the writer of /proc/self with a FIFO over its status");
     let mut finished = None;
     for _ in 0..1000 {
         if let Ok(Some(status)) = writer.try_wait() {
@@ -398,7 +402,8 @@ fn binding_the_daemon_s_own_namespaces_by_pid_is_judged_too() {
     let caller = "setpriv --reuid 1000 --regid 1000 --clear-groups --inh-caps +sys_admin \
                   --ambient-caps +sys_admin";
     for pid in [daemon, thread] {
-        m.step.set(&format!("uid 1000 with CAP_SYS_ADMIN binds process {pid}"));
+        m.step
+            .set(&format!("uid 1000 with CAP_SYS_ADMIN binds process {pid}"));
         let kernel = sh(&format!(
             "{caller} python3 -c 'import os; os.close(os.open(\"/proc/{pid}/ns/net\", os.O_RDONLY))'"
         ))
@@ -408,7 +413,11 @@ fn binding_the_daemon_s_own_namespaces_by_pid_is_judged_too() {
             "{caller} sh -c 'echo {pid} > {}'",
             m.path("c/net").display()
         ));
-        assert_eq!(out.status.success(), kernel, "process {pid}: kernel says {kernel}");
+        assert_eq!(
+            out.status.success(),
+            kernel,
+            "process {pid}: kernel says {kernel}"
+        );
         if out.status.success() {
             std::fs::remove_file(m.path("c/net")).unwrap();
         }
