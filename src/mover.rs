@@ -879,8 +879,14 @@ pub fn move_process_answering(
         kinds,
         writer,
         FatalSeccomp::Refuse,
+        None,
     )
 }
+
+/// Asks again, once every thread of the target is stopped and before
+/// anything is injected, whether the one who asked for the move may trace
+/// each of them (the thread ids given); the move is refused if not.
+pub type Recheck<'a> = &'a dyn Fn(&[Pid]) -> Result<(), MoveError>;
 
 /// [`move_process_answering`], with a choice about seccomp filters that
 /// would kill the target.
@@ -895,6 +901,7 @@ pub fn move_process_with(
     kinds: CloneFlags,
     writer: Option<Writer<'_>>,
     fatal_seccomp: FatalSeccomp,
+    recheck: Option<Recheck<'_>>,
 ) -> Result<MoveReport, MoveError> {
     let result = move_traced(
         target,
@@ -902,6 +909,7 @@ pub fn move_process_with(
         kinds,
         writer,
         fatal_seccomp,
+        recheck,
     );
     inject::settle();
     match result {
@@ -953,6 +961,7 @@ fn move_traced(
     kinds: CloneFlags,
     mut writer: Option<Writer<'_>>,
     fatal_seccomp: FatalSeccomp,
+    recheck: Option<Recheck<'_>>,
 ) -> Result<MoveReport, MoveError> {
     let kinds = kinds.bits();
     let known = KINDS.iter().fold(0, |all, (flag, _)| all | flag);
@@ -1003,6 +1012,14 @@ fn move_traced(
         }
         e
     };
+    // The right to trace, asked again now that nothing of the target runs:
+    // an exec (of a setuid program, say) between the daemon's check and
+    // the attach cannot carry a process the caller may not trace into the
+    // move.
+    if let Some(recheck) = recheck {
+        let tids: Vec<Pid> = threads.iter().map(|t| t.tid()).collect();
+        recheck(&tids).map_err(|e| refused(&mut threads, e))?;
+    }
     if threads.iter().any(|t| !t.regs().is_native()) {
         return Err(refused(
             &mut threads,

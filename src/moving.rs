@@ -16,6 +16,7 @@ use parking_lot::Mutex;
 use crate::fs::{Error, Mover, Result};
 use crate::injector::Injectors;
 use crate::mover::{self, ProcessHandle};
+use crate::ns::creds::Credentials;
 use crate::ns::{Holder, Kind, Namespace, sys};
 use crate::procfs::{self, ProcDir};
 
@@ -74,6 +75,7 @@ impl PtraceMover {
         target: std::os::fd::OwnedFd,
         set: &[Arc<Namespace>; 8],
         writer: Option<mover::Writer<'_>>,
+        tracer: Option<&Credentials>,
     ) -> Result<()> {
         if pid == std::process::id() as i32 {
             return Err(Error::Denied("the daemon does not move itself".into()));
@@ -120,7 +122,7 @@ impl PtraceMover {
                  namespaces (only ancestors of a pid namespace see into it)"
             ))
         })?;
-        let threads = self.injectors.run(&target, seen, flags, writer)?;
+        let threads = self.injectors.run(&target, seen, flags, writer, tracer)?;
         log::info!("moved process {pid} ({threads} threads)");
         Ok(())
     }
@@ -218,12 +220,13 @@ impl Mover for PtraceMover {
         pid: i32,
         target: std::os::fd::OwnedFd,
         writer_tid: u32,
+        tracer: &Credentials,
         set: &[Arc<Namespace>; 8],
         reply: &mut dyn FnMut(Result<()>),
     ) {
         let w = is_thread_of(writer_tid, pid);
         if !w {
-            return reply(self.try_move(pid, target, set, None));
+            return reply(self.try_move(pid, target, set, None, Some(tracer)));
         }
         // `echo $$ > tasks`: the writer is blocked in this very write. The
         // reply goes out once its threads are asked to stop; a failure after
@@ -234,7 +237,7 @@ impl Mover for PtraceMover {
                 tid: nix::unistd::Pid::from_raw(writer_tid as i32),
                 answer: &mut ok,
             };
-            self.try_move(pid, target, set, Some(writer))
+            self.try_move(pid, target, set, Some(writer), None)
         };
         reply(result);
     }

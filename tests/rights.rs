@@ -473,3 +473,80 @@ fn a_process_that_is_gone_when_judged_is_esrch() {
     child.wait().unwrap();
     assert_eq!(got, libc::ESRCH);
 }
+
+#[test]
+fn the_right_to_trace_is_asked_again_once_the_target_is_stopped() {
+    if !require_privileges("rights-recheck") {
+        return;
+    }
+    use nsproxyfs::mover::{self, FatalSeccomp, MoveError, ProcessHandle};
+    use nsproxyfs::ns::creds::{self, Credentials};
+    let holder = target("unshare --uts sleep 1000");
+    let victim = target("sleep 1000");
+    let (pid, before) = (victim.pid(), ns_ino(victim.pid(), "uts"));
+    let kinds = nix::sched::CloneFlags::CLONE_NEWUTS;
+    // What the injector asks with a caller's credentials: a uid 1000 with
+    // only CAP_SYS_ADMIN may not trace a root process.
+    let caller = Credentials {
+        uid: [1000; 4],
+        gid: [1000; 4],
+        groups: Vec::new(),
+        effective: 1 << 21,
+        permitted: 1 << 21,
+        inheritable: 0,
+    };
+    let asked = std::sync::Mutex::new(Vec::new());
+    let recheck = |tids: &[nix::unistd::Pid]| {
+        asked.lock().unwrap().extend_from_slice(tids);
+        let refused = creds::as_tracer(&caller, || {
+            tids.iter()
+                .any(|t| creds::may_attach(t.as_raw()) == Err(libc::EPERM))
+        })
+        .unwrap();
+        if refused {
+            Err(MoveError::TraceDenied(tids[0].as_raw()))
+        } else {
+            Ok(())
+        }
+    };
+    let handle = ProcessHandle::open(pid).unwrap();
+    let got = mover::move_process_with(
+        &handle,
+        holder.pid(),
+        kinds,
+        None,
+        FatalSeccomp::Refuse,
+        Some(&recheck),
+    );
+    assert!(matches!(got, Err(MoveError::TraceDenied(_))), "{got:?}");
+    assert_eq!(
+        asked.lock().unwrap().as_slice(),
+        [nix::unistd::Pid::from_raw(pid)]
+    );
+    assert_eq!(ns_ino(pid, "uts"), before, "nothing injected");
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    assert!(status.contains("TracerPid:\t0\n"), "let go: {status}");
+    // With the daemon's own credentials the same move goes through.
+    let root = Credentials::of_thread(std::process::id()).unwrap();
+    let allow = |tids: &[nix::unistd::Pid]| {
+        let ok = creds::as_tracer(&root, || {
+            tids.iter().all(|t| creds::may_attach(t.as_raw()).is_ok())
+        });
+        if ok.unwrap() {
+            Ok(())
+        } else {
+            Err(MoveError::TraceDenied(tids[0].as_raw()))
+        }
+    };
+    let handle = ProcessHandle::open(pid).unwrap();
+    mover::move_process_with(
+        &handle,
+        holder.pid(),
+        kinds,
+        None,
+        FatalSeccomp::Refuse,
+        Some(&allow),
+    )
+    .unwrap();
+    assert_eq!(ns_ino(pid, "uts"), ns_ino(holder.pid(), "uts"));
+}

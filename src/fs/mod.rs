@@ -95,12 +95,14 @@ pub struct Options {
 pub trait Mover: Send + Sync + 'static {
     /// Moves `pid`, pinned by the pidfd `target` before it was judged;
     /// `writer_tid` is the thread that wrote the pid, which may belong to
-    /// the process being moved.
+    /// the process being moved; `tracer` are the writer's credentials, whose
+    /// right to trace the process is asked again once it is stopped.
     fn move_process(
         &self,
         pid: i32,
         target: OwnedFd,
         writer_tid: u32,
+        tracer: &crate::ns::creds::Credentials,
         set: &[Arc<Namespace>; 8],
         reply: &mut dyn FnMut(Result<()>),
     );
@@ -1498,9 +1500,9 @@ impl NsProxyFs {
             self.require_process_in(&view, local, pidfd.as_fd())?;
             let creds = caller.credentials()?;
             caller.require_ptrace(&creds, local, pidfd.as_fd())?;
-            Ok((local, pidfd, set))
+            Ok((local, pidfd, set, creds))
         });
-        let (local, pidfd, set) = match set {
+        let (local, pidfd, set, creds) = match set {
             Ok(v) => v,
             Err(e) => {
                 return reply.error(refuse("write tasks", caller, &e));
@@ -1521,7 +1523,7 @@ impl NsProxyFs {
         let this = Arc::clone(self);
         let caller = *caller;
         slot.run(Box::new(move || {
-            this.finish_move(&caller, c, local, pidfd, &set, reply, len);
+            this.finish_move(&caller, c, local, pidfd, &creds, &set, reply, len);
             this.tasks_names.end(c, generation);
         }));
     }
@@ -1535,6 +1537,7 @@ impl NsProxyFs {
         c: ContainerId,
         local: i32,
         pidfd: OwnedFd,
+        creds: &crate::ns::creds::Credentials,
         set: &[Arc<Namespace>; 8],
         reply: ReplyWrite,
         len: u32,
@@ -1555,7 +1558,7 @@ impl NsProxyFs {
             }
         };
         self.mover
-            .move_process(local, pidfd, caller.tid, set, &mut answer);
+            .move_process(local, pidfd, caller.tid, creds, set, &mut answer);
         if moved && log::log_enabled!(log::Level::Info) {
             log::info!(
                 "process {local} moved into {} (written by pid {})",

@@ -35,6 +35,7 @@
 
 pub(crate) mod sys;
 
+use crate::ns::creds::{self, Credentials};
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::process::{Child, Command, Stdio};
@@ -96,11 +97,16 @@ impl Injectors {
         holder: i32,
         flags: libc::c_int,
         mut writer: Option<Writer<'_>>,
+        tracer: Option<&Credentials>,
     ) -> Result<usize> {
-        let request = format!(
+        let mut request = format!(
             "move {holder} {flags} {}",
             writer.as_ref().map_or(0, |w| w.tid.as_raw())
         );
+        if let Some(creds) = tracer {
+            request.push_str(" as ");
+            request.push_str(&creds.to_words());
+        }
         // An idle injector may have died meanwhile (someone killed it): that
         // shows as a refused send, before anything of the move happened, and
         // the next one is tried.
@@ -303,6 +309,10 @@ struct Request {
     holder: i32,
     flags: libc::c_int,
     writer: i32,
+    /// The credentials of the one who asked for the move, whose right to
+    /// trace the target is asked again once it is stopped; none for a
+    /// process moving itself.
+    tracer: Option<Credentials>,
 }
 
 fn parse_request(text: &str) -> Option<Request> {
@@ -311,12 +321,42 @@ fn parse_request(text: &str) -> Option<Request> {
         return None;
     }
     let mut number = || words.next()?.parse::<i32>().ok();
+    let (holder, flags, writer) = (number()?, number()?, number()?);
+    let tracer = match words.next() {
+        None => None,
+        Some("as") => Some(Credentials::from_words(&mut words)?),
+        Some(_) => return None,
+    };
     let request = Request {
-        holder: number()?,
-        flags: number()?,
-        writer: number()?,
+        holder,
+        flags,
+        writer,
+        tracer,
     };
     words.next().is_none().then_some(request)
+}
+
+/// The kernel's answer, for `creds`, to whether they may attach to each of
+/// `tids`: the first thread refused is named.
+fn may_trace(
+    creds: &Credentials,
+    tids: &[nix::unistd::Pid],
+) -> std::result::Result<(), mover::MoveError> {
+    let answer = creds::as_tracer(creds, || {
+        tids.iter()
+            .find(|t| !matches!(creds::may_attach(t.as_raw()), Ok(()) | Err(libc::ESRCH)))
+            .copied()
+    });
+    match answer {
+        Ok(None) => Ok(()),
+        Ok(Some(tid)) => Err(mover::MoveError::TraceDenied(tid.as_raw())),
+        // Unable to ask: refused, never assumed.
+        Err(e) => {
+            let first = tids.first().map_or(0, |t| t.as_raw());
+            log::warn!("cannot ask again whether the caller may trace {first}: {e}");
+            Err(mover::MoveError::TraceDenied(first))
+        }
+    }
 }
 
 /// The injector's argument after [`INJECTOR_ARG`] when the daemon runs
@@ -392,8 +432,17 @@ fn run_move(
         answer: &mut seized,
     });
     let kinds = CloneFlags::from_bits_retain(request.flags);
-    mover::move_process_with(&target, request.holder, kinds, writer, fatal_seccomp)
-        .map(|report| report.threads)
+    let tracer = request.tracer.as_ref();
+    let recheck = |tids: &[nix::unistd::Pid]| tracer.map_or(Ok(()), |c| may_trace(c, tids));
+    mover::move_process_with(
+        &target,
+        request.holder,
+        kinds,
+        writer,
+        fatal_seccomp,
+        Some(&recheck),
+    )
+    .map(|report| report.threads)
 }
 
 #[cfg(test)]
@@ -407,9 +456,15 @@ mod tests {
             Some(Request {
                 holder: 12,
                 flags: 0x0400_0000,
-                writer: 0
+                writer: 0,
+                tracer: None,
             })
         );
+        let creds = "0 0 0 0 0 0 0 0 1ff 1ff 0";
+        let parsed = parse_request(&format!("move 12 1 0 as {creds}")).unwrap();
+        assert_eq!(parsed.tracer.unwrap().to_words(), creds);
+        assert_eq!(parse_request("move 12 1 0 as 0 0"), None);
+        assert_eq!(parse_request(&format!("move 12 1 0 by {creds}")), None);
         assert_eq!(parse_request("move 12 1"), None);
         assert_eq!(parse_request("move 12 1 2 3"), None);
         assert_eq!(parse_request("copy 1 2 3"), None);

@@ -117,6 +117,33 @@ impl Credentials {
         Credentials::daemon() == Some(self)
     }
 
+    /// The ids and capabilities, as words for the injector's requests
+    /// (groups are left out: they play no part in ptrace rights).
+    pub fn to_words(&self) -> String {
+        let [a, b, c, d] = self.uid;
+        let [e, f, g, h] = self.gid;
+        format!(
+            "{a} {b} {c} {d} {e} {f} {g} {h} {:x} {:x} {:x}",
+            self.effective, self.permitted, self.inheritable
+        )
+    }
+
+    /// Reads what [`Credentials::to_words`] wrote (with no groups).
+    pub fn from_words<'a>(words: &mut impl Iterator<Item = &'a str>) -> Option<Credentials> {
+        let mut id = || words.next()?.parse::<u32>().ok();
+        let uid = [id()?, id()?, id()?, id()?];
+        let gid = [id()?, id()?, id()?, id()?];
+        let mut cap = || u64::from_str_radix(words.next()?, 16).ok();
+        Some(Credentials {
+            uid,
+            gid,
+            groups: Vec::new(),
+            effective: cap()?,
+            permitted: cap()?,
+            inheritable: cap()?,
+        })
+    }
+
     /// Whether the effective set holds capability `cap`.
     pub fn has(&self, cap: u32) -> bool {
         self.effective & (1 << cap) != 0
@@ -215,7 +242,31 @@ pub fn as_caller<T: Send>(
     creds: &Credentials,
     check: impl FnOnce() -> T + Send,
 ) -> Result<T, CredsError> {
-    if creds.are_daemons() {
+    run_as(creds, creds.are_daemons(), check)
+}
+
+/// [`as_caller`] for a question about ptrace rights, which supplementary
+/// groups play no part in: credentials that differ from the daemon's in
+/// their groups alone are asked on this thread.
+pub fn as_tracer<T: Send>(
+    creds: &Credentials,
+    check: impl FnOnce() -> T + Send,
+) -> Result<T, CredsError> {
+    let same = Credentials::daemon().is_some_and(|own| {
+        own.uid == creds.uid
+            && own.gid == creds.gid
+            && (own.effective, own.permitted, own.inheritable)
+                == (creds.effective, creds.permitted, creds.inheritable)
+    });
+    run_as(creds, same, check)
+}
+
+fn run_as<T: Send>(
+    creds: &Credentials,
+    same: bool,
+    check: impl FnOnce() -> T + Send,
+) -> Result<T, CredsError> {
+    if same {
         return Ok(check());
     }
     std::thread::scope(|s| {
@@ -290,6 +341,28 @@ mod tests {
             Credentials::parse(&no_groups).unwrap().groups,
             Vec::<u32>::new()
         );
+    }
+
+    #[test]
+    fn words_carry_ids_and_capabilities() {
+        let c = Credentials {
+            uid: [1, 2, 3, 4],
+            gid: [5, 6, 7, 8],
+            groups: vec![9],
+            effective: 0x20_0000,
+            permitted: 0x1ff_ffff_ffff,
+            inheritable: 0,
+        };
+        let text = c.to_words();
+        let back = Credentials::from_words(&mut text.split(' ')).unwrap();
+        assert_eq!(
+            back,
+            Credentials {
+                groups: Vec::new(),
+                ..c
+            }
+        );
+        assert_eq!(Credentials::from_words(&mut "1 2 3".split(' ')), None);
     }
 
     #[test]
