@@ -80,9 +80,8 @@ impl ProcDir {
             return Err(io::Error::last_os_error());
         }
         // SAFETY: open just returned this descriptor; nothing else owns it.
-        Ok(ProcDir {
-            fd: unsafe { OwnedFd::from_raw_fd(fd) },
-        })
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        Ok(ProcDir { fd })
     }
 
     /// Opens the directory `entry` below this one (`TID/ns` below
@@ -104,9 +103,8 @@ impl ProcDir {
             return Err(io::Error::last_os_error());
         }
         // SAFETY: openat just returned this descriptor; nothing else owns it.
-        Ok(ProcDir {
-            fd: unsafe { OwnedFd::from_raw_fd(fd) },
-        })
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        Ok(ProcDir { fd })
     }
 
     /// The inode of the namespace the link `entry` names, read with

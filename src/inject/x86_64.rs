@@ -142,9 +142,8 @@ pub(crate) fn get(tid: Pid) -> Result<Registers, Errno> {
         return Err(Errno::last());
     }
     // SAFETY: the call succeeded, so the kernel filled the whole struct.
-    Ok(Registers {
-        raw: unsafe { raw.assume_init() },
-    })
+    let raw = unsafe { raw.assume_init() };
+    Ok(Registers { raw })
 }
 
 pub(crate) fn set(tid: Pid, regs: &Registers) -> Result<(), Errno> {

@@ -17,8 +17,8 @@ fn check(ret: libc::c_long) -> io::Result<libc::c_long> {
 /// each send arrives as one record, and a closed end reads as EOF.
 pub(crate) fn seqpacket_pair() -> io::Result<(OwnedFd, OwnedFd)> {
     let mut fds = [0 as RawFd; 2];
-    // SAFETY: `fds` is a valid array of two ints for the kernel to fill.
     check(
+        // SAFETY: `fds` is a valid array of two ints for the kernel to fill.
         unsafe {
             libc::socketpair(
                 libc::AF_UNIX,

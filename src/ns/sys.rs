@@ -187,9 +187,9 @@ pub fn open_path(dir: Option<BorrowedFd<'_>>, path: &CStr, flags: i32) -> io::Re
 pub fn device_of(fd: BorrowedFd<'_>) -> io::Result<(u32, u32)> {
     // SAFETY: statx is plain data; all-zero is a valid value to overwrite.
     let mut st: libc::statx = unsafe { std::mem::zeroed() };
-    // SAFETY: an empty path with AT_EMPTY_PATH names `fd` itself; `st` is
-    // a live statx the kernel fills.
     check(
+        // SAFETY: an empty path with AT_EMPTY_PATH names `fd` itself; `st`
+        // is a live statx the kernel fills.
         unsafe {
             libc::statx(
                 fd.as_raw_fd(),
