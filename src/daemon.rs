@@ -519,6 +519,8 @@ fn serve(
     // The daemon unmounts by itself (or finds the mount gone); fuser's own
     // attempt at the end would fail and log a warning on a clean end.
     let mut unmounter = session.unmount_callable();
+    // Says when the session, and the filesystem with its helpers, is gone.
+    let (ended_tx, ended) = std::sync::mpsc::channel::<()>();
     let loop_thread = std::thread::Builder::new()
         .name("fuse".into())
         .spawn(move || {
@@ -528,6 +530,8 @@ fn serve(
             // SAFETY: kill to our own pid with a signal every thread blocks, so
             // it is picked up by sigwait below.
             unsafe { libc::kill(libc::getpid(), libc::SIGUSR1) };
+            // run() took the session, and the filesystem, with it.
+            let _ = ended_tx.send(());
         });
     if let Err(e) = loop_thread {
         let msg = format!("cannot start the FUSE thread: {e}");
@@ -576,6 +580,16 @@ fn serve(
     // Takes the mount from fuser; it is gone already (or is ours to detach
     // above), so the error says only that.
     let _ = unmounter.unmount();
+    // The filesystem is dropped with the session: its idle injectors are
+    // let go and collected then (see Injectors). Waited for a little, so
+    // that the daemon does not end first and leave them to whoever adopts
+    // orphans.
+    if ended
+        .recv_timeout(std::time::Duration::from_secs(3))
+        .is_err()
+    {
+        log::debug!("the FUSE session did not end within 3 s of the unmount");
+    }
     // Pins of bound namespaces stay, with the record, for the next daemon;
     // exports go (see CloseExports).
     state::tidy(&state_dir, &pin_dir);

@@ -293,3 +293,45 @@ fn verbose_logs_name_the_container_a_process_moved_into() {
     let said = format!("process {} moved into /web/db", sleeper.pid());
     wait_for("the move's log line", || m.log_text().contains(&said));
 }
+
+#[test]
+fn a_clean_end_leaves_no_injector_behind() {
+    // Orphans come to this process, which collects none of them, as on a
+    // host whose init does not: an injector the daemon left behind would
+    // show as a zombie here.
+    // SAFETY: prctl(PR_SET_CHILD_SUBREAPER) takes integers and only marks
+    // this process.
+    unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1) };
+    let Some(mut m) = Mount::new("operate_reap") else {
+        return;
+    };
+    std::fs::create_dir(m.path("c")).unwrap();
+    File::create(m.path("c/uts")).unwrap();
+    let sleeper = Proc::sh("exec sleep 600");
+    m.watch_pid(sleeper.pid());
+    m.write("c/tasks", sleeper.pid().to_string().as_bytes())
+        .unwrap();
+    let daemon = m.daemon_pid().to_string();
+    let injectors: Vec<i32> = std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .filter(|pid: &i32| {
+            std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+                s.contains("(nsproxyfs-inj)")
+                    && s.rsplit(')')
+                        .next()
+                        .and_then(|r| r.split_whitespace().nth(1))
+                        == Some(daemon.as_str())
+            })
+        })
+        .collect();
+    assert!(!injectors.is_empty(), "a move started an injector");
+    assert!(m.umount().success());
+    // Collected by the daemon before it ended: not even a zombie is left
+    // (the process that inherits orphans here collects none).
+    for pid in injectors {
+        wait_for(&format!("injector {pid} to be collected"), || {
+            !Path::new(&format!("/proc/{pid}")).exists()
+        });
+    }
+}

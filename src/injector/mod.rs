@@ -79,7 +79,8 @@ impl Injectors {
     pub fn new(fatal_seccomp: mover::FatalSeccomp) -> Injectors {
         Injectors {
             fatal_seccomp,
-            ..Injectors::default()
+            idle: Mutex::default(),
+            live: Mutex::default(),
         }
     }
 
@@ -181,6 +182,35 @@ impl Injectors {
             });
         if let Err(e) = reaper {
             log::warn!("injector {pid} will not be reaped: {e}");
+        }
+    }
+}
+
+impl Drop for Injectors {
+    /// At the daemon's end: idle injectors are let go and collected, for a
+    /// little while, so that none is left behind as a zombie (where the
+    /// process that inherits orphans does not collect them).
+    fn drop(&mut self) {
+        let idle = std::mem::take(&mut *self.idle.lock());
+        let mut children: Vec<Child> = idle
+            .into_iter()
+            .map(|Injector { child, channel }| {
+                drop(channel);
+                child
+            })
+            .collect();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+        while !children.is_empty() && std::time::Instant::now() < deadline {
+            children.retain_mut(|c| !matches!(c.try_wait(), Ok(Some(_)) | Err(_)));
+            if !children.is_empty() {
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+        }
+        for c in &children {
+            log::debug!(
+                "injector {} did not end in time; left to exit on its own",
+                c.id()
+            );
         }
     }
 }
