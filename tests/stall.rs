@@ -484,3 +484,86 @@ fn writers_moving_each_other_never_deadlock() {
     a.send("end");
     b.send("end");
 }
+
+/// The daemon's children waiting on a FUSE request (the walking children
+/// stuck in another filesystem).
+fn children_waiting_on_fuse(daemon: i32) -> usize {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return 0;
+    };
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            let ppid = stat
+                .rsplit(')')
+                .next()
+                .and_then(|r| r.split_whitespace().nth(1));
+            ppid == Some(daemon.to_string().as_str())
+                && std::fs::read_to_string(format!("/proc/{pid}/wchan"))
+                    .is_ok_and(|w| w.contains("request_wait_answer") || w.contains("fuse"))
+        })
+        .count()
+}
+
+#[test]
+fn paths_through_a_filesystem_that_does_not_answer_hold_no_worker() {
+    let Some(m) = Mount::new("stall-slow-path") else {
+        return;
+    };
+    container(&m, "c");
+    // Another FUSE filesystem whose server stops answering: every lookup
+    // in it waits.
+    let other = m.scratch("other");
+    std::fs::create_dir(&other).unwrap();
+    let mut server = Command::new(env!("CARGO_BIN_EXE_nsproxyfs"))
+        .arg("-f")
+        .arg("--state-dir")
+        .arg(m.scratch("other-state"))
+        .arg(&other)
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    m.watch_pid(server.id() as i32);
+    wait_for("the other mount", || other.join("status").exists());
+    sh_ok(&format!("kill -STOP {}", server.id()));
+    // More writes than the mount has FUSE workers (4).
+    let writers = 6;
+    let finished = Arc::new(AtomicUsize::new(0));
+    let errnos: Vec<_> = (0..writers)
+        .map(|i| {
+            let (path, finished) = (m.path(&format!("c{i}/net")), Arc::clone(&finished));
+            container(&m, &format!("c{i}"));
+            let target = other.join("c/net");
+            std::thread::spawn(move || {
+                let got = errno(write_once(&path, target.to_str().unwrap().as_bytes()));
+                finished.fetch_add(1, Ordering::SeqCst);
+                got
+            })
+        })
+        .collect();
+    let daemon = m.daemon_pid();
+    m.step.set("every write waiting on the other filesystem");
+    wait_for("every walk to wait", || {
+        children_waiting_on_fuse(daemon) >= writers
+    });
+    m.step.set("the mount answers meanwhile");
+    assert!(m.read("status").lines().count() == 8);
+    assert!(std::fs::read_dir(m.path("")).unwrap().count() > writers);
+    std::fs::create_dir(m.path("meanwhile")).unwrap();
+    assert_eq!(
+        finished.load(Ordering::SeqCst),
+        0,
+        "the mount answered only once the stuck writes gave up"
+    );
+    m.step.set("the stuck writes give up");
+    for t in errnos {
+        assert_eq!(t.join().unwrap(), libc::ETIMEDOUT);
+    }
+    sh_ok(&format!(
+        "kill -CONT {0}; umount -l {1}",
+        server.id(),
+        other.display()
+    ));
+    let _ = server.kill();
+    let _ = server.wait();
+}

@@ -1367,10 +1367,48 @@ impl NsProxyFs {
                 let generation = Node::alias_generation(ino);
                 return self.write_tasks(caller, (c, generation), data, reply, len);
             }
-            Some(WriteTarget::Rebind(ino)) => self.write_kind(caller, Some(ino), None, data),
-            Some(WriteTarget::Create {
+            Some(target) => {
+                // A path is walked by a child that may wait up to its
+                // deadline on a filesystem that does not answer: off the
+                // FUSE workers, as moves are.
+                if matches!(input::parse_binding(data), Ok(Binding::Path(_))) {
+                    let Some(slot) = self.moves.reserve() else {
+                        let e = Error::Refused {
+                            errno: libc::EAGAIN,
+                            reason: format!(
+                                "{} moves and path bindings are in flight already",
+                                pending::MAX_IN_FLIGHT
+                            ),
+                        };
+                        return reply.error(refuse("write", caller, &e));
+                    };
+                    let (this, caller, data) = (Arc::clone(self), *caller, data.to_vec());
+                    slot.run(Box::new(move || {
+                        let result = this.write_binding(&caller, fh, target, &data);
+                        answer_write(&caller, result, reply, len);
+                    }));
+                    return;
+                }
+                self.write_binding(caller, fh, target, data)
+            }
+        };
+        answer_write(caller, result, reply, len);
+    }
+
+    /// A write to a kind file: binds what `data` names.
+    fn write_binding(
+        &self,
+        caller: &Caller,
+        fh: u64,
+        target: WriteTarget,
+        data: &[u8],
+    ) -> Result<()> {
+        match target {
+            WriteTarget::Tasks(_) => Err(Error::Invalid("not a kind file".into())),
+            WriteTarget::Rebind(ino) => self.write_kind(caller, Some(ino), None, data),
+            WriteTarget::Create {
                 container, kind, ..
-            }) => {
+            } => {
                 let result = self.write_kind(caller, None, Some((container, kind)), data);
                 // Undone for a value that could not be bound, never on the
                 // word of a writer refused for who it is (a descriptor can
@@ -1382,10 +1420,6 @@ impl NsProxyFs {
                 }
                 result
             }
-        };
-        match result {
-            Ok(()) => reply.written(len),
-            Err(e) => reply.error(refuse("write", caller, &e)),
         }
     }
 
@@ -1749,6 +1783,14 @@ fn pin(pid: i32, flags: libc::c_uint) -> Result<OwnedFd> {
 /// How many refusals reach the log, per caller (see [`refusals`]).
 static REFUSALS: std::sync::LazyLock<refusals::Refusals> =
     std::sync::LazyLock::new(refusals::Refusals::default);
+
+/// Answers a write: its length, or the errno of its refusal (logged).
+fn answer_write(caller: &Caller, result: Result<()>, reply: ReplyWrite, len: u32) {
+    match result {
+        Ok(()) => reply.written(len),
+        Err(e) => reply.error(refuse("write", caller, &e)),
+    }
+}
 
 /// Logs a refusal once, with its reason, unless its caller has had too
 /// many logged lately (the first of each kind is always logged), and
