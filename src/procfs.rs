@@ -66,36 +66,28 @@ impl ProcDir {
     }
 
     fn open(path: &str) -> io::Result<ProcDir> {
-        let mut buf = [0u8; 64];
-        let path =
-            c_str(&mut buf, path).ok_or_else(|| io::Error::from_raw_os_error(libc::EINVAL))?;
-        // SAFETY: `path` is NUL-terminated and outlives the call.
-        let fd = unsafe {
-            libc::open(
-                path.as_ptr(),
-                libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC,
-            )
-        };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: open just returned this descriptor; nothing else owns it.
-        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-        Ok(ProcDir { fd })
+        Self::open_at(libc::AT_FDCWD, path)
     }
 
     /// Opens the directory `entry` below this one (`TID/ns` below
     /// `/proc/PID/task`), so that reading several of its links resolves the
     /// path once.
     pub fn subdir(&self, entry: &str) -> io::Result<ProcDir> {
-        let mut name = [0u8; 64];
-        let name =
-            c_str(&mut name, entry).ok_or_else(|| io::Error::from_raw_os_error(libc::EINVAL))?;
-        // SAFETY: `name` is NUL-terminated and outlives the call.
+        Self::open_at(self.fd.as_raw_fd(), entry)
+    }
+
+    /// Opens the directory `path`, relative to `dir` (or the working
+    /// directory, `AT_FDCWD`), without opening its contents.
+    fn open_at(dir: libc::c_int, path: &str) -> io::Result<ProcDir> {
+        let mut buf = [0u8; 64];
+        let path =
+            c_str(&mut buf, path).ok_or_else(|| io::Error::from_raw_os_error(libc::EINVAL))?;
+        // SAFETY: `path` is NUL-terminated and outlives the call; `dir` is
+        // AT_FDCWD or a descriptor this ProcDir owns.
         let fd = unsafe {
             libc::openat(
-                self.fd.as_raw_fd(),
-                name.as_ptr(),
+                dir,
+                path.as_ptr(),
                 libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC,
             )
         };
