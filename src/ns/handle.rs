@@ -534,10 +534,13 @@ impl Namespace {
             source,
         };
         let fd = self.fd.as_raw_fd();
-        let resident =
+        // SAFETY: the child only joins the namespace through `Child`, and
+        // the grandchild holds it with `Child::hold_mount`.
+        let resident = unsafe {
             sys::spawn_resident(|c| c.setns(fd, libc::CLONE_NEWNS), sys::Child::hold_mount)
-                .map_err(fail)?
-                .map_err(|errno| fail(io::Error::from_raw_os_error(errno)))?;
+        }
+        .map_err(fail)?
+        .map_err(|errno| fail(io::Error::from_raw_os_error(errno)))?;
         let keeper = Keeper::started(Kind::Mnt, resident)?;
         if crate::procfs::ns_link_inode(keeper.pid(), "mnt") != Some(self.ino) {
             keeper.leave();
@@ -693,22 +696,27 @@ pub fn fresh(kind: Kind, hide: &CStr) -> Result<Namespace, NsError> {
     let (w, r) = (ready_w.as_raw_fd(), hold_r.as_raw_fd());
     let (unused_r, unused_w) = (ready_r.as_raw_fd(), hold_w.as_raw_fd());
     let flag = kind.clone_flag();
-    let child = sys::spawn_child(false, |c| {
-        // The child's copy of the hold pipe's write end would keep it from
-        // ever seeing EOF.
-        c.close(unused_r);
-        c.close(unused_w);
-        let mut result = c.unshare(flag);
-        if kind == Kind::Mnt {
-            result = result.and_then(|()| c.make_root_private());
-            if result.is_ok() {
-                c.detach(hide);
+    // SAFETY: the child makes only the calls of `Child` (close, unshare,
+    // mount changes, report, wait) on integers and a NUL-terminated path
+    // prepared before the fork; it allocates nothing.
+    let child = unsafe {
+        sys::spawn_child(false, |c| {
+            // The child's copy of the hold pipe's write end would keep it from
+            // ever seeing EOF.
+            c.close(unused_r);
+            c.close(unused_w);
+            let mut result = c.unshare(flag);
+            if kind == Kind::Mnt {
+                result = result.and_then(|()| c.make_root_private());
+                if result.is_ok() {
+                    c.detach(hide);
+                }
             }
-        }
-        c.report(w, result.err().unwrap_or(0));
-        c.wait_eof(r);
-        0
-    })
+            c.report(w, result.err().unwrap_or(0));
+            c.wait_eof(r);
+            0
+        })
+    }
     .map_err(fail)?;
     drop(ready_w);
     drop(hold_r);
@@ -745,10 +753,14 @@ fn fresh_pid() -> Result<Namespace, NsError> {
         kind: Kind::Pid,
         source,
     };
-    let init = sys::spawn_resident(
-        |c| c.unshare(libc::CLONE_NEWPID),
-        sys::Child::keep_pid_namespace,
-    )
+    // SAFETY: the child only unshares through `Child`; the grandchild runs
+    // `Child::keep_pid_namespace`.
+    let init = unsafe {
+        sys::spawn_resident(
+            |c| c.unshare(libc::CLONE_NEWPID),
+            sys::Child::keep_pid_namespace,
+        )
+    }
     .map_err(fail)?
     .map_err(|errno| fail(io::Error::from_raw_os_error(errno)))?;
     let path = format!("/proc/{}/ns/pid", init.pid);

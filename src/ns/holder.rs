@@ -58,8 +58,11 @@ impl Holder {
                 .iter()
                 .try_for_each(|&(fd, flag)| c.setns(fd, flag))
         };
-        let spawned =
-            sys::spawn_resident(joined, sys::Child::hold).map_err(fail("fork a holder"))?;
+        // SAFETY: the child only joins namespaces through `Child`, reading
+        // `joins`, an array filled before the fork; the grandchild runs
+        // `Child::hold`.
+        let spawned = unsafe { sys::spawn_resident(joined, sys::Child::hold) }
+            .map_err(fail("fork a holder"))?;
         let sys::Resident { pid, control } = spawned.map_err(|errno| NsError::Sys {
             what: "join the container's namespaces",
             source: io::Error::from_raw_os_error(errno),

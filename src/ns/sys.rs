@@ -333,9 +333,12 @@ pub struct Resident {
 /// and forks the grandchild; the grandchild closes every descriptor but its
 /// two pipes and runs `resident(control, ready)`, which must report on
 /// `ready` once it is set up. Returns only when it is, or `Ok(Err(errno))`
-/// if `prepare` or the fork failed. Both closures are restricted as for
-/// [`spawn_child`].
-pub fn spawn_resident(
+/// if `prepare` or the fork failed.
+///
+/// # Safety
+///
+/// Both closures are restricted as for [`spawn_child`].
+pub unsafe fn spawn_resident(
     prepare: impl FnOnce(&Child) -> Result<(), i32>,
     resident: fn(&Child, RawFd, RawFd) -> !,
 ) -> io::Result<Result<Resident, i32>> {
@@ -343,25 +346,30 @@ pub fn spawn_resident(
     let (control_r, control_w) = pipe()?;
     let (w, r) = (ready_w.as_raw_fd(), control_r.as_raw_fd());
     let (unused_r, unused_w) = (ready_r.as_raw_fd(), control_w.as_raw_fd());
-    let child = spawn_child(false, |c| {
-        // The child's copies of these ends would keep the pipes from ever
-        // reaching EOF.
-        c.close(unused_r);
-        c.close(unused_w);
-        if let Err(errno) = prepare(c) {
-            c.report(w, -errno);
-            return 1;
-        }
-        match c.fork() {
-            Ok(0) => {
-                c.close_all_but(r, w);
-                resident(c, r, w)
+    // SAFETY: the closure makes only the calls of `Child` (closing, the
+    // caller's `prepare`, a raw fork, reporting), and the caller vouches
+    // for `prepare` and `resident`.
+    let child = unsafe {
+        spawn_child(false, |c| {
+            // The child's copies of these ends would keep the pipes from ever
+            // reaching EOF.
+            c.close(unused_r);
+            c.close(unused_w);
+            if let Err(errno) = prepare(c) {
+                c.report(w, -errno);
+                return 1;
             }
-            Ok(pid) => c.report(w, pid),
-            Err(errno) => c.report(w, -errno),
-        }
-        0
-    })?;
+            match c.fork() {
+                Ok(0) => {
+                    c.close_all_but(r, w);
+                    resident(c, r, w)
+                }
+                Ok(pid) => c.report(w, pid),
+                Err(errno) => c.report(w, -errno),
+            }
+            0
+        })
+    }?;
     drop(ready_w);
     drop(control_r);
     let _ = reap(child);
@@ -865,13 +873,18 @@ fn ret(r: libc::c_int) -> Result<(), i32> {
     if r < 0 { Err(errno()) } else { Ok(()) }
 }
 
-/// Forks a child that runs `body` and exits with its return value.
-///
-/// `body` runs in a copy of a multithreaded process: it must make only the
-/// async-signal-safe calls [`Child`] offers, and must not allocate or lock.
-/// With `share_files`, the child shares this process's descriptor table
+/// Forks a child that runs `body` and exits with its return value. With
+/// `share_files`, the child shares this process's descriptor table
 /// (`CLONE_FILES`), so descriptors it opens appear here.
-pub fn spawn_child(share_files: bool, body: impl FnOnce(&Child) -> i32) -> io::Result<i32> {
+///
+/// # Safety
+///
+/// `body` runs in a copy of a multithreaded process, made while other
+/// threads may have held locks (the allocator's among them) that will never
+/// be released in the copy: it must make only async-signal-safe calls (those
+/// [`Child`] offers, and raw system calls), must not allocate, lock or
+/// unwind, and must not touch state other threads were changing.
+pub unsafe fn spawn_child(share_files: bool, body: impl FnOnce(&Child) -> i32) -> io::Result<i32> {
     let argv = argv_region();
     let flags = libc::SIGCHLD as libc::c_ulong
         | if share_files {
