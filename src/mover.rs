@@ -42,7 +42,7 @@ use nix::sched::CloneFlags;
 use nix::unistd::Pid;
 
 use crate::inject::{self, Stopped, SyscallResult, TraceError, Tracee};
-use crate::procfs::ProcDir;
+use crate::procfs::{ProcDir, Stat};
 
 /// Rounds of re-reading `/proc/PID/task` before giving up on a process that
 /// keeps creating threads faster than they can be stopped.
@@ -53,12 +53,6 @@ const MAX_ROUNDS: usize = 64;
 /// until its child execs or exits, a killable or uninterruptible wait)
 /// stops only when it wakes.
 pub const STOP_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// `PF_KTHREAD` in the flags field of `/proc/PID/stat`.
-const PF_KTHREAD: u64 = 0x0020_0000;
-
-/// `PF_EXITING` in the flags field of `/proc/PID/stat`.
-const PF_EXITING: u64 = 0x0000_0004;
 
 /// `PIDFD_THREAD` (Linux 6.9): a pidfd for one thread, not its group. The
 /// kernel defines it as `O_EXCL`.
@@ -391,27 +385,8 @@ pub struct MoveReport {
     pub unshared_fs: bool,
 }
 
-/// The fields of `/proc/PID/stat` the move checks.
-struct ProcStat {
-    state: char,
-    flags: u64,
-}
-
-fn proc_stat(pid: Pid) -> Result<ProcStat, MoveError> {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).map_err(MoveError::Proc)?;
-    parse_stat(&stat).ok_or(MoveError::Proc(std::io::Error::other(
-        "malformed /proc/PID/stat",
-    )))
-}
-
-fn parse_stat(stat: &str) -> Option<ProcStat> {
-    // The command name may hold anything, spaces and parentheses included.
-    let rest = &stat[stat.rfind(')')? + 1..];
-    let mut fields = rest.split_whitespace();
-    let state = fields.next()?.chars().next()?;
-    // ppid pgrp session tty_nr tpgid, then flags (field 9).
-    let flags = fields.nth(5)?.parse().ok()?;
-    Some(ProcStat { state, flags })
+fn proc_stat(pid: Pid) -> Result<Stat, MoveError> {
+    Stat::read(pid.as_raw()).map_err(MoveError::Proc)
 }
 
 fn list_threads(tgid: Pid) -> Result<BTreeSet<i32>, MoveError> {
@@ -430,12 +405,12 @@ fn list_threads(tgid: Pid) -> Result<BTreeSet<i32>, MoveError> {
 }
 
 fn is_kernel_thread(tid: Pid) -> bool {
-    proc_stat(tid).is_ok_and(|s| s.flags & PF_KTHREAD != 0)
+    proc_stat(tid).is_ok_and(|s| s.is_kernel_thread())
 }
 
 /// Whether thread `tid` has exited (a zombie, or gone already).
 fn is_zombie(tid: Pid) -> bool {
-    proc_stat(tid).map_or(true, |s| matches!(s.state, 'Z' | 'X'))
+    proc_stat(tid).map_or(true, |s| s.is_zombie())
 }
 
 /// Stops every thread of `tgid`. Returns them in tid order, and the number
@@ -933,9 +908,7 @@ fn is_dying(tgid: Pid) -> bool {
     let mut all_exiting = true;
     for tid in tids {
         let tid = Pid::from_raw(tid);
-        let exiting = proc_stat(tid).map_or(true, |s| {
-            matches!(s.state, 'Z' | 'X') || s.flags & PF_EXITING != 0
-        });
+        let exiting = proc_stat(tid).map_or(true, |s| s.is_exiting());
         if !exiting {
             all_exiting = false;
         }
@@ -1399,19 +1372,6 @@ fn rollback_failed(tid: i32, cause: MoveError, why: impl fmt::Display) -> MoveEr
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn parses_stat_with_odd_command_names() {
-        let line = "42 (a) b (c)) S 1 42 42 0 -1 4194560 121 0 0 0 0 0 0 0 20 0 1 0 \
-                    1234 2412544 224 18446744073709551615 1 1 0 0 0 0 0 0 0 0 0 0 17 1 0 0 0 0 0";
-        let stat = parse_stat(line).expect("parses");
-        assert_eq!(stat.state, 'S');
-        assert_eq!(stat.flags, 4194560);
-        let kthread = "2 (kthreadd) S 0 0 0 0 -1 2129984 0 0 0 0 0 0 0 0 20 0 1 0 \
-                       5 0 0 18446744073709551615 0 0 0 0 0 0 0 2147483647 0 0 0 0 17 0 0 0 0 0 0";
-        assert_ne!(parse_stat(kthread).expect("parses").flags & PF_KTHREAD, 0);
-        assert!(parse_stat("garbage").is_none());
-    }
 
     #[test]
     fn errno_mapping() {

@@ -8,7 +8,7 @@ use std::os::unix::ffi::OsStrExt;
 use crate::ns::Kind;
 
 /// `PF_KTHREAD` in the flags field of `/proc/PID/stat`.
-const PF_KTHREAD: u64 = 0x0020_0000;
+pub const PF_KTHREAD: u64 = 0x0020_0000;
 
 /// The inode of `/proc/PID/ns/ENTRY`, read with readlink(2) into a stack
 /// buffer (no allocation, no stat). `None` if the process is gone or the
@@ -197,36 +197,102 @@ pub fn parse_ns_link(link: &[u8]) -> Option<u64> {
         .ok()
 }
 
-/// Whether `pid` is a kernel thread.
+/// `PF_EXITING` in the flags field of `/proc/PID/stat`.
+pub const PF_EXITING: u64 = 0x0000_0004;
+
+/// The fields of `/proc/PID/stat` the code uses, parsed once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stat {
+    /// The state letter (`R`, `S`, `T`, `Z`, `X`, ...), field 3.
+    pub state: char,
+    /// The parent's pid, field 4.
+    pub ppid: i32,
+    /// The `PF_*` flags, field 9.
+    pub flags: u64,
+    /// Clock ticks after boot when it started, field 22: with the pid, it
+    /// names one process for the life of a boot.
+    pub start_time: u64,
+    /// `arg_start` and `arg_end`, fields 48 and 49: where its command line
+    /// lies in its memory (`None` on kernels before 3.5).
+    pub args: Option<(usize, usize)>,
+}
+
+impl Stat {
+    /// Reads `/proc/PID/stat` (`PID` may be a thread's id). `NotFound` once
+    /// it is gone; `InvalidData` if the text does not parse.
+    pub fn read(pid: i32) -> io::Result<Stat> {
+        Self::read_path(&format!("/proc/{pid}/stat"))
+    }
+
+    /// Reads `/proc/TGID/task/TID/stat`.
+    pub fn read_task(tgid: i32, tid: i32) -> io::Result<Stat> {
+        Self::read_path(&format!("/proc/{tgid}/task/{tid}/stat"))
+    }
+
+    /// Reads `/proc/self/stat`.
+    pub fn read_self() -> io::Result<Stat> {
+        Self::read_path("/proc/self/stat")
+    }
+
+    fn read_path(path: &str) -> io::Result<Stat> {
+        Self::parse(&std::fs::read(path)?)
+            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "malformed /proc/PID/stat"))
+    }
+
+    /// Parses the text of a `/proc/PID/stat` file.
+    pub fn parse(stat: &[u8]) -> Option<Stat> {
+        // The command name may hold anything, spaces and parentheses
+        // included: fields start after its last ')', with the state.
+        let close = stat.iter().rposition(|&b| b == b')')?;
+        let mut fields = stat
+            .get(close + 1..)?
+            .split(|b| b.is_ascii_whitespace())
+            .filter(|f| !f.is_empty());
+        fn number<T: std::str::FromStr>(field: Option<&[u8]>) -> Option<T> {
+            std::str::from_utf8(field?).ok()?.parse().ok()
+        }
+        let state = char::from(*fields.next()?.first()?);
+        let ppid = number(fields.next())?;
+        // pgrp session tty_nr tpgid, then flags (field 9).
+        let flags = number(fields.nth(4))?;
+        // minflt cminflt majflt cmajflt utime stime cutime cstime priority
+        // nice num_threads itrealvalue, then starttime (field 22).
+        let start_time = number(fields.nth(12))?;
+        // vsize ... arg_start (field 48), arg_end.
+        let args = number(fields.nth(25)).zip(number(fields.next()));
+        Some(Stat {
+            state,
+            ppid,
+            flags,
+            start_time,
+            args,
+        })
+    }
+
+    /// Whether it is a kernel thread.
+    pub fn is_kernel_thread(&self) -> bool {
+        self.flags & PF_KTHREAD != 0
+    }
+
+    /// Whether it has exited: a zombie, or dead.
+    pub fn is_zombie(&self) -> bool {
+        matches!(self.state, 'Z' | 'X')
+    }
+
+    /// Whether it has exited or is exiting.
+    pub fn is_exiting(&self) -> bool {
+        self.is_zombie() || self.flags & PF_EXITING != 0
+    }
+}
+
+/// Whether `pid` is a kernel thread (`false` if it is gone).
 pub fn is_kernel_thread(pid: i32) -> bool {
-    let Ok(stat) = std::fs::read(format!("/proc/{pid}/stat")) else {
-        return false;
-    };
-    // The command name may contain spaces and parentheses: fields start
-    // after the last ')'. Flags is the 9th field, the 7th after it.
-    let Some(close) = stat.iter().rposition(|&b| b == b')') else {
-        return false;
-    };
-    let rest = String::from_utf8_lossy(&stat[close + 1..]);
-    rest.split_whitespace()
-        .nth(6)
-        .and_then(|f| f.parse::<u64>().ok())
-        .is_some_and(|flags| flags & PF_KTHREAD != 0)
+    Stat::read(pid).is_ok_and(|s| s.is_kernel_thread())
 }
 
-/// The start time of `pid`, field 22 of `/proc/PID/stat` (clock ticks
-/// after boot): with the pid, it names one process for the life of a boot.
+/// The start time of `pid` (see [`Stat::start_time`]).
 pub fn start_time(pid: i32) -> Option<u64> {
-    stat_start_time(&std::fs::read(format!("/proc/{pid}/stat")).ok()?)
-}
-
-/// The start time in the text of a `/proc/PID/stat` file.
-pub fn stat_start_time(stat: &[u8]) -> Option<u64> {
-    // Fields start after the command name's last ')': state is the 3rd
-    // field, so the start time is the 20th after it.
-    let close = stat.iter().rposition(|&b| b == b')')?;
-    let rest = std::str::from_utf8(stat.get(close + 1..)?).ok()?;
-    rest.split_whitespace().nth(19)?.parse().ok()
+    Stat::read(pid).ok().map(|s| s.start_time)
 }
 
 /// The `NSpid` and `NStgid` lines of a `/proc/PID/status` text: the
@@ -332,6 +398,36 @@ mod tests {
     }
 
     #[test]
+    fn parses_stat_with_odd_command_names() {
+        let line = b"42 (a) b (c)) S 1 42 42 0 -1 4194560 121 0 0 0 0 0 0 0 20 0 1 0 \
+                    1234 2412544 224 18446744073709551615 1 1 0 0 0 0 0 0 0 0 0 0 17 1 0 0 0 0 0";
+        let stat = Stat::parse(line).expect("parses");
+        assert_eq!(stat.state, 'S');
+        assert_eq!(stat.ppid, 1);
+        assert_eq!(stat.flags, 4194560);
+        assert_eq!(stat.start_time, 1234);
+        assert_eq!(stat.args, None);
+        assert!(!stat.is_kernel_thread() && !stat.is_zombie() && !stat.is_exiting());
+        let kthread = b"2 (kthreadd) S 0 0 0 0 -1 2129984 0 0 0 0 0 0 0 0 20 0 1 0 \
+                       5 0 0 18446744073709551615 0 0 0 0 0 0 0 2147483647 0 0 0 0 17 0 0 0 0 0 0";
+        let kthread = Stat::parse(kthread).expect("parses");
+        assert!(kthread.is_kernel_thread());
+        assert_eq!((kthread.ppid, kthread.start_time), (0, 5));
+        // A name that is not UTF-8, and every field up to arg_end.
+        let full = b"12084 (h\xffd) Z 12028 12028 10137 0 -1 4194308 103 0 0 0 0 0 0 0 20 0 1 0 \
+                     613041 2998272 411 18446744073709551615 94723009339392 94723009363497 \
+                     140725844083264 0 0 0 0 0 0 0 0 0 17 0 0 0 0 0 0 94723009379344 \
+                     94723009380960 94724018860032 140725844089356 140725844089380 \
+                     140725844089380 140725844090858 0\n";
+        let full = Stat::parse(full).expect("parses");
+        assert_eq!(full.start_time, 613041);
+        assert_eq!(full.args, Some((140725844089356, 140725844089380)));
+        assert!(full.is_zombie() && full.is_exiting());
+        assert!(Stat::parse(b"garbage").is_none());
+        assert!(Stat::parse(b"1 (x) S 1 2").is_none());
+    }
+
+    #[test]
     fn reads_this_process() {
         let me = std::process::id() as i32;
         let link = std::fs::read_link("/proc/self/ns/uts").unwrap();
@@ -357,6 +453,16 @@ mod tests {
         assert_eq!(effective_caps(me), caps);
         assert_eq!(effective_caps(-1), None);
         assert!(processes().unwrap().contains(&me));
+        let stat = Stat::read(me).unwrap();
+        assert_eq!(stat.ppid as u32, std::os::unix::process::parent_id());
+        assert!(matches!(stat.state, 'R' | 'S'));
+        assert!(stat.args.is_some_and(|(a, b)| a < b));
+        assert_eq!(Stat::read_self().unwrap().start_time, stat.start_time);
+        assert_eq!(Stat::read_task(me, me).unwrap().start_time, stat.start_time);
+        assert_eq!(
+            Stat::read(i32::MAX).unwrap_err().kind(),
+            io::ErrorKind::NotFound
+        );
         let started = start_time(me).unwrap();
         assert!(started > 0 && start_time(1).unwrap() <= started);
         assert_eq!(start_time(i32::MAX), None);

@@ -173,7 +173,7 @@ pub fn open(opener: &Opener, path: &[u8]) -> io::Result<Resolved> {
 /// namespace above the daemon's is not handled (the writer's id there is
 /// unknown to the daemon): `None`, as for a writer it cannot see.
 fn writer_in(procfs: BorrowedFd<'_>, tid: u32, thread: bool) -> Option<String> {
-    use crate::procfs::{stat_start_time, status_ns_ids};
+    use crate::procfs::{Stat, status_ns_ids};
     let read_at = |dir: Option<BorrowedFd<'_>>, path: String| -> Option<Vec<u8>> {
         use std::io::Read;
         let path = std::ffi::CString::new(path).ok()?;
@@ -215,7 +215,7 @@ fn writer_in(procfs: BorrowedFd<'_>, tid: u32, thread: bool) -> Option<String> {
     };
     let status = String::from_utf8(read_at(None, format!("/proc/{tid}/status"))?).ok()?;
     let (pids, tgids) = status_ns_ids(&status)?;
-    let started = stat_start_time(&read_at(None, format!("/proc/{tid}/stat"))?)?;
+    let started = Stat::parse(&read_at(None, format!("/proc/{tid}/stat"))?)?.start_time;
     for level in (0..pids.len()).rev() {
         let (pid, tgid) = (pids[level], *tgids.get(level)?);
         let Some(there) = read_at(Some(procfs), format!("{pid}/status")) else {
@@ -226,7 +226,8 @@ fn writer_in(procfs: BorrowedFd<'_>, tid: u32, thread: bool) -> Option<String> {
             .and_then(|t| status_ns_ids(&t))
             .is_some_and(|(p, _)| p[..] == pids[level..]);
         let same_start = read_at(Some(procfs), format!("{pid}/stat"))
-            .and_then(|t| stat_start_time(&t))
+            .and_then(|t| Stat::parse(&t))
+            .map(|s| s.start_time)
             == Some(started);
         if same_ids && same_start {
             return Some(if thread {
