@@ -42,7 +42,7 @@ use nix::sched::CloneFlags;
 use nix::unistd::Pid;
 
 use crate::inject::{self, Stopped, SyscallResult, TraceError, Tracee};
-use crate::procfs::{ProcDir, Stat};
+use crate::procfs::{ProcDir, Stat, Status};
 
 /// Rounds of re-reading `/proc/PID/task` before giving up on a process that
 /// keeps creating threads faster than they can be stopped.
@@ -503,10 +503,9 @@ fn ns_ids(tasks: &ProcDir, tid: Pid, kinds: libc::c_int) -> Result<Vec<u64>, Mov
 /// The last NSpid entry: the thread's id in its own pid namespace, which is
 /// where an injected `pidfd_open` looks numbers up.
 fn own_ns_tid(tid: Pid) -> Result<i32, MoveError> {
-    let status = fs::read_to_string(format!("/proc/{tid}/status")).map_err(MoveError::Proc)?;
+    let status = Status::read(tid.as_raw()).map_err(MoveError::Proc)?;
     status
-        .lines()
-        .find_map(|l| l.strip_prefix("NSpid:"))
+        .field("NSpid")
         .and_then(|v| v.split_whitespace().last())
         .and_then(|v| v.parse().ok())
         .ok_or(MoveError::Proc(std::io::Error::other(
@@ -904,7 +903,6 @@ fn is_dying(tgid: Pid) -> bool {
     let Ok(tids) = list_threads(tgid) else {
         return true;
     };
-    let sigkill = 1u64 << (libc::SIGKILL - 1);
     let mut all_exiting = true;
     for tid in tids {
         let tid = Pid::from_raw(tid);
@@ -912,16 +910,7 @@ fn is_dying(tgid: Pid) -> bool {
         if !exiting {
             all_exiting = false;
         }
-        let status = fs::read_to_string(format!("/proc/{tgid}/task/{tid}/status"));
-        let killed = status.is_ok_and(|st| {
-            st.lines()
-                .filter_map(|l| {
-                    l.strip_prefix("SigPnd:")
-                        .or_else(|| l.strip_prefix("ShdPnd:"))
-                })
-                .any(|v| u64::from_str_radix(v.trim(), 16).is_ok_and(|m| m & sigkill != 0))
-        });
-        if killed {
+        if Status::read_task(tgid.as_raw(), tid.as_raw()).is_ok_and(|s| s.sigkill_pending()) {
             return true;
         }
     }

@@ -295,19 +295,86 @@ pub fn start_time(pid: i32) -> Option<u64> {
     Stat::read(pid).ok().map(|s| s.start_time)
 }
 
-/// The `NSpid` and `NStgid` lines of a `/proc/PID/status` text: the
-/// task's id and its thread group's id in each pid namespace from the
-/// reader's down to the task's own.
-pub fn status_ns_ids(status: &str) -> Option<(Vec<i32>, Vec<i32>)> {
-    let list = |key: &str| -> Option<Vec<i32>> {
-        status
+/// The text of a `/proc/PID/status` file, its lines looked up by name.
+/// `S` is the text, owned ([`Status::read`]) or borrowed ([`Status::new`]).
+#[derive(Debug, Clone)]
+pub struct Status<S = String> {
+    text: S,
+}
+
+impl Status {
+    /// Reads `/proc/PID/status` (`PID` may be a thread's id). `NotFound`
+    /// once it is gone.
+    pub fn read(pid: i32) -> io::Result<Status> {
+        Self::read_path(&format!("/proc/{pid}/status"))
+    }
+
+    /// Reads `/proc/TGID/task/TID/status`.
+    pub fn read_task(tgid: i32, tid: i32) -> io::Result<Status> {
+        Self::read_path(&format!("/proc/{tgid}/task/{tid}/status"))
+    }
+
+    /// Reads `/proc/self/status`.
+    pub fn read_self() -> io::Result<Status> {
+        Self::read_path("/proc/self/status")
+    }
+
+    fn read_path(path: &str) -> io::Result<Status> {
+        Ok(Status {
+            text: std::fs::read_to_string(path)?,
+        })
+    }
+}
+
+impl<S: AsRef<str>> Status<S> {
+    /// The status file whose text is `text`.
+    pub fn new(text: S) -> Self {
+        Status { text }
+    }
+
+    /// The value of the first line named `name` (`NSpid`, `CapEff`, ...,
+    /// without the colon), without the whitespace around it.
+    pub fn field(&self, name: &str) -> Option<&str> {
+        self.text
+            .as_ref()
             .lines()
-            .find_map(|l| l.strip_prefix(key))?
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
+            .map(str::trim)
+    }
+
+    /// A decimal field (`TracerPid`, `Seccomp`, ...).
+    pub fn number<T: std::str::FromStr>(&self, name: &str) -> Option<T> {
+        self.field(name)?.parse().ok()
+    }
+
+    /// A hexadecimal mask (`SigPnd`, `CapEff`, ...).
+    pub fn mask(&self, name: &str) -> Option<u64> {
+        u64::from_str_radix(self.field(name)?, 16).ok()
+    }
+
+    /// A field of numbers separated by whitespace (`Uid`, `Groups`,
+    /// `NSpid`, ...); `None` if one of them does not parse.
+    pub fn list<T: std::str::FromStr>(&self, name: &str) -> Option<Vec<T>> {
+        self.field(name)?
             .split_whitespace()
             .map(|x| x.parse().ok())
             .collect()
-    };
-    Some((list("NSpid:")?, list("NStgid:")?))
+    }
+
+    /// Whether a SIGKILL is pending, for the thread (`SigPnd`) or its group
+    /// (`ShdPnd`: a kill, or another thread's `exit_group`).
+    pub fn sigkill_pending(&self) -> bool {
+        let sigkill = 1u64 << (libc::SIGKILL - 1);
+        ["SigPnd", "ShdPnd"]
+            .iter()
+            .any(|name| self.mask(name).is_some_and(|m| m & sigkill != 0))
+    }
+
+    /// The `NSpid` and `NStgid` lines: the task's id and its thread group's
+    /// id in each pid namespace from the reader's down to the task's own.
+    pub fn ns_ids(&self) -> Option<(Vec<i32>, Vec<i32>)> {
+        Some((self.list("NSpid")?, self.list("NStgid")?))
+    }
 }
 
 /// The command name of `pid` (`/proc/PID/comm` without its newline).
@@ -428,6 +495,33 @@ mod tests {
     }
 
     #[test]
+    fn looks_status_lines_up_by_name() {
+        let status = Status::new(
+            "Name:\tsleep\nUmask:\t0022\nState:\tS (sleeping)\nTgid:\t7\n\
+             TracerPid:\t0\nUid:\t0\t0\t0\t0\nGroups:\t\nNStgid:\t7\t1\nNSpid:\t9\t3\n\
+             SigPnd:\t0000000000000000\nShdPnd:\t0000000000000100\n\
+             CapEff:\t000001ffffffffff\nSeccomp:\t2\nSeccomp_filters:\t1\n",
+        );
+        assert_eq!(status.field("Name"), Some("sleep"));
+        assert_eq!(status.field("State"), Some("S (sleeping)"));
+        assert_eq!(status.field("Nam"), None);
+        assert_eq!(status.field("Groups"), Some(""));
+        assert_eq!(status.list::<u32>("Groups"), Some(vec![]));
+        assert_eq!(status.list::<u32>("Uid"), Some(vec![0; 4]));
+        assert_eq!(status.list::<u32>("State"), None);
+        assert_eq!(status.number::<i32>("TracerPid"), Some(0));
+        assert_eq!(status.number::<u32>("Seccomp"), Some(2));
+        assert_eq!(status.number::<u32>("Seccomp_filters"), Some(1));
+        assert_eq!(status.mask("CapEff"), Some(0x1ff_ffff_ffff));
+        assert_eq!(status.mask("Name"), None);
+        assert_eq!(status.ns_ids(), Some((vec![9, 3], vec![7, 1])));
+        assert!(status.sigkill_pending());
+        assert!(!Status::new("SigPnd:\t0000000000000001\n").sigkill_pending());
+        assert!(Status::new("SigPnd:\t0000000000000100\n").sigkill_pending());
+        assert_eq!(Status::new("NSpid:\t1\n").ns_ids(), None);
+    }
+
+    #[test]
     fn reads_this_process() {
         let me = std::process::id() as i32;
         let link = std::fs::read_link("/proc/self/ns/uts").unwrap();
@@ -445,12 +539,16 @@ mod tests {
         assert!(dir.inode("nothing").is_err());
         let tasks = ProcDir::tasks(me).unwrap();
         assert_eq!(tasks.inode(&format!("{me}/ns/uts")).unwrap(), want);
-        let caps = std::fs::read_to_string("/proc/self/status")
-            .unwrap()
-            .lines()
-            .find_map(|l| l.strip_prefix("CapEff:"))
-            .map(|v| u64::from_str_radix(v.trim(), 16).unwrap());
-        assert_eq!(effective_caps(me), caps);
+        let status = Status::read_self().unwrap();
+        assert_eq!(effective_caps(me), status.mask("CapEff"));
+        let (pids, tgids) = status.ns_ids().unwrap();
+        assert_eq!((pids.last(), tgids.last()), (Some(&me), Some(&me)));
+        assert_eq!(Status::read(me).unwrap().number("Tgid"), Some(me));
+        assert_eq!(Status::read_task(me, me).unwrap().number("Pid"), Some(me));
+        assert_eq!(
+            Status::read(i32::MAX).unwrap_err().kind(),
+            io::ErrorKind::NotFound
+        );
         assert_eq!(effective_caps(-1), None);
         assert!(processes().unwrap().contains(&me));
         let stat = Stat::read(me).unwrap();

@@ -11,7 +11,7 @@ use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use nix::errno::Errno;
 use nix::unistd::Pid;
 
-use crate::procfs::Stat;
+use crate::procfs::{Stat, Status};
 
 /// Turns the `-1 + errno` convention into a `Result`.
 fn check(ret: libc::c_long) -> Result<libc::c_long, Errno> {
@@ -469,16 +469,7 @@ fn is_exiting(tid: i32) -> bool {
     if stat.is_exiting() {
         return true;
     }
-    let sigkill = 1u64 << (libc::SIGKILL - 1);
-    std::fs::read_to_string(format!("/proc/{tid}/status")).is_ok_and(|status| {
-        status
-            .lines()
-            .filter_map(|l| {
-                l.strip_prefix("SigPnd:")
-                    .or_else(|| l.strip_prefix("ShdPnd:"))
-            })
-            .any(|v| u64::from_str_radix(v.trim(), 16).is_ok_and(|m| m & sigkill != 0))
-    })
+    Status::read(tid).is_ok_and(|s| s.sigkill_pending())
 }
 
 /// Lets go of every thread the calling thread still traces once a move is
