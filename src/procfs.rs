@@ -386,24 +386,123 @@ pub fn comm(pid: i32) -> Option<String> {
     Some(name)
 }
 
+/// Reads `/proc/self/mountinfo`: this process's mount table, for
+/// [`MountInfo`].
+pub fn read_mountinfo() -> io::Result<Vec<u8>> {
+    std::fs::read("/proc/self/mountinfo")
+}
+
+/// The mounts of a `/proc/PID/mountinfo` text, one per line, oldest first
+/// (so the topmost mount on a path is the last one there).
+#[derive(Debug, Clone)]
+pub struct MountInfo<'a> {
+    lines: std::slice::Split<'a, u8, fn(&u8) -> bool>,
+}
+
+impl<'a> MountInfo<'a> {
+    /// The mounts listed in `text`.
+    pub fn new(text: &'a [u8]) -> Self {
+        MountInfo {
+            lines: text.split(|&b| b == b'\n'),
+        }
+    }
+}
+
+impl<'a> Iterator for MountInfo<'a> {
+    type Item = Mount<'a>;
+
+    fn next(&mut self) -> Option<Mount<'a>> {
+        self.lines
+            .find(|l| !l.is_empty())
+            .map(|line| Mount { line })
+    }
+}
+
+impl DoubleEndedIterator for MountInfo<'_> {
+    fn next_back(&mut self) -> Option<Self::Item> {
+        self.lines
+            .rfind(|l| !l.is_empty())
+            .map(|line| Mount { line })
+    }
+}
+
+/// One line of a mountinfo table: `ID PARENT MAJOR:MINOR ROOT MOUNTPOINT
+/// OPTIONS [OPTIONAL...] - FSTYPE SOURCE SUPEROPTIONS`, paths escaped.
+#[derive(Debug, Clone, Copy)]
+pub struct Mount<'a> {
+    line: &'a [u8],
+}
+
+impl<'a> Mount<'a> {
+    fn fields(&self) -> impl Iterator<Item = &'a [u8]> + use<'a> {
+        self.line.split(|&b| b == b' ')
+    }
+
+    /// The device, field 3.
+    pub fn device(&self) -> Option<(u32, u32)> {
+        let dev = std::str::from_utf8(self.fields().nth(2)?).ok()?;
+        let (major, minor) = dev.split_once(':')?;
+        Some((major.parse().ok()?, minor.parse().ok()?))
+    }
+
+    /// The mount point, field 5, as the table escapes it.
+    pub fn mount_point_escaped(&self) -> Option<&'a [u8]> {
+        self.fields().nth(4)
+    }
+
+    /// The mount point, unescaped.
+    pub fn mount_point(&self) -> Option<Vec<u8>> {
+        self.mount_point_escaped().map(unescape_mountinfo)
+    }
+
+    /// Whether the mount point is `path`.
+    pub fn is_at(&self, path: &[u8]) -> bool {
+        self.mount_point_escaped()
+            .is_some_and(|mp| unescaped(mp).eq(path.iter().copied()))
+    }
+
+    /// The filesystem type, the field after the `-` that ends the optional
+    /// fields.
+    pub fn fstype(&self) -> Option<&'a [u8]> {
+        self.fields().skip_while(|&f| f != b"-").nth(1)
+    }
+}
+
+/// Undoes mountinfo's octal escapes (`\040` for a space, and so on).
+pub fn unescape_mountinfo(field: &[u8]) -> Vec<u8> {
+    unescaped(field).collect()
+}
+
+/// The bytes of `field` with mountinfo's octal escapes undone.
+fn unescaped(field: &[u8]) -> impl Iterator<Item = u8> + '_ {
+    let mut i = 0;
+    std::iter::from_fn(move || {
+        let b = *field.get(i)?;
+        if b == b'\\' && i + 4 <= field.len() {
+            let digits = &field[i + 1..i + 4];
+            if let Some(v) = std::str::from_utf8(digits)
+                .ok()
+                .and_then(|d| u8::from_str_radix(d, 8).ok())
+            {
+                i += 4;
+                return Some(v);
+            }
+        }
+        i += 1;
+        Some(b)
+    })
+}
+
 /// The device (major, minor) of the topmost FUSE mount at `mountpoint` in
 /// this process's mount namespace.
 pub fn mount_device(mountpoint: &[u8]) -> Option<(u32, u32)> {
-    let info = std::fs::read("/proc/self/mountinfo").ok()?;
-    info.split(|&b| b == b'\n')
-        .filter_map(|line| {
-            let fields: Vec<&[u8]> = line.split(|&b| b == b' ').collect();
-            let sep = fields.iter().position(|f| *f == b"-")?;
-            let fstype = fields.get(sep + 1)?;
-            if !fstype.starts_with(b"fuse") {
+    let info = read_mountinfo().ok()?;
+    MountInfo::new(&info)
+        .filter_map(|mount| {
+            if !mount.fstype()?.starts_with(b"fuse") || !mount.is_at(mountpoint) {
                 return None;
             }
-            if crate::daemon::unescape_mountinfo(fields.get(4)?) != mountpoint {
-                return None;
-            }
-            let dev = std::str::from_utf8(fields.get(2)?).ok()?;
-            let (major, minor) = dev.split_once(':')?;
-            Some((major.parse().ok()?, minor.parse().ok()?))
+            mount.device()
         })
         .next_back()
 }
@@ -519,6 +618,48 @@ mod tests {
         assert!(!Status::new("SigPnd:\t0000000000000001\n").sigkill_pending());
         assert!(Status::new("SigPnd:\t0000000000000100\n").sigkill_pending());
         assert_eq!(Status::new("NSpid:\t1\n").ns_ids(), None);
+    }
+
+    #[test]
+    fn mountinfo_escapes() {
+        assert_eq!(unescape_mountinfo(b"/a\\040b"), b"/a b");
+        assert_eq!(unescape_mountinfo(b"/plain"), b"/plain");
+        assert_eq!(unescape_mountinfo(b"/x\\"), b"/x\\");
+        assert_eq!(unescape_mountinfo(b"/x\\04"), b"/x\\04");
+        assert_eq!(unescape_mountinfo(b"/x\\400y"), b"/x\\400y");
+        assert_eq!(unescape_mountinfo(b"\\134\\011\\012"), b"\\\t\n");
+    }
+
+    #[test]
+    fn reads_mountinfo_lines() {
+        let text = b"22 1 0:21 / / rw,relatime shared:1 - ext4 /dev/sda1 rw\n\
+            35 22 0:47 / /mnt/a\\040b rw,nosuid master:3 - fuse.nsproxyfs nsproxyfs rw\n\
+            36 35 0:48 / /mnt/a\\040b rw - tmpfs tmpfs rw\n\
+            37 22 0:49 / /mnt/a\\040b rw - fuse.other x rw\n\
+            bad\n";
+        let mounts: Vec<Mount<'_>> = MountInfo::new(text).collect();
+        assert_eq!(mounts.len(), 5);
+        assert_eq!(mounts[0].device(), Some((0, 21)));
+        assert_eq!(mounts[0].fstype(), Some(&b"ext4"[..]));
+        assert!(mounts[0].is_at(b"/"));
+        assert_eq!(mounts[1].mount_point_escaped(), Some(&b"/mnt/a\\040b"[..]));
+        assert_eq!(mounts[1].mount_point().as_deref(), Some(&b"/mnt/a b"[..]));
+        assert!(mounts[1].is_at(b"/mnt/a b"));
+        assert!(!mounts[1].is_at(b"/mnt/a\\040b") && !mounts[1].is_at(b"/mnt/a"));
+        assert_eq!(mounts[1].fstype(), Some(&b"fuse.nsproxyfs"[..]));
+        assert_eq!(mounts[4].device(), None);
+        assert_eq!(mounts[4].fstype(), None);
+        assert!(!mounts[4].is_at(b"bad"));
+        let top = MountInfo::new(text)
+            .rev()
+            .find(|m| m.is_at(b"/mnt/a b"))
+            .unwrap();
+        assert_eq!(top.fstype(), Some(&b"fuse.other"[..]));
+        assert_eq!(MountInfo::new(b"").count(), 0);
+        assert_eq!(MountInfo::new(b"\n\n").next_back().map(|m| m.line), None);
+        let own = read_mountinfo().unwrap();
+        assert!(MountInfo::new(&own).any(|m| m.is_at(b"/")));
+        assert_eq!(mount_device(b"/nothing mounted here"), None);
     }
 
     #[test]
