@@ -385,6 +385,7 @@ pub struct MoveReport {
     pub unshared_fs: bool,
 }
 
+/// `/proc/PID/stat` of `pid`, or why it cannot be read.
 fn proc_stat(pid: Pid) -> Result<Stat, MoveError> {
     Stat::read(pid.as_raw()).map_err(MoveError::Proc)
 }

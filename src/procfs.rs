@@ -1,4 +1,6 @@
-//! Reading processes' namespaces from `/proc`.
+//! The one reader of `/proc`: namespace links ([`ns_inode`], [`ProcDir`]),
+//! `PID/stat` ([`Stat`]), `PID/status` ([`Status`]) and `mountinfo`
+//! ([`MountInfo`]). Other modules ask here rather than parse these files.
 
 use std::ffi::CStr;
 use std::io;
