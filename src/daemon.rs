@@ -14,6 +14,7 @@ use fuser::{Config, MountOption, SessionACL};
 use crate::export::Exporter;
 use crate::fs::{Mounted, Mover, NsProxyFs, Options};
 use crate::logs::Destination;
+use crate::procfs::{self, MountInfo};
 use crate::state::{self, Loaded, Recorder, StateDir};
 
 /// How the daemon was asked to run.
@@ -52,36 +53,25 @@ fn fail<T>(msg: impl Into<String>) -> Result<T, StartError> {
 
 /// Whether `path` is a mount point in this mount namespace.
 fn is_mount_point(path: &Path) -> bool {
-    let Ok(info) = std::fs::read("/proc/self/mountinfo") else {
-        return false;
-    };
+    procfs::read_mountinfo().is_ok_and(|info| is_mount_point_in(&info, path))
+}
+
+/// Whether `path` is a mount point in the mount table `info`.
+fn is_mount_point_in(info: &[u8], path: &Path) -> bool {
     let want = path.as_os_str().as_bytes();
-    info.split(|&b| b == b'\n').any(|line| {
-        line.split(|&b| b == b' ')
-            .nth(4)
-            .is_some_and(|mp| unescape_mountinfo(mp) == want)
-    })
+    MountInfo::new(info).any(|mount| mount.is_at(want))
 }
 
 /// The filesystem type of the topmost mount on `path` in this mount
 /// namespace, if something is mounted there.
 fn mount_type_at(path: &Path) -> Option<String> {
-    let info = std::fs::read("/proc/self/mountinfo").ok()?;
+    let info = procfs::read_mountinfo().ok()?;
     let want = path.as_os_str().as_bytes();
-    info.split(|&b| b == b'\n')
+    MountInfo::new(&info)
         .rev()
-        .filter(|line| {
-            line.split(|&b| b == b' ')
-                .nth(4)
-                .is_some_and(|mp| unescape_mountinfo(mp) == want)
-        })
-        .filter_map(|line| {
-            let mut fields = line.split(|&b| b == b' ').skip_while(|&f| f != b"-");
-            fields
-                .nth(1)
-                .map(|t| String::from_utf8_lossy(t).into_owned())
-        })
-        .next()
+        .filter(|mount| mount.is_at(want))
+        .find_map(|mount| mount.fstype())
+        .map(|t| String::from_utf8_lossy(t).into_owned())
 }
 
 /// The type a dead mount of this filesystem shows in the mount table.
@@ -144,28 +134,6 @@ fn resolve_mount_point(mp: &Path) -> Result<(PathBuf, Option<String>), StartErro
         canonical.display()
     );
     Ok((canonical, Some(note)))
-}
-
-/// Undoes mountinfo's octal escapes (`\040` for a space, and so on).
-pub(crate) fn unescape_mountinfo(field: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(field.len());
-    let mut i = 0;
-    while i < field.len() {
-        if field[i] == b'\\' && i + 4 <= field.len() {
-            let digits = &field[i + 1..i + 4];
-            if let Some(v) = std::str::from_utf8(digits)
-                .ok()
-                .and_then(|d| u8::from_str_radix(d, 8).ok())
-            {
-                out.push(v);
-                i += 4;
-                continue;
-            }
-        }
-        out.push(field[i]);
-        i += 1;
-    }
-    out
 }
 
 /// What [`preflight`] found: the mount point, the state directory and the
@@ -380,7 +348,7 @@ fn watch_unmount(mountpoint: PathBuf) {
                 if table.rewind().is_err() || table.read_to_end(&mut sink).is_err() {
                     return;
                 }
-                if !is_mount_point(&mountpoint) {
+                if !is_mount_point_in(&sink, &mountpoint) {
                     // SAFETY: a signal to our own pid, blocked in every thread and
                     // taken by the main thread's sigwait.
                     unsafe { libc::kill(libc::getpid(), libc::SIGUSR1) };
@@ -599,13 +567,6 @@ fn serve(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn mountinfo_escapes() {
-        assert_eq!(unescape_mountinfo(b"/a\\040b"), b"/a b");
-        assert_eq!(unescape_mountinfo(b"/plain"), b"/plain");
-        assert_eq!(unescape_mountinfo(b"/x\\"), b"/x\\");
-    }
 
     #[test]
     fn root_is_a_mount_point_and_a_fresh_dir_is_not() {

@@ -7,7 +7,8 @@
 //!   directory, and resolving a written pid or path to a namespace.
 //! * [`tree`]: the containers, their bindings and effective sets, as plain
 //!   data with no system calls.
-//! * [`procfs`]: reading processes' namespaces from `/proc`.
+//! * [`procfs`]: the one reader of `/proc`: `stat`, `status`, `mountinfo`,
+//!   namespace links.
 //! * [`fs`]: the FUSE adapter, the only code that knows fuser; it checks
 //!   the caller, asks the tree, and turns results into replies and errnos.
 //! * [`inject`]: ptrace: stopping a task, running a syscall in it, and

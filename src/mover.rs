@@ -42,7 +42,7 @@ use nix::sched::CloneFlags;
 use nix::unistd::Pid;
 
 use crate::inject::{self, Stopped, SyscallResult, TraceError, Tracee};
-use crate::procfs::ProcDir;
+use crate::procfs::{ProcDir, Stat, Status};
 
 /// Rounds of re-reading `/proc/PID/task` before giving up on a process that
 /// keeps creating threads faster than they can be stopped.
@@ -53,12 +53,6 @@ const MAX_ROUNDS: usize = 64;
 /// until its child execs or exits, a killable or uninterruptible wait)
 /// stops only when it wakes.
 pub const STOP_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// `PF_KTHREAD` in the flags field of `/proc/PID/stat`.
-const PF_KTHREAD: u64 = 0x0020_0000;
-
-/// `PF_EXITING` in the flags field of `/proc/PID/stat`.
-const PF_EXITING: u64 = 0x0000_0004;
 
 /// `PIDFD_THREAD` (Linux 6.9): a pidfd for one thread, not its group. The
 /// kernel defines it as `O_EXCL`.
@@ -391,27 +385,9 @@ pub struct MoveReport {
     pub unshared_fs: bool,
 }
 
-/// The fields of `/proc/PID/stat` the move checks.
-struct ProcStat {
-    state: char,
-    flags: u64,
-}
-
-fn proc_stat(pid: Pid) -> Result<ProcStat, MoveError> {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).map_err(MoveError::Proc)?;
-    parse_stat(&stat).ok_or(MoveError::Proc(std::io::Error::other(
-        "malformed /proc/PID/stat",
-    )))
-}
-
-fn parse_stat(stat: &str) -> Option<ProcStat> {
-    // The command name may hold anything, spaces and parentheses included.
-    let rest = &stat[stat.rfind(')')? + 1..];
-    let mut fields = rest.split_whitespace();
-    let state = fields.next()?.chars().next()?;
-    // ppid pgrp session tty_nr tpgid, then flags (field 9).
-    let flags = fields.nth(5)?.parse().ok()?;
-    Some(ProcStat { state, flags })
+/// `/proc/PID/stat` of `pid`, or why it cannot be read.
+fn proc_stat(pid: Pid) -> Result<Stat, MoveError> {
+    Stat::read(pid.as_raw()).map_err(MoveError::Proc)
 }
 
 fn list_threads(tgid: Pid) -> Result<BTreeSet<i32>, MoveError> {
@@ -430,12 +406,12 @@ fn list_threads(tgid: Pid) -> Result<BTreeSet<i32>, MoveError> {
 }
 
 fn is_kernel_thread(tid: Pid) -> bool {
-    proc_stat(tid).is_ok_and(|s| s.flags & PF_KTHREAD != 0)
+    proc_stat(tid).is_ok_and(|s| s.is_kernel_thread())
 }
 
 /// Whether thread `tid` has exited (a zombie, or gone already).
 fn is_zombie(tid: Pid) -> bool {
-    proc_stat(tid).map_or(true, |s| matches!(s.state, 'Z' | 'X'))
+    proc_stat(tid).map_or(true, |s| s.is_zombie())
 }
 
 /// Stops every thread of `tgid`. Returns them in tid order, and the number
@@ -528,10 +504,9 @@ fn ns_ids(tasks: &ProcDir, tid: Pid, kinds: libc::c_int) -> Result<Vec<u64>, Mov
 /// The last NSpid entry: the thread's id in its own pid namespace, which is
 /// where an injected `pidfd_open` looks numbers up.
 fn own_ns_tid(tid: Pid) -> Result<i32, MoveError> {
-    let status = fs::read_to_string(format!("/proc/{tid}/status")).map_err(MoveError::Proc)?;
+    let status = Status::read(tid.as_raw()).map_err(MoveError::Proc)?;
     status
-        .lines()
-        .find_map(|l| l.strip_prefix("NSpid:"))
+        .field("NSpid")
         .and_then(|v| v.split_whitespace().last())
         .and_then(|v| v.parse().ok())
         .ok_or(MoveError::Proc(std::io::Error::other(
@@ -929,26 +904,14 @@ fn is_dying(tgid: Pid) -> bool {
     let Ok(tids) = list_threads(tgid) else {
         return true;
     };
-    let sigkill = 1u64 << (libc::SIGKILL - 1);
     let mut all_exiting = true;
     for tid in tids {
         let tid = Pid::from_raw(tid);
-        let exiting = proc_stat(tid).map_or(true, |s| {
-            matches!(s.state, 'Z' | 'X') || s.flags & PF_EXITING != 0
-        });
+        let exiting = proc_stat(tid).map_or(true, |s| s.is_exiting());
         if !exiting {
             all_exiting = false;
         }
-        let status = fs::read_to_string(format!("/proc/{tgid}/task/{tid}/status"));
-        let killed = status.is_ok_and(|st| {
-            st.lines()
-                .filter_map(|l| {
-                    l.strip_prefix("SigPnd:")
-                        .or_else(|| l.strip_prefix("ShdPnd:"))
-                })
-                .any(|v| u64::from_str_radix(v.trim(), 16).is_ok_and(|m| m & sigkill != 0))
-        });
-        if killed {
+        if Status::read_task(tgid.as_raw(), tid.as_raw()).is_ok_and(|s| s.sigkill_pending()) {
             return true;
         }
     }
@@ -1399,19 +1362,6 @@ fn rollback_failed(tid: i32, cause: MoveError, why: impl fmt::Display) -> MoveEr
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn parses_stat_with_odd_command_names() {
-        let line = "42 (a) b (c)) S 1 42 42 0 -1 4194560 121 0 0 0 0 0 0 0 20 0 1 0 \
-                    1234 2412544 224 18446744073709551615 1 1 0 0 0 0 0 0 0 0 0 0 17 1 0 0 0 0 0";
-        let stat = parse_stat(line).expect("parses");
-        assert_eq!(stat.state, 'S');
-        assert_eq!(stat.flags, 4194560);
-        let kthread = "2 (kthreadd) S 0 0 0 0 -1 2129984 0 0 0 0 0 0 0 0 20 0 1 0 \
-                       5 0 0 18446744073709551615 0 0 0 0 0 0 0 2147483647 0 0 0 0 17 0 0 0 0 0 0";
-        assert_ne!(parse_stat(kthread).expect("parses").flags & PF_KTHREAD, 0);
-        assert!(parse_stat("garbage").is_none());
-    }
 
     #[test]
     fn errno_mapping() {

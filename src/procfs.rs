@@ -1,4 +1,6 @@
-//! Reading processes' namespaces from `/proc`.
+//! The one reader of `/proc`: namespace links ([`ns_inode`], [`ProcDir`]),
+//! `PID/stat` ([`Stat`]), `PID/status` ([`Status`]) and `mountinfo`
+//! ([`MountInfo`]). Other modules ask here rather than parse these files.
 
 use std::ffi::CStr;
 use std::io;
@@ -8,7 +10,7 @@ use std::os::unix::ffi::OsStrExt;
 use crate::ns::Kind;
 
 /// `PF_KTHREAD` in the flags field of `/proc/PID/stat`.
-const PF_KTHREAD: u64 = 0x0020_0000;
+pub const PF_KTHREAD: u64 = 0x0020_0000;
 
 /// The inode of `/proc/PID/ns/ENTRY`, read with readlink(2) into a stack
 /// buffer (no allocation, no stat). `None` if the process is gone or the
@@ -197,51 +199,184 @@ pub fn parse_ns_link(link: &[u8]) -> Option<u64> {
         .ok()
 }
 
-/// Whether `pid` is a kernel thread.
+/// `PF_EXITING` in the flags field of `/proc/PID/stat`.
+pub const PF_EXITING: u64 = 0x0000_0004;
+
+/// The fields of `/proc/PID/stat` the code uses, parsed once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stat {
+    /// The state letter (`R`, `S`, `T`, `Z`, `X`, ...), field 3.
+    pub state: char,
+    /// The parent's pid, field 4.
+    pub ppid: i32,
+    /// The `PF_*` flags, field 9.
+    pub flags: u64,
+    /// Clock ticks after boot when it started, field 22: with the pid, it
+    /// names one process for the life of a boot.
+    pub start_time: u64,
+    /// `arg_start` and `arg_end`, fields 48 and 49: where its command line
+    /// lies in its memory (`None` on kernels before 3.5).
+    pub args: Option<(usize, usize)>,
+}
+
+impl Stat {
+    /// Reads `/proc/PID/stat` (`PID` may be a thread's id). `NotFound` once
+    /// it is gone; `InvalidData` if the text does not parse.
+    pub fn read(pid: i32) -> io::Result<Stat> {
+        Self::read_path(&format!("/proc/{pid}/stat"))
+    }
+
+    /// Reads `/proc/TGID/task/TID/stat`.
+    pub fn read_task(tgid: i32, tid: i32) -> io::Result<Stat> {
+        Self::read_path(&format!("/proc/{tgid}/task/{tid}/stat"))
+    }
+
+    /// Reads `/proc/self/stat`.
+    pub fn read_self() -> io::Result<Stat> {
+        Self::read_path("/proc/self/stat")
+    }
+
+    fn read_path(path: &str) -> io::Result<Stat> {
+        Self::parse(&std::fs::read(path)?)
+            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "malformed /proc/PID/stat"))
+    }
+
+    /// Parses the text of a `/proc/PID/stat` file.
+    pub fn parse(stat: &[u8]) -> Option<Stat> {
+        // The command name may hold anything, spaces and parentheses
+        // included: fields start after its last ')', with the state.
+        let close = stat.iter().rposition(|&b| b == b')')?;
+        let mut fields = stat
+            .get(close + 1..)?
+            .split(|b| b.is_ascii_whitespace())
+            .filter(|f| !f.is_empty());
+        fn number<T: std::str::FromStr>(field: Option<&[u8]>) -> Option<T> {
+            std::str::from_utf8(field?).ok()?.parse().ok()
+        }
+        let state = char::from(*fields.next()?.first()?);
+        let ppid = number(fields.next())?;
+        // pgrp session tty_nr tpgid, then flags (field 9).
+        let flags = number(fields.nth(4))?;
+        // minflt cminflt majflt cmajflt utime stime cutime cstime priority
+        // nice num_threads itrealvalue, then starttime (field 22).
+        let start_time = number(fields.nth(12))?;
+        // vsize ... arg_start (field 48), arg_end.
+        let args = number(fields.nth(25)).zip(number(fields.next()));
+        Some(Stat {
+            state,
+            ppid,
+            flags,
+            start_time,
+            args,
+        })
+    }
+
+    /// Whether it is a kernel thread.
+    pub fn is_kernel_thread(&self) -> bool {
+        self.flags & PF_KTHREAD != 0
+    }
+
+    /// Whether it has exited: a zombie, or dead.
+    pub fn is_zombie(&self) -> bool {
+        matches!(self.state, 'Z' | 'X')
+    }
+
+    /// Whether it has exited or is exiting.
+    pub fn is_exiting(&self) -> bool {
+        self.is_zombie() || self.flags & PF_EXITING != 0
+    }
+}
+
+/// Whether `pid` is a kernel thread (`false` if it is gone).
 pub fn is_kernel_thread(pid: i32) -> bool {
-    let Ok(stat) = std::fs::read(format!("/proc/{pid}/stat")) else {
-        return false;
-    };
-    // The command name may contain spaces and parentheses: fields start
-    // after the last ')'. Flags is the 9th field, the 7th after it.
-    let Some(close) = stat.iter().rposition(|&b| b == b')') else {
-        return false;
-    };
-    let rest = String::from_utf8_lossy(&stat[close + 1..]);
-    rest.split_whitespace()
-        .nth(6)
-        .and_then(|f| f.parse::<u64>().ok())
-        .is_some_and(|flags| flags & PF_KTHREAD != 0)
+    Stat::read(pid).is_ok_and(|s| s.is_kernel_thread())
 }
 
-/// The start time of `pid`, field 22 of `/proc/PID/stat` (clock ticks
-/// after boot): with the pid, it names one process for the life of a boot.
+/// The start time of `pid` (see [`Stat::start_time`]).
 pub fn start_time(pid: i32) -> Option<u64> {
-    stat_start_time(&std::fs::read(format!("/proc/{pid}/stat")).ok()?)
+    Stat::read(pid).ok().map(|s| s.start_time)
 }
 
-/// The start time in the text of a `/proc/PID/stat` file.
-pub fn stat_start_time(stat: &[u8]) -> Option<u64> {
-    // Fields start after the command name's last ')': state is the 3rd
-    // field, so the start time is the 20th after it.
-    let close = stat.iter().rposition(|&b| b == b')')?;
-    let rest = std::str::from_utf8(stat.get(close + 1..)?).ok()?;
-    rest.split_whitespace().nth(19)?.parse().ok()
+/// The text of a `/proc/PID/status` file, its lines looked up by name.
+/// `S` is the text, owned ([`Status::read`]) or borrowed ([`Status::new`]).
+#[derive(Debug, Clone)]
+pub struct Status<S = String> {
+    text: S,
 }
 
-/// The `NSpid` and `NStgid` lines of a `/proc/PID/status` text: the
-/// task's id and its thread group's id in each pid namespace from the
-/// reader's down to the task's own.
-pub fn status_ns_ids(status: &str) -> Option<(Vec<i32>, Vec<i32>)> {
-    let list = |key: &str| -> Option<Vec<i32>> {
-        status
+impl Status {
+    /// Reads `/proc/PID/status` (`PID` may be a thread's id). `NotFound`
+    /// once it is gone.
+    pub fn read(pid: i32) -> io::Result<Status> {
+        Self::read_path(&format!("/proc/{pid}/status"))
+    }
+
+    /// Reads `/proc/TGID/task/TID/status`.
+    pub fn read_task(tgid: i32, tid: i32) -> io::Result<Status> {
+        Self::read_path(&format!("/proc/{tgid}/task/{tid}/status"))
+    }
+
+    /// Reads `/proc/self/status`.
+    pub fn read_self() -> io::Result<Status> {
+        Self::read_path("/proc/self/status")
+    }
+
+    fn read_path(path: &str) -> io::Result<Status> {
+        Ok(Status {
+            text: std::fs::read_to_string(path)?,
+        })
+    }
+}
+
+impl<S: AsRef<str>> Status<S> {
+    /// The status file whose text is `text`.
+    pub fn new(text: S) -> Self {
+        Status { text }
+    }
+
+    /// The value of the first line named `name` (`NSpid`, `CapEff`, ...,
+    /// without the colon), without the whitespace around it.
+    pub fn field(&self, name: &str) -> Option<&str> {
+        self.text
+            .as_ref()
             .lines()
-            .find_map(|l| l.strip_prefix(key))?
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
+            .map(str::trim)
+    }
+
+    /// A decimal field (`TracerPid`, `Seccomp`, ...).
+    pub fn number<T: std::str::FromStr>(&self, name: &str) -> Option<T> {
+        self.field(name)?.parse().ok()
+    }
+
+    /// A hexadecimal mask (`SigPnd`, `CapEff`, ...).
+    pub fn mask(&self, name: &str) -> Option<u64> {
+        u64::from_str_radix(self.field(name)?, 16).ok()
+    }
+
+    /// A field of numbers separated by whitespace (`Uid`, `Groups`,
+    /// `NSpid`, ...); `None` if one of them does not parse.
+    pub fn list<T: std::str::FromStr>(&self, name: &str) -> Option<Vec<T>> {
+        self.field(name)?
             .split_whitespace()
             .map(|x| x.parse().ok())
             .collect()
-    };
-    Some((list("NSpid:")?, list("NStgid:")?))
+    }
+
+    /// Whether a SIGKILL is pending, for the thread (`SigPnd`) or its group
+    /// (`ShdPnd`: a kill, or another thread's `exit_group`).
+    pub fn sigkill_pending(&self) -> bool {
+        let sigkill = 1u64 << (libc::SIGKILL - 1);
+        ["SigPnd", "ShdPnd"]
+            .iter()
+            .any(|name| self.mask(name).is_some_and(|m| m & sigkill != 0))
+    }
+
+    /// The `NSpid` and `NStgid` lines: the task's id and its thread group's
+    /// id in each pid namespace from the reader's down to the task's own.
+    pub fn ns_ids(&self) -> Option<(Vec<i32>, Vec<i32>)> {
+        Some((self.list("NSpid")?, self.list("NStgid")?))
+    }
 }
 
 /// The command name of `pid` (`/proc/PID/comm` without its newline).
@@ -253,24 +388,123 @@ pub fn comm(pid: i32) -> Option<String> {
     Some(name)
 }
 
+/// Reads `/proc/self/mountinfo`: this process's mount table, for
+/// [`MountInfo`].
+pub fn read_mountinfo() -> io::Result<Vec<u8>> {
+    std::fs::read("/proc/self/mountinfo")
+}
+
+/// The mounts of a `/proc/PID/mountinfo` text, one per line, oldest first
+/// (so the topmost mount on a path is the last one there).
+#[derive(Debug, Clone)]
+pub struct MountInfo<'a> {
+    lines: std::slice::Split<'a, u8, fn(&u8) -> bool>,
+}
+
+impl<'a> MountInfo<'a> {
+    /// The mounts listed in `text`.
+    pub fn new(text: &'a [u8]) -> Self {
+        MountInfo {
+            lines: text.split(|&b| b == b'\n'),
+        }
+    }
+}
+
+impl<'a> Iterator for MountInfo<'a> {
+    type Item = Mount<'a>;
+
+    fn next(&mut self) -> Option<Mount<'a>> {
+        self.lines
+            .find(|l| !l.is_empty())
+            .map(|line| Mount { line })
+    }
+}
+
+impl DoubleEndedIterator for MountInfo<'_> {
+    fn next_back(&mut self) -> Option<Self::Item> {
+        self.lines
+            .rfind(|l| !l.is_empty())
+            .map(|line| Mount { line })
+    }
+}
+
+/// One line of a mountinfo table: `ID PARENT MAJOR:MINOR ROOT MOUNTPOINT
+/// OPTIONS [OPTIONAL...] - FSTYPE SOURCE SUPEROPTIONS`, paths escaped.
+#[derive(Debug, Clone, Copy)]
+pub struct Mount<'a> {
+    line: &'a [u8],
+}
+
+impl<'a> Mount<'a> {
+    fn fields(&self) -> impl Iterator<Item = &'a [u8]> + use<'a> {
+        self.line.split(|&b| b == b' ')
+    }
+
+    /// The device, field 3.
+    pub fn device(&self) -> Option<(u32, u32)> {
+        let dev = std::str::from_utf8(self.fields().nth(2)?).ok()?;
+        let (major, minor) = dev.split_once(':')?;
+        Some((major.parse().ok()?, minor.parse().ok()?))
+    }
+
+    /// The mount point, field 5, as the table escapes it.
+    pub fn mount_point_escaped(&self) -> Option<&'a [u8]> {
+        self.fields().nth(4)
+    }
+
+    /// The mount point, unescaped.
+    pub fn mount_point(&self) -> Option<Vec<u8>> {
+        self.mount_point_escaped().map(unescape_mountinfo)
+    }
+
+    /// Whether the mount point is `path`.
+    pub fn is_at(&self, path: &[u8]) -> bool {
+        self.mount_point_escaped()
+            .is_some_and(|mp| unescaped(mp).eq(path.iter().copied()))
+    }
+
+    /// The filesystem type, the field after the `-` that ends the optional
+    /// fields.
+    pub fn fstype(&self) -> Option<&'a [u8]> {
+        self.fields().skip_while(|&f| f != b"-").nth(1)
+    }
+}
+
+/// Undoes mountinfo's octal escapes (`\040` for a space, and so on).
+pub fn unescape_mountinfo(field: &[u8]) -> Vec<u8> {
+    unescaped(field).collect()
+}
+
+/// The bytes of `field` with mountinfo's octal escapes undone.
+fn unescaped(field: &[u8]) -> impl Iterator<Item = u8> + '_ {
+    let mut i = 0;
+    std::iter::from_fn(move || {
+        let b = *field.get(i)?;
+        if b == b'\\' && i + 4 <= field.len() {
+            let digits = &field[i + 1..i + 4];
+            if let Some(v) = std::str::from_utf8(digits)
+                .ok()
+                .and_then(|d| u8::from_str_radix(d, 8).ok())
+            {
+                i += 4;
+                return Some(v);
+            }
+        }
+        i += 1;
+        Some(b)
+    })
+}
+
 /// The device (major, minor) of the topmost FUSE mount at `mountpoint` in
 /// this process's mount namespace.
 pub fn mount_device(mountpoint: &[u8]) -> Option<(u32, u32)> {
-    let info = std::fs::read("/proc/self/mountinfo").ok()?;
-    info.split(|&b| b == b'\n')
-        .filter_map(|line| {
-            let fields: Vec<&[u8]> = line.split(|&b| b == b' ').collect();
-            let sep = fields.iter().position(|f| *f == b"-")?;
-            let fstype = fields.get(sep + 1)?;
-            if !fstype.starts_with(b"fuse") {
+    let info = read_mountinfo().ok()?;
+    MountInfo::new(&info)
+        .filter_map(|mount| {
+            if !mount.fstype()?.starts_with(b"fuse") || !mount.is_at(mountpoint) {
                 return None;
             }
-            if crate::daemon::unescape_mountinfo(fields.get(4)?) != mountpoint {
-                return None;
-            }
-            let dev = std::str::from_utf8(fields.get(2)?).ok()?;
-            let (major, minor) = dev.split_once(':')?;
-            Some((major.parse().ok()?, minor.parse().ok()?))
+            mount.device()
         })
         .next_back()
 }
@@ -332,6 +566,105 @@ mod tests {
     }
 
     #[test]
+    fn parses_stat_with_odd_command_names() {
+        let line = b"42 (a) b (c)) S 1 42 42 0 -1 4194560 121 0 0 0 0 0 0 0 20 0 1 0 \
+                    1234 2412544 224 18446744073709551615 1 1 0 0 0 0 0 0 0 0 0 0 17 1 0 0 0 0 0";
+        let stat = Stat::parse(line).expect("parses");
+        assert_eq!(stat.state, 'S');
+        assert_eq!(stat.ppid, 1);
+        assert_eq!(stat.flags, 4194560);
+        assert_eq!(stat.start_time, 1234);
+        assert_eq!(stat.args, None);
+        assert!(!stat.is_kernel_thread() && !stat.is_zombie() && !stat.is_exiting());
+        let kthread = b"2 (kthreadd) S 0 0 0 0 -1 2129984 0 0 0 0 0 0 0 0 20 0 1 0 \
+                       5 0 0 18446744073709551615 0 0 0 0 0 0 0 2147483647 0 0 0 0 17 0 0 0 0 0 0";
+        let kthread = Stat::parse(kthread).expect("parses");
+        assert!(kthread.is_kernel_thread());
+        assert_eq!((kthread.ppid, kthread.start_time), (0, 5));
+        // A name that is not UTF-8, and every field up to arg_end.
+        let full = b"12084 (h\xffd) Z 12028 12028 10137 0 -1 4194308 103 0 0 0 0 0 0 0 20 0 1 0 \
+                     613041 2998272 411 18446744073709551615 94723009339392 94723009363497 \
+                     140725844083264 0 0 0 0 0 0 0 0 0 17 0 0 0 0 0 0 94723009379344 \
+                     94723009380960 94724018860032 140725844089356 140725844089380 \
+                     140725844089380 140725844090858 0\n";
+        let full = Stat::parse(full).expect("parses");
+        assert_eq!(full.start_time, 613041);
+        assert_eq!(full.args, Some((140725844089356, 140725844089380)));
+        assert!(full.is_zombie() && full.is_exiting());
+        assert!(Stat::parse(b"garbage").is_none());
+        assert!(Stat::parse(b"1 (x) S 1 2").is_none());
+    }
+
+    #[test]
+    fn looks_status_lines_up_by_name() {
+        let status = Status::new(
+            "Name:\tsleep\nUmask:\t0022\nState:\tS (sleeping)\nTgid:\t7\n\
+             TracerPid:\t0\nUid:\t0\t0\t0\t0\nGroups:\t\nNStgid:\t7\t1\nNSpid:\t9\t3\n\
+             SigPnd:\t0000000000000000\nShdPnd:\t0000000000000100\n\
+             CapEff:\t000001ffffffffff\nSeccomp:\t2\nSeccomp_filters:\t1\n",
+        );
+        assert_eq!(status.field("Name"), Some("sleep"));
+        assert_eq!(status.field("State"), Some("S (sleeping)"));
+        assert_eq!(status.field("Nam"), None);
+        assert_eq!(status.field("Groups"), Some(""));
+        assert_eq!(status.list::<u32>("Groups"), Some(vec![]));
+        assert_eq!(status.list::<u32>("Uid"), Some(vec![0; 4]));
+        assert_eq!(status.list::<u32>("State"), None);
+        assert_eq!(status.number::<i32>("TracerPid"), Some(0));
+        assert_eq!(status.number::<u32>("Seccomp"), Some(2));
+        assert_eq!(status.number::<u32>("Seccomp_filters"), Some(1));
+        assert_eq!(status.mask("CapEff"), Some(0x1ff_ffff_ffff));
+        assert_eq!(status.mask("Name"), None);
+        assert_eq!(status.ns_ids(), Some((vec![9, 3], vec![7, 1])));
+        assert!(status.sigkill_pending());
+        assert!(!Status::new("SigPnd:\t0000000000000001\n").sigkill_pending());
+        assert!(Status::new("SigPnd:\t0000000000000100\n").sigkill_pending());
+        assert_eq!(Status::new("NSpid:\t1\n").ns_ids(), None);
+    }
+
+    #[test]
+    fn mountinfo_escapes() {
+        assert_eq!(unescape_mountinfo(b"/a\\040b"), b"/a b");
+        assert_eq!(unescape_mountinfo(b"/plain"), b"/plain");
+        assert_eq!(unescape_mountinfo(b"/x\\"), b"/x\\");
+        assert_eq!(unescape_mountinfo(b"/x\\04"), b"/x\\04");
+        assert_eq!(unescape_mountinfo(b"/x\\400y"), b"/x\\400y");
+        assert_eq!(unescape_mountinfo(b"\\134\\011\\012"), b"\\\t\n");
+    }
+
+    #[test]
+    fn reads_mountinfo_lines() {
+        let text = b"22 1 0:21 / / rw,relatime shared:1 - ext4 /dev/sda1 rw\n\
+            35 22 0:47 / /mnt/a\\040b rw,nosuid master:3 - fuse.nsproxyfs nsproxyfs rw\n\
+            36 35 0:48 / /mnt/a\\040b rw - tmpfs tmpfs rw\n\
+            37 22 0:49 / /mnt/a\\040b rw - fuse.other x rw\n\
+            bad\n";
+        let mounts: Vec<Mount<'_>> = MountInfo::new(text).collect();
+        assert_eq!(mounts.len(), 5);
+        assert_eq!(mounts[0].device(), Some((0, 21)));
+        assert_eq!(mounts[0].fstype(), Some(&b"ext4"[..]));
+        assert!(mounts[0].is_at(b"/"));
+        assert_eq!(mounts[1].mount_point_escaped(), Some(&b"/mnt/a\\040b"[..]));
+        assert_eq!(mounts[1].mount_point().as_deref(), Some(&b"/mnt/a b"[..]));
+        assert!(mounts[1].is_at(b"/mnt/a b"));
+        assert!(!mounts[1].is_at(b"/mnt/a\\040b") && !mounts[1].is_at(b"/mnt/a"));
+        assert_eq!(mounts[1].fstype(), Some(&b"fuse.nsproxyfs"[..]));
+        assert_eq!(mounts[4].device(), None);
+        assert_eq!(mounts[4].fstype(), None);
+        assert!(!mounts[4].is_at(b"bad"));
+        let top = MountInfo::new(text)
+            .rev()
+            .find(|m| m.is_at(b"/mnt/a b"))
+            .unwrap();
+        assert_eq!(top.fstype(), Some(&b"fuse.other"[..]));
+        assert_eq!(MountInfo::new(b"").count(), 0);
+        assert_eq!(MountInfo::new(b"\n\n").next_back().map(|m| m.line), None);
+        let own = read_mountinfo().unwrap();
+        assert!(MountInfo::new(&own).any(|m| m.is_at(b"/")));
+        assert_eq!(mount_device(b"/nothing mounted here"), None);
+    }
+
+    #[test]
     fn reads_this_process() {
         let me = std::process::id() as i32;
         let link = std::fs::read_link("/proc/self/ns/uts").unwrap();
@@ -349,14 +682,28 @@ mod tests {
         assert!(dir.inode("nothing").is_err());
         let tasks = ProcDir::tasks(me).unwrap();
         assert_eq!(tasks.inode(&format!("{me}/ns/uts")).unwrap(), want);
-        let caps = std::fs::read_to_string("/proc/self/status")
-            .unwrap()
-            .lines()
-            .find_map(|l| l.strip_prefix("CapEff:"))
-            .map(|v| u64::from_str_radix(v.trim(), 16).unwrap());
-        assert_eq!(effective_caps(me), caps);
+        let status = Status::read_self().unwrap();
+        assert_eq!(effective_caps(me), status.mask("CapEff"));
+        let (pids, tgids) = status.ns_ids().unwrap();
+        assert_eq!((pids.last(), tgids.last()), (Some(&me), Some(&me)));
+        assert_eq!(Status::read(me).unwrap().number("Tgid"), Some(me));
+        assert_eq!(Status::read_task(me, me).unwrap().number("Pid"), Some(me));
+        assert_eq!(
+            Status::read(i32::MAX).unwrap_err().kind(),
+            io::ErrorKind::NotFound
+        );
         assert_eq!(effective_caps(-1), None);
         assert!(processes().unwrap().contains(&me));
+        let stat = Stat::read(me).unwrap();
+        assert_eq!(stat.ppid as u32, std::os::unix::process::parent_id());
+        assert!(matches!(stat.state, 'R' | 'S'));
+        assert!(stat.args.is_some_and(|(a, b)| a < b));
+        assert_eq!(Stat::read_self().unwrap().start_time, stat.start_time);
+        assert_eq!(Stat::read_task(me, me).unwrap().start_time, stat.start_time);
+        assert_eq!(
+            Stat::read(i32::MAX).unwrap_err().kind(),
+            io::ErrorKind::NotFound
+        );
         let started = start_time(me).unwrap();
         assert!(started > 0 && start_time(1).unwrap() <= started);
         assert_eq!(start_time(i32::MAX), None);

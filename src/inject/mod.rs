@@ -80,6 +80,8 @@ use std::marker::PhantomData;
 use nix::errno::Errno;
 use nix::unistd::Pid;
 
+use crate::procfs::Status;
+
 #[cfg_attr(target_arch = "x86_64", path = "x86_64.rs")]
 #[cfg_attr(not(target_arch = "x86_64"), path = "unsupported.rs")]
 mod arch;
@@ -345,9 +347,7 @@ impl<S: State> Tracee<S> {
 
 /// The TracerPid of a thread, if `/proc` names one.
 fn tracer_of(tid: Pid) -> Option<Pid> {
-    let status = std::fs::read_to_string(format!("/proc/{tid}/status")).ok()?;
-    let value = status.lines().find_map(|l| l.strip_prefix("TracerPid:"))?;
-    let pid: i32 = value.trim().parse().ok()?;
+    let pid: i32 = Status::read(tid.as_raw()).ok()?.number("TracerPid")?;
     (pid != 0).then(|| Pid::from_raw(pid))
 }
 
@@ -487,21 +487,15 @@ impl Tracee<Running> {
 /// and that is not ignored: one that interrupts a blocking call by itself.
 /// Unreadable counts as yes.
 fn signal_would_interrupt(tid: Pid) -> bool {
-    let Ok(status) = std::fs::read_to_string(format!("/proc/{tid}/status")) else {
+    let Ok(status) = Status::read(tid.as_raw()) else {
         return true;
     };
-    let field = |name: &str| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
-    };
     let (Some(pnd), Some(shd), Some(blk), Some(ign), Some(cgt)) = (
-        field("SigPnd:"),
-        field("ShdPnd:"),
-        field("SigBlk:"),
-        field("SigIgn:"),
-        field("SigCgt:"),
+        status.mask("SigPnd"),
+        status.mask("ShdPnd"),
+        status.mask("SigBlk"),
+        status.mask("SigIgn"),
+        status.mask("SigCgt"),
     ) else {
         return true;
     };

@@ -11,6 +11,8 @@
 use nix::errno::Errno;
 use nix::unistd::Pid;
 
+use crate::procfs::Status;
+
 /// `PTRACE_SECCOMP_GET_FILTER`.
 const PTRACE_SECCOMP_GET_FILTER: libc::c_uint = 0x420c;
 
@@ -202,7 +204,7 @@ pub fn mode(tid: Pid) -> Result<Mode, Errno> {
     if !programs.is_empty() {
         return Ok(Mode::Filters(programs));
     }
-    let status = std::fs::read_to_string(format!("/proc/{tid}/status"))
+    let status = Status::read(tid.as_raw())
         .map_err(|e| e.raw_os_error().map_or(Errno::EIO, Errno::from_raw))?;
     Ok(match status_mode(&status) {
         Some(1) => Mode::Strict,
@@ -210,12 +212,9 @@ pub fn mode(tid: Pid) -> Result<Mode, Errno> {
     })
 }
 
-/// The `Seccomp:` field of a `/proc/PID/status` text.
-fn status_mode(status: &str) -> Option<u32> {
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("Seccomp:"))
-        .and_then(|v| v.trim().parse().ok())
+/// The `Seccomp:` field of a `/proc/PID/status` file.
+fn status_mode<S: AsRef<str>>(status: &Status<S>) -> Option<u32> {
+    status.number("Seccomp")
 }
 
 /// The filters of stopped tracee `tid`, newest first, as the kernel runs
@@ -392,11 +391,13 @@ mod tests {
     #[test]
     fn strict_mode_is_read_from_status() {
         assert_eq!(
-            status_mode("Name:\tdd\nSeccomp:\t1\nSeccomp_filters:\t0\n"),
+            status_mode(&Status::new(
+                "Name:\tdd\nSeccomp:\t1\nSeccomp_filters:\t0\n"
+            )),
             Some(1)
         );
-        assert_eq!(status_mode("Seccomp:\t0\n"), Some(0));
-        assert_eq!(status_mode("Name:\tx\n"), None);
+        assert_eq!(status_mode(&Status::new("Seccomp:\t0\n")), Some(0));
+        assert_eq!(status_mode(&Status::new("Name:\tx\n")), None);
     }
 
     #[test]

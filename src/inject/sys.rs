@@ -11,6 +11,8 @@ use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use nix::errno::Errno;
 use nix::unistd::Pid;
 
+use crate::procfs::{Stat, Status};
+
 /// Turns the `-1 + errno` convention into a `Result`.
 fn check(ret: libc::c_long) -> Result<libc::c_long, Errno> {
     if ret == -1 {
@@ -419,14 +421,10 @@ pub(crate) fn reap(tid: Pid) {
 /// again (state `T`), has exited, or a second has passed (a SIGCONT that
 /// came meanwhile lets it run on; logged).
 pub(crate) fn await_group_stop(tid: Pid) {
-    let path = format!("/proc/{tid}/stat");
     let start = std::time::Instant::now();
     let deadline = start + std::time::Duration::from_secs(1);
     loop {
-        let state = std::fs::read_to_string(&path).ok().and_then(|stat| {
-            let rest = &stat[stat.rfind(')')? + 1..];
-            rest.split_whitespace().next()?.chars().next()
-        });
+        let state = Stat::read(tid.as_raw()).ok().map(|s| s.state);
         match state {
             None | Some('T' | 'Z' | 'X') => return,
             Some(_) => {}
@@ -447,12 +445,7 @@ pub(crate) fn await_group_stop(tid: Pid) {
 /// Whether `tid` is a thread-group leader that has exited while other
 /// threads of its group run on: its exit is reported only after theirs.
 fn is_waiting_leader(tid: i32) -> bool {
-    let state = |path: String| {
-        let stat = std::fs::read_to_string(path).ok()?;
-        let rest = &stat[stat.rfind(')')? + 1..];
-        rest.split_whitespace().next()?.chars().next()
-    };
-    if !matches!(state(format!("/proc/{tid}/stat")), Some('Z' | 'X')) {
+    if !Stat::read(tid).is_ok_and(|s| s.is_zombie()) {
         return false;
     }
     let Ok(dir) = std::fs::read_dir(format!("/proc/{tid}/task")) else {
@@ -462,11 +455,7 @@ fn is_waiting_leader(tid: i32) -> bool {
         let name = entry.file_name();
         let other = name.to_str().and_then(|n| n.parse::<i32>().ok());
         other.is_some_and(|other| {
-            other != tid
-                && !matches!(
-                    state(format!("/proc/{tid}/task/{other}/stat")),
-                    Some('Z' | 'X')
-                )
+            other != tid && !Stat::read_task(tid, other).is_ok_and(|s| s.is_zombie())
         })
     })
 }
@@ -474,31 +463,13 @@ fn is_waiting_leader(tid: i32) -> bool {
 /// Whether thread `tid` is on its way out: exited, exiting, or with a
 /// SIGKILL pending (a kill, or another thread's `exit_group`).
 fn is_exiting(tid: i32) -> bool {
-    /// `PF_EXITING` in the flags field of `/proc/PID/stat`.
-    const PF_EXITING: u64 = 0x4;
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{tid}/stat")) else {
+    let Ok(stat) = Stat::read(tid) else {
         return false;
     };
-    let Some(rest) = stat.rfind(')').map(|i| &stat[i + 1..]) else {
-        return false;
-    };
-    let mut fields = rest.split_whitespace();
-    let state = fields.next().and_then(|s| s.chars().next());
-    // ppid pgrp session tty_nr tpgid, then flags.
-    let flags: u64 = fields.nth(5).and_then(|f| f.parse().ok()).unwrap_or(0);
-    if matches!(state, Some('Z' | 'X')) || flags & PF_EXITING != 0 {
+    if stat.is_exiting() {
         return true;
     }
-    let sigkill = 1u64 << (libc::SIGKILL - 1);
-    std::fs::read_to_string(format!("/proc/{tid}/status")).is_ok_and(|status| {
-        status
-            .lines()
-            .filter_map(|l| {
-                l.strip_prefix("SigPnd:")
-                    .or_else(|| l.strip_prefix("ShdPnd:"))
-            })
-            .any(|v| u64::from_str_radix(v.trim(), 16).is_ok_and(|m| m & sigkill != 0))
-    })
+    Status::read(tid).is_ok_and(|s| s.sigkill_pending())
 }
 
 /// Lets go of every thread the calling thread still traces once a move is

@@ -18,6 +18,8 @@
 use std::io;
 use std::sync::OnceLock;
 
+use crate::procfs::Status;
+
 /// `SECBIT_NO_SETUID_FIXUP`: changing uids leaves capabilities alone.
 const SECBIT_NO_SETUID_FIXUP: libc::c_ulong = 1 << 2;
 /// `_LINUX_CAPABILITY_VERSION_3`: two 32-bit halves per set.
@@ -58,13 +60,11 @@ impl Credentials {
     /// `/proc/TID/status` shows them. A caller blocked in a request cannot
     /// change its own credentials meanwhile, so the answer is stable.
     pub fn of_thread(tid: u32) -> Result<Credentials, CredsError> {
-        let text = std::fs::read_to_string(format!("/proc/{tid}/status")).map_err(|e| {
-            match e.raw_os_error() {
-                Some(libc::ENOENT | libc::ESRCH) => CredsError::Gone(tid),
-                _ => CredsError::Sys(e),
-            }
+        let status = Status::read(tid as i32).map_err(|e| match e.raw_os_error() {
+            Some(libc::ENOENT | libc::ESRCH) => CredsError::Gone(tid),
+            _ => CredsError::Sys(e),
         })?;
-        Credentials::parse(&text).ok_or_else(|| {
+        Credentials::from_status(&status).ok_or_else(|| {
             CredsError::Sys(io::Error::new(
                 io::ErrorKind::InvalidData,
                 format!("unreadable credentials in /proc/{tid}/status"),
@@ -75,40 +75,31 @@ impl Credentials {
     /// Parses the `Uid`, `Gid`, `Groups` and `Cap*` lines of a
     /// `/proc/PID/status` text.
     pub fn parse(status: &str) -> Option<Credentials> {
-        let field = |key: &str| status.lines().find_map(|l| l.strip_prefix(key));
-        let ids = |key: &str| -> Option<[u32; 4]> {
-            let v: Vec<u32> = field(key)?
-                .split_whitespace()
-                .map(|x| x.parse().ok())
-                .collect::<Option<_>>()?;
-            v.try_into().ok()
-        };
-        let caps = |key: &str| u64::from_str_radix(field(key)?.trim(), 16).ok();
-        let groups: Vec<u32> = field("Groups:")?
-            .split_whitespace()
-            .map(|x| x.parse().ok())
-            .collect::<Option<_>>()?;
+        Self::from_status(&Status::new(status))
+    }
+
+    /// The credentials a `/proc/PID/status` file shows.
+    fn from_status<S: AsRef<str>>(status: &Status<S>) -> Option<Credentials> {
+        let ids = |name: &str| -> Option<[u32; 4]> { status.list(name)?.try_into().ok() };
+        let groups: Vec<u32> = status.list("Groups")?;
         if groups.len() > MAX_GROUPS {
             return None;
         }
         Some(Credentials {
-            uid: ids("Uid:")?,
-            gid: ids("Gid:")?,
+            uid: ids("Uid")?,
+            gid: ids("Gid")?,
             groups,
-            effective: caps("CapEff:")?,
-            permitted: caps("CapPrm:")?,
-            inheritable: caps("CapInh:")?,
+            effective: status.mask("CapEff")?,
+            permitted: status.mask("CapPrm")?,
+            inheritable: status.mask("CapInh")?,
         })
     }
 
     /// The daemon's own credentials, read once.
     pub fn daemon() -> Option<&'static Credentials> {
         static OWN: OnceLock<Option<Credentials>> = OnceLock::new();
-        OWN.get_or_init(|| {
-            let text = std::fs::read_to_string("/proc/self/status").ok()?;
-            Credentials::parse(&text)
-        })
-        .as_ref()
+        OWN.get_or_init(|| Credentials::from_status(&Status::read_self().ok()?))
+            .as_ref()
     }
 
     /// Whether these are exactly the daemon's credentials, so that a check

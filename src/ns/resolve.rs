@@ -173,7 +173,7 @@ pub fn open(opener: &Opener, path: &[u8]) -> io::Result<Resolved> {
 /// namespace above the daemon's is not handled (the writer's id there is
 /// unknown to the daemon): `None`, as for a writer it cannot see.
 fn writer_in(procfs: BorrowedFd<'_>, tid: u32, thread: bool) -> Option<String> {
-    use crate::procfs::{stat_start_time, status_ns_ids};
+    use crate::procfs::{Stat, Status};
     let read_at = |dir: Option<BorrowedFd<'_>>, path: String| -> Option<Vec<u8>> {
         use std::io::Read;
         let path = std::ffi::CString::new(path).ok()?;
@@ -214,8 +214,8 @@ fn writer_in(procfs: BorrowedFd<'_>, tid: u32, thread: bool) -> Option<String> {
         Some(text)
     };
     let status = String::from_utf8(read_at(None, format!("/proc/{tid}/status"))?).ok()?;
-    let (pids, tgids) = status_ns_ids(&status)?;
-    let started = stat_start_time(&read_at(None, format!("/proc/{tid}/stat"))?)?;
+    let (pids, tgids) = Status::new(status).ns_ids()?;
+    let started = Stat::parse(&read_at(None, format!("/proc/{tid}/stat"))?)?.start_time;
     for level in (0..pids.len()).rev() {
         let (pid, tgid) = (pids[level], *tgids.get(level)?);
         let Some(there) = read_at(Some(procfs), format!("{pid}/status")) else {
@@ -223,10 +223,11 @@ fn writer_in(procfs: BorrowedFd<'_>, tid: u32, thread: bool) -> Option<String> {
         };
         let same_ids = String::from_utf8(there)
             .ok()
-            .and_then(|t| status_ns_ids(&t))
+            .and_then(|t| Status::new(t).ns_ids())
             .is_some_and(|(p, _)| p[..] == pids[level..]);
         let same_start = read_at(Some(procfs), format!("{pid}/stat"))
-            .and_then(|t| stat_start_time(&t))
+            .and_then(|t| Stat::parse(&t))
+            .map(|s| s.start_time)
             == Some(started);
         if same_ids && same_start {
             return Some(if thread {

@@ -398,12 +398,7 @@ pub struct Child {
 fn argv_region() -> Option<(usize, usize)> {
     static REGION: std::sync::OnceLock<Option<(usize, usize)>> = std::sync::OnceLock::new();
     *REGION.get_or_init(|| {
-        let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
-        // Fields after the command name start at field 3; arg_start and
-        // arg_end are fields 48 and 49.
-        let mut fields = stat.rsplit_once(')')?.1.split_whitespace().skip(45);
-        let start = fields.next()?.parse().ok()?;
-        let end = fields.next()?.parse().ok()?;
+        let (start, end) = crate::procfs::Stat::read_self().ok()?.args?;
         (start < end).then_some((start, end))
     })
 }
