@@ -504,9 +504,7 @@ fn moves_threads(test: &'static str, count: &str) {
     let before = snapshot(pid);
     wd.step("moving the threads");
     let handle = ProcessHandle::open(pid).expect("pin");
-    let started = Instant::now();
     let moved = move_process(&handle, holder.pid(), uts_ipc_net()).expect("move");
-    eprintln!("{test}: {threads} threads moved in {:?}", started.elapsed());
     assert_eq!(moved.threads, threads);
     assert!(!moved.unshared_fs);
     assert_moved(pid, holder.pid(), &["uts", "ipc", "net"], &before);
@@ -809,32 +807,4 @@ fn injected_syscall_reports_signed_results() {
     assert_eq!(tracee.sigmask(), mask_before);
     tracee.detach().expect("detach");
     assert_eq!(tracer(pid), 0);
-}
-
-/// Prints what one single-threaded move costs here (no assertion on it).
-#[test]
-fn single_thread_move_figures() {
-    if !have_root("single_thread_move_figures") {
-        return;
-    }
-    let wd = Watchdog::new("single_thread_move_figures");
-    let first = holder(&wd);
-    let second = holder(&wd);
-    let target = sleeper(&wd);
-    let handle = ProcessHandle::open(target.pid()).expect("pin");
-    wd.step("moving back and forth");
-    let mut times = Vec::new();
-    for round in 0..400 {
-        let to = if round % 2 == 0 { &first } else { &second };
-        let started = Instant::now();
-        move_process(&handle, to.pid(), uts_ipc_net()).expect("move");
-        times.push(started.elapsed());
-    }
-    times.sort();
-    eprintln!(
-        "single-threaded move of sleep (uts+ipc+net), {} runs: median {:?}, p99 {:?}",
-        times.len(),
-        times[times.len() / 2],
-        times[times.len() * 99 / 100]
-    );
 }

@@ -883,11 +883,18 @@ fn scaling(s: &Settings, fs: &Daemon, sets: &Sets, r: &mut Report) {
             moves,
         }
     };
+    // What a `mkdir` costs as the tree grows: every change rewrites the
+    // whole record. The last 100 mkdirs before each size.
+    let mut mkdir_costs = Vec::new();
     for &n in s.scale_sizes {
         harness::step(&format!("make {n} containers"));
+        let mut mkdirs = Vec::new();
         while count < n {
             let c = fs.path(&format!("c{count:05}"));
-            std::fs::create_dir(&c).expect("mkdir a container");
+            let took = timed(|| std::fs::create_dir(&c)).expect("mkdir a container");
+            if count + 100 >= n {
+                mkdirs.push(took);
+            }
             containers.push(c.clone());
             last = c;
             count += 1;
@@ -898,6 +905,9 @@ fn scaling(s: &Settings, fs: &Daemon, sets: &Sets, r: &mut Report) {
             .unwrap_or(0);
         // Of the n containers, 7 are nested in the deep chain.
         assert!(listed >= n - 7, "the root lists {listed} entries");
+        if !mkdirs.is_empty() {
+            mkdir_costs.push((n, Stats::from_samples(mkdirs)));
+        }
         let row = measure_tree(stats::thousands(n as u64), &last);
         r.scale.push(row);
         r.memory.push((
@@ -908,6 +918,22 @@ fn scaling(s: &Settings, fs: &Daemon, sets: &Sets, r: &mut Report) {
             fs.rss_kib(),
         ));
     }
+    let costs: Vec<String> = mkdir_costs
+        .iter()
+        .map(|(n, st)| {
+            format!(
+                "{} µs / {} µs up to {} containers (n={})",
+                stats::us(st.median_us()),
+                stats::us(st.p99_us()),
+                stats::thousands(*n as u64),
+                st.n()
+            )
+        })
+        .collect();
+    r.notes.push(format!(
+        "`mkdir` of a container at the top (median / p99), the last ones before each size: {}.",
+        costs.join("; ")
+    ));
     let n = count;
     say(&format!(
         "binding a fresh uts namespace in {} containers",
