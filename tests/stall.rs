@@ -340,12 +340,11 @@ fn a_stopped_process_is_stopped_whenever_a_write_returns() {
     unsafe { libc::kill(pid, libc::SIGSTOP) };
     wait_for("the stop", || state(pid) == 'T');
     let root_uts = ns_ino(pid, "uts");
-    // A seeded sequence of destinations (a small LCG), 50 moves.
-    let mut seed: u32 = 0x5eed;
+    // A fixed sequence of destinations, 50 moves.
+    let mut rng = Rng::fixed(0x5eed);
     let mut seen_during = std::collections::BTreeMap::new();
     for i in 0..50 {
-        seed = seed.wrapping_mul(1_103_515_245).wrapping_add(12345);
-        let into_s = (seed >> 16) & 1 == 1;
+        let into_s = rng.below(2) == 1;
         let tasks = if into_s { "s/tasks" } else { "tasks" };
         let stop = Arc::new(AtomicUsize::new(0));
         let sampler = {

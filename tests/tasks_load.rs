@@ -29,42 +29,6 @@ use common::*;
 /// order (pid and time as for children).
 type NsSet = [u64; 8];
 
-/// A linear congruential generator (Knuth's MMIX constants): enough to
-/// spread moves, and repeatable from its seed.
-struct Lcg(u64);
-
-impl Lcg {
-    fn next(&mut self) -> u64 {
-        self.0 = self
-            .0
-            .wrapping_mul(6_364_136_223_846_793_005)
-            .wrapping_add(1_442_695_040_888_963_407);
-        self.0 >> 33
-    }
-
-    /// A number in `0..n`.
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-
-    /// A number in `lo..hi`.
-    fn range(&mut self, lo: u64, hi: u64) -> u64 {
-        lo + self.next() % (hi - lo)
-    }
-}
-
-fn seeded(test: &str) -> Lcg {
-    let seed = match std::env::var("NSPROXYFS_LOAD_SEED") {
-        Ok(s) => s.parse().expect("NSPROXYFS_LOAD_SEED is a number"),
-        Err(_) => std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos() as u64,
-    };
-    note(&format!("{test}: NSPROXYFS_LOAD_SEED={seed}"));
-    Lcg(seed)
-}
-
 /// `net:[4026532240]` -> 4026532240.
 fn parse_ns_text(text: &str) -> u64 {
     text.trim()
@@ -554,7 +518,7 @@ fn concurrent_moves_under_load() {
     let test = "concurrent_moves_under_load";
     let Some(m) = Mount::new(test) else { return };
     let started = Instant::now();
-    let mut rng = seeded(test);
+    let mut rng = Rng::seeded(test, "NSPROXYFS_LOAD_SEED");
     let dir = m.scratch("work");
     std::fs::create_dir(&dir).unwrap();
 
@@ -892,7 +856,7 @@ fn daemon_sigkill_mid_storm_leaves_targets_whole() {
     let test = "daemon_sigkill_mid_storm_leaves_targets_whole";
     let Some(m) = Mount::new(test) else { return };
     let started = Instant::now();
-    let mut rng = seeded(test);
+    let mut rng = Rng::seeded(test, "NSPROXYFS_LOAD_SEED");
     let dir = m.scratch("work");
     std::fs::create_dir(&dir).unwrap();
 

@@ -757,33 +757,57 @@ fn stat_field(pid: i32, n: usize) -> Option<String> {
     rest.split_whitespace().nth(n).map(str::to_owned)
 }
 
-/// A small deterministic generator (64-bit LCG) for randomized tests: the
-/// seed comes from `NSPROXYFS_FUZZ_SEED` or the clock and is printed, so a
-/// run can be replayed.
+/// A small deterministic generator (64-bit LCG, Knuth's MMIX constants)
+/// for randomized tests: the seed comes from an environment variable or the
+/// clock and is printed, so a run can be replayed.
 pub struct Rng(u64);
 
 impl Rng {
+    /// Seeded from `NSPROXYFS_FUZZ_SEED`, or the clock.
     pub fn from_env(test: &str) -> Rng {
-        let seed = std::env::var("NSPROXYFS_FUZZ_SEED")
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or_else(|| {
-                std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map_or(1, |d| d.as_nanos() as u64)
-            });
-        note(&format!("{test}: NSPROXYFS_FUZZ_SEED={seed}"));
+        Rng::seeded(test, "NSPROXYFS_FUZZ_SEED")
+    }
+
+    /// Seeded from the environment variable `var`, or the clock; prints the
+    /// seed as `var=SEED`.
+    pub fn seeded(test: &str, var: &str) -> Rng {
+        let seed = match std::env::var(var) {
+            Ok(s) => s
+                .parse()
+                .unwrap_or_else(|_| panic!("{var} is a number, not {s:?}")),
+            Err(_) => std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(1, |d| d.as_nanos() as u64),
+        };
+        note(&format!("{test}: {var}={seed}"));
         Rng(seed)
     }
 
-    pub fn below(&mut self, n: usize) -> usize {
-        self.0 = self
-            .0
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        ((self.0 >> 33) % n as u64) as usize
+    /// A fixed sequence, the same every run.
+    pub fn fixed(seed: u64) -> Rng {
+        Rng(seed)
     }
 
+    /// The next 31 bits.
+    pub fn next(&mut self) -> u64 {
+        self.0 = self
+            .0
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        self.0 >> 33
+    }
+
+    /// A number in `0..n`.
+    pub fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+
+    /// A number in `lo..hi`.
+    pub fn range(&mut self, lo: u64, hi: u64) -> u64 {
+        lo + self.next() % (hi - lo)
+    }
+
+    /// One of `items`.
     pub fn pick<T: Clone>(&mut self, items: &[T]) -> T {
         items[self.below(items.len())].clone()
     }
