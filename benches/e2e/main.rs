@@ -14,6 +14,9 @@
 //! that stops making progress (see `harness.rs`).
 
 mod bare;
+// The tests' support module: the benchmark shares its fixtures.
+#[path = "../../tests/common/mod.rs"]
+mod common;
 mod discover;
 mod harness;
 mod roles;
@@ -29,6 +32,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use bare::BareMount;
+use common::NS_ENTRIES;
 use harness::{Cgroups, Daemon, Helper, Scratch, Watchdog, cpath, read_through, write_once};
 use stats::{Op, Plan, Stats, measure, timed};
 
@@ -146,10 +150,7 @@ fn main() {
         eprintln!("SKIP e2e bench: needs root and /dev/fuse ({why})");
         return;
     }
-    if let Err(e) = harness::private_mount_namespace() {
-        eprintln!("e2e bench: cannot make a private mount namespace: {e}");
-        std::process::exit(1);
-    }
+    harness::private_mount_namespace();
     harness::catch_interrupts();
     let settings = Settings::new(quick);
     let started = Instant::now();
@@ -528,18 +529,6 @@ fn process_count() -> usize {
         })
         .unwrap_or(0)
 }
-
-/// The `/proc/PID/ns` entries the daemon compares for membership.
-const NS_ENTRIES: [&str; 8] = [
-    "cgroup",
-    "ipc",
-    "mnt",
-    "net",
-    "pid_for_children",
-    "time_for_children",
-    "user",
-    "uts",
-];
 
 /// Readlinks the namespace links `entries` of every process in /proc;
 /// returns how many processes answered.

@@ -9,7 +9,7 @@
 
 #![allow(dead_code)]
 
-use std::ffi::CString;
+use std::ffi::{CStr, CString};
 use std::io::{self, Write};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
@@ -27,6 +27,18 @@ static COUNTER: AtomicUsize = AtomicUsize::new(0);
 
 /// The eight kind names, in listing order.
 pub const KINDS: [&str; 8] = ["cgroup", "ipc", "mnt", "net", "pid", "time", "user", "uts"];
+
+/// The `/proc/PID/ns` entries behind the kinds, in [`KINDS`] order.
+pub const NS_ENTRIES: [&str; 8] = [
+    "cgroup",
+    "ipc",
+    "mnt",
+    "net",
+    "pid_for_children",
+    "time_for_children",
+    "user",
+    "uts",
+];
 
 /// The `/proc/PID/ns` entry behind a kind file.
 pub fn proc_entry(kind: &str) -> &str {
@@ -63,6 +75,32 @@ pub fn require_privileges(test: &str) -> bool {
             false
         }
     }
+}
+
+/// Whether `tool` is an executable file in a directory of `PATH`.
+pub fn on_path(tool: &str) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::env::var_os("PATH").is_some_and(|path| {
+        std::env::split_paths(&path).any(|dir| {
+            std::fs::metadata(dir.join(tool))
+                .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        })
+    })
+}
+
+/// Returns true if `tools` are all installed; says which are missing and
+/// skips otherwise, or fails under `CI=true`.
+pub fn require_tools(test: &str, tools: &[&str]) -> bool {
+    let missing: Vec<&str> = tools.iter().copied().filter(|t| !on_path(t)).collect();
+    if missing.is_empty() {
+        return true;
+    }
+    let why = format!("{test}: needs {}", missing.join(", "));
+    if std::env::var("CI").as_deref() == Ok("true") {
+        panic!("{why}, and CI must not skip");
+    }
+    eprintln!("SKIP {why}");
+    false
 }
 
 /// Moves the calling thread into a new mount namespace where every mount is
@@ -148,8 +186,7 @@ impl Watchdog {
                 unsafe { libc::kill(pid, libc::SIGKILL) };
             }
             if let Some(dev) = fuse_dev {
-                let minor = (dev & 0xff) | ((dev >> 12) & !0xff);
-                let _ = std::fs::write(format!("/sys/fs/fuse/connections/{minor}/abort"), "1");
+                abort_fuse(dev);
             }
         });
         Watchdog {
@@ -165,6 +202,69 @@ impl Drop for Watchdog {
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
+    }
+}
+
+/// Aborts the FUSE connection of the mount whose st_dev is `dev`: every
+/// request in flight fails with ENOTCONN.
+pub fn abort_fuse(dev: u64) {
+    let minor = (dev & 0xff) | ((dev >> 12) & !0xff);
+    let _ = std::fs::write(format!("/sys/fs/fuse/connections/{minor}/abort"), "1");
+}
+
+/// A watchdog with the step it reports and the pids it kills, for a test
+/// that runs its daemons itself instead of through [`Mount`].
+pub struct Watched {
+    pub step: Step,
+    pids: Arc<Mutex<Vec<i32>>>,
+    _watchdog: Watchdog,
+}
+
+impl Watched {
+    pub fn start(test: &str) -> Watched {
+        let step = Step::default();
+        let pids = Arc::new(Mutex::new(Vec::new()));
+        Watched {
+            _watchdog: Watchdog::start(test, step.clone(), pids.clone(), None),
+            step,
+            pids,
+        }
+    }
+
+    /// Registers a pid for the watchdog to kill.
+    pub fn watch_pid(&self, pid: i32) {
+        self.pids.lock().unwrap().push(pid);
+    }
+}
+
+/// Waits until `dir` is a mount other than the directory's own file system
+/// (st_dev `outer`) that answers, up to 20 s; panics with the daemon's log
+/// if the daemon exits first. `tick` runs at each look.
+pub fn wait_mounted(
+    dir: &Path,
+    outer: u64,
+    daemon: &mut Child,
+    log: &Path,
+    mut tick: impl FnMut(),
+) {
+    let log_text = || std::fs::read_to_string(log).unwrap_or_default();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Ok(md) = std::fs::metadata(dir.join("status"))
+            && md.dev() != outer
+        {
+            return;
+        }
+        if let Ok(Some(status)) = daemon.try_wait() {
+            panic!("daemon exited while mounting ({status}): {}", log_text());
+        }
+        assert!(
+            Instant::now() < deadline,
+            "mount did not answer: {}",
+            log_text()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+        tick();
     }
 }
 
@@ -243,27 +343,8 @@ impl Mount {
             .spawn()
             .expect("spawn nsproxyfs");
         self.pids.lock().unwrap().push(daemon.id() as i32);
-        self.daemon = Some(daemon);
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Ok(md) = std::fs::metadata(self.dir.join("status"))
-                && md.dev() != self.root_dev
-            {
-                break;
-            }
-            if let Some(Ok(Some(status))) = self.daemon.as_mut().map(|d| d.try_wait()) {
-                panic!(
-                    "daemon exited while mounting ({status}): {}",
-                    self.log_text()
-                );
-            }
-            assert!(
-                Instant::now() < deadline,
-                "mount did not answer: {}",
-                self.log_text()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let daemon = self.daemon.insert(daemon);
+        wait_mounted(&self.dir, self.root_dev, daemon, &self.log, || {});
         let dev = std::fs::metadata(&self.dir).unwrap().dev();
         self._watchdog = None;
         self._watchdog = Some(Watchdog::start(
@@ -420,10 +501,16 @@ pub fn wait_bounded(child: &mut Child, limit: Duration) -> std::process::ExitSta
 /// single write(), and closes it, reporting the first error (close included).
 pub fn write_once(path: &Path, data: &[u8]) -> io::Result<()> {
     let c = CString::new(path.as_os_str().as_bytes()).unwrap();
+    write_once_c(&c, data)
+}
+
+/// [`write_once`] with the path already a C string, so that a measurement
+/// times the calls alone.
+pub fn write_once_c(path: &CStr, data: &[u8]) -> io::Result<()> {
     // SAFETY: a NUL-terminated path and constant flags.
     let fd = unsafe {
         libc::open(
-            c.as_ptr(),
+            path.as_ptr(),
             libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC | libc::O_CLOEXEC,
             0o644,
         )
@@ -435,8 +522,8 @@ pub fn write_once(path: &Path, data: &[u8]) -> io::Result<()> {
     let n = unsafe { libc::write(fd, data.as_ptr().cast(), data.len()) };
     let write_err = (n < 0).then(io::Error::last_os_error);
     // SAFETY: fd is ours and closed once.
-    let c = unsafe { libc::close(fd) };
-    let close_err = (c < 0).then(io::Error::last_os_error);
+    let closed = unsafe { libc::close(fd) };
+    let close_err = (closed < 0).then(io::Error::last_os_error);
     match (write_err, close_err) {
         (Some(e), _) | (None, Some(e)) => Err(e),
         (None, None) if n as usize != data.len() => Err(io::Error::other("short write")),
