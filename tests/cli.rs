@@ -48,19 +48,6 @@ fn one_line_failure(status: std::process::ExitStatus, err: &str, want: &str) {
     assert!(err.contains(want), "{err:?} should mention {want:?}");
 }
 
-fn daemons_on(state: &std::path::Path) -> Vec<i32> {
-    let needle = state.to_str().unwrap();
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
-        .filter(|p| {
-            std::fs::read(format!("/proc/{p}/cmdline"))
-                .map(|c| String::from_utf8_lossy(&c).contains(needle))
-                .unwrap_or(false)
-        })
-        .collect()
-}
-
 #[test]
 fn background_mount_answers_on_return_and_umount_ends_it() {
     let Some(s) = setup("cli-bg") else { return };

@@ -293,24 +293,6 @@ fn mount_entry(dir: &Path) -> Option<(String, String)> {
     })
 }
 
-/// Pids of nsproxyfs daemons whose command line names `state`. Only
-/// processes named `nsproxyfs` are read further, so a process stuck with
-/// its memory locked elsewhere on the machine cannot hang the test.
-fn daemons_on(state: &Path) -> Vec<i32> {
-    let needle = state.as_os_str().as_bytes();
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
-        .filter(|p| {
-            std::fs::read_to_string(format!("/proc/{p}/comm")).is_ok_and(|c| c == "nsproxyfs\n")
-        })
-        .filter(|p| {
-            std::fs::read(format!("/proc/{p}/cmdline"))
-                .is_ok_and(|c| c.windows(needle.len()).any(|w| w == needle))
-        })
-        .collect()
-}
-
 #[test]
 fn mount_t_fuse_nsproxyfs_starts_the_daemon_and_umount_ends_it() {
     let Some(mut s) = Setup::new("helper-mount", true) else {

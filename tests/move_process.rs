@@ -13,7 +13,7 @@ use std::time::Duration;
 
 mod common;
 
-use common::{NS_ENTRIES, Watched, ns_ino, wait_for};
+use common::{NS_ENTRIES, Watched, blocked_in, ns_ino, state, wait_for};
 use nix::errno::Errno;
 use nix::sched::CloneFlags;
 use nix::sys::signal::{Signal, kill};
@@ -112,20 +112,6 @@ fn comm(pid: i32) -> String {
         .unwrap_or_default()
         .trim()
         .to_string()
-}
-
-/// The state letter of /proc/PID/stat.
-fn state(pid: i32) -> char {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    stat.rfind(')')
-        .and_then(|i| stat[i + 1..].trim_start().chars().next())
-        .unwrap_or('?')
-}
-
-/// The syscall a thread is blocked in, per /proc/PID/syscall.
-fn blocked_in(pid: i32) -> Option<i64> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/syscall")).ok()?;
-    text.split_whitespace().next()?.parse().ok()
 }
 
 fn tracer(pid: i32) -> i32 {
@@ -277,7 +263,7 @@ fn moves_sleep_into_uts() {
 /// Waits until `pid` is blocked in one of `syscalls` (per /proc/PID/syscall).
 fn wait_blocked(wd: &Watched, pid: i32, syscalls: &[i64]) {
     wait_until(wd, &format!("{pid} blocking in {syscalls:?}"), || {
-        state(pid) == 'S' && blocked_in(pid).is_some_and(|nr| syscalls.contains(&nr))
+        state(pid) == 'S' && blocked_in(pid, pid).is_some_and(|nr| syscalls.contains(&nr))
     });
 }
 

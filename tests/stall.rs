@@ -79,24 +79,8 @@ impl Drop for Target {
     }
 }
 
-fn status_field(pid: i32, field: &str) -> String {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix(field).map(|v| v.trim().to_owned()))
-        .unwrap_or_default()
-}
-
-fn state(pid: i32) -> char {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    stat.rfind(')')
-        .and_then(|i| stat[i + 1..].split_whitespace().next())
-        .and_then(|s| s.chars().next())
-        .unwrap_or('?')
-}
-
 fn traced(pid: i32) -> bool {
-    status_field(pid, "TracerPid:") != "0"
+    status_field(pid, "TracerPid").as_deref() != Some("0")
 }
 
 fn fds(pid: i32) -> Vec<String> {
@@ -164,7 +148,9 @@ fn strict_seccomp_is_refused_and_the_process_runs_on() {
     container(&m, "s");
     let mut t = Target::start(&m, "strict");
     let pid = t.pid();
-    wait_for("strict mode", || status_field(pid, "Seccomp:") == "1");
+    wait_for("strict mode", || {
+        status_field(pid, "Seccomp").as_deref() == Some("1")
+    });
     let before = ns_ino(pid, "uts");
     assert_eq!(
         errno(m.write("s/tasks", pid.to_string().as_bytes())),

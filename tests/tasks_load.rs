@@ -73,15 +73,6 @@ fn ppid_of(pid: i32) -> Option<i32> {
     rest.split_whitespace().nth(1)?.parse().ok()
 }
 
-/// A field of `/proc/PID/status`, trimmed.
-fn status_field(pid: i32, field: &str) -> Option<String> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
-        .map(|v| v.trim().to_owned())
-}
-
 /// The kinds of `got` that differ from `want`, for messages.
 fn differing(got: &NsSet, want: &NsSet) -> Vec<&'static str> {
     (0..8)

@@ -437,6 +437,15 @@ impl Mount {
             .collect()
     }
 
+    /// The namespace inode a kind file names (`net:[N]` -> N).
+    pub fn bound_ino(&self, rel: &str) -> u64 {
+        let text = self.read(rel);
+        text.trim()
+            .rsplit_once('[')
+            .and_then(|(_, n)| n.trim_end_matches(']').parse().ok())
+            .unwrap_or_else(|| panic!("{rel}: {text}"))
+    }
+
     /// The pin path `status` prints for `kind` in `container`.
     pub fn pin(&self, container: &str, kind: &str) -> String {
         self.status(container)
@@ -839,9 +848,70 @@ impl Seen {
 
 /// Field `n` of `/proc/PID/stat` after the command name (0 is the state).
 fn stat_field(pid: i32, n: usize) -> Option<String> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    field_after_comm(&format!("/proc/{pid}/stat"), n)
+}
+
+fn field_after_comm(path: &str, n: usize) -> Option<String> {
+    let stat = std::fs::read_to_string(path).ok()?;
     let rest = &stat[stat.rfind(')')? + 1..];
     rest.split_whitespace().nth(n).map(str::to_owned)
+}
+
+/// The state letter of `/proc/PID/stat`, `?` if the process is gone.
+pub fn state(pid: i32) -> char {
+    stat_field(pid, 0)
+        .and_then(|s| s.chars().next())
+        .unwrap_or('?')
+}
+
+/// The state letter of thread `tid` of `pid`, `?` if it is gone.
+pub fn thread_state(pid: i32, tid: i32) -> char {
+    field_after_comm(&format!("/proc/{pid}/task/{tid}/stat"), 0)
+        .and_then(|s| s.chars().next())
+        .unwrap_or('?')
+}
+
+/// A field of `/proc/PID/status` (named without its colon), trimmed.
+pub fn status_field(pid: i32, field: &str) -> Option<String> {
+    field_of(&format!("/proc/{pid}/status"), field)
+}
+
+/// A field of `/proc/PID/task/TID/status` (named without its colon),
+/// trimmed.
+pub fn thread_status_field(pid: i32, tid: i32, field: &str) -> Option<String> {
+    field_of(&format!("/proc/{pid}/task/{tid}/status"), field)
+}
+
+fn field_of(path: &str, field: &str) -> Option<String> {
+    let status = std::fs::read_to_string(path).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .map(|v| v.trim().to_owned())
+}
+
+/// The syscall thread `tid` of `pid` is in, per its `syscall` file.
+pub fn blocked_in(pid: i32, tid: i32) -> Option<i64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/syscall")).ok()?;
+    text.split_whitespace().next()?.parse().ok()
+}
+
+/// Pids of nsproxyfs daemons whose command line names `state`. Only
+/// processes named `nsproxyfs` are read further, so a process stuck with
+/// its memory locked elsewhere on the machine cannot hang the test.
+pub fn daemons_on(state: &Path) -> Vec<i32> {
+    let needle = state.as_os_str().as_bytes();
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|p| {
+            std::fs::read_to_string(format!("/proc/{p}/comm")).is_ok_and(|c| c == "nsproxyfs\n")
+        })
+        .filter(|p| {
+            std::fs::read(format!("/proc/{p}/cmdline"))
+                .is_ok_and(|c| c.windows(needle.len()).any(|w| w == needle))
+        })
+        .collect()
 }
 
 /// A small deterministic generator (64-bit LCG, Knuth's MMIX constants)
