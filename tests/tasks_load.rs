@@ -508,7 +508,6 @@ fn candidates(
 fn concurrent_moves_under_load() {
     let test = "concurrent_moves_under_load";
     let Some(m) = Mount::new(test) else { return };
-    let started = Instant::now();
     let mut rng = Rng::seeded(test, "NSPROXYFS_LOAD_SEED");
     let dir = m.scratch("work");
     std::fs::create_dir(&dir).unwrap();
@@ -597,7 +596,6 @@ fn concurrent_moves_under_load() {
             Writer::once(&m, &format!("w{w}"), &moves)
         })
         .collect();
-    let storm_start = Instant::now();
 
     // Meanwhile: the daemon keeps answering everything else, and `cx` comes
     // and goes with moves racing its rmdir.
@@ -666,7 +664,6 @@ fn concurrent_moves_under_load() {
         }
         cx_phase.push((gen_name, outcomes));
     }
-    let storm_time = storm_start.elapsed();
 
     let mut storm_phase: Vec<(String, Vec<Outcome>)> = Vec::new();
     for w in &mut storm {
@@ -707,7 +704,7 @@ fn concurrent_moves_under_load() {
     };
     let cx_ok = ok(&cx_phase);
     note(&format!(
-        "{test}: storm {storm_time:?}, {} of {total} moves done, failures {errors:?}; \
+        "{test}: storm: {} of {total} moves done, failures {errors:?}; \
          {rounds} rounds of other requests; {cx_ok} of {} moves into a cx done",
         ok(&storm_phase),
         cx_phase.iter().map(|(_, o)| o.len()).sum::<usize>()
@@ -819,7 +816,6 @@ fn concurrent_moves_under_load() {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
-    note(&format!("{test}: took {:?}", started.elapsed()));
 }
 
 /// The daemon is SIGKILLed in the middle of a storm of moves.
@@ -846,7 +842,6 @@ fn concurrent_moves_under_load() {
 fn daemon_sigkill_mid_storm_leaves_targets_whole() {
     let test = "daemon_sigkill_mid_storm_leaves_targets_whole";
     let Some(m) = Mount::new(test) else { return };
-    let started = Instant::now();
     let mut rng = Rng::seeded(test, "NSPROXYFS_LOAD_SEED");
     let dir = m.scratch("work");
     std::fs::create_dir(&dir).unwrap();
@@ -1038,5 +1033,4 @@ fn daemon_sigkill_mid_storm_leaves_targets_whole() {
         "after SIGKILL of the daemon mid-storm:\n{}",
         problems.join("\n")
     );
-    note(&format!("{test}: took {:?}", started.elapsed()));
 }
