@@ -9,8 +9,6 @@ use std::time::Duration;
 
 use common::*;
 
-const BIN: &str = env!("CARGO_BIN_EXE_nsproxyfs");
-
 fn setup(test: &str) -> Option<Scratch> {
     if !require_privileges(test) {
         return None;

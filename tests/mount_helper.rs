@@ -26,7 +26,6 @@ use std::time::Duration;
 
 use common::*;
 
-const BIN: &str = env!("CARGO_BIN_EXE_nsproxyfs");
 const SRC: &str = env!("CARGO_MANIFEST_DIR");
 
 /// The tools these tests drive.

@@ -13,8 +13,6 @@ use std::process::{Command, Stdio};
 
 use common::*;
 
-const BIN: &str = env!("CARGO_BIN_EXE_nsproxyfs");
-
 /// Makes the syslog sockets unreachable in this thread's private mount
 /// namespace (a bind mount of /dev/null over each), as on a host or in a
 /// container without a syslog daemon.

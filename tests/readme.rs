@@ -17,7 +17,6 @@ use std::time::Duration;
 
 use common::*;
 
-const BIN: &str = env!("CARGO_BIN_EXE_nsproxyfs");
 const README: &str = include_str!("../README.md");
 
 /// The first indented line after "Mount it": the command that mounts.

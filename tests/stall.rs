@@ -490,7 +490,7 @@ fn paths_through_a_filesystem_that_does_not_answer_hold_no_worker() {
     // in it waits.
     let other = m.scratch("other");
     std::fs::create_dir(&other).unwrap();
-    let mut server = Command::new(env!("CARGO_BIN_EXE_nsproxyfs"))
+    let mut server = Command::new(BIN)
         .arg("-f")
         .arg("--state-dir")
         .arg(m.scratch("other-state"))

@@ -12,7 +12,6 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
-const BIN: &str = env!("CARGO_BIN_EXE_nsproxyfs");
 const NOBODY: &str = "setpriv --reuid 65534 --regid 65534 --clear-groups";
 
 fn mode(path: &Path) -> u32 {

@@ -344,7 +344,7 @@ fn requests_from_callers_the_daemon_cannot_see_change_nothing() {
                 "--kill-child=SIGTERM",
                 "--",
             ])
-            .arg(env!("CARGO_BIN_EXE_nsproxyfs"))
+            .arg(BIN)
             .args(["-f", "-v", "--state-dir"])
             .arg(scratch.0.join("state"))
             .arg(&dir)

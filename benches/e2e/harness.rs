@@ -330,7 +330,7 @@ impl Daemon {
         };
         std::fs::create_dir_all(&dir).expect("create the mount point");
         let outer = std::fs::metadata(&dir).expect("stat the mount point").dev();
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_nsproxyfs"));
+        let mut cmd = Command::new(crate::common::BIN);
         cmd.arg("-f")
             .args(extra)
             .arg("--state-dir")

@@ -20,6 +20,9 @@ use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+/// The nsproxyfs binary cargo built for these tests.
+pub const BIN: &str = env!("CARGO_BIN_EXE_nsproxyfs");
+
 /// How long one test may take before the watchdog ends it.
 pub const WATCHDOG: Duration = Duration::from_secs(120);
 
@@ -330,7 +333,7 @@ impl Mount {
             .append(true)
             .open(&self.log)
             .unwrap();
-        let daemon = Command::new(env!("CARGO_BIN_EXE_nsproxyfs"))
+        let daemon = Command::new(BIN)
             .arg("-f")
             .arg("-v")
             .arg("--state-dir")
