@@ -573,10 +573,7 @@ fn concurrent_moves_under_load() {
     // fraction of that.
     let budget = Duration::from_secs(45).as_micros() / per_move.as_micros().max(1);
     let total = budget.clamp(200, 1000) as usize / writers * writers;
-    note(&format!(
-        "{test}: warm-up {:?} per move; storm of {total} moves",
-        per_move
-    ));
+    note(&format!("{test}: storm of {total} moves"));
 
     // The storm.
     m.step.set("start the writers");
