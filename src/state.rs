@@ -328,64 +328,6 @@ mod tests {
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
-    /// What one record write costs with 10, 1,000 and 10,000 containers
-    /// (encode, then temp file, fsync, rename, fsync of the directory), on
-    /// the file system of the temporary directory. A measurement, not a
-    /// check: `cargo test --release --lib -- --ignored --nocapture record_cost`.
-    #[test]
-    #[ignore]
-    fn record_cost() {
-        use crate::tree::{NsRef, Tree};
-        let dir = scratch("cost");
-        let rec = Recorder::open(Arc::new(StateDir::existing(&dir).unwrap()));
-        for n in [10usize, 1_000, 10_000] {
-            let mut tree = Tree::new([1, 2, 3, 4, 5, 6, 7, 8]);
-            // A hundred containers at the top, the rest below them.
-            let mut parents = Vec::new();
-            for i in 0..n {
-                let parent = match i {
-                    0..100 => Tree::ROOT,
-                    _ => parents[i % 100],
-                };
-                let id = tree.mkdir(parent, &format!("container-{i}")).unwrap();
-                let ns = NsRef {
-                    kind: Kind::ALL[i % 8],
-                    ino: 4_026_532_000 + (i as u64 % 500) * 8 + (i % 8) as u64,
-                };
-                if i % 8 != 2 {
-                    tree.link(id, ns).unwrap();
-                }
-                if i < 100 {
-                    parents.push(id);
-                }
-            }
-            let runs = 30;
-            let (mut encode, mut write) = (Vec::new(), Vec::new());
-            let mut size = 0;
-            for _ in 0..runs {
-                let t = std::time::Instant::now();
-                let text = record::encode(&tree, rec.boot(), |_| None, &[]);
-                encode.push(t.elapsed());
-                size = text.len();
-                let t = std::time::Instant::now();
-                let _guard = rec.lock();
-                rec.write(text.as_bytes()).unwrap();
-                write.push(t.elapsed());
-            }
-            encode.sort();
-            write.sort();
-            println!(
-                "{n:>6} containers, {size:>7} bytes: encode median {:?} p90 {:?}; \
-                 write median {:?} p90 {:?}",
-                encode[runs / 2],
-                encode[runs * 9 / 10],
-                write[runs / 2],
-                write[runs * 9 / 10]
-            );
-        }
-        std::fs::remove_dir_all(&dir).unwrap();
-    }
-
     #[test]
     fn boot_id_is_one_word() {
         let id = boot_id();

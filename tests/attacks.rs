@@ -16,15 +16,6 @@ fn serial() -> std::sync::MutexGuard<'static, ()> {
     SERIAL.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// The namespace inode a kind file names.
-fn ns_ino_of_file(m: &Mount, rel: &str) -> u64 {
-    let text = m.read(rel);
-    text.trim()
-        .rsplit_once('[')
-        .and_then(|(_, n)| n.trim_end_matches(']').parse().ok())
-        .unwrap_or_else(|| panic!("{rel}: {text}"))
-}
-
 /// `/proc/net` and `/proc/mounts` are links to `self/...` in every procfs:
 /// followed by the kernel for the task that walks the path, they lead to
 /// that task's own `/proc` entry, not the writer's. From there `..` gives
@@ -40,7 +31,7 @@ fn links_to_self_inside_procfs_mean_the_writer() {
     std::fs::File::create(m.path("c/net")).unwrap();
     std::fs::create_dir(m.path("c/sub")).unwrap();
     let root_net = ns_ino(std::process::id() as i32, "net");
-    let c_net = ns_ino_of_file(&m, "c/net");
+    let c_net = m.bound_ino("c/net");
     assert_ne!(c_net, root_net);
     // A writer confined to c names its own net namespace through a procfs
     // link that the kernel resolves to `self`.
@@ -59,7 +50,7 @@ fn links_to_self_inside_procfs_mean_the_writer() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert_eq!(
-        ns_ino_of_file(&m, "c/sub/net"),
+        m.bound_ino("c/sub/net"),
         c_net,
         "the writer's net, not the daemon's"
     );
@@ -200,7 +191,7 @@ fn moves_do_not_depend_on_which_callers_came_before() {
     m.step.set("move the root process without CAP_SYS_PTRACE");
     let got = m.write("d/tasks", target.pid().to_string().as_bytes());
     assert!(got.is_ok(), "{got:?}");
-    assert_eq!(ns_ino(target.pid(), "uts"), ns_ino_of_file(&m, "d/uts"));
+    assert_eq!(ns_ino(target.pid(), "uts"), m.bound_ino("d/uts"));
 }
 
 /// The attacker of `the_walking_child_holds_none_of_the_daemon_s_descriptors`:

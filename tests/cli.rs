@@ -9,8 +9,6 @@ use std::time::Duration;
 
 use common::*;
 
-const BIN: &str = env!("CARGO_BIN_EXE_nsproxyfs");
-
 fn setup(test: &str) -> Option<Scratch> {
     if !require_privileges(test) {
         return None;
@@ -46,19 +44,6 @@ fn one_line_failure(status: std::process::ExitStatus, err: &str, want: &str) {
     assert_eq!(err.lines().count(), 1, "one line: {err:?}");
     assert!(err.starts_with("nsproxyfs: "), "{err}");
     assert!(err.contains(want), "{err:?} should mention {want:?}");
-}
-
-fn daemons_on(state: &std::path::Path) -> Vec<i32> {
-    let needle = state.to_str().unwrap();
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
-        .filter(|p| {
-            std::fs::read(format!("/proc/{p}/cmdline"))
-                .map(|c| String::from_utf8_lossy(&c).contains(needle))
-                .unwrap_or(false)
-        })
-        .collect()
 }
 
 #[test]

@@ -526,7 +526,7 @@ fn a_set_emptied_by_a_move_leaves_and_moves_into_discovered_sets_work() {
 
 /// Runs `nsproxyfs adopt PID DEST`.
 fn adopt(pid: i32, dest: &Path) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_nsproxyfs"))
+    Command::new(BIN)
         .arg("adopt")
         .arg(pid.to_string())
         .arg(dest)

@@ -10,8 +10,6 @@ use std::time::Duration;
 
 use common::*;
 
-const BIN: &str = env!("CARGO_BIN_EXE_nsproxyfs");
-
 /// The `/proc/self/ns` entries a command reads to say where it is, and the
 /// kind whose `status` line each must match.
 const ENTRIES: [(&str, &str); 10] = [

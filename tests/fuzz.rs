@@ -104,10 +104,7 @@ fn check_tree(m: &Mount) {
         let parent = path.rsplit_once('/').map_or("", |p| p.0).to_owned();
         if dir {
             *subdirs.entry(parent).or_default() += 1;
-        } else if KINDS_NAMES
-            .iter()
-            .any(|k| path.rsplit('/').next() == Some(k))
-        {
+        } else if KINDS.iter().any(|k| path.rsplit('/').next() == Some(k)) {
             // Kind files proper; a name staged by `ln` under another name
             // (the first half of `ln -f`) binds nothing and is not counted.
             *names.entry(ino).or_default() += 1;
@@ -131,8 +128,6 @@ fn check_tree(m: &Mount) {
         }
     }
 }
-
-const KINDS_NAMES: [&str; 8] = ["cgroup", "ipc", "mnt", "net", "pid", "time", "user", "uts"];
 
 /// A random path: half the time an existing entry as it is, otherwise an
 /// existing directory with a kind, control, container or invalid name
@@ -183,7 +178,7 @@ fn random_op(rng: &mut Rng, m: &Mount, entries: &[(String, bool)], pids: &[Strin
     let value = match rng.below(6) {
         0 | 1 => pids[rng.below(pids.len())].clone(),
         2 => "not-a-pid".to_owned(),
-        3 => format!("/proc/{}/ns/{}", pids[0], KINDS_NAMES[rng.below(8)]),
+        3 => format!("/proc/{}/ns/{}", pids[0], KINDS[rng.below(8)]),
         4 => "/nonexistent".to_owned(),
         _ => "2147483647".to_owned(),
     };
@@ -302,7 +297,7 @@ fn random_operations_from_inside_change_nothing_outside() {
         let all = entries_under(&m, "");
         // The jail's own kind files stay out of reach: changing them would
         // change the set the caller lives in (it would leave the jail).
-        let own: Vec<String> = KINDS_NAMES
+        let own: Vec<String> = KINDS
             .iter()
             .map(|k| m.path(&format!("jail/{k}")).display().to_string())
             .collect();

@@ -113,17 +113,6 @@ fn two_containers(m: &Mount) {
     }
 }
 
-/// The inode a kind file names (`net:[N]` -> N).
-fn bound(m: &Mount, rel: &str) -> u64 {
-    m.read(rel)
-        .trim()
-        .split(['[', ']'])
-        .nth(1)
-        .unwrap()
-        .parse()
-        .unwrap()
-}
-
 /// The live threads of `pid` (leaving out exited ones, such as a leader
 /// that called pthread_exit).
 fn live_threads(pid: i32) -> Vec<i32> {
@@ -139,29 +128,11 @@ fn live_threads(pid: i32) -> Vec<i32> {
     tids
 }
 
-fn thread_state(pid: i32, tid: i32) -> char {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/stat")).unwrap_or_default();
-    stat.rfind(')')
-        .and_then(|i| stat[i + 1..].trim_start().chars().next())
-        .unwrap_or('?')
-}
-
 fn thread_ns(pid: i32, tid: i32, kind: &str) -> u64 {
     use std::os::unix::fs::MetadataExt;
     std::fs::metadata(format!("/proc/{pid}/task/{tid}/ns/{kind}"))
         .map(|m| m.ino())
         .unwrap_or(0)
-}
-
-/// A field of `/proc/PID/task/TID/status`.
-fn status_field(pid: i32, tid: i32, field: &str) -> String {
-    let status =
-        std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix(field))
-        .map(|v| v.trim().to_owned())
-        .unwrap_or_default()
 }
 
 /// The write's errno, 0 for success.
@@ -189,7 +160,6 @@ fn target_exiting_mid_move_ends_the_write_with_esrch() {
     two_containers(&m);
     let mut rng = Rng::from_env("exit-mid-move");
     let mut outcomes = [0usize; 2];
-    let mut slowest = Duration::ZERO;
     for round in 0..300 {
         let micros = rng.below(3000).to_string();
         let mut t = Target::start(&m, &["exit-after", "8", &micros]);
@@ -197,9 +167,7 @@ fn target_exiting_mid_move_ends_the_write_with_esrch() {
         m.step.set(&format!(
             "round {round}: move a target exiting after {micros} us"
         ));
-        let start = Instant::now();
         let errno = write_pid(&m, container, t.pid());
-        slowest = slowest.max(start.elapsed());
         assert!(
             errno == 0 || errno == libc::ESRCH,
             "round {round}: the write failed with errno {errno}"
@@ -210,7 +178,7 @@ fn target_exiting_mid_move_ends_the_write_with_esrch() {
         assert_eq!(status.code(), Some(0), "round {round}: {status}");
     }
     note(&format!(
-        "exit-mid-move: {} moved, {} ESRCH; slowest write {slowest:?}",
+        "exit-mid-move: {} moved, {} ESRCH",
         outcomes[0], outcomes[1]
     ));
     assert_injectors_clean(&m);
@@ -356,21 +324,20 @@ fn signals_during_moves_arrive_once_with_their_siginfo() {
     // The last handler may still be on its way out (its line sent, its
     // mask not yet restored): nothing may stay pending or blocked for good.
     for tid in live_threads(pid) {
-        for field in ["SigPnd:", "ShdPnd:", "SigBlk:"] {
-            let clear = || status_field(pid, tid, field) == "0000000000000000";
+        for field in ["SigPnd", "ShdPnd", "SigBlk"] {
+            let clear =
+                || thread_status_field(pid, tid, field).as_deref() == Some("0000000000000000");
             if !clear() {
                 wait_for(&format!("thread {tid} {field} to clear"), clear);
             }
         }
-        assert_eq!(status_field(pid, tid, "TracerPid:"), "0", "thread {tid}");
+        assert_eq!(
+            thread_status_field(pid, tid, "TracerPid").as_deref(),
+            Some("0"),
+            "thread {tid}"
+        );
     }
     assert!(t.finish().success());
-}
-
-/// The syscall a thread is in, per `/proc/PID/task/TID/syscall`.
-fn blocked_in(pid: i32, tid: i32) -> Option<i64> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/syscall")).ok()?;
-    text.split_whitespace().next()?.parse().ok()
 }
 
 #[test]
@@ -428,15 +395,18 @@ fn process_whose_main_thread_exited_is_moved() {
         let c = if i % 2 == 0 { "a" } else { "b" };
         assert_eq!(write_pid(&m, c, pid), 0, "move {i}");
         let (uts, net) = (
-            bound(&m, &format!("{c}/uts")),
-            bound(&m, &format!("{c}/net")),
+            m.bound_ino(&format!("{c}/uts")),
+            m.bound_ino(&format!("{c}/net")),
         );
         let threads = live_threads(pid);
         assert_eq!(threads.len(), 4);
         for tid in threads {
             assert_eq!(thread_ns(pid, tid, "uts"), uts, "move {i}: thread {tid}");
             assert_eq!(thread_ns(pid, tid, "net"), net, "move {i}: thread {tid}");
-            assert_eq!(status_field(pid, tid, "TracerPid:"), "0");
+            assert_eq!(
+                thread_status_field(pid, tid, "TracerPid").as_deref(),
+                Some("0")
+            );
         }
     }
     assert!(t.finish().success());
@@ -458,7 +428,7 @@ fn main_thread_exiting_mid_move_leaves_the_others_moved() {
             "round {round}: main thread leaves after {micros} us"
         ));
         assert_eq!(write_pid(&m, c, pid), 0, "round {round}");
-        let uts = bound(&m, &format!("{c}/uts"));
+        let uts = m.bound_ino(&format!("{c}/uts"));
         // It may leave after the move: look once it has.
         m.step
             .set(&format!("round {round}: wait for the main thread to leave"));
@@ -478,7 +448,11 @@ fn main_thread_exiting_mid_move_leaves_the_others_moved() {
                 uts,
                 "round {round}: thread {tid}"
             );
-            assert_eq!(status_field(pid, tid, "TracerPid:"), "0", "round {round}");
+            assert_eq!(
+                thread_status_field(pid, tid, "TracerPid").as_deref(),
+                Some("0"),
+                "round {round}"
+            );
         }
         m.step.set(&format!("round {round}: end the target"));
         assert!(t.finish().success(), "round {round}");
@@ -506,7 +480,7 @@ fn thread_in_a_namespace_of_its_own_is_moved_too() {
         .collect();
     assert_eq!(own.len(), 1, "one thread in a net namespace of its own");
     assert_eq!(write_pid(&m, "c", pid), 0);
-    let uts = bound(&m, "c/uts");
+    let uts = m.bound_ino("c/uts");
     for tid in threads {
         assert_eq!(thread_ns(pid, tid, "uts"), uts, "thread {tid}");
         assert_eq!(thread_ns(pid, tid, "net"), host_net, "thread {tid}");

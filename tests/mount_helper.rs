@@ -18,46 +18,18 @@ use std::ffi::CString;
 use std::fs::File;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::*;
 
-const BIN: &str = env!("CARGO_BIN_EXE_nsproxyfs");
 const SRC: &str = env!("CARGO_MANIFEST_DIR");
 
 /// The tools these tests drive.
 const TOOLS: [&str; 6] = ["sh", "mount", "umount", "install", "sed", "nsenter"];
-
-fn on_path(tool: &str) -> bool {
-    std::env::var_os("PATH").is_some_and(|path| {
-        std::env::split_paths(&path).any(|dir| {
-            std::fs::metadata(dir.join(tool)).is_ok_and(|m| m.is_file() && m.mode() & 0o111 != 0)
-        })
-    })
-}
-
-/// Returns true if `tools` are all installed; says which are missing and
-/// skips otherwise, or fails under `CI=true`.
-fn require_tools(test: &str, tools: &[&str]) -> bool {
-    let missing: Vec<&str> = tools.iter().copied().filter(|t| !on_path(t)).collect();
-    if missing.is_empty() {
-        return true;
-    }
-    let why = format!(
-        "{test}: needs {} (util-linux for mount, umount and nsenter; coreutils; sed)",
-        missing.join(", ")
-    );
-    if std::env::var("CI").as_deref() == Ok("true") {
-        panic!("{why}, and CI must not skip");
-    }
-    eprintln!("SKIP {why}");
-    false
-}
 
 /// What a finished command said.
 struct Ran {
@@ -137,9 +109,7 @@ struct Setup {
     state: PathBuf,
     prefix: PathBuf,
     daemons: Vec<Daemon>,
-    pids: Arc<Mutex<Vec<i32>>>,
-    step: Step,
-    _watchdog: Watchdog,
+    watched: Watched,
     /// The original /sbin, which the cover's links go through.
     _sbin: Option<File>,
     scratch: Scratch,
@@ -167,17 +137,13 @@ impl Setup {
         let sbin = cover.then(|| cover_sbin(&prefix.join("helpers/mount.fuse.nsproxyfs")));
         let mnt = scratch.0.join("mnt");
         std::fs::create_dir(&mnt).unwrap();
-        let step = Step::default();
-        let pids = Arc::new(Mutex::new(Vec::new()));
         Some(Setup {
             test: test.to_owned(),
             state: scratch.0.join("state"),
             mnt,
             prefix,
             daemons: Vec::new(),
-            _watchdog: Watchdog::start(test, step.clone(), pids.clone(), None),
-            pids,
-            step,
+            watched: Watched::start(test),
             _sbin: sbin,
             scratch,
         })
@@ -185,7 +151,7 @@ impl Setup {
 
     /// mount(8) or umount(8) with `args`, its bookkeeping kept here.
     fn mount(&mut self, program: &str, args: &[&str]) -> Ran {
-        self.step.set(&format!("{program} {args:?}"));
+        self.watched.step.set(&format!("{program} {args:?}"));
         let ran = run(
             &self.scratch.0,
             Command::new(program)
@@ -207,7 +173,7 @@ impl Setup {
             if fd >= 0 {
                 // SAFETY: the kernel just returned this descriptor to us.
                 let pidfd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
-                self.pids.lock().unwrap().push(pid);
+                self.watched.watch_pid(pid);
                 self.daemons.push(Daemon { pid, pidfd });
             }
         }
@@ -244,7 +210,7 @@ impl Setup {
         let mnt = self.mnt.display().to_string();
         let ran = self.mount("umount", &[&mnt]);
         assert!(ran.status.success(), "umount: {}", ran.stderr);
-        self.step.set("the daemon ends after umount");
+        self.watched.step.set("the daemon ends after umount");
         wait_for("the daemon to end after umount", || {
             self.daemons.iter().all(|d| !d.alive())
         });
@@ -324,24 +290,6 @@ fn mount_entry(dir: &Path) -> Option<(String, String)> {
         let source = fields.next()?.to_owned();
         Some((source, fstype))
     })
-}
-
-/// Pids of nsproxyfs daemons whose command line names `state`. Only
-/// processes named `nsproxyfs` are read further, so a process stuck with
-/// its memory locked elsewhere on the machine cannot hang the test.
-fn daemons_on(state: &Path) -> Vec<i32> {
-    let needle = state.as_os_str().as_bytes();
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
-        .filter(|p| {
-            std::fs::read_to_string(format!("/proc/{p}/comm")).is_ok_and(|c| c == "nsproxyfs\n")
-        })
-        .filter(|p| {
-            std::fs::read(format!("/proc/{p}/cmdline"))
-                .is_ok_and(|c| c.windows(needle.len()).any(|w| w == needle))
-        })
-        .collect()
 }
 
 #[test]
@@ -574,7 +522,7 @@ fn the_units_command_reports_ready_once_mounted_and_stops_on_sigterm() {
     let unit =
         std::fs::read_to_string(s.prefix.join("lib/systemd/system/nsproxyfs.service")).unwrap();
     if on_path("systemd-analyze") {
-        s.step.set("systemd-analyze verify");
+        s.watched.step.set("systemd-analyze verify");
         let ran = run(
             &s.scratch.0,
             Command::new("systemd-analyze")
@@ -601,7 +549,7 @@ fn the_units_command_reports_ready_once_mounted_and_stops_on_sigterm() {
     manager
         .set_read_timeout(Some(Duration::from_secs(20)))
         .unwrap();
-    s.step.set("start the unit's command");
+    s.watched.step.set("start the unit's command");
     let mut daemon = Command::new(words[0])
         .args(&words[1..])
         .env("NOTIFY_SOCKET", &socket)
@@ -610,7 +558,7 @@ fn the_units_command_reports_ready_once_mounted_and_stops_on_sigterm() {
         .stderr(File::create(s.scratch.0.join("daemon.log")).unwrap())
         .spawn()
         .unwrap();
-    s.pids.lock().unwrap().push(daemon.id() as i32);
+    s.watched.watch_pid(daemon.id() as i32);
     let mut buf = [0u8; 256];
     let n = manager.recv(&mut buf).expect("READY=1 within 20 s");
     assert_eq!(&buf[..n], b"READY=1");
@@ -623,7 +571,9 @@ fn the_units_command_reports_ready_once_mounted_and_stops_on_sigterm() {
             .count(),
         8
     );
-    s.step.set("stop the unit (SIGTERM, KillMode=process)");
+    s.watched
+        .step
+        .set("stop the unit (SIGTERM, KillMode=process)");
     // SAFETY: kill takes integers; the pid is this test's own child.
     unsafe { libc::kill(daemon.id() as i32, libc::SIGTERM) };
     let n = manager.recv(&mut buf).expect("STOPPING=1");
@@ -661,7 +611,7 @@ fn unit_commands(s: &Setup, key: &str) -> Vec<(bool, Vec<String>)> {
 /// SIGKILLs the test's daemon, as a crash would, and waits until it is
 /// gone: its mount is left behind, dead.
 fn crash(s: &mut Setup) {
-    s.step.set("kill -9 the daemon");
+    s.watched.step.set("kill -9 the daemon");
     assert_eq!(s.daemons.len(), 1, "one daemon");
     s.daemons[0].kill();
     wait_for("the killed daemon to be gone", || !s.daemons[0].alive());
@@ -716,7 +666,7 @@ fn after_kill_9_mount_and_the_units_commands_start_again_with_the_same_tree() {
     // systemd's Restart=: ExecStartPre= then ExecStart= on the dead mount.
     crash(&mut s);
     for (may_fail, words) in unit_commands(&s, "ExecStartPre") {
-        s.step.set(&format!("ExecStartPre {words:?}"));
+        s.watched.step.set(&format!("ExecStartPre {words:?}"));
         let ran = run(&s.scratch.0, Command::new(&words[0]).args(&words[1..]));
         assert!(
             may_fail || ran.status.success(),
@@ -732,7 +682,7 @@ fn after_kill_9_mount_and_the_units_commands_start_again_with_the_same_tree() {
     manager
         .set_read_timeout(Some(Duration::from_secs(20)))
         .unwrap();
-    s.step.set("ExecStart on the dead mount");
+    s.watched.step.set("ExecStart on the dead mount");
     let mut daemon = Command::new(&words[0])
         .args(&words[1..])
         .env("NOTIFY_SOCKET", &socket)
@@ -741,7 +691,7 @@ fn after_kill_9_mount_and_the_units_commands_start_again_with_the_same_tree() {
         .stderr(File::create(s.scratch.0.join("daemon.log")).unwrap())
         .spawn()
         .unwrap();
-    s.pids.lock().unwrap().push(daemon.id() as i32);
+    s.watched.watch_pid(daemon.id() as i32);
     let mut buf = [0u8; 256];
     let n = manager.recv(&mut buf).unwrap_or_else(|e| {
         panic!(
@@ -756,7 +706,7 @@ fn after_kill_9_mount_and_the_units_commands_start_again_with_the_same_tree() {
         net,
         "the unit's restart brings the same tree back"
     );
-    s.step.set("stop the unit");
+    s.watched.step.set("stop the unit");
     // SAFETY: kill takes integers; the pid is this test's own child.
     unsafe { libc::kill(daemon.id() as i32, libc::SIGTERM) };
     let status = wait_bounded(&mut daemon, Duration::from_secs(20));

@@ -9,18 +9,16 @@ use std::io::{BufRead, BufReader, Write};
 use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+mod common;
+
+use common::{NS_ENTRIES, Watched, blocked_in, ns_ino, state, wait_for};
 use nix::errno::Errno;
 use nix::sched::CloneFlags;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use nsproxyfs::mover::{MoveError, ProcessHandle, move_process};
-
-const WATCHDOG: Duration = Duration::from_secs(60);
 
 fn have_root(test: &str) -> bool {
     if nix::unistd::geteuid().is_root() {
@@ -35,82 +33,6 @@ fn have_root(test: &str) -> bool {
     false
 }
 
-struct WatchdogState {
-    step: Mutex<String>,
-    pids: Mutex<Vec<i32>>,
-    done: AtomicBool,
-    fired: AtomicBool,
-}
-
-/// Kills the watched pids and fails the test if it is still running after
-/// [`WATCHDOG`].
-struct Watchdog {
-    state: Arc<WatchdogState>,
-    thread: Option<JoinHandle<()>>,
-}
-
-impl Watchdog {
-    fn new(test: &'static str) -> Watchdog {
-        let state = Arc::new(WatchdogState {
-            step: Mutex::new("start".into()),
-            pids: Mutex::new(Vec::new()),
-            done: AtomicBool::new(false),
-            fired: AtomicBool::new(false),
-        });
-        let watched = Arc::clone(&state);
-        let thread = std::thread::spawn(move || {
-            let start = Instant::now();
-            while !watched.done.load(Ordering::SeqCst) {
-                if start.elapsed() > WATCHDOG {
-                    watched.fired.store(true, Ordering::SeqCst);
-                    for &pid in watched.pids.lock().unwrap().iter() {
-                        let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
-                    }
-                    panic!(
-                        "{test}: watchdog fired during step: {}",
-                        watched.step.lock().unwrap()
-                    );
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-        });
-        Watchdog {
-            state,
-            thread: Some(thread),
-        }
-    }
-
-    fn step(&self, step: &str) {
-        self.check();
-        *self.state.step.lock().unwrap() = step.to_string();
-    }
-
-    fn watch(&self, pid: i32) {
-        self.state.pids.lock().unwrap().push(pid);
-    }
-
-    fn check(&self) {
-        if self.state.fired.load(Ordering::SeqCst) {
-            panic!(
-                "watchdog fired during step: {}",
-                self.state.step.lock().unwrap()
-            );
-        }
-    }
-}
-
-impl Drop for Watchdog {
-    fn drop(&mut self) {
-        self.state.done.store(true, Ordering::SeqCst);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-        if !std::thread::panicking() {
-            self.check();
-        }
-    }
-}
-
 /// A child process killed and reaped when dropped.
 struct Proc {
     child: Child,
@@ -119,11 +41,11 @@ struct Proc {
 }
 
 impl Proc {
-    fn spawn(wd: &Watchdog, cmd: &mut Command) -> Proc {
+    fn spawn(wd: &Watched, cmd: &mut Command) -> Proc {
         let mut child = cmd
             .spawn()
             .unwrap_or_else(|e| panic!("spawning {cmd:?}: {e}"));
-        wd.watch(child.id() as i32);
+        wd.watch_pid(child.id() as i32);
         let stdout = child.stdout.take().map(BufReader::new);
         let stdin = child.stdin.take();
         Proc {
@@ -138,17 +60,16 @@ impl Proc {
     }
 
     /// Next stdout line, without the newline; panics at EOF.
-    fn line(&mut self, wd: &Watchdog) -> String {
+    fn line(&mut self) -> String {
         let mut line = String::new();
         let out = self.stdout.as_mut().expect("stdout is piped");
         let n = out.read_line(&mut line).expect("reading stdout");
-        wd.check();
         assert!(n > 0, "process {} closed stdout", self.pid());
         line.trim_end().to_string()
     }
 
-    fn expect_line(&mut self, wd: &Watchdog, want: &str) {
-        let got = self.line(wd);
+    fn expect_line(&mut self, want: &str) {
+        let got = self.line();
         assert_eq!(got, want, "process {}", self.pid());
     }
 
@@ -163,9 +84,8 @@ impl Proc {
     }
 
     /// Waits for the exit and asserts success.
-    fn wait_success(&mut self, wd: &Watchdog) {
+    fn wait_success(&mut self) {
         let status = self.child.wait().expect("waiting");
-        wd.check();
         assert!(
             status.success(),
             "process {} ended with {status}",
@@ -181,13 +101,10 @@ impl Drop for Proc {
     }
 }
 
-/// Polls `cond` (every millisecond) until it holds.
-fn wait_until(wd: &Watchdog, what: &str, mut cond: impl FnMut() -> bool) {
-    wd.step(what);
-    while !cond() {
-        wd.check();
-        std::thread::sleep(Duration::from_millis(1));
-    }
+/// Waits until `cond` holds, naming the step for the watchdog.
+fn wait_until(wd: &Watched, what: &str, cond: impl FnMut() -> bool) {
+    wd.step.set(what);
+    wait_for(what, cond);
 }
 
 fn comm(pid: i32) -> String {
@@ -197,20 +114,6 @@ fn comm(pid: i32) -> String {
         .to_string()
 }
 
-/// The state letter of /proc/PID/stat.
-fn state(pid: i32) -> char {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    stat.rfind(')')
-        .and_then(|i| stat[i + 1..].trim_start().chars().next())
-        .unwrap_or('?')
-}
-
-/// The syscall a thread is blocked in, per /proc/PID/syscall.
-fn blocked_in(pid: i32) -> Option<i64> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/syscall")).ok()?;
-    text.split_whitespace().next()?.parse().ok()
-}
-
 fn tracer(pid: i32) -> i32 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     status
@@ -218,12 +121,6 @@ fn tracer(pid: i32) -> i32 {
         .find_map(|l| l.strip_prefix("TracerPid:"))
         .and_then(|v| v.trim().parse().ok())
         .unwrap_or(-1)
-}
-
-fn ns_of(pid: i32, kind: &str) -> u64 {
-    std::fs::metadata(format!("/proc/{pid}/ns/{kind}"))
-        .unwrap_or_else(|e| panic!("ns {kind} of {pid}: {e}"))
-        .ino()
 }
 
 /// The namespace of `kind` of every thread of `pid`.
@@ -242,20 +139,9 @@ fn thread_ns(pid: i32, kind: &str) -> Vec<u64> {
         .collect()
 }
 
-const KINDS: [&str; 8] = [
-    "cgroup",
-    "ipc",
-    "mnt",
-    "net",
-    "pid_for_children",
-    "time_for_children",
-    "user",
-    "uts",
-];
-
 /// Every namespace of every thread, kind by kind.
 fn snapshot(pid: i32) -> Vec<(&'static str, Vec<u64>)> {
-    KINDS.iter().map(|k| (*k, thread_ns(pid, k))).collect()
+    NS_ENTRIES.iter().map(|k| (*k, thread_ns(pid, k))).collect()
 }
 
 /// The selfcheck target, built on first use: `cargo test` builds examples,
@@ -292,7 +178,7 @@ fn selfcheck() -> PathBuf {
         .clone()
 }
 
-fn selfcheck_proc(wd: &Watchdog, args: &[&str]) -> Proc {
+fn selfcheck_proc(wd: &Watched, args: &[&str]) -> Proc {
     let mut p = Proc::spawn(
         wd,
         Command::new(selfcheck())
@@ -300,17 +186,17 @@ fn selfcheck_proc(wd: &Watchdog, args: &[&str]) -> Proc {
             .stdin(Stdio::piped())
             .stdout(Stdio::piped()),
     );
-    wd.step(&format!("selfcheck {args:?} starting"));
-    p.expect_line(wd, "READY");
+    wd.step.set(&format!("selfcheck {args:?} starting"));
+    p.expect_line("READY");
     p
 }
 
 /// A process sitting in fresh uts, ipc and net namespaces (hostname serge).
-fn holder(wd: &Watchdog) -> Proc {
+fn holder(wd: &Watched) -> Proc {
     holder_with(wd, &["--uts", "--ipc", "--net"])
 }
 
-fn holder_with(wd: &Watchdog, unshare_args: &[&str]) -> Proc {
+fn holder_with(wd: &Watched, unshare_args: &[&str]) -> Proc {
     let p = Proc::spawn(
         wd,
         Command::new("unshare").args(unshare_args).args([
@@ -324,7 +210,7 @@ fn holder_with(wd: &Watchdog, unshare_args: &[&str]) -> Proc {
     p
 }
 
-fn sleeper(wd: &Watchdog) -> Proc {
+fn sleeper(wd: &Watched) -> Proc {
     let p = Proc::spawn(wd, Command::new("sleep").arg("100"));
     let pid = p.pid();
     wait_until(wd, "target exec'ing sleep", || comm(pid) == "sleep");
@@ -336,8 +222,8 @@ fn uts_ipc_net() -> CloneFlags {
 }
 
 /// Moves `target` into `holder`'s namespaces of `kinds`.
-fn do_move(wd: &Watchdog, target: i32, holder: i32, kinds: CloneFlags) -> Result<(), MoveError> {
-    wd.step(&format!("moving {target} to {holder}"));
+fn do_move(wd: &Watched, target: i32, holder: i32, kinds: CloneFlags) -> Result<(), MoveError> {
+    wd.step.set(&format!("moving {target} to {holder}"));
     let handle = ProcessHandle::open(target)?;
     move_process(&handle, holder, kinds).map(drop)
 }
@@ -348,7 +234,7 @@ fn assert_moved(target: i32, holder: i32, moved: &[&str], before: &[(&str, Vec<u
     for (kind, old) in before {
         let now = thread_ns(target, kind);
         if moved.contains(kind) {
-            let want = ns_of(holder, kind);
+            let want = ns_ino(holder, kind);
             assert!(
                 now.iter().all(|&n| n == want),
                 "{kind}: {now:?}, holder {want}"
@@ -365,7 +251,7 @@ fn moves_sleep_into_uts() {
     if !have_root("moves_sleep_into_uts") {
         return;
     }
-    let wd = Watchdog::new("moves_sleep_into_uts");
+    let wd = Watched::start("moves_sleep_into_uts");
     let holder = holder(&wd);
     let target = sleeper(&wd);
     let before = snapshot(target.pid());
@@ -375,9 +261,9 @@ fn moves_sleep_into_uts() {
 }
 
 /// Waits until `pid` is blocked in one of `syscalls` (per /proc/PID/syscall).
-fn wait_blocked(wd: &Watchdog, pid: i32, syscalls: &[i64]) {
+fn wait_blocked(wd: &Watched, pid: i32, syscalls: &[i64]) {
     wait_until(wd, &format!("{pid} blocking in {syscalls:?}"), || {
-        state(pid) == 'S' && blocked_in(pid).is_some_and(|nr| syscalls.contains(&nr))
+        state(pid) == 'S' && blocked_in(pid, pid).is_some_and(|nr| syscalls.contains(&nr))
     });
 }
 
@@ -391,19 +277,19 @@ fn blocked_read_gets_its_bytes() {
     if !have_root("blocked_read_gets_its_bytes") {
         return;
     }
-    let wd = Watchdog::new("blocked_read_gets_its_bytes");
+    let wd = Watched::start("blocked_read_gets_its_bytes");
     let holder = holder(&wd);
     let mut target = selfcheck_proc(&wd, &["read-pipe", "bytes after the move\n"]);
     wait_blocked(&wd, target.pid(), &[SYS_READ]);
     let before = snapshot(target.pid());
     do_move(&wd, target.pid(), holder.pid(), uts_ipc_net()).expect("move");
     assert_moved(target.pid(), holder.pid(), &["uts", "ipc", "net"], &before);
-    wd.step("feeding the reader");
+    wd.step.set("feeding the reader");
     target.send("bytes after ");
     target.send("the move\n");
     target.close_stdin();
-    target.expect_line(&wd, "SELFCHECK OK");
-    target.wait_success(&wd);
+    target.expect_line("SELFCHECK OK");
+    target.wait_success();
 }
 
 #[test]
@@ -411,16 +297,16 @@ fn nanosleep_sleeps_its_full_time() {
     if !have_root("nanosleep_sleeps_its_full_time") {
         return;
     }
-    let wd = Watchdog::new("nanosleep_sleeps_its_full_time");
+    let wd = Watched::start("nanosleep_sleeps_its_full_time");
     let holder = holder(&wd);
     let mut target = selfcheck_proc(&wd, &["nanosleep", "2"]);
     wait_blocked(&wd, target.pid(), &[SYS_NANOSLEEP, SYS_CLOCK_NANOSLEEP]);
     let before = snapshot(target.pid());
     do_move(&wd, target.pid(), holder.pid(), uts_ipc_net()).expect("move");
     assert_moved(target.pid(), holder.pid(), &["uts", "ipc", "net"], &before);
-    wd.step("waiting for the sleeper's verdict");
-    target.expect_line(&wd, "SELFCHECK OK");
-    target.wait_success(&wd);
+    wd.step.set("waiting for the sleeper's verdict");
+    target.expect_line("SELFCHECK OK");
+    target.wait_success();
 }
 
 #[test]
@@ -428,16 +314,16 @@ fn wait4_sees_its_child_exit() {
     if !have_root("wait4_sees_its_child_exit") {
         return;
     }
-    let wd = Watchdog::new("wait4_sees_its_child_exit");
+    let wd = Watched::start("wait4_sees_its_child_exit");
     let holder = holder(&wd);
     let mut target = selfcheck_proc(&wd, &["wait4", "2"]);
     wait_blocked(&wd, target.pid(), &[SYS_WAIT4]);
     let before = snapshot(target.pid());
     do_move(&wd, target.pid(), holder.pid(), CloneFlags::CLONE_NEWUTS).expect("move");
     assert_moved(target.pid(), holder.pid(), &["uts"], &before);
-    wd.step("waiting for the waiter's verdict");
-    target.expect_line(&wd, "SELFCHECK OK");
-    target.wait_success(&wd);
+    wd.step.set("waiting for the waiter's verdict");
+    target.expect_line("SELFCHECK OK");
+    target.wait_success();
 }
 
 #[test]
@@ -445,7 +331,7 @@ fn spinning_process_keeps_its_registers() {
     if !have_root("spinning_process_keeps_its_registers") {
         return;
     }
-    let wd = Watchdog::new("spinning_process_keeps_its_registers");
+    let wd = Watched::start("spinning_process_keeps_its_registers");
     let first = holder(&wd);
     let second = holder(&wd);
     let mut target = selfcheck_proc(&wd, &["spin", "3"]);
@@ -458,18 +344,18 @@ fn spinning_process_keeps_its_registers() {
         do_move(&wd, pid, to.pid(), uts_ipc_net()).expect("move");
         assert_moved(pid, to.pid(), &["uts", "ipc", "net"], &before);
     }
-    wd.step("waiting for the spinner's verdict");
-    target.expect_line(&wd, "SELFCHECK OK");
-    target.wait_success(&wd);
+    wd.step.set("waiting for the spinner's verdict");
+    target.expect_line("SELFCHECK OK");
+    target.wait_success();
 }
 
 /// Asks a `threads` selfcheck target for its threads' uts links.
-fn report(wd: &Watchdog, target: &mut Proc) -> Vec<String> {
-    wd.step("asking the threads to report");
+fn report(wd: &Watched, target: &mut Proc) -> Vec<String> {
+    wd.step.set("asking the threads to report");
     target.send("report\n");
     let mut links = Vec::new();
     loop {
-        let line = target.line(wd);
+        let line = target.line();
         if line.starts_with("REPORT ") {
             return links;
         }
@@ -493,7 +379,7 @@ fn moves_threads(test: &'static str, count: &str) {
     if !have_root(test) {
         return;
     }
-    let wd = Watchdog::new(test);
+    let wd = Watched::start(test);
     let holder = holder(&wd);
     let mut target = selfcheck_proc(&wd, &["threads", count]);
     let pid = target.pid();
@@ -502,11 +388,9 @@ fn moves_threads(test: &'static str, count: &str) {
     assert_eq!(links.len(), threads);
     assert!(links.iter().all(|l| *l == uts_link(pid)));
     let before = snapshot(pid);
-    wd.step("moving the threads");
+    wd.step.set("moving the threads");
     let handle = ProcessHandle::open(pid).expect("pin");
-    let started = Instant::now();
     let moved = move_process(&handle, holder.pid(), uts_ipc_net()).expect("move");
-    eprintln!("{test}: {threads} threads moved in {:?}", started.elapsed());
     assert_eq!(moved.threads, threads);
     assert!(!moved.unshared_fs);
     assert_moved(pid, holder.pid(), &["uts", "ipc", "net"], &before);
@@ -517,8 +401,8 @@ fn moves_threads(test: &'static str, count: &str) {
         "{links:?}"
     );
     target.send("quit\n");
-    target.expect_line(&wd, "SELFCHECK OK");
-    target.wait_success(&wd);
+    target.expect_line("SELFCHECK OK");
+    target.wait_success();
 }
 
 #[test]
@@ -536,20 +420,20 @@ fn threads_join_a_mount_namespace() {
     if !have_root("threads_join_a_mount_namespace") {
         return;
     }
-    let wd = Watchdog::new("threads_join_a_mount_namespace");
+    let wd = Watched::start("threads_join_a_mount_namespace");
     let holder = holder_with(&wd, &["--mount", "--uts"]);
     let mut target = selfcheck_proc(&wd, &["threads", "4"]);
     let pid = target.pid();
     let before = snapshot(pid);
-    wd.step("moving into mnt+uts");
+    wd.step.set("moving into mnt+uts");
     let handle = ProcessHandle::open(pid).expect("pin");
     let kinds = CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWUTS;
     let moved = move_process(&handle, holder.pid(), kinds).expect("move");
     assert!(moved.unshared_fs);
     assert_moved(pid, holder.pid(), &["mnt", "uts"], &before);
     target.send("quit\n");
-    target.expect_line(&wd, "SELFCHECK OK");
-    target.wait_success(&wd);
+    target.expect_line("SELFCHECK OK");
+    target.wait_success();
 }
 
 #[test]
@@ -557,7 +441,7 @@ fn refusing_thread_rolls_back_the_others() {
     if !have_root("refusing_thread_rolls_back_the_others") {
         return;
     }
-    let wd = Watchdog::new("refusing_thread_rolls_back_the_others");
+    let wd = Watched::start("refusing_thread_rolls_back_the_others");
     let holder = holder(&wd);
     // The last thread (highest tid, moved last) has dropped to uid 65534
     // and lost CAP_SYS_ADMIN: its setns fails after the others succeeded.
@@ -580,8 +464,8 @@ fn refusing_thread_rolls_back_the_others() {
     let links = report(&wd, &mut target);
     assert!(links.iter().all(|l| *l == uts_link(pid)));
     target.send("quit\n");
-    target.expect_line(&wd, "SELFCHECK OK");
-    target.wait_success(&wd);
+    target.expect_line("SELFCHECK OK");
+    target.wait_success();
 }
 
 #[test]
@@ -589,7 +473,7 @@ fn multithreaded_into_user_namespace_is_einval() {
     if !have_root("multithreaded_into_user_namespace_is_einval") {
         return;
     }
-    let wd = Watchdog::new("multithreaded_into_user_namespace_is_einval");
+    let wd = Watched::start("multithreaded_into_user_namespace_is_einval");
     let holder = holder_with(&wd, &["--user", "--map-root-user", "--uts"]);
     let mut target = selfcheck_proc(&wd, &["threads", "3"]);
     let pid = target.pid();
@@ -603,8 +487,8 @@ fn multithreaded_into_user_namespace_is_einval() {
     );
     assert_eq!(snapshot(pid), before);
     target.send("quit\n");
-    target.expect_line(&wd, "SELFCHECK OK");
-    target.wait_success(&wd);
+    target.expect_line("SELFCHECK OK");
+    target.wait_success();
 }
 
 #[test]
@@ -612,7 +496,7 @@ fn single_thread_joins_a_user_namespace() {
     if !have_root("single_thread_joins_a_user_namespace") {
         return;
     }
-    let wd = Watchdog::new("single_thread_joins_a_user_namespace");
+    let wd = Watched::start("single_thread_joins_a_user_namespace");
     let holder = holder_with(&wd, &["--user", "--map-root-user", "--uts"]);
     let target = sleeper(&wd);
     let before = snapshot(target.pid());
@@ -626,7 +510,7 @@ fn traced_target_is_busy_and_tracer_stays() {
     if !have_root("traced_target_is_busy_and_tracer_stays") {
         return;
     }
-    let wd = Watchdog::new("traced_target_is_busy_and_tracer_stays");
+    let wd = Watched::start("traced_target_is_busy_and_tracer_stays");
     let holder = holder(&wd);
     let target = sleeper(&wd);
     let pid = target.pid();
@@ -653,7 +537,7 @@ fn unprivileged_target_gets_eperm() {
     if !have_root("unprivileged_target_gets_eperm") {
         return;
     }
-    let wd = Watchdog::new("unprivileged_target_gets_eperm");
+    let wd = Watched::start("unprivileged_target_gets_eperm");
     let holder = holder(&wd);
     let target = Proc::spawn(
         &wd,
@@ -691,7 +575,7 @@ fn stopped_target_stays_stopped() {
     if !have_root("stopped_target_stays_stopped") {
         return;
     }
-    let wd = Watchdog::new("stopped_target_stays_stopped");
+    let wd = Watched::start("stopped_target_stays_stopped");
     let holder = holder(&wd);
     let mut target = selfcheck_proc(&wd, &["nanosleep", "1"]);
     let pid = target.pid();
@@ -707,9 +591,9 @@ fn stopped_target_stays_stopped() {
     std::thread::sleep(Duration::from_millis(1500));
     assert_eq!(state(pid), 'T', "target left the group stop");
     kill(Pid::from_raw(pid), Signal::SIGCONT).expect("SIGCONT");
-    wd.step("waiting for the continued sleeper");
-    target.expect_line(&wd, "SELFCHECK OK");
-    target.wait_success(&wd);
+    wd.step.set("waiting for the continued sleeper");
+    target.expect_line("SELFCHECK OK");
+    target.wait_success();
 }
 
 #[test]
@@ -717,7 +601,7 @@ fn refuses_zombies_kernel_threads_self_and_the_dead() {
     if !have_root("refuses_zombies_kernel_threads_self_and_the_dead") {
         return;
     }
-    let wd = Watchdog::new("refuses_zombies_kernel_threads_self_and_the_dead");
+    let wd = Watched::start("refuses_zombies_kernel_threads_self_and_the_dead");
     let holder = holder(&wd);
     let kinds = CloneFlags::CLONE_NEWUTS;
 
@@ -728,7 +612,7 @@ fn refuses_zombies_kernel_threads_self_and_the_dead() {
     assert!(matches!(err, MoveError::Zombie(_)), "{err}");
     assert_eq!(err.errno(), Errno::ESRCH);
 
-    wd.step("refusing a kernel thread");
+    wd.step.set("refusing a kernel thread");
     let kthread = std::fs::read_dir("/proc")
         .expect("/proc")
         .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
@@ -748,12 +632,13 @@ fn refuses_zombies_kernel_threads_self_and_the_dead() {
         None => eprintln!("no kernel thread visible: that case is not checked"),
     }
 
-    wd.step("refusing ourselves");
+    wd.step.set("refusing ourselves");
     let err = do_move(&wd, std::process::id() as i32, holder.pid(), kinds).expect_err("self");
     assert!(matches!(err, MoveError::SelfProcess), "{err}");
     assert_eq!(err.errno(), Errno::EPERM);
 
-    wd.step("refusing a process that died after being pinned");
+    wd.step
+        .set("refusing a process that died after being pinned");
     let mut dead = sleeper(&wd);
     let handle = ProcessHandle::open(dead.pid()).expect("pin");
     dead.child.kill().expect("kill");
@@ -767,11 +652,11 @@ fn syscall_result_can_be_replaced() {
     if !have_root("syscall_result_can_be_replaced") {
         return;
     }
-    let wd = Watchdog::new("syscall_result_can_be_replaced");
+    let wd = Watched::start("syscall_result_can_be_replaced");
     let mut target = selfcheck_proc(&wd, &["report-read"]);
     let pid = target.pid();
     wait_blocked(&wd, pid, &[SYS_READ]);
-    wd.step("stopping the reader");
+    wd.step.set("stopping the reader");
     let tracee = nsproxyfs::inject::Tracee::seize(Pid::from_raw(pid)).expect("seize");
     let mut tracee = tracee.wait_stop().expect("stop");
     assert_eq!(tracee.regs().syscall_nr(), Some(SYS_READ));
@@ -780,9 +665,9 @@ fn syscall_result_can_be_replaced() {
         .set_result(-i64::from(libc::EPERM))
         .expect("set result");
     tracee.detach().expect("detach");
-    target.expect_line(&wd, &format!("READ -{}", libc::EPERM));
-    target.expect_line(&wd, "SELFCHECK OK");
-    target.wait_success(&wd);
+    target.expect_line(&format!("READ -{}", libc::EPERM));
+    target.expect_line("SELFCHECK OK");
+    target.wait_success();
 }
 
 #[test]
@@ -790,10 +675,10 @@ fn injected_syscall_reports_signed_results() {
     if !have_root("injected_syscall_reports_signed_results") {
         return;
     }
-    let wd = Watchdog::new("injected_syscall_reports_signed_results");
+    let wd = Watched::start("injected_syscall_reports_signed_results");
     let target = sleeper(&wd);
     let pid = target.pid();
-    wd.step("injecting getpid and a bad close");
+    wd.step.set("injecting getpid and a bad close");
     let tracee = nsproxyfs::inject::Tracee::seize(Pid::from_raw(pid)).expect("seize");
     let mut tracee = tracee.wait_stop().expect("stop");
     let regs_before = *tracee.regs().raw();
@@ -809,32 +694,4 @@ fn injected_syscall_reports_signed_results() {
     assert_eq!(tracee.sigmask(), mask_before);
     tracee.detach().expect("detach");
     assert_eq!(tracer(pid), 0);
-}
-
-/// Prints what one single-threaded move costs here (no assertion on it).
-#[test]
-fn single_thread_move_figures() {
-    if !have_root("single_thread_move_figures") {
-        return;
-    }
-    let wd = Watchdog::new("single_thread_move_figures");
-    let first = holder(&wd);
-    let second = holder(&wd);
-    let target = sleeper(&wd);
-    let handle = ProcessHandle::open(target.pid()).expect("pin");
-    wd.step("moving back and forth");
-    let mut times = Vec::new();
-    for round in 0..400 {
-        let to = if round % 2 == 0 { &first } else { &second };
-        let started = Instant::now();
-        move_process(&handle, to.pid(), uts_ipc_net()).expect("move");
-        times.push(started.elapsed());
-    }
-    times.sort();
-    eprintln!(
-        "single-threaded move of sleep (uts+ipc+net), {} runs: median {:?}, p99 {:?}",
-        times.len(),
-        times[times.len() / 2],
-        times[times.len() * 99 / 100]
-    );
 }

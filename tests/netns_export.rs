@@ -494,7 +494,7 @@ fn an_export_directory_that_is_not_a_directory_is_refused_at_start() {
         (&inside, "is inside the mount point"),
         (&state, "overlaps the state directory"),
     ] {
-        let out = Command::new(env!("CARGO_BIN_EXE_nsproxyfs"))
+        let out = Command::new(BIN)
             .arg("-f")
             .arg("--state-dir")
             .arg(&state)

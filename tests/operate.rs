@@ -10,11 +10,8 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::{Arc, Mutex};
 
 use common::*;
-
-const BIN: &str = env!("CARGO_BIN_EXE_nsproxyfs");
 
 /// Makes the syslog sockets unreachable in this thread's private mount
 /// namespace (a bind mount of /dev/null over each), as on a host or in a
@@ -115,26 +112,14 @@ fn a_background_daemon_with_relative_paths_and_no_syslog() {
     if !require_privileges(test) {
         return;
     }
-    for tool in ["pidof", "pgrep", "umount"] {
-        let found = Command::new("sh")
-            .args(["-c", &format!("command -v {tool}")])
-            .stdout(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success());
-        if !found {
-            if std::env::var("CI").as_deref() == Ok("true") {
-                panic!("{test}: needs {tool}, and CI must not skip");
-            }
-            eprintln!("SKIP {test}: needs {tool}");
-            return;
-        }
+    if !require_tools(test, &["pidof", "pgrep", "umount"]) {
+        return;
     }
     private_mount_namespace();
     hide_syslog();
     let scratch = Scratch::new(test);
-    let step = Step::default();
-    let pids = Arc::new(Mutex::new(Vec::new()));
-    let _watchdog = Watchdog::start(test, step.clone(), pids.clone(), None);
+    let watched = Watched::start(test);
+    let step = &watched.step;
     std::fs::create_dir(scratch.0.join("mnt")).unwrap();
     let mnt = scratch.0.join("mnt");
     let state = scratch.0.join("state");
@@ -149,7 +134,7 @@ fn a_background_daemon_with_relative_paths_and_no_syslog() {
     let said = String::from_utf8_lossy(&out.stderr).into_owned();
     assert!(out.status.success(), "start: {said}");
     let daemon = daemon_of("state").expect("the daemon runs");
-    pids.lock().unwrap().push(daemon);
+    watched.watch_pid(daemon);
     let log = state.join("log");
     assert_eq!(
         said.trim_end(),

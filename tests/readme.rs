@@ -13,12 +13,10 @@
 mod common;
 
 use std::process::{Command, Stdio};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::*;
 
-const BIN: &str = env!("CARGO_BIN_EXE_nsproxyfs");
 const README: &str = include_str!("../README.md");
 
 /// The first indented line after "Mount it": the command that mounts.
@@ -44,19 +42,8 @@ fn the_readme_tour_runs_as_written() {
     if !require_privileges(test) {
         return;
     }
-    for tool in ["unshare", "ip", "nsenter", "awk", "stat", "pgrep"] {
-        let found = Command::new("sh")
-            .args(["-c", &format!("command -v {tool}")])
-            .stdout(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success());
-        if !found {
-            if std::env::var("CI").as_deref() == Ok("true") {
-                panic!("{test}: needs {tool}, and CI must not skip");
-            }
-            eprintln!("SKIP {test}: needs {tool}");
-            return;
-        }
+    if !require_tools(test, &["unshare", "ip", "nsenter", "awk", "stat", "pgrep"]) {
+        return;
     }
     private_mount_namespace();
     let scratch = Scratch::new(test);
@@ -79,9 +66,8 @@ if grep -E ' (WARN|ERROR) ' /run/nsproxyfs/log; then exit 3; fi
         mount = mount_command().replace("/container_ns", mnt),
         tour = tour().replace("/container_ns", mnt),
     );
-    let step = Step::default();
-    let pids = Arc::new(Mutex::new(Vec::new()));
-    let _watchdog = Watchdog::start(test, step.clone(), pids.clone(), None);
+    let watched = Watched::start(test);
+    let step = &watched.step;
     step.set("the tour");
     let mut child = Command::new("unshare")
         .args([
@@ -102,7 +88,7 @@ if grep -E ' (WARN|ERROR) ' /run/nsproxyfs/log; then exit 3; fi
         .stderr(std::fs::File::create(scratch.0.join("err")).unwrap())
         .spawn()
         .unwrap();
-    pids.lock().unwrap().push(child.id() as i32);
+    watched.watch_pid(child.id() as i32);
     let status = wait_bounded(&mut child, Duration::from_secs(100));
     let out = std::fs::read_to_string(scratch.0.join("out")).unwrap_or_default();
     let err = std::fs::read_to_string(scratch.0.join("err")).unwrap_or_default();

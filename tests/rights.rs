@@ -140,7 +140,7 @@ fn moving_needs_what_ptrace_seize_would_need() {
     };
     std::fs::create_dir(m.path("c")).unwrap();
     std::fs::File::create(m.path("c/uts")).unwrap();
-    let bound = ns_ino_of_file(&m, "c/uts");
+    let bound = m.bound_ino("c/uts");
     // A setuid-root program run by uid 1000.
     let dir = m.scratch("suid");
     std::fs::create_dir(&dir).unwrap();
@@ -227,15 +227,6 @@ fn moving_needs_what_ptrace_seize_would_need() {
     );
 }
 
-/// The inode of the namespace a kind file names.
-fn ns_ino_of_file(m: &Mount, rel: &str) -> u64 {
-    let text = m.read(rel);
-    text.trim()
-        .rsplit_once('[')
-        .and_then(|(_, n)| n.trim_end_matches(']').parse().ok())
-        .unwrap_or_else(|| panic!("{rel}: {text}"))
-}
-
 #[test]
 fn binding_by_pid_needs_what_opening_its_ns_file_would_need() {
     let Some(m) = Mount::new("rights-bind-pid") else {
@@ -288,7 +279,7 @@ fn binding_by_pid_needs_what_opening_its_ns_file_would_need() {
             }
             if bound {
                 assert_eq!(
-                    ns_ino_of_file(&m, "c/net"),
+                    m.bound_ino("c/net"),
                     ns_ino(pid, "net"),
                     "{cell}: the process's own net"
                 );
@@ -351,7 +342,7 @@ fn binding_by_path_opens_as_the_caller() {
             caller.name
         );
         if bound {
-            assert_eq!(ns_ino_of_file(&m, "c/net"), ns_ino(holder.pid(), "net"));
+            assert_eq!(m.bound_ino("c/net"), ns_ino(holder.pid(), "net"));
             std::fs::remove_file(m.path("c/net")).unwrap();
             cells += 1;
         }
@@ -389,14 +380,14 @@ fn proc_self_in_a_written_path_means_the_writer() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let c_net = ns_ino_of_file(&m, "c/net");
+    let c_net = m.bound_ino("c/net");
     assert_ne!(c_net, root_net);
     assert_eq!(
-        ns_ino_of_file(&m, "c/sub/net"),
+        m.bound_ino("c/sub/net"),
         c_net,
         "the writer's net, not the daemon's"
     );
-    assert_eq!(ns_ino_of_file(&m, "c/sub/uts"), ns_ino_of_file(&m, "c/uts"));
+    assert_eq!(m.bound_ino("c/sub/uts"), m.bound_ino("c/uts"));
     // From outside, the same words name the outside writer's own.
     std::fs::create_dir(m.path("d")).unwrap();
     let other = target("unshare --net sh -c 'exec sleep 1000'");
@@ -405,13 +396,13 @@ fn proc_self_in_a_written_path_means_the_writer() {
         other.pid(),
         m.path("d/net").display()
     ));
-    assert_eq!(ns_ino_of_file(&m, "d/net"), ns_ino(other.pid(), "net"));
+    assert_eq!(m.bound_ino("d/net"), ns_ino(other.pid(), "net"));
     sh_ok(&format!(
         "echo /proc/self/ns/ipc > {}",
         m.path("d/ipc").display()
     ));
     assert_eq!(
-        ns_ino_of_file(&m, "d/ipc"),
+        m.bound_ino("d/ipc"),
         ns_ino(std::process::id() as i32, "ipc")
     );
 }

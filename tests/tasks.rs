@@ -84,17 +84,6 @@ fn start_target(m: &Mount, args: &[&str]) -> (Child, i32, BufReader<ChildStdout>
     (target, pid, out)
 }
 
-/// The inode a kind file names (`net:[N]` -> N).
-fn bound(m: &Mount, rel: &str) -> u64 {
-    m.read(rel)
-        .trim()
-        .split(['[', ']'])
-        .nth(1)
-        .unwrap()
-        .parse()
-        .unwrap()
-}
-
 fn uts_of(pid: i32) -> u64 {
     ns_ino(pid, "uts")
 }
@@ -180,7 +169,7 @@ fn a_process_moves_between_containers_and_back() {
     let p = Proc::sh("exec sleep 1000");
     let pid = p.pid();
     m.watch_pid(pid);
-    let ino = |rel: &str| bound(&m, rel);
+    let ino = |rel: &str| m.bound_ino(rel);
     assert!(!m.read("a/tasks").lines().any(|l| l == pid.to_string()));
 
     m.write("a/tasks", pid.to_string().as_bytes()).unwrap();
@@ -243,8 +232,8 @@ fn a_blocked_reader_keeps_its_input_across_a_move() {
         std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| s.contains(") S "))
     });
     m.write("r/tasks", pid.to_string().as_bytes()).unwrap();
-    assert_eq!(uts_of(pid), bound(&m, "r/uts"));
-    assert_eq!(ns_ino(pid, "ipc"), bound(&m, "r/ipc"));
+    assert_eq!(uts_of(pid), m.bound_ino("r/uts"));
+    assert_eq!(ns_ino(pid, "ipc"), m.bound_ino("r/ipc"));
     let mut stdin = target.stdin.take().unwrap();
     stdin.write_all(b"hello across the move").unwrap();
     drop(stdin);
@@ -320,7 +309,7 @@ fn pid_namespace_applies_to_children() {
     let Some(m) = Mount::new("pidns") else { return };
     std::fs::create_dir(m.path("p")).unwrap();
     std::fs::File::create(m.path("p/pid")).unwrap();
-    let pidns = bound(&m, "p/pid");
+    let pidns = m.bound_ino("p/pid");
     let mut sh = Shell::start("sh");
     m.watch_pid(sh.pid());
     let active_before = ns_ino(sh.pid(), "pid");
@@ -572,7 +561,7 @@ fn threads_created_during_the_move_move_too() {
     let Some(m) = Mount::new("churn") else { return };
     std::fs::create_dir(m.path("c")).unwrap();
     std::fs::File::create(m.path("c/uts")).unwrap();
-    let uts = bound(&m, "c/uts");
+    let uts = m.bound_ino("c/uts");
     let (mut target, pid, mut out) = start_target(&m, &["churn", "4"]);
     for round in 0..5 {
         let (to, want) = if round % 2 == 0 {
@@ -688,7 +677,7 @@ fn nothing_of_the_daemon_stays_in_a_moved_process() {
         .find(|&t| t != pid)
         .unwrap();
     m.write("c/tasks", tid.to_string().as_bytes()).unwrap();
-    assert_eq!(uts_of(pid), bound(&m, "c/uts"));
+    assert_eq!(uts_of(pid), m.bound_ino("c/uts"));
     let after = look();
     assert_eq!(before.0, after.0, "descriptors");
     assert_eq!(before.1, after.1, "memory mappings");
@@ -757,7 +746,7 @@ fn the_caller_needs_ptrace_rights_over_the_target() {
     );
     assert_eq!(
         uts_of(rooted.pid()),
-        bound(&m, "c/uts"),
+        m.bound_ino("c/uts"),
         "its own uid's process moves"
     );
 }
@@ -794,7 +783,7 @@ fn one_injector_serves_one_move_after_another() {
 
     m.write("c/tasks", target.pid().to_string().as_bytes())
         .unwrap();
-    assert_eq!(uts_of(target.pid()), bound(&m, "c/uts"));
+    assert_eq!(uts_of(target.pid()), m.bound_ino("c/uts"));
     let first = injector_pids(daemon);
     assert_eq!(first.len(), 1, "one move, one injector: {first:?}");
     let injector = Seen::now(first[0]).expect("the injector runs");
@@ -832,7 +821,7 @@ fn helpers_are_neither_listed_nor_moved() {
     let injector = injectors[0];
     // The holder of c's set: the one process in c's uts namespace that is
     // not the target.
-    let c_uts = bound(&m, "c/uts");
+    let c_uts = m.bound_ino("c/uts");
     let holder = std::fs::read_dir("/proc")
         .unwrap()
         .flatten()
@@ -903,7 +892,7 @@ fn a_thread_with_its_own_descriptor_table_moves_and_keeps_no_pidfd() {
     };
     let before = tables();
     m.write("t/tasks", pid.to_string().as_bytes()).unwrap();
-    let uts = bound(&m, "t/uts");
+    let uts = m.bound_ino("t/uts");
     for tid in &tids {
         assert_eq!(ns_ino(*tid, "uts"), uts, "thread {tid} moved");
     }

@@ -29,42 +29,6 @@ use common::*;
 /// order (pid and time as for children).
 type NsSet = [u64; 8];
 
-/// A linear congruential generator (Knuth's MMIX constants): enough to
-/// spread moves, and repeatable from its seed.
-struct Lcg(u64);
-
-impl Lcg {
-    fn next(&mut self) -> u64 {
-        self.0 = self
-            .0
-            .wrapping_mul(6_364_136_223_846_793_005)
-            .wrapping_add(1_442_695_040_888_963_407);
-        self.0 >> 33
-    }
-
-    /// A number in `0..n`.
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-
-    /// A number in `lo..hi`.
-    fn range(&mut self, lo: u64, hi: u64) -> u64 {
-        lo + self.next() % (hi - lo)
-    }
-}
-
-fn seeded(test: &str) -> Lcg {
-    let seed = match std::env::var("NSPROXYFS_LOAD_SEED") {
-        Ok(s) => s.parse().expect("NSPROXYFS_LOAD_SEED is a number"),
-        Err(_) => std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos() as u64,
-    };
-    note(&format!("{test}: NSPROXYFS_LOAD_SEED={seed}"));
-    Lcg(seed)
-}
-
 /// `net:[4026532240]` -> 4026532240.
 fn parse_ns_text(text: &str) -> u64 {
     text.trim()
@@ -107,15 +71,6 @@ fn ppid_of(pid: i32) -> Option<i32> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     let rest = &stat[stat.rfind(')')? + 1..];
     rest.split_whitespace().nth(1)?.parse().ok()
-}
-
-/// A field of `/proc/PID/status`, trimmed.
-fn status_field(pid: i32, field: &str) -> Option<String> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
-        .map(|v| v.trim().to_owned())
 }
 
 /// The kinds of `got` that differ from `want`, for messages.
@@ -553,8 +508,7 @@ fn candidates(
 fn concurrent_moves_under_load() {
     let test = "concurrent_moves_under_load";
     let Some(m) = Mount::new(test) else { return };
-    let started = Instant::now();
-    let mut rng = seeded(test);
+    let mut rng = Rng::seeded(test, "NSPROXYFS_LOAD_SEED");
     let dir = m.scratch("work");
     std::fs::create_dir(&dir).unwrap();
 
@@ -619,10 +573,7 @@ fn concurrent_moves_under_load() {
     // fraction of that.
     let budget = Duration::from_secs(45).as_micros() / per_move.as_micros().max(1);
     let total = budget.clamp(200, 1000) as usize / writers * writers;
-    note(&format!(
-        "{test}: warm-up {:?} per move; storm of {total} moves",
-        per_move
-    ));
+    note(&format!("{test}: storm of {total} moves"));
 
     // The storm.
     m.step.set("start the writers");
@@ -642,7 +593,6 @@ fn concurrent_moves_under_load() {
             Writer::once(&m, &format!("w{w}"), &moves)
         })
         .collect();
-    let storm_start = Instant::now();
 
     // Meanwhile: the daemon keeps answering everything else, and `cx` comes
     // and goes with moves racing its rmdir.
@@ -711,7 +661,6 @@ fn concurrent_moves_under_load() {
         }
         cx_phase.push((gen_name, outcomes));
     }
-    let storm_time = storm_start.elapsed();
 
     let mut storm_phase: Vec<(String, Vec<Outcome>)> = Vec::new();
     for w in &mut storm {
@@ -752,7 +701,7 @@ fn concurrent_moves_under_load() {
     };
     let cx_ok = ok(&cx_phase);
     note(&format!(
-        "{test}: storm {storm_time:?}, {} of {total} moves done, failures {errors:?}; \
+        "{test}: storm: {} of {total} moves done, failures {errors:?}; \
          {rounds} rounds of other requests; {cx_ok} of {} moves into a cx done",
         ok(&storm_phase),
         cx_phase.iter().map(|(_, o)| o.len()).sum::<usize>()
@@ -864,7 +813,6 @@ fn concurrent_moves_under_load() {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
-    note(&format!("{test}: took {:?}", started.elapsed()));
 }
 
 /// The daemon is SIGKILLed in the middle of a storm of moves.
@@ -891,8 +839,7 @@ fn concurrent_moves_under_load() {
 fn daemon_sigkill_mid_storm_leaves_targets_whole() {
     let test = "daemon_sigkill_mid_storm_leaves_targets_whole";
     let Some(m) = Mount::new(test) else { return };
-    let started = Instant::now();
-    let mut rng = seeded(test);
+    let mut rng = Rng::seeded(test, "NSPROXYFS_LOAD_SEED");
     let dir = m.scratch("work");
     std::fs::create_dir(&dir).unwrap();
 
@@ -1083,5 +1030,4 @@ fn daemon_sigkill_mid_storm_leaves_targets_whole() {
         "after SIGKILL of the daemon mid-storm:\n{}",
         problems.join("\n")
     );
-    note(&format!("{test}: took {:?}", started.elapsed()));
 }

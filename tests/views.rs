@@ -344,7 +344,7 @@ fn requests_from_callers_the_daemon_cannot_see_change_nothing() {
                 "--kill-child=SIGTERM",
                 "--",
             ])
-            .arg(env!("CARGO_BIN_EXE_nsproxyfs"))
+            .arg(BIN)
             .args(["-f", "-v", "--state-dir"])
             .arg(scratch.0.join("state"))
             .arg(&dir)
@@ -353,9 +353,9 @@ fn requests_from_callers_the_daemon_cannot_see_change_nothing() {
             .spawn()
             .unwrap(),
     );
-    let step = Step::default();
-    let pids = std::sync::Arc::new(std::sync::Mutex::new(vec![daemon.pid()]));
-    let _watchdog = Watchdog::start("view-pid0", step.clone(), pids.clone(), None);
+    let watched = Watched::start("view-pid0");
+    watched.watch_pid(daemon.pid());
+    let step = &watched.step;
     step.set("wait for the daemon");
     let unshare = daemon.pid();
     let mut inner = 0;
@@ -366,7 +366,7 @@ fn requests_from_callers_the_daemon_cannot_see_change_nothing() {
             .map(|p| inner = p)
             .is_some()
     });
-    pids.lock().unwrap().push(inner);
+    watched.watch_pid(inner);
     let seen = std::path::PathBuf::from(format!("/proc/{inner}/root{}", dir.display()));
     let plain_dev = {
         use std::os::unix::fs::MetadataExt;

@@ -10,6 +10,11 @@
 //! follows the thread that forked, hence the main thread only.
 
 use std::ffi::CString;
+
+pub use crate::common::{
+    abort_fuse, private_mount_namespace, privileged, wait_bounded, wait_mounted,
+    write_once_c as write_once,
+};
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, Read};
 use std::os::unix::ffi::OsStrExt;
@@ -27,44 +32,6 @@ pub const STALL: Duration = Duration::from_secs(60);
 /// After acting, it gives the benchmark this long to unwind before it
 /// removes what it knows of and exits.
 const GRACE: Duration = Duration::from_secs(30);
-
-/// Whether the benchmark can run here; `Err` says why not.
-pub fn privileged() -> Result<(), String> {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        return Err("not root".into());
-    }
-    if !Path::new("/dev/fuse").exists() {
-        return Err("no /dev/fuse".into());
-    }
-    Ok(())
-}
-
-/// Moves the whole (still single-threaded) process into a new mount
-/// namespace where every mount is private: the mounts the benchmark makes
-/// are seen nowhere else and vanish with it.
-pub fn private_mount_namespace() -> io::Result<()> {
-    // SAFETY: unshare(CLONE_NEWNS) takes a constant; the process has one
-    // thread, so its fs_struct is not shared.
-    if unsafe { libc::unshare(libc::CLONE_NEWNS) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: constant strings and null pointers, as mount(2) allows for a
-    // propagation change.
-    let r = unsafe {
-        libc::mount(
-            std::ptr::null(),
-            c"/".as_ptr(),
-            std::ptr::null(),
-            libc::MS_REC | libc::MS_PRIVATE,
-            std::ptr::null(),
-        )
-    };
-    if r != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
-}
 
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 
@@ -143,18 +110,6 @@ fn watch<T: PartialEq>(list: &Mutex<Vec<T>>, item: T) {
 
 fn unwatch<T: PartialEq>(list: &Mutex<Vec<T>>, item: &T) {
     lock(list).retain(|x| x != item);
-}
-
-/// The minor number of a FUSE connection from the st_dev of its mount.
-fn fuse_connection(dev: u64) -> u64 {
-    (dev & 0xff) | ((dev >> 12) & !0xff)
-}
-
-/// Aborts the FUSE connection of the mount whose st_dev is `dev`: every
-/// request in flight fails with ENOTCONN.
-fn abort_fuse(dev: u64) {
-    let path = format!("/sys/fs/fuse/connections/{}/abort", fuse_connection(dev));
-    let _ = std::fs::write(path, "1");
 }
 
 /// Ends the benchmark if it stops making progress: after [`STALL`] it names
@@ -310,22 +265,6 @@ pub fn guard_child(cmd: &mut Command, sig: libc::c_int) {
     }
 }
 
-/// Waits for `child`, killing it if it takes longer than `limit`.
-fn wait_bounded(child: &mut Child, limit: Duration) {
-    let deadline = Instant::now() + limit;
-    loop {
-        match child.try_wait() {
-            Ok(Some(_)) | Err(_) => return,
-            Ok(None) if Instant::now() > deadline => {
-                let _ = child.kill();
-                let _ = child.wait();
-                return;
-            }
-            Ok(None) => std::thread::sleep(Duration::from_millis(5)),
-        }
-    }
-}
-
 fn detach(path: &Path) {
     if let Ok(c) = CString::new(path.as_os_str().as_bytes()) {
         // SAFETY: a NUL-terminated path; failing (not a mount point) is fine.
@@ -391,7 +330,7 @@ impl Daemon {
         };
         std::fs::create_dir_all(&dir).expect("create the mount point");
         let outer = std::fs::metadata(&dir).expect("stat the mount point").dev();
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_nsproxyfs"));
+        let mut cmd = Command::new(crate::common::BIN);
         cmd.arg("-f")
             .args(extra)
             .arg("--state-dir")
@@ -412,26 +351,8 @@ impl Daemon {
             pid,
             dev: 0,
         };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Ok(md) = std::fs::metadata(d.dir.join("status"))
-                && md.dev() != outer
-            {
-                break;
-            }
-            if let Some(Ok(Some(status))) = d.child.as_mut().map(|c| c.try_wait()) {
-                panic!(
-                    "nsproxyfs exited while mounting ({status}): {}",
-                    d.log_text()
-                );
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the mount did not answer: {}",
-                d.log_text()
-            );
-            std::thread::sleep(Duration::from_millis(10));
-            progress();
+        if let Some(child) = d.child.as_mut() {
+            wait_mounted(&d.dir, outer, child, &d.log, progress);
         }
         d.dev = std::fs::metadata(&d.dir).expect("stat the mount").dev();
         watch(&watched().fuse, d.dev);
@@ -500,7 +421,7 @@ impl Drop for Daemon {
         if let Some(mut child) = self.child.take() {
             // SAFETY: kill takes integers; the pid is our own unreaped child.
             unsafe { libc::kill(self.pid, libc::SIGTERM) };
-            wait_bounded(&mut child, Duration::from_secs(30));
+            let _ = wait_bounded(&mut child, Duration::from_secs(30));
         }
         nsproxyfs::daemon::clear_pins(&self.state.join("pins"));
         if std::thread::panicking() {
@@ -573,7 +494,7 @@ impl Drop for Helper {
         unwatch(&watched().pids, &self.pid);
         drop(self.stdin.take());
         if let Some(mut child) = self.child.take() {
-            wait_bounded(&mut child, Duration::from_secs(30));
+            let _ = wait_bounded(&mut child, Duration::from_secs(30));
         }
     }
 }
@@ -707,33 +628,6 @@ pub fn watch_fuse(dev: u64) {
 
 pub fn unwatch_fuse(dev: u64) {
     unwatch(&watched().fuse, &dev);
-}
-
-/// Opens `path` for writing with O_TRUNC (creating it), writes `data` in a
-/// single write(), and closes it, as `echo data > path` does.
-pub fn write_once(path: &CString, data: &[u8]) -> io::Result<()> {
-    // SAFETY: a NUL-terminated path and constant flags.
-    let fd = unsafe {
-        libc::open(
-            path.as_ptr(),
-            libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC | libc::O_CLOEXEC,
-            0o644,
-        )
-    };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: `data` is valid for its length; fd is ours.
-    let n = unsafe { libc::write(fd, data.as_ptr().cast(), data.len()) };
-    let write_err = (n < 0).then(io::Error::last_os_error);
-    // SAFETY: fd is ours and closed once.
-    let closed = unsafe { libc::close(fd) };
-    let close_err = (closed < 0).then(io::Error::last_os_error);
-    match (write_err, close_err) {
-        (Some(e), _) | (None, Some(e)) => Err(e),
-        (None, None) if n as usize != data.len() => Err(io::Error::other("short write")),
-        (None, None) => Ok(()),
-    }
 }
 
 /// open + read() until end of file + close, as `cat` does; returns the

@@ -14,6 +14,9 @@
 //! that stops making progress (see `harness.rs`).
 
 mod bare;
+// The tests' support module: the benchmark shares its fixtures.
+#[path = "../../tests/common/mod.rs"]
+mod common;
 mod discover;
 mod harness;
 mod roles;
@@ -29,6 +32,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use bare::BareMount;
+use common::NS_ENTRIES;
 use harness::{Cgroups, Daemon, Helper, Scratch, Watchdog, cpath, read_through, write_once};
 use stats::{Op, Plan, Stats, measure, timed};
 
@@ -146,10 +150,7 @@ fn main() {
         eprintln!("SKIP e2e bench: needs root and /dev/fuse ({why})");
         return;
     }
-    if let Err(e) = harness::private_mount_namespace() {
-        eprintln!("e2e bench: cannot make a private mount namespace: {e}");
-        std::process::exit(1);
-    }
+    harness::private_mount_namespace();
     harness::catch_interrupts();
     let settings = Settings::new(quick);
     let started = Instant::now();
@@ -529,18 +530,6 @@ fn process_count() -> usize {
         .unwrap_or(0)
 }
 
-/// The `/proc/PID/ns` entries the daemon compares for membership.
-const NS_ENTRIES: [&str; 8] = [
-    "cgroup",
-    "ipc",
-    "mnt",
-    "net",
-    "pid_for_children",
-    "time_for_children",
-    "user",
-    "uts",
-];
-
 /// Readlinks the namespace links `entries` of every process in /proc;
 /// returns how many processes answered.
 fn scan_proc(entries: &[&str]) -> io::Result<usize> {
@@ -883,11 +872,18 @@ fn scaling(s: &Settings, fs: &Daemon, sets: &Sets, r: &mut Report) {
             moves,
         }
     };
+    // What a `mkdir` costs as the tree grows: every change rewrites the
+    // whole record. The last 100 mkdirs before each size.
+    let mut mkdir_costs = Vec::new();
     for &n in s.scale_sizes {
         harness::step(&format!("make {n} containers"));
+        let mut mkdirs = Vec::new();
         while count < n {
             let c = fs.path(&format!("c{count:05}"));
-            std::fs::create_dir(&c).expect("mkdir a container");
+            let took = timed(|| std::fs::create_dir(&c)).expect("mkdir a container");
+            if count + 100 >= n {
+                mkdirs.push(took);
+            }
             containers.push(c.clone());
             last = c;
             count += 1;
@@ -898,6 +894,9 @@ fn scaling(s: &Settings, fs: &Daemon, sets: &Sets, r: &mut Report) {
             .unwrap_or(0);
         // Of the n containers, 7 are nested in the deep chain.
         assert!(listed >= n - 7, "the root lists {listed} entries");
+        if !mkdirs.is_empty() {
+            mkdir_costs.push((n, Stats::from_samples(mkdirs)));
+        }
         let row = measure_tree(stats::thousands(n as u64), &last);
         r.scale.push(row);
         r.memory.push((
@@ -908,6 +907,22 @@ fn scaling(s: &Settings, fs: &Daemon, sets: &Sets, r: &mut Report) {
             fs.rss_kib(),
         ));
     }
+    let costs: Vec<String> = mkdir_costs
+        .iter()
+        .map(|(n, st)| {
+            format!(
+                "{} µs / {} µs up to {} containers (n={})",
+                stats::us(st.median_us()),
+                stats::us(st.p99_us()),
+                stats::thousands(*n as u64),
+                st.n()
+            )
+        })
+        .collect();
+    r.notes.push(format!(
+        "`mkdir` of a container at the top (median / p99), the last ones before each size: {}.",
+        costs.join("; ")
+    ));
     let n = count;
     say(&format!(
         "binding a fresh uts namespace in {} containers",

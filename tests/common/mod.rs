@@ -9,7 +9,7 @@
 
 #![allow(dead_code)]
 
-use std::ffi::CString;
+use std::ffi::{CStr, CString};
 use std::io::{self, Write};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
@@ -20,6 +20,9 @@ use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+/// The nsproxyfs binary cargo built for these tests.
+pub const BIN: &str = env!("CARGO_BIN_EXE_nsproxyfs");
+
 /// How long one test may take before the watchdog ends it.
 pub const WATCHDOG: Duration = Duration::from_secs(120);
 
@@ -27,6 +30,18 @@ static COUNTER: AtomicUsize = AtomicUsize::new(0);
 
 /// The eight kind names, in listing order.
 pub const KINDS: [&str; 8] = ["cgroup", "ipc", "mnt", "net", "pid", "time", "user", "uts"];
+
+/// The `/proc/PID/ns` entries behind the kinds, in [`KINDS`] order.
+pub const NS_ENTRIES: [&str; 8] = [
+    "cgroup",
+    "ipc",
+    "mnt",
+    "net",
+    "pid_for_children",
+    "time_for_children",
+    "user",
+    "uts",
+];
 
 /// The `/proc/PID/ns` entry behind a kind file.
 pub fn proc_entry(kind: &str) -> &str {
@@ -63,6 +78,32 @@ pub fn require_privileges(test: &str) -> bool {
             false
         }
     }
+}
+
+/// Whether `tool` is an executable file in a directory of `PATH`.
+pub fn on_path(tool: &str) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::env::var_os("PATH").is_some_and(|path| {
+        std::env::split_paths(&path).any(|dir| {
+            std::fs::metadata(dir.join(tool))
+                .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        })
+    })
+}
+
+/// Returns true if `tools` are all installed; says which are missing and
+/// skips otherwise, or fails under `CI=true`.
+pub fn require_tools(test: &str, tools: &[&str]) -> bool {
+    let missing: Vec<&str> = tools.iter().copied().filter(|t| !on_path(t)).collect();
+    if missing.is_empty() {
+        return true;
+    }
+    let why = format!("{test}: needs {}", missing.join(", "));
+    if std::env::var("CI").as_deref() == Ok("true") {
+        panic!("{why}, and CI must not skip");
+    }
+    eprintln!("SKIP {why}");
+    false
 }
 
 /// Moves the calling thread into a new mount namespace where every mount is
@@ -148,8 +189,7 @@ impl Watchdog {
                 unsafe { libc::kill(pid, libc::SIGKILL) };
             }
             if let Some(dev) = fuse_dev {
-                let minor = (dev & 0xff) | ((dev >> 12) & !0xff);
-                let _ = std::fs::write(format!("/sys/fs/fuse/connections/{minor}/abort"), "1");
+                abort_fuse(dev);
             }
         });
         Watchdog {
@@ -165,6 +205,69 @@ impl Drop for Watchdog {
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
+    }
+}
+
+/// Aborts the FUSE connection of the mount whose st_dev is `dev`: every
+/// request in flight fails with ENOTCONN.
+pub fn abort_fuse(dev: u64) {
+    let minor = (dev & 0xff) | ((dev >> 12) & !0xff);
+    let _ = std::fs::write(format!("/sys/fs/fuse/connections/{minor}/abort"), "1");
+}
+
+/// A watchdog with the step it reports and the pids it kills, for a test
+/// that runs its daemons itself instead of through [`Mount`].
+pub struct Watched {
+    pub step: Step,
+    pids: Arc<Mutex<Vec<i32>>>,
+    _watchdog: Watchdog,
+}
+
+impl Watched {
+    pub fn start(test: &str) -> Watched {
+        let step = Step::default();
+        let pids = Arc::new(Mutex::new(Vec::new()));
+        Watched {
+            _watchdog: Watchdog::start(test, step.clone(), pids.clone(), None),
+            step,
+            pids,
+        }
+    }
+
+    /// Registers a pid for the watchdog to kill.
+    pub fn watch_pid(&self, pid: i32) {
+        self.pids.lock().unwrap().push(pid);
+    }
+}
+
+/// Waits until `dir` is a mount other than the directory's own file system
+/// (st_dev `outer`) that answers, up to 20 s; panics with the daemon's log
+/// if the daemon exits first. `tick` runs at each look.
+pub fn wait_mounted(
+    dir: &Path,
+    outer: u64,
+    daemon: &mut Child,
+    log: &Path,
+    mut tick: impl FnMut(),
+) {
+    let log_text = || std::fs::read_to_string(log).unwrap_or_default();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Ok(md) = std::fs::metadata(dir.join("status"))
+            && md.dev() != outer
+        {
+            return;
+        }
+        if let Ok(Some(status)) = daemon.try_wait() {
+            panic!("daemon exited while mounting ({status}): {}", log_text());
+        }
+        assert!(
+            Instant::now() < deadline,
+            "mount did not answer: {}",
+            log_text()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+        tick();
     }
 }
 
@@ -230,7 +333,7 @@ impl Mount {
             .append(true)
             .open(&self.log)
             .unwrap();
-        let daemon = Command::new(env!("CARGO_BIN_EXE_nsproxyfs"))
+        let daemon = Command::new(BIN)
             .arg("-f")
             .arg("-v")
             .arg("--state-dir")
@@ -243,27 +346,8 @@ impl Mount {
             .spawn()
             .expect("spawn nsproxyfs");
         self.pids.lock().unwrap().push(daemon.id() as i32);
-        self.daemon = Some(daemon);
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Ok(md) = std::fs::metadata(self.dir.join("status"))
-                && md.dev() != self.root_dev
-            {
-                break;
-            }
-            if let Some(Ok(Some(status))) = self.daemon.as_mut().map(|d| d.try_wait()) {
-                panic!(
-                    "daemon exited while mounting ({status}): {}",
-                    self.log_text()
-                );
-            }
-            assert!(
-                Instant::now() < deadline,
-                "mount did not answer: {}",
-                self.log_text()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let daemon = self.daemon.insert(daemon);
+        wait_mounted(&self.dir, self.root_dev, daemon, &self.log, || {});
         let dev = std::fs::metadata(&self.dir).unwrap().dev();
         self._watchdog = None;
         self._watchdog = Some(Watchdog::start(
@@ -356,6 +440,15 @@ impl Mount {
             .collect()
     }
 
+    /// The namespace inode a kind file names (`net:[N]` -> N).
+    pub fn bound_ino(&self, rel: &str) -> u64 {
+        let text = self.read(rel);
+        text.trim()
+            .rsplit_once('[')
+            .and_then(|(_, n)| n.trim_end_matches(']').parse().ok())
+            .unwrap_or_else(|| panic!("{rel}: {text}"))
+    }
+
     /// The pin path `status` prints for `kind` in `container`.
     pub fn pin(&self, container: &str, kind: &str) -> String {
         self.status(container)
@@ -420,10 +513,16 @@ pub fn wait_bounded(child: &mut Child, limit: Duration) -> std::process::ExitSta
 /// single write(), and closes it, reporting the first error (close included).
 pub fn write_once(path: &Path, data: &[u8]) -> io::Result<()> {
     let c = CString::new(path.as_os_str().as_bytes()).unwrap();
+    write_once_c(&c, data)
+}
+
+/// [`write_once`] with the path already a C string, so that a measurement
+/// times the calls alone.
+pub fn write_once_c(path: &CStr, data: &[u8]) -> io::Result<()> {
     // SAFETY: a NUL-terminated path and constant flags.
     let fd = unsafe {
         libc::open(
-            c.as_ptr(),
+            path.as_ptr(),
             libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC | libc::O_CLOEXEC,
             0o644,
         )
@@ -435,8 +534,8 @@ pub fn write_once(path: &Path, data: &[u8]) -> io::Result<()> {
     let n = unsafe { libc::write(fd, data.as_ptr().cast(), data.len()) };
     let write_err = (n < 0).then(io::Error::last_os_error);
     // SAFETY: fd is ours and closed once.
-    let c = unsafe { libc::close(fd) };
-    let close_err = (c < 0).then(io::Error::last_os_error);
+    let closed = unsafe { libc::close(fd) };
+    let close_err = (closed < 0).then(io::Error::last_os_error);
     match (write_err, close_err) {
         (Some(e), _) | (None, Some(e)) => Err(e),
         (None, None) if n as usize != data.len() => Err(io::Error::other("short write")),
@@ -752,38 +851,123 @@ impl Seen {
 
 /// Field `n` of `/proc/PID/stat` after the command name (0 is the state).
 fn stat_field(pid: i32, n: usize) -> Option<String> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    field_after_comm(&format!("/proc/{pid}/stat"), n)
+}
+
+fn field_after_comm(path: &str, n: usize) -> Option<String> {
+    let stat = std::fs::read_to_string(path).ok()?;
     let rest = &stat[stat.rfind(')')? + 1..];
     rest.split_whitespace().nth(n).map(str::to_owned)
 }
 
-/// A small deterministic generator (64-bit LCG) for randomized tests: the
-/// seed comes from `NSPROXYFS_FUZZ_SEED` or the clock and is printed, so a
-/// run can be replayed.
+/// The state letter of `/proc/PID/stat`, `?` if the process is gone.
+pub fn state(pid: i32) -> char {
+    stat_field(pid, 0)
+        .and_then(|s| s.chars().next())
+        .unwrap_or('?')
+}
+
+/// The state letter of thread `tid` of `pid`, `?` if it is gone.
+pub fn thread_state(pid: i32, tid: i32) -> char {
+    field_after_comm(&format!("/proc/{pid}/task/{tid}/stat"), 0)
+        .and_then(|s| s.chars().next())
+        .unwrap_or('?')
+}
+
+/// A field of `/proc/PID/status` (named without its colon), trimmed.
+pub fn status_field(pid: i32, field: &str) -> Option<String> {
+    field_of(&format!("/proc/{pid}/status"), field)
+}
+
+/// A field of `/proc/PID/task/TID/status` (named without its colon),
+/// trimmed.
+pub fn thread_status_field(pid: i32, tid: i32, field: &str) -> Option<String> {
+    field_of(&format!("/proc/{pid}/task/{tid}/status"), field)
+}
+
+fn field_of(path: &str, field: &str) -> Option<String> {
+    let status = std::fs::read_to_string(path).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .map(|v| v.trim().to_owned())
+}
+
+/// The syscall thread `tid` of `pid` is in, per its `syscall` file.
+pub fn blocked_in(pid: i32, tid: i32) -> Option<i64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/syscall")).ok()?;
+    text.split_whitespace().next()?.parse().ok()
+}
+
+/// Pids of nsproxyfs daemons whose command line names `state`. Only
+/// processes named `nsproxyfs` are read further, so a process stuck with
+/// its memory locked elsewhere on the machine cannot hang the test.
+pub fn daemons_on(state: &Path) -> Vec<i32> {
+    let needle = state.as_os_str().as_bytes();
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|p| {
+            std::fs::read_to_string(format!("/proc/{p}/comm")).is_ok_and(|c| c == "nsproxyfs\n")
+        })
+        .filter(|p| {
+            std::fs::read(format!("/proc/{p}/cmdline"))
+                .is_ok_and(|c| c.windows(needle.len()).any(|w| w == needle))
+        })
+        .collect()
+}
+
+/// A small deterministic generator (64-bit LCG, Knuth's MMIX constants)
+/// for randomized tests: the seed comes from an environment variable or the
+/// clock and is printed, so a run can be replayed.
 pub struct Rng(u64);
 
 impl Rng {
+    /// Seeded from `NSPROXYFS_FUZZ_SEED`, or the clock.
     pub fn from_env(test: &str) -> Rng {
-        let seed = std::env::var("NSPROXYFS_FUZZ_SEED")
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or_else(|| {
-                std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map_or(1, |d| d.as_nanos() as u64)
-            });
-        note(&format!("{test}: NSPROXYFS_FUZZ_SEED={seed}"));
+        Rng::seeded(test, "NSPROXYFS_FUZZ_SEED")
+    }
+
+    /// Seeded from the environment variable `var`, or the clock; prints the
+    /// seed as `var=SEED`.
+    pub fn seeded(test: &str, var: &str) -> Rng {
+        let seed = match std::env::var(var) {
+            Ok(s) => s
+                .parse()
+                .unwrap_or_else(|_| panic!("{var} is a number, not {s:?}")),
+            Err(_) => std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(1, |d| d.as_nanos() as u64),
+        };
+        note(&format!("{test}: {var}={seed}"));
         Rng(seed)
     }
 
-    pub fn below(&mut self, n: usize) -> usize {
-        self.0 = self
-            .0
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        ((self.0 >> 33) % n as u64) as usize
+    /// A fixed sequence, the same every run.
+    pub fn fixed(seed: u64) -> Rng {
+        Rng(seed)
     }
 
+    /// The next 31 bits.
+    pub fn next(&mut self) -> u64 {
+        self.0 = self
+            .0
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        self.0 >> 33
+    }
+
+    /// A number in `0..n`.
+    pub fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+
+    /// A number in `lo..hi`.
+    pub fn range(&mut self, lo: u64, hi: u64) -> u64 {
+        lo + self.next() % (hi - lo)
+    }
+
+    /// One of `items`.
     pub fn pick<T: Clone>(&mut self, items: &[T]) -> T {
         items[self.below(items.len())].clone()
     }
