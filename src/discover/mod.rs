@@ -5,10 +5,9 @@
 //! which set it is in. It is filled by one full read of `/proc` at start,
 //! then kept current from process events (see [`events`]):
 //! * a fork copies the parent's set to the child (no system call);
-//! * an exec reads the process's eight namespace links again (about 20 µs;
-//!   with the rest of the event's handling, about 0.1 ms of the daemon's
-//!   CPU per exec, as BENCHMARKS.md measures), since an exec is how nearly
-//!   every process arrives in new namespaces:
+//! * an exec reads the process's eight namespace links again (its cost per
+//!   exec is in BENCHMARKS.md), since an exec is how nearly every process
+//!   arrives in new namespaces:
 //!   `unshare CMD`, `ip netns exec`, a container runtime starting its init;
 //! * an exit forgets the process.
 //!

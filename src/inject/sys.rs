@@ -155,8 +155,8 @@ pub(crate) enum WaitEvent {
 /// How long [`wait`] polls (yielding the CPU between polls) before it
 /// sleeps. A tracee resumed by us reaches its next stop within microseconds;
 /// sleeping in waitpid instead costs a cross-CPU wakeup per stop, which in a
-/// VM is an exit to the hypervisor. Measured on the 2-vCPU development VM,
-/// single-threaded moves: median ~260 us sleeping, ~170 us polling.
+/// VM is an exit to the hypervisor (docs/moving.md, "Cost", has the
+/// figures).
 const SPIN: std::time::Duration = std::time::Duration::from_micros(50);
 
 std::thread_local! {
