@@ -130,23 +130,11 @@ fn a_thread_acting_as_the_caller_is_no_door_into_the_daemon() {
         return;
     };
     std::fs::create_dir(m.path("c")).unwrap();
-    let script = m.scratch("attack.py");
-    std::fs::write(&script, THREAD_ATTACKER).unwrap();
-    let out = Command::new("capsh")
-        .args(["--drop=cap_sys_ptrace", "--", "-c"])
-        .arg(format!(
-            "exec python3 {} {} {}",
-            script.display(),
-            m.daemon_pid(),
-            m.path("c/tasks").display()
-        ))
-        .output()
-        .unwrap();
-    let said = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success() && said.contains("held"),
-        "{said}{}",
-        String::from_utf8_lossy(&out.stderr)
+    run_attack(
+        &m,
+        "attack.py",
+        THREAD_ATTACKER,
+        &format!("{} {}", m.daemon_pid(), m.path("c/tasks").display()),
     );
 }
 
@@ -257,22 +245,11 @@ fn the_walking_child_holds_none_of_the_daemon_s_descriptors() {
         .find(|e| std::fs::read_link(e.path()).is_ok_and(|l| l.to_string_lossy() == secret))
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .expect("the daemon holds the secret namespace");
-    let script = m.scratch("next-pid.py");
-    std::fs::write(&script, NEXT_PID_ATTACKER).unwrap();
-    let out = Command::new("capsh")
-        .args(["--drop=cap_sys_ptrace", "--", "-c"])
-        .arg(format!(
-            "exec python3 {} {} /proc/PID/fd/{fd} '{secret}'",
-            script.display(),
-            m.path("c/net").display()
-        ))
-        .output()
-        .unwrap();
-    let said = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success() && said.contains("held"),
-        "{said}{}",
-        String::from_utf8_lossy(&out.stderr)
+    run_attack(
+        &m,
+        "next-pid.py",
+        NEXT_PID_ATTACKER,
+        &format!("{} /proc/PID/fd/{fd} '{secret}'", m.path("c/net").display()),
     );
 }
 
@@ -290,23 +267,15 @@ fn a_confined_writer_cannot_name_the_walking_child() {
     std::fs::File::create(m.path("c/sub/net")).unwrap();
     let root_net = ns_text(std::process::id() as i32, "net");
     assert_ne!(m.read("c/net").trim(), root_net);
-    let script = m.scratch("next-pid.py");
-    std::fs::write(&script, NEXT_PID_ATTACKER).unwrap();
-    let out = Command::new("capsh")
-        .args(["--drop=cap_sys_ptrace", "--", "-c"])
-        .arg(format!(
-            "exec python3 {} {} /proc/PID/ns/net '{root_net}' {}",
-            script.display(),
+    run_attack(
+        &m,
+        "next-pid.py",
+        NEXT_PID_ATTACKER,
+        &format!(
+            "{} /proc/PID/ns/net '{root_net}' {}",
             m.path("c/sub/net").display(),
             m.path("c/tasks").display()
-        ))
-        .output()
-        .unwrap();
-    let said = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success() && said.contains("held"),
-        "{said}{}",
-        String::from_utf8_lossy(&out.stderr)
+        ),
     );
 }
 
@@ -413,4 +382,22 @@ fn binding_the_daemon_s_own_namespaces_by_pid_is_judged_too() {
             std::fs::remove_file(m.path("c/net")).unwrap();
         }
     }
+}
+
+/// Runs the python script `text` (saved as `name`) as root without
+/// `CAP_SYS_PTRACE`, with `args`; it must say the daemon "held".
+fn run_attack(m: &Mount, name: &str, text: &str, args: &str) {
+    let script = m.scratch(name);
+    std::fs::write(&script, text).unwrap();
+    let out = Command::new("capsh")
+        .args(["--drop=cap_sys_ptrace", "--", "-c"])
+        .arg(format!("exec python3 {} {args}", script.display()))
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && said.contains("held"),
+        "{said}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
