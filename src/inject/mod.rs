@@ -627,11 +627,6 @@ impl Tracee<Stopped> {
         self.state.saved_mask
     }
 
-    /// Whether the thread was in a group-stop (SIGSTOP) when it was seized.
-    pub fn was_group_stopped(&self) -> bool {
-        self.state.group_stopped
-    }
-
     /// Makes the syscall the thread was stopped in return `value` (a result,
     /// or `-errno`) instead of what it returned. Replaces a pending restart.
     pub fn set_result(&mut self, value: i64) -> Result<(), TraceError> {

@@ -123,11 +123,6 @@ impl View {
         View { tops: Some(tops) }
     }
 
-    /// A view confined to `tops` (for tests and tools).
-    pub fn within(tops: Vec<ContainerId>) -> View {
-        View { tops: Some(tops) }
-    }
-
     /// Whether this is the unconfined view.
     pub fn is_all(&self) -> bool {
         self.tops.is_none()
