@@ -208,12 +208,6 @@ fn kinds_to_change(pid: i32, key: &[u64; 8]) -> std::io::Result<(libc::c_int, Op
     }
 }
 
-/// Whether thread `tid` belongs to process `pid` (both in the daemon's pid
-/// namespace): `/proc/PID/task/TID` exists only then.
-fn is_thread_of(tid: u32, pid: i32) -> bool {
-    tid as i32 == pid || std::fs::symlink_metadata(format!("/proc/{pid}/task/{tid}")).is_ok()
-}
-
 impl Mover for PtraceMover {
     fn move_process(
         &self,
@@ -224,7 +218,7 @@ impl Mover for PtraceMover {
         set: &[Arc<Namespace>; 8],
         reply: &mut dyn FnMut(Result<()>),
     ) {
-        let w = is_thread_of(writer_tid, pid);
+        let w = procfs::is_thread_of(writer_tid, pid);
         if !w {
             return reply(self.try_move(pid, target, set, None, Some(tracer)));
         }

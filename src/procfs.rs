@@ -509,6 +509,12 @@ pub fn mount_device(mountpoint: &[u8]) -> Option<(u32, u32)> {
         .next_back()
 }
 
+/// Whether thread `tid` belongs to process `pid` (both in the daemon's pid
+/// namespace): `/proc/PID/task/TID` exists only then.
+pub fn is_thread_of(tid: u32, pid: i32) -> bool {
+    tid as i32 == pid || std::fs::symlink_metadata(format!("/proc/{pid}/task/{tid}")).is_ok()
+}
+
 /// The thread ids of process `pid`, from `/proc/PID/task`.
 pub fn threads(pid: i32) -> io::Result<Vec<i32>> {
     let mut tids = Vec::new();

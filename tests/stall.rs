@@ -174,22 +174,28 @@ fn a_supervisor_that_would_fake_results_gets_nothing_to_answer() {
         return;
     };
     container(&m, "s");
-    let mut t = Target::start(&m, "notif-fake");
+    // Were the calls injected, pidfd_open would "return" 0, setns would
+    // "succeed", and the injected close(0) would close the target's stdin.
+    refused_before_injecting(
+        &m,
+        "notif-fake",
+        "hands pidfd_open to a supervisor or tracer",
+    );
+}
+
+/// Starts `target`, has its move refused with EPERM for `reason`, and
+/// checks it was left exactly as it was: namespaces, descriptors, and (its
+/// "PONG 0") no call handed to its supervisor or tracer.
+fn refused_before_injecting(m: &Mount, target: &str, reason: &str) {
+    let mut t = Target::start(m, target);
     let pid = t.pid();
     let before = ns_ino(pid, "uts");
     let fds_before = fds(pid);
-    // Were the calls injected, pidfd_open would "return" 0, setns would
-    // "succeed", and the injected close(0) would close the target's stdin.
     assert_eq!(
         errno(m.write("s/tasks", pid.to_string().as_bytes())),
         libc::EPERM
     );
-    assert!(
-        m.log_text()
-            .contains("hands pidfd_open to a supervisor or tracer"),
-        "{}",
-        m.log_text()
-    );
+    assert!(m.log_text().contains(reason), "{}", m.log_text());
     assert_eq!(ns_ino(pid, "uts"), before);
     assert_eq!(fds(pid), fds_before, "no descriptor opened or closed");
     t.send("ping\n");
@@ -204,26 +210,7 @@ fn a_filter_that_hands_setns_to_a_tracer_is_refused() {
         return;
     };
     container(&m, "s");
-    let mut t = Target::start(&m, "trace-setns");
-    let pid = t.pid();
-    let before = ns_ino(pid, "uts");
-    let fds_before = fds(pid);
-    assert_eq!(
-        errno(m.write("s/tasks", pid.to_string().as_bytes())),
-        libc::EPERM
-    );
-    assert!(
-        m.log_text()
-            .contains("hands setns to a supervisor or tracer"),
-        "{}",
-        m.log_text()
-    );
-    assert_eq!(ns_ino(pid, "uts"), before);
-    assert_eq!(fds(pid), fds_before);
-    t.send("ping\n");
-    assert_eq!(t.line(), "PONG 0");
-    t.close_stdin();
-    t.wait_success();
+    refused_before_injecting(&m, "trace-setns", "hands setns to a supervisor or tracer");
 }
 
 #[test]

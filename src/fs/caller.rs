@@ -107,23 +107,11 @@ impl Caller {
     ) -> Result<()> {
         let tid = self.visible()?;
         let gone = || Error::from(crate::ns::NsError::NoSuchProcess(pid));
-        if tid as i32 == pid || std::fs::symlink_metadata(format!("/proc/{pid}/task/{tid}")).is_ok()
-        {
+        if crate::procfs::is_thread_of(tid, pid) {
             return Ok(());
         }
         let threads = crate::procfs::threads(pid).map_err(|_| gone())?;
-        let answer = creds::as_caller(creds, || {
-            let mut alive = 0;
-            for &t in &threads {
-                match creds::may_attach(t) {
-                    Ok(()) => alive += 1,
-                    Err(libc::ESRCH) => {}
-                    Err(errno) => return Err((t, errno)),
-                }
-            }
-            Ok(alive)
-        })
-        .map_err(|e| Error::Sys {
+        let answer = creds::may_attach_all(creds, &threads).map_err(|e| Error::Sys {
             what: "check ptrace rights as the caller",
             source: std::io::Error::other(e.to_string()),
         })?;

@@ -372,17 +372,13 @@ fn may_trace(
     creds: &Credentials,
     tids: &[nix::unistd::Pid],
 ) -> std::result::Result<(), mover::MoveError> {
-    let answer = creds::as_tracer(creds, || {
-        tids.iter()
-            .find(|t| !matches!(creds::may_attach(t.as_raw()), Ok(()) | Err(libc::ESRCH)))
-            .copied()
-    });
-    match answer {
-        Ok(None) => Ok(()),
-        Ok(Some(tid)) => Err(mover::MoveError::TraceDenied(tid.as_raw())),
+    let tids: Vec<i32> = tids.iter().map(|t| t.as_raw()).collect();
+    match creds::may_attach_all(creds, &tids) {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err((tid, _))) => Err(mover::MoveError::TraceDenied(tid)),
         // Unable to ask: refused, never assumed.
         Err(e) => {
-            let first = tids.first().map_or(0, |t| t.as_raw());
+            let first = tids.first().copied().unwrap_or(0);
             log::warn!("cannot ask again whether the caller may trace {first}: {e}");
             Err(mover::MoveError::TraceDenied(first))
         }

@@ -278,6 +278,26 @@ fn run_as<T: Send>(
     })
 }
 
+/// What the kernel says of `creds` attaching to each of the tasks `tids`
+/// (see [`may_attach`]): how many of them still live and may be traced, or
+/// the first one refused with its errno. Tasks gone meanwhile are skipped.
+pub fn may_attach_all(
+    creds: &Credentials,
+    tids: &[i32],
+) -> Result<Result<usize, (i32, i32)>, CredsError> {
+    as_tracer(creds, || {
+        let mut alive = 0;
+        for &t in tids {
+            match may_attach(t) {
+                Ok(()) => alive += 1,
+                Err(libc::ESRCH) => {}
+                Err(errno) => return Err((t, errno)),
+            }
+        }
+        Ok(alive)
+    })
+}
+
 /// The kernel's answer to "may this task attach to (`PTRACE_SEIZE`) task
 /// `tid`", asked without touching it: `process_vm_readv` demands exactly
 /// `PTRACE_MODE_ATTACH_REALCREDS` (uids, dumpable, capabilities, LSMs) of
