@@ -714,4 +714,23 @@ mod tests {
                 .trim_end()
         );
     }
+
+    #[test]
+    fn lists_the_threads_of_a_process_in_order() {
+        let me = std::process::id() as i32;
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (stop_tx, stop_rx) = std::sync::mpsc::channel::<()>();
+        let helper = std::thread::spawn(move || {
+            tx.send(nix::unistd::gettid().as_raw()).unwrap();
+            let _ = stop_rx.recv();
+        });
+        let tid = rx.recv().unwrap();
+        let tids = tasks(me).unwrap();
+        assert!(tids.contains(&me) && tids.contains(&tid), "{tids:?}");
+        assert!(tids.windows(2).all(|w| w[0] < w[1]), "{tids:?}");
+        drop(stop_tx);
+        helper.join().unwrap();
+        assert_eq!(tasks(i32::MAX).unwrap_err().kind(), io::ErrorKind::NotFound);
+        assert!(argv_region().is_some_and(|(a, b)| a < b));
+    }
 }

@@ -174,35 +174,30 @@ pub fn open(opener: &Opener, path: &[u8]) -> io::Result<Resolved> {
 /// unknown to the daemon): `None`, as for a writer it cannot see.
 fn writer_in(procfs: BorrowedFd<'_>, tid: u32, thread: bool) -> Option<String> {
     use crate::procfs::{Stat, Status};
-    let read_at = |dir: Option<BorrowedFd<'_>>, path: String| -> Option<Vec<u8>> {
+    // The writer's procfs is reached through the writer's mounts, which may
+    // cover `PID/status` with a FIFO or a device (the daemon's open or read
+    // would never end) or with another file: no mount point is crossed, and
+    // no link followed.
+    let read_there = |path: String| -> Option<Vec<u8>> {
         use std::io::Read;
         let path = std::ffi::CString::new(path).ok()?;
-        let fd = match dir {
-            None => sys::fs::open_at(None, &path, libc::O_RDONLY).ok()?,
-            // The writer's procfs is reached through the writer's mounts,
-            // which may cover `PID/status` with a FIFO or a device (the
-            // daemon's open or read would never end) or with another file:
-            // no mount point is crossed, and no link followed.
-            Some(dir) => sys::fs::open_beneath(dir, &path).ok()?,
-        };
-        let mut file = std::fs::File::from(fd);
+        let mut file = std::fs::File::from(sys::fs::open_beneath(procfs, &path).ok()?);
         let mut text = Vec::new();
         file.read_to_end(&mut text).ok()?;
         Some(text)
     };
-    let status = String::from_utf8(read_at(None, format!("/proc/{tid}/status"))?).ok()?;
-    let (pids, tgids) = Status::new(status).ns_ids()?;
-    let started = Stat::parse(&read_at(None, format!("/proc/{tid}/stat"))?)?.start_time;
+    let (pids, tgids) = Status::read(tid as i32).ok()?.ns_ids()?;
+    let started = Stat::read(tid as i32).ok()?.start_time;
     for level in (0..pids.len()).rev() {
         let (pid, tgid) = (pids[level], *tgids.get(level)?);
-        let Some(there) = read_at(Some(procfs), format!("{pid}/status")) else {
+        let Some(there) = read_there(format!("{pid}/status")) else {
             continue;
         };
         let same_ids = String::from_utf8(there)
             .ok()
             .and_then(|t| Status::new(t).ns_ids())
             .is_some_and(|(p, _)| p[..] == pids[level..]);
-        let same_start = read_at(Some(procfs), format!("{pid}/stat"))
+        let same_start = read_there(format!("{pid}/stat"))
             .and_then(|t| Stat::parse(&t))
             .map(|s| s.start_time)
             == Some(started);

@@ -133,3 +133,39 @@ pub fn try_lock(fd: BorrowedFd<'_>) -> io::Result<()> {
     // SAFETY: flock takes a borrowed descriptor and a constant.
     check(unsafe { libc::flock(fd.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) }.into()).map(drop)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::AsFd;
+
+    #[test]
+    fn opens_beneath_a_directory_without_following_links() {
+        let dir = std::env::temp_dir().join(format!("nsproxyfs-sys-fs-{}", std::process::id()));
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::write(dir.join("file"), b"x").unwrap();
+        std::os::unix::fs::symlink("file", dir.join("link")).unwrap();
+        let d = std::fs::File::open(&dir).unwrap();
+        let opened = open_beneath(d.as_fd(), c"file").map(drop);
+        let linked = open_beneath(d.as_fd(), c"link").map_err(|e| e.raw_os_error());
+        let above = open_beneath(d.as_fd(), c"../file").map_err(|e| e.raw_os_error());
+        let mut buf = [0u8; 16];
+        let target = read_link_at(Some(d.as_fd()), c"link", &mut buf).map(|n| buf[..n].to_vec());
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert!(opened.is_ok());
+        assert_eq!(linked.unwrap_err(), Some(libc::ELOOP));
+        assert_eq!(above.unwrap_err(), Some(libc::EXDEV));
+        assert_eq!(target.unwrap(), b"file");
+    }
+
+    #[test]
+    fn a_pipe_reads_what_was_written_and_waits_for_it() {
+        let (r, w) = pipe().unwrap();
+        assert!(!wait_readable(r.as_fd(), Duration::from_millis(1)).unwrap());
+        nix::unistd::write(&w, &7i32.to_ne_bytes()).unwrap();
+        assert!(wait_readable(r.as_fd(), Duration::from_secs(5)).unwrap());
+        assert_eq!(read_i32(r.as_fd()).unwrap(), Some(7));
+        drop(w);
+        assert_eq!(read_i32(r.as_fd()).unwrap(), None);
+    }
+}
