@@ -235,6 +235,10 @@ fn block_signals() -> SigSet {
 
 /// Runs the daemon. In the background case the calling process returns
 /// (exit status for the shell) only once the mount answers or failed.
+///
+/// Going to the background forks, which is sound only in a process with
+/// one thread: if the caller has started another, this refuses (reading
+/// the thread count from `/proc/self/status`) rather than fork.
 pub fn run(mut settings: Settings, mover: Box<dyn Mover>) -> Result<(), StartError> {
     let Checked {
         mountpoint,
