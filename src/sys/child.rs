@@ -35,7 +35,7 @@ pub const OUTLIVE_DAEMON: u8 = b'P';
 /// functions of [`Child`]. It never returns; it ends with `_exit`.
 pub struct Child {
     /// Where the command line lies in this process's memory, as read by
-    /// the parent before the fork (see [`super::process::spawn_child`]).
+    /// the parent before the fork (see [`super::process::spawn_resident`]).
     argv: Option<(usize, usize)>,
 }
 

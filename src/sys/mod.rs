@@ -11,7 +11,7 @@
 //!   descriptor (`SCM_RIGHTS`); the netlink process connector.
 //! * [`process`]: children of a multithreaded process (`clone` without
 //!   libc's fork), the daemon's own fork, waiting, `kill`, `kcmp`, and the
-//!   signal set-up of the daemon, its injectors and `exec`'s command.
+//!   signal set-up of injectors and of `exec`'s command.
 //! * [`child`]: what such a child may do, and the long-lived residents
 //!   (holders and keepers) it becomes.
 //! * [`ptrace`]: the tracer's requests and waits.
