@@ -3,13 +3,15 @@
 
 use std::fs::File;
 use std::io::{Read, Write};
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use fuser::{Config, MountOption, SessionACL};
+use nix::sys::signal::{SigSet, Signal, kill};
+use nix::unistd::getpid;
 
 use crate::export::Exporter;
 use crate::fs::{Mounted, Mover, NsProxyFs, Options};
@@ -120,7 +122,7 @@ fn resolve_mount_point(mp: &Path) -> Result<(PathBuf, Option<String>), StartErro
     }
     let c = std::ffi::CString::new(at.as_os_str().as_bytes())
         .map_err(|_| StartError(format!("mount point {}: a NUL in the path", mp.display())))?;
-    if let Err(e) = crate::ns::sys::detach(&c) {
+    if let Err(e) = crate::sys::mount::detach(&c) {
         return fail(format!(
             "mount point {}: the mount of a daemon that died is still there and cannot be \
              detached: {e}",
@@ -151,8 +153,7 @@ struct Checked {
 /// Checks everything that can be checked before forking, so the user gets
 /// one clear line instead of a daemon that dies in the background.
 fn preflight(settings: &Settings) -> Result<Checked, StartError> {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
+    if !nix::unistd::geteuid().is_root() {
         return fail(
             "must run as root: it mounts a filesystem and works on other processes' namespaces",
         );
@@ -179,8 +180,7 @@ fn preflight(settings: &Settings) -> Result<Checked, StartError> {
             state.path().join(crate::state_dir::LOCK).display()
         ))
     })?;
-    // SAFETY: flock takes a descriptor we own and a constant.
-    if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+    if crate::sys::fs::try_lock(lock.as_fd()).is_err() {
         return fail(format!(
             "state directory {} is in use by another nsproxyfs daemon",
             settings.state_dir.display()
@@ -215,22 +215,30 @@ pub fn clear_pins(dir: &Path) {
     }
 }
 
-fn block_signals() -> libc::sigset_t {
-    // SAFETY: `set` is a valid sigset_t that sigemptyset initialises before
-    // use; pthread_sigmask only reads it.
-    unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        for sig in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP, libc::SIGUSR1] {
-            libc::sigaddset(&mut set, sig);
-        }
-        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
-        set
+/// Blocks, in this thread and the threads it starts, the signals the main
+/// thread waits for, and returns them.
+fn block_signals() -> SigSet {
+    let mut set = SigSet::empty();
+    for sig in [
+        Signal::SIGTERM,
+        Signal::SIGINT,
+        Signal::SIGHUP,
+        Signal::SIGUSR1,
+    ] {
+        set.add(sig);
     }
+    if let Err(e) = set.thread_block() {
+        log::warn!("cannot block signals: {e}");
+    }
+    set
 }
 
 /// Runs the daemon. In the background case the calling process returns
 /// (exit status for the shell) only once the mount answers or failed.
+///
+/// Going to the background forks, which is sound only in a process with
+/// one thread: if the caller has started another, this refuses (reading
+/// the thread count from `/proc/self/status`) rather than fork.
 pub fn run(mut settings: Settings, mover: Box<dyn Mover>) -> Result<(), StartError> {
     let Checked {
         mountpoint,
@@ -254,8 +262,8 @@ pub fn run(mut settings: Settings, mover: Box<dyn Mover>) -> Result<(), StartErr
     // credentials, and through them the daemon's memory and descriptors.
     // The kernel already makes it so once a check changes a uid; this
     // makes it so from the start, whoever the callers are.
-    // SAFETY: prctl(PR_SET_DUMPABLE) takes integers and changes a flag.
-    unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) };
+    // Clearing the flag cannot fail.
+    let _ = nix::sys::prctl::set_dumpable(false);
     // Every path in use is absolute now; the daemon and its helpers keep
     // no directory busy.
     if let Err(e) = std::env::set_current_dir("/") {
@@ -267,19 +275,34 @@ pub fn run(mut settings: Settings, mover: Box<dyn Mover>) -> Result<(), StartErr
     let report = if settings.foreground {
         None
     } else {
-        let (r, w) = crate::ns::sys::pipe().map_err(|e| StartError(format!("pipe: {e}")))?;
-        // SAFETY: no thread has been started yet, so the child is a full
-        // copy of a single-threaded process.
-        match unsafe { libc::fork() } {
-            -1 => return fail(format!("fork: {}", std::io::Error::last_os_error())),
-            0 => {
+        // The daemon forks into the background before it starts any
+        // thread: a fork copies only the calling thread, and the child of
+        // a multithreaded process may make only async-signal-safe calls.
+        // Checked rather than assumed, so that a thread started earlier
+        // (by a library, or a future change) is refused here instead of
+        // leaving a child with locks that never unlock.
+        match procfs::Status::read_self().map(|s| s.number::<u32>("Threads")) {
+            Ok(Some(1)) => {}
+            Ok(threads) => {
+                return fail(format!(
+                    "cannot go to the background: {} threads are running, not one",
+                    threads.map_or("several".to_string(), |n| n.to_string())
+                ));
+            }
+            Err(e) => return fail(format!("cannot count this process's threads: {e}")),
+        }
+        let (r, w) = crate::sys::fs::pipe().map_err(|e| StartError(format!("pipe: {e}")))?;
+        // SAFETY: this process has one thread, checked just above, and only
+        // that thread could have started another since.
+        match unsafe { crate::sys::process::fork() } {
+            Err(e) => return fail(format!("fork: {e}")),
+            Ok(None) => {
                 drop(r);
-                // SAFETY: setsid has no preconditions; the child is not a
-                // process group leader.
-                unsafe { libc::setsid() };
+                // Cannot fail: the child is not a process group leader.
+                let _ = nix::unistd::setsid();
                 Some(w)
             }
-            _ => {
+            Ok(Some(_)) => {
                 drop(w);
                 let mut msg = String::new();
                 let _ = File::from(r).read_to_string(&mut msg);
@@ -322,11 +345,9 @@ fn tell(report: &mut Option<OwnedFd>, msg: &str) {
 
 fn detach_stdio() {
     if let Ok(null) = File::options().read(true).write(true).open("/dev/null") {
-        for fd in 0..3 {
-            // SAFETY: dup2 onto the standard descriptors, which this process
-            // owns; the source stays open until `null` drops.
-            unsafe { libc::dup2(null.as_raw_fd(), fd) };
-        }
+        let _ = nix::unistd::dup2_stdin(&null);
+        let _ = nix::unistd::dup2_stdout(&null);
+        let _ = nix::unistd::dup2_stderr(&null);
     }
 }
 
@@ -338,30 +359,21 @@ fn watch_unmount(mountpoint: PathBuf) {
     let spawned = std::thread::Builder::new()
         .name("mount-watch".into())
         .spawn(move || {
-            let Ok(mut table) = File::open("/proc/self/mountinfo") else {
+            let Ok(mut table) = procfs::MountTable::open() else {
                 return;
             };
             let mut sink = Vec::new();
             loop {
-                sink.clear();
-                use std::io::Seek;
-                if table.rewind().is_err() || table.read_to_end(&mut sink).is_err() {
+                if table.read(&mut sink).is_err() {
                     return;
                 }
                 if !is_mount_point_in(&sink, &mountpoint) {
-                    // SAFETY: a signal to our own pid, blocked in every thread and
-                    // taken by the main thread's sigwait.
-                    unsafe { libc::kill(libc::getpid(), libc::SIGUSR1) };
+                    // Blocked in every thread, and taken by the main thread's
+                    // sigwait.
+                    let _ = kill(getpid(), Signal::SIGUSR1);
                     return;
                 }
-                let mut pfd = libc::pollfd {
-                    fd: table.as_raw_fd(),
-                    events: libc::POLLPRI,
-                    revents: 0,
-                };
-                // SAFETY: `pfd` is one valid pollfd; -1 waits until the mount
-                // table changes.
-                unsafe { libc::poll(&mut pfd, 1, -1) };
+                let _ = table.wait_change();
             }
         });
     if let Err(e) = spawned {
@@ -495,9 +507,9 @@ fn serve(
             if let Err(e) = session.run() {
                 log::error!("FUSE session ended with an error: {e}");
             }
-            // SAFETY: kill to our own pid with a signal every thread blocks, so
-            // it is picked up by sigwait below.
-            unsafe { libc::kill(libc::getpid(), libc::SIGUSR1) };
+            // A signal every thread blocks, so it is picked up by sigwait
+            // below.
+            let _ = kill(getpid(), Signal::SIGUSR1);
             // run() took the session, and the filesystem, with it.
             let _ = ended_tx.send(());
         });
@@ -525,13 +537,11 @@ fn serve(
     } else if let Err(e) = crate::notify::notify("READY=1") {
         log::warn!("cannot tell the service manager that the mount is ready: {e}");
     }
-    let mut sig = 0;
-    loop {
-        // SAFETY: `sigset` is initialised; `sig` is a valid int to fill.
-        if unsafe { libc::sigwait(&sigset, &mut sig) } == 0 {
-            break;
+    let sig = loop {
+        if let Ok(sig) = sigset.wait() {
+            break sig as i32;
         }
-    }
+    };
     if settings.foreground {
         let _ = crate::notify::notify("STOPPING=1");
     }
@@ -540,7 +550,7 @@ fn serve(
     } else {
         log::info!("signal {sig}: unmounting {}", mountpoint.display());
         if let Ok(c) = std::ffi::CString::new(mountpoint.as_os_str().as_bytes())
-            && let Err(e) = crate::ns::sys::detach(&c)
+            && let Err(e) = crate::sys::mount::detach(&c)
         {
             log::warn!("unmount {}: {e}", mountpoint.display());
         }

@@ -558,22 +558,9 @@ fn supervise(child: Pid, signals: &SignalFd) -> Result<u8, ExecError> {
 /// the signals it forwards, and a blocked mask is inherited across fork and
 /// exec.
 fn unmasked_command(program: &OsString, args: &[OsString]) -> std::process::Command {
-    use std::os::unix::process::CommandExt;
     let mut cmd = std::process::Command::new(program);
     cmd.args(args);
-    // SAFETY: the closure runs in the child between fork and exec, and only
-    // calls pthread_sigmask, which is async-signal-safe and allocates
-    // nothing.
-    unsafe {
-        cmd.pre_exec(|| {
-            nix::sys::signal::pthread_sigmask(
-                nix::sys::signal::SigmaskHow::SIG_SETMASK,
-                Some(&SigSet::empty()),
-                None,
-            )
-            .map_err(io::Error::from)
-        });
-    }
+    crate::sys::process::unblock_signals_at_exec(&mut cmd);
     cmd
 }
 

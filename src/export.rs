@@ -44,6 +44,7 @@ use parking_lot::Mutex;
 
 use crate::ns::{Kind, Namespace};
 use crate::state::StateDir;
+use crate::sys;
 use crate::tree::{ContainerId, Tree};
 
 /// The list of exports in the state directory.
@@ -259,27 +260,6 @@ fn cstring(path: &Path) -> io::Result<CString> {
         .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))
 }
 
-fn mount_call(source: Option<&CString>, target: &CString, flags: libc::c_ulong) -> io::Result<()> {
-    let source = source.map_or(std::ptr::null(), |s| s.as_ptr());
-    // SAFETY: `source` is null or a NUL-terminated string that outlives the
-    // call, `target` is NUL-terminated; a bind or a propagation change
-    // takes no file system type and no data.
-    let r = unsafe {
-        libc::mount(
-            source,
-            target.as_ptr(),
-            std::ptr::null(),
-            flags,
-            std::ptr::null(),
-        )
-    };
-    if r == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
-}
-
 /// Makes `dir` a shared mount point, as `ip netns add` does with
 /// `/run/netns`: exports made in it then reach the mount namespaces that
 /// share it, and an export removed here goes from them too. A directory
@@ -287,12 +267,11 @@ fn mount_call(source: Option<&CString>, target: &CString, flags: libc::c_ulong) 
 /// onto itself, with whatever is mounted below it.
 fn share(dir: &Path) -> io::Result<()> {
     let c = cstring(dir)?;
-    let shared = libc::MS_SHARED | libc::MS_REC;
-    match mount_call(None, &c, shared) {
+    match sys::mount::make_shared(&c) {
         Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
-            mount_call(Some(&c), &c, libc::MS_BIND | libc::MS_REC)
+            sys::mount::bind(&c, &c, true)
                 .map_err(|e| io::Error::new(e.kind(), format!("bind it onto itself: {e}")))?;
-            mount_call(None, &c, shared)
+            sys::mount::make_shared(&c)
                 .map_err(|e| io::Error::new(e.kind(), format!("make it shared: {e}")))
         }
         Err(e) => Err(io::Error::new(e.kind(), format!("make it shared: {e}"))),
@@ -316,7 +295,7 @@ fn classify(dir_dev: Option<u64>, nsfs_dev: u64, path: &Path, ino: u64) -> Found
 /// ours) and deletes the file under it.
 fn unexport(path: &Path) -> io::Result<()> {
     let c = cstring(path)?;
-    match crate::ns::sys::detach(&c) {
+    match sys::mount::detach(&c) {
         Ok(()) => {}
         Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {}
         Err(e) => return Err(e),
@@ -596,7 +575,7 @@ impl Exporter {
         };
         drop(file);
         let c = cstring(path)?;
-        if let Err(e) = crate::ns::sys::bind_mount_fd(ns.fd(), &c) {
+        if let Err(e) = sys::mount::bind_fd(ns.fd(), &c) {
             let _ = std::fs::remove_file(path);
             return Err(e);
         }

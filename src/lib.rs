@@ -2,13 +2,19 @@
 //!
 //! Architecture, from the kernel up:
 //!
-//! * [`ns`]: namespace kinds, open handles to namespaces (an nsfs file
-//!   descriptor and its inode), fresh namespaces, pins in the state
-//!   directory, and resolving a written pid or path to a namespace.
+//! * [`sys`]: the system-call layer. Every `unsafe` block that talks to the
+//!   kernel is here, in thin wrappers, one file per area (pidfds, nsfs
+//!   ioctls, mounts, sockets, children cloned from the daemon, ptrace,
+//!   credentials), each with its `SAFETY` reasoning; nix where it wraps the
+//!   call, raw libc where it cannot (see the module's rules).
+//! * [`kind`]: the eight namespace kinds, depending on nothing.
+//! * [`procfs`]: the one reader of `/proc`: `stat`, `status`, `mountinfo`,
+//!   namespace links, the threads of a process.
+//! * [`ns`]: open handles to namespaces (an nsfs file descriptor and its
+//!   inode), fresh namespaces, pins in the state directory, and resolving
+//!   a written pid or path to a namespace.
 //! * [`tree`]: the containers, their bindings and effective sets, as plain
 //!   data with no system calls.
-//! * [`procfs`]: the one reader of `/proc`: `stat`, `status`, `mountinfo`,
-//!   namespace links.
 //! * [`fs`]: the FUSE adapter, the only code that knows fuser; it checks
 //!   the caller, asks the tree, and turns results into replies and errnos.
 //! * [`inject`]: ptrace: stopping a task, running a syscall in it, and
@@ -42,6 +48,7 @@ pub mod export;
 pub mod fs;
 pub mod inject;
 pub mod injector;
+pub mod kind;
 pub mod logs;
 pub mod mover;
 pub mod moving;
@@ -50,6 +57,7 @@ pub mod ns;
 pub mod procfs;
 pub mod state;
 pub mod state_dir;
+pub mod sys;
 pub mod tree;
 
 /// The process mover the daemon uses.

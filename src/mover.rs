@@ -42,7 +42,8 @@ use nix::sched::CloneFlags;
 use nix::unistd::Pid;
 
 use crate::inject::{self, Stopped, SyscallResult, TraceError, Tracee};
-use crate::procfs::{ProcDir, Stat, Status};
+use crate::procfs::{self, ProcDir, Stat, Status};
+use crate::sys;
 
 /// Rounds of re-reading `/proc/PID/task` before giving up on a process that
 /// keeps creating threads faster than they can be stopped.
@@ -87,7 +88,7 @@ impl ProcessHandle {
             return Err(MoveError::Gone(pid));
         }
         let tgid = Pid::from_raw(pid);
-        match inject::sys::pidfd_open(tgid, 0) {
+        match sys::pidfd::open(pid, 0).map_err(|e| errno_of(&e)) {
             Ok(pidfd) => Ok(ProcessHandle { pidfd, tgid }),
             Err(Errno::ESRCH) => Err(MoveError::Gone(pid)),
             // EINVAL: a thread that is not a group leader.
@@ -109,7 +110,7 @@ impl ProcessHandle {
 
     /// Takes over a pidfd pinned elsewhere; its pid is asked of the kernel.
     pub fn from_pidfd(pidfd: OwnedFd) -> Result<Self, MoveError> {
-        let pid = match inject::sys::pidfd_pid(pidfd.as_fd()) {
+        let pid = match sys::pidfd::pid(pidfd.as_fd()).map_err(|e| errno_of(&e)) {
             Ok(Some(pid)) => pid,
             Ok(None) => Self::pid_from_fdinfo(&pidfd)?,
             Err(Errno::ESRCH) => -1,
@@ -153,7 +154,7 @@ impl ProcessHandle {
 
     /// Whether the pinned process has not exited (a zombie has).
     pub fn is_alive(&self) -> bool {
-        inject::sys::pidfd_send_signal(self.pidfd.as_fd(), 0).is_ok()
+        sys::pidfd::alive(self.pidfd.as_fd())
     }
 
     /// Whether the pinned process has exited or is on its way out: every
@@ -390,19 +391,17 @@ fn proc_stat(pid: Pid) -> Result<Stat, MoveError> {
     Stat::read(pid.as_raw()).map_err(MoveError::Proc)
 }
 
-fn list_threads(tgid: Pid) -> Result<BTreeSet<i32>, MoveError> {
-    let dir = fs::read_dir(format!("/proc/{tgid}/task")).map_err(|e| match e.kind() {
+/// The threads of `tgid`, in tid order.
+fn list_threads(tgid: Pid) -> Result<Vec<i32>, MoveError> {
+    procfs::tasks(tgid.as_raw()).map_err(|e| match e.kind() {
         std::io::ErrorKind::NotFound => MoveError::Gone(tgid.as_raw()),
         _ => MoveError::Proc(e),
-    })?;
-    let mut tids = BTreeSet::new();
-    for entry in dir {
-        let entry = entry.map_err(MoveError::Proc)?;
-        if let Some(tid) = entry.file_name().to_str().and_then(|n| n.parse().ok()) {
-            tids.insert(tid);
-        }
-    }
-    Ok(tids)
+    })
+}
+
+/// The errno of a system call's error.
+fn errno_of(e: &std::io::Error) -> Errno {
+    Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO))
 }
 
 fn is_kernel_thread(tid: Pid) -> bool {
@@ -534,7 +533,7 @@ fn expected(target: Pid, holder: i32, kinds: libc::c_int) -> Result<Expected, Mo
         moved_back: 0,
     };
     let pidns = fs::File::open(format!("/proc/{target}/ns/pid")).map_err(MoveError::Proc)?;
-    let local = crate::ns::sys::tgid_from_pidns(pidns.as_fd(), holder)
+    let local = sys::ns::tgid_from_pidns(pidns.as_fd(), holder)
         .map_err(|e| refused(e.raw_os_error().map_or(Errno::ESRCH, Errno::from_raw)))?;
     let pin = ProcessHandle::open(local).map_err(|_| refused(Errno::ESRCH))?;
     let ns = ProcDir::ns(local).map_err(|_| refused(Errno::ESRCH))?;
@@ -671,7 +670,7 @@ fn fd_tables(threads: &[Tracee<Stopped>]) -> Result<Vec<usize>, MoveError> {
     for (i, t) in threads.iter().enumerate() {
         let mut table = i;
         for &o in &openers {
-            match inject::sys::same_files(threads[o].tid(), t.tid()) {
+            match sys::process::same_files(threads[o].tid(), t.tid()) {
                 Ok(Some(true)) => {
                     table = o;
                     break;
@@ -1388,7 +1387,7 @@ mod tests {
             .arg("100")
             .spawn()
             .unwrap();
-        let pidfd = inject::sys::pidfd_open(me, 0).unwrap();
+        let pidfd = sys::pidfd::open(me.as_raw(), 0).unwrap();
         let file = std::fs::File::open("/proc/self/stat").unwrap();
         let raw = |fd: BorrowedFd<'_>| i64::from(fd.as_raw_fd());
         assert!(is_pidfd_of(me, me, raw(pidfd.as_fd()), me.as_raw()));

@@ -17,8 +17,9 @@ use crate::fs::{Error, Mover, Result};
 use crate::injector::Injectors;
 use crate::mover::{self, ProcessHandle};
 use crate::ns::creds::Credentials;
-use crate::ns::{Holder, Kind, Namespace, sys};
+use crate::ns::{Holder, Kind, Namespace};
 use crate::procfs::{self, ProcDir};
+use crate::sys;
 
 /// Moves processes by ptrace-injecting `setns(pidfd_of_holder, kinds)`.
 #[derive(Debug)]
@@ -116,7 +117,7 @@ impl PtraceMover {
                 Ok(seen_set)
             })?
         };
-        let seen = sys::pid_in_pidns(pidns.as_fd(), holder.pid()).map_err(|_| {
+        let seen = sys::ns::pid_in_pidns(pidns.as_fd(), holder.pid()).map_err(|_| {
             Error::Invalid(format!(
                 "process {pid} lives in a pid namespace that cannot see the container's \
                  namespaces (only ancestors of a pid namespace see into it)"
@@ -185,13 +186,8 @@ fn kinds_to_change(pid: i32, key: &[u64; 8]) -> std::io::Result<(libc::c_int, Op
         Some(ns) => live = Some(ns),
         None => flags = 0,
     }
-    let mut tids: Vec<i32> = std::fs::read_dir(format!("/proc/{pid}/task"))?
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse().ok())
-        .filter(|&tid| tid != pid)
-        .collect();
-    tids.sort_unstable();
-    for tid in tids {
+    let tids = crate::procfs::tasks(pid)?;
+    for tid in tids.into_iter().filter(|&tid| tid != pid) {
         let mut seen = flags;
         if let Some(ns) = read(tid, &mut seen)? {
             flags = seen;

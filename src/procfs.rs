@@ -1,13 +1,15 @@
 //! The one reader of `/proc`: namespace links ([`ns_inode`], [`ProcDir`]),
-//! `PID/stat` ([`Stat`]), `PID/status` ([`Status`]) and `mountinfo`
-//! ([`MountInfo`]). Other modules ask here rather than parse these files.
+//! `PID/stat` ([`Stat`]), `PID/status` ([`Status`]), `mountinfo`
+//! ([`MountInfo`]) and the threads of a process ([`tasks`]). Other modules
+//! ask here rather than parse these files.
 
 use std::ffi::CStr;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 
-use crate::ns::Kind;
+use crate::kind::Kind;
+use crate::sys;
 
 /// `PF_KTHREAD` in the flags field of `/proc/PID/stat`.
 pub const PF_KTHREAD: u64 = 0x0020_0000;
@@ -31,13 +33,11 @@ pub fn ns_link_inode(pid: i32, entry: &str) -> Option<u64> {
     };
     let path = CStr::from_bytes_with_nul(&path[..len]).ok()?;
     let mut buf = [0u8; 64];
-    // SAFETY: `path` is NUL-terminated; `buf` is valid for `buf.len()` bytes
-    // and readlink writes at most that many.
-    let n = unsafe { libc::readlink(path.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
-    if n <= 0 {
+    let n = sys::fs::read_link_at(None, path, &mut buf).ok()?;
+    if n == 0 {
         return None;
     }
-    parse_ns_link(&buf[..n as usize])
+    parse_ns_link(&buf[..n])
 }
 
 /// `s` with a NUL appended, in `buf`.
@@ -68,36 +68,23 @@ impl ProcDir {
     }
 
     fn open(path: &str) -> io::Result<ProcDir> {
-        Self::open_at(libc::AT_FDCWD, path)
+        Self::open_at(None, path)
     }
 
     /// Opens the directory `entry` below this one (`TID/ns` below
     /// `/proc/PID/task`), so that reading several of its links resolves the
     /// path once.
     pub fn subdir(&self, entry: &str) -> io::Result<ProcDir> {
-        Self::open_at(self.fd.as_raw_fd(), entry)
+        Self::open_at(Some(self.fd.as_fd()), entry)
     }
 
     /// Opens the directory `path`, relative to `dir` (or the working
-    /// directory, `AT_FDCWD`), without opening its contents.
-    fn open_at(dir: libc::c_int, path: &str) -> io::Result<ProcDir> {
+    /// directory), without opening its contents.
+    fn open_at(dir: Option<BorrowedFd<'_>>, path: &str) -> io::Result<ProcDir> {
         let mut buf = [0u8; 64];
         let path =
             c_str(&mut buf, path).ok_or_else(|| io::Error::from_raw_os_error(libc::EINVAL))?;
-        // SAFETY: `path` is NUL-terminated and outlives the call; `dir` is
-        // AT_FDCWD or a descriptor this ProcDir owns.
-        let fd = unsafe {
-            libc::openat(
-                dir,
-                path.as_ptr(),
-                libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC,
-            )
-        };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: openat just returned this descriptor; nothing else owns it.
-        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        let fd = sys::fs::open_at(dir, path, libc::O_PATH | libc::O_DIRECTORY)?;
         Ok(ProcDir { fd })
     }
 
@@ -108,20 +95,8 @@ impl ProcDir {
         let name =
             c_str(&mut name, entry).ok_or_else(|| io::Error::from_raw_os_error(libc::EINVAL))?;
         let mut buf = [0u8; 64];
-        // SAFETY: `name` is NUL-terminated; `buf` is valid for `buf.len()`
-        // bytes and readlinkat writes at most that many.
-        let n = unsafe {
-            libc::readlinkat(
-                self.fd.as_raw_fd(),
-                name.as_ptr(),
-                buf.as_mut_ptr().cast(),
-                buf.len(),
-            )
-        };
-        if n < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        parse_ns_link(&buf[..n as usize]).ok_or_else(|| io::Error::from_raw_os_error(libc::EINVAL))
+        let n = sys::fs::read_link_at(Some(self.fd.as_fd()), name, &mut buf)?;
+        parse_ns_link(&buf[..n]).ok_or_else(|| io::Error::from_raw_os_error(libc::EINVAL))
     }
 
     /// Opens the namespace `entry` names.
@@ -129,52 +104,40 @@ impl ProcDir {
         let mut name = [0u8; 64];
         let name =
             c_str(&mut name, entry).ok_or_else(|| io::Error::from_raw_os_error(libc::EINVAL))?;
-        // SAFETY: `name` is NUL-terminated and outlives the call.
-        let fd = unsafe {
-            libc::openat(
-                self.fd.as_raw_fd(),
-                name.as_ptr(),
-                libc::O_RDONLY | libc::O_CLOEXEC,
-            )
-        };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: openat just returned this descriptor; nothing else owns it.
-        Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+        sys::fs::open_at(Some(self.fd.as_fd()), name, libc::O_RDONLY)
     }
+}
+
+/// The threads of process `pid` (`/proc/PID/task`), in tid order.
+/// `NotFound` once it is gone.
+pub fn tasks(pid: i32) -> io::Result<Vec<i32>> {
+    let mut tids = Vec::new();
+    for entry in std::fs::read_dir(format!("/proc/{pid}/task"))? {
+        if let Some(tid) = entry?.file_name().to_str().and_then(|n| n.parse().ok()) {
+            tids.push(tid);
+        }
+    }
+    tids.sort_unstable();
+    Ok(tids)
+}
+
+/// Where this process's command line (its argument strings, one after the
+/// other) lies in its memory: `arg_start` and `arg_end` of
+/// `/proc/self/stat`, read once. A child that renames itself overwrites it
+/// (see [`crate::sys::process::spawn_child`]).
+pub fn argv_region() -> Option<(usize, usize)> {
+    static REGION: std::sync::OnceLock<Option<(usize, usize)>> = std::sync::OnceLock::new();
+    *REGION.get_or_init(|| {
+        let (start, end) = Stat::read_self().ok()?.args?;
+        (start < end).then_some((start, end))
+    })
 }
 
 /// The effective capabilities of thread `tid` (its `CapEff`, by capget(2),
 /// which is much cheaper than reading `/proc/TID/status`); `None` if it is
 /// gone.
 pub fn effective_caps(tid: i32) -> Option<u64> {
-    /// `_LINUX_CAPABILITY_VERSION_3`: two 32-bit halves.
-    const VERSION_3: u32 = 0x2008_0522;
-    #[repr(C)]
-    struct Header {
-        version: u32,
-        pid: libc::c_int,
-    }
-    #[repr(C)]
-    #[derive(Clone, Copy, Default)]
-    struct Data {
-        effective: u32,
-        permitted: u32,
-        inheritable: u32,
-    }
-    if tid <= 0 {
-        return None;
-    }
-    let mut header = Header {
-        version: VERSION_3,
-        pid: tid,
-    };
-    let mut data = [Data::default(); 2];
-    // SAFETY: capget reads `header` and, for version 3, writes exactly two
-    // `Data` records to `data`; both are live locals of those layouts.
-    let r = unsafe { libc::syscall(libc::SYS_capget, &mut header, data.as_mut_ptr()) };
-    (r == 0).then(|| u64::from(data[0].effective) | (u64::from(data[1].effective) << 32))
+    sys::creds::capabilities(tid).map(|[effective, _, _]| effective)
 }
 
 /// The eight namespaces of thread `tid` (inodes in [`Kind::ALL`] order;
@@ -392,6 +355,37 @@ pub fn comm(pid: i32) -> Option<String> {
 /// [`MountInfo`].
 pub fn read_mountinfo() -> io::Result<Vec<u8>> {
     std::fs::read("/proc/self/mountinfo")
+}
+
+/// `/proc/self/mountinfo` kept open, to read it again whenever the mount
+/// table changes.
+#[derive(Debug)]
+pub struct MountTable {
+    file: std::fs::File,
+}
+
+impl MountTable {
+    /// Opens this process's mount table.
+    pub fn open() -> io::Result<MountTable> {
+        Ok(MountTable {
+            file: std::fs::File::open("/proc/self/mountinfo")?,
+        })
+    }
+
+    /// Reads the whole table, from its start, into `buf` (emptied first),
+    /// for [`MountInfo`].
+    pub fn read(&mut self, buf: &mut Vec<u8>) -> io::Result<()> {
+        use std::io::{Read, Seek};
+        buf.clear();
+        self.file.rewind()?;
+        self.file.read_to_end(buf).map(drop)
+    }
+
+    /// Waits until the mount table changes (the kernel reports it as
+    /// `POLLPRI` on the open file).
+    pub fn wait_change(&self) -> io::Result<()> {
+        sys::fs::wait_priority(self.file.as_fd())
+    }
 }
 
 /// The mounts of a `/proc/PID/mountinfo` text, one per line, oldest first
@@ -719,5 +713,24 @@ mod tests {
                 .unwrap()
                 .trim_end()
         );
+    }
+
+    #[test]
+    fn lists_the_threads_of_a_process_in_order() {
+        let me = std::process::id() as i32;
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (stop_tx, stop_rx) = std::sync::mpsc::channel::<()>();
+        let helper = std::thread::spawn(move || {
+            tx.send(nix::unistd::gettid().as_raw()).unwrap();
+            let _ = stop_rx.recv();
+        });
+        let tid = rx.recv().unwrap();
+        let tids = tasks(me).unwrap();
+        assert!(tids.contains(&me) && tids.contains(&tid), "{tids:?}");
+        assert!(tids.windows(2).all(|w| w[0] < w[1]), "{tids:?}");
+        drop(stop_tx);
+        helper.join().unwrap();
+        assert_eq!(tasks(i32::MAX).unwrap_err().kind(), io::ErrorKind::NotFound);
+        assert!(argv_region().is_some_and(|(a, b)| a < b));
     }
 }

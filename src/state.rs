@@ -25,7 +25,7 @@ use std::sync::Arc;
 
 use parking_lot::{Mutex, MutexGuard};
 
-use crate::ns::{self, Keeper, Kind, Namespace, Pin, PinDir};
+use crate::ns::{Keeper, Kind, Namespace, Pin, PinDir};
 pub use crate::state_dir::{PINS, StateDir};
 use crate::tree::record::{self, Record, RecordError, RecordedNs};
 
@@ -191,7 +191,7 @@ fn reopen_one(r: &RecordedNs, pins: &Arc<PinDir>) -> Result<Namespace, String> {
                 ns.adopt_keeper(keeper);
             }
             None => {
-                if ns::sys::pid_from_pidns(ns.fd(), 1).is_err() {
+                if crate::sys::ns::pid_from_pidns(ns.fd(), 1).is_err() {
                     return Err(format!("its init process has exited; {dead}"));
                 }
             }

@@ -10,11 +10,11 @@
 //! [`Batch::overflowed`], and the caller then reads `/proc` in full.
 
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::time::Duration;
 
-/// `NETLINK_CONNECTOR`.
-const NETLINK_CONNECTOR: libc::c_int = 11;
+use crate::sys;
+
 /// The connector index and value of process events (`CN_IDX_PROC`,
 /// `CN_VAL_PROC`); the index is also the multicast group.
 const CN_IDX_PROC: u32 = 1;
@@ -73,47 +73,9 @@ impl Events {
     /// to start sending. Fails without CAP_NET_ADMIN, outside the initial
     /// network namespace, or on kernels built without process events.
     pub fn open() -> io::Result<Events> {
-        // SAFETY: socket(2) with constant arguments returns a new fd or -1.
-        let fd = unsafe {
-            libc::socket(
-                libc::AF_NETLINK,
-                libc::SOCK_DGRAM | libc::SOCK_CLOEXEC,
-                NETLINK_CONNECTOR,
-            )
-        };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: socket just returned this descriptor; nothing else owns it.
-        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
         // A burst of forks must not overflow the queue at once: 4 MiB holds
-        // about 50,000 events. Best effort (the default is kept on failure).
-        let size: libc::c_int = 4 << 20;
-        // SAFETY: the option value is a live c_int of the size passed.
-        unsafe {
-            libc::setsockopt(
-                fd.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_RCVBUFFORCE,
-                (&size as *const libc::c_int).cast(),
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-            )
-        };
-        // SAFETY: sockaddr_nl is plain data; all-zero is a valid value.
-        let mut addr: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
-        addr.nl_family = libc::AF_NETLINK as libc::sa_family_t;
-        addr.nl_groups = CN_IDX_PROC;
-        // SAFETY: `addr` is a live sockaddr_nl and the length is its size.
-        let r = unsafe {
-            libc::bind(
-                fd.as_raw_fd(),
-                (&addr as *const libc::sockaddr_nl).cast(),
-                std::mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t,
-            )
-        };
-        if r < 0 {
-            return Err(io::Error::last_os_error());
-        }
+        // about 50,000 events.
+        let fd = sys::socket::netlink_connector(CN_IDX_PROC, 4 << 20)?;
         let events = Events {
             fd,
             buf: vec![0u8; 64 * 1024],
@@ -135,56 +97,23 @@ impl Events {
         msg[cn + 4..cn + 8].copy_from_slice(&CN_VAL_PROC.to_ne_bytes());
         msg[cn + 16..cn + 18].copy_from_slice(&4u16.to_ne_bytes());
         msg[cn + 20..cn + 24].copy_from_slice(&MCAST_LISTEN.to_ne_bytes());
-        // SAFETY: `msg` is a live buffer of `len` bytes.
-        let n = unsafe { libc::send(self.fd.as_raw_fd(), msg.as_ptr().cast(), len, 0) };
-        if n < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(())
+        sys::socket::send_datagram(self.fd.as_fd(), &msg)
     }
 
     /// Waits up to `timeout` for the first message, then takes every
     /// message already queued, without waiting again.
     pub fn wait(&mut self, timeout: Duration) -> io::Result<Batch> {
         let mut batch = Batch::default();
-        let mut pfd = libc::pollfd {
-            fd: self.fd.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        let ms = timeout.as_millis().min(i32::MAX as u128) as libc::c_int;
-        // SAFETY: one live pollfd, count 1.
-        let r = unsafe { libc::poll(&mut pfd, 1, ms) };
-        if r < 0 {
-            let e = io::Error::last_os_error();
-            return match e.kind() {
-                io::ErrorKind::Interrupted => Ok(batch),
-                _ => Err(e),
-            };
-        }
-        if r == 0 {
-            return Ok(batch);
+        match sys::fs::wait_readable(self.fd.as_fd(), timeout) {
+            Ok(true) => {}
+            Ok(false) => return Ok(batch),
+            Err(e) => return Err(e),
         }
         let buf = &mut self.buf;
         loop {
-            // SAFETY: sockaddr_nl is plain data; all-zero is a valid value.
-            let mut from: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
-            let mut from_len = std::mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t;
-            // SAFETY: `buf` is live for its length; `from` and `from_len`
-            // are live and describe the address buffer.
-            let n = unsafe {
-                libc::recvfrom(
-                    self.fd.as_raw_fd(),
-                    buf.as_mut_ptr().cast(),
-                    buf.len(),
-                    libc::MSG_DONTWAIT,
-                    (&mut from as *mut libc::sockaddr_nl).cast(),
-                    &mut from_len,
-                )
-            };
-            if n < 0 {
-                let e = io::Error::last_os_error();
-                match e.raw_os_error() {
+            let (n, from) = match sys::socket::recv_netlink(self.fd.as_fd(), buf) {
+                Ok(got) => got,
+                Err(e) => match e.raw_os_error() {
                     Some(libc::EAGAIN) => return Ok(batch),
                     Some(libc::EINTR) => continue,
                     Some(libc::ENOBUFS) => {
@@ -192,13 +121,13 @@ impl Events {
                         continue;
                     }
                     _ => return Err(e),
-                }
-            }
+                },
+            };
             // Only the kernel (netlink port 0) speaks for processes.
-            if from.nl_pid != 0 {
+            if from != 0 {
                 continue;
             }
-            parse_messages(&buf[..n as usize], &mut batch.events);
+            parse_messages(&buf[..n], &mut batch.events);
         }
     }
 }
@@ -318,8 +247,7 @@ mod tests {
 
     #[test]
     fn the_kernel_reports_a_fork_exec_and_exit() {
-        // SAFETY: geteuid has no preconditions.
-        if unsafe { libc::geteuid() } != 0 {
+        if !nix::unistd::geteuid().is_root() {
             assert_ne!(
                 std::env::var("CI").as_deref(),
                 Ok("true"),

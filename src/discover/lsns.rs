@@ -16,8 +16,9 @@ use std::fs::File;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::MetadataExt;
 
-use crate::ns::{Kind, sys};
+use crate::ns::Kind;
 use crate::procfs::{self, ProcDir};
+use crate::sys;
 
 /// The header line.
 pub const HEADER: &str = "KIND\tINODE\tNPROCS\tPID\tUSERNS\tPARENT\tCOMMAND";
@@ -81,11 +82,11 @@ pub fn table(bound: &[(Kind, u64, BorrowedFd<'_>)]) -> String {
     for (kind, ino, s) in rows {
         let fd = s.fd.as_ref().map(AsFd::as_fd);
         let owner = fd
-            .and_then(|fd| sys::ns_owner(fd).ok())
+            .and_then(|fd| sys::ns::owner(fd).ok())
             .and_then(|o| ino_of(o.as_fd()));
         let parent = match kind {
             Kind::Pid | Kind::User => fd
-                .and_then(|fd| sys::ns_parent(fd).ok())
+                .and_then(|fd| sys::ns::parent(fd).ok())
                 .and_then(|p| ino_of(p.as_fd())),
             _ => None,
         };

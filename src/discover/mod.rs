@@ -28,8 +28,7 @@ pub mod lsns;
 pub mod naming;
 
 use std::collections::{BTreeMap, HashMap};
-use std::ffi::CStr;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::sync::Arc;
@@ -256,20 +255,10 @@ pub fn hostname_of(pid: i32) -> Option<String> {
         .ok()?;
     std::thread::scope(|s| {
         s.spawn(|| {
-            // SAFETY: setns with a live namespace descriptor; it changes
-            // only this thread, which ends right after.
-            if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWUTS) } != 0 {
-                return None;
-            }
-            // SAFETY: utsname is plain data; uname fills it.
-            let mut uts: libc::utsname = unsafe { std::mem::zeroed() };
-            // SAFETY: `uts` is a live utsname.
-            if unsafe { libc::uname(&mut uts) } != 0 {
-                return None;
-            }
-            // SAFETY: uname NUL-terminates nodename within the array.
-            let name = unsafe { CStr::from_ptr(uts.nodename.as_ptr()) };
-            Some(name.to_string_lossy().into_owned())
+            // setns(2) of a uts namespace changes only this thread, which
+            // ends right after.
+            crate::sys::ns::setns_thread(&ns, libc::CLONE_NEWUTS).ok()?;
+            crate::sys::ns::hostname().ok()
         })
         .join()
         .ok()
@@ -432,15 +421,10 @@ mod tests {
     #[test]
     fn reads_a_hostname_and_the_netns_directory() {
         let me = std::process::id() as i32;
-        // SAFETY: utsname is plain data; uname fills it.
-        let mut uts: libc::utsname = unsafe { std::mem::zeroed() };
-        // SAFETY: `uts` is a live utsname.
-        assert_eq!(unsafe { libc::uname(&mut uts) }, 0);
-        // SAFETY: uname NUL-terminates nodename.
-        let want = unsafe { CStr::from_ptr(uts.nodename.as_ptr()) };
+        let want = nix::unistd::gethostname().expect("gethostname");
         // Opening another process's namespace needs ptrace rights over it;
         // its own always works.
-        assert_eq!(hostname_of(me).as_deref(), want.to_str().ok());
+        assert_eq!(hostname_of(me).as_deref(), want.to_str());
         assert_eq!(hostname_of(i32::MAX), None);
         assert_eq!(netns_name(Path::new("/nonexistent"), 1), None);
     }

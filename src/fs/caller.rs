@@ -115,7 +115,7 @@ impl Caller {
             what: "check ptrace rights as the caller",
             source: std::io::Error::other(e.to_string()),
         })?;
-        if !crate::ns::sys::pidfd_alive(pidfd) {
+        if !crate::sys::pidfd::alive(pidfd) {
             return Err(gone());
         }
         match answer {

@@ -629,7 +629,7 @@ impl NsProxyFs {
     /// sees it; `None` if the reader cannot see it.
     fn proc_path(&self, pid: i32, reader: &Caller) -> Option<String> {
         let pidns = reader.pid_ns().ok()?;
-        let seen = ns::sys::pid_in_pidns(pidns.as_fd(), pid).ok()?;
+        let seen = crate::sys::ns::pid_in_pidns(pidns.as_fd(), pid).ok()?;
         (seen > 0).then(|| format!("/proc/{seen}"))
     }
 
@@ -658,7 +658,7 @@ impl NsProxyFs {
         } else {
             members
                 .into_iter()
-                .filter_map(|p| ns::sys::pid_in_pidns(reader_ns.as_fd(), p).ok())
+                .filter_map(|p| crate::sys::ns::pid_in_pidns(reader_ns.as_fd(), p).ok())
                 .filter(|&p| p > 0)
                 .collect()
         };
@@ -955,9 +955,9 @@ impl NsProxyFs {
             // /proc/PID/ns/KIND would need of it.
             Binding::Pid(pid) => {
                 let pidns = caller.pid_ns()?;
-                let local = ns::sys::pid_from_pidns(pidns.as_fd(), pid)
+                let local = crate::sys::ns::pid_from_pidns(pidns.as_fd(), pid)
                     .map_err(|_| ns::NsError::NoSuchProcess(pid))?;
-                let pidfd = pin(local, ns::sys::PIDFD_THREAD)?;
+                let pidfd = pin(local, crate::sys::pidfd::THREAD)?;
                 self.require_process_in(view, local, pidfd.as_fd())?;
                 let creds = caller.credentials()?;
                 // The check runs on a thread of the daemon, which the kernel
@@ -1498,12 +1498,14 @@ impl NsProxyFs {
         };
         let resolved = caller.pid_ns().and_then(|pidns| {
             // A thread id names its whole process, as in cgroup.procs.
-            ns::sys::tgid_from_pidns(pidns.as_fd(), pid).map_err(|e| match e.raw_os_error() {
-                Some(libc::ESRCH) => ns::NsError::NoSuchProcess(pid).into(),
-                _ => Error::Sys {
-                    what: "translate the pid",
-                    source: e,
-                },
+            crate::sys::ns::tgid_from_pidns(pidns.as_fd(), pid).map_err(|e| {
+                match e.raw_os_error() {
+                    Some(libc::ESRCH) => ns::NsError::NoSuchProcess(pid).into(),
+                    _ => Error::Sys {
+                        what: "translate the pid",
+                        source: e,
+                    },
+                }
             })
         });
         // Pinned before anything about it is judged: a pid reused between
@@ -1761,7 +1763,7 @@ impl Sink for NsProxyFs {
 /// Refuses with ESRCH once the process pinned by `pidfd` has exited: what
 /// was read about `pid` since the pin may be about a reused pid.
 fn still_alive(pidfd: BorrowedFd<'_>, pid: i32) -> Result<()> {
-    if ns::sys::pidfd_alive(pidfd) {
+    if crate::sys::pidfd::alive(pidfd) {
         Ok(())
     } else {
         Err(ns::NsError::NoSuchProcess(pid).into())
@@ -1771,7 +1773,7 @@ fn still_alive(pidfd: BorrowedFd<'_>, pid: i32) -> Result<()> {
 /// Pins `pid` (daemon pid namespace) with a pidfd, before anything about it
 /// is judged.
 fn pin(pid: i32, flags: libc::c_uint) -> Result<OwnedFd> {
-    ns::sys::pidfd_open(pid, flags).map_err(|e| match e.raw_os_error() {
+    crate::sys::pidfd::open(pid, flags).map_err(|e| match e.raw_os_error() {
         Some(libc::ESRCH | libc::EINVAL) => ns::NsError::NoSuchProcess(pid).into(),
         _ => Error::Sys {
             what: "pidfd_open",

@@ -87,11 +87,12 @@ use crate::procfs::Status;
 mod arch;
 pub mod seccomp;
 mod site;
-pub(crate) mod sys;
+pub(crate) mod traced;
 
 pub use arch::Registers;
 
-use sys::WaitEvent;
+use crate::sys::ptrace;
+use traced::WaitEvent;
 
 /// Stops taken at most while waiting for one expected stop before giving up
 /// (each unexpected stop is a signal or a trap the kernel reported).
@@ -373,7 +374,7 @@ impl Tracee<Running> {
         let mut tries = 2;
         loop {
             tries -= 1;
-            match sys::seize(tid, libc::PTRACE_O_TRACESYSGOOD) {
+            match traced::seize(tid, libc::PTRACE_O_TRACESYSGOOD) {
                 Ok(()) => break,
                 Err(Errno::ESRCH) => return Err(TraceError::Gone(tid)),
                 Err(Errno::EPERM) => match tracer_of(tid) {
@@ -397,7 +398,7 @@ impl Tracee<Running> {
             released: false,
             _not_send: PhantomData,
         };
-        match sys::interrupt(tid) {
+        match ptrace::interrupt(tid) {
             Ok(()) => Ok(tracee),
             Err(errno) => {
                 // Attached but not interrupted: only possible if it died.
@@ -430,22 +431,22 @@ impl Tracee<Running> {
                 // there is nothing left to detach from.
                 let (tid, _) = self.disarm();
                 if let TraceError::Gone(_) = e {
-                    sys::reap(tid);
+                    traced::reap(tid);
                 }
                 return Err(e);
             }
         };
         let saved = arch::get(tid).map_err(TraceError::os(tid, "PTRACE_GETREGS"));
-        let saved_mask = sys::get_sigmask(tid).map_err(TraceError::os(tid, "PTRACE_GETSIGMASK"));
+        let saved_mask = ptrace::get_sigmask(tid).map_err(TraceError::os(tid, "PTRACE_GETSIGMASK"));
         let (tid, tgid) = self.disarm();
         let (saved, saved_mask) = match (saved, saved_mask) {
             (Ok(regs), Ok(mask)) => (regs, mask),
             (Err(e), _) | (_, Err(e)) => {
                 // Nothing was changed yet: just let it go.
                 if let TraceError::Gone(_) = e {
-                    sys::reap(tid);
+                    traced::reap(tid);
                 } else {
-                    let _ = sys::detach(tid);
+                    let _ = traced::detach(tid);
                 }
                 return Err(e);
             }
@@ -515,13 +516,13 @@ fn wait_for_trap(
     deadline: Option<std::time::Instant>,
 ) -> Result<bool, TraceError> {
     let waited = if tid == tgid {
-        sys::Waited::RunningLeader
+        traced::Waited::RunningLeader
     } else {
-        sys::Waited::Thread
+        traced::Waited::Thread
     };
     loop {
         let event =
-            sys::wait_until(tid, waited, deadline).map_err(TraceError::os(tid, "waitpid"))?;
+            traced::wait_until(tid, waited, deadline).map_err(TraceError::os(tid, "waitpid"))?;
         match event.ok_or(TraceError::NotStopping(tid))? {
             WaitEvent::Gone => return Err(TraceError::Gone(tid)),
             WaitEvent::EventStop {
@@ -531,12 +532,12 @@ fn wait_for_trap(
                 return Ok(sig != libc::SIGTRAP);
             }
             WaitEvent::EventStop { .. } | WaitEvent::SyscallStop => {
-                sys::cont(tid, 0).map_err(TraceError::os(tid, "PTRACE_CONT"))?;
+                ptrace::cont(tid, 0).map_err(TraceError::os(tid, "PTRACE_CONT"))?;
             }
             WaitEvent::SignalStop(sig) => {
                 // What CRIU does too: let the thread take its signal, then
                 // collect the interrupt trap, which stays pending.
-                sys::cont(tid, sig).map_err(TraceError::os(tid, "PTRACE_CONT"))?;
+                ptrace::cont(tid, sig).map_err(TraceError::os(tid, "PTRACE_CONT"))?;
             }
         }
     }
@@ -547,11 +548,11 @@ impl State for Running {
         // The interrupt is pending: collect the stop, then detach.
         match wait_for_trap(tracee.tid, tracee.tgid, None) {
             Ok(_) => {
-                if let Err(e) = sys::detach(tracee.tid) {
+                if let Err(e) = traced::detach(tracee.tid) {
                     log::warn!("detaching thread {}: {e}", tracee.tid);
                 }
             }
-            Err(TraceError::Gone(_)) => sys::reap(tracee.tid),
+            Err(TraceError::Gone(_)) => traced::reap(tracee.tid),
             Err(e) => log::warn!("releasing thread {}: {e}", tracee.tid),
         }
     }
@@ -606,7 +607,7 @@ fn classify_signal(tid: Pid, sig: i32) -> Result<SignalDisposition, TraceError> 
     if is_stop_signal(sig) {
         return Ok(SignalDisposition::PassOn(sig));
     }
-    let info = sys::siginfo(tid).map_err(TraceError::os(tid, "PTRACE_GETSIGINFO"))?;
+    let info = ptrace::siginfo(tid).map_err(TraceError::os(tid, "PTRACE_GETSIGINFO"))?;
     // si_code <= 0: sent from user space (kill, tgkill, sigqueue, timers).
     Ok(if info.si_code <= 0 {
         SignalDisposition::Hold(HeldSignal(info))
@@ -707,13 +708,14 @@ impl Tracee<Stopped> {
         if let StopPoint::Delivery(sig) = self.state.at {
             // Resuming for the injection would swallow it.
             if sig != 0 {
-                let info = sys::siginfo(tid).map_err(TraceError::os(tid, "PTRACE_GETSIGINFO"))?;
+                let info =
+                    ptrace::siginfo(tid).map_err(TraceError::os(tid, "PTRACE_GETSIGINFO"))?;
                 self.state.held.push(HeldSignal(info));
             }
             self.state.at = StopPoint::Delivery(0);
         }
         if !self.state.mask_dirty {
-            sys::set_sigmask(tid, injection_mask())
+            ptrace::set_sigmask(tid, injection_mask())
                 .map_err(TraceError::os(tid, "PTRACE_SETSIGMASK"))?;
             self.state.mask_dirty = true;
         }
@@ -721,7 +723,7 @@ impl Tracee<Stopped> {
         regs.prepare_syscall(site, nr, args);
         arch::set(tid, &regs).map_err(TraceError::os(tid, "PTRACE_SETREGS"))?;
         self.state.regs_dirty = true;
-        sys::single_step(tid, 0).map_err(TraceError::os(tid, "PTRACE_SINGLESTEP"))?;
+        ptrace::single_step(tid, 0).map_err(TraceError::os(tid, "PTRACE_SINGLESTEP"))?;
         Ok(site)
     }
 
@@ -734,11 +736,11 @@ impl Tracee<Stopped> {
         for _ in 0..MAX_STOPS {
             let mut pass = 0;
             let waited = if tid == self.tgid {
-                sys::Waited::Leader
+                traced::Waited::Leader
             } else {
-                sys::Waited::Thread
+                traced::Waited::Thread
             };
-            match sys::wait(tid, waited).map_err(TraceError::os(tid, "waitpid"))? {
+            match traced::wait(tid, waited).map_err(TraceError::os(tid, "waitpid"))? {
                 WaitEvent::Gone => {
                     self.released = true;
                     return Err(TraceError::Gone(tid));
@@ -760,7 +762,7 @@ impl Tracee<Stopped> {
                     }
                     match disposition {
                         SignalDisposition::PassOn(sig) => {
-                            let info = sys::siginfo(tid)
+                            let info = ptrace::siginfo(tid)
                                 .map_err(TraceError::os(tid, "PTRACE_GETSIGINFO"))?;
                             debug_assert_eq!(info.si_signo, sig);
                             self.state.held.push(HeldSignal(info));
@@ -783,7 +785,7 @@ impl Tracee<Stopped> {
                 // A group-stop or interrupt trap: ptrace lets us go on.
                 WaitEvent::EventStop { .. } | WaitEvent::SyscallStop => {}
             }
-            sys::single_step(tid, pass).map_err(TraceError::os(tid, "PTRACE_SINGLESTEP"))?;
+            ptrace::single_step(tid, pass).map_err(TraceError::os(tid, "PTRACE_SINGLESTEP"))?;
         }
         self.state.at = StopPoint::Delivery(0);
         Err(TraceError::TooManyStops {
@@ -801,7 +803,7 @@ impl Tracee<Stopped> {
             self.state.regs_dirty = false;
         }
         if self.state.mask_dirty {
-            sys::set_sigmask(tid, self.state.saved_mask)
+            ptrace::set_sigmask(tid, self.state.saved_mask)
                 .map_err(TraceError::os(tid, "PTRACE_SETSIGMASK"))?;
             self.state.mask_dirty = false;
         }
@@ -813,12 +815,12 @@ impl Tracee<Stopped> {
         if result.is_ok() && self.state.group_stopped {
             // The kernel wakes the thread to re-enter the group stop: until
             // it has, `ps` would show a stopped process running.
-            sys::await_group_stop(self.tid);
+            traced::await_group_stop(self.tid);
         }
         if let Err(TraceError::Gone(_)) = result
             && !self.released
         {
-            sys::reap(self.tid);
+            traced::reap(self.tid);
         }
         self.released = true;
         result
@@ -835,7 +837,7 @@ impl Tracee<Stopped> {
             // that way, exactly as it was sent.
             StopPoint::Delivery(_) if !held.is_empty() => {
                 let first = held.remove(0);
-                sys::set_siginfo(tid, &first.0)
+                ptrace::set_siginfo(tid, &first.0)
                     .map_err(TraceError::os(tid, "PTRACE_SETSIGINFO"))?;
                 first.signo()
             }
@@ -848,14 +850,14 @@ impl Tracee<Stopped> {
         for extra in held {
             let sig = extra.signo();
             log::warn!("thread {tid}: signal {sig} sent during the move is sent again");
-            if let Err(e) = sys::tgkill(self.tgid, tid, sig) {
+            if let Err(e) = ptrace::tgkill(self.tgid, tid, sig) {
                 log::warn!("thread {tid}: sending held signal {sig} again: {e}");
             }
         }
         let result = if pass == 0 {
-            sys::detach(tid)
+            traced::detach(tid)
         } else {
-            sys::detach_with_signal(tid, pass)
+            traced::detach_with_signal(tid, pass)
         };
         result.map_err(TraceError::os(tid, "PTRACE_DETACH"))
     }
@@ -875,7 +877,7 @@ impl Tracee<Stopped> {
 /// dying process's exits to be reported). See [`still_traced`] for what may
 /// remain.
 pub fn settle() {
-    sys::settle();
+    traced::settle();
 }
 
 /// The threads the calling thread still traces after [`settle`]: leaders
@@ -883,7 +885,7 @@ pub fn settle() {
 /// only be collected after the group's, so until then only the tracer's own
 /// exit lets go of them (and lets their parent reap them).
 pub fn still_traced() -> Vec<Pid> {
-    sys::tracked()
+    traced::tracked()
 }
 
 /// Runs one syscall in each of several stopped threads at once: all are

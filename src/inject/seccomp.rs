@@ -13,9 +13,6 @@ use nix::unistd::Pid;
 
 use crate::procfs::Status;
 
-/// `PTRACE_SECCOMP_GET_FILTER`.
-const PTRACE_SECCOMP_GET_FILTER: libc::c_uint = 0x420c;
-
 /// Where seccomp's verdict on one syscall lands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verdict {
@@ -222,47 +219,13 @@ fn status_mode<S: AsRef<str>>(status: &Status<S>) -> Option<u32> {
 pub fn filters(tid: Pid) -> Result<Vec<Vec<Insn>>, Errno> {
     let mut out = Vec::new();
     for index in 0usize.. {
-        // SAFETY: with a null buffer the request only returns the length.
-        let len = unsafe {
-            libc::ptrace(
-                PTRACE_SECCOMP_GET_FILTER,
-                tid.as_raw(),
-                index,
-                std::ptr::null_mut::<Insn>(),
-            )
-        };
-        if len < 0 {
-            return match Errno::last() {
-                Errno::ENOENT => Ok(out),
-                // No filter at all (or seccomp off in the kernel).
-                Errno::EINVAL if index == 0 => Ok(out),
-                e => Err(e),
-            };
+        match crate::sys::ptrace::seccomp_filter(tid, index) {
+            Ok(prog) => out.push(prog),
+            Err(Errno::ENOENT) => return Ok(out),
+            // No filter at all (or seccomp off in the kernel).
+            Err(Errno::EINVAL) if index == 0 => return Ok(out),
+            Err(e) => return Err(e),
         }
-        let mut prog = vec![
-            Insn {
-                code: 0,
-                jt: 0,
-                jf: 0,
-                k: 0
-            };
-            len as usize
-        ];
-        // SAFETY: `prog` has room for the `len` instructions the kernel said
-        // the filter has; the kernel writes at most that many.
-        let got = unsafe {
-            libc::ptrace(
-                PTRACE_SECCOMP_GET_FILTER,
-                tid.as_raw(),
-                index,
-                prog.as_mut_ptr(),
-            )
-        };
-        if got < 0 {
-            return Err(Errno::last());
-        }
-        prog.truncate(got as usize);
-        out.push(prog);
     }
     Ok(out)
 }

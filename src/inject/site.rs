@@ -11,7 +11,7 @@ use nix::errno::Errno;
 use nix::unistd::Pid;
 
 use super::arch::SYSCALL_INSN;
-use super::sys;
+use super::traced;
 
 /// Bytes read per step while scanning a mapping.
 const CHUNK: usize = 64 * 1024;
@@ -21,7 +21,7 @@ const MAX_SCAN_PER_MAPPING: u64 = 4 * 1024 * 1024;
 /// Whether `addr` in the address space of `pid` holds a `syscall` instruction.
 pub(crate) fn holds_syscall_insn(pid: Pid, addr: u64) -> Result<bool, Errno> {
     let mut buf = [0u8; SYSCALL_INSN.len()];
-    sys::read_memory(pid, addr, &mut buf)?;
+    traced::read_memory(pid, addr, &mut buf)?;
     Ok(buf == SYSCALL_INSN)
 }
 
@@ -82,7 +82,7 @@ pub(crate) fn scan(pid: Pid) -> Result<Option<u64>, Errno> {
             // two chunks is still seen.
             let len = usize::try_from(limit - addr).map_or(CHUNK, |rest| rest.min(CHUNK));
             let chunk = &mut buf[..len];
-            match sys::read_memory(pid, addr, chunk) {
+            match traced::read_memory(pid, addr, chunk) {
                 Ok(()) => {}
                 // Unreadable (guard pages, execute-only): try the next mapping.
                 Err(Errno::EFAULT | Errno::EIO) => break,

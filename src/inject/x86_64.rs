@@ -1,7 +1,5 @@
 //! x86_64: register layout, syscall ABI and the `syscall` instruction.
 
-use std::ffi::c_void;
-
 use nix::errno::Errno;
 use nix::unistd::Pid;
 
@@ -127,39 +125,9 @@ impl Registers {
 }
 
 pub(crate) fn get(tid: Pid) -> Result<Registers, Errno> {
-    let mut raw = std::mem::MaybeUninit::<libc::user_regs_struct>::uninit();
-    // SAFETY: PTRACE_GETREGS writes one user_regs_struct to `data`, which
-    // points to storage of exactly that type.
-    let ret = unsafe {
-        libc::ptrace(
-            libc::PTRACE_GETREGS,
-            tid.as_raw(),
-            std::ptr::null_mut::<c_void>(),
-            raw.as_mut_ptr() as *mut c_void,
-        )
-    };
-    if ret == -1 {
-        return Err(Errno::last());
-    }
-    // SAFETY: the call succeeded, so the kernel filled the whole struct.
-    let raw = unsafe { raw.assume_init() };
-    Ok(Registers { raw })
+    crate::sys::ptrace::get_regs(tid).map(|raw| Registers { raw })
 }
 
 pub(crate) fn set(tid: Pid, regs: &Registers) -> Result<(), Errno> {
-    // SAFETY: PTRACE_SETREGS reads one user_regs_struct from `data`, which
-    // points to a live value of that type.
-    let ret = unsafe {
-        libc::ptrace(
-            libc::PTRACE_SETREGS,
-            tid.as_raw(),
-            std::ptr::null_mut::<c_void>(),
-            &regs.raw as *const libc::user_regs_struct as *mut c_void,
-        )
-    };
-    if ret == -1 {
-        Err(Errno::last())
-    } else {
-        Ok(())
-    }
+    crate::sys::ptrace::set_regs(tid, regs.raw)
 }

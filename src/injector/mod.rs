@@ -33,7 +33,7 @@
 //! An injector that sends anything else, or whose channel ends before the
 //! last line, is dropped and the move fails with `EIO`.
 
-pub(crate) mod sys;
+use crate::sys::socket as sys;
 
 use crate::ns::creds::{self, Credentials};
 use std::io;
@@ -398,8 +398,8 @@ pub fn serve(args: &[String]) -> i32 {
     } else {
         mover::FatalSeccomp::Refuse
     };
-    sys::shield_from_signals();
-    sys::close_from(3);
+    crate::sys::process::shield_from_signals();
+    crate::sys::process::close_from(3);
     let stdin = io::stdin();
     let channel = stdin.as_fd();
     let mut buf = vec![0u8; RECORD];

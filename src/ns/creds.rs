@@ -19,11 +19,8 @@ use std::io;
 use std::sync::OnceLock;
 
 use crate::procfs::Status;
+use crate::sys;
 
-/// `SECBIT_NO_SETUID_FIXUP`: changing uids leaves capabilities alone.
-const SECBIT_NO_SETUID_FIXUP: libc::c_ulong = 1 << 2;
-/// `_LINUX_CAPABILITY_VERSION_3`: two 32-bit halves per set.
-const CAPABILITY_VERSION_3: u32 = 0x2008_0522;
 /// Supplementary groups kept (the kernel's `NGROUPS_MAX`).
 pub const MAX_GROUPS: usize = 65536;
 
@@ -140,91 +137,23 @@ impl Credentials {
         self.effective & (1 << cap) != 0
     }
 
-    /// Makes the calling task hold exactly these credentials. Only raw
-    /// system calls are made (no allocation, no lock, no libc credential
-    /// wrapper, which would broadcast the change to every thread), so this
-    /// may run in a forked child of a multithreaded process. The errno of
-    /// the first refused step on failure.
+    /// The effective, permitted and inheritable sets, in that order.
+    pub fn caps(&self) -> [u64; 3] {
+        [self.effective, self.permitted, self.inheritable]
+    }
+
+    /// Makes the calling task hold exactly these credentials (see
+    /// [`sys::creds::assume`], which may run in a child cloned from the
+    /// daemon). The errno of the first refused step on failure.
     ///
     /// # Safety
     ///
-    /// The calling task's credentials are lowered for good: the caller must
-    /// be a thread or child that exists only to act as the caller, and that
-    /// ends once done. Called on any other thread, that thread would go on
-    /// with the caller's rights (too few for the daemon's work).
+    /// As for [`sys::creds::assume`]: the calling task must exist only to
+    /// act as the caller, and end once done.
     pub unsafe fn assume(&self) -> Result<(), i32> {
-        let [ruid, euid, suid, fsuid] = self.uid;
-        let [rgid, egid, sgid, fsgid] = self.gid;
-        let raw = |r: libc::c_long| if r < 0 { Err(last_errno()) } else { Ok(()) };
-        // SAFETY: prctl(PR_SET_SECUREBITS) takes integers and changes only
-        // this task's credentials.
-        raw(unsafe {
-            libc::syscall(
-                libc::SYS_prctl,
-                libc::PR_SET_SECUREBITS,
-                SECBIT_NO_SETUID_FIXUP,
-                0,
-                0,
-                0,
-            )
-        })?;
-        // SAFETY: the pointer and length describe `self.groups`, which
-        // outlives the call; the kernel copies them.
-        raw(unsafe {
-            libc::syscall(libc::SYS_setgroups, self.groups.len(), self.groups.as_ptr())
-        })?;
-        // SAFETY: setresgid/setfsgid take integers and change only this task.
-        raw(unsafe { libc::syscall(libc::SYS_setresgid, rgid, egid, sgid) })?;
-        // SAFETY: as above.
-        unsafe { libc::syscall(libc::SYS_setfsgid, fsgid) };
-        // SAFETY: setresuid/setfsuid take integers and change only this
-        // task; with SECBIT_NO_SETUID_FIXUP the capabilities stay.
-        raw(unsafe { libc::syscall(libc::SYS_setresuid, ruid, euid, suid) })?;
-        // SAFETY: as above.
-        unsafe { libc::syscall(libc::SYS_setfsuid, fsuid) };
-        #[repr(C)]
-        struct Header {
-            version: u32,
-            pid: libc::c_int,
-        }
-        #[repr(C)]
-        struct Data {
-            effective: u32,
-            permitted: u32,
-            inheritable: u32,
-        }
-        let header = Header {
-            version: CAPABILITY_VERSION_3,
-            pid: 0,
-        };
-        let half = |v: u64, i: u32| (v >> (32 * i)) as u32;
-        let data = [0, 1].map(|i| Data {
-            effective: half(self.effective, i),
-            permitted: half(self.permitted, i),
-            inheritable: half(self.inheritable, i),
-        });
-        // SAFETY: capset reads the header and, for version 3, two `Data`
-        // records; both are live locals of those layouts.
-        raw(unsafe { libc::syscall(libc::SYS_capset, &header, data.as_ptr()) })?;
-        // The filesystem ids are checked last: setfsuid reports no error.
-        // SAFETY: -1 is never a valid id, so these only read the current one.
-        let (fu, fg) = unsafe {
-            (
-                libc::syscall(libc::SYS_setfsuid, u32::MAX) as u32,
-                libc::syscall(libc::SYS_setfsgid, u32::MAX) as u32,
-            )
-        };
-        if fu != fsuid || fg != fsgid {
-            return Err(libc::EPERM);
-        }
-        Ok(())
+        // SAFETY: the caller of `assume` meets the same contract.
+        unsafe { sys::creds::assume(self.uid, self.gid, &self.groups, self.caps()) }
     }
-}
-
-fn last_errno() -> i32 {
-    io::Error::last_os_error()
-        .raw_os_error()
-        .unwrap_or(libc::EIO)
 }
 
 /// Runs `check` with `creds`: on this thread when they are the daemon's
@@ -304,29 +233,16 @@ pub fn may_attach_all(
 /// the caller, and is then given an address no process maps, so it reads
 /// nothing. `Ok(())` allowed; `Err(EPERM)` refused; `Err(ESRCH)` gone.
 pub fn may_attach(tid: i32) -> Result<(), i32> {
-    let mut byte = 0u8;
-    let local = libc::iovec {
-        iov_base: (&raw mut byte).cast(),
-        iov_len: 1,
-    };
+    let mut byte = [0u8; 1];
     // The last page of the address space: above every process's user
     // range, and not the x86 vsyscall page.
-    let remote = libc::iovec {
-        iov_base: (usize::MAX & !0xfff) as *mut libc::c_void,
-        iov_len: 1,
-    };
-    // SAFETY: `local` describes one live byte this call may write; the
-    // remote iovec is only read by the kernel and names the target's
-    // memory, not ours.
-    let r = unsafe { libc::process_vm_readv(tid, &local, 1, &remote, 1, 0) };
-    if r >= 0 {
-        return Ok(());
-    }
-    match last_errno() {
+    let nowhere = usize::MAX & !0xfff;
+    match sys::uio::read(nix::unistd::Pid::from_raw(tid), nowhere, &mut byte) {
+        Ok(_) => Ok(()),
         // The access check passed; only the (deliberately bad) copy failed.
-        libc::EFAULT => Ok(()),
-        libc::EACCES => Err(libc::EPERM),
-        e => Err(e),
+        Err(nix::errno::Errno::EFAULT) => Ok(()),
+        Err(nix::errno::Errno::EACCES) => Err(libc::EPERM),
+        Err(e) => Err(e as i32),
     }
 }
 

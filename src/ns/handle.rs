@@ -14,7 +14,7 @@ use thiserror::Error;
 use super::Kind;
 use super::creds::{self, Credentials};
 use super::resolve::{self, Opener, Resolved};
-use super::sys::{self, PIDFD_THREAD};
+use crate::sys;
 
 /// Why a namespace could not be obtained.
 #[derive(Debug, Error)]
@@ -122,10 +122,10 @@ fn keeper_name(kind: Kind) -> &'static str {
 }
 
 impl Keeper {
-    fn started(kind: Kind, resident: sys::Resident) -> Result<Keeper, NsError> {
-        let pidfd = sys::pidfd_open(resident.pid, 0).map_err(sys_err("pin the keeper"))?;
+    fn started(kind: Kind, resident: sys::process::Resident) -> Result<Keeper, NsError> {
+        let pidfd = sys::pidfd::open(resident.pid, 0).map_err(sys_err("pin the keeper"))?;
         let start = crate::procfs::start_time(resident.pid)
-            .filter(|_| sys::pidfd_alive(pidfd.as_fd()))
+            .filter(|_| sys::pidfd::alive(pidfd.as_fd()))
             .ok_or_else(|| NsError::Sys {
                 what: "read the keeper's start time",
                 source: io::Error::from_raw_os_error(libc::ESRCH),
@@ -149,7 +149,7 @@ impl Keeper {
             _ => "holder",
         };
         let gone = || format!("its {what} process {pid} has exited");
-        let pidfd = sys::pidfd_open(pid, 0).map_err(|_| gone())?;
+        let pidfd = sys::pidfd::open(pid, 0).map_err(|_| gone())?;
         if crate::procfs::start_time(pid) != Some(start) {
             return Err(format!("{} (the pid now names another process)", gone()));
         }
@@ -164,7 +164,7 @@ impl Keeper {
             }
             _ => return Err(format!("process {pid} is not its {what} any more")),
         }
-        let fd = sys::pidfd_namespace(pidfd.as_fd(), kind).map_err(|_| gone())?;
+        let fd = sys::pidfd::namespace(pidfd.as_fd(), kind).map_err(|_| gone())?;
         let found = File::from(fd.try_clone().map_err(|e| e.to_string())?)
             .metadata()
             .map(|m| m.ino())
@@ -174,7 +174,7 @@ impl Keeper {
                 "its {what} process {pid} sits in {kind}:[{found}], not in this namespace"
             ));
         }
-        if !sys::pidfd_alive(pidfd.as_fd()) {
+        if !sys::pidfd::alive(pidfd.as_fd()) {
             return Err(gone());
         }
         let keeper = Keeper {
@@ -199,7 +199,7 @@ impl Keeper {
 
     /// Whether it still runs.
     pub fn is_alive(&self) -> bool {
-        sys::pidfd_alive(self.pidfd.as_fd())
+        sys::pidfd::alive(self.pidfd.as_fd())
     }
 
     /// Makes it stay through the daemon's end, until [`Keeper::leave`].
@@ -207,7 +207,7 @@ impl Keeper {
     /// The pipe is closed after that: it has nothing more to say.
     pub fn outlive_daemon(&self) {
         if let Some(mut control) = self.control.lock().take()
-            && let Err(e) = control.write_all(&[sys::OUTLIVE_DAEMON])
+            && let Err(e) = control.write_all(&[sys::child::OUTLIVE_DAEMON])
         {
             log::warn!("cannot tell keeper {} to outlive the daemon: {e}", self.pid);
         }
@@ -221,7 +221,7 @@ impl Keeper {
             Kind::Pid => libc::SIGTERM,
             _ => libc::SIGKILL,
         };
-        if let Err(e) = sys::pidfd_send_signal(self.pidfd.as_fd(), signal)
+        if let Err(e) = sys::pidfd::send_signal(self.pidfd.as_fd(), signal)
             && e.raw_os_error() != Some(libc::ESRCH)
         {
             log::warn!("cannot tell keeper {} to leave: {e}", self.pid);
@@ -363,7 +363,7 @@ impl Pin {
         .map_err(|e| io::Error::from_raw_os_error(e as i32))?;
         let target = CString::new(format!("/proc/self/fd/{}", file.as_raw_fd()))
             .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
-        if let Err(e) = sys::bind_mount_fd(fd, &target) {
+        if let Err(e) = sys::mount::bind_fd(fd, &target) {
             drop(file);
             let _ = nix::unistd::unlinkat(
                 dir.fd.as_fd(),
@@ -404,7 +404,7 @@ impl Namespace {
     /// Wraps the nsfs file `fd`, which must be a namespace of `kind`;
     /// `what` names it in errors.
     pub fn from_fd(fd: OwnedFd, kind: Kind, what: &str) -> Result<Namespace, NsError> {
-        let found = match sys::ns_type(fd.as_fd()) {
+        let found = match sys::ns::ns_type(fd.as_fd()) {
             Ok(t) => Kind::from_clone_flag(t).ok_or_else(|| NsError::NotANamespace(what.into()))?,
             Err(e) if matches!(e.raw_os_error(), Some(libc::ENOTTY | libc::EINVAL)) => {
                 return Err(NsError::NotANamespace(what.into()));
@@ -450,20 +450,22 @@ impl Namespace {
     /// The namespace of `kind` of the task `pid` of the daemon's pid
     /// namespace, pinned through a pidfd so a reused pid is never read.
     pub fn of_task(pid: i32, kind: Kind) -> Result<Namespace, NsError> {
-        let pidfd = sys::pidfd_open(pid, PIDFD_THREAD).map_err(|e| match e.raw_os_error() {
-            Some(libc::ESRCH | libc::EINVAL) => NsError::NoSuchProcess(pid),
-            _ => NsError::Sys {
-                what: "pidfd_open",
-                source: e,
-            },
-        })?;
-        let fd = sys::pidfd_namespace(pidfd.as_fd(), kind).map_err(|e| match e.raw_os_error() {
-            Some(libc::ESRCH) => NsError::NoSuchProcess(pid),
-            _ => NsError::Sys {
-                what: "PIDFD_GET_NAMESPACE",
-                source: e,
-            },
-        })?;
+        let pidfd =
+            sys::pidfd::open(pid, sys::pidfd::THREAD).map_err(|e| match e.raw_os_error() {
+                Some(libc::ESRCH | libc::EINVAL) => NsError::NoSuchProcess(pid),
+                _ => NsError::Sys {
+                    what: "pidfd_open",
+                    source: e,
+                },
+            })?;
+        let fd =
+            sys::pidfd::namespace(pidfd.as_fd(), kind).map_err(|e| match e.raw_os_error() {
+                Some(libc::ESRCH) => NsError::NoSuchProcess(pid),
+                _ => NsError::Sys {
+                    what: "PIDFD_GET_NAMESPACE",
+                    source: e,
+                },
+            })?;
         Namespace::from_fd(fd, kind, &format!("process {pid}"))
     }
 
@@ -477,7 +479,7 @@ impl Namespace {
         pid: i32,
         kind: Kind,
     ) -> Result<Namespace, NsError> {
-        let fd = creds::as_caller(creds, || sys::pidfd_namespace(pidfd, kind))
+        let fd = creds::as_caller(creds, || sys::pidfd::namespace(pidfd, kind))
             .map_err(|e| NsError::Sys {
                 what: "act as the caller",
                 source: io::Error::other(e.to_string()),
@@ -537,7 +539,11 @@ impl Namespace {
         // SAFETY: the child only joins the namespace through `Child`, and
         // the grandchild holds it with `Child::hold_mount`.
         let resident = unsafe {
-            sys::spawn_resident(|c| c.setns(fd, libc::CLONE_NEWNS), sys::Child::hold_mount)
+            sys::process::spawn_resident(
+                crate::procfs::argv_region(),
+                |c| c.setns(fd, libc::CLONE_NEWNS),
+                sys::child::Child::hold_mount,
+            )
         }
         .map_err(fail)?
         .map_err(|errno| fail(io::Error::from_raw_os_error(errno)))?;
@@ -633,7 +639,7 @@ impl Namespace {
 /// Resolves `pid`, a pid in the pid namespace `writer_pidns`, to the
 /// namespace of `kind` of that task.
 pub fn of_pid_in(writer_pidns: BorrowedFd<'_>, pid: i32, kind: Kind) -> Result<Namespace, NsError> {
-    let local = sys::pid_from_pidns(writer_pidns, pid).map_err(|e| match e.raw_os_error() {
+    let local = sys::ns::pid_from_pidns(writer_pidns, pid).map_err(|e| match e.raw_os_error() {
         Some(libc::ESRCH) => NsError::NoSuchProcess(pid),
         _ => NsError::Sys {
             what: "NS_GET_PID_FROM_PIDNS",
@@ -691,8 +697,8 @@ pub fn fresh(kind: Kind, hide: &CStr) -> Result<Namespace, NsError> {
         return fresh_pid();
     }
     let fail = |source| NsError::Fresh { kind, source };
-    let (ready_r, ready_w) = sys::pipe().map_err(fail)?;
-    let (hold_r, hold_w) = sys::pipe().map_err(fail)?;
+    let (ready_r, ready_w) = sys::fs::pipe().map_err(fail)?;
+    let (hold_r, hold_w) = sys::fs::pipe().map_err(fail)?;
     let (w, r) = (ready_w.as_raw_fd(), hold_r.as_raw_fd());
     let (unused_r, unused_w) = (ready_r.as_raw_fd(), hold_w.as_raw_fd());
     let flag = kind.clone_flag();
@@ -700,7 +706,7 @@ pub fn fresh(kind: Kind, hide: &CStr) -> Result<Namespace, NsError> {
     // mount changes, report, wait) on integers and a NUL-terminated path
     // prepared before the fork; it allocates nothing.
     let child = unsafe {
-        sys::spawn_child(false, |c| {
+        sys::process::spawn_child(false, |c| {
             // The child's copy of the hold pipe's write end would keep it from
             // ever seeing EOF.
             c.close(unused_r);
@@ -721,7 +727,7 @@ pub fn fresh(kind: Kind, hide: &CStr) -> Result<Namespace, NsError> {
     drop(ready_w);
     drop(hold_r);
     let outcome = (|| {
-        match sys::read_i32(ready_r.as_fd()).map_err(fail)? {
+        match sys::fs::read_i32(ready_r.as_fd()).map_err(fail)? {
             Some(0) => {}
             Some(errno) => return Err(fail(io::Error::from_raw_os_error(errno))),
             None => return Err(fail(io::Error::from_raw_os_error(libc::EIO))),
@@ -734,7 +740,7 @@ pub fn fresh(kind: Kind, hide: &CStr) -> Result<Namespace, NsError> {
         Namespace::from_fd(file.into(), kind, &path)
     })();
     drop(hold_w);
-    let _ = sys::reap(child);
+    let _ = sys::process::reap(child);
     outcome
 }
 
@@ -756,9 +762,10 @@ fn fresh_pid() -> Result<Namespace, NsError> {
     // SAFETY: the child only unshares through `Child`; the grandchild runs
     // `Child::keep_pid_namespace`.
     let init = unsafe {
-        sys::spawn_resident(
+        sys::process::spawn_resident(
+            crate::procfs::argv_region(),
             |c| c.unshare(libc::CLONE_NEWPID),
-            sys::Child::keep_pid_namespace,
+            sys::child::Child::keep_pid_namespace,
         )
     }
     .map_err(fail)?

@@ -12,7 +12,8 @@ use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::sync::Arc;
 
 use super::handle::NsError;
-use super::{Kind, Namespace, sys};
+use super::{Kind, Namespace};
+use crate::sys;
 
 /// A live holder process.
 #[derive(Debug)]
@@ -32,7 +33,7 @@ impl Holder {
     /// or if someone kills it).
     pub fn is_alive(&self) -> bool {
         use std::os::fd::AsFd;
-        sys::pidfd_alive(self.pidfd.as_fd())
+        sys::pidfd::alive(self.pidfd.as_fd())
     }
 
     /// Starts a holder in `set`. `own` are the inodes of the daemon's own
@@ -53,7 +54,7 @@ impl Holder {
                 n += 1;
             }
         }
-        let joined = |c: &sys::Child| {
+        let joined = |c: &sys::child::Child| {
             joins[..n]
                 .iter()
                 .try_for_each(|&(fd, flag)| c.setns(fd, flag))
@@ -61,14 +62,20 @@ impl Holder {
         // SAFETY: the child only joins namespaces through `Child`, reading
         // `joins`, an array filled before the fork; the grandchild runs
         // `Child::hold`.
-        let spawned = unsafe { sys::spawn_resident(joined, sys::Child::hold) }
-            .map_err(fail("fork a holder"))?;
-        let sys::Resident { pid, control } = spawned.map_err(|errno| NsError::Sys {
+        let spawned = unsafe {
+            sys::process::spawn_resident(
+                crate::procfs::argv_region(),
+                joined,
+                sys::child::Child::hold,
+            )
+        }
+        .map_err(fail("fork a holder"))?;
+        let sys::process::Resident { pid, control } = spawned.map_err(|errno| NsError::Sys {
             what: "join the container's namespaces",
             source: io::Error::from_raw_os_error(errno),
         })?;
         let set_inos: [u64; 8] = std::array::from_fn(|i| set[i].ino());
-        let pidfd = sys::pidfd_open(pid, 0).map_err(fail("pin the holder"))?;
+        let pidfd = sys::pidfd::open(pid, 0).map_err(fail("pin the holder"))?;
         let holder = Holder {
             pid,
             pidfd,

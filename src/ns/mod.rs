@@ -4,11 +4,9 @@
 pub mod creds;
 mod handle;
 mod holder;
-mod kind;
 pub mod resolve;
-pub mod sys;
 
+pub use crate::kind::{CLONE_NEWTIME, Kind};
 pub use handle::{Keeper, Namespace, NsError, Pin, PinDir, fresh, of_path, of_pid_in};
 pub use holder::Holder;
-pub use kind::{CLONE_NEWTIME, Kind};
 pub use resolve::Opener;

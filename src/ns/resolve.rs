@@ -27,7 +27,7 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::time::Duration;
 
 use super::creds::Credentials;
-use super::sys::{self, Child};
+use crate::sys::{self, child::Child};
 
 /// How many symbolic links one resolution follows, as the kernel's own
 /// limit (`ELOOP` beyond).
@@ -91,7 +91,7 @@ pub fn open(opener: &Opener, path: &[u8]) -> io::Result<Resolved> {
     let proc = format!("/proc/{}", opener.tid);
     let open_proc = |entry: &str, flags: i32| -> io::Result<OwnedFd> {
         let p = std::ffi::CString::new(format!("{proc}/{entry}"))?;
-        sys::open_path(None, &p, flags)
+        sys::fs::open_at(None, &p, flags)
     };
     let mnt = open_proc("ns/mnt", libc::O_RDONLY)?;
     // The writer's root and working directory, as O_PATH: neither is
@@ -104,11 +104,11 @@ pub fn open(opener: &Opener, path: &[u8]) -> io::Result<Resolved> {
         root.try_clone()?
     };
     for dir in [&root, &start] {
-        if sys::device_of(dir.as_fd())? == opener.own_dev {
+        if sys::fs::device_of(dir.as_fd())? == opener.own_dev {
             return Ok(Resolved::Refused(REASONS[INSIDE_MOUNT as usize]));
         }
     }
-    let own_proc = sys::open_path(None, c"/proc", libc::O_PATH | libc::O_DIRECTORY)?;
+    let own_proc = sys::fs::open_at(None, c"/proc", libc::O_PATH | libc::O_DIRECTORY)?;
     let mut path = path.to_vec();
     let mut links = MAX_LINKS;
     // One bound for the whole resolution: each `self` on the way takes a
@@ -174,58 +174,30 @@ pub fn open(opener: &Opener, path: &[u8]) -> io::Result<Resolved> {
 /// unknown to the daemon): `None`, as for a writer it cannot see.
 fn writer_in(procfs: BorrowedFd<'_>, tid: u32, thread: bool) -> Option<String> {
     use crate::procfs::{Stat, Status};
-    let read_at = |dir: Option<BorrowedFd<'_>>, path: String| -> Option<Vec<u8>> {
+    // The writer's procfs is reached through the writer's mounts, which may
+    // cover `PID/status` with a FIFO or a device (the daemon's open or read
+    // would never end) or with another file: no mount point is crossed, and
+    // no link followed.
+    let read_there = |path: String| -> Option<Vec<u8>> {
         use std::io::Read;
         let path = std::ffi::CString::new(path).ok()?;
-        let fd = match dir {
-            None => sys::open_path(None, &path, libc::O_RDONLY).ok()?,
-            // The writer's procfs is reached through the writer's mounts,
-            // which may cover `PID/status` with a FIFO or a device (the
-            // daemon's open or read would never end) or with another file:
-            // no mount point is crossed, and no link followed.
-            Some(dir) => {
-                // SAFETY: open_how is plain data; all-zero is a valid value.
-                let mut how: libc::open_how = unsafe { std::mem::zeroed() };
-                how.flags =
-                    (libc::O_RDONLY | libc::O_CLOEXEC | libc::O_NOCTTY | libc::O_NONBLOCK) as u64;
-                how.resolve =
-                    libc::RESOLVE_NO_XDEV | libc::RESOLVE_NO_SYMLINKS | libc::RESOLVE_BENEATH;
-                // SAFETY: `path` is NUL-terminated and `how` a live open_how
-                // of the size passed; both outlive the call.
-                let fd = unsafe {
-                    libc::syscall(
-                        libc::SYS_openat2,
-                        dir.as_raw_fd(),
-                        path.as_ptr(),
-                        &how,
-                        std::mem::size_of::<libc::open_how>(),
-                    )
-                };
-                if fd < 0 {
-                    return None;
-                }
-                // SAFETY: the kernel just returned this new descriptor.
-                unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd as RawFd) }
-            }
-        };
-        let mut file = std::fs::File::from(fd);
+        let mut file = std::fs::File::from(sys::fs::open_beneath(procfs, &path).ok()?);
         let mut text = Vec::new();
         file.read_to_end(&mut text).ok()?;
         Some(text)
     };
-    let status = String::from_utf8(read_at(None, format!("/proc/{tid}/status"))?).ok()?;
-    let (pids, tgids) = Status::new(status).ns_ids()?;
-    let started = Stat::parse(&read_at(None, format!("/proc/{tid}/stat"))?)?.start_time;
+    let (pids, tgids) = Status::read(tid as i32).ok()?.ns_ids()?;
+    let started = Stat::read(tid as i32).ok()?.start_time;
     for level in (0..pids.len()).rev() {
         let (pid, tgid) = (pids[level], *tgids.get(level)?);
-        let Some(there) = read_at(Some(procfs), format!("{pid}/status")) else {
+        let Some(there) = read_there(format!("{pid}/status")) else {
             continue;
         };
         let same_ids = String::from_utf8(there)
             .ok()
             .and_then(|t| Status::new(t).ns_ids())
             .is_some_and(|(p, _)| p[..] == pids[level..]);
-        let same_start = read_at(Some(procfs), format!("{pid}/stat"))
+        let same_start = read_there(format!("{pid}/stat"))
             .and_then(|t| Stat::parse(&t))
             .map(|s| s.start_time)
             == Some(started);
@@ -257,31 +229,31 @@ struct Step<'a> {
 type Record = ([i32; 3], Vec<u8>, Option<OwnedFd>);
 
 fn run_child(step: &Step<'_>, limit: Duration) -> io::Result<Option<Record>> {
-    let (ours, theirs) = sys::seqpacket_pair()?;
+    let (ours, theirs) = sys::socket::seqpacket_pair()?;
     let sock = theirs.as_raw_fd();
     // SAFETY: `walk` makes only the calls of `Child` and raw system calls
     // (taking the caller's credentials included), on fixed buffers of its
     // own stack and on `step`, prepared before the fork; it allocates
     // nothing and does not unwind.
     let child = unsafe {
-        sys::spawn_child(false, |c| {
+        sys::process::spawn_child(false, |c| {
             walk(c, step, sock);
             0
         })
     }?;
     drop(theirs);
-    if !sys::wait_readable(ours.as_fd(), limit)? {
-        sys::kill(child, libc::SIGKILL);
+    if !sys::fs::wait_readable(ours.as_fd(), limit)? {
+        sys::process::kill(child, nix::sys::signal::Signal::SIGKILL);
         // A child stuck on a dead filesystem may take a while to die; it is
         // reaped aside so this request does not wait for it.
         std::thread::spawn(move || {
-            let _ = sys::reap(child);
+            let _ = sys::process::reap(child);
         });
         return Ok(None);
     }
     let mut buf = vec![0u8; 12 + 2 * PATH_MAX + 2];
-    let got = sys::recv(ours.as_fd(), &mut buf);
-    let _ = sys::reap(child);
+    let got = sys::socket::recv(ours.as_fd(), &mut buf);
+    let _ = sys::process::reap(child);
     let (n, fd) = got?;
     if n < 12 {
         return Err(io::Error::from_raw_os_error(libc::EIO));

@@ -1,243 +1,18 @@
-//! Thin wrappers over the system calls and ioctls the namespace code needs.
+//! What a child cloned from the multithreaded daemon may do, and the
+//! long-lived residents (holders, keepers) such a child becomes.
 //!
-//! Every `unsafe` block of the `ns` module lives here, each with the reason
-//! it is sound. The wrappers take and return `OwnedFd`/`BorrowedFd`, never
-//! bare integers, except where the kernel's answer is a number.
+//! The child is a copy of a process whose other threads may have held
+//! locks (the allocator's, libc's) at the moment of the clone; copied held
+//! locks never unlock. So nothing here allocates, locks or unwinds, and
+//! every call is a raw system call or an async-signal-safe libc function.
+//! nix is not used: its wrappers may allocate (a path turned into a
+//! `CString`, a control buffer in a `Vec`) and its credential calls go
+//! through libc's, which broadcast to threads the child does not have.
 
 use std::ffi::CStr;
-use std::io;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{BorrowedFd, RawFd};
 
-use super::Kind;
-
-const NSIO: libc::c_ulong = 0xb7;
-const PIDFS_IOCTL_MAGIC: libc::c_ulong = 0xff;
-
-const fn io_none(kind: libc::c_ulong, nr: libc::c_ulong) -> libc::c_ulong {
-    (kind << 8) | nr
-}
-
-const fn io_read_int(kind: libc::c_ulong, nr: libc::c_ulong) -> libc::c_ulong {
-    // _IOR(kind, nr, int): direction 2 (read), size 4.
-    (2 << 30) | (4 << 16) | (kind << 8) | nr
-}
-
-/// `NS_GET_USERNS`: the user namespace owning a namespace.
-const NS_GET_USERNS: libc::c_ulong = io_none(NSIO, 0x1);
-/// `NS_GET_PARENT`: the parent of a pid or user namespace.
-const NS_GET_PARENT: libc::c_ulong = io_none(NSIO, 0x2);
-/// `NS_GET_NSTYPE`: the `CLONE_NEW*` flag of an nsfs file.
-const NS_GET_NSTYPE: libc::c_ulong = io_none(NSIO, 0x3);
-/// `NS_GET_PID_FROM_PIDNS`: a pid of the given pid ns, in the caller's ns.
-const NS_GET_PID_FROM_PIDNS: libc::c_ulong = io_read_int(NSIO, 0x6);
-/// `NS_GET_TGID_FROM_PIDNS`: the thread group of a pid of the given pid ns,
-/// in the caller's ns.
-const NS_GET_TGID_FROM_PIDNS: libc::c_ulong = io_read_int(NSIO, 0x7);
-/// `NS_GET_PID_IN_PIDNS`: a pid of the caller's pid ns, in the given ns.
-const NS_GET_PID_IN_PIDNS: libc::c_ulong = io_read_int(NSIO, 0x8);
-/// `NS_GET_TGID_IN_PIDNS`: the thread group of a pid of the caller's pid
-/// ns, in the given ns.
-const NS_GET_TGID_IN_PIDNS: libc::c_ulong = io_read_int(NSIO, 0x9);
-
-/// `PIDFD_THREAD` (= `O_EXCL`): the pidfd names one thread.
-pub const PIDFD_THREAD: libc::c_uint = libc::O_EXCL as libc::c_uint;
-
-fn pidfd_ns_ioctl(kind: Kind) -> libc::c_ulong {
-    let nr = match kind {
-        Kind::Cgroup => 1,
-        Kind::Ipc => 2,
-        Kind::Mnt => 3,
-        Kind::Net => 4,
-        Kind::Pid => 6,  // PIDFD_GET_PID_FOR_CHILDREN_NAMESPACE
-        Kind::Time => 8, // PIDFD_GET_TIME_FOR_CHILDREN_NAMESPACE
-        Kind::User => 9,
-        Kind::Uts => 10,
-    };
-    io_none(PIDFS_IOCTL_MAGIC, nr)
-}
-
-fn check(ret: libc::c_long) -> io::Result<libc::c_long> {
-    if ret < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(ret)
-    }
-}
-
-fn owned(ret: libc::c_long) -> io::Result<OwnedFd> {
-    let fd = check(ret)? as RawFd;
-    // SAFETY: the kernel has just returned `fd` as a new descriptor that
-    // nothing else in this process owns.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
-}
-
-/// `pidfd_open(pid, flags)`.
-pub fn pidfd_open(pid: i32, flags: libc::c_uint) -> io::Result<OwnedFd> {
-    // SAFETY: pidfd_open takes two integers and returns a new fd or -1.
-    owned(unsafe { libc::syscall(libc::SYS_pidfd_open, pid, flags) })
-}
-
-/// Whether the process of `pidfd` is still running (not exited, not a
-/// zombie): `pidfd_send_signal` with signal 0 checks without sending.
-pub fn pidfd_alive(pidfd: BorrowedFd<'_>) -> bool {
-    // SAFETY: signal 0 only checks; the pidfd is borrowed and the other
-    // arguments are null or zero.
-    let r = unsafe {
-        libc::syscall(
-            libc::SYS_pidfd_send_signal,
-            pidfd.as_raw_fd(),
-            0,
-            std::ptr::null::<libc::siginfo_t>(),
-            0,
-        )
-    };
-    r == 0
-}
-
-/// Sends `signal` to the process behind `pidfd`.
-pub fn pidfd_send_signal(pidfd: BorrowedFd<'_>, signal: i32) -> io::Result<()> {
-    // SAFETY: the pidfd is borrowed; a null siginfo makes the kernel fill
-    // it as kill(2) would; flags are zero.
-    check(unsafe {
-        libc::syscall(
-            libc::SYS_pidfd_send_signal,
-            pidfd.as_raw_fd(),
-            signal,
-            std::ptr::null::<libc::siginfo_t>(),
-            0,
-        )
-    })
-    .map(drop)
-}
-
-/// The `CLONE_NEW*` type of the nsfs file `fd` (ENOTTY/EINVAL if it is not one).
-pub fn ns_type(fd: BorrowedFd<'_>) -> io::Result<i32> {
-    // SAFETY: NS_GET_NSTYPE takes no argument and only reads the file.
-    check(unsafe { libc::ioctl(fd.as_raw_fd(), NS_GET_NSTYPE) }.into()).map(|t| t as i32)
-}
-
-/// The user namespace that owns the namespace `fd` (for a user namespace,
-/// its parent). EPERM for the initial user namespace, or one outside the
-/// caller's.
-pub fn ns_owner(fd: BorrowedFd<'_>) -> io::Result<OwnedFd> {
-    // SAFETY: NS_GET_USERNS takes no argument and returns a new fd or -1.
-    owned(unsafe { libc::ioctl(fd.as_raw_fd(), NS_GET_USERNS) }.into())
-}
-
-/// The parent of the pid or user namespace `fd`. EPERM at the top, EINVAL
-/// for other kinds.
-pub fn ns_parent(fd: BorrowedFd<'_>) -> io::Result<OwnedFd> {
-    // SAFETY: NS_GET_PARENT takes no argument and returns a new fd or -1.
-    owned(unsafe { libc::ioctl(fd.as_raw_fd(), NS_GET_PARENT) }.into())
-}
-
-/// The namespace of `kind` of the task behind `pidfd` (for pid and time: the
-/// one its children are born into).
-pub fn pidfd_namespace(pidfd: BorrowedFd<'_>, kind: Kind) -> io::Result<OwnedFd> {
-    // SAFETY: the PIDFD_GET_*_NAMESPACE ioctls take no argument and return a
-    // new fd or -1.
-    owned(unsafe { libc::ioctl(pidfd.as_raw_fd(), pidfd_ns_ioctl(kind), 0) }.into())
-}
-
-/// Translates `pid`, as seen in the pid namespace `pidns`, into this
-/// process's pid namespace. ESRCH if it has no such process.
-pub fn pid_from_pidns(pidns: BorrowedFd<'_>, pid: i32) -> io::Result<i32> {
-    // SAFETY: the ioctl takes the pid by value and returns a number or -1.
-    check(unsafe { libc::ioctl(pidns.as_raw_fd(), NS_GET_PID_FROM_PIDNS, pid) }.into())
-        .map(|p| p as i32)
-}
-
-/// Translates `pid`, as seen in the pid namespace `pidns`, into the id of
-/// its thread group (the process) in this process's pid namespace.
-pub fn tgid_from_pidns(pidns: BorrowedFd<'_>, pid: i32) -> io::Result<i32> {
-    // SAFETY: the ioctl takes the pid by value and returns a number or -1.
-    check(unsafe { libc::ioctl(pidns.as_raw_fd(), NS_GET_TGID_FROM_PIDNS, pid) }.into())
-        .map(|p| p as i32)
-}
-
-/// Translates `pid` of this process's pid namespace into the pid namespace
-/// `pidns`. ESRCH if the process is not visible there.
-pub fn pid_in_pidns(pidns: BorrowedFd<'_>, pid: i32) -> io::Result<i32> {
-    // SAFETY: the ioctl takes the pid by value and returns a number or -1.
-    check(unsafe { libc::ioctl(pidns.as_raw_fd(), NS_GET_PID_IN_PIDNS, pid) }.into())
-        .map(|p| p as i32)
-}
-
-/// The thread group of `pid` of this process's pid namespace, as the pid
-/// namespace `pidns` numbers it. ESRCH if it is not visible there.
-pub fn tgid_in_pidns(pidns: BorrowedFd<'_>, pid: i32) -> io::Result<i32> {
-    // SAFETY: the ioctl takes the pid by value and returns a number or -1.
-    check(unsafe { libc::ioctl(pidns.as_raw_fd(), NS_GET_TGID_IN_PIDNS, pid) }.into())
-        .map(|p| p as i32)
-}
-
-/// `openat(dir, path, flags | O_CLOEXEC | O_NOCTTY)`; `None` for the
-/// working directory.
-pub fn open_path(dir: Option<BorrowedFd<'_>>, path: &CStr, flags: i32) -> io::Result<OwnedFd> {
-    let dir = dir.map_or(libc::AT_FDCWD, |d| d.as_raw_fd());
-    // SAFETY: `path` is NUL-terminated and outlives the call.
-    owned(
-        unsafe { libc::openat(dir, path.as_ptr(), flags | libc::O_CLOEXEC | libc::O_NOCTTY) }
-            .into(),
-    )
-}
-
-/// The device (major, minor) of the file `fd`, from the kernel's cached
-/// attributes: a file of a FUSE mount is not asked of its daemon.
-pub fn device_of(fd: BorrowedFd<'_>) -> io::Result<(u32, u32)> {
-    // SAFETY: statx is plain data; all-zero is a valid value to overwrite.
-    let mut st: libc::statx = unsafe { std::mem::zeroed() };
-    check(
-        // SAFETY: an empty path with AT_EMPTY_PATH names `fd` itself; `st`
-        // is a live statx the kernel fills.
-        unsafe {
-            libc::statx(
-                fd.as_raw_fd(),
-                c"".as_ptr(),
-                libc::AT_EMPTY_PATH | libc::AT_STATX_DONT_SYNC | libc::AT_SYMLINK_NOFOLLOW,
-                libc::STATX_TYPE,
-                &mut st,
-            )
-        }
-        .into(),
-    )?;
-    Ok((st.stx_dev_major, st.stx_dev_minor))
-}
-
-/// Waits up to `limit` for `fd` to be readable (or at EOF); false if the
-/// time ran out.
-pub fn wait_readable(fd: BorrowedFd<'_>, limit: std::time::Duration) -> io::Result<bool> {
-    let deadline = std::time::Instant::now() + limit;
-    loop {
-        let left = deadline.saturating_duration_since(std::time::Instant::now());
-        let mut pfd = libc::pollfd {
-            fd: fd.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        // SAFETY: one live pollfd.
-        let n = unsafe { libc::poll(&mut pfd, 1, left.as_millis().min(i32::MAX as u128) as i32) };
-        match n {
-            0 => return Ok(false),
-            n if n > 0 => return Ok(true),
-            _ => {
-                let err = io::Error::last_os_error();
-                if err.raw_os_error() != Some(libc::EINTR) {
-                    return Err(err);
-                }
-            }
-        }
-    }
-}
-
-/// Sends `sig` to the process `pid`, a child of this one.
-pub fn kill(pid: i32, sig: i32) {
-    // SAFETY: kill takes integers; `pid` is an unreaped child of ours, so
-    // the number cannot have been reused.
-    unsafe { libc::kill(pid, sig) };
-}
-
-pub(crate) use crate::injector::sys::{recv, seqpacket_pair};
+use super::errno;
 
 /// What the path walk needs of a file: type, inode and device.
 #[derive(Debug, Clone, Copy)]
@@ -252,134 +27,6 @@ pub struct Stat {
     pub dev_minor: u32,
 }
 
-/// A pipe whose ends are close-on-exec.
-pub fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
-    let mut fds = [0 as RawFd; 2];
-    // SAFETY: `fds` is a valid array of two ints for the kernel to fill.
-    check(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }.into())?;
-    // SAFETY: pipe2 succeeded, so both are new descriptors owned by nobody else.
-    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
-}
-
-/// Waits for the child `pid` to end and returns its wait status.
-pub fn reap(pid: i32) -> io::Result<i32> {
-    let mut status = 0;
-    loop {
-        // SAFETY: `status` is a valid int for the kernel to fill.
-        let r = unsafe { libc::waitpid(pid, &mut status, 0) };
-        if r >= 0 {
-            return Ok(status);
-        }
-        let err = io::Error::last_os_error();
-        if err.raw_os_error() != Some(libc::EINTR) {
-            return Err(err);
-        }
-    }
-}
-
-/// Reads one native-endian i32 from `fd`, as a child process reports it.
-pub fn read_i32(fd: BorrowedFd<'_>) -> io::Result<Option<i32>> {
-    let mut buf = [0u8; 4];
-    let mut got = 0;
-    while got < 4 {
-        // SAFETY: the pointer and length describe the unread tail of `buf`.
-        let n = unsafe { libc::read(fd.as_raw_fd(), buf[got..].as_mut_ptr().cast(), 4 - got) };
-        match n {
-            0 => return Ok(None),
-            n if n > 0 => got += n as usize,
-            _ => {
-                let err = io::Error::last_os_error();
-                if err.raw_os_error() != Some(libc::EINTR) {
-                    return Err(err);
-                }
-            }
-        }
-    }
-    Ok(Some(i32::from_ne_bytes(buf)))
-}
-
-/// Reads what a child that forks a long-lived grandchild reports on one
-/// pipe: the grandchild's pid (from the child) and a 0 once the grandchild
-/// is set up (from the grandchild), in either order; or a negative errno
-/// from the child. `Ok(Err(errno))` for a reported failure, `EIO` for a
-/// pipe that ends early.
-fn read_spawned(fd: BorrowedFd<'_>) -> io::Result<Result<i32, i32>> {
-    let eio = || io::Error::from_raw_os_error(libc::EIO);
-    let first = read_i32(fd)?.ok_or_else(eio)?;
-    if first < 0 {
-        return Ok(Err(-first));
-    }
-    let second = read_i32(fd)?.ok_or_else(eio)?;
-    match (first, second) {
-        (0, pid) | (pid, 0) if pid > 0 => Ok(Ok(pid)),
-        (_, errno) if errno < 0 => Ok(Err(-errno)),
-        _ => Err(eio()),
-    }
-}
-
-/// A long-lived grandchild of the daemon: its pid in the daemon's pid
-/// namespace, and the write end of its control pipe. It exits once that end
-/// is closed (see [`Child::hold`], [`Child::keep_pid_namespace`]).
-#[derive(Debug)]
-pub struct Resident {
-    /// The grandchild's pid.
-    pub pid: i32,
-    /// Closing this tells it to leave.
-    pub control: OwnedFd,
-}
-
-/// Starts a [`Resident`] in two steps. A child runs `prepare` (joining or
-/// unsharing namespaces, which its children inherit, pid and time included)
-/// and forks the grandchild; the grandchild closes every descriptor but its
-/// two pipes and runs `resident(control, ready)`, which must report on
-/// `ready` once it is set up. Returns only when it is, or `Ok(Err(errno))`
-/// if `prepare` or the fork failed.
-///
-/// # Safety
-///
-/// Both closures are restricted as for [`spawn_child`].
-pub unsafe fn spawn_resident(
-    prepare: impl FnOnce(&Child) -> Result<(), i32>,
-    resident: fn(&Child, RawFd, RawFd) -> !,
-) -> io::Result<Result<Resident, i32>> {
-    let (ready_r, ready_w) = pipe()?;
-    let (control_r, control_w) = pipe()?;
-    let (w, r) = (ready_w.as_raw_fd(), control_r.as_raw_fd());
-    let (unused_r, unused_w) = (ready_r.as_raw_fd(), control_w.as_raw_fd());
-    // SAFETY: the closure makes only the calls of `Child` (closing, the
-    // caller's `prepare`, a raw fork, reporting), and the caller vouches
-    // for `prepare` and `resident`.
-    let child = unsafe {
-        spawn_child(false, |c| {
-            // The child's copies of these ends would keep the pipes from ever
-            // reaching EOF.
-            c.close(unused_r);
-            c.close(unused_w);
-            if let Err(errno) = prepare(c) {
-                c.report(w, -errno);
-                return 1;
-            }
-            match c.fork() {
-                Ok(0) => {
-                    c.close_all_but(r, w);
-                    resident(c, r, w)
-                }
-                Ok(pid) => c.report(w, pid),
-                Err(errno) => c.report(w, -errno),
-            }
-            0
-        })
-    }?;
-    drop(ready_w);
-    drop(control_r);
-    let _ = reap(child);
-    let spawned = read_spawned(ready_r.as_fd())?;
-    Ok(spawned.map(|pid| Resident {
-        pid,
-        control: control_w,
-    }))
-}
-
 /// The byte a keeper reads on its control pipe when it is to outlive the
 /// daemon (see [`Child::keep_pid_namespace`], [`Child::hold_mount`]).
 pub const OUTLIVE_DAEMON: u8 = b'P';
@@ -388,19 +35,16 @@ pub const OUTLIVE_DAEMON: u8 = b'P';
 /// functions of [`Child`]. It never returns; it ends with `_exit`.
 pub struct Child {
     /// Where the command line lies in this process's memory, as read by
-    /// the parent before the fork (see [`argv_region`]).
+    /// the parent before the fork (see [`super::process::spawn_resident`]).
     argv: Option<(usize, usize)>,
 }
 
-/// Where this process's command line (its argument strings, one after the
-/// other) lies in its memory: `arg_start` and `arg_end` of
-/// `/proc/self/stat`, read once.
-fn argv_region() -> Option<(usize, usize)> {
-    static REGION: std::sync::OnceLock<Option<(usize, usize)>> = std::sync::OnceLock::new();
-    *REGION.get_or_init(|| {
-        let (start, end) = crate::procfs::Stat::read_self().ok()?.args?;
-        (start < end).then_some((start, end))
-    })
+impl Child {
+    /// The child's view of itself; only [`super::process`] makes one, in
+    /// the child.
+    pub(super) fn new(argv: Option<(usize, usize)>) -> Child {
+        Child { argv }
+    }
 }
 
 impl Child {
@@ -578,10 +222,10 @@ impl Child {
                 fd.map(|f| BorrowedFd::borrow_raw(f)),
             )
         };
-        let _ = crate::injector::sys::send(sock, data, fd);
+        let _ = super::socket::send(sock, data, fd);
     }
 
-    /// Writes one i32 to `fd` for the parent to read with [`read_i32`].
+    /// Writes one i32 to `fd` for the parent to read with [`super::fs::read_i32`].
     pub fn report(&self, fd: RawFd, value: i32) {
         let buf = value.to_ne_bytes();
         // SAFETY: `buf` is 4 valid bytes. A failed write leaves the parent
@@ -858,73 +502,6 @@ impl Child {
     }
 }
 
-fn errno() -> i32 {
-    io::Error::last_os_error()
-        .raw_os_error()
-        .unwrap_or(libc::EIO)
-}
-
 fn ret(r: libc::c_int) -> Result<(), i32> {
     if r < 0 { Err(errno()) } else { Ok(()) }
-}
-
-/// Forks a child that runs `body` and exits with its return value. With
-/// `share_files`, the child shares this process's descriptor table
-/// (`CLONE_FILES`), so descriptors it opens appear here.
-///
-/// # Safety
-///
-/// `body` runs in a copy of a multithreaded process, made while other
-/// threads may have held locks (the allocator's among them) that will never
-/// be released in the copy: it must make only async-signal-safe calls (those
-/// [`Child`] offers, and raw system calls), must not allocate, lock or
-/// unwind, and must not touch state other threads were changing.
-pub unsafe fn spawn_child(share_files: bool, body: impl FnOnce(&Child) -> i32) -> io::Result<i32> {
-    let argv = argv_region();
-    let flags = libc::SIGCHLD as libc::c_ulong
-        | if share_files {
-            libc::CLONE_FILES as libc::c_ulong
-        } else {
-            0
-        };
-    // SAFETY: clone without CLONE_VM and with a null stack behaves as fork:
-    // the child gets a copy-on-write copy of memory and continues on a copy
-    // of this stack. The child only runs `body`, which is restricted to
-    // async-signal-safe calls (see above), then _exit()s without unwinding.
-    let pid = unsafe { libc::syscall(libc::SYS_clone, flags, 0usize, 0usize, 0usize, 0usize) };
-    match pid {
-        0 => {
-            let child = Child { argv };
-            let code = body(&child);
-            child.exit(code)
-        }
-        p if p > 0 => Ok(p as i32),
-        _ => Err(io::Error::last_os_error()),
-    }
-}
-
-/// Bind-mounts the namespace `fd` onto the existing file `target`.
-pub fn bind_mount_fd(fd: BorrowedFd<'_>, target: &CStr) -> io::Result<()> {
-    let source = format!("/proc/self/fd/{}\0", fd.as_raw_fd());
-    // SAFETY: both strings are NUL-terminated and outlive the call; the
-    // other arguments are null, as a bind mount allows.
-    check(
-        unsafe {
-            libc::mount(
-                source.as_ptr().cast(),
-                target.as_ptr(),
-                std::ptr::null(),
-                libc::MS_BIND,
-                std::ptr::null(),
-            )
-        }
-        .into(),
-    )
-    .map(drop)
-}
-
-/// Lazily unmounts `target`.
-pub fn detach(target: &CStr) -> io::Result<()> {
-    // SAFETY: `target` is NUL-terminated and outlives the call.
-    check(unsafe { libc::umount2(target.as_ptr(), libc::MNT_DETACH) }.into()).map(drop)
 }

@@ -1,141 +1,36 @@
-//! Raw system calls the tracer needs, each a thin checked wrapper.
+//! The threads the calling thread traces, and waiting for them.
 //!
-//! nix's ptrace and wait helpers take a `Signal`, which cannot name real-time
-//! signals, and its `waitpid` fails (consuming the event) on a stop it cannot
-//! decode. A tracer must pass any signal number back unchanged, so the calls
-//! are made here with plain integers.
-
-use std::ffi::c_void;
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+//! A tracer's events arrive per tracer thread, in an order the kernel
+//! chooses (a group leader's exit only after its other threads'): what a
+//! wait for one thread collects about another is kept here for that
+//! other's own wait. The system calls are in [`crate::sys::ptrace`].
 
 use nix::errno::Errno;
 use nix::unistd::Pid;
 
-use crate::procfs::{Stat, Status};
+use crate::procfs::{self, Stat, Status};
+use crate::sys::ptrace;
 
-/// Turns the `-1 + errno` convention into a `Result`.
-fn check(ret: libc::c_long) -> Result<libc::c_long, Errno> {
-    if ret == -1 {
-        Err(Errno::last())
-    } else {
-        Ok(ret)
-    }
-}
-
-/// A ptrace request whose `addr` and `data` are plain integers.
-fn request(req: libc::c_uint, tid: Pid, addr: usize, data: usize) -> Result<(), Errno> {
-    // SAFETY: the requests sent through here (SEIZE, INTERRUPT, CONT, SYSCALL,
-    // DETACH) read `addr`/`data` as integers, never as pointers into our memory.
-    let ret = unsafe { libc::ptrace(req, tid.as_raw(), addr as *mut c_void, data as *mut c_void) };
-    check(ret).map(drop)
-}
-
+/// PTRACE_SEIZE with `options`; the thread is then tracked.
 pub(crate) fn seize(tid: Pid, options: libc::c_int) -> Result<(), Errno> {
-    request(libc::PTRACE_SEIZE, tid, 0, options as usize)?;
+    ptrace::seize(tid, options)?;
     track(tid);
     Ok(())
-}
-
-pub(crate) fn interrupt(tid: Pid) -> Result<(), Errno> {
-    request(libc::PTRACE_INTERRUPT, tid, 0, 0)
-}
-
-/// PTRACE_CONT, delivering `sig` (0 for none).
-pub(crate) fn cont(tid: Pid, sig: i32) -> Result<(), Errno> {
-    request(libc::PTRACE_CONT, tid, 0, sig as usize)
-}
-
-/// PTRACE_SINGLESTEP, delivering `sig` (0 for none).
-pub(crate) fn single_step(tid: Pid, sig: i32) -> Result<(), Errno> {
-    request(libc::PTRACE_SINGLESTEP, tid, 0, sig as usize)
 }
 
 /// PTRACE_DETACH without a signal: from a syscall stop a nonzero value would
 /// be sent to the tracee, from an event stop it would be ignored.
 pub(crate) fn detach(tid: Pid) -> Result<(), Errno> {
-    request(libc::PTRACE_DETACH, tid, 0, 0)?;
+    ptrace::detach(tid, 0)?;
     untrack(tid);
     Ok(())
 }
 
 /// PTRACE_DETACH from a signal-delivery stop, delivering `sig`.
 pub(crate) fn detach_with_signal(tid: Pid, sig: i32) -> Result<(), Errno> {
-    request(libc::PTRACE_DETACH, tid, 0, sig as usize)?;
+    ptrace::detach(tid, sig)?;
     untrack(tid);
     Ok(())
-}
-
-/// The kernel's sigset for a 64-bit task is one `u64`, bit `n - 1` for signal `n`.
-const KERNEL_SIGSET_SIZE: usize = std::mem::size_of::<u64>();
-
-pub(crate) fn get_sigmask(tid: Pid) -> Result<u64, Errno> {
-    let mut mask: u64 = 0;
-    // SAFETY: PTRACE_GETSIGMASK writes exactly `addr` (= 8) bytes to `data`,
-    // which points to a live, writable u64.
-    let ret = unsafe {
-        libc::ptrace(
-            libc::PTRACE_GETSIGMASK,
-            tid.as_raw(),
-            KERNEL_SIGSET_SIZE as *mut c_void,
-            &mut mask as *mut u64 as *mut c_void,
-        )
-    };
-    check(ret).map(|_| mask)
-}
-
-pub(crate) fn set_sigmask(tid: Pid, mask: u64) -> Result<(), Errno> {
-    // SAFETY: PTRACE_SETSIGMASK reads exactly `addr` (= 8) bytes from `data`,
-    // which points to a live u64.
-    let ret = unsafe {
-        libc::ptrace(
-            libc::PTRACE_SETSIGMASK,
-            tid.as_raw(),
-            KERNEL_SIGSET_SIZE as *mut c_void,
-            &mask as *const u64 as *mut c_void,
-        )
-    };
-    check(ret).map(drop)
-}
-
-/// The siginfo of the signal a tracee is stopped for (signal-delivery stop).
-pub(crate) fn siginfo(tid: Pid) -> Result<libc::siginfo_t, Errno> {
-    // SAFETY: siginfo_t is plain data; all-zero is a valid value.
-    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
-    // SAFETY: PTRACE_GETSIGINFO writes one siginfo_t to `data`, which points
-    // to a live, writable siginfo_t.
-    let ret = unsafe {
-        libc::ptrace(
-            libc::PTRACE_GETSIGINFO,
-            tid.as_raw(),
-            std::ptr::null_mut::<c_void>(),
-            &mut info as *mut libc::siginfo_t as *mut c_void,
-        )
-    };
-    check(ret).map(|_| info)
-}
-
-/// Replaces the siginfo of the signal a tracee is stopped for
-/// (signal-delivery stop): resuming with that signal delivers it with
-/// `info`, or queues it again with `info` if the thread blocks it.
-pub(crate) fn set_siginfo(tid: Pid, info: &libc::siginfo_t) -> Result<(), Errno> {
-    // SAFETY: PTRACE_SETSIGINFO reads one siginfo_t from `data`, which
-    // points to a live siginfo_t.
-    let ret = unsafe {
-        libc::ptrace(
-            libc::PTRACE_SETSIGINFO,
-            tid.as_raw(),
-            std::ptr::null_mut::<c_void>(),
-            info as *const libc::siginfo_t as *mut c_void,
-        )
-    };
-    check(ret).map(drop)
-}
-
-/// Sends `sig` to one thread.
-pub(crate) fn tgkill(tgid: Pid, tid: Pid, sig: i32) -> Result<(), Errno> {
-    // SAFETY: tgkill takes three integers and touches no memory of ours.
-    let ret = unsafe { libc::syscall(libc::SYS_tgkill, tgid.as_raw(), tid.as_raw(), sig) };
-    check(ret).map(drop)
 }
 
 /// What `waitpid(tid, __WALL)` reported for a tracee.
@@ -181,21 +76,6 @@ pub(crate) fn tracked() -> Vec<Pid> {
     TRACED.with(|t| t.borrow().keys().map(|&tid| Pid::from_raw(tid)).collect())
 }
 
-/// `waitpid(tid, __WALL | WNOHANG)`: `Ok(None)` if nothing to report.
-fn poll_one(tid: i32) -> Result<Option<libc::c_int>, Errno> {
-    let mut status: libc::c_int = 0;
-    loop {
-        // SAFETY: waitpid writes one int to `status`, a live local.
-        let ret = unsafe { libc::waitpid(tid, &mut status, libc::__WALL | libc::WNOHANG) };
-        match check(ret as libc::c_long) {
-            Ok(0) => return Ok(None),
-            Ok(_) => return Ok(Some(status)),
-            Err(Errno::EINTR) => continue,
-            Err(e) => return Err(e),
-        }
-    }
-}
-
 /// Collects what every other traced thread has to report, so that none is
 /// left waiting for us: a traced thread that exits stays a zombie until its
 /// tracer collects it, and a thread-group leader's own exit is reported
@@ -218,7 +98,7 @@ fn collect_others(tid: i32) {
 /// Collects what traced thread `tid` has to report, if anything, and keeps
 /// it for its own wait. Whether there was something.
 fn collect_one(tid: i32) -> bool {
-    let status = match poll_one(tid) {
+    let status = match ptrace::poll_status(tid) {
         Ok(None) => return false,
         Ok(Some(status)) => status,
         // Not ours any more: reads as gone.
@@ -230,26 +110,6 @@ fn collect_one(tid: i32) -> bool {
         }
     });
     true
-}
-
-/// Blocks until some child or tracee of the calling thread has something
-/// to report, without collecting it, and returns its pid; `None` if there is
-/// no child or tracee at all.
-fn await_any() -> Option<i32> {
-    // SAFETY: siginfo_t is plain data; all-zero is a valid value.
-    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
-    let flags = libc::WEXITED | libc::WSTOPPED | libc::WNOWAIT | libc::__WALL | libc::__WNOTHREAD;
-    loop {
-        // SAFETY: waitid writes one siginfo_t to `info`, a live local.
-        let ret = unsafe { libc::waitid(libc::P_ALL, 0, &mut info, flags) };
-        match check(ret as libc::c_long) {
-            Ok(_) => break,
-            Err(Errno::EINTR) => continue,
-            Err(_) => return None,
-        }
-    }
-    // SAFETY: waitid filled `info` for a child state change.
-    Some(unsafe { info.si_pid() })
 }
 
 /// Blocks until `tid` reports a state change. EINTR is retried; ECHILD
@@ -288,7 +148,7 @@ pub(crate) fn wait_until(
         if let Some(status) = stashed {
             break status;
         }
-        if let Some(status) = poll_one(raw)? {
+        if let Some(status) = ptrace::poll_status(raw)? {
             break status;
         }
         let now = std::time::Instant::now();
@@ -311,7 +171,7 @@ pub(crate) fn wait_until(
             continue;
         }
         if waited == Waited::Thread {
-            break wait_blocking(raw)?;
+            break ptrace::wait_status(raw)?;
         }
         // A running leader that exits while we hold other threads wakes no
         // wait of ours (a lone traced leader's exit is reported like any
@@ -328,7 +188,7 @@ pub(crate) fn wait_until(
             std::thread::sleep(std::time::Duration::from_micros(100));
             continue;
         }
-        match await_any() {
+        match ptrace::await_any() {
             None => return Err(Errno::ECHILD),
             Some(pid) if pid == raw => {}
             Some(pid) if TRACED.with(|t| t.borrow().contains_key(&pid)) && collect_one(pid) => {}
@@ -357,20 +217,6 @@ pub(crate) enum Waited {
     /// A leader that runs freely toward a stop: it could also exit on its
     /// own (`pthread_exit`) while other threads run on.
     RunningLeader,
-}
-
-/// `waitpid(tid, __WALL)`, blocking.
-fn wait_blocking(tid: i32) -> Result<libc::c_int, Errno> {
-    let mut status: libc::c_int = 0;
-    loop {
-        // SAFETY: waitpid writes one int to `status`, a live local.
-        let ret = unsafe { libc::waitpid(tid, &mut status, libc::__WALL) };
-        match check(ret as libc::c_long) {
-            Ok(_) => return Ok(status),
-            Err(Errno::EINTR) => continue,
-            Err(e) => return Err(e),
-        }
-    }
 }
 
 fn decode(status: libc::c_int) -> Result<WaitEvent, Errno> {
@@ -404,7 +250,7 @@ pub(crate) fn reap(tid: Pid) {
         Some(status) => Some(status),
         None => {
             collect_others(raw);
-            match poll_one(raw) {
+            match ptrace::poll_status(raw) {
                 Ok(status) => status,
                 Err(_) => Some(0),
             }
@@ -448,16 +294,11 @@ fn is_waiting_leader(tid: i32) -> bool {
     if !Stat::read(tid).is_ok_and(|s| s.is_zombie()) {
         return false;
     }
-    let Ok(dir) = std::fs::read_dir(format!("/proc/{tid}/task")) else {
+    let Ok(tids) = procfs::tasks(tid) else {
         return false;
     };
-    dir.flatten().any(|entry| {
-        let name = entry.file_name();
-        let other = name.to_str().and_then(|n| n.parse::<i32>().ok());
-        other.is_some_and(|other| {
-            other != tid && !Stat::read_task(tid, other).is_ok_and(|s| s.is_zombie())
-        })
-    })
+    tids.into_iter()
+        .any(|other| other != tid && !Stat::read_task(tid, other).is_ok_and(|s| s.is_zombie()))
 }
 
 /// Whether thread `tid` is on its way out: exited, exiting, or with a
@@ -508,109 +349,10 @@ pub(crate) fn settle() -> Vec<Pid> {
 
 /// Reads `buf.len()` bytes of the address space of `pid` at `addr`.
 pub(crate) fn read_memory(pid: Pid, addr: u64, buf: &mut [u8]) -> Result<(), Errno> {
-    let local = libc::iovec {
-        iov_base: buf.as_mut_ptr() as *mut c_void,
-        iov_len: buf.len(),
-    };
-    let remote = libc::iovec {
-        iov_base: addr as *mut c_void,
-        iov_len: buf.len(),
-    };
-    // SAFETY: the local iovec covers exactly `buf`, which is live and writable
-    // for the whole call; the remote iovec is only interpreted by the kernel
-    // in the other process's address space.
-    let ret = unsafe { libc::process_vm_readv(pid.as_raw(), &local, 1, &remote, 1, 0) };
-    let n = check(ret as libc::c_long)?;
-    if n as usize == buf.len() {
+    let n = crate::sys::uio::read(pid, addr as usize, buf)?;
+    if n == buf.len() {
         Ok(())
     } else {
         Err(Errno::EFAULT)
     }
-}
-
-/// `pidfd_open(pid, flags)` in the calling process.
-pub(crate) fn pidfd_open(pid: Pid, flags: libc::c_uint) -> Result<OwnedFd, Errno> {
-    // SAFETY: pidfd_open takes two integers and returns a new descriptor.
-    let ret = unsafe { libc::syscall(libc::SYS_pidfd_open, pid.as_raw(), flags) };
-    let fd = check(ret)?;
-    let fd = libc::c_int::try_from(fd).map_err(|_| Errno::EBADF)?;
-    // SAFETY: the kernel just returned this descriptor to us; nothing else owns it.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
-}
-
-/// `PIDFD_GET_INFO`: `_IOWR(0xff, 11, struct pidfd_info)`, with the size of
-/// the first version of the struct (64 bytes).
-const PIDFD_GET_INFO: libc::c_ulong = (3 << 30) | (64 << 16) | (0xff << 8) | 11;
-
-/// The first version of `struct pidfd_info`.
-#[repr(C)]
-#[derive(Default)]
-struct PidfdInfo {
-    mask: u64,
-    cgroupid: u64,
-    pid: u32,
-    tgid: u32,
-    ppid: u32,
-    ids: [u32; 8],
-    exit_code: i32,
-}
-
-/// The pid, in our pid namespace, of the process behind `pidfd` (0 if it
-/// is not visible there), asked with the `PIDFD_GET_INFO` ioctl (Linux
-/// 6.13). `Ok(None)` on kernels without it; `ESRCH` once it has exited.
-pub(crate) fn pidfd_pid(pidfd: BorrowedFd<'_>) -> Result<Option<i32>, Errno> {
-    /// `PIDFD_INFO_PID`: always answered.
-    const PIDFD_INFO_PID: u64 = 1;
-    let mut info = PidfdInfo {
-        mask: PIDFD_INFO_PID,
-        ..PidfdInfo::default()
-    };
-    // SAFETY: the ioctl writes at most the 64 bytes its number states into
-    // `info`, a live local of exactly that layout.
-    let ret = unsafe { libc::ioctl(pidfd.as_raw_fd(), PIDFD_GET_INFO, &mut info) };
-    match check(ret.into()) {
-        Ok(_) => Ok(Some(info.pid as i32)),
-        Err(Errno::ENOTTY | Errno::EINVAL) => Ok(None),
-        Err(e) => Err(e),
-    }
-}
-
-/// Whether threads `a` and `b` share one descriptor table, by kcmp(2)
-/// (`KCMP_FILES`). `Ok(None)` where the kernel has no kcmp.
-pub(crate) fn same_files(a: Pid, b: Pid) -> Result<Option<bool>, Errno> {
-    /// `KCMP_FILES` of `enum kcmp_type`.
-    const KCMP_FILES: libc::c_int = 2;
-    // SAFETY: kcmp with KCMP_FILES takes integers and reads no memory of ours.
-    let ret = unsafe {
-        libc::syscall(
-            libc::SYS_kcmp,
-            a.as_raw(),
-            b.as_raw(),
-            KCMP_FILES,
-            0usize,
-            0usize,
-        )
-    };
-    match check(ret) {
-        Ok(order) => Ok(Some(order == 0)),
-        Err(Errno::ENOSYS) => Ok(None),
-        Err(e) => Err(e),
-    }
-}
-
-/// `pidfd_send_signal(pidfd, sig, NULL, 0)`; signal 0 only checks that the
-/// process behind the pidfd still runs (ESRCH once it has exited).
-pub(crate) fn pidfd_send_signal(pidfd: BorrowedFd<'_>, sig: i32) -> Result<(), Errno> {
-    // SAFETY: a null siginfo pointer is allowed and means "as kill() would";
-    // the other arguments are integers.
-    let ret = unsafe {
-        libc::syscall(
-            libc::SYS_pidfd_send_signal,
-            pidfd.as_raw_fd(),
-            sig,
-            std::ptr::null::<libc::siginfo_t>(),
-            0,
-        )
-    };
-    check(ret).map(drop)
 }
