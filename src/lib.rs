@@ -10,7 +10,9 @@
 //! * [`procfs`]: the one reader of `/proc`: `stat`, `status`, `mountinfo`,
 //!   namespace links.
 //! * [`fs`]: the FUSE adapter, the only code that knows fuser; it checks
-//!   the caller, asks the tree, and turns results into replies and errnos.
+//!   the caller, asks the tree, and turns results into replies.
+//! * [`errno`](mod@errno): the one place where an error becomes the errno a
+//!   caller sees.
 //! * [`inject`]: ptrace: stopping a task, running a syscall in it, and
 //!   restoring it exactly.
 //! * [`mover`](mod@mover): one move: every thread of a process joins a holder's
@@ -37,6 +39,7 @@
 pub mod adopt;
 pub mod daemon;
 pub mod discover;
+pub mod errno;
 pub mod exec;
 pub mod export;
 pub mod fs;

@@ -331,47 +331,6 @@ impl MoveError {
             MoveError::Stuck { .. } | MoveError::Trace(TraceError::NotStopping(_))
         )
     }
-
-    /// The errno a caller of the filesystem sees.
-    pub fn errno(&self) -> Errno {
-        match self {
-            MoveError::Gone(_) | MoveError::Zombie(_) => Errno::ESRCH,
-            MoveError::KernelThread(_)
-            | MoveError::SelfProcess
-            | MoveError::TraceDenied(_)
-            | MoveError::SeccompKills { .. }
-            | MoveError::SeccompStrict(_)
-            | MoveError::SeccompDelegates { .. }
-            | MoveError::Untrusted { .. } => Errno::EPERM,
-            MoveError::AlreadyTraced { .. } => Errno::EBUSY,
-            MoveError::InvalidKinds(_) => Errno::EINVAL,
-            MoveError::Pin { errno, .. } => match *errno {
-                Errno::EINVAL => Errno::ESRCH,
-                errno => errno,
-            },
-            MoveError::Refused { errno, .. } => *errno,
-            MoveError::RollbackFailed { .. } => Errno::EIO,
-            MoveError::Unstable(_) | MoveError::Stuck { .. } => Errno::EAGAIN,
-            MoveError::Unsupported(_) => Errno::EOPNOTSUPP,
-            MoveError::Trace(e) => match e {
-                TraceError::Gone(_) => Errno::ESRCH,
-                TraceError::AlreadyTraced { .. } => Errno::EBUSY,
-                TraceError::Denied(_) => Errno::EPERM,
-                TraceError::Unsupported(_) => Errno::EOPNOTSUPP,
-                TraceError::NotStopping(_) => Errno::EAGAIN,
-                TraceError::NoSyscallSite(_)
-                | TraceError::ForeignSite { .. }
-                | TraceError::NotInSyscall(_)
-                | TraceError::TooManyStops { .. }
-                | TraceError::StrayStep { .. }
-                | TraceError::Os { .. } => Errno::EIO,
-            },
-            MoveError::Proc(e) => match e.kind() {
-                std::io::ErrorKind::NotFound => Errno::ESRCH,
-                _ => Errno::EIO,
-            },
-        }
-    }
 }
 
 /// What a successful move did.
@@ -479,7 +438,7 @@ fn stop_all(
             };
             if let Some(w) = stopped.iter_mut().find(|t| Some(t.tid()) == writer) {
                 // Its write was answered as a success.
-                let _ = w.set_result(-(e.errno() as i64));
+                let _ = w.set_result(-i64::from(crate::errno::of_move(&e)));
             }
             return Err(e);
         }
@@ -969,7 +928,7 @@ fn move_traced(
     // refusal must change its return value (see below).
     let refused = |threads: &mut [Tracee<Stopped>], e: MoveError| {
         if let Some(w) = threads.iter_mut().find(|t| Some(t.tid()) == writer_tid)
-            && let Err(te) = w.set_result(-(e.errno() as i64))
+            && let Err(te) = w.set_result(-i64::from(crate::errno::of_move(&e)))
         {
             log::warn!("thread {}: cannot report the refusal: {te}", w.tid());
         }
@@ -1031,7 +990,7 @@ fn move_traced(
         && let Some(w) = threads.iter_mut().find(|t| Some(t.tid()) == writer_tid)
     {
         // The write was answered as a success; make it report the failure.
-        w.set_result(-(e.errno() as i64))?;
+        w.set_result(-i64::from(crate::errno::of_move(e)))?;
     }
     result?;
     let count = threads.len();
@@ -1362,24 +1321,6 @@ fn rollback_failed(tid: i32, cause: MoveError, why: impl fmt::Display) -> MoveEr
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn errno_mapping() {
-        assert_eq!(MoveError::Zombie(1).errno(), Errno::ESRCH);
-        assert_eq!(MoveError::SelfProcess.errno(), Errno::EPERM);
-        assert_eq!(
-            MoveError::AlreadyTraced { tid: 1, tracer: 2 }.errno(),
-            Errno::EBUSY
-        );
-        let refused = MoveError::Refused {
-            tid: 1,
-            step: Step::Setns,
-            errno: Errno::EINVAL,
-            moved_back: 0,
-        };
-        assert_eq!(refused.errno(), Errno::EINVAL);
-        assert_eq!(MoveError::Unsupported("x").errno(), Errno::EOPNOTSUPP);
-    }
 
     #[test]
     fn only_a_pidfd_of_the_holder_counts_as_opened() {

@@ -1,4 +1,4 @@
-//! The errors of filesystem requests and the errno each one becomes.
+//! The errors of filesystem requests (their errnos: [`crate::errno::of`]).
 
 use std::io;
 
@@ -57,32 +57,6 @@ pub enum Error {
         /// The kernel's answer.
         source: io::Error,
     },
-}
-
-impl Error {
-    /// The errno the caller sees.
-    pub fn errno(&self) -> i32 {
-        match self {
-            Error::Tree(e) => match e {
-                TreeError::NotFound => libc::ENOENT,
-                TreeError::Exists => libc::EEXIST,
-                TreeError::NotEmpty => libc::ENOTEMPTY,
-                TreeError::InvalidName(_) | TreeError::KindMismatch { .. } => libc::EINVAL,
-                TreeError::Root | TreeError::Discovered => libc::EPERM,
-                TreeError::TooDeep => libc::EMLINK,
-            },
-            Error::Ns(e) => e.errno(),
-            Error::Move(e) => e.errno() as i32,
-            Error::Refused { errno, .. } => *errno,
-            Error::Input(_) | Error::Invalid(_) => libc::EINVAL,
-            Error::Denied(_) => libc::EPERM,
-            Error::NotFound => libc::ENOENT,
-            Error::IsDir => libc::EISDIR,
-            Error::NotDir => libc::ENOTDIR,
-            Error::Unsupported(_) => libc::EOPNOTSUPP,
-            Error::Sys { source, .. } => source.raw_os_error().unwrap_or(libc::EIO),
-        }
-    }
 }
 
 /// A request's result.

@@ -1796,7 +1796,7 @@ fn answer_write(caller: &Caller, result: Result<()>, reply: ReplyWrite, len: u32
 /// many logged lately (the first of each kind is always logged), and
 /// returns its errno.
 fn refuse(op: &'static str, caller: &Caller, e: &Error) -> Errno {
-    let errno = e.errno();
+    let errno = crate::errno::of(e);
     let verdict = REFUSALS.judge(caller.uid, op, errno, Instant::now());
     let held = |uid: u32, n: u64| {
         log::warn!("{n} more refusals of requests by uid {uid} were not logged (too many)");
@@ -1819,7 +1819,7 @@ fn refuse(op: &'static str, caller: &Caller, e: &Error) -> Errno {
 }
 
 fn quiet(e: &Error) -> Errno {
-    Errno::from_i32(e.errno())
+    Errno::from_i32(crate::errno::of(e))
 }
 
 impl fuser::Filesystem for Mounted {

@@ -428,7 +428,7 @@ pub fn serve(args: &[String]) -> i32 {
                 Ok(threads) => format!("ok {threads}"),
                 Err(e) => {
                     leaving = e.leaves_tracee_attached();
-                    format!("err {} {e}", e.errno() as i32)
+                    format!("err {} {e}", crate::errno::of_move(&e))
                 }
             },
             _ => format!("err {} malformed request", libc::EINVAL),

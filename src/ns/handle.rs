@@ -72,24 +72,6 @@ pub enum NsError {
     },
 }
 
-impl NsError {
-    /// The errno a caller sees for this error.
-    pub fn errno(&self) -> i32 {
-        match self {
-            NsError::NoSuchProcess(_) => libc::ESRCH,
-            NsError::WrongKind { .. } | NsError::NotANamespace(_) => libc::EINVAL,
-            NsError::Denied(_) => libc::EPERM,
-            NsError::Refused { .. } => libc::EINVAL,
-            NsError::Open { source, .. } if source.kind() == io::ErrorKind::TimedOut => {
-                libc::ETIMEDOUT
-            }
-            NsError::Open { source, .. }
-            | NsError::Fresh { source, .. }
-            | NsError::Sys { source, .. } => source.raw_os_error().unwrap_or(libc::EIO),
-        }
-    }
-}
-
 fn sys_err(what: &'static str) -> impl FnOnce(io::Error) -> NsError {
     move |source| NsError::Sys { what, source }
 }

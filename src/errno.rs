@@ -1,0 +1,281 @@
+//! The one place where an error becomes the errno a caller sees.
+//!
+//! Every error type that can reach a caller of the filesystem has one
+//! function here, written as an exhaustive match: a new variant does not
+//! build until it is given its errno. The errors themselves only say what
+//! went wrong; which errno that is, is decided here alone (and for a move
+//! run by an injector, here too: the injector sends the [`MoveError`]
+//! itself, not its errno).
+
+use std::io;
+
+use nix::errno::Errno;
+
+use crate::fs::Error;
+use crate::fs::input::InputError;
+use crate::inject::TraceError;
+use crate::mover::MoveError;
+use crate::ns::NsError;
+use crate::ns::creds::CredsError;
+use crate::tree::TreeError;
+
+/// The errno of a refused or failed filesystem request.
+pub fn of(e: &Error) -> i32 {
+    match e {
+        Error::Tree(e) => of_tree(e),
+        Error::Ns(e) => of_ns(e),
+        Error::Move(e) => of_move(e),
+        Error::Refused { errno, .. } => *errno,
+        Error::Input(e) => of_input(e),
+        Error::Invalid(_) => libc::EINVAL,
+        Error::Denied(_) => libc::EPERM,
+        Error::NotFound => libc::ENOENT,
+        Error::IsDir => libc::EISDIR,
+        Error::NotDir => libc::ENOTDIR,
+        Error::Unsupported(_) => libc::EOPNOTSUPP,
+        Error::Sys { source, .. } => of_io(source),
+    }
+}
+
+/// The errno of a change the tree refused.
+pub fn of_tree(e: &TreeError) -> i32 {
+    match e {
+        TreeError::NotFound => libc::ENOENT,
+        TreeError::Exists => libc::EEXIST,
+        TreeError::NotEmpty => libc::ENOTEMPTY,
+        TreeError::InvalidName(_) | TreeError::KindMismatch { .. } => libc::EINVAL,
+        TreeError::Root | TreeError::Discovered => libc::EPERM,
+        TreeError::TooDeep => libc::EMLINK,
+    }
+}
+
+/// The errno of a write that was not understood: always `EINVAL`.
+pub fn of_input(e: &InputError) -> i32 {
+    match e {
+        InputError::Empty
+        | InputError::TooLong(_)
+        | InputError::Nul
+        | InputError::NotUtf8
+        | InputError::Spaces
+        | InputError::NotAPid(_)
+        | InputError::NotAPidOrPath(_) => libc::EINVAL,
+    }
+}
+
+/// The errno of a namespace that could not be found, opened or made.
+pub fn of_ns(e: &NsError) -> i32 {
+    match e {
+        NsError::NoSuchProcess(_) => libc::ESRCH,
+        NsError::WrongKind { .. } | NsError::NotANamespace(_) => libc::EINVAL,
+        NsError::Denied(_) => libc::EPERM,
+        NsError::Refused { .. } => libc::EINVAL,
+        NsError::Open { source, .. } if source.kind() == io::ErrorKind::TimedOut => libc::ETIMEDOUT,
+        NsError::Open { source, .. }
+        | NsError::Fresh { source, .. }
+        | NsError::Sys { source, .. } => of_io(source),
+    }
+}
+
+/// The errno of a move that did not happen.
+pub fn of_move(e: &MoveError) -> i32 {
+    let errno = match e {
+        MoveError::Gone(_) | MoveError::Zombie(_) => Errno::ESRCH,
+        MoveError::KernelThread(_)
+        | MoveError::SelfProcess
+        | MoveError::TraceDenied(_)
+        | MoveError::SeccompKills { .. }
+        | MoveError::SeccompStrict(_)
+        | MoveError::SeccompDelegates { .. }
+        | MoveError::Untrusted { .. } => Errno::EPERM,
+        MoveError::AlreadyTraced { .. } => Errno::EBUSY,
+        MoveError::InvalidKinds(_) => Errno::EINVAL,
+        // pidfd_open says EINVAL for a pid that is not a process.
+        MoveError::Pin { errno, .. } => match *errno {
+            Errno::EINVAL => Errno::ESRCH,
+            errno => errno,
+        },
+        // The kernel's answer to the injected call, passed through.
+        MoveError::Refused { errno, .. } => *errno,
+        MoveError::RollbackFailed { .. } => Errno::EIO,
+        MoveError::Unstable(_) | MoveError::Stuck { .. } => Errno::EAGAIN,
+        MoveError::Unsupported(_) => Errno::EOPNOTSUPP,
+        MoveError::Trace(e) => return of_trace(e),
+        MoveError::Proc(e) => match e.kind() {
+            io::ErrorKind::NotFound => Errno::ESRCH,
+            _ => Errno::EIO,
+        },
+    };
+    errno as i32
+}
+
+/// The errno of a failure of ptrace itself.
+pub fn of_trace(e: &TraceError) -> i32 {
+    let errno = match e {
+        TraceError::Gone(_) => Errno::ESRCH,
+        TraceError::AlreadyTraced { .. } => Errno::EBUSY,
+        TraceError::Denied(_) => Errno::EPERM,
+        TraceError::Unsupported(_) => Errno::EOPNOTSUPP,
+        TraceError::NotStopping(_) => Errno::EAGAIN,
+        TraceError::NoSyscallSite(_)
+        | TraceError::ForeignSite { .. }
+        | TraceError::NotInSyscall(_)
+        | TraceError::TooManyStops { .. }
+        | TraceError::StrayStep { .. }
+        | TraceError::Os { .. } => Errno::EIO,
+    };
+    errno as i32
+}
+
+/// The errno of a check that could not be made with a caller's
+/// credentials: the daemon's own failure, whatever the cause.
+pub fn of_creds(e: &CredsError) -> i32 {
+    match e {
+        CredsError::Gone(_) | CredsError::Sys(_) => libc::EIO,
+    }
+}
+
+/// The errno a system call failed with, or `EIO` for a failure that is
+/// not one.
+pub fn of_io(e: &io::Error) -> i32 {
+    e.raw_os_error().unwrap_or(libc::EIO)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use nix::unistd::Pid;
+
+    use super::*;
+    use crate::mover::Step;
+
+    /// Every variant of a move's error, with the errno a caller sees.
+    fn moves() -> Vec<(MoveError, Errno)> {
+        let refused = |errno| MoveError::Refused {
+            tid: 1,
+            step: Step::Setns,
+            errno,
+            moved_back: 0,
+        };
+        vec![
+            (MoveError::Gone(1), Errno::ESRCH),
+            (MoveError::Zombie(1), Errno::ESRCH),
+            (MoveError::KernelThread(2), Errno::EPERM),
+            (MoveError::SelfProcess, Errno::EPERM),
+            (MoveError::AlreadyTraced { tid: 1, tracer: 2 }, Errno::EBUSY),
+            (MoveError::TraceDenied(1), Errno::EPERM),
+            (MoveError::InvalidKinds(1), Errno::EINVAL),
+            (
+                MoveError::Pin {
+                    pid: 1,
+                    errno: Errno::EINVAL,
+                },
+                Errno::ESRCH,
+            ),
+            (
+                MoveError::Pin {
+                    pid: 1,
+                    errno: Errno::EMFILE,
+                },
+                Errno::EMFILE,
+            ),
+            (refused(Errno::EINVAL), Errno::EINVAL),
+            (refused(Errno::EPERM), Errno::EPERM),
+            (
+                MoveError::RollbackFailed {
+                    tid: 1,
+                    cause: Box::new(refused(Errno::EPERM)),
+                },
+                Errno::EIO,
+            ),
+            (
+                MoveError::SeccompKills {
+                    tid: 1,
+                    syscall: "setns",
+                },
+                Errno::EPERM,
+            ),
+            (MoveError::SeccompStrict(1), Errno::EPERM),
+            (
+                MoveError::SeccompDelegates {
+                    tid: 1,
+                    syscall: "setns",
+                },
+                Errno::EPERM,
+            ),
+            (
+                MoveError::Stuck {
+                    tid: 1,
+                    waited: Duration::from_secs(1),
+                },
+                Errno::EAGAIN,
+            ),
+            (
+                MoveError::Untrusted {
+                    tid: 1,
+                    step: Step::PidfdOpen,
+                },
+                Errno::EPERM,
+            ),
+            (MoveError::Unstable(1), Errno::EAGAIN),
+            (MoveError::Unsupported("x"), Errno::EOPNOTSUPP),
+            (
+                MoveError::Trace(TraceError::NotStopping(Pid::from_raw(1))),
+                Errno::EAGAIN,
+            ),
+            (
+                MoveError::Proc(io::Error::from_raw_os_error(libc::ENOENT)),
+                Errno::ESRCH,
+            ),
+            (
+                MoveError::Proc(io::Error::from_raw_os_error(libc::EACCES)),
+                Errno::EIO,
+            ),
+        ]
+    }
+
+    /// Every variant of a tracer's failure, with its errno.
+    fn traces() -> Vec<(TraceError, Errno)> {
+        let t = Pid::from_raw(7);
+        vec![
+            (TraceError::Gone(t), Errno::ESRCH),
+            (
+                TraceError::AlreadyTraced { tid: t, tracer: t },
+                Errno::EBUSY,
+            ),
+            (TraceError::Denied(t), Errno::EPERM),
+            (TraceError::Unsupported("x"), Errno::EOPNOTSUPP),
+            (TraceError::NoSyscallSite(t), Errno::EIO),
+            (TraceError::ForeignSite { site: t, tracee: t }, Errno::EIO),
+            (TraceError::NotInSyscall(t), Errno::EIO),
+            (
+                TraceError::TooManyStops {
+                    tid: t,
+                    expected: "single-step",
+                },
+                Errno::EIO,
+            ),
+            (TraceError::StrayStep { tid: t, pc: 1 }, Errno::EIO),
+            (TraceError::NotStopping(t), Errno::EAGAIN),
+            (
+                TraceError::Os {
+                    tid: t,
+                    op: "waitpid",
+                    errno: Errno::EINTR,
+                },
+                Errno::EIO,
+            ),
+        ]
+    }
+
+    #[test]
+    fn moves_and_traces() {
+        for (e, errno) in moves() {
+            assert_eq!(of_move(&e), errno as i32, "{e}");
+        }
+        for (e, errno) in traces() {
+            assert_eq!(of_trace(&e), errno as i32, "{e}");
+            assert_eq!(of_move(&MoveError::Trace(e)), errno as i32);
+        }
+    }
+}
