@@ -14,6 +14,7 @@ use nix::errno::Errno;
 use crate::fs::Error;
 use crate::fs::input::InputError;
 use crate::inject::TraceError;
+use crate::injector::InjectorError;
 use crate::mover::MoveError;
 use crate::ns::NsError;
 use crate::ns::creds::CredsError;
@@ -25,7 +26,8 @@ pub fn of(e: &Error) -> i32 {
         Error::Tree(e) => of_tree(e),
         Error::Ns(e) => of_ns(e),
         Error::Move(e) => of_move(e),
-        Error::Refused { errno, .. } => *errno,
+        Error::Injector(e) => of_injector(e),
+        Error::Busy { .. } => libc::EAGAIN,
         Error::Input(e) => of_input(e),
         Error::Invalid(_) => libc::EINVAL,
         Error::Denied(_) => libc::EPERM,
@@ -119,11 +121,24 @@ pub fn of_trace(e: &TraceError) -> i32 {
         TraceError::NoSyscallSite(_)
         | TraceError::ForeignSite { .. }
         | TraceError::NotInSyscall(_)
-        | TraceError::TooManyStops { .. }
+        | TraceError::TooManyStops(_)
         | TraceError::StrayStep { .. }
         | TraceError::Os { .. } => Errno::EIO,
     };
     errno as i32
+}
+
+/// The errno of a move no injector answered: `EIO`, but for a request the
+/// injector did not understand.
+pub fn of_injector(e: &InjectorError) -> i32 {
+    match e {
+        InjectorError::Start(source) => of_io(source),
+        InjectorError::NotSent(_)
+        | InjectorError::Ended
+        | InjectorError::Read(_)
+        | InjectorError::BadAnswer(_) => libc::EIO,
+        InjectorError::Malformed => libc::EINVAL,
+    }
 }
 
 /// The errno of a check that could not be made with a caller's
@@ -141,16 +156,17 @@ pub fn of_io(e: &io::Error) -> i32 {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::time::Duration;
 
     use nix::unistd::Pid;
 
     use super::*;
-    use crate::mover::Step;
+    use crate::inject::{Op, Unsupported};
+    use crate::mover::{Call, Step};
 
     /// Every variant of a move's error, with the errno a caller sees.
-    fn moves() -> Vec<(MoveError, Errno)> {
+    pub(crate) fn moves() -> Vec<(MoveError, Errno)> {
         let refused = |errno| MoveError::Refused {
             tid: 1,
             step: Step::Setns,
@@ -191,7 +207,7 @@ mod tests {
             (
                 MoveError::SeccompKills {
                     tid: 1,
-                    syscall: "setns",
+                    syscall: Call::Setns,
                 },
                 Errno::EPERM,
             ),
@@ -199,7 +215,7 @@ mod tests {
             (
                 MoveError::SeccompDelegates {
                     tid: 1,
-                    syscall: "setns",
+                    syscall: Call::Setns,
                 },
                 Errno::EPERM,
             ),
@@ -218,7 +234,10 @@ mod tests {
                 Errno::EPERM,
             ),
             (MoveError::Unstable(1), Errno::EAGAIN),
-            (MoveError::Unsupported("x"), Errno::EOPNOTSUPP),
+            (
+                MoveError::Unsupported(Unsupported::CompatProcess),
+                Errno::EOPNOTSUPP,
+            ),
             (
                 MoveError::Trace(TraceError::NotStopping(Pid::from_raw(1))),
                 Errno::EAGAIN,
@@ -235,7 +254,7 @@ mod tests {
     }
 
     /// Every variant of a tracer's failure, with its errno.
-    fn traces() -> Vec<(TraceError, Errno)> {
+    pub(crate) fn traces() -> Vec<(TraceError, Errno)> {
         let t = Pid::from_raw(7);
         vec![
             (TraceError::Gone(t), Errno::ESRCH),
@@ -244,23 +263,20 @@ mod tests {
                 Errno::EBUSY,
             ),
             (TraceError::Denied(t), Errno::EPERM),
-            (TraceError::Unsupported("x"), Errno::EOPNOTSUPP),
+            (
+                TraceError::Unsupported(Unsupported::Arch),
+                Errno::EOPNOTSUPP,
+            ),
             (TraceError::NoSyscallSite(t), Errno::EIO),
             (TraceError::ForeignSite { site: t, tracee: t }, Errno::EIO),
             (TraceError::NotInSyscall(t), Errno::EIO),
-            (
-                TraceError::TooManyStops {
-                    tid: t,
-                    expected: "single-step",
-                },
-                Errno::EIO,
-            ),
+            (TraceError::TooManyStops(t), Errno::EIO),
             (TraceError::StrayStep { tid: t, pc: 1 }, Errno::EIO),
             (TraceError::NotStopping(t), Errno::EAGAIN),
             (
                 TraceError::Os {
                     tid: t,
-                    op: "waitpid",
+                    op: Op::Wait,
                     errno: Errno::EINTR,
                 },
                 Errno::EIO,

@@ -41,7 +41,7 @@ use nix::errno::Errno;
 use nix::sched::CloneFlags;
 use nix::unistd::Pid;
 
-use crate::inject::{self, Stopped, SyscallResult, TraceError, Tracee};
+use crate::inject::{self, Op, Stopped, SyscallResult, TraceError, Tracee, Unsupported};
 use crate::procfs::{ProcDir, Stat, Status};
 
 /// Rounds of re-reading `/proc/PID/task` before giving up on a process that
@@ -186,6 +186,45 @@ impl fmt::Display for Step {
     }
 }
 
+/// A syscall a move injects, as a seccomp filter sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Call {
+    /// `unshare`.
+    Unshare,
+    /// `pidfd_open`.
+    PidfdOpen,
+    /// `setns`.
+    Setns,
+    /// `close`.
+    Close,
+}
+
+impl Call {
+    /// Every call a move injects.
+    pub const ALL: [Call; 4] = [Call::Unshare, Call::PidfdOpen, Call::Setns, Call::Close];
+
+    /// The syscall's name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Call::Unshare => "unshare",
+            Call::PidfdOpen => "pidfd_open",
+            Call::Setns => "setns",
+            Call::Close => "close",
+        }
+    }
+}
+
+impl fmt::Display for Call {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl Step {
+    /// Every step.
+    pub const ALL: [Step; 3] = [Step::UnshareFs, Step::PidfdOpen, Step::Setns];
+}
+
 /// Why a move did not happen. Unless stated otherwise, the target was left
 /// exactly as it was.
 #[derive(Debug, thiserror::Error)]
@@ -251,7 +290,7 @@ pub enum MoveError {
         /// The thread whose filter kills.
         tid: i32,
         /// The syscall it would be killed for.
-        syscall: &'static str,
+        syscall: Call,
     },
     /// A thread is in strict seccomp mode, where any of the injected calls
     /// would kill it; nothing was injected.
@@ -265,7 +304,7 @@ pub enum MoveError {
         /// The thread whose filter delegates.
         tid: i32,
         /// The syscall it would hand over.
-        syscall: &'static str,
+        syscall: Call,
     },
     /// A thread did not stop within [`STOP_TIMEOUT`]. The threads that had
     /// stopped were let go untouched; the stuck one is still attached, with
@@ -297,7 +336,7 @@ pub enum MoveError {
     Unstable(i32),
     /// No injection for this architecture or this process.
     #[error("unsupported: {0}")]
-    Unsupported(&'static str),
+    Unsupported(Unsupported),
     /// Tracing failed.
     #[error(transparent)]
     Trace(TraceError),
@@ -640,7 +679,7 @@ fn fd_tables(threads: &[Tracee<Stopped>]) -> Result<Vec<usize>, MoveError> {
                 Err(errno) => {
                     return Err(MoveError::Trace(TraceError::Os {
                         tid: t.tid(),
-                        op: "kcmp",
+                        op: Op::Kcmp,
                         errno,
                     }));
                 }
@@ -945,7 +984,7 @@ fn move_traced(
     if threads.iter().any(|t| !t.regs().is_native()) {
         return Err(refused(
             &mut threads,
-            MoveError::Unsupported("32-bit (compat) process"),
+            MoveError::Unsupported(Unsupported::CompatProcess),
         ));
     }
     share_syscall_site(&mut threads).map_err(|e| refused(&mut threads, e))?;
@@ -1133,7 +1172,7 @@ fn proc_failure(tid: Pid, e: std::io::Error) -> TraceError {
         std::io::ErrorKind::NotFound => TraceError::Gone(tid),
         _ => TraceError::Os {
             tid,
-            op: "reading /proc/PID/task/TID/ns",
+            op: Op::ReadNs,
             errno: e.raw_os_error().map_or(Errno::EIO, Errno::from_raw),
         },
     }
@@ -1150,22 +1189,26 @@ fn check_seccomp(
 ) -> Result<(), MoveError> {
     use inject::seccomp::{self, Mode, SyscallData, Verdict};
     const AUDIT_ARCH_X86_64: u32 = 0xc000_003e;
-    let calls: [(&'static str, i64, [u64; 6]); 4] = [
-        ("unshare", libc::SYS_unshare, args(&[libc::CLONE_FS as u64])),
+    let calls: [(Call, i64, [u64; 6]); 4] = [
         (
-            "pidfd_open",
+            Call::Unshare,
+            libc::SYS_unshare,
+            args(&[libc::CLONE_FS as u64]),
+        ),
+        (
+            Call::PidfdOpen,
             libc::SYS_pidfd_open,
             args(&[holder as u64, 0]),
         ),
-        ("setns", libc::SYS_setns, args(&[3, kinds as u64])),
-        ("close", libc::SYS_close, args(&[3])),
+        (Call::Setns, libc::SYS_setns, args(&[3, kinds as u64])),
+        (Call::Close, libc::SYS_close, args(&[3])),
     ];
     let mut delegated = None;
     for t in threads.iter_mut() {
         let mode = seccomp::mode(t.tid()).map_err(|errno| {
             MoveError::Trace(TraceError::Os {
                 tid: t.tid(),
-                op: "PTRACE_SECCOMP_GET_FILTER",
+                op: Op::GetSeccompFilter,
                 errno,
             })
         })?;

@@ -20,13 +20,16 @@ pub enum Error {
     /// A move failed; the process was left as it was.
     #[error(transparent)]
     Move(#[from] crate::mover::MoveError),
-    /// The injector refused or failed a move (its errno and reason).
-    #[error("{reason}")]
-    Refused {
-        /// The errno to pass on.
-        errno: i32,
-        /// Why, as the injector said it.
-        reason: String,
+    /// No answer came from the injector that was to run a move.
+    #[error(transparent)]
+    Injector(#[from] crate::injector::InjectorError),
+    /// As many moves as may run at once are running.
+    #[error("{limit} {what} are in flight already")]
+    Busy {
+        /// How many may run at once.
+        limit: usize,
+        /// What is running.
+        what: &'static str,
     },
     /// The written text is not understood.
     #[error("bad input: {0}")]

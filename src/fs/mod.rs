@@ -1373,12 +1373,9 @@ impl NsProxyFs {
                 // FUSE workers, as moves are.
                 if matches!(input::parse_binding(data), Ok(Binding::Path(_))) {
                     let Some(slot) = self.moves.reserve() else {
-                        let e = Error::Refused {
-                            errno: libc::EAGAIN,
-                            reason: format!(
-                                "{} moves and path bindings are in flight already",
-                                pending::MAX_IN_FLIGHT
-                            ),
+                        let e = Error::Busy {
+                            limit: pending::MAX_IN_FLIGHT,
+                            what: "moves and path bindings",
                         };
                         return reply.error(refuse("write", caller, &e));
                     };
@@ -1545,9 +1542,9 @@ impl NsProxyFs {
         // The move runs on a thread of its own: it may wait seconds for its
         // target to stop, and the FUSE workers must go on answering.
         let Some(slot) = self.moves.reserve() else {
-            let e = Error::Refused {
-                errno: libc::EAGAIN,
-                reason: format!("{} moves are in flight already", pending::MAX_IN_FLIGHT),
+            let e = Error::Busy {
+                limit: pending::MAX_IN_FLIGHT,
+                what: "moves",
             };
             return reply.error(refuse("write tasks", caller, &e));
         };
