@@ -35,6 +35,7 @@ pub fn of(e: &Error) -> i32 {
         Error::IsDir => libc::EISDIR,
         Error::NotDir => libc::ENOTDIR,
         Error::Unsupported(_) => libc::EOPNOTSUPP,
+        Error::Creds { source, .. } => of_creds(source),
         Error::Sys { source, .. } => of_io(source),
     }
 }
