@@ -70,9 +70,10 @@ pub fn of_ns(e: &NsError) -> i32 {
     match e {
         NsError::NoSuchProcess(_) => libc::ESRCH,
         NsError::WrongKind { .. } | NsError::NotANamespace(_) => libc::EINVAL,
-        NsError::Denied(_) => libc::EPERM,
+        NsError::Denied { .. } => libc::EPERM,
         NsError::Refused { .. } => libc::EINVAL,
-        NsError::Open { source, .. } if source.kind() == io::ErrorKind::TimedOut => libc::ETIMEDOUT,
+        NsError::TimedOut(_) => libc::ETIMEDOUT,
+        NsError::Creds { source, .. } => of_creds(source),
         NsError::Open { source, .. }
         | NsError::Fresh { source, .. }
         | NsError::Sys { source, .. } => of_io(source),

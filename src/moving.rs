@@ -112,7 +112,11 @@ impl PtraceMover {
                     what: "dup the target's pid namespace",
                     source,
                 })?;
-                let active = Namespace::from_fd(active, Kind::Pid, "the target's pid namespace")?;
+                let active = Namespace::from_fd(
+                    active,
+                    Kind::Pid,
+                    crate::ns::Origin::Other("the target's pid namespace"),
+                )?;
                 let mut seen_set = set.clone();
                 seen_set[Kind::Pid.index()] = Arc::new(active);
                 Ok(seen_set)

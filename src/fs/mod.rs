@@ -788,7 +788,9 @@ impl NsProxyFs {
                     what: "dup",
                     source,
                 })
-                .and_then(|fd| Namespace::from_fd(fd, ns.kind(), "a discovered namespace"));
+                .and_then(|fd| {
+                    Namespace::from_fd(fd, ns.kind(), ns::Origin::Other("a discovered namespace"))
+                });
             let mut copy = match copy {
                 Ok(copy) => copy,
                 Err(e) => {
@@ -1676,10 +1678,10 @@ fn restore(
         spaces.get(&r.ino).is_some_and(|ns| ns.kind() == r.kind)
     });
     for (path, r) in &restored.dropped {
-        let why = reopened
-            .lost
-            .get(&r.ino)
-            .map_or("it is bound as another kind", String::as_str);
+        let why = reopened.lost.get(&r.ino).map_or_else(
+            || "it is bound as another kind".to_owned(),
+            ToString::to_string,
+        );
         log::warn!(
             "restore: {path} no longer binds {}:[{}]: {why}",
             r.kind,

@@ -8,7 +8,9 @@ mod kind;
 pub mod resolve;
 pub mod sys;
 
-pub use handle::{Keeper, Namespace, NsError, Pin, PinDir, fresh, of_path, of_pid_in};
+pub use handle::{
+    Keeper, Namespace, NsError, Origin, Pin, PinDir, ReopenError, fresh, of_path, of_pid_in,
+};
 pub use holder::Holder;
 pub use kind::{CLONE_NEWTIME, Kind};
 pub use resolve::Opener;
