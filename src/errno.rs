@@ -147,7 +147,7 @@ pub fn of_injector(e: &InjectorError) -> i32 {
 /// credentials: the daemon's own failure, whatever the cause.
 pub fn of_creds(e: &CredsError) -> i32 {
     match e {
-        CredsError::Gone(_) | CredsError::Sys(_) => libc::EIO,
+        CredsError::Gone(_) | CredsError::Unreadable(_) | CredsError::Sys(_) => libc::EIO,
     }
 }
 
@@ -164,8 +164,10 @@ pub(crate) mod tests {
     use nix::unistd::Pid;
 
     use super::*;
+    use crate::fs::{Denied, Invalid};
     use crate::inject::{Op, Unsupported};
     use crate::mover::{Call, Step};
+    use crate::ns::{Kind, Origin};
 
     /// Every variant of a move's error, with the errno a caller sees.
     pub(crate) fn moves() -> Vec<(MoveError, Errno)> {
@@ -284,6 +286,150 @@ pub(crate) mod tests {
                 Errno::EIO,
             ),
         ]
+    }
+
+    /// Every variant of a namespace's error, with its errno.
+    fn namespaces() -> Vec<(NsError, i32)> {
+        let path = || std::path::PathBuf::from("/x");
+        let io = |errno| io::Error::from_raw_os_error(errno);
+        vec![
+            (NsError::NoSuchProcess(1), libc::ESRCH),
+            (
+                NsError::WrongKind {
+                    origin: Origin::Process(1),
+                    found: Kind::Net,
+                    wanted: Kind::Uts,
+                },
+                libc::EINVAL,
+            ),
+            (NsError::NotANamespace(Origin::Path(path())), libc::EINVAL),
+            (
+                NsError::Open {
+                    path: path(),
+                    source: io(libc::EACCES),
+                },
+                libc::EACCES,
+            ),
+            (NsError::TimedOut(path()), libc::ETIMEDOUT),
+            (
+                NsError::Fresh {
+                    kind: Kind::User,
+                    source: io(libc::ENOSPC),
+                },
+                libc::ENOSPC,
+            ),
+            (
+                NsError::Refused {
+                    path: path(),
+                    why: "x",
+                },
+                libc::EINVAL,
+            ),
+            (
+                NsError::Denied {
+                    uid: 1,
+                    kind: Kind::Net,
+                    pid: 2,
+                },
+                libc::EPERM,
+            ),
+            (
+                NsError::Creds {
+                    what: "x",
+                    source: CredsError::Gone(1),
+                },
+                libc::EIO,
+            ),
+            (
+                NsError::Sys {
+                    what: "x",
+                    source: io::Error::other("no errno"),
+                },
+                libc::EIO,
+            ),
+        ]
+    }
+
+    #[test]
+    fn requests() {
+        let io = |errno| io::Error::from_raw_os_error(errno);
+        let mut cases: Vec<(Error, i32)> = vec![
+            (TreeError::NotFound.into(), libc::ENOENT),
+            (TreeError::Exists.into(), libc::EEXIST),
+            (TreeError::NotEmpty.into(), libc::ENOTEMPTY),
+            (TreeError::InvalidName("x").into(), libc::EINVAL),
+            (
+                TreeError::KindMismatch {
+                    ino: 1,
+                    bound: Kind::Net,
+                    wanted: Kind::Ipc,
+                }
+                .into(),
+                libc::EINVAL,
+            ),
+            (TreeError::Root.into(), libc::EPERM),
+            (TreeError::Discovered.into(), libc::EPERM),
+            (TreeError::TooDeep.into(), libc::EMLINK),
+            (
+                Error::Busy {
+                    limit: 1,
+                    what: "moves",
+                },
+                libc::EAGAIN,
+            ),
+            (Error::Denied(Denied::Daemon(1)), libc::EPERM),
+            (Error::NotFound, libc::ENOENT),
+            (Error::Invalid(Invalid::PidNsBlind(1)), libc::EINVAL),
+            (Error::IsDir, libc::EISDIR),
+            (Error::NotDir, libc::ENOTDIR),
+            (Error::Unsupported("x"), libc::EOPNOTSUPP),
+            (
+                Error::Creds {
+                    what: "x",
+                    source: CredsError::Sys(io(libc::EPERM)),
+                },
+                libc::EIO,
+            ),
+            (
+                Error::Sys {
+                    what: "x",
+                    source: io(libc::EMFILE),
+                },
+                libc::EMFILE,
+            ),
+            (InjectorError::Start(io(libc::EAGAIN)).into(), libc::EAGAIN),
+            (InjectorError::NotSent(io(libc::EPIPE)).into(), libc::EIO),
+            (InjectorError::Ended.into(), libc::EIO),
+            (InjectorError::Read(io(libc::ECONNRESET)).into(), libc::EIO),
+            (
+                InjectorError::BadAnswer(b"x".as_slice().into()).into(),
+                libc::EIO,
+            ),
+            (InjectorError::Malformed.into(), libc::EINVAL),
+        ];
+        for input in [
+            InputError::Empty,
+            InputError::TooLong(1),
+            InputError::Nul,
+            InputError::NotUtf8,
+            InputError::Spaces,
+            InputError::NotAPid("x".into()),
+            InputError::NotAPidOrPath("x".into()),
+        ] {
+            cases.push((input.into(), libc::EINVAL));
+        }
+        cases.extend(namespaces().into_iter().map(|(e, n)| (e.into(), n)));
+        cases.extend(moves().into_iter().map(|(e, n)| (e.into(), n as i32)));
+        for (e, errno) in cases {
+            assert_eq!(of(&e), errno, "{e}");
+        }
+        for creds in [
+            CredsError::Gone(1),
+            CredsError::Unreadable(1),
+            CredsError::Sys(io(libc::EPERM)),
+        ] {
+            assert_eq!(of_creds(&creds), libc::EIO, "{creds}");
+        }
     }
 
     #[test]

@@ -285,17 +285,24 @@ fn mount_call(source: Option<&CString>, target: &CString, flags: libc::c_ulong) 
 /// share it, and an export removed here goes from them too. A directory
 /// that is not a mount point (the kernel answers EINVAL) is first bound
 /// onto itself, with whatever is mounted below it.
-fn share(dir: &Path) -> io::Result<()> {
-    let c = cstring(dir)?;
+fn share(dir: &Path) -> Result<(), ExportError> {
+    let failed = |step, source| ExportError::Share {
+        dir: dir.to_path_buf(),
+        step,
+        source,
+    };
+    let c = cstring(dir).map_err(|source| ExportError::Dir {
+        dir: dir.to_path_buf(),
+        source,
+    })?;
     let shared = libc::MS_SHARED | libc::MS_REC;
     match mount_call(None, &c, shared) {
         Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
             mount_call(Some(&c), &c, libc::MS_BIND | libc::MS_REC)
-                .map_err(|e| io::Error::new(e.kind(), format!("bind it onto itself: {e}")))?;
-            mount_call(None, &c, shared)
-                .map_err(|e| io::Error::new(e.kind(), format!("make it shared: {e}")))
+                .map_err(|e| failed("bind it onto itself", e))?;
+            mount_call(None, &c, shared).map_err(|e| failed("make it shared", e))
         }
-        Err(e) => Err(io::Error::new(e.kind(), format!("make it shared: {e}"))),
+        Err(e) => Err(failed("make it shared", e)),
         Ok(()) => Ok(()),
     }
 }
@@ -388,10 +395,7 @@ impl Exporter {
     /// elsewhere, that is removed).
     pub fn open(dir: &Path, state_dir: Arc<StateDir>) -> Result<Exporter, ExportError> {
         let shown = dir.display();
-        share(dir).map_err(|source| ExportError::Dir {
-            dir: dir.to_path_buf(),
-            source,
-        })?;
+        share(dir)?;
         let nsfs_dev = nsfs_dev().map_err(ExportError::Nsfs)?;
         let list = state_dir.path().join(LIST);
         let mut inner = Inner::default();
@@ -855,6 +859,16 @@ pub enum ExportError {
         dir: PathBuf,
         /// What is there instead.
         what: &'static str,
+    },
+    /// The directory cannot be made a shared mount point.
+    #[error("netns export directory {}: {step}: {source}", dir.display())]
+    Share {
+        /// The directory.
+        dir: PathBuf,
+        /// The step that failed.
+        step: &'static str,
+        /// Why.
+        source: io::Error,
     },
     /// The device of net namespace files cannot be read.
     #[error("/proc/self/ns/net: {0}")]

@@ -81,6 +81,10 @@ impl Caller {
                 what: "read the caller's credentials",
                 source,
             },
+            source @ CredsError::Unreadable(_) => Error::Creds {
+                what: "read the caller's credentials",
+                source,
+            },
         })
     }
 
