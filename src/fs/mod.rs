@@ -2,7 +2,7 @@
 //!
 //! Each trait method decodes its request, calls a helper that returns
 //! `Result<_, Error>`, and turns the result into a reply. A refusal is logged
-//! once, here, with its reason, and mapped to its errno by [`Error::errno`].
+//! once, here, with its reason, and mapped to its errno by [`crate::errno::of`].
 //!
 //! Locking: `state` (tree and namespace handles) is a read-write lock held
 //! only for in-memory work and the quick pin mounts that make a binding's
