@@ -2,7 +2,7 @@
 //! to the background, and a clean end on umount or SIGTERM/SIGINT.
 
 use std::fs::File;
-use std::io::{Read, Write};
+use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::FileTypeExt;
@@ -13,11 +13,12 @@ use fuser::{Config, MountOption, SessionACL};
 use nix::sys::signal::{SigSet, Signal, kill};
 use nix::unistd::getpid;
 
-use crate::export::Exporter;
+use crate::export::{ExportError, Exporter};
 use crate::fs::{Mounted, Mover, NsProxyFs, Options};
-use crate::logs::Destination;
+use crate::logs::{Destination, LogError};
 use crate::procfs::{self, MountInfo};
 use crate::state::{self, Loaded, Recorder, StateDir};
+use crate::state_dir::StateDirError;
 
 /// How the daemon was asked to run.
 #[derive(Debug, Clone)]
@@ -40,17 +41,119 @@ pub struct Settings {
 }
 
 /// A start-up failure, printed as one line.
-#[derive(Debug)]
-pub struct StartError(pub String);
-
-impl std::fmt::Display for StartError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-fn fail<T>(msg: impl Into<String>) -> Result<T, StartError> {
-    Err(StartError(msg.into()))
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// Not run as root.
+    #[error("must run as root: it mounts a filesystem and works on other processes' namespaces")]
+    NotRoot,
+    /// No `/dev/fuse`.
+    #[error("/dev/fuse is missing: load the fuse module (modprobe fuse)")]
+    NoFuse,
+    /// The mount point cannot be resolved.
+    #[error("mount point {}: {source}", path.display())]
+    MountPoint {
+        /// The mount point, as given.
+        path: PathBuf,
+        /// Why.
+        source: io::Error,
+    },
+    /// A dead mount of another filesystem is on the mount point.
+    #[error(
+        "mount point {}: {source}: a mount of type {fstype} whose server is gone; \
+         unmount it first (umount -l {})",
+        path.display(),
+        at.display()
+    )]
+    DeadMount {
+        /// The mount point, as given.
+        path: PathBuf,
+        /// What using it said.
+        source: io::Error,
+        /// The dead mount's type.
+        fstype: String,
+        /// Where it is.
+        at: PathBuf,
+    },
+    /// The mount point's path holds a NUL.
+    #[error("mount point {}: a NUL in the path", .0.display())]
+    Nul(PathBuf),
+    /// A dead mount of this filesystem cannot be detached.
+    #[error(
+        "mount point {}: the mount of a daemon that died is still there and cannot be \
+         detached: {source}",
+        path.display()
+    )]
+    Undetachable {
+        /// The mount point, as given.
+        path: PathBuf,
+        /// Why.
+        source: io::Error,
+    },
+    /// The mount point is not a directory.
+    #[error("mount point {} is not a directory", .0.display())]
+    NotADir(PathBuf),
+    /// Something is mounted on the mount point.
+    #[error("mount point {} is busy: something is mounted there", .0.display())]
+    Busy(PathBuf),
+    /// The state directory cannot be used.
+    #[error(transparent)]
+    StateDir(#[from] StateDirError),
+    /// The state directory's lock cannot be opened.
+    #[error("{}: {source}", path.display())]
+    Lock {
+        /// The lock file.
+        path: PathBuf,
+        /// Why.
+        source: io::Error,
+    },
+    /// Another daemon holds the state directory.
+    #[error("state directory {} is in use by another nsproxyfs daemon", .0.display())]
+    InUse(PathBuf),
+    /// `--netns-export` cannot be used.
+    #[error(transparent)]
+    Export(#[from] ExportError),
+    /// `--log` cannot be used.
+    #[error(transparent)]
+    Log(#[from] LogError),
+    /// A step of starting failed.
+    #[error("{what}: {source}")]
+    Sys {
+        /// The step.
+        what: &'static str,
+        /// Why.
+        source: io::Error,
+    },
+    /// The daemon's own namespaces cannot be read.
+    #[error("cannot read the daemon's own namespaces: {0}")]
+    OwnNamespaces(crate::fs::Error),
+    /// The mount failed.
+    #[error("cannot mount on {}: {source}", path.display())]
+    Mount {
+        /// The mount point.
+        path: PathBuf,
+        /// Why.
+        source: io::Error,
+    },
+    /// The mount does not answer.
+    #[error("the mount at {} does not answer: {source}", path.display())]
+    NoAnswer {
+        /// The mount point.
+        path: PathBuf,
+        /// Why.
+        source: io::Error,
+    },
+    /// Threads run already where the daemon must fork (the count read, if
+    /// it could be read).
+    #[error("cannot go to the background: {} threads are running, not one", .0.map_or("several".to_string(), |n| n.to_string()))]
+    Threads(Option<u32>),
+    /// The background daemon died before saying how its start went.
+    #[error("the daemon died while starting")]
+    DiedStarting,
+    /// The background daemon's start failed: its error, as it printed it
+    /// to the start report pipe (text from another process, shown as it
+    /// came).
+    #[error("{0}")]
+    InBackground(String),
 }
 
 /// Whether `path` is a mount point in this mount namespace.
@@ -85,19 +188,24 @@ const OWN_TYPE: &str = "fuse.nsproxyfs";
 /// mount of another filesystem is left alone and refused.
 fn resolve_mount_point(mp: &Path) -> Result<(PathBuf, Option<String>), StartError> {
     let dead = |e: &std::io::Error| e.raw_os_error() == Some(libc::ENOTCONN);
-    let resolved = std::fs::canonicalize(mp);
+    let mount_point = |source| StartError::MountPoint {
+        path: mp.to_path_buf(),
+        source,
+    };
+    let resolved = match std::fs::canonicalize(mp) {
+        Err(e) if !dead(&e) => return Err(mount_point(e)),
+        resolved => resolved,
+    };
     let err = match &resolved {
         Ok(p) => match std::fs::metadata(p) {
             Err(e) if dead(&e) => e,
             _ => return Ok((p.clone(), None)),
         },
-        Err(e) if dead(e) => std::io::Error::from_raw_os_error(libc::ENOTCONN),
-        Err(e) => return fail(format!("mount point {}: {e}", mp.display())),
+        Err(_) => std::io::Error::from_raw_os_error(libc::ENOTCONN),
     };
     // The dead mount's own path: resolved whole if the kernel lets it be,
     // else its parent resolved and its name as given.
-    let absolute = std::path::absolute(mp)
-        .map_err(|e| StartError(format!("mount point {}: {e}", mp.display())))?;
+    let absolute = std::path::absolute(mp).map_err(mount_point)?;
     let at = match (&resolved, absolute.parent(), absolute.file_name()) {
         (Ok(p), _, _) => Some(p.clone()),
         (Err(_), Some(parent), Some(name)) => {
@@ -106,31 +214,29 @@ fn resolve_mount_point(mp: &Path) -> Result<(PathBuf, Option<String>), StartErro
         _ => None,
     };
     let Some(at) = at else {
-        return fail(format!("mount point {}: {err}", mp.display()));
+        return Err(mount_point(err));
     };
     match mount_type_at(&at) {
         Some(t) if t == OWN_TYPE => {}
-        Some(t) => {
-            return fail(format!(
-                "mount point {}: {err}: a mount of type {t} whose server is gone; \
-                 unmount it first (umount -l {})",
-                mp.display(),
-                at.display()
-            ));
+        Some(fstype) => {
+            return Err(StartError::DeadMount {
+                path: mp.to_path_buf(),
+                source: err,
+                fstype,
+                at,
+            });
         }
-        None => return fail(format!("mount point {}: {err}", mp.display())),
+        None => return Err(mount_point(err)),
     }
     let c = std::ffi::CString::new(at.as_os_str().as_bytes())
-        .map_err(|_| StartError(format!("mount point {}: a NUL in the path", mp.display())))?;
-    if let Err(e) = crate::sys::mount::detach(&c) {
-        return fail(format!(
-            "mount point {}: the mount of a daemon that died is still there and cannot be \
-             detached: {e}",
-            mp.display()
-        ));
+        .map_err(|_| StartError::Nul(mp.to_path_buf()))?;
+    if let Err(source) = crate::sys::mount::detach(&c) {
+        return Err(StartError::Undetachable {
+            path: mp.to_path_buf(),
+            source,
+        });
     }
-    let canonical = std::fs::canonicalize(&at)
-        .map_err(|e| StartError(format!("mount point {}: {e}", mp.display())))?;
+    let canonical = std::fs::canonicalize(&at).map_err(mount_point)?;
     let note = format!(
         "detached the mount on {} left by a daemon that died ({err})",
         canonical.display()
@@ -154,42 +260,30 @@ struct Checked {
 /// one clear line instead of a daemon that dies in the background.
 fn preflight(settings: &Settings) -> Result<Checked, StartError> {
     if !nix::unistd::geteuid().is_root() {
-        return fail(
-            "must run as root: it mounts a filesystem and works on other processes' namespaces",
-        );
+        return Err(StartError::NotRoot);
     }
     match std::fs::metadata("/dev/fuse") {
         Ok(m) if m.file_type().is_char_device() => {}
-        _ => return fail("/dev/fuse is missing: load the fuse module (modprobe fuse)"),
+        _ => return Err(StartError::NoFuse),
     }
     let mp = &settings.mountpoint;
     let (canonical, detached) = resolve_mount_point(mp)?;
     if !canonical.is_dir() {
-        return fail(format!("mount point {} is not a directory", mp.display()));
+        return Err(StartError::NotADir(mp.clone()));
     }
     if is_mount_point(&canonical) {
-        return fail(format!(
-            "mount point {} is busy: something is mounted there",
-            mp.display()
-        ));
+        return Err(StartError::Busy(mp.clone()));
     }
-    let state = Arc::new(StateDir::open(&settings.state_dir).map_err(StartError)?);
-    let lock = state.lock_file().map_err(|e| {
-        StartError(format!(
-            "{}: {e}",
-            state.path().join(crate::state_dir::LOCK).display()
-        ))
+    let state = Arc::new(StateDir::open(&settings.state_dir)?);
+    let lock = state.lock_file().map_err(|source| StartError::Lock {
+        path: state.path().join(crate::state_dir::LOCK),
+        source,
     })?;
     if crate::sys::fs::try_lock(lock.as_fd()).is_err() {
-        return fail(format!(
-            "state directory {} is in use by another nsproxyfs daemon",
-            settings.state_dir.display()
-        ));
+        return Err(StartError::InUse(settings.state_dir.clone()));
     }
     let netns_export = match &settings.netns_export {
-        Some(dir) => {
-            Some(crate::export::check_dir(dir, &canonical, state.path()).map_err(StartError)?)
-        }
+        Some(dir) => Some(crate::export::check_dir(dir, &canonical, state.path())?),
         None => None,
     };
     // Absolute from here on (the state directory is resolved when it is
@@ -251,7 +345,7 @@ pub fn run(mut settings: Settings, mover: Box<dyn Mover>) -> Result<(), StartErr
     settings.state_dir = state_dir;
     let log_to = match &settings.log {
         Some(dest) => {
-            crate::logs::check(dest).map_err(StartError)?;
+            crate::logs::check(dest)?;
             dest.clone()
         }
         None => Destination::default_for(settings.foreground, &settings.state_dir),
@@ -267,7 +361,10 @@ pub fn run(mut settings: Settings, mover: Box<dyn Mover>) -> Result<(), StartErr
     // Every path in use is absolute now; the daemon and its helpers keep
     // no directory busy.
     if let Err(e) = std::env::set_current_dir("/") {
-        return fail(format!("cannot change directory to /: {e}"));
+        return Err(StartError::Sys {
+            what: "cannot change directory to /",
+            source: e,
+        });
     }
     if settings.foreground && log_to != Destination::Stderr {
         eprintln!("nsproxyfs: logging to {log_to}");
@@ -283,19 +380,27 @@ pub fn run(mut settings: Settings, mover: Box<dyn Mover>) -> Result<(), StartErr
         // leaving a child with locks that never unlock.
         match procfs::Status::read_self().map(|s| s.number::<u32>("Threads")) {
             Ok(Some(1)) => {}
-            Ok(threads) => {
-                return fail(format!(
-                    "cannot go to the background: {} threads are running, not one",
-                    threads.map_or("several".to_string(), |n| n.to_string())
-                ));
+            Ok(threads) => return Err(StartError::Threads(threads)),
+            Err(source) => {
+                return Err(StartError::Sys {
+                    what: "count this process's threads",
+                    source,
+                });
             }
-            Err(e) => return fail(format!("cannot count this process's threads: {e}")),
         }
-        let (r, w) = crate::sys::fs::pipe().map_err(|e| StartError(format!("pipe: {e}")))?;
+        let (r, w) = crate::sys::fs::pipe().map_err(|source| StartError::Sys {
+            what: "pipe",
+            source,
+        })?;
         // SAFETY: this process has one thread, checked just above, and only
         // that thread could have started another since.
         match unsafe { crate::sys::process::fork() } {
-            Err(e) => return fail(format!("fork: {e}")),
+            Err(source) => {
+                return Err(StartError::Sys {
+                    what: "fork",
+                    source,
+                });
+            }
             Ok(None) => {
                 drop(r);
                 // Cannot fail: the child is not a process group leader.
@@ -314,8 +419,8 @@ pub fn run(mut settings: Settings, mover: Box<dyn Mover>) -> Result<(), StartErr
                         );
                         Ok(())
                     }
-                    None if msg.is_empty() => fail("the daemon died while starting"),
-                    None => Err(StartError(msg)),
+                    None if msg.is_empty() => Err(StartError::DiedStarting),
+                    None => Err(StartError::InBackground(msg)),
                 };
             }
         }
@@ -341,6 +446,13 @@ fn tell(report: &mut Option<OwnedFd>, msg: &str) {
     if let Some(fd) = report.take() {
         let _ = File::from(fd).write_all(msg.as_bytes());
     }
+}
+
+/// Tells the waiting parent (if any) that the start failed, and why.
+fn failed(report: &mut Option<OwnedFd>, e: impl Into<StartError>) -> Result<(), StartError> {
+    let e = e.into();
+    tell(report, &e.to_string());
+    Err(e)
 }
 
 fn detach_stdio() {
@@ -405,18 +517,12 @@ fn serve(
     let sigset = block_signals();
     let pin_dir = match state_dir.pins() {
         Ok(pins) => Arc::new(pins),
-        Err(msg) => {
-            tell(&mut report, &msg);
-            return fail(msg);
-        }
+        Err(e) => return failed(&mut report, e),
     };
     let exporter = match netns_export {
         Some(dir) => match Exporter::open(&dir, Arc::clone(&state_dir)) {
             Ok(exporter) => Some(Arc::new(exporter)),
-            Err(msg) => {
-                tell(&mut report, &msg);
-                return fail(msg);
-            }
+            Err(e) => return failed(&mut report, e),
         },
         // Exports a previous daemon made with the option go.
         None => {
@@ -459,11 +565,7 @@ fn serve(
         mover,
     ) {
         Ok(fs) => fs,
-        Err(e) => {
-            let msg = format!("cannot read the daemon's own namespaces: {e}");
-            tell(&mut report, &msg);
-            return fail(msg);
-        }
+        Err(e) => return failed(&mut report, StartError::OwnNamespaces(e)),
     };
     let mut config = Config::default();
     config.mount_options = vec![
@@ -483,17 +585,15 @@ fn serve(
     if settings.discover
         && let Err(e) = crate::discover::spawn(Arc::clone(&fs) as Arc<dyn crate::discover::Sink>)
     {
-        let msg = format!("cannot start the discovery thread: {e}");
-        tell(&mut report, &msg);
-        return fail(msg);
+        let what = "cannot start the discovery thread";
+        return failed(&mut report, StartError::Sys { what, source: e });
     }
     let mut session = match fuser::Session::new(Mounted(fs), mountpoint, &config) {
         Ok(s) => s,
-        Err(e) => {
-            let msg = format!("cannot mount on {}: {e}", mountpoint.display());
-            tell(&mut report, &msg);
+        Err(source) => {
             state::tidy(&state_dir, &pin_dir);
-            return fail(msg);
+            let path = mountpoint.to_path_buf();
+            return failed(&mut report, StartError::Mount { path, source });
         }
     };
     // The daemon unmounts by itself (or finds the mount gone); fuser's own
@@ -514,16 +614,14 @@ fn serve(
             let _ = ended_tx.send(());
         });
     if let Err(e) = loop_thread {
-        let msg = format!("cannot start the FUSE thread: {e}");
-        tell(&mut report, &msg);
-        return fail(msg);
+        let what = "cannot start the FUSE thread";
+        return failed(&mut report, StartError::Sys { what, source: e });
     }
     watch_unmount(mountpoint.to_path_buf());
     // One round trip through the kernel: the mount answers.
-    if let Err(e) = std::fs::metadata(mountpoint.join("status")) {
-        let msg = format!("the mount at {} does not answer: {e}", mountpoint.display());
-        tell(&mut report, &msg);
-        return fail(msg);
+    if let Err(source) = std::fs::metadata(mountpoint.join("status")) {
+        let path = mountpoint.to_path_buf();
+        return failed(&mut report, StartError::NoAnswer { path, source });
     }
     log::info!(
         "nsproxyfs {} mounted on {}, state in {}, logging to {log_to}",

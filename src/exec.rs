@@ -20,7 +20,7 @@
 
 use std::ffi::OsString;
 use std::io;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use nix::errno::Errno;
 use nix::sched::CloneFlags;
@@ -71,26 +71,29 @@ const ATTEMPTS: usize = 3;
 #[derive(Debug, Error)]
 pub enum ExecError {
     /// The container path does not exist.
-    #[error("{0}: no such container")]
-    NoContainer(String),
+    #[error("{}: no such container", .0.display())]
+    NoContainer(PathBuf),
     /// The path exists but is not a container of a mounted nsproxyfs.
-    #[error("{0} is not a container of a mounted nsproxyfs (no status file)")]
-    NotAContainer(String),
+    #[error(
+        "{} is not a container of a mounted nsproxyfs (no status file)",
+        .0.display()
+    )]
+    NotAContainer(PathBuf),
     /// `status` could not be read.
-    #[error("cannot read {path}: {source}")]
+    #[error("cannot read {}: {source}", path.display())]
     ReadStatus {
         /// The status file.
-        path: String,
+        path: PathBuf,
         /// What read(2) said.
         source: io::Error,
     },
     /// `status` says something this version does not understand.
-    #[error("{path}: {reason}")]
+    #[error("{}: {reason}", path.display())]
     BadStatus {
         /// The status file.
-        path: String,
+        path: PathBuf,
         /// What is wrong with it.
-        reason: String,
+        reason: StatusError,
     },
     /// `status` printed `-` for a kind: this process cannot see the daemon.
     #[error(
@@ -99,25 +102,30 @@ pub enum ExecError {
     )]
     NoPin(Kind),
     /// A pin could not be opened or is not the namespace it should be.
-    #[error("cannot open the container's {kind} namespace at {pin}: {source}{}", pin_hint(.source))]
+    #[error(
+        "cannot open the container's {kind} namespace at {}: {source}{}",
+        pin.display(),
+        pin_hint(.source)
+    )]
     Pin {
         /// The kind.
         kind: Kind,
         /// The path `status` printed.
-        pin: String,
+        pin: PathBuf,
         /// What went wrong.
         source: NsError,
     },
     /// A pin names another namespace than `status` said.
     #[error(
-        "{pin} is {kind}:[{found}], but status said {kind}:[{expected}]: \
-         the container changed while exec started; try again"
+        "{} is {kind}:[{found}], but status said {kind}:[{expected}]: \
+         the container changed while exec started; try again",
+        pin.display()
     )]
     Changed {
         /// The kind.
         kind: Kind,
         /// The path `status` printed.
-        pin: String,
+        pin: PathBuf,
         /// What the pin is.
         found: u64,
         /// What `status` said.
@@ -161,15 +169,15 @@ pub enum ExecError {
     },
     /// The container's pid namespace takes no new processes.
     #[error(
-        "the container's pid namespace {0} takes no new processes: its init has exited \
+        "the container's pid namespace pid:[{0}] takes no new processes: its init has exited \
          (bind a live or fresh pid namespace)"
     )]
-    DeadPidNamespace(String),
+    DeadPidNamespace(u64),
     /// The command could not be started.
-    #[error("{command}: {source}")]
+    #[error("{}: {source}", command.display())]
     Spawn {
         /// The program.
-        command: String,
+        command: PathBuf,
         /// What the kernel said.
         source: io::Error,
     },
@@ -228,42 +236,71 @@ pub struct StatusLine {
     /// The namespace's inode.
     pub ino: u64,
     /// A path that opens the namespace, if the reader can open one.
-    pub pin: Option<String>,
+    pub pin: Option<PathBuf>,
+}
+
+/// What is wrong with a `status` file.
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+pub enum StatusError {
+    /// Not one line per kind.
+    #[error("{0} lines, expected {n}", n = Kind::ALL.len())]
+    Lines(usize),
+    /// A line without its four tab-separated fields (the line).
+    #[error("line {0:?}: expected 4 tab-separated fields")]
+    Fields(String),
+    /// A line of another kind than the one expected there.
+    #[error("line {line:?}: expected the {kind} line")]
+    Order {
+        /// The line.
+        line: String,
+        /// The kind expected.
+        kind: Kind,
+    },
+    /// A namespace field that is not `KIND:[INODE]`.
+    #[error("line {line:?}: expected {kind}:[INODE]")]
+    Inode {
+        /// The line.
+        line: String,
+        /// Its kind.
+        kind: Kind,
+    },
+    /// An empty pin path (the line).
+    #[error("line {0:?}: empty pin path")]
+    EmptyPin(String),
 }
 
 /// Parses a `status` file: exactly one line per kind, in [`Kind::ALL`]
 /// order, four tab-separated fields each.
-pub fn parse_status(text: &str) -> Result<Vec<StatusLine>, String> {
+pub fn parse_status(text: &str) -> Result<Vec<StatusLine>, StatusError> {
     let lines: Vec<&str> = text.lines().collect();
     if lines.len() != Kind::ALL.len() {
-        return Err(format!(
-            "{} lines, expected {}",
-            lines.len(),
-            Kind::ALL.len()
-        ));
+        return Err(StatusError::Lines(lines.len()));
     }
     lines
         .iter()
         .zip(Kind::ALL)
-        .map(|(line, kind)| {
-            let bad = |why: &str| format!("line {:?}: {why}", line);
+        .map(|(&line, kind)| {
             let fields: Vec<&str> = line.split('\t').collect();
             let [name, ns, _from, pin] = fields[..] else {
-                return Err(bad("expected 4 tab-separated fields"));
+                return Err(StatusError::Fields(line.to_owned()));
             };
             if name != kind.name() {
-                return Err(bad(&format!("expected the {kind} line")));
+                let line = line.to_owned();
+                return Err(StatusError::Order { line, kind });
             }
             let ino = ns
                 .strip_prefix(kind.name())
                 .and_then(|s| s.strip_prefix(":["))
                 .and_then(|s| s.strip_suffix(']'))
                 .and_then(|s| s.parse::<u64>().ok())
-                .ok_or_else(|| bad(&format!("expected {kind}:[INODE]")))?;
+                .ok_or_else(|| StatusError::Inode {
+                    line: line.to_owned(),
+                    kind,
+                })?;
             let pin = match pin {
                 "-" => None,
-                "" => return Err(bad("empty pin path")),
-                p => Some(p.to_owned()),
+                "" => return Err(StatusError::EmptyPin(line.to_owned())),
+                p => Some(PathBuf::from(p)),
             };
             Ok(StatusLine { kind, ino, pin })
         })
@@ -272,7 +309,7 @@ pub fn parse_status(text: &str) -> Result<Vec<StatusLine>, String> {
 
 /// Reads and parses `CONTAINER/status`.
 fn read_status(container: &Path) -> Result<Vec<StatusLine>, ExecError> {
-    let shown = container.display().to_string();
+    let shown = container.to_path_buf();
     match std::fs::metadata(container) {
         Ok(md) if md.is_dir() => {}
         Ok(_) => return Err(ExecError::NotAContainer(shown)),
@@ -293,16 +330,10 @@ fn read_status(container: &Path) -> Result<Vec<StatusLine>, ExecError> {
             return Err(ExecError::NotAContainer(shown));
         }
         Err(source) => {
-            return Err(ExecError::ReadStatus {
-                path: path.display().to_string(),
-                source,
-            });
+            return Err(ExecError::ReadStatus { path, source });
         }
     };
-    parse_status(&text).map_err(|reason| ExecError::BadStatus {
-        path: path.display().to_string(),
-        reason,
-    })
+    parse_status(&text).map_err(|reason| ExecError::BadStatus { path, reason })
 }
 
 /// The container's set as `status` named it, with an open handle on each
@@ -341,7 +372,8 @@ fn open_set(lines: &[StatusLine]) -> Result<Vec<Option<Namespace>>, ExecError> {
                     source,
                 })
             })?;
-            let ns = Namespace::from_fd(file.into(), line.kind, &pin).map_err(pin_err)?;
+            let origin = crate::ns::Origin::Path(pin.clone());
+            let ns = Namespace::from_fd(file.into(), line.kind, origin).map_err(pin_err)?;
             if ns.ino() != line.ino {
                 return Err(ExecError::Changed {
                     kind: line.kind,
@@ -569,7 +601,7 @@ fn unmasked_command(program: &OsString, args: &[OsString]) -> std::process::Comm
 pub fn run(container: &Path, command: &[OsString]) -> Result<u8, ExecError> {
     let Some((program, args)) = command.split_first() else {
         return Err(ExecError::Spawn {
-            command: String::new(),
+            command: PathBuf::new(),
             source: io::Error::from_raw_os_error(libc::EINVAL),
         });
     };
@@ -580,14 +612,11 @@ pub fn run(container: &Path, command: &[OsString]) -> Result<u8, ExecError> {
     let child = match spawned {
         Ok(c) => c,
         Err(e) if e.raw_os_error() == Some(libc::ENOMEM) => {
-            return Err(ExecError::DeadPidNamespace(format!(
-                "pid:[{}]",
-                set.expected(Kind::Pid)
-            )));
+            return Err(ExecError::DeadPidNamespace(set.expected(Kind::Pid)));
         }
         Err(source) => {
             return Err(ExecError::Spawn {
-                command: program.to_string_lossy().into_owned(),
+                command: PathBuf::from(program),
                 source,
             });
         }
@@ -617,9 +646,9 @@ mod tests {
             assert_eq!(line.kind, kind);
             assert_eq!(line.ino, i as u64 + 1);
         }
-        assert_eq!(lines[2].pin.as_deref(), Some("/proc/9/fd/7"));
+        assert_eq!(lines[2].pin.as_deref(), Some(Path::new("/proc/9/fd/7")));
         assert_eq!(lines[5].pin, None);
-        assert_eq!(lines[7].pin.as_deref(), Some("/s/pins/uts 8"));
+        assert_eq!(lines[7].pin.as_deref(), Some(Path::new("/s/pins/uts 8")));
     }
 
     #[test]

@@ -265,16 +265,22 @@ fn cstring(path: &Path) -> io::Result<CString> {
 /// share it, and an export removed here goes from them too. A directory
 /// that is not a mount point (the kernel answers EINVAL) is first bound
 /// onto itself, with whatever is mounted below it.
-fn share(dir: &Path) -> io::Result<()> {
-    let c = cstring(dir)?;
+fn share(dir: &Path) -> Result<(), ExportError> {
+    let failed = |step, source| ExportError::Share {
+        dir: dir.to_path_buf(),
+        step,
+        source,
+    };
+    let c = cstring(dir).map_err(|source| ExportError::Dir {
+        dir: dir.to_path_buf(),
+        source,
+    })?;
     match sys::mount::make_shared(&c) {
         Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
-            sys::mount::bind(&c, &c, true)
-                .map_err(|e| io::Error::new(e.kind(), format!("bind it onto itself: {e}")))?;
-            sys::mount::make_shared(&c)
-                .map_err(|e| io::Error::new(e.kind(), format!("make it shared: {e}")))
+            sys::mount::bind(&c, &c, true).map_err(|e| failed("bind it onto itself", e))?;
+            sys::mount::make_shared(&c).map_err(|e| failed("make it shared", e))
         }
-        Err(e) => Err(io::Error::new(e.kind(), format!("make it shared: {e}"))),
+        Err(e) => Err(failed("make it shared", e)),
         Ok(()) => Ok(()),
     }
 }
@@ -364,11 +370,11 @@ impl Exporter {
     /// Exports into `dir` (absolute, an existing directory), keeping the
     /// list in `state_dir`. Makes `dir` a shared mount point, and takes
     /// over what a previous daemon exported there (if it exported
-    /// elsewhere, that is removed). `Err` says why not, in words.
-    pub fn open(dir: &Path, state_dir: Arc<StateDir>) -> Result<Exporter, String> {
+    /// elsewhere, that is removed).
+    pub fn open(dir: &Path, state_dir: Arc<StateDir>) -> Result<Exporter, ExportError> {
         let shown = dir.display();
-        share(dir).map_err(|e| format!("netns export directory {shown}: {e}"))?;
-        let nsfs_dev = nsfs_dev().map_err(|e| format!("/proc/self/ns/net: {e}"))?;
+        share(dir)?;
+        let nsfs_dev = nsfs_dev().map_err(ExportError::Nsfs)?;
         let list = state_dir.path().join(LIST);
         let mut inner = Inner::default();
         match read_list(&state_dir) {
@@ -711,10 +717,10 @@ fn encode_list(dir: &Path, exports: &BTreeMap<String, u64>) -> String {
 
 /// Parses a list; total (never panics). Names must be what [`wanted`] can
 /// produce: non-empty, at most [`MAX_NAME`] bytes, no `/`, not `.` or `..`.
-fn parse_list(text: &str) -> Result<Listed, String> {
+fn parse_list(text: &str) -> Result<Listed, ListError> {
     let mut lines = text.split_terminator('\n');
     if lines.next() != Some(&format!("{MAGIC} {VERSION}")) {
-        return Err("not a list of exports of this version".into());
+        return Err(ListError::Version);
     }
     let dir = lines
         .next()
@@ -722,13 +728,13 @@ fn parse_list(text: &str) -> Result<Listed, String> {
         .and_then(decode_bytes)
         .map(|b| PathBuf::from(std::ffi::OsStr::from_bytes(&b)))
         .filter(|d| d.is_absolute())
-        .ok_or("line 2: no directory")?;
+        .ok_or(ListError::NoDir)?;
     let mut exports = BTreeMap::new();
     for (n, line) in lines.enumerate() {
         if line == "end" {
             return Ok(Listed { dir, exports });
         }
-        let bad = || format!("line {}: malformed", n + 3);
+        let bad = || ListError::Malformed(n + 3);
         let mut fields = line.split(' ');
         let (Some("export"), Some(name), Some(ino), None) =
             (fields.next(), fields.next(), fields.next(), fields.next())
@@ -752,16 +758,108 @@ fn parse_list(text: &str) -> Result<Listed, String> {
             .ok_or_else(bad)?;
         exports.insert(name, ino);
     }
-    Err("the list is cut short (no end line)".into())
+    Err(ListError::Truncated)
+}
+
+/// Why the list of exports cannot be read.
+#[derive(Debug, thiserror::Error)]
+pub enum ListError {
+    /// Reading the file failed.
+    #[error("{0}")]
+    Read(io::Error),
+    /// Not text.
+    #[error("not text")]
+    NotText,
+    /// Not a list, or of another version.
+    #[error("not a list of exports of this version")]
+    Version,
+    /// No directory on line 2.
+    #[error("line 2: no directory")]
+    NoDir,
+    /// A malformed line (its number).
+    #[error("line {0}: malformed")]
+    Malformed(usize),
+    /// No end line.
+    #[error("the list is cut short (no end line)")]
+    Truncated,
+}
+
+/// Why `--netns-export` cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ExportError {
+    /// The directory cannot be resolved, made shared, or read.
+    #[error("netns export directory {}: {source}", dir.display())]
+    Dir {
+        /// The directory, as given.
+        dir: PathBuf,
+        /// Why.
+        source: io::Error,
+    },
+    /// The directory cannot be made.
+    #[error("netns export directory {}: cannot make it: {source}", dir.display())]
+    Make {
+        /// The directory, as given.
+        dir: PathBuf,
+        /// Why.
+        source: io::Error,
+    },
+    /// The directory lies inside the mount point.
+    #[error(
+        "netns export directory {} is inside the mount point {}",
+        dir.display(),
+        mountpoint.display()
+    )]
+    InMount {
+        /// The directory, as given.
+        dir: PathBuf,
+        /// The mount point.
+        mountpoint: PathBuf,
+    },
+    /// The directory overlaps the state directory.
+    #[error(
+        "netns export directory {} overlaps the state directory {}",
+        dir.display(),
+        state_dir.display()
+    )]
+    InState {
+        /// The directory, as given.
+        dir: PathBuf,
+        /// The state directory.
+        state_dir: PathBuf,
+    },
+    /// Something other than a directory is there (what it is).
+    #[error(
+        "netns export directory {} is {what}; it must be a directory (it is made if missing)",
+        dir.display()
+    )]
+    NotADir {
+        /// The directory, as given.
+        dir: PathBuf,
+        /// What is there instead.
+        what: &'static str,
+    },
+    /// The directory cannot be made a shared mount point.
+    #[error("netns export directory {}: {step}: {source}", dir.display())]
+    Share {
+        /// The directory.
+        dir: PathBuf,
+        /// The step that failed.
+        step: &'static str,
+        /// Why.
+        source: io::Error,
+    },
+    /// The device of net namespace files cannot be read.
+    #[error("/proc/self/ns/net: {0}")]
+    Nsfs(io::Error),
 }
 
 /// Reads the list in `state_dir`: `None` if there is none.
-fn read_list(state_dir: &StateDir) -> Result<Option<Listed>, String> {
+fn read_list(state_dir: &StateDir) -> Result<Option<Listed>, ListError> {
     match state_dir.read(LIST) {
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(e.to_string()),
+        Err(e) => Err(ListError::Read(e)),
         Ok(bytes) => {
-            let text = String::from_utf8(bytes).map_err(|_| "not text".to_owned())?;
+            let text = String::from_utf8(bytes).map_err(|_| ListError::NotText)?;
             parse_list(&text).map(Some)
         }
     }
@@ -793,20 +891,23 @@ fn planned(dir: &Path) -> io::Result<PathBuf> {
 /// lie outside the mount point and the state directory (both canonical),
 /// is made (mode 0755) if missing, and must be a directory. Returns it
 /// canonical.
-pub fn check_dir(dir: &Path, mountpoint: &Path, state_dir: &Path) -> Result<PathBuf, String> {
-    let shown = dir.display();
-    let planned = planned(dir).map_err(|e| format!("netns export directory {shown}: {e}"))?;
+pub fn check_dir(dir: &Path, mountpoint: &Path, state_dir: &Path) -> Result<PathBuf, ExportError> {
+    let failed = |source| ExportError::Dir {
+        dir: dir.to_path_buf(),
+        source,
+    };
+    let planned = planned(dir).map_err(failed)?;
     if planned.starts_with(mountpoint) {
-        return Err(format!(
-            "netns export directory {shown} is inside the mount point {}",
-            mountpoint.display()
-        ));
+        return Err(ExportError::InMount {
+            dir: dir.to_path_buf(),
+            mountpoint: mountpoint.to_path_buf(),
+        });
     }
     if planned.starts_with(state_dir) || state_dir.starts_with(&planned) {
-        return Err(format!(
-            "netns export directory {shown} overlaps the state directory {}",
-            state_dir.display()
-        ));
+        return Err(ExportError::InState {
+            dir: dir.to_path_buf(),
+            state_dir: state_dir.to_path_buf(),
+        });
     }
     match std::fs::metadata(&planned) {
         Ok(md) if md.is_dir() => {}
@@ -818,21 +919,22 @@ pub fn check_dir(dir: &Path, mountpoint: &Path, state_dir: &Path) -> Result<Path
             } else {
                 "not a directory"
             };
-            return Err(format!(
-                "netns export directory {shown} is {what}; it must be a directory (it is \
-                 made if missing)"
-            ));
+            let dir = dir.to_path_buf();
+            return Err(ExportError::NotADir { dir, what });
         }
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
             std::fs::DirBuilder::new()
                 .recursive(true)
                 .mode(0o755)
                 .create(&planned)
-                .map_err(|e| format!("netns export directory {shown}: cannot make it: {e}"))?;
+                .map_err(|source| ExportError::Make {
+                    dir: dir.to_path_buf(),
+                    source,
+                })?;
         }
-        Err(e) => return Err(format!("netns export directory {shown}: {e}")),
+        Err(e) => return Err(failed(e)),
     }
-    std::fs::canonicalize(&planned).map_err(|e| format!("netns export directory {shown}: {e}"))
+    std::fs::canonicalize(&planned).map_err(failed)
 }
 
 #[cfg(test)]

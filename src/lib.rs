@@ -16,7 +16,9 @@
 //! * [`tree`]: the containers, their bindings and effective sets, as plain
 //!   data with no system calls.
 //! * [`fs`]: the FUSE adapter, the only code that knows fuser; it checks
-//!   the caller, asks the tree, and turns results into replies and errnos.
+//!   the caller, asks the tree, and turns results into replies.
+//! * [`errno`](mod@errno): the one place where an error becomes the errno a
+//!   caller sees.
 //! * [`inject`]: ptrace: stopping a task, running a syscall in it, and
 //!   restoring it exactly.
 //! * [`mover`](mod@mover): one move: every thread of a process joins a holder's
@@ -43,6 +45,7 @@
 pub mod adopt;
 pub mod daemon;
 pub mod discover;
+pub mod errno;
 pub mod exec;
 pub mod export;
 pub mod fs;

@@ -36,15 +36,18 @@ pub enum Destination {
 impl Destination {
     /// Reads a `--log` value: `stderr`, `syslog`, `kmsg`, or a file path
     /// (a relative one is taken from the current directory).
-    pub fn parse(text: &str) -> Result<Destination, String> {
+    pub fn parse(text: &str) -> Result<Destination, LogError> {
         match text {
             "stderr" => Ok(Destination::Stderr),
             "syslog" => Ok(Destination::Syslog),
             "kmsg" => Ok(Destination::Kmsg),
-            "" => Err("an empty --log; use stderr, syslog, kmsg or a file".into()),
+            "" => Err(LogError::Empty),
             path => std::path::absolute(path)
                 .map(Destination::File)
-                .map_err(|e| format!("--log {path}: {e}")),
+                .map_err(|source| LogError::File {
+                    path: path.into(),
+                    source,
+                }),
         }
     }
 
@@ -84,19 +87,42 @@ fn formatter() -> syslog::Formatter3164 {
 
 /// Checks that `dest` can be written before the daemon goes to the
 /// background, so that a bad `--log` is one line at start.
-pub fn check(dest: &Destination) -> Result<(), String> {
+pub fn check(dest: &Destination) -> Result<(), LogError> {
     match dest {
         Destination::Stderr => Ok(()),
         Destination::Syslog => syslog::unix(formatter())
             .map(drop)
-            .map_err(|e| format!("--log syslog: no syslog socket answers ({e})")),
-        Destination::Kmsg => open_kmsg()
-            .map(drop)
-            .map_err(|e| format!("--log kmsg: /dev/kmsg: {e}")),
+            .map_err(LogError::Syslog),
+        Destination::Kmsg => open_kmsg().map(drop).map_err(LogError::Kmsg),
         Destination::File(path) => open_append(path)
             .map(drop)
-            .map_err(|e| format!("--log {}: {e}", path.display())),
+            .map_err(|source| LogError::File {
+                path: path.clone(),
+                source,
+            }),
     }
+}
+
+/// Why the log cannot go where `--log` says.
+#[derive(Debug, thiserror::Error)]
+pub enum LogError {
+    /// `--log` with nothing.
+    #[error("an empty --log; use stderr, syslog, kmsg or a file")]
+    Empty,
+    /// The file cannot be named or opened for appending.
+    #[error("--log {}: {source}", path.display())]
+    File {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: io::Error,
+    },
+    /// No syslog socket answers.
+    #[error("--log syslog: no syslog socket answers ({0})")]
+    Syslog(syslog::Error),
+    /// `/dev/kmsg` cannot be opened.
+    #[error("--log kmsg: /dev/kmsg: {0}")]
+    Kmsg(io::Error),
 }
 
 /// Sends the log to `dest` from now on, at `level`. Returns the
@@ -380,16 +406,16 @@ mod tests {
 
     #[test]
     fn log_values() {
-        assert_eq!(Destination::parse("stderr"), Ok(Destination::Stderr));
-        assert_eq!(Destination::parse("kmsg"), Ok(Destination::Kmsg));
+        assert_eq!(Destination::parse("stderr").ok(), Some(Destination::Stderr));
+        assert_eq!(Destination::parse("kmsg").ok(), Some(Destination::Kmsg));
         assert_eq!(
-            Destination::parse("/var/log/nsproxyfs.log"),
-            Ok(Destination::File("/var/log/nsproxyfs.log".into()))
+            Destination::parse("/var/log/nsproxyfs.log").ok(),
+            Some(Destination::File("/var/log/nsproxyfs.log".into()))
         );
         match Destination::parse("rel.log") {
             Ok(Destination::File(p)) => assert!(p.is_absolute() && p.ends_with("rel.log")),
             other => panic!("{other:?}"),
         }
-        assert!(Destination::parse("").is_err());
+        assert!(matches!(Destination::parse(""), Err(LogError::Empty)));
     }
 }

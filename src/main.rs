@@ -65,7 +65,7 @@ struct MountArgs {
     /// with dmesg) or a file. Default: stderr with --foreground; else
     /// syslog if a syslog socket answers, or else the file `log` in the
     /// state directory. The start names the choice in one line.
-    #[arg(long, value_name = "WHERE", value_parser = parse_log)]
+    #[arg(long, value_name = "WHERE", value_parser = nsproxyfs::logs::Destination::parse)]
     log: Option<nsproxyfs::logs::Destination>,
 
     /// Move processes even when their seccomp filter would kill them for
@@ -139,10 +139,6 @@ exit status 0. The tree is kept in the state directory and comes back when
 a daemon starts on it again, even after kill -9; a mount left by a killed
 daemon is detached by the next start. See nsproxyfs(8) for the tree, exec, and mount(8) and fstab use;
 docs/state.md for the state directory.";
-
-fn parse_log(text: &str) -> Result<nsproxyfs::logs::Destination, String> {
-    nsproxyfs::logs::Destination::parse(text)
-}
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().collect();

@@ -41,7 +41,7 @@ use nix::errno::Errno;
 use nix::sched::CloneFlags;
 use nix::unistd::Pid;
 
-use crate::inject::{self, Stopped, SyscallResult, TraceError, Tracee};
+use crate::inject::{self, Op, Stopped, SyscallResult, TraceError, Tracee, Unsupported};
 use crate::procfs::{self, ProcDir, Stat, Status};
 use crate::sys;
 
@@ -187,6 +187,45 @@ impl fmt::Display for Step {
     }
 }
 
+/// A syscall a move injects, as a seccomp filter sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Call {
+    /// `unshare`.
+    Unshare,
+    /// `pidfd_open`.
+    PidfdOpen,
+    /// `setns`.
+    Setns,
+    /// `close`.
+    Close,
+}
+
+impl Call {
+    /// Every call a move injects.
+    pub const ALL: [Call; 4] = [Call::Unshare, Call::PidfdOpen, Call::Setns, Call::Close];
+
+    /// The syscall's name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Call::Unshare => "unshare",
+            Call::PidfdOpen => "pidfd_open",
+            Call::Setns => "setns",
+            Call::Close => "close",
+        }
+    }
+}
+
+impl fmt::Display for Call {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl Step {
+    /// Every step.
+    pub const ALL: [Step; 3] = [Step::UnshareFs, Step::PidfdOpen, Step::Setns];
+}
+
 /// Why a move did not happen. Unless stated otherwise, the target was left
 /// exactly as it was.
 #[derive(Debug, thiserror::Error)]
@@ -252,7 +291,7 @@ pub enum MoveError {
         /// The thread whose filter kills.
         tid: i32,
         /// The syscall it would be killed for.
-        syscall: &'static str,
+        syscall: Call,
     },
     /// A thread is in strict seccomp mode, where any of the injected calls
     /// would kill it; nothing was injected.
@@ -266,7 +305,7 @@ pub enum MoveError {
         /// The thread whose filter delegates.
         tid: i32,
         /// The syscall it would hand over.
-        syscall: &'static str,
+        syscall: Call,
     },
     /// A thread did not stop within [`STOP_TIMEOUT`]. The threads that had
     /// stopped were let go untouched; the stuck one is still attached, with
@@ -298,7 +337,7 @@ pub enum MoveError {
     Unstable(i32),
     /// No injection for this architecture or this process.
     #[error("unsupported: {0}")]
-    Unsupported(&'static str),
+    Unsupported(Unsupported),
     /// Tracing failed.
     #[error(transparent)]
     Trace(TraceError),
@@ -331,47 +370,6 @@ impl MoveError {
             self,
             MoveError::Stuck { .. } | MoveError::Trace(TraceError::NotStopping(_))
         )
-    }
-
-    /// The errno a caller of the filesystem sees.
-    pub fn errno(&self) -> Errno {
-        match self {
-            MoveError::Gone(_) | MoveError::Zombie(_) => Errno::ESRCH,
-            MoveError::KernelThread(_)
-            | MoveError::SelfProcess
-            | MoveError::TraceDenied(_)
-            | MoveError::SeccompKills { .. }
-            | MoveError::SeccompStrict(_)
-            | MoveError::SeccompDelegates { .. }
-            | MoveError::Untrusted { .. } => Errno::EPERM,
-            MoveError::AlreadyTraced { .. } => Errno::EBUSY,
-            MoveError::InvalidKinds(_) => Errno::EINVAL,
-            MoveError::Pin { errno, .. } => match *errno {
-                Errno::EINVAL => Errno::ESRCH,
-                errno => errno,
-            },
-            MoveError::Refused { errno, .. } => *errno,
-            MoveError::RollbackFailed { .. } => Errno::EIO,
-            MoveError::Unstable(_) | MoveError::Stuck { .. } => Errno::EAGAIN,
-            MoveError::Unsupported(_) => Errno::EOPNOTSUPP,
-            MoveError::Trace(e) => match e {
-                TraceError::Gone(_) => Errno::ESRCH,
-                TraceError::AlreadyTraced { .. } => Errno::EBUSY,
-                TraceError::Denied(_) => Errno::EPERM,
-                TraceError::Unsupported(_) => Errno::EOPNOTSUPP,
-                TraceError::NotStopping(_) => Errno::EAGAIN,
-                TraceError::NoSyscallSite(_)
-                | TraceError::ForeignSite { .. }
-                | TraceError::NotInSyscall(_)
-                | TraceError::TooManyStops { .. }
-                | TraceError::StrayStep { .. }
-                | TraceError::Os { .. } => Errno::EIO,
-            },
-            MoveError::Proc(e) => match e.kind() {
-                std::io::ErrorKind::NotFound => Errno::ESRCH,
-                _ => Errno::EIO,
-            },
-        }
     }
 }
 
@@ -478,7 +476,7 @@ fn stop_all(
             };
             if let Some(w) = stopped.iter_mut().find(|t| Some(t.tid()) == writer) {
                 // Its write was answered as a success.
-                let _ = w.set_result(-(e.errno() as i64));
+                let _ = w.set_result(-i64::from(crate::errno::of_move(&e)));
             }
             return Err(e);
         }
@@ -680,7 +678,7 @@ fn fd_tables(threads: &[Tracee<Stopped>]) -> Result<Vec<usize>, MoveError> {
                 Err(errno) => {
                     return Err(MoveError::Trace(TraceError::Os {
                         tid: t.tid(),
-                        op: "kcmp",
+                        op: Op::Kcmp,
                         errno,
                     }));
                 }
@@ -968,7 +966,7 @@ fn move_traced(
     // refusal must change its return value (see below).
     let refused = |threads: &mut [Tracee<Stopped>], e: MoveError| {
         if let Some(w) = threads.iter_mut().find(|t| Some(t.tid()) == writer_tid)
-            && let Err(te) = w.set_result(-(e.errno() as i64))
+            && let Err(te) = w.set_result(-i64::from(crate::errno::of_move(&e)))
         {
             log::warn!("thread {}: cannot report the refusal: {te}", w.tid());
         }
@@ -985,7 +983,7 @@ fn move_traced(
     if threads.iter().any(|t| !t.regs().is_native()) {
         return Err(refused(
             &mut threads,
-            MoveError::Unsupported("32-bit (compat) process"),
+            MoveError::Unsupported(Unsupported::CompatProcess),
         ));
     }
     share_syscall_site(&mut threads).map_err(|e| refused(&mut threads, e))?;
@@ -1030,7 +1028,7 @@ fn move_traced(
         && let Some(w) = threads.iter_mut().find(|t| Some(t.tid()) == writer_tid)
     {
         // The write was answered as a success; make it report the failure.
-        w.set_result(-(e.errno() as i64))?;
+        w.set_result(-i64::from(crate::errno::of_move(e)))?;
     }
     result?;
     let count = threads.len();
@@ -1173,7 +1171,7 @@ fn proc_failure(tid: Pid, e: std::io::Error) -> TraceError {
         std::io::ErrorKind::NotFound => TraceError::Gone(tid),
         _ => TraceError::Os {
             tid,
-            op: "reading /proc/PID/task/TID/ns",
+            op: Op::ReadNs,
             errno: e.raw_os_error().map_or(Errno::EIO, Errno::from_raw),
         },
     }
@@ -1190,22 +1188,26 @@ fn check_seccomp(
 ) -> Result<(), MoveError> {
     use inject::seccomp::{self, Mode, SyscallData, Verdict};
     const AUDIT_ARCH_X86_64: u32 = 0xc000_003e;
-    let calls: [(&'static str, i64, [u64; 6]); 4] = [
-        ("unshare", libc::SYS_unshare, args(&[libc::CLONE_FS as u64])),
+    let calls: [(Call, i64, [u64; 6]); 4] = [
         (
-            "pidfd_open",
+            Call::Unshare,
+            libc::SYS_unshare,
+            args(&[libc::CLONE_FS as u64]),
+        ),
+        (
+            Call::PidfdOpen,
             libc::SYS_pidfd_open,
             args(&[holder as u64, 0]),
         ),
-        ("setns", libc::SYS_setns, args(&[3, kinds as u64])),
-        ("close", libc::SYS_close, args(&[3])),
+        (Call::Setns, libc::SYS_setns, args(&[3, kinds as u64])),
+        (Call::Close, libc::SYS_close, args(&[3])),
     ];
     let mut delegated = None;
     for t in threads.iter_mut() {
         let mode = seccomp::mode(t.tid()).map_err(|errno| {
             MoveError::Trace(TraceError::Os {
                 tid: t.tid(),
-                op: "PTRACE_SECCOMP_GET_FILTER",
+                op: Op::GetSeccompFilter,
                 errno,
             })
         })?;
@@ -1361,24 +1363,6 @@ fn rollback_failed(tid: i32, cause: MoveError, why: impl fmt::Display) -> MoveEr
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn errno_mapping() {
-        assert_eq!(MoveError::Zombie(1).errno(), Errno::ESRCH);
-        assert_eq!(MoveError::SelfProcess.errno(), Errno::EPERM);
-        assert_eq!(
-            MoveError::AlreadyTraced { tid: 1, tracer: 2 }.errno(),
-            Errno::EBUSY
-        );
-        let refused = MoveError::Refused {
-            tid: 1,
-            step: Step::Setns,
-            errno: Errno::EINVAL,
-            moved_back: 0,
-        };
-        assert_eq!(refused.errno(), Errno::EINVAL);
-        assert_eq!(MoveError::Unsupported("x").errno(), Errno::EOPNOTSUPP);
-    }
 
     #[test]
     fn only_a_pidfd_of_the_holder_counts_as_opened() {

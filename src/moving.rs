@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use parking_lot::Mutex;
 
-use crate::fs::{Error, Mover, Result};
+use crate::fs::{Denied, Error, Invalid, Mover, Result};
 use crate::injector::Injectors;
 use crate::mover::{self, ProcessHandle};
 use crate::ns::creds::Credentials;
@@ -79,14 +79,16 @@ impl PtraceMover {
         tracer: Option<&Credentials>,
     ) -> Result<()> {
         if pid == std::process::id() as i32 {
-            return Err(Error::Denied("the daemon does not move itself".into()));
+            return Err(Error::Denied(Denied::Rule(
+                "the daemon does not move itself",
+            )));
         }
         let target = ProcessHandle::pinned(target, pid)?;
         let unreadable = |e: std::io::Error| -> Error {
             if e.kind() == std::io::ErrorKind::NotFound || target.is_gone_or_dying() {
                 return mover::MoveError::Gone(pid).into();
             }
-            Error::Denied(format!("cannot read the namespaces of process {pid}: {e}"))
+            Error::Denied(Denied::Unreadable { pid, source: e })
         };
         let mut key: [u64; 8] = std::array::from_fn(|i| set[i].ino());
         let (flags, ns) = kinds_to_change(pid, &key).map_err(unreadable)?;
@@ -111,18 +113,18 @@ impl PtraceMover {
                     what: "dup the target's pid namespace",
                     source,
                 })?;
-                let active = Namespace::from_fd(active, Kind::Pid, "the target's pid namespace")?;
+                let active = Namespace::from_fd(
+                    active,
+                    Kind::Pid,
+                    crate::ns::Origin::Other("the target's pid namespace"),
+                )?;
                 let mut seen_set = set.clone();
                 seen_set[Kind::Pid.index()] = Arc::new(active);
                 Ok(seen_set)
             })?
         };
-        let seen = sys::ns::pid_in_pidns(pidns.as_fd(), holder.pid()).map_err(|_| {
-            Error::Invalid(format!(
-                "process {pid} lives in a pid namespace that cannot see the container's \
-                 namespaces (only ancestors of a pid namespace see into it)"
-            ))
-        })?;
+        let seen = sys::ns::pid_in_pidns(pidns.as_fd(), holder.pid())
+            .map_err(|_| Error::Invalid(Invalid::PidNsBlind(pid)))?;
         let threads = self.injectors.run(&target, seen, flags, writer, tracer)?;
         log::info!("moved process {pid} ({threads} threads)");
         Ok(())

@@ -25,7 +25,7 @@ use std::sync::Arc;
 
 use parking_lot::{Mutex, MutexGuard};
 
-use crate::ns::{Keeper, Kind, Namespace, Pin, PinDir};
+use crate::ns::{Keeper, Kind, Namespace, NsError, Pin, PinDir, ReopenError};
 pub use crate::state_dir::{PINS, StateDir};
 use crate::tree::record::{self, Record, RecordError, RecordedNs};
 
@@ -43,10 +43,24 @@ pub enum Loaded {
     /// rename worked) and the daemon starts with an empty tree.
     SetAside {
         /// Why it could not be read.
-        why: String,
+        why: Unusable,
         /// Where it is now.
         moved: Option<PathBuf>,
     },
+}
+
+/// Why the record could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum Unusable {
+    /// Reading the file failed.
+    #[error("cannot read it: {0}")]
+    Read(io::Error),
+    /// Another format version.
+    #[error(transparent)]
+    Version(RecordError),
+    /// Anything else wrong with it.
+    #[error("it is corrupt: {0}")]
+    Corrupt(RecordError),
 }
 
 /// Reads the record in `dir`. An unreadable one is renamed to
@@ -54,11 +68,11 @@ pub enum Loaded {
 pub fn load(dir: &StateDir) -> Loaded {
     let why = match dir.read(RECORD) {
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Loaded::Nothing,
-        Err(e) => format!("cannot read it: {e}"),
+        Err(e) => Unusable::Read(e),
         Ok(bytes) => match record::parse(&bytes) {
             Ok(record) => return Loaded::Found(record),
-            Err(e @ RecordError::Version(_)) => e.to_string(),
-            Err(e) => format!("it is corrupt: {e}"),
+            Err(e @ RecordError::Version(_)) => Unusable::Version(e),
+            Err(e) => Unusable::Corrupt(e),
         },
     };
     let seconds = std::time::SystemTime::now()
@@ -133,8 +147,33 @@ pub struct Reopened {
     /// By inode: the ones that could be reopened.
     pub spaces: HashMap<u64, Namespace>,
     /// By inode: why each of the others could not.
-    pub lost: HashMap<u64, String>,
+    pub lost: HashMap<u64, Lost>,
 }
+
+/// Why a recorded namespace could not be reopened.
+#[derive(Debug, thiserror::Error)]
+pub enum Lost {
+    /// The record is of another boot: its pids and pins mean nothing now.
+    #[error("it was recorded before the machine last booted")]
+    OtherBoot,
+    /// A mount namespace recorded without its holder.
+    #[error("no holder process was recorded for it (mount namespaces cannot be pinned)")]
+    NoHolder,
+    /// Its pin or keeper could not be taken back.
+    #[error(transparent)]
+    Reopen(#[from] ReopenError),
+    /// The namespace its holder sits in could not be kept.
+    #[error(transparent)]
+    Ns(#[from] NsError),
+    /// A pid namespace whose init could not be taken back.
+    #[error("{0}; {DEAD_PID_NS}")]
+    Init(ReopenError),
+    /// A pid namespace whose init has exited.
+    #[error("its init process has exited; {DEAD_PID_NS}")]
+    InitExited,
+}
+
+const DEAD_PID_NS: &str = "a pid namespace whose init has exited takes no new process";
 
 /// Reopens the namespaces `record` names, except those `have` already
 /// (the daemon's own): mount namespaces from their keepers, the others from
@@ -153,7 +192,7 @@ pub fn reopen(
             continue;
         }
         let result = if record.boot != boot {
-            Err("it was recorded before the machine last booted".to_owned())
+            Err(Lost::OtherBoot)
         } else {
             reopen_one(r, pins)
         };
@@ -172,27 +211,23 @@ pub fn reopen(
     out
 }
 
-fn reopen_one(r: &RecordedNs, pins: &Arc<PinDir>) -> Result<Namespace, String> {
+fn reopen_one(r: &RecordedNs, pins: &Arc<PinDir>) -> Result<Namespace, Lost> {
     let (kind, ino) = (r.ns.kind, r.ns.ino);
     if kind == Kind::Mnt {
-        let k = r
-            .keeper
-            .ok_or("no holder process was recorded for it (mount namespaces cannot be pinned)")?;
+        let k = r.keeper.ok_or(Lost::NoHolder)?;
         let (keeper, fd) = Keeper::adopt(kind, ino, k.pid, k.start)?;
-        return Namespace::kept(fd, kind, keeper).map_err(|e| e.to_string());
+        return Ok(Namespace::kept(fd, kind, keeper)?);
     }
     let mut ns = Namespace::from_pin(pins, kind, ino)?;
     if kind == Kind::Pid {
-        let dead = "a pid namespace whose init has exited takes no new process";
         match r.keeper {
             Some(k) => {
-                let (keeper, _) = Keeper::adopt(kind, ino, k.pid, k.start)
-                    .map_err(|why| format!("{why}; {dead}"))?;
+                let (keeper, _) = Keeper::adopt(kind, ino, k.pid, k.start).map_err(Lost::Init)?;
                 ns.adopt_keeper(keeper);
             }
             None => {
                 if crate::sys::ns::pid_from_pidns(ns.fd(), 1).is_err() {
-                    return Err(format!("its init process has exited; {dead}"));
+                    return Err(Lost::InitExited);
                 }
             }
         }
@@ -309,7 +344,10 @@ mod tests {
         let state = StateDir::existing(&dir).unwrap();
         match load(&state) {
             Loaded::SetAside { why, moved } => {
-                assert!(why.contains("cut short"), "{why}");
+                assert!(
+                    matches!(why, Unusable::Corrupt(RecordError::Truncated)),
+                    "{why}"
+                );
                 let moved = moved.unwrap();
                 assert!(
                     moved

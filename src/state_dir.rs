@@ -71,33 +71,125 @@ fn open_dir(dir: Option<BorrowedFd<'_>>, name: &Path) -> io::Result<OwnedFd> {
     .map_err(io_err)
 }
 
+/// Why the state directory (or its pin directory) cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum StateDirError {
+    /// A system call on a path failed.
+    #[error("{}: {source}", path.display())]
+    Io {
+        /// The path.
+        path: PathBuf,
+        /// The kernel's answer.
+        source: io::Error,
+    },
+    /// Making or resolving the state directory failed (the path given).
+    #[error("state directory {}: {source}", path.display())]
+    Make {
+        /// The state directory, as given.
+        path: PathBuf,
+        /// The kernel's answer.
+        source: io::Error,
+    },
+    /// The path names no directory one can make.
+    #[error("state directory {}: not a directory one can make", .0.display())]
+    Unmakeable(PathBuf),
+    /// The path is a symbolic link or no directory.
+    #[error(
+        "state directory {} is not a directory (a symbolic link is not accepted: give the \
+         directory it points to)",
+        .0.display()
+    )]
+    NotADir(PathBuf),
+    /// The pin directory is a symbolic link or no directory.
+    #[error(
+        "{}: {source} (it must be a directory, not a symbolic link)",
+        path.display()
+    )]
+    PinsNotADir {
+        /// The pin directory.
+        path: PathBuf,
+        /// The kernel's answer.
+        source: io::Error,
+    },
+    /// The directory is not root's.
+    #[error(
+        "{} is owned by uid {uid}, not root: the state directory must be root's alone",
+        path.display()
+    )]
+    NotRoots {
+        /// The directory.
+        path: PathBuf,
+        /// Its owner.
+        uid: u32,
+    },
+    /// Others may write to the directory.
+    #[error(
+        "{} is writable by others (mode {mode:04o}): the state directory must be root's \
+         alone; remove it or make it mode 0700",
+        path.display()
+    )]
+    Writable {
+        /// The directory.
+        path: PathBuf,
+        /// Its mode.
+        mode: u32,
+    },
+    /// The directory's mode could not be tightened.
+    #[error("{}: cannot make it mode 0700: {source}", path.display())]
+    Chmod {
+        /// The directory.
+        path: PathBuf,
+        /// The kernel's answer.
+        source: io::Error,
+    },
+    /// A directory above it is not root's.
+    #[error(
+        "{} is owned by uid {uid}, not root: it could replace the state directory below it",
+        path.display()
+    )]
+    AncestorNotRoots {
+        /// The directory above.
+        path: PathBuf,
+        /// Its owner.
+        uid: u32,
+    },
+    /// Others may write to a directory above it, which is not sticky.
+    #[error(
+        "{} is writable by others and not sticky (mode {mode:04o}): they could replace \
+         the state directory below it",
+        path.display()
+    )]
+    AncestorWritable {
+        /// The directory above.
+        path: PathBuf,
+        /// Its mode.
+        mode: u32,
+    },
+}
+
 /// Checks a directory the daemon keeps state in, open as `fd`: owned by
 /// root, writable by no one else. A mode with other bits is tightened to
 /// 0700.
-fn check_own(fd: BorrowedFd<'_>, shown: &Path) -> Result<(), String> {
-    let st = fstat(fd).map_err(|e| format!("{}: {}", shown.display(), io_err(e)))?;
+fn check_own(fd: BorrowedFd<'_>, shown: &Path) -> Result<(), StateDirError> {
+    let path = || shown.to_path_buf();
+    let st = fstat(fd).map_err(|e| StateDirError::Io {
+        path: path(),
+        source: io_err(e),
+    })?;
     if st.st_uid != 0 {
-        return Err(format!(
-            "{} is owned by uid {}, not root: the state directory must be root's alone",
-            shown.display(),
-            st.st_uid
-        ));
+        return Err(StateDirError::NotRoots {
+            path: path(),
+            uid: st.st_uid,
+        });
     }
     let mode = st.st_mode & 0o7777;
     if mode & 0o022 != 0 {
-        return Err(format!(
-            "{} is writable by others (mode {mode:04o}): the state directory must be root's \
-             alone; remove it or make it mode 0700",
-            shown.display()
-        ));
+        return Err(StateDirError::Writable { path: path(), mode });
     }
     if mode != 0o700 {
-        fchmod(fd, Mode::from_bits_truncate(0o700)).map_err(|e| {
-            format!(
-                "{}: cannot make it mode 0700: {}",
-                shown.display(),
-                io_err(e)
-            )
+        fchmod(fd, Mode::from_bits_truncate(0o700)).map_err(|e| StateDirError::Chmod {
+            path: path(),
+            source: io_err(e),
         })?;
     }
     Ok(())
@@ -106,23 +198,22 @@ fn check_own(fd: BorrowedFd<'_>, shown: &Path) -> Result<(), String> {
 /// Checks every directory above the state directory (`canonical`, with no
 /// symbolic link left in it): owned by root, and writable by no one else
 /// unless sticky.
-fn check_ancestors(canonical: &Path) -> Result<(), String> {
+fn check_ancestors(canonical: &Path) -> Result<(), StateDirError> {
     for dir in canonical.ancestors().skip(1) {
-        let md = std::fs::symlink_metadata(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        let path = || dir.to_path_buf();
+        let md = std::fs::symlink_metadata(dir).map_err(|source| StateDirError::Io {
+            path: path(),
+            source,
+        })?;
         let mode = md.permissions().mode() & 0o7777;
         if md.uid() != 0 {
-            return Err(format!(
-                "{} is owned by uid {}, not root: it could replace the state directory below it",
-                dir.display(),
-                md.uid()
-            ));
+            return Err(StateDirError::AncestorNotRoots {
+                path: path(),
+                uid: md.uid(),
+            });
         }
         if mode & 0o022 != 0 && mode & 0o1000 == 0 {
-            return Err(format!(
-                "{} is writable by others and not sticky (mode {mode:04o}): they could replace \
-                 the state directory below it",
-                dir.display()
-            ));
+            return Err(StateDirError::AncestorWritable { path: path(), mode });
         }
     }
     Ok(())
@@ -131,33 +222,33 @@ fn check_ancestors(canonical: &Path) -> Result<(), String> {
 impl StateDir {
     /// For the daemon: makes `path` (mode 0700) if missing, checks it and
     /// the directories above it (see the module's documentation), and
-    /// opens it. `Err` says why not, in words.
-    pub fn open(path: &Path) -> Result<StateDir, String> {
-        let shown = path.display();
-        let absolute =
-            std::path::absolute(path).map_err(|e| format!("state directory {shown}: {e}"))?;
-        let (Some(parent), Some(name)) = (absolute.parent(), absolute.file_name()) else {
-            return Err(format!(
-                "state directory {shown}: not a directory one can make"
-            ));
+    /// opens it.
+    pub fn open(path: &Path) -> Result<StateDir, StateDirError> {
+        let make = |source| StateDirError::Make {
+            path: path.to_path_buf(),
+            source,
         };
-        std::fs::create_dir_all(parent).map_err(|e| format!("state directory {shown}: {e}"))?;
-        let parent =
-            std::fs::canonicalize(parent).map_err(|e| format!("state directory {shown}: {e}"))?;
+        let absolute = std::path::absolute(path).map_err(make)?;
+        let (Some(parent), Some(name)) = (absolute.parent(), absolute.file_name()) else {
+            return Err(StateDirError::Unmakeable(path.to_path_buf()));
+        };
+        std::fs::create_dir_all(parent).map_err(make)?;
+        let parent = std::fs::canonicalize(parent).map_err(make)?;
         check_ancestors(&parent.join(name))?;
-        let parent_fd =
-            open_dir(None, &parent).map_err(|e| format!("{}: {e}", parent.display()))?;
+        let parent_fd = open_dir(None, &parent).map_err(|source| StateDirError::Io {
+            path: parent.clone(),
+            source,
+        })?;
         match mkdirat(parent_fd.as_fd(), name, Mode::from_bits_truncate(0o700)) {
             Ok(()) | Err(Errno::EEXIST) => {}
-            Err(e) => return Err(format!("state directory {shown}: {}", io_err(e))),
+            Err(e) => return Err(make(io_err(e))),
         }
         let fd = open_dir(Some(parent_fd.as_fd()), Path::new(name)).map_err(|e| {
             match e.raw_os_error() {
-                Some(libc::ELOOP) | Some(libc::ENOTDIR) => format!(
-                    "state directory {shown} is not a directory (a symbolic link is not accepted: \
-                 give the directory it points to)"
-                ),
-                _ => format!("state directory {shown}: {e}"),
+                Some(libc::ELOOP) | Some(libc::ENOTDIR) => {
+                    StateDirError::NotADir(path.to_path_buf())
+                }
+                _ => make(e),
             }
         })?;
         let path = parent.join(name);
@@ -265,17 +356,18 @@ impl StateDir {
 
     /// The pin directory, made (mode 0700) if missing and checked like the
     /// state directory.
-    pub fn pins(&self) -> Result<PinDir, String> {
+    pub fn pins(&self) -> Result<PinDir, StateDirError> {
         let path = self.path.join(PINS);
         match mkdirat(self.fd(), PINS, Mode::from_bits_truncate(0o700)) {
             Ok(()) | Err(Errno::EEXIST) => {}
-            Err(e) => return Err(format!("{}: {}", path.display(), io_err(e))),
+            Err(e) => {
+                let source = io_err(e);
+                return Err(StateDirError::Io { path, source });
+            }
         }
-        let fd = open_dir(Some(self.fd()), Path::new(PINS)).map_err(|e| {
-            format!(
-                "{}: {e} (it must be a directory, not a symbolic link)",
-                path.display()
-            )
+        let fd = open_dir(Some(self.fd()), Path::new(PINS)).map_err(|source| {
+            let path = path.clone();
+            StateDirError::PinsNotADir { path, source }
         })?;
         check_own(fd.as_fd(), &path)?;
         Ok(PinDir::new(path, fd))

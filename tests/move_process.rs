@@ -18,6 +18,7 @@ use nix::errno::Errno;
 use nix::sched::CloneFlags;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
+use nsproxyfs::errno;
 use nsproxyfs::mover::{MoveError, ProcessHandle, move_process};
 
 fn have_root(test: &str) -> bool {
@@ -458,7 +459,7 @@ fn refusing_thread_rolls_back_the_others() {
         }
         other => panic!("unexpected error {other}"),
     }
-    assert_eq!(err.errno(), Errno::EPERM);
+    assert_eq!(errno::of_move(&err), Errno::EPERM as i32);
     assert_eq!(snapshot(pid), before);
     assert_eq!(tracer(pid), 0);
     let links = report(&wd, &mut target);
@@ -480,7 +481,7 @@ fn multithreaded_into_user_namespace_is_einval() {
     let before = snapshot(pid);
     let kinds = CloneFlags::CLONE_NEWUSER | CloneFlags::CLONE_NEWUTS;
     let err = do_move(&wd, pid, holder.pid(), kinds).expect_err("must fail");
-    assert_eq!(err.errno(), Errno::EINVAL, "{err}");
+    assert_eq!(errno::of_move(&err), Errno::EINVAL as i32, "{err}");
     assert!(
         matches!(err, MoveError::Refused { moved_back: 0, .. }),
         "{err}"
@@ -527,7 +528,7 @@ fn traced_target_is_busy_and_tracer_stays() {
         matches!(err, MoveError::AlreadyTraced { tracer, .. } if tracer == strace.pid()),
         "{err}"
     );
-    assert_eq!(err.errno(), Errno::EBUSY);
+    assert_eq!(errno::of_move(&err), Errno::EBUSY as i32);
     assert_eq!(tracer(pid), strace.pid(), "strace must stay attached");
     assert_eq!(snapshot(pid), before);
 }
@@ -565,7 +566,7 @@ fn unprivileged_target_gets_eperm() {
         ),
         "{err}"
     );
-    assert_eq!(err.errno(), Errno::EPERM);
+    assert_eq!(errno::of_move(&err), Errno::EPERM as i32);
     assert_eq!(snapshot(pid), before);
     assert_eq!(tracer(pid), 0);
 }
@@ -610,7 +611,7 @@ fn refuses_zombies_kernel_threads_self_and_the_dead() {
     wait_until(&wd, "child becoming a zombie", || state(zpid) == 'Z');
     let err = do_move(&wd, zpid, holder.pid(), kinds).expect_err("zombie");
     assert!(matches!(err, MoveError::Zombie(_)), "{err}");
-    assert_eq!(err.errno(), Errno::ESRCH);
+    assert_eq!(errno::of_move(&err), Errno::ESRCH as i32);
 
     wd.step.set("refusing a kernel thread");
     let kthread = std::fs::read_dir("/proc")
@@ -627,7 +628,7 @@ fn refuses_zombies_kernel_threads_self_and_the_dead() {
         Some(kpid) => {
             let err = do_move(&wd, kpid, holder.pid(), kinds).expect_err("kthread");
             assert!(matches!(err, MoveError::KernelThread(_)), "{err}");
-            assert_eq!(err.errno(), Errno::EPERM);
+            assert_eq!(errno::of_move(&err), Errno::EPERM as i32);
         }
         None => eprintln!("no kernel thread visible: that case is not checked"),
     }
@@ -635,7 +636,7 @@ fn refuses_zombies_kernel_threads_self_and_the_dead() {
     wd.step.set("refusing ourselves");
     let err = do_move(&wd, std::process::id() as i32, holder.pid(), kinds).expect_err("self");
     assert!(matches!(err, MoveError::SelfProcess), "{err}");
-    assert_eq!(err.errno(), Errno::EPERM);
+    assert_eq!(errno::of_move(&err), Errno::EPERM as i32);
 
     wd.step
         .set("refusing a process that died after being pinned");
@@ -644,7 +645,7 @@ fn refuses_zombies_kernel_threads_self_and_the_dead() {
     dead.child.kill().expect("kill");
     dead.child.wait().expect("reap");
     let err = move_process(&handle, holder.pid(), kinds).expect_err("dead");
-    assert_eq!(err.errno(), Errno::ESRCH, "{err}");
+    assert_eq!(errno::of_move(&err), Errno::ESRCH as i32, "{err}");
 }
 
 #[test]

@@ -9,7 +9,7 @@
 use std::fs::File;
 use std::os::fd::{BorrowedFd, OwnedFd};
 
-use super::error::{Error, Result};
+use super::error::{Denied, Error, Result};
 use crate::ns::Opener;
 use crate::ns::creds::{self, Credentials, CredsError};
 
@@ -39,10 +39,7 @@ impl Caller {
 
     fn visible(&self) -> Result<u32> {
         if self.tid == 0 {
-            return Err(Error::Denied(
-                "the caller's pid namespace cannot see the daemon, so it cannot be identified"
-                    .into(),
-            ));
+            return Err(Error::Denied(Denied::Unidentified));
         }
         Ok(self.tid)
     }
@@ -52,10 +49,10 @@ impl Caller {
     pub fn require_admin(&self, daemon_user_ns: u64) -> Result<()> {
         let caps = self.caps()?;
         if caps & (1 << CAP_SYS_ADMIN) == 0 {
-            return Err(Error::Denied(format!(
-                "caller {} (uid {}) lacks CAP_SYS_ADMIN",
-                self.tid, self.uid
-            )));
+            return Err(Error::Denied(Denied::NotAdmin {
+                tid: self.tid,
+                uid: self.uid,
+            }));
         }
         self.in_user_ns(daemon_user_ns, "CAP_SYS_ADMIN")
     }
@@ -63,17 +60,13 @@ impl Caller {
     /// The caller's effective capabilities.
     fn caps(&self) -> Result<u64> {
         let tid = self.visible()?;
-        crate::procfs::effective_caps(tid as i32)
-            .ok_or_else(|| Error::Denied(format!("caller {tid} is gone")))
+        crate::procfs::effective_caps(tid as i32).ok_or(Error::Denied(Denied::CallerGone(tid)))
     }
 
-    fn in_user_ns(&self, daemon_user_ns: u64, what: &str) -> Result<()> {
+    fn in_user_ns(&self, daemon_user_ns: u64, cap: &'static str) -> Result<()> {
         let user_ns = crate::procfs::ns_inode(self.tid as i32, crate::ns::Kind::User);
         if user_ns != Some(daemon_user_ns) {
-            return Err(Error::Denied(format!(
-                "caller {} holds {what} only in a user namespace below the daemon's",
-                self.tid
-            )));
+            return Err(Error::Denied(Denied::CapBelow { tid: self.tid, cap }));
         }
         Ok(())
     }
@@ -83,8 +76,12 @@ impl Caller {
     pub fn credentials(&self) -> Result<Credentials> {
         let tid = self.visible()?;
         Credentials::of_thread(tid).map_err(|e| match e {
-            CredsError::Gone(_) => Error::Denied(format!("caller {tid} is gone")),
+            CredsError::Gone(_) => Error::Denied(Denied::CallerGone(tid)),
             CredsError::Sys(source) => Error::Sys {
+                what: "read the caller's credentials",
+                source,
+            },
+            source @ CredsError::Unreadable(_) => Error::Creds {
                 what: "read the caller's credentials",
                 source,
             },
@@ -111,9 +108,9 @@ impl Caller {
             return Ok(());
         }
         let threads = crate::procfs::threads(pid).map_err(|_| gone())?;
-        let answer = creds::may_attach_all(creds, &threads).map_err(|e| Error::Sys {
+        let answer = creds::may_attach_all(creds, &threads).map_err(|source| Error::Creds {
             what: "check ptrace rights as the caller",
-            source: std::io::Error::other(e.to_string()),
+            source,
         })?;
         if !crate::sys::pidfd::alive(pidfd) {
             return Err(gone());
@@ -122,7 +119,7 @@ impl Caller {
             // Alive, yet no thread has memory to check: a kernel thread or
             // a zombie, neither of which can be traced.
             Ok(0) if crate::procfs::is_kernel_thread(pid) => {
-                Err(Error::Denied(format!("process {pid} is a kernel thread")))
+                Err(Error::Denied(Denied::KernelThread(pid)))
             }
             Ok(0) => Err(gone()),
             Ok(_) => {
@@ -132,13 +129,14 @@ impl Caller {
                 );
                 Ok(())
             }
-            Err((t, errno)) => Err(Error::Denied(format!(
-                "the kernel refuses caller {tid} (uid {}, gid {}) ptrace access to process {pid} \
-                 (thread {t}): {}",
-                creds.uid[0],
-                creds.gid[0],
-                std::io::Error::from_raw_os_error(errno)
-            ))),
+            Err((thread, errno)) => Err(Error::Denied(Denied::Ptrace {
+                tid,
+                uid: creds.uid[0],
+                gid: creds.gid[0],
+                pid,
+                thread,
+                errno,
+            })),
         }
     }
 

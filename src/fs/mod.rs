@@ -2,7 +2,7 @@
 //!
 //! Each trait method decodes its request, calls a helper that returns
 //! `Result<_, Error>`, and turns the result into a reply. A refusal is logged
-//! once, here, with its reason, and mapped to its errno by [`Error::errno`].
+//! once, here, with its reason, and mapped to its errno by [`crate::errno::of`].
 //!
 //! Locking: `state` (tree and namespace handles) is a read-write lock held
 //! only for in-memory work and the quick pin mounts that make a binding's
@@ -47,7 +47,7 @@ use fuser::{
 use parking_lot::{Mutex, RwLock};
 
 pub use caller::Caller;
-pub use error::{Error, Result};
+pub use error::{Denied, Error, Invalid, Result};
 use input::Binding;
 pub use node::Node;
 
@@ -243,7 +243,7 @@ impl NsProxyFs {
             pin_dir: options.pin_dir,
             own_dev: std::sync::OnceLock::new(),
             mountpoint: CString::new(options.mountpoint.as_os_str().as_bytes())
-                .map_err(|_| Error::Invalid("mount point contains NUL".into()))?,
+                .map_err(|_| Error::Invalid(Invalid::Rule("mount point contains NUL")))?,
             user_ns: root[Kind::User.index()],
             pid_ns: std::fs::metadata("/proc/self/ns/pid")
                 .map(|m| m.ino())
@@ -406,9 +406,7 @@ impl NsProxyFs {
         if view.holds_process(&st.tree, &index, &set) {
             Ok(())
         } else {
-            Err(Error::Denied(format!(
-                "process {pid} lives outside the caller's container"
-            )))
+            Err(Error::Denied(Denied::ProcessOutside(pid)))
         }
     }
 
@@ -790,7 +788,9 @@ impl NsProxyFs {
                     what: "dup",
                     source,
                 })
-                .and_then(|fd| Namespace::from_fd(fd, ns.kind(), "a discovered namespace"));
+                .and_then(|fd| {
+                    Namespace::from_fd(fd, ns.kind(), ns::Origin::Other("a discovered namespace"))
+                });
             let mut copy = match copy {
                 Ok(copy) => copy,
                 Err(e) => {
@@ -968,9 +968,7 @@ impl NsProxyFs {
                 if std::path::Path::new(&format!("/proc/self/task/{local}")).exists()
                     && !creds.has(CAP_SYS_PTRACE)
                 {
-                    return Err(Error::Denied(format!(
-                        "process {pid} is the daemon, which the caller may not read"
-                    )));
+                    return Err(Error::Denied(Denied::Daemon(pid)));
                 }
                 Namespace::of_pidfd_as(&creds, pidfd.as_fd(), pid, kind)?
             }
@@ -985,12 +983,12 @@ impl NsProxyFs {
         caller.require_admin(self.user_ns)?;
         let name = name
             .to_str()
-            .ok_or_else(|| Error::Invalid("name is not UTF-8".into()))?;
+            .ok_or(Error::Invalid(Invalid::Rule("name is not UTF-8")))?;
         let id = self.state.write().tree.mkdir(parent, name)?;
         if !Node::fits(id) {
             let released = self.state.write().tree.rmdir(parent, name).map(|r| r.1)?;
             self.commit(self.unbound(released))?;
-            return Err(Error::Unsupported("container ids exhausted".into()));
+            return Err(Error::Unsupported("container ids exhausted"));
         }
         self.commit(Vec::new())?;
         self.node_attr(&view, Node::Dir(id))
@@ -1014,8 +1012,8 @@ impl NsProxyFs {
         self.require_full(&self.view(caller), parent)?;
         caller.require_admin(self.user_ns)?;
         let name = name.to_str().ok_or(Error::NotFound)?;
-        if CONTROL_NAMES.contains(&name) {
-            return Err(Error::Denied(format!("{name} is part of every container")));
+        if let Some(&control) = CONTROL_NAMES.iter().find(|&&n| n == name) {
+            return Err(Error::Denied(Denied::ControlFile(control)));
         }
         let Some(kind) = Kind::from_name(name) else {
             if self
@@ -1050,7 +1048,7 @@ impl NsProxyFs {
         self.node_attr(&view, node)?;
         caller.require_admin(self.user_ns)?;
         let Node::Kind(ns) = node else {
-            return Err(Error::Denied("only kind files can be linked".into()));
+            return Err(Error::Denied(Denied::Rule("only kind files can be linked")));
         };
         let name = newname.to_str().unwrap_or("");
         {
@@ -1059,9 +1057,7 @@ impl NsProxyFs {
             match Kind::from_name(name) {
                 Some(k) if k == kind => st.tree.link(dst, NsRef { kind, ino: ns })?,
                 Some(k) => {
-                    return Err(Error::Invalid(format!(
-                        "a {kind} namespace cannot be linked under the name {k}"
-                    )));
+                    return Err(Error::Invalid(Invalid::LinkName { kind, name: k }));
                 }
                 None => {
                     crate::tree::check_name(name)?;
@@ -1100,31 +1096,29 @@ impl NsProxyFs {
         self.require_full(&view, np)?;
         caller.require_admin(self.user_ns)?;
         let (Some(old), Some(new)) = (name.to_str(), newname.to_str()) else {
-            return Err(Error::Invalid("name is not UTF-8".into()));
+            return Err(Error::Invalid(Invalid::Rule("name is not UTF-8")));
         };
         if np != p {
             if self.state.read().tree.discovered_root() == Some(p) {
                 return self.adopt(p, old, np, new);
             }
-            return Err(Error::Invalid(
-                "containers are renamed within their parent only".into(),
-            ));
+            return Err(Error::Invalid(Invalid::Rule(
+                "containers are renamed within their parent only",
+            )));
         }
         let staged = self.staged.lock().get(&(p, old.to_owned())).copied();
         if let Some(ino) = staged {
             return self.rename_staged(p, old, ino, new);
         }
         if CONTROL_NAMES.contains(&old) || Kind::from_name(old).is_some() {
-            return Err(Error::Invalid(format!(
-                "{old} is a file of the container, not a container"
-            )));
+            return Err(Error::Invalid(Invalid::NotAContainer(old.to_owned())));
         }
         if flags.contains(RenameFlags::RENAME_EXCHANGE)
             || flags.contains(RenameFlags::RENAME_WHITEOUT)
         {
-            return Err(Error::Invalid(
-                "exchange and whiteout renames are not supported".into(),
-            ));
+            return Err(Error::Invalid(Invalid::Rule(
+                "exchange and whiteout renames are not supported",
+            )));
         }
         let released = {
             let mut st = self.state.write();
@@ -1147,7 +1141,7 @@ impl NsProxyFs {
                 let released = st.tree.rmdir(np, new).map(|r| r.1)?;
                 drop(st);
                 self.commit(self.unbound(released))?;
-                return Err(Error::Unsupported("container ids exhausted".into()));
+                return Err(Error::Unsupported("container ids exhausted"));
             }
             (id, released)
         };
@@ -1163,9 +1157,10 @@ impl NsProxyFs {
             let mut st = self.state.write();
             let kind = st.tree.bound_kind(ino).ok_or(Error::NotFound)?;
             if Kind::from_name(new) != Some(kind) {
-                return Err(Error::Invalid(format!(
-                    "a {kind} namespace can only be renamed to {kind}, not {new:?}"
-                )));
+                return Err(Error::Invalid(Invalid::RenameKind {
+                    kind,
+                    to: new.to_owned(),
+                }));
             }
             let released = st.tree.bind(c, NsRef { kind, ino })?;
             self.staged.lock().remove(&(c, old.to_owned()));
@@ -1186,7 +1181,9 @@ impl NsProxyFs {
         self.require_full(&view, c)?;
         caller.require_admin(self.user_ns)?;
         if mode & libc::S_IFMT != libc::S_IFREG {
-            return Err(Error::Invalid("only regular kind files can be made".into()));
+            return Err(Error::Invalid(Invalid::Rule(
+                "only regular kind files can be made",
+            )));
         }
         let kind = self.creatable_kind(c, name)?;
         let ns = ns::fresh(kind, &self.mountpoint)?;
@@ -1197,11 +1194,8 @@ impl NsProxyFs {
 
     fn creatable_kind(&self, c: ContainerId, name: &OsStr) -> Result<Kind> {
         let name = name.to_str().unwrap_or("");
-        let kind = Kind::from_name(name).ok_or_else(|| {
-            Error::Invalid(format!(
-                "{name:?} is not a namespace kind: only kind files can be created in a container"
-            ))
-        })?;
+        let kind = Kind::from_name(name)
+            .ok_or_else(|| Error::Invalid(Invalid::NotAKind(name.to_owned())))?;
         let st = self.state.read();
         let container = st.tree.get(c).ok_or(Error::NotFound)?;
         if c == Tree::ROOT {
@@ -1250,9 +1244,8 @@ impl NsProxyFs {
             Node::Dir(c) => {
                 let st = self.state.read();
                 if !view.full(&st.tree, c) {
-                    return Err(Error::Denied(format!(
-                        "{} is outside the caller's container",
-                        st.tree.path(c)
+                    return Err(Error::Denied(Denied::ContainerOutside(
+                        st.tree.path(c).into(),
                     )));
                 }
                 if st.tree.is_discovered(c) {
@@ -1260,16 +1253,14 @@ impl NsProxyFs {
                 }
                 Ok(())
             }
-            Node::Namespaces => Err(Error::Denied(format!("{NAMESPACES} is read-only"))),
-            Node::Status(_) => Err(Error::Denied("status is read-only".into())),
+            Node::Namespaces => Err(Error::Denied(Denied::ReadOnly(NAMESPACES))),
+            Node::Status(_) => Err(Error::Denied(Denied::ReadOnly("status"))),
             Node::Tasks(_) | Node::Pending(_) => Ok(()),
             Node::Kind(ino) => {
                 let st = self.state.read();
                 let kind = st.tree.bound_kind(ino).ok_or(Error::NotFound)?;
                 if st.tree.containers_binding(ino).contains(&Tree::ROOT) {
-                    return Err(Error::Denied(format!(
-                        "{kind}:[{ino}] is bound by the root container, whose bindings are read-only"
-                    )));
+                    return Err(Error::Denied(Denied::RootBinding { kind, ino }));
                 }
                 if st.tree.user_binders(ino) == 0 {
                     return Err(TreeError::Discovered.into());
@@ -1362,7 +1353,7 @@ impl NsProxyFs {
             return reply.error(refuse("write", caller, &e));
         }
         let result = match target {
-            None => Err(Error::Invalid("file not open for writing".into())),
+            None => Err(Error::Invalid(Invalid::Rule("file not open for writing"))),
             Some(WriteTarget::Tasks(c)) => {
                 let generation = Node::alias_generation(ino);
                 return self.write_tasks(caller, (c, generation), data, reply, len);
@@ -1373,12 +1364,9 @@ impl NsProxyFs {
                 // FUSE workers, as moves are.
                 if matches!(input::parse_binding(data), Ok(Binding::Path(_))) {
                     let Some(slot) = self.moves.reserve() else {
-                        let e = Error::Refused {
-                            errno: libc::EAGAIN,
-                            reason: format!(
-                                "{} moves and path bindings are in flight already",
-                                pending::MAX_IN_FLIGHT
-                            ),
+                        let e = Error::Busy {
+                            limit: pending::MAX_IN_FLIGHT,
+                            what: "moves and path bindings",
                         };
                         return reply.error(refuse("write", caller, &e));
                     };
@@ -1404,7 +1392,7 @@ impl NsProxyFs {
         data: &[u8],
     ) -> Result<()> {
         match target {
-            WriteTarget::Tasks(_) => Err(Error::Invalid("not a kind file".into())),
+            WriteTarget::Tasks(_) => Err(Error::Invalid(Invalid::Rule("not a kind file"))),
             WriteTarget::Rebind(ino) => self.write_kind(caller, Some(ino), None, data),
             WriteTarget::Create {
                 container, kind, ..
@@ -1476,7 +1464,7 @@ impl NsProxyFs {
                     .ok_or(Error::NotFound)?,
             ),
             (None, Some(ck)) => ck,
-            (None, None) => return Err(Error::Invalid("file not open for writing".into())),
+            (None, None) => return Err(Error::Invalid(Invalid::Rule("file not open for writing"))),
         };
         let ns = self.namespace_from_write(caller, &view, kind, data)?;
         self.install(ns, &view, container, rebind)
@@ -1514,9 +1502,7 @@ impl NsProxyFs {
         let set = pinned.and_then(|(local, pidfd)| {
             let st = self.state.read();
             if self.helpers(&st).contains(&local) {
-                return Err(Error::Denied(format!(
-                    "process {local} is one of the daemon's own helpers"
-                )));
+                return Err(Error::Denied(Denied::Helper(local)));
             }
             let eff = st.tree.effective_set(c).ok_or(Error::NotFound)?;
             let mut set = Vec::with_capacity(8);
@@ -1525,7 +1511,7 @@ impl NsProxyFs {
             }
             let set: [Arc<Namespace>; 8] = set
                 .try_into()
-                .map_err(|_| Error::Invalid("incomplete namespace set".into()))?;
+                .map_err(|_| Error::Invalid(Invalid::Rule("incomplete namespace set")))?;
             Ok((local, pidfd, set))
         });
         // A confined caller moves processes of its subtree, within it; every
@@ -1547,9 +1533,9 @@ impl NsProxyFs {
         // The move runs on a thread of its own: it may wait seconds for its
         // target to stop, and the FUSE workers must go on answering.
         let Some(slot) = self.moves.reserve() else {
-            let e = Error::Refused {
-                errno: libc::EAGAIN,
-                reason: format!("{} moves are in flight already", pending::MAX_IN_FLIGHT),
+            let e = Error::Busy {
+                limit: pending::MAX_IN_FLIGHT,
+                what: "moves",
             };
             return reply.error(refuse("write tasks", caller, &e));
         };
@@ -1694,10 +1680,10 @@ fn restore(
         spaces.get(&r.ino).is_some_and(|ns| ns.kind() == r.kind)
     });
     for (path, r) in &restored.dropped {
-        let why = reopened
-            .lost
-            .get(&r.ino)
-            .map_or("it is bound as another kind", String::as_str);
+        let why = reopened.lost.get(&r.ino).map_or_else(
+            || "it is bound as another kind".to_owned(),
+            ToString::to_string,
+        );
         log::warn!(
             "restore: {path} no longer binds {}:[{}]: {why}",
             r.kind,
@@ -1798,7 +1784,7 @@ fn answer_write(caller: &Caller, result: Result<()>, reply: ReplyWrite, len: u32
 /// many logged lately (the first of each kind is always logged), and
 /// returns its errno.
 fn refuse(op: &'static str, caller: &Caller, e: &Error) -> Errno {
-    let errno = e.errno();
+    let errno = crate::errno::of(e);
     let verdict = REFUSALS.judge(caller.uid, op, errno, Instant::now());
     let held = |uid: u32, n: u64| {
         log::warn!("{n} more refusals of requests by uid {uid} were not logged (too many)");
@@ -1821,7 +1807,7 @@ fn refuse(op: &'static str, caller: &Caller, e: &Error) -> Errno {
 }
 
 fn quiet(e: &Error) -> Errno {
-    Errno::from_i32(e.errno())
+    Errno::from_i32(crate::errno::of(e))
 }
 
 impl fuser::Filesystem for Mounted {
@@ -1906,11 +1892,13 @@ impl fuser::Filesystem for Mounted {
         let view = self.view(&caller);
         let result = self.node_attr(&view, node).and_then(|attr| {
             if mode.is_some() || uid.is_some() || gid.is_some() {
-                return Err(Error::Denied("owners and modes are fixed".into()));
+                return Err(Error::Denied(Denied::Rule("owners and modes are fixed")));
             }
             self.require_changeable(&caller, &view, node)?;
             if size.is_some_and(|s| s != 0) {
-                return Err(Error::Invalid("only truncation to 0 is accepted".into()));
+                return Err(Error::Invalid(Invalid::Rule(
+                    "only truncation to 0 is accepted",
+                )));
             }
             Ok(attr)
         });
@@ -1977,7 +1965,9 @@ impl fuser::Filesystem for Mounted {
         _target: &Path,
         reply: ReplyEntry,
     ) {
-        let e = Error::Denied("symbolic links cannot bind namespaces: use ln without -s".into());
+        let e = Error::Denied(Denied::Rule(
+            "symbolic links cannot bind namespaces: use ln without -s",
+        ));
         reply.error(refuse("symlink", &Caller::of(req), &e));
     }
 

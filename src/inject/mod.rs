@@ -125,6 +125,132 @@ impl Restart {
     }
 }
 
+/// A ptrace, wait or `/proc` operation that failed ([`TraceError::Os`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Op {
+    /// `PTRACE_SEIZE`.
+    Seize,
+    /// `PTRACE_INTERRUPT`.
+    Interrupt,
+    /// `PTRACE_GETREGS`.
+    GetRegs,
+    /// `PTRACE_SETREGS`.
+    SetRegs,
+    /// `PTRACE_GETSIGMASK`.
+    GetSigmask,
+    /// `PTRACE_SETSIGMASK`.
+    SetSigmask,
+    /// `PTRACE_GETSIGINFO`.
+    GetSiginfo,
+    /// `PTRACE_SETSIGINFO`.
+    SetSiginfo,
+    /// `PTRACE_CONT`.
+    Cont,
+    /// `PTRACE_SINGLESTEP`.
+    SingleStep,
+    /// `PTRACE_DETACH`.
+    Detach,
+    /// `PTRACE_SECCOMP_GET_FILTER`.
+    GetSeccompFilter,
+    /// `waitpid`.
+    Wait,
+    /// `process_vm_readv`.
+    ReadMemory,
+    /// Scanning executable mappings.
+    ScanMappings,
+    /// `kcmp`.
+    Kcmp,
+    /// Reading /proc/PID/task/TID/ns.
+    ReadNs,
+}
+
+impl Op {
+    /// Every operation.
+    pub const ALL: [Op; 17] = [
+        Op::Seize,
+        Op::Interrupt,
+        Op::GetRegs,
+        Op::SetRegs,
+        Op::GetSigmask,
+        Op::SetSigmask,
+        Op::GetSiginfo,
+        Op::SetSiginfo,
+        Op::Cont,
+        Op::SingleStep,
+        Op::Detach,
+        Op::GetSeccompFilter,
+        Op::Wait,
+        Op::ReadMemory,
+        Op::ScanMappings,
+        Op::Kcmp,
+        Op::ReadNs,
+    ];
+
+    /// How logs name it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Op::Seize => "PTRACE_SEIZE",
+            Op::Interrupt => "PTRACE_INTERRUPT",
+            Op::GetRegs => "PTRACE_GETREGS",
+            Op::SetRegs => "PTRACE_SETREGS",
+            Op::GetSigmask => "PTRACE_GETSIGMASK",
+            Op::SetSigmask => "PTRACE_SETSIGMASK",
+            Op::GetSiginfo => "PTRACE_GETSIGINFO",
+            Op::SetSiginfo => "PTRACE_SETSIGINFO",
+            Op::Cont => "PTRACE_CONT",
+            Op::SingleStep => "PTRACE_SINGLESTEP",
+            Op::Detach => "PTRACE_DETACH",
+            Op::GetSeccompFilter => "PTRACE_SECCOMP_GET_FILTER",
+            Op::Wait => "waitpid",
+            Op::ReadMemory => "process_vm_readv",
+            Op::ScanMappings => "scanning executable mappings",
+            Op::Kcmp => "kcmp",
+            Op::ReadNs => "reading /proc/PID/task/TID/ns",
+        }
+    }
+}
+
+impl std::fmt::Display for Op {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Why no syscall can be injected ([`TraceError::Unsupported`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unsupported {
+    /// No injection backend for this architecture.
+    Arch,
+    /// A 32-bit (compat) thread.
+    CompatThread,
+    /// A 32-bit (compat) process.
+    CompatProcess,
+}
+
+impl Unsupported {
+    /// Every reason.
+    pub const ALL: [Unsupported; 3] = [
+        Unsupported::Arch,
+        Unsupported::CompatThread,
+        Unsupported::CompatProcess,
+    ];
+
+    /// How logs say it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Unsupported::Arch => "no injection backend for this architecture",
+            Unsupported::CompatThread => "32-bit (compat) thread",
+            Unsupported::CompatProcess => "32-bit (compat) process",
+        }
+    }
+}
+
+impl std::fmt::Display for Unsupported {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 /// A tracer failure: something went wrong with ptrace itself, as opposed to
 /// an injected syscall returning an error.
 #[derive(Debug, thiserror::Error)]
@@ -145,7 +271,7 @@ pub enum TraceError {
     Denied(Pid),
     /// No injection on this architecture, or for this kind of thread.
     #[error("syscall injection is not supported: {0}")]
-    Unsupported(&'static str),
+    Unsupported(Unsupported),
     /// No `syscall` instruction could be found in the address space.
     #[error("no syscall instruction found in the address space of {0}")]
     NoSyscallSite(Pid),
@@ -160,14 +286,9 @@ pub enum TraceError {
     /// [`Tracee::set_result`] on a thread that was not stopped in a syscall.
     #[error("thread {0} was not stopped in a syscall")]
     NotInSyscall(Pid),
-    /// The expected stop did not come.
-    #[error("thread {tid}: no {expected} stop after {MAX_STOPS} stops")]
-    TooManyStops {
-        /// The thread.
-        tid: Pid,
-        /// The stop we waited for.
-        expected: &'static str,
-    },
+    /// The single step's stop did not come.
+    #[error("thread {0}: no single-step stop after {MAX_STOPS} stops")]
+    TooManyStops(Pid),
     /// A single step ended somewhere other than after the `syscall`
     /// instruction.
     #[error("thread {tid}: single step ended at {pc:#x}")]
@@ -190,7 +311,7 @@ pub enum TraceError {
         /// The thread.
         tid: Pid,
         /// What was attempted.
-        op: &'static str,
+        op: Op,
         /// What the kernel said.
         errno: Errno,
     },
@@ -198,7 +319,7 @@ pub enum TraceError {
 
 impl TraceError {
     /// Wraps an errno of `op` on `tid`; ESRCH always means the thread is gone.
-    fn os(tid: Pid, op: &'static str) -> impl FnOnce(Errno) -> TraceError {
+    fn os(tid: Pid, op: Op) -> impl FnOnce(Errno) -> TraceError {
         move |errno| match errno {
             Errno::ESRCH | Errno::ECHILD => TraceError::Gone(tid),
             errno => TraceError::Os { tid, op, errno },
@@ -364,9 +485,7 @@ impl Tracee<Running> {
     /// address space, so a [`SyscallSite`] of `tgid` is used for `tid`.
     pub fn seize_thread(tgid: Pid, tid: Pid) -> Result<Self, TraceError> {
         if !arch::SUPPORTED {
-            return Err(TraceError::Unsupported(
-                "no injection backend for this architecture",
-            ));
+            return Err(TraceError::Unsupported(Unsupported::Arch));
         }
         // EPERM means traced by someone else, or not allowed at all. A
         // tracer that is seen no more when asked (another move that just
@@ -385,7 +504,7 @@ impl Tracee<Running> {
                 Err(errno) => {
                     return Err(TraceError::Os {
                         tid,
-                        op: "PTRACE_SEIZE",
+                        op: Op::Seize,
                         errno,
                     });
                 }
@@ -403,7 +522,7 @@ impl Tracee<Running> {
             Err(errno) => {
                 // Attached but not interrupted: only possible if it died.
                 let _ = tracee.disarm();
-                Err(TraceError::os(tid, "PTRACE_INTERRUPT")(errno))
+                Err(TraceError::os(tid, Op::Interrupt)(errno))
             }
         }
     }
@@ -436,8 +555,8 @@ impl Tracee<Running> {
                 return Err(e);
             }
         };
-        let saved = arch::get(tid).map_err(TraceError::os(tid, "PTRACE_GETREGS"));
-        let saved_mask = ptrace::get_sigmask(tid).map_err(TraceError::os(tid, "PTRACE_GETSIGMASK"));
+        let saved = arch::get(tid).map_err(TraceError::os(tid, Op::GetRegs));
+        let saved_mask = ptrace::get_sigmask(tid).map_err(TraceError::os(tid, Op::GetSigmask));
         let (tid, tgid) = self.disarm();
         let (saved, saved_mask) = match (saved, saved_mask) {
             (Ok(regs), Ok(mask)) => (regs, mask),
@@ -522,7 +641,7 @@ fn wait_for_trap(
     };
     loop {
         let event =
-            traced::wait_until(tid, waited, deadline).map_err(TraceError::os(tid, "waitpid"))?;
+            traced::wait_until(tid, waited, deadline).map_err(TraceError::os(tid, Op::Wait))?;
         match event.ok_or(TraceError::NotStopping(tid))? {
             WaitEvent::Gone => return Err(TraceError::Gone(tid)),
             WaitEvent::EventStop {
@@ -532,12 +651,12 @@ fn wait_for_trap(
                 return Ok(sig != libc::SIGTRAP);
             }
             WaitEvent::EventStop { .. } | WaitEvent::SyscallStop => {
-                ptrace::cont(tid, 0).map_err(TraceError::os(tid, "PTRACE_CONT"))?;
+                ptrace::cont(tid, 0).map_err(TraceError::os(tid, Op::Cont))?;
             }
             WaitEvent::SignalStop(sig) => {
                 // What CRIU does too: let the thread take its signal, then
                 // collect the interrupt trap, which stays pending.
-                ptrace::cont(tid, sig).map_err(TraceError::os(tid, "PTRACE_CONT"))?;
+                ptrace::cont(tid, sig).map_err(TraceError::os(tid, Op::Cont))?;
             }
         }
     }
@@ -607,7 +726,7 @@ fn classify_signal(tid: Pid, sig: i32) -> Result<SignalDisposition, TraceError> 
     if is_stop_signal(sig) {
         return Ok(SignalDisposition::PassOn(sig));
     }
-    let info = ptrace::siginfo(tid).map_err(TraceError::os(tid, "PTRACE_GETSIGINFO"))?;
+    let info = ptrace::siginfo(tid).map_err(TraceError::os(tid, Op::GetSiginfo))?;
     // si_code <= 0: sent from user space (kill, tgkill, sigqueue, timers).
     Ok(if info.si_code <= 0 {
         SignalDisposition::Hold(HeldSignal(info))
@@ -651,20 +770,20 @@ impl Tracee<Stopped> {
             });
         }
         if !self.state.saved.is_native() {
-            return Err(TraceError::Unsupported("32-bit (compat) thread"));
+            return Err(TraceError::Unsupported(Unsupported::CompatThread));
         }
         let mut found = None;
         if let Some(addr) = self.state.saved.syscall_insn_before_pc() {
             match site::holds_syscall_insn(tid, addr) {
                 Ok(true) => found = Some(addr),
                 Ok(false) | Err(Errno::EFAULT) => {}
-                Err(e) => return Err(TraceError::os(tid, "process_vm_readv")(e)),
+                Err(e) => return Err(TraceError::os(tid, Op::ReadMemory)(e)),
             }
         }
         let addr = match found {
             Some(addr) => addr,
             None => site::scan(tid)
-                .map_err(TraceError::os(tid, "scanning executable mappings"))?
+                .map_err(TraceError::os(tid, Op::ScanMappings))?
                 .ok_or(TraceError::NoSyscallSite(self.tgid))?,
         };
         self.state.site = Some(addr);
@@ -702,28 +821,27 @@ impl Tracee<Stopped> {
     fn launch(&mut self, nr: i64, args: [u64; 6]) -> Result<u64, TraceError> {
         let tid = self.tid;
         if !self.state.saved.is_native() {
-            return Err(TraceError::Unsupported("32-bit (compat) thread"));
+            return Err(TraceError::Unsupported(Unsupported::CompatThread));
         }
         let site = self.syscall_site()?.addr;
         if let StopPoint::Delivery(sig) = self.state.at {
             // Resuming for the injection would swallow it.
             if sig != 0 {
-                let info =
-                    ptrace::siginfo(tid).map_err(TraceError::os(tid, "PTRACE_GETSIGINFO"))?;
+                let info = ptrace::siginfo(tid).map_err(TraceError::os(tid, Op::GetSiginfo))?;
                 self.state.held.push(HeldSignal(info));
             }
             self.state.at = StopPoint::Delivery(0);
         }
         if !self.state.mask_dirty {
             ptrace::set_sigmask(tid, injection_mask())
-                .map_err(TraceError::os(tid, "PTRACE_SETSIGMASK"))?;
+                .map_err(TraceError::os(tid, Op::SetSigmask))?;
             self.state.mask_dirty = true;
         }
         let mut regs = self.state.saved;
         regs.prepare_syscall(site, nr, args);
-        arch::set(tid, &regs).map_err(TraceError::os(tid, "PTRACE_SETREGS"))?;
+        arch::set(tid, &regs).map_err(TraceError::os(tid, Op::SetRegs))?;
         self.state.regs_dirty = true;
-        ptrace::single_step(tid, 0).map_err(TraceError::os(tid, "PTRACE_SINGLESTEP"))?;
+        ptrace::single_step(tid, 0).map_err(TraceError::os(tid, Op::SingleStep))?;
         Ok(site)
     }
 
@@ -740,13 +858,13 @@ impl Tracee<Stopped> {
             } else {
                 traced::Waited::Thread
             };
-            match traced::wait(tid, waited).map_err(TraceError::os(tid, "waitpid"))? {
+            match traced::wait(tid, waited).map_err(TraceError::os(tid, Op::Wait))? {
                 WaitEvent::Gone => {
                     self.released = true;
                     return Err(TraceError::Gone(tid));
                 }
                 WaitEvent::SignalStop(libc::SIGTRAP) => {
-                    let regs = arch::get(tid).map_err(TraceError::os(tid, "PTRACE_GETREGS"))?;
+                    let regs = arch::get(tid).map_err(TraceError::os(tid, Op::GetRegs))?;
                     let disposition = classify_signal(tid, libc::SIGTRAP)?;
                     if regs.pc() == site + arch::SYSCALL_INSN.len() as u64 {
                         // The step ended after the syscall: our trap, which
@@ -763,7 +881,7 @@ impl Tracee<Stopped> {
                     match disposition {
                         SignalDisposition::PassOn(sig) => {
                             let info = ptrace::siginfo(tid)
-                                .map_err(TraceError::os(tid, "PTRACE_GETSIGINFO"))?;
+                                .map_err(TraceError::os(tid, Op::GetSiginfo))?;
                             debug_assert_eq!(info.si_signo, sig);
                             self.state.held.push(HeldSignal(info));
                         }
@@ -785,13 +903,10 @@ impl Tracee<Stopped> {
                 // A group-stop or interrupt trap: ptrace lets us go on.
                 WaitEvent::EventStop { .. } | WaitEvent::SyscallStop => {}
             }
-            ptrace::single_step(tid, pass).map_err(TraceError::os(tid, "PTRACE_SINGLESTEP"))?;
+            ptrace::single_step(tid, pass).map_err(TraceError::os(tid, Op::SingleStep))?;
         }
         self.state.at = StopPoint::Delivery(0);
-        Err(TraceError::TooManyStops {
-            tid,
-            expected: "single-step",
-        })
+        Err(TraceError::TooManyStops(tid))
     }
 
     /// Puts the saved registers and signal mask back. The thread stays
@@ -799,12 +914,12 @@ impl Tracee<Stopped> {
     pub fn restore(&mut self) -> Result<(), TraceError> {
         let tid = self.tid;
         if self.state.regs_dirty {
-            arch::set(tid, &self.state.saved).map_err(TraceError::os(tid, "PTRACE_SETREGS"))?;
+            arch::set(tid, &self.state.saved).map_err(TraceError::os(tid, Op::SetRegs))?;
             self.state.regs_dirty = false;
         }
         if self.state.mask_dirty {
             ptrace::set_sigmask(tid, self.state.saved_mask)
-                .map_err(TraceError::os(tid, "PTRACE_SETSIGMASK"))?;
+                .map_err(TraceError::os(tid, Op::SetSigmask))?;
             self.state.mask_dirty = false;
         }
         Ok(())
@@ -837,8 +952,7 @@ impl Tracee<Stopped> {
             // that way, exactly as it was sent.
             StopPoint::Delivery(_) if !held.is_empty() => {
                 let first = held.remove(0);
-                ptrace::set_siginfo(tid, &first.0)
-                    .map_err(TraceError::os(tid, "PTRACE_SETSIGINFO"))?;
+                ptrace::set_siginfo(tid, &first.0).map_err(TraceError::os(tid, Op::SetSiginfo))?;
                 first.signo()
             }
             StopPoint::Delivery(sig) => sig,
@@ -859,7 +973,7 @@ impl Tracee<Stopped> {
         } else {
             traced::detach_with_signal(tid, pass)
         };
-        result.map_err(TraceError::os(tid, "PTRACE_DETACH"))
+        result.map_err(TraceError::os(tid, Op::Detach))
     }
 
     /// Restores registers and mask and lets the thread go.

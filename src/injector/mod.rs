@@ -28,12 +28,14 @@
 //!   is a leader that exited while its group runs on: it stays attached to
 //!   the injector until the injector exits, which it does right after its
 //!   answer (the daemon does not use it again);
-//! * injector: `ok THREADS` or `err ERRNO REASON`.
+//! * injector: `ok THREADS`, or `err` and the [`MoveError`](mover::MoveError)
+//!   itself, which the daemon rebuilds (see [`wire`]), or `malformed`.
 //!
 //! An injector that sends anything else, or whose channel ends before the
 //! last line, is dropped and the move fails with `EIO`.
 
 use crate::sys::socket as sys;
+pub mod wire;
 
 use crate::ns::creds::{self, Credentials};
 use std::io;
@@ -45,6 +47,31 @@ use parking_lot::Mutex;
 
 use crate::fs::{Error, Result};
 use crate::mover::{self, ProcessHandle, Writer};
+use wire::{Answer, Request};
+
+/// Why the daemon got no answer from an injector, or the injector did not
+/// understand the daemon.
+#[derive(Debug, thiserror::Error)]
+pub enum InjectorError {
+    /// No injector could be started.
+    #[error("cannot start an injector: {0}")]
+    Start(io::Error),
+    /// A new injector did not take the request.
+    #[error("cannot hand the move to a new injector: {0}")]
+    NotSent(io::Error),
+    /// The injector's channel ended before its last answer.
+    #[error("the injector ended without an answer")]
+    Ended,
+    /// Reading the injector's channel failed.
+    #[error("cannot read the injector: {0}")]
+    Read(io::Error),
+    /// The injector said something that is no answer (the record, as sent).
+    #[error("unexpected answer from the injector: {:?}", .0.escape_ascii().to_string())]
+    BadAnswer(Box<[u8]>),
+    /// The injector did not understand the request.
+    #[error("the injector did not understand the request")]
+    Malformed,
+}
 
 /// The first argument that makes `nsproxyfs` an injector (see [`serve`]);
 /// not meant for people.
@@ -100,14 +127,13 @@ impl Injectors {
         mut writer: Option<Writer<'_>>,
         tracer: Option<&Credentials>,
     ) -> Result<usize> {
-        let mut request = format!(
-            "move {holder} {flags} {}",
-            writer.as_ref().map_or(0, |w| w.tid.as_raw())
-        );
-        if let Some(creds) = tracer {
-            request.push_str(" as ");
-            request.push_str(&creds.to_words());
+        let request = Request {
+            holder,
+            flags,
+            writer: writer.as_ref().map_or(0, |w| w.tid.as_raw()),
+            tracer: tracer.cloned(),
         }
+        .encode();
         // An idle injector may have died meanwhile (someone killed it): that
         // shows as a refused send, before anything of the move happened, and
         // the next one is tried.
@@ -131,10 +157,7 @@ impl Injectors {
                 Exchange::NotSent(source) => {
                     self.retire(injector);
                     if fresh {
-                        return Err(Error::Sys {
-                            what: "hand the move to a new injector",
-                            source: io::Error::other(source),
-                        });
+                        return Err(InjectorError::NotSent(source).into());
                     }
                 }
                 Exchange::Broken(e) => {
@@ -146,10 +169,7 @@ impl Injectors {
     }
 
     fn spawn(&self) -> Result<Injector> {
-        let injector = Injector::spawn(self.fatal_seccomp).map_err(|source| Error::Sys {
-            what: "start an injector",
-            source,
-        })?;
+        let injector = Injector::spawn(self.fatal_seccomp).map_err(InjectorError::Start)?;
         self.live.lock().push(injector.pid());
         log::debug!("injector {} started", injector.pid());
         Ok(injector)
@@ -274,96 +294,37 @@ impl Injector {
         let mut leaving = false;
         loop {
             let n = match sys::recv(channel, &mut buf) {
-                Ok((0, _)) => {
-                    return Exchange::Broken(Error::Sys {
-                        what: "the injector ended without an answer",
-                        source: io::Error::from_raw_os_error(libc::EIO),
-                    });
-                }
+                Ok((0, _)) => return Exchange::Broken(InjectorError::Ended.into()),
                 Ok((n, _)) => n,
-                Err(source) => {
-                    // EIO for the writer, whatever broke the channel.
-                    return Exchange::Broken(Error::Sys {
-                        what: "read the injector",
-                        source: io::Error::other(source),
-                    });
-                }
+                Err(source) => return Exchange::Broken(InjectorError::Read(source).into()),
             };
-            let line = String::from_utf8_lossy(&buf[..n]);
-            if line == "seized" {
-                match writer.take() {
-                    Some(w) => (w.answer)(),
-                    None => return Exchange::Broken(bad_answer(&line)),
+            let outcome = match Answer::decode(&buf[..n]) {
+                Some(Answer::Seized) => {
+                    match writer.take() {
+                        Some(w) => (w.answer)(),
+                        None => return Exchange::Broken(bad_answer(&buf[..n])),
+                    }
+                    continue;
                 }
-                continue;
-            }
-            if line == "leaving" {
-                leaving = true;
-                continue;
-            }
-            return match parse_outcome(&line) {
-                Some(outcome) if leaving => Exchange::Leaving(outcome),
-                Some(outcome) => Exchange::Answered(outcome),
-                None => Exchange::Broken(bad_answer(&line)),
+                Some(Answer::Leaving) => {
+                    leaving = true;
+                    continue;
+                }
+                Some(Answer::Moved(threads)) => Ok(threads),
+                Some(Answer::Failed(e)) => Err(Error::Move(e)),
+                Some(Answer::Malformed) => Err(InjectorError::Malformed.into()),
+                None => return Exchange::Broken(bad_answer(&buf[..n])),
+            };
+            return match leaving {
+                true => Exchange::Leaving(outcome),
+                false => Exchange::Answered(outcome),
             };
         }
     }
 }
 
-/// Reads the injector's last line: `ok THREADS` or `err ERRNO REASON`.
-fn parse_outcome(line: &str) -> Option<Result<usize>> {
-    let mut words = line.splitn(3, ' ');
-    match (words.next(), words.next(), words.next()) {
-        (Some("ok"), Some(n), None) => n.parse().ok().map(Ok),
-        (Some("err"), Some(errno), reason) => {
-            let errno = errno.parse().ok().filter(|&e| e > 0)?;
-            Some(Err(Error::Refused {
-                errno,
-                reason: reason.unwrap_or("").to_owned(),
-            }))
-        }
-        _ => None,
-    }
-}
-
-fn bad_answer(line: &str) -> Error {
-    Error::Sys {
-        what: "understand the injector",
-        source: io::Error::other(format!("unexpected answer {line:?}")),
-    }
-}
-
-/// One request as the injector reads it.
-#[derive(Debug, PartialEq, Eq)]
-struct Request {
-    holder: i32,
-    flags: libc::c_int,
-    writer: i32,
-    /// The credentials of the one who asked for the move, whose right to
-    /// trace the target is asked again once it is stopped; none for a
-    /// process moving itself.
-    tracer: Option<Credentials>,
-}
-
-fn parse_request(text: &str) -> Option<Request> {
-    let mut words = text.split(' ');
-    if words.next()? != "move" {
-        return None;
-    }
-    let mut number = || words.next()?.parse::<i32>().ok();
-    let (holder, flags, writer) = (number()?, number()?, number()?);
-    let tracer = match words.next() {
-        None => None,
-        Some("as") => Some(Credentials::from_words(&mut words)?),
-        Some(_) => return None,
-    };
-    let request = Request {
-        holder,
-        flags,
-        writer,
-        tracer,
-    };
-    words.next().is_none().then_some(request)
+fn bad_answer(record: &[u8]) -> Error {
+    InjectorError::BadAnswer(record.into()).into()
 }
 
 /// The kernel's answer, for `creds`, to whether they may attach to each of
@@ -417,27 +378,26 @@ pub fn serve(args: &[String]) -> i32 {
                 return 1;
             }
         };
-        let say = |line: &str| {
+        let say = |answer: &Answer| {
             // A daemon that died meanwhile cannot hear it; EOF comes next.
-            let _ = sys::send(channel, line.as_bytes(), None);
+            let _ = sys::send(channel, answer.encode().as_bytes(), None);
         };
-        let request = std::str::from_utf8(&buf[..n]).ok().and_then(parse_request);
         let mut leaving = false;
-        let answer = match (request, pidfd) {
+        let answer = match (Request::decode(&buf[..n]), pidfd) {
             (Some(request), Some(pidfd)) => match run_move(request, pidfd, fatal_seccomp, &say) {
-                Ok(threads) => format!("ok {threads}"),
+                Ok(threads) => Answer::Moved(threads),
                 Err(e) => {
                     leaving = e.leaves_tracee_attached();
-                    format!("err {} {e}", e.errno() as i32)
+                    Answer::Failed(e)
                 }
             },
-            _ => format!("err {} malformed request", libc::EINVAL),
+            _ => Answer::Malformed,
         };
         // A thread that would not stop, or a leader that exited while its
         // group runs on, is still attached to this process; only its exit
         // lets it go (untouched).
         if leaving || !crate::inject::still_traced().is_empty() {
-            say("leaving");
+            say(&Answer::Leaving);
             say(&answer);
             return 0;
         }
@@ -449,10 +409,10 @@ fn run_move(
     request: Request,
     pidfd: OwnedFd,
     fatal_seccomp: mover::FatalSeccomp,
-    say: &dyn Fn(&str),
+    say: &dyn Fn(&Answer),
 ) -> std::result::Result<usize, mover::MoveError> {
     let target = ProcessHandle::from_pidfd(pidfd)?;
-    let mut seized = || say("seized");
+    let mut seized = || say(&Answer::Seized);
     let writer = (request.writer != 0).then(|| Writer {
         tid: nix::unistd::Pid::from_raw(request.writer),
         answer: &mut seized,
@@ -474,43 +434,6 @@ fn run_move(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn requests() {
-        assert_eq!(
-            parse_request("move 12 67108864 0"),
-            Some(Request {
-                holder: 12,
-                flags: 0x0400_0000,
-                writer: 0,
-                tracer: None,
-            })
-        );
-        let creds = "0 0 0 0 0 0 0 0 1ff 1ff 0";
-        let parsed = parse_request(&format!("move 12 1 0 as {creds}")).unwrap();
-        assert_eq!(parsed.tracer.unwrap().to_words(), creds);
-        assert_eq!(parse_request("move 12 1 0 as 0 0"), None);
-        assert_eq!(parse_request(&format!("move 12 1 0 by {creds}")), None);
-        assert_eq!(parse_request("move 12 1"), None);
-        assert_eq!(parse_request("move 12 1 2 3"), None);
-        assert_eq!(parse_request("copy 1 2 3"), None);
-        assert_eq!(parse_request("move x 2 3"), None);
-    }
-
-    #[test]
-    fn outcomes() {
-        assert!(matches!(parse_outcome("ok 3"), Some(Ok(3))));
-        match parse_outcome("err 22 thread 5: setns failed") {
-            Some(Err(Error::Refused { errno, reason })) => {
-                assert_eq!(errno, libc::EINVAL);
-                assert_eq!(reason, "thread 5: setns failed");
-            }
-            other => panic!("{other:?}"),
-        }
-        assert!(parse_outcome("err 0 x").is_none());
-        assert!(parse_outcome("ok").is_none());
-        assert!(parse_outcome("seized").is_none());
-    }
 
     #[test]
     fn records_carry_one_descriptor() {

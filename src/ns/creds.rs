@@ -47,6 +47,9 @@ pub enum CredsError {
     /// The caller's thread is gone.
     #[error("the calling thread {0} is gone")]
     Gone(u32),
+    /// The thread's status shows no credentials this daemon can read.
+    #[error("unreadable credentials in /proc/{0}/status")]
+    Unreadable(u32),
     /// The credentials could not be read or taken.
     #[error("cannot act with the caller's credentials: {0}")]
     Sys(io::Error),
@@ -61,12 +64,7 @@ impl Credentials {
             Some(libc::ENOENT | libc::ESRCH) => CredsError::Gone(tid),
             _ => CredsError::Sys(e),
         })?;
-        Credentials::from_status(&status).ok_or_else(|| {
-            CredsError::Sys(io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!("unreadable credentials in /proc/{tid}/status"),
-            ))
-        })
+        Credentials::from_status(&status).ok_or(CredsError::Unreadable(tid))
     }
 
     /// Parses the `Uid`, `Gid`, `Groups` and `Cap*` lines of a

@@ -16,6 +16,27 @@ use super::creds::{self, Credentials};
 use super::resolve::{self, Opener, Resolved};
 use crate::sys;
 
+/// What a namespace was taken from, as errors name it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Origin {
+    /// A file, by its path.
+    Path(PathBuf),
+    /// A process, by its pid (as the writer wrote it).
+    Process(i32),
+    /// Something else, in words.
+    Other(&'static str),
+}
+
+impl std::fmt::Display for Origin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Origin::Path(path) => write!(f, "{}", path.display()),
+            Origin::Process(pid) => write!(f, "process {pid}"),
+            Origin::Other(what) => f.write_str(what),
+        }
+    }
+}
+
 /// Why a namespace could not be obtained.
 #[derive(Debug, Error)]
 pub enum NsError {
@@ -23,10 +44,10 @@ pub enum NsError {
     #[error("no process {0} in the writer's pid namespace")]
     NoSuchProcess(i32),
     /// The file is a namespace of another kind.
-    #[error("{path} is a {found} namespace, not {wanted}")]
+    #[error("{origin} is a {found} namespace, not {wanted}")]
     WrongKind {
         /// What was opened.
-        path: String,
+        origin: Origin,
         /// The kind it is.
         found: Kind,
         /// The kind wanted.
@@ -34,15 +55,22 @@ pub enum NsError {
     },
     /// The file is not a namespace file at all.
     #[error("{0} is not a namespace file")]
-    NotANamespace(String),
+    NotANamespace(Origin),
     /// Opening the path failed.
-    #[error("cannot open {path}: {source}")]
+    #[error("cannot open {}: {source}", path.display())]
     Open {
         /// The path, as written.
-        path: String,
+        path: PathBuf,
         /// What open(2) said.
         source: io::Error,
     },
+    /// Opening the path did not end in time.
+    #[error(
+        "cannot open {}: no answer within {} s (a filesystem on the way does not respond)",
+        .0.display(),
+        resolve::LIMIT.as_secs()
+    )]
+    TimedOut(PathBuf),
     /// The kernel refused to make a fresh namespace.
     #[error("cannot create a fresh {kind} namespace: {source}")]
     Fresh {
@@ -52,16 +80,33 @@ pub enum NsError {
         source: io::Error,
     },
     /// A written path leads where no namespace file can be.
-    #[error("{path}: refused, {why}")]
+    #[error("{}: refused, {why}", path.display())]
     Refused {
         /// The path, as written.
-        path: String,
+        path: PathBuf,
         /// Why.
         why: &'static str,
     },
-    /// The kernel refuses the caller what it asked for.
-    #[error("not permitted: {0}")]
-    Denied(String),
+    /// The kernel refuses the caller the namespace of a process.
+    #[error(
+        "not permitted: the kernel refuses uid {uid} access to the {kind} namespace of process {pid}"
+    )]
+    Denied {
+        /// The caller's fsuid.
+        uid: u32,
+        /// The kind asked for.
+        kind: Kind,
+        /// The process, as the writer wrote it.
+        pid: i32,
+    },
+    /// Acting with the caller's credentials failed.
+    #[error("{what}: {source}")]
+    Creds {
+        /// What was being done.
+        what: &'static str,
+        /// Why it could not be.
+        source: creds::CredsError,
+    },
     /// Any other system call failure.
     #[error("{what}: {source}")]
     Sys {
@@ -72,22 +117,86 @@ pub enum NsError {
     },
 }
 
-impl NsError {
-    /// The errno a caller sees for this error.
-    pub fn errno(&self) -> i32 {
-        match self {
-            NsError::NoSuchProcess(_) => libc::ESRCH,
-            NsError::WrongKind { .. } | NsError::NotANamespace(_) => libc::EINVAL,
-            NsError::Denied(_) => libc::EPERM,
-            NsError::Refused { .. } => libc::EINVAL,
-            NsError::Open { source, .. } if source.kind() == io::ErrorKind::TimedOut => {
-                libc::ETIMEDOUT
-            }
-            NsError::Open { source, .. }
-            | NsError::Fresh { source, .. }
-            | NsError::Sys { source, .. } => source.raw_os_error().unwrap_or(libc::EIO),
-        }
-    }
+/// Why a namespace a previous daemon recorded cannot be taken back.
+#[derive(Debug, Error)]
+pub enum ReopenError {
+    /// Its keeper has exited.
+    #[error("its {role} process {pid} has exited")]
+    KeeperGone {
+        /// What the keeper was: `init` or `holder`.
+        role: &'static str,
+        /// Its recorded pid.
+        pid: i32,
+    },
+    /// Its keeper has exited and the pid names another process now.
+    #[error("its {role} process {pid} has exited (the pid now names another process)")]
+    KeeperReplaced {
+        /// What the keeper was.
+        role: &'static str,
+        /// Its recorded pid.
+        pid: i32,
+    },
+    /// Its keeper was told to leave.
+    #[error(
+        "its {role} process {pid} is leaving (it was told to, or lost the daemon before the \
+         namespace was recorded) and will exit with the namespace's last process"
+    )]
+    KeeperLeaving {
+        /// What the keeper was.
+        role: &'static str,
+        /// Its pid.
+        pid: i32,
+    },
+    /// The process is no keeper.
+    #[error("process {pid} is not its {role} any more")]
+    NotKeeper {
+        /// What the keeper was.
+        role: &'static str,
+        /// Its recorded pid.
+        pid: i32,
+    },
+    /// The keeper's namespace could not be read.
+    #[error("{0}")]
+    Inode(io::Error),
+    /// The keeper sits in another namespace.
+    #[error("its {role} process {pid} sits in {kind}:[{found}], not in this namespace")]
+    KeeperElsewhere {
+        /// What the keeper was.
+        role: &'static str,
+        /// Its pid.
+        pid: i32,
+        /// The kind.
+        kind: Kind,
+        /// The inode it is in.
+        found: u64,
+    },
+    /// The pin is missing.
+    #[error("its pin {} is missing", .0.display())]
+    PinMissing(PathBuf),
+    /// The pin is a symbolic link.
+    #[error("its pin {} is a symbolic link", .0.display())]
+    PinSymlink(PathBuf),
+    /// The pin could not be opened.
+    #[error("its pin {} cannot be opened: {source}", path.display())]
+    PinOpen {
+        /// The pin.
+        path: PathBuf,
+        /// Why.
+        source: io::Error,
+    },
+    /// The pin is no namespace of that kind.
+    #[error(transparent)]
+    Ns(#[from] NsError),
+    /// The pin holds another namespace.
+    #[error("its pin {} now holds {kind}:[{found}], another namespace", path.display())]
+    PinReplaced {
+        /// The pin.
+        path: PathBuf,
+        /// The kind.
+        kind: Kind,
+        /// The inode it holds.
+        found: u64,
+    },
 }
 
 fn sys_err(what: &'static str) -> impl FnOnce(io::Error) -> NsError {
@@ -143,36 +252,42 @@ impl Keeper {
     /// `kind`:`ino`, after checking that process `pid` is still the one
     /// that started at `start`, is a keeper, and sits in that namespace.
     /// Returns it with a descriptor of its namespace, or why not.
-    pub fn adopt(kind: Kind, ino: u64, pid: i32, start: u64) -> Result<(Keeper, OwnedFd), String> {
-        let what = match kind {
+    pub fn adopt(
+        kind: Kind,
+        ino: u64,
+        pid: i32,
+        start: u64,
+    ) -> Result<(Keeper, OwnedFd), ReopenError> {
+        let role = match kind {
             Kind::Pid => "init",
             _ => "holder",
         };
-        let gone = || format!("its {what} process {pid} has exited");
+        let gone = || ReopenError::KeeperGone { role, pid };
         let pidfd = sys::pidfd::open(pid, 0).map_err(|_| gone())?;
         if crate::procfs::start_time(pid) != Some(start) {
-            return Err(format!("{} (the pid now names another process)", gone()));
+            return Err(ReopenError::KeeperReplaced { role, pid });
         }
         match crate::procfs::comm(pid) {
             Some(name) if name == keeper_name(kind) => {}
             Some(name) if name == "nsproxyfs-exit" => {
-                return Err(format!(
-                    "its {what} process {pid} is leaving (it was told to, or lost the daemon \
-                     before the namespace was recorded) and will exit with the namespace's \
-                     last process"
-                ));
+                return Err(ReopenError::KeeperLeaving { role, pid });
             }
-            _ => return Err(format!("process {pid} is not its {what} any more")),
+            _ => return Err(ReopenError::NotKeeper { role, pid }),
         }
         let fd = sys::pidfd::namespace(pidfd.as_fd(), kind).map_err(|_| gone())?;
-        let found = File::from(fd.try_clone().map_err(|e| e.to_string())?)
-            .metadata()
+        let found = fd
+            .try_clone()
+            .map(File::from)
+            .and_then(|f| f.metadata())
             .map(|m| m.ino())
-            .map_err(|e| e.to_string())?;
+            .map_err(ReopenError::Inode)?;
         if found != ino {
-            return Err(format!(
-                "its {what} process {pid} sits in {kind}:[{found}], not in this namespace"
-            ));
+            return Err(ReopenError::KeeperElsewhere {
+                role,
+                pid,
+                kind,
+                found,
+            });
         }
         if !sys::pidfd::alive(pidfd.as_fd()) {
             return Err(gone());
@@ -403,11 +518,14 @@ pub struct Namespace {
 impl Namespace {
     /// Wraps the nsfs file `fd`, which must be a namespace of `kind`;
     /// `what` names it in errors.
-    pub fn from_fd(fd: OwnedFd, kind: Kind, what: &str) -> Result<Namespace, NsError> {
+    pub fn from_fd(fd: OwnedFd, kind: Kind, what: Origin) -> Result<Namespace, NsError> {
         let found = match sys::ns::ns_type(fd.as_fd()) {
-            Ok(t) => Kind::from_clone_flag(t).ok_or_else(|| NsError::NotANamespace(what.into()))?,
+            Ok(t) => match Kind::from_clone_flag(t) {
+                Some(found) => found,
+                None => return Err(NsError::NotANamespace(what)),
+            },
             Err(e) if matches!(e.raw_os_error(), Some(libc::ENOTTY | libc::EINVAL)) => {
-                return Err(NsError::NotANamespace(what.into()));
+                return Err(NsError::NotANamespace(what));
             }
             Err(e) => {
                 return Err(NsError::Sys {
@@ -418,7 +536,7 @@ impl Namespace {
         };
         if found != kind {
             return Err(NsError::WrongKind {
-                path: what.into(),
+                origin: what,
                 found,
                 wanted: kind,
             });
@@ -441,10 +559,10 @@ impl Namespace {
     pub fn own(kind: Kind) -> Result<Namespace, NsError> {
         let path = format!("/proc/self/ns/{}", kind.proc_entry());
         let file = File::open(&path).map_err(|source| NsError::Open {
-            path: path.clone(),
+            path: path.clone().into(),
             source,
         })?;
-        Namespace::from_fd(file.into(), kind, &path)
+        Namespace::from_fd(file.into(), kind, Origin::Path(path.into()))
     }
 
     /// The namespace of `kind` of the task `pid` of the daemon's pid
@@ -466,7 +584,7 @@ impl Namespace {
                     source: e,
                 },
             })?;
-        Namespace::from_fd(fd, kind, &format!("process {pid}"))
+        Namespace::from_fd(fd, kind, Origin::Process(pid))
     }
 
     /// The namespace of `kind` of the task behind `pidfd` (`pid`, as the
@@ -480,22 +598,23 @@ impl Namespace {
         kind: Kind,
     ) -> Result<Namespace, NsError> {
         let fd = creds::as_caller(creds, || sys::pidfd::namespace(pidfd, kind))
-            .map_err(|e| NsError::Sys {
+            .map_err(|source| NsError::Creds {
                 what: "act as the caller",
-                source: io::Error::other(e.to_string()),
+                source,
             })?
             .map_err(|e| match e.raw_os_error() {
                 Some(libc::ESRCH) => NsError::NoSuchProcess(pid),
-                Some(libc::EACCES | libc::EPERM) => NsError::Denied(format!(
-                    "the kernel refuses uid {} access to the {kind} namespace of process {pid}",
-                    creds.uid[3]
-                )),
+                Some(libc::EACCES | libc::EPERM) => NsError::Denied {
+                    uid: creds.uid[3],
+                    kind,
+                    pid,
+                },
                 _ => NsError::Sys {
                     what: "PIDFD_GET_NAMESPACE",
                     source: e,
                 },
             })?;
-        Namespace::from_fd(fd, kind, &format!("process {pid}"))
+        Namespace::from_fd(fd, kind, Origin::Process(pid))
     }
 
     /// The kind.
@@ -558,22 +677,27 @@ impl Namespace {
 
     /// Reopens the namespace `kind`:`ino` from its pin at `path`, checking
     /// that the file is a namespace of that kind and inode; the pin is
-    /// taken over as it is. `Err` says why not, in words.
-    pub fn from_pin(dir: &Arc<PinDir>, kind: Kind, ino: u64) -> Result<Namespace, String> {
+    /// taken over as it is.
+    pub fn from_pin(dir: &Arc<PinDir>, kind: Kind, ino: u64) -> Result<Namespace, ReopenError> {
         let name = Pin::name(kind, ino);
         let path = dir.path.join(&name);
-        let shown = path.display().to_string();
-        let file = dir.open(&name).map_err(|e| match e.raw_os_error() {
-            Some(libc::ENOENT) => format!("its pin {shown} is missing"),
-            Some(libc::ELOOP) => format!("its pin {shown} is a symbolic link"),
-            _ => format!("its pin {shown} cannot be opened: {e}"),
-        })?;
-        let mut ns = Namespace::from_fd(file, kind, &shown).map_err(|e| e.to_string())?;
+        let file = dir
+            .open(&name)
+            .map_err(|source| match source.raw_os_error() {
+                Some(libc::ENOENT) => ReopenError::PinMissing(path.clone()),
+                Some(libc::ELOOP) => ReopenError::PinSymlink(path.clone()),
+                _ => ReopenError::PinOpen {
+                    path: path.clone(),
+                    source,
+                },
+            })?;
+        let mut ns = Namespace::from_fd(file, kind, Origin::Path(path.clone()))?;
         if ns.ino != ino {
-            return Err(format!(
-                "its pin {shown} now holds {kind}:[{}], another namespace",
-                ns.ino
-            ));
+            return Err(ReopenError::PinReplaced {
+                path,
+                kind,
+                found: ns.ino,
+            });
         }
         ns.pin = Some(Pin {
             dir: Arc::clone(dir),
@@ -585,7 +709,7 @@ impl Namespace {
 
     /// Wraps `fd`, a namespace a keeper sits in (see [`Keeper::adopt`]).
     pub fn kept(fd: OwnedFd, kind: Kind, keeper: Keeper) -> Result<Namespace, NsError> {
-        let mut ns = Namespace::from_fd(fd, kind, "a keeper's namespace")?;
+        let mut ns = Namespace::from_fd(fd, kind, Origin::Other("a keeper's namespace"))?;
         ns.keeper = Some(keeper);
         Ok(ns)
     }
@@ -656,7 +780,7 @@ pub fn of_pid_in(writer_pidns: BorrowedFd<'_>, pid: i32, kind: Kind) -> Result<N
 /// and checks that it is a namespace file of `kind`.
 pub fn of_path(opener: &Opener, path: &str, kind: Kind) -> Result<Namespace, NsError> {
     if path.as_bytes().contains(&0) {
-        return Err(NsError::NotANamespace(path.into()));
+        return Err(NsError::NotANamespace(Origin::Path(path.into())));
     }
     let resolved = resolve::open(opener, path.as_bytes()).map_err(|e| match e.raw_os_error() {
         Some(libc::ENOENT | libc::ESRCH) => NsError::NoSuchProcess(opener.tid as i32),
@@ -666,7 +790,7 @@ pub fn of_path(opener: &Opener, path: &str, kind: Kind) -> Result<Namespace, NsE
         },
     })?;
     match resolved {
-        Resolved::File(fd) => Namespace::from_fd(fd, kind, path),
+        Resolved::File(fd) => Namespace::from_fd(fd, kind, Origin::Path(path.into())),
         Resolved::Failed(errno) => Err(NsError::Open {
             path: path.into(),
             source: io::Error::from_raw_os_error(errno),
@@ -675,16 +799,7 @@ pub fn of_path(opener: &Opener, path: &str, kind: Kind) -> Result<Namespace, NsE
             path: path.into(),
             why,
         }),
-        Resolved::TimedOut => Err(NsError::Open {
-            path: path.into(),
-            source: io::Error::new(
-                io::ErrorKind::TimedOut,
-                format!(
-                    "no answer within {} s (a filesystem on the way does not respond)",
-                    resolve::LIMIT.as_secs()
-                ),
-            ),
-        }),
+        Resolved::TimedOut => Err(NsError::TimedOut(path.into())),
     }
 }
 
@@ -737,7 +852,7 @@ pub fn fresh(kind: Kind, hide: &CStr) -> Result<Namespace, NsError> {
         }
         let path = format!("/proc/{child}/ns/{}", kind.proc_entry());
         let file = File::open(&path).map_err(fail)?;
-        Namespace::from_fd(file.into(), kind, &path)
+        Namespace::from_fd(file.into(), kind, Origin::Path(path.into()))
     })();
     drop(hold_w);
     let _ = sys::process::reap(child);
@@ -772,7 +887,7 @@ fn fresh_pid() -> Result<Namespace, NsError> {
     .map_err(|errno| fail(io::Error::from_raw_os_error(errno)))?;
     let path = format!("/proc/{}/ns/pid", init.pid);
     let file = File::open(&path).map_err(fail)?;
-    let mut ns = Namespace::from_fd(file.into(), Kind::Pid, &path)?;
+    let mut ns = Namespace::from_fd(file.into(), Kind::Pid, Origin::Path(path.into()))?;
     ns.keeper = Some(Keeper::started(Kind::Pid, init)?);
     Ok(ns)
 }

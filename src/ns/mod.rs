@@ -7,6 +7,8 @@ mod holder;
 pub mod resolve;
 
 pub use crate::kind::{CLONE_NEWTIME, Kind};
-pub use handle::{Keeper, Namespace, NsError, Pin, PinDir, fresh, of_path, of_pid_in};
+pub use handle::{
+    Keeper, Namespace, NsError, Origin, Pin, PinDir, ReopenError, fresh, of_path, of_pid_in,
+};
 pub use holder::Holder;
 pub use resolve::Opener;

@@ -83,6 +83,65 @@ pub enum TreeError {
     },
 }
 
+/// An invariant of the tree that does not hold ([`Tree::check`]).
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+pub enum Broken {
+    /// There is no root.
+    #[error("no root")]
+    NoRoot,
+    /// The root has a parent or an unbound kind.
+    #[error("root has a parent or an unbound kind")]
+    Root,
+    /// A container's parent does not exist.
+    #[error("dangling parent of {0:?}")]
+    DanglingParent(ContainerId),
+    /// A container is missing from its parent's children.
+    #[error("{0:?} missing from its parent's children")]
+    NotAChild(ContainerId),
+    /// The discovered container is not `/.discovered`.
+    #[error("the discovered container is misplaced")]
+    DiscoveredMisplaced,
+    /// A container's name is not a valid name.
+    #[error("{0:?}: {1}")]
+    Name(ContainerId, TreeError),
+    /// A container other than the root has no parent.
+    #[error("{0:?} has no parent")]
+    NoParent(ContainerId),
+    /// A child of a container does not exist.
+    #[error("dangling child of {0:?}")]
+    DanglingChild(ContainerId),
+    /// A child disagrees with its parent on its name or parent (the parent,
+    /// the child's name there).
+    #[error("child {1} of {0:?} disagrees")]
+    Child(ContainerId, String),
+    /// An inode is bound as two kinds.
+    #[error("inode {0} bound as two kinds")]
+    TwoKinds(u64),
+    /// A container nests deeper than [`MAX_DEPTH`].
+    #[error("{0:?} too deep")]
+    TooDeep(ContainerId),
+    /// The kept binder counts are not the counted ones.
+    #[error("binder counts {kept:?} != {counted:?}")]
+    Binders {
+        /// As kept.
+        kept: HashMap<u64, (Kind, u32)>,
+        /// As counted.
+        counted: HashMap<u64, (Kind, u32)>,
+    },
+    /// The kept binder counts of discovered containers are not the counted
+    /// ones.
+    #[error("discovered binder counts {kept:?} != {counted:?}")]
+    DiscoveredBinders {
+        /// As kept.
+        kept: HashMap<u64, u32>,
+        /// As counted.
+        counted: HashMap<u64, u32>,
+    },
+    /// The discovered subtree binds namespaces or nests.
+    #[error("the discovered subtree binds or nests")]
+    DiscoveredSubtree,
+}
+
 /// One node of the tree.
 #[derive(Debug, Clone)]
 pub struct Container {
@@ -637,40 +696,43 @@ impl Tree {
     }
 
     /// Verifies the invariants listed in the module documentation.
-    pub fn check(&self) -> Result<(), String> {
-        let root = self.containers.get(&Tree::ROOT).ok_or("no root")?;
+    pub fn check(&self) -> Result<(), Broken> {
+        let root = self.containers.get(&Tree::ROOT).ok_or(Broken::NoRoot)?;
         if root.parent.is_some() || root.own.iter().any(Option::is_none) {
-            return Err("root has a parent or an unbound kind".into());
+            return Err(Broken::Root);
         }
         let mut counts: HashMap<u64, (Kind, u32)> = HashMap::new();
         let mut discovered: HashMap<u64, u32> = HashMap::new();
         for (&id, c) in &self.containers {
             if let Some(p) = c.parent {
-                let parent = self.containers.get(&p).ok_or("dangling parent")?;
+                let parent = self.containers.get(&p).ok_or(Broken::DanglingParent(id))?;
                 if parent.children.get(&c.name) != Some(&id) {
-                    return Err(format!("{id:?} missing from its parent's children"));
+                    return Err(Broken::NotAChild(id));
                 }
                 if Some(id) == self.discovered {
                     if p != Tree::ROOT || c.name != DISCOVERED {
-                        return Err("the discovered container is misplaced".into());
+                        return Err(Broken::DiscoveredMisplaced);
                     }
                 } else {
-                    check_name(&c.name).map_err(|e| e.to_string())?;
+                    check_name(&c.name).map_err(|e| Broken::Name(id, e))?;
                 }
             } else if id != Tree::ROOT {
-                return Err(format!("{id:?} has no parent"));
+                return Err(Broken::NoParent(id));
             }
             for (name, child) in &c.children {
-                let ch = self.containers.get(child).ok_or("dangling child")?;
+                let ch = self
+                    .containers
+                    .get(child)
+                    .ok_or(Broken::DanglingChild(id))?;
                 if &ch.name != name || ch.parent != Some(id) {
-                    return Err(format!("child {name} of {id:?} disagrees"));
+                    return Err(Broken::Child(id, name.clone()));
                 }
             }
             for kind in Kind::ALL {
                 if let Some(ino) = c.own(kind) {
                     let e = counts.entry(ino).or_insert((kind, 0));
                     if e.0 != kind {
-                        return Err(format!("inode {ino} bound as two kinds"));
+                        return Err(Broken::TwoKinds(ino));
                     }
                     e.1 += 1;
                     if self.is_discovered(id) {
@@ -679,17 +741,20 @@ impl Tree {
                 }
             }
             if self.depth(id) > MAX_DEPTH {
-                return Err(format!("{id:?} too deep"));
+                return Err(Broken::TooDeep(id));
             }
         }
         if counts != self.binders {
-            return Err(format!("binder counts {:?} != {:?}", self.binders, counts));
+            return Err(Broken::Binders {
+                kept: self.binders.clone(),
+                counted: counts,
+            });
         }
         if discovered != self.discovered_binders {
-            return Err(format!(
-                "discovered binder counts {:?} != {:?}",
-                self.discovered_binders, discovered
-            ));
+            return Err(Broken::DiscoveredBinders {
+                kept: self.discovered_binders.clone(),
+                counted: discovered,
+            });
         }
         if let Some(d) = self.discovered
             && self.containers.get(&d).is_none_or(|c| {
@@ -701,7 +766,7 @@ impl Tree {
                     })
             })
         {
-            return Err("the discovered subtree binds or nests".into());
+            return Err(Broken::DiscoveredSubtree);
         }
         Ok(())
     }

@@ -83,7 +83,7 @@ pub enum RecordError {
         /// 1-based line number.
         line: usize,
         /// What is wrong with it.
-        what: String,
+        what: &'static str,
     },
     /// Written in a format version this daemon does not read.
     #[error("format version {0:?} is not one this daemon reads (it reads {VERSION})")]
@@ -237,10 +237,7 @@ fn number<T: std::str::FromStr>(field: &str) -> Option<T> {
 /// nesting stays within [`MAX_DEPTH`], and each binding names a recorded
 /// namespace of its kind.
 pub fn parse(bytes: &[u8]) -> Result<Record, RecordError> {
-    let bad = |line: usize, what: &str| RecordError::Bad {
-        line,
-        what: what.to_owned(),
-    };
+    let bad = |line: usize, what: &'static str| RecordError::Bad { line, what };
     let text = std::str::from_utf8(bytes).map_err(|_| bad(0, "not UTF-8"))?;
     // Every line ends with a newline, the last one included.
     let (text, complete) = match text.strip_suffix('\n') {
