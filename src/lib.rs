@@ -7,6 +7,9 @@
 //!   directory, and resolving a written pid or path to a namespace.
 //! * [`tree`]: the containers, their bindings and effective sets, as plain
 //!   data with no system calls.
+//! * [`cgroup`]: the host's cgroup hierarchies, a process's membership,
+//!   and joining a set of cgroups with the rights the kernel demands of
+//!   the caller.
 //! * [`procfs`]: the one reader of `/proc`: `stat`, `status`, `mountinfo`,
 //!   namespace links.
 //! * [`fs`]: the FUSE adapter, the only code that knows fuser; it checks
@@ -35,6 +38,7 @@
 //! [`exec::run`].
 
 pub mod adopt;
+pub mod cgroup;
 pub mod daemon;
 pub mod discover;
 pub mod exec;
