@@ -587,6 +587,12 @@ impl Targets {
                 joined.previous.push(was.clone());
             }
         }
+        // The kernel skips an exiting task without an error: a process
+        // that died meanwhile joined nothing.
+        let gone = crate::procfs::Stat::read(pid).map_or(true, |s| s.is_exiting());
+        if gone {
+            return Err(JoinError::alone(CgroupError::Gone(pid)));
+        }
         Ok(joined)
     }
 }

@@ -407,3 +407,25 @@ fn a_caller_gets_the_kernels_answer_for_its_own_rights() {
     }
     assert!(asked > 0);
 }
+
+#[test]
+fn a_process_that_has_exited_joins_nothing() {
+    let Some(h) = host("cgroup_exited") else {
+        return;
+    };
+    let which = chosen(&h);
+    let own = Own::new(&h, &which, "exited");
+    let a: Vec<Cgroup> = which.iter().map(|x| own.make(x, "a")).collect();
+    // A zombie: exited, not yet reaped. The kernel takes its pid in
+    // cgroup.procs without an error, and moves nothing.
+    let p = Proc(Command::new("true").spawn().expect("start true"));
+    wait_for("true to exit", || state(p.pid()) == 'Z');
+    let targets =
+        Targets::open(&h, &Membership::from_cgroups(a), &Caller::daemon().unwrap()).unwrap();
+    let err = targets.join(p.pid()).expect_err("a zombie joins nothing");
+    assert!(
+        matches!(err.error, CgroupError::Gone(pid) if pid == p.pid()),
+        "{err}"
+    );
+    assert_eq!(err.error.errno(), libc::ESRCH);
+}

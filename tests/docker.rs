@@ -269,3 +269,93 @@ fn a_stopped_engine_leaves_nothing_behind() {
         );
     }
 }
+
+/// Says `ready` (its libraries loaded: it may change mount namespace now),
+/// then forks until the kernel refuses, once a line arrives on stdin; then ends
+/// its children and prints how many it made and the errno of the refusal.
+const FORKER: &str = "import os, signal, sys
+print('ready', flush=True)
+sys.stdin.readline()
+kids, err = [], 0
+for _ in range(256):
+    try:
+        pid = os.fork()
+    except OSError as e:
+        err = e.errno
+        break
+    if pid == 0:
+        signal.pause()
+        os._exit(0)
+    kids.append(pid)
+for k in kids:
+    os.kill(k, signal.SIGKILL)
+    os.waitpid(k, 0)
+print(len(kids), err, flush=True)
+";
+
+#[test]
+fn a_process_that_joins_the_containers_cgroups_is_held_by_its_limits() {
+    use nsproxyfs::cgroup::{Caller, Hierarchies, Hierarchy, Membership, Targets};
+    use std::io::{BufRead, Write};
+    let Some(s) = Scene::new("docker_cgroups") else {
+        return;
+    };
+    let mut child = Command::new("/usr/bin/python3")
+        .args(["-c", FORKER])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("start python");
+    let py = child.id() as i32;
+    s.m.watch_pid(py);
+    let mut stdin = child.stdin.take().unwrap();
+    let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+    let _p = Proc(child);
+    let mut line = String::new();
+    s.m.step.set("wait for python to start");
+    stdout.read_line(&mut line).unwrap();
+    assert_eq!(line, "ready\n");
+    s.m.step
+        .set("move the process into the container's namespaces");
+    s.m.write(&format!("{}/tasks", s.rel), py.to_string().as_bytes())
+        .expect("move into the container");
+    assert_eq!(same_namespaces(py, s.c.pid), Vec::<String>::new());
+
+    s.m.step.set("join the container's cgroups");
+    let hierarchies = Hierarchies::of_host().unwrap();
+    let theirs = Membership::of_process(s.c.pid).unwrap();
+    let targets = Targets::open(&hierarchies, &theirs, &Caller::daemon().unwrap()).unwrap();
+    let joined = targets.join(py).expect("join the container's cgroups");
+    drop(joined);
+    assert_eq!(Membership::of_process(py).unwrap(), theirs);
+
+    s.m.step.set("fork up to the container's pids limit");
+    let pids = theirs
+        .iter()
+        .find(|c| c.hierarchy == Hierarchy::V1("pids".into()))
+        .or_else(|| theirs.get(&Hierarchy::Unified))
+        .expect("a pids cgroup");
+    let dir = hierarchies.dir_of(pids).unwrap();
+    let read = |f: &str| -> usize {
+        std::fs::read_to_string(dir.join(f))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap()
+    };
+    let (max, current) = (read("pids.max"), read("pids.current"));
+    assert_eq!(max, 16, "docker's --pids-limit");
+    stdin.write_all(b"go\n").unwrap();
+    stdin.flush().unwrap();
+    line.clear();
+    stdout.read_line(&mut line).unwrap();
+    let made: Vec<i32> = line
+        .split_whitespace()
+        .map(|w| w.parse().unwrap())
+        .collect();
+    assert_eq!(
+        made,
+        [(max - current) as i32, libc::EAGAIN],
+        "forks allowed, then the limit's errno"
+    );
+}
