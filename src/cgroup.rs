@@ -129,6 +129,11 @@ pub enum CgroupError {
     /// The process is gone.
     #[error("process {0} is gone")]
     Gone(i32),
+    /// A path of the caller's cgroup namespace that the daemon cannot
+    /// place: the caller (process given) is outside its namespace's root,
+    /// or in no cgroup of that hierarchy.
+    #[error("the cgroup namespace of process {0} does not hold its own cgroups")]
+    OutsideNamespace(i32),
     /// The caller's credentials could not be taken.
     #[error(transparent)]
     Creds(#[from] CredsError),
@@ -142,7 +147,9 @@ impl CgroupError {
     pub fn errno(&self) -> i32 {
         match self {
             CgroupError::BadLine { .. } | CgroupError::Twice(_) => libc::EINVAL,
-            CgroupError::NotMounted(_) | CgroupError::Unreachable(_) => libc::ENOENT,
+            CgroupError::NotMounted(_)
+            | CgroupError::Unreachable(_)
+            | CgroupError::OutsideNamespace(_) => libc::ENOENT,
             CgroupError::Open { errno, .. } | CgroupError::Write { errno, .. } => *errno,
             CgroupError::Gone(_) | CgroupError::Creds(CredsError::Gone(_)) => libc::ESRCH,
             CgroupError::Creds(CredsError::Sys(e)) | CgroupError::Io(e) => {
@@ -448,7 +455,17 @@ pub struct Caller {
     /// The caller's cgroup namespace, when it is not the daemon's (the
     /// kernel checks, under `nsdelegate`, that both cgroups are visible
     /// from the opener's cgroup namespace).
-    pub cgroup_ns: Option<OwnedFd>,
+    pub cgroup_ns: Option<CgroupNs>,
+}
+
+/// A cgroup namespace other than the daemon's.
+#[derive(Debug)]
+pub struct CgroupNs {
+    /// The namespace, open.
+    pub fd: OwnedFd,
+    /// A thread in it (daemon pid namespace), whose cgroups lie below the
+    /// namespace's root: the caller's own.
+    pub member: u32,
 }
 
 impl Caller {
@@ -461,11 +478,11 @@ impl Caller {
         let cgroup_ns = if theirs.ino() == ours.ino() && theirs.dev() == ours.dev() {
             None
         } else {
-            Some(
-                File::open(&path)
-                    .map_err(|_| CgroupError::Gone(tid as i32))?
-                    .into(),
-            )
+            let fd = File::open(&path).map_err(|_| CgroupError::Gone(tid as i32))?;
+            Some(CgroupNs {
+                fd: fd.into(),
+                member: tid,
+            })
         };
         Ok(Caller { creds, cgroup_ns })
     }
@@ -481,23 +498,69 @@ impl Caller {
         })
     }
 
+    /// `written`, with paths as the caller's cgroup namespace shows them
+    /// (what it reads in `/proc/PID/cgroup`), with paths as the daemon's
+    /// shows the same cgroups: the namespace's root in each hierarchy, as
+    /// the daemon sees it, put in front. The root is found from the
+    /// caller's own cgroups, read once from each side. A hierarchy the
+    /// caller is in no cgroup of, or whose namespace root lies above the
+    /// caller's cgroup there (the caller moved out of it), gives
+    /// [`CgroupError::OutsideNamespace`].
+    pub fn to_daemon_view(&self, written: &Membership) -> Result<Membership, CgroupError> {
+        let Some(ns) = &self.cgroup_ns else {
+            return Ok(written.clone());
+        };
+        let outside = || CgroupError::OutsideNamespace(ns.member as i32);
+        let ours = Membership::of_process(ns.member as i32)?;
+        let path = format!("/proc/{}/cgroup", ns.member);
+        let text = in_namespace(&ns.fd, || std::fs::read_to_string(&path))??;
+        let theirs = Membership::parse(&text).map_err(|_| outside())?;
+        let mut out = Vec::new();
+        for c in written.iter() {
+            let (Some(d), Some(t)) = (ours.get(&c.hierarchy), theirs.get(&c.hierarchy)) else {
+                return Err(outside());
+            };
+            let root = if t.path == "/" {
+                d.path.as_str()
+            } else {
+                // Both paths start with `/`: a suffix ends at a component.
+                let rest = d.path.strip_suffix(&t.path).ok_or_else(outside)?;
+                if rest.is_empty() { "/" } else { rest }
+            };
+            let path = match (root, c.path.as_str()) {
+                ("/", p) => p.to_owned(),
+                (r, "/") => r.to_owned(),
+                (r, p) => format!("{r}{p}"),
+            };
+            out.push(Cgroup { path, ..c.clone() });
+        }
+        Ok(Membership::from_cgroups(out))
+    }
+
     /// Runs `work` in the caller's cgroup namespace with its credentials.
     fn run<T: Send>(&self, work: impl FnOnce() -> T + Send) -> Result<T, CgroupError> {
         let Some(ns) = &self.cgroup_ns else {
             return Ok(creds::as_caller(&self.creds, work)?);
         };
-        // A cgroup namespace is joined per task: this thread alone joins
-        // it, and the thread `as_caller` starts from here inherits it.
-        std::thread::scope(|s| {
-            s.spawn(|| {
-                nix::sched::setns(ns.as_fd(), nix::sched::CloneFlags::CLONE_NEWCGROUP)
-                    .map_err(|e| CgroupError::Io(e.into()))?;
-                Ok(creds::as_caller(&self.creds, work)?)
-            })
-            .join()
-            .unwrap_or_else(|_| Err(io::Error::other("the cgroup thread panicked").into()))
-        })
+        // The thread `as_caller` starts from the joined one inherits its
+        // cgroup namespace.
+        in_namespace(&ns.fd, || creds::as_caller(&self.creds, work))?.map_err(CgroupError::from)
     }
+}
+
+/// Runs `work` on a thread made for it that has joined the cgroup
+/// namespace `ns` (a cgroup namespace is joined per task: the daemon's
+/// other threads stay where they are).
+fn in_namespace<T: Send>(ns: &OwnedFd, work: impl FnOnce() -> T + Send) -> Result<T, CgroupError> {
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            nix::sched::setns(ns.as_fd(), nix::sched::CloneFlags::CLONE_NEWCGROUP)
+                .map_err(|e| CgroupError::Io(e.into()))?;
+            Ok(work())
+        })
+        .join()
+        .unwrap_or_else(|_| Err(io::Error::other("the cgroup thread panicked").into()))
+    })
 }
 
 /// One cgroup's `cgroup.procs`, open for writing by a caller.

@@ -429,3 +429,84 @@ fn a_process_that_has_exited_joins_nothing() {
     );
     assert_eq!(err.error.errno(), libc::ESRCH);
 }
+
+#[test]
+fn a_caller_in_a_cgroup_namespace_names_cgroups_as_it_sees_them() {
+    use std::io::Write;
+    use std::os::unix::fs::MetadataExt;
+    let Some(h) = host("cgroup_namespace") else {
+        return;
+    };
+    if !require_tools("cgroup_namespace", &["unshare"]) {
+        return;
+    }
+    let which = chosen(&h);
+    let own = Own::new(&h, &which, "namespace");
+    for x in &which {
+        own.make(x, "ns");
+        own.make(x, "ns/src");
+        own.make(x, "ns/a");
+    }
+    let at = |x: &Hierarchy, rel: &str| Cgroup {
+        path: format!("{}/{rel}", own.top(x).path),
+        ..own.top(x).clone()
+    };
+    // The caller: put into ns in every hierarchy, then in a cgroup
+    // namespace of its own, rooted there.
+    let mut child = Command::new("sh")
+        .args(["-c", "read go; exec unshare --cgroup sleep 1000"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("start the caller");
+    let mut go = child.stdin.take().unwrap();
+    let caller_proc = Proc(child);
+    let pid = caller_proc.pid();
+    for x in &which {
+        put(&own, &at(x, "ns"), pid);
+    }
+    writeln!(go, "go").unwrap();
+    let own_ns = std::fs::metadata("/proc/self/ns/cgroup").unwrap();
+    wait_for("the caller's own cgroup namespace", || {
+        std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c == "sleep\n")
+            && std::fs::metadata(format!("/proc/{pid}/ns/cgroup"))
+                .is_ok_and(|m| m.ino() != own_ns.ino())
+    });
+    let caller = Caller::of_thread(pid as u32).unwrap();
+    assert!(caller.cgroup_ns.is_some());
+
+    // It writes the paths it sees: /a is ns/a, / is ns.
+    let written: Vec<Cgroup> = which
+        .iter()
+        .map(|x| Cgroup {
+            path: "/a".into(),
+            ..own.top(x).clone()
+        })
+        .collect();
+    let view = caller
+        .to_daemon_view(&Membership::from_cgroups(written))
+        .unwrap();
+    let want: Vec<Cgroup> = which.iter().map(|x| at(x, "ns/a")).collect();
+    assert_eq!(view, Membership::from_cgroups(want.clone()));
+    let root = Membership::from_cgroups(which.iter().map(|x| Cgroup {
+        path: "/".into(),
+        ..own.top(x).clone()
+    }));
+    assert_eq!(
+        caller.to_daemon_view(&root).unwrap(),
+        Membership::from_cgroups(which.iter().map(|x| at(x, "ns")))
+    );
+
+    // Joining with the caller's namespace and credentials moves a process
+    // there.
+    let q = sleeper(0);
+    for x in &which {
+        put(&own, &at(x, "ns/src"), q.pid());
+    }
+    let targets = Targets::open(&h, &view, &caller).expect("open as the caller");
+    let joined = targets.join(q.pid()).expect("join as the caller");
+    drop(joined);
+    for c in &want {
+        assert_eq!(placed(q.pid(), &c.hierarchy), c.path);
+    }
+}
