@@ -620,6 +620,18 @@ impl Targets {
         self.targets.is_empty()
     }
 
+    /// The first target cgroup that is frozen or being frozen (a paused
+    /// container): v1 `freezer.state` other than `THAWED`, v2
+    /// `cgroup.freeze` set or `cgroup.events` saying `frozen 1` (which
+    /// also covers a frozen ancestor). A process joining it stops there.
+    pub fn frozen(&self) -> Option<&Cgroup> {
+        self.targets.iter().map(|t| &t.cgroup).find(|c| {
+            self.hierarchies
+                .dir_of(c)
+                .is_ok_and(|dir| is_frozen(&c.hierarchy, &dir))
+        })
+    }
+
     /// Moves process `pid` (daemon pid namespace; all its threads) into
     /// every target cgroup. When the kernel refuses one, the process goes
     /// back into its previous cgroup in every hierarchy already changed,
@@ -726,6 +738,24 @@ impl Joined {
             cgroup: c.clone(),
             errno,
         })
+    }
+}
+
+/// Whether the cgroup at `dir` of `hierarchy` is frozen or freezing.
+fn is_frozen(hierarchy: &Hierarchy, dir: &Path) -> bool {
+    let read = |name: &str| std::fs::read_to_string(dir.join(name)).unwrap_or_default();
+    match hierarchy {
+        Hierarchy::Unified => {
+            read("cgroup.freeze").trim() == "1"
+                || read("cgroup.events")
+                    .lines()
+                    .any(|l| l.trim() == "frozen 1")
+        }
+        // Only the freezer hierarchy has the file.
+        Hierarchy::V1(_) => {
+            let state = read("freezer.state");
+            !state.is_empty() && state.trim() != "THAWED"
+        }
     }
 }
 

@@ -510,3 +510,47 @@ fn a_caller_in_a_cgroup_namespace_names_cgroups_as_it_sees_them() {
         assert_eq!(placed(q.pid(), &c.hierarchy), c.path);
     }
 }
+
+#[test]
+fn a_frozen_cgroup_is_seen_before_joining() {
+    let Some(h) = host("cgroup_frozen") else {
+        return;
+    };
+    let mut which: Vec<Hierarchy> = chosen(&h)
+        .into_iter()
+        .filter(|x| *x == Hierarchy::Unified)
+        .collect();
+    let freezer = h.iter().find_map(|m| match &m.hierarchy {
+        Hierarchy::V1(c) if c.split(',').any(|n| n == "freezer") => Some(m.hierarchy.clone()),
+        _ => None,
+    });
+    which.extend(freezer);
+    if which.is_empty() {
+        note("cgroup_frozen: no unified or freezer hierarchy here");
+        return;
+    }
+    let own = Own::new(&h, &which, "frozen");
+    let daemon = Caller::daemon().unwrap();
+    for x in &which {
+        let a = own.make(x, "a");
+        let (file, freeze, thaw) = match x {
+            Hierarchy::Unified => ("cgroup.freeze", "1", "0"),
+            Hierarchy::V1(_) => ("freezer.state", "FROZEN", "THAWED"),
+        };
+        let control = own.dir(&a).join(file);
+        let targets = Targets::open(&h, &Membership::from_cgroups([a.clone()]), &daemon).unwrap();
+        assert_eq!(targets.frozen(), None, "{a}");
+        write_once(&control, freeze.as_bytes()).unwrap();
+        assert_eq!(targets.frozen(), Some(&a), "{a} frozen");
+        write_once(&control, thaw.as_bytes()).unwrap();
+        assert_eq!(targets.frozen(), None, "{a} thawed");
+        // A cgroup below a frozen one is frozen too.
+        if *x == Hierarchy::Unified {
+            let b = own.make(x, "a/b");
+            let below = Targets::open(&h, &Membership::from_cgroups([b.clone()]), &daemon).unwrap();
+            write_once(&control, freeze.as_bytes()).unwrap();
+            wait_for("the child to report frozen", || below.frozen() == Some(&b));
+            write_once(&control, thaw.as_bytes()).unwrap();
+        }
+    }
+}
