@@ -32,8 +32,8 @@
 
 use std::fmt;
 use std::fs::File;
-use std::io::{self, Write};
-use std::os::fd::{AsFd, OwnedFd};
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStringExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -381,6 +381,12 @@ impl Hierarchies {
         }
     }
 
+    /// The cgroups of `m` whose hierarchy is mounted here (a discovered
+    /// process's membership may name hierarchies the host does not mount).
+    pub fn reachable(&self, m: &Membership) -> Membership {
+        Membership::from_cgroups(m.iter().filter(|c| self.locate(c).is_ok()).cloned())
+    }
+
     /// The directory of `cgroup` in the daemon's mount namespace.
     pub fn dir_of(&self, cgroup: &Cgroup) -> Result<PathBuf, CgroupError> {
         let (m, rel) = self.locate(cgroup)?;
@@ -620,6 +626,15 @@ impl Targets {
         self.targets.is_empty()
     }
 
+    /// Each target cgroup with its open `cgroup.procs`, for a process
+    /// that writes the pid itself (the injector holding the threads
+    /// stopped): the kernel checks a write against the credentials the
+    /// file was opened with, whoever holds the descriptor, so it can be
+    /// passed on (`SCM_RIGHTS`) and written with [`write_pid`].
+    pub fn files(&self) -> impl Iterator<Item = (&Cgroup, BorrowedFd<'_>)> {
+        self.targets.iter().map(|t| (&t.cgroup, t.procs.as_fd()))
+    }
+
     /// The first target cgroup that is frozen or being frozen (a paused
     /// container): v1 `freezer.state` other than `THAWED`, v2
     /// `cgroup.freeze` set or `cgroup.events` saying `frozen 1` (which
@@ -644,7 +659,7 @@ impl Targets {
             previous: Vec::new(),
         };
         for t in &self.targets {
-            if let Err(errno) = write_pid(&t.procs, pid) {
+            if let Err(errno) = write_pid(t.procs.as_fd(), pid) {
                 let error = match errno {
                     libc::ESRCH => CgroupError::Gone(pid),
                     _ => CgroupError::Write {
@@ -733,7 +748,7 @@ impl Joined {
             cgroup: c.clone(),
             errno,
         })?;
-        write_pid(&procs, self.pid).map_err(|errno| CgroupError::Write {
+        write_pid(procs.as_fd(), self.pid).map_err(|errno| CgroupError::Write {
             pid: self.pid,
             cgroup: c.clone(),
             errno,
@@ -792,14 +807,14 @@ fn open_procs(c: &Cgroup, point: &Path, rel: &str) -> Result<File, i32> {
     Ok(File::from(fd))
 }
 
-/// Writes `pid` to an open `cgroup.procs` in one write; the kernel's errno
-/// on refusal.
-fn write_pid(mut procs: &File, pid: i32) -> Result<(), i32> {
+/// Writes `pid` (in the writer's pid namespace) to an open `cgroup.procs`
+/// in one write; the kernel's errno on refusal.
+pub fn write_pid(procs: BorrowedFd<'_>, pid: i32) -> Result<(), i32> {
     let text = pid.to_string();
-    match procs.write(text.as_bytes()) {
+    match nix::unistd::write(procs, text.as_bytes()) {
         Ok(n) if n == text.len() => Ok(()),
         Ok(_) => Err(libc::EIO),
-        Err(e) => Err(e.raw_os_error().unwrap_or(libc::EIO)),
+        Err(e) => Err(e as i32),
     }
 }
 

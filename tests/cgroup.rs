@@ -295,7 +295,7 @@ fn a_process_joins_a_cgroup_in_every_hierarchy_at_once() {
     // A membership copied from /proc/PID/cgroup is one to join.
     let copied = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
     let copied = Membership::parse(&copied).unwrap();
-    let copied = Membership::from_cgroups(copied.iter().filter(|c| h.dir_of(c).is_ok()).cloned());
+    let copied = h.reachable(&copied);
     let q = sleeper(0);
     let again = Targets::open(&h, &copied, &daemon).unwrap();
     let kept = again.join(q.pid()).expect("join a copied membership");
@@ -385,6 +385,17 @@ fn a_caller_gets_the_kernels_answer_for_its_own_rights() {
             .join(pid)
             .expect_err("the common ancestor is not the user's");
         assert_eq!(refused.error.errno(), r);
+        // Handed to another process (root's shell, writing to it as its
+        // stdout), the descriptor still carries the user's rights.
+        let (_, fd) = opened.files().next().unwrap();
+        let out = Command::new("sh")
+            .args(["-c", "echo $0", &pid.to_string()])
+            .stdout(Stdio::from(fd.try_clone_to_owned().unwrap()))
+            .stderr(Stdio::piped())
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "root wrote through the user's file");
+        assert_eq!(placed(pid, &v2), src.path);
         // The common ancestor's cgroup.procs is the user's too: allowed.
         give(&procs_of(own.top(&v2)));
         let r = compare(&own, &src, &dst, pid, "v2, common ancestor delegated");
