@@ -240,7 +240,9 @@ fn a_stopped_engine_leaves_nothing_behind() {
         "the container's cgroup under the engine's parent: {cgroups:?}"
     );
     let dir = engine.dir_path().to_owned();
-    let ns = engine.mount_ns().expect("the engine's mount namespace");
+    // Held open, so that no later namespace takes its inode number.
+    let ns_file = engine.mount_ns().expect("the engine's mount namespace");
+    let ns = ns_file.metadata().unwrap().ino();
     watched.step.set("stop the engine");
     drop(engine);
 
@@ -251,6 +253,7 @@ fn a_stopped_engine_leaves_nothing_behind() {
         }
     );
     assert_eq!(in_mount_ns(ns), Vec::<i32>::new(), "processes left");
+    drop(ns_file);
     for d in &cgroups {
         assert!(!d.exists(), "cgroup left: {}", d.display());
     }

@@ -461,12 +461,11 @@ impl Engine {
         in_mount_ns(ns.ino())
     }
 
-    /// The inode of the engine's mount namespace.
-    pub fn mount_ns(&self) -> Option<u64> {
+    /// The engine's mount namespace, open: while this is held, the
+    /// namespace's inode number is not given to another one.
+    pub fn mount_ns(&self) -> Option<std::fs::File> {
         let holder = self.holder.as_ref()?;
-        std::fs::metadata(format!("/proc/{}/ns/mnt", holder.id()))
-            .ok()
-            .map(|m| m.ino())
+        std::fs::File::open(format!("/proc/{}/ns/mnt", holder.id())).ok()
     }
 
     fn stop(&mut self) {
