@@ -11,6 +11,7 @@ use std::io;
 
 use nix::errno::Errno;
 
+use crate::cgroup::CgroupError;
 use crate::fs::Error;
 use crate::fs::input::InputError;
 use crate::inject::TraceError;
@@ -155,6 +156,20 @@ pub fn of_creds(e: &CredsError) -> i32 {
 /// not one.
 pub fn of_io(e: &io::Error) -> i32 {
     e.raw_os_error().unwrap_or(libc::EIO)
+}
+
+/// The errno of a failure to read or join cgroups.
+pub fn of_cgroup(e: &CgroupError) -> i32 {
+    match e {
+        CgroupError::BadLine { .. } | CgroupError::Twice(_) => libc::EINVAL,
+        CgroupError::NotMounted(_)
+        | CgroupError::Unreachable(_)
+        | CgroupError::OutsideNamespace(_) => libc::ENOENT,
+        CgroupError::Open { errno, .. } | CgroupError::Write { errno, .. } => *errno,
+        CgroupError::Gone(_) => libc::ESRCH,
+        CgroupError::Creds(e) => of_creds(e),
+        CgroupError::Io(e) => of_io(e),
+    }
 }
 
 #[cfg(test)]
@@ -440,6 +455,56 @@ pub(crate) mod tests {
         for (e, errno) in traces() {
             assert_eq!(of_trace(&e), errno as i32, "{e}");
             assert_eq!(of_move(&MoveError::Trace(e)), errno as i32);
+        }
+    }
+
+    #[test]
+    fn cgroups() {
+        use crate::cgroup::{Cgroup, Hierarchy};
+        let cg = || Cgroup {
+            id: 0,
+            hierarchy: Hierarchy::Unified,
+            path: "/a".into(),
+        };
+        let cases = [
+            (
+                CgroupError::BadLine {
+                    line: 1,
+                    text: "x".into(),
+                },
+                libc::EINVAL,
+            ),
+            (CgroupError::Twice(Hierarchy::Unified), libc::EINVAL),
+            (
+                CgroupError::NotMounted(Hierarchy::V1("pids".into())),
+                libc::ENOENT,
+            ),
+            (CgroupError::Unreachable(cg()), libc::ENOENT),
+            (CgroupError::OutsideNamespace(1), libc::ENOENT),
+            (
+                CgroupError::Open {
+                    cgroup: cg(),
+                    errno: libc::EACCES,
+                },
+                libc::EACCES,
+            ),
+            (
+                CgroupError::Write {
+                    pid: 1,
+                    cgroup: cg(),
+                    errno: libc::EBUSY,
+                },
+                libc::EBUSY,
+            ),
+            (CgroupError::Gone(1), libc::ESRCH),
+            (CgroupError::Creds(CredsError::Gone(1)), libc::EIO),
+            (
+                CgroupError::Io(io::Error::from_raw_os_error(libc::ENOMEM)),
+                libc::ENOMEM,
+            ),
+        ];
+        for (e, errno) in cases {
+            assert_eq!(of_cgroup(&e), errno, "{e}");
         }
     }
 }

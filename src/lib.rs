@@ -15,6 +15,9 @@
 //!   a written pid or path to a namespace.
 //! * [`tree`]: the containers, their bindings and effective sets, as plain
 //!   data with no system calls.
+//! * [`cgroup`]: the host's cgroup hierarchies, a process's membership,
+//!   and joining a set of cgroups with the rights the kernel demands of
+//!   the caller.
 //! * [`fs`]: the FUSE adapter, the only code that knows fuser; it checks
 //!   the caller, asks the tree, and turns results into replies.
 //! * [`errno`](mod@errno): the one place where an error becomes the errno a
@@ -43,6 +46,7 @@
 //! [`exec::run`].
 
 pub mod adopt;
+pub mod cgroup;
 pub mod daemon;
 pub mod discover;
 pub mod errno;

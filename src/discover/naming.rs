@@ -120,7 +120,7 @@ fn unescape_unit(name: &str) -> String {
 
 /// `s` made into a readable container name: letters, digits, `-`, `_`
 /// and `.` are kept, anything else becomes `_`; no leading dot; at most
-/// [`MAX`] bytes. Empty input gives `host`.
+/// `MAX` (100) bytes. Empty input gives `host`.
 pub fn clean(s: &str) -> String {
     let mut out: String = s
         .chars()

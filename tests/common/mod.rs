@@ -9,6 +9,8 @@
 
 #![allow(dead_code)]
 
+pub mod docker;
+
 use std::ffi::{CStr, CString};
 use std::io::{self, Write};
 use std::os::unix::ffi::OsStrExt;
