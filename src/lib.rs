@@ -48,6 +48,7 @@ pub mod moving;
 pub mod notify;
 pub mod ns;
 pub mod procfs;
+pub mod service;
 pub mod state;
 pub mod state_dir;
 pub mod tree;

@@ -9,9 +9,9 @@
 use std::fs::File;
 use std::os::fd::{BorrowedFd, OwnedFd};
 
-use super::error::{Error, Result};
 use crate::ns::Opener;
 use crate::ns::creds::{self, Credentials, CredsError};
+use crate::service::{Error, Result};
 
 /// `CAP_SYS_ADMIN`.
 const CAP_SYS_ADMIN: u32 = 21;

@@ -22,8 +22,6 @@
 //! being written are written together by the next writer.
 
 mod caller;
-mod error;
-pub mod input;
 mod node;
 mod pending;
 pub mod refusals;
@@ -46,9 +44,9 @@ use fuser::{
 };
 use parking_lot::{Mutex, RwLock};
 
+use crate::service::input::{self, Binding};
+pub use crate::service::{Error, Result};
 pub use caller::Caller;
-pub use error::{Error, Result};
-use input::Binding;
 pub use node::Node;
 
 use crate::discover::{Found, Sink};

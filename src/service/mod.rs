@@ -1,0 +1,7 @@
+//! The tree service: what every request to the filesystem means, free of
+//! the FUSE protocol.
+
+pub mod error;
+pub mod input;
+
+pub use error::{Error, Result};
