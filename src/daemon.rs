@@ -12,8 +12,9 @@ use std::sync::Arc;
 use fuser::{Config, MountOption, SessionACL};
 
 use crate::export::Exporter;
-use crate::fs::{Mounted, Mover, NsProxyFs, Options};
+use crate::fs::{Mounted, NsProxyFs, Options};
 use crate::logs::Destination;
+use crate::moving::Mover;
 use crate::procfs::{self, MountInfo};
 use crate::state::{self, Loaded, Recorder, StateDir};
 

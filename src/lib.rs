@@ -54,6 +54,6 @@ pub mod state_dir;
 pub mod tree;
 
 /// The process mover the daemon uses.
-pub fn mover(fatal_seccomp: mover::FatalSeccomp) -> fs::Result<Box<dyn fs::Mover>> {
+pub fn mover(fatal_seccomp: mover::FatalSeccomp) -> moving::Result<Box<dyn moving::Mover>> {
     Ok(Box::new(moving::PtraceMover::new(fatal_seccomp)?))
 }

@@ -8,17 +8,79 @@
 //! keeps an unbound namespace alive.
 
 use std::collections::HashMap;
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
 
 use parking_lot::Mutex;
 
-use crate::fs::{Error, Mover, Result};
+use thiserror::Error;
+
 use crate::injector::Injectors;
-use crate::mover::{self, ProcessHandle};
+use crate::mover::{self, MoveError, ProcessHandle};
 use crate::ns::creds::Credentials;
-use crate::ns::{Holder, Kind, Namespace, sys};
+use crate::ns::{Holder, Kind, Namespace, NsError, sys};
 use crate::procfs::{self, ProcDir};
+
+/// Why a move was refused or failed; the process was left as it was.
+#[derive(Debug, Error)]
+pub enum Error {
+    /// The move itself failed (see [`crate::mover`](mod@crate::mover)).
+    #[error(transparent)]
+    Move(#[from] MoveError),
+    /// A namespace or a holder could not be opened or made.
+    #[error(transparent)]
+    Ns(#[from] NsError),
+    /// The injector refused or failed the move (its errno and reason).
+    #[error("{reason}")]
+    Refused {
+        /// The errno to pass on.
+        errno: i32,
+        /// Why, as the injector said it.
+        reason: String,
+    },
+    /// The process may not be moved.
+    #[error("not permitted: {0}")]
+    Denied(String),
+    /// The move makes no sense for this process.
+    #[error("invalid: {0}")]
+    Invalid(String),
+    /// A system call failed; its errno is passed on.
+    #[error("{what}: {source}")]
+    Sys {
+        /// What was being done.
+        what: &'static str,
+        /// The kernel's answer.
+        source: std::io::Error,
+    },
+}
+
+/// A move's result.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// A process mover: moves the process `pid` (daemon pid namespace) into the
+/// namespaces in `set` (indexed by [`Kind::index`]). The service above only
+/// decides whether a move is allowed and into what.
+pub trait Mover: Send + Sync + 'static {
+    /// Moves `pid`, pinned by the pidfd `target` before it was judged;
+    /// `writer_tid` is the thread that wrote the pid, which may belong to
+    /// the process being moved; `tracer` are the writer's credentials, whose
+    /// right to trace the process is asked again once it is stopped.
+    fn move_process(
+        &self,
+        pid: i32,
+        target: OwnedFd,
+        writer_tid: u32,
+        tracer: &Credentials,
+        set: &[Arc<Namespace>; 8],
+        reply: &mut dyn FnMut(Result<()>),
+    );
+
+    /// Namespace `ino` lost its last binding: forget anything holding it.
+    fn released(&self, ino: u64);
+
+    /// Processes the mover runs for its own use, left out of `tasks`.
+    fn helper_pids(&self) -> Vec<i32>;
+}
 
 /// Moves processes by ptrace-injecting `setns(pidfd_of_holder, kinds)`.
 #[derive(Debug)]

@@ -50,6 +50,7 @@ pub use caller::Caller;
 pub use node::Node;
 
 use crate::discover::{Found, Sink};
+use crate::moving::Mover;
 use crate::ns::{self, Kind, Namespace};
 use crate::procfs;
 use crate::state::Recorder;
@@ -85,31 +86,6 @@ pub struct Options {
     pub discover: bool,
     /// Exports containers' own net namespaces (`--netns-export`).
     pub exporter: Option<Arc<crate::export::Exporter>>,
-}
-
-/// A process mover: moves the process `pid` (daemon pid namespace) into the
-/// namespaces in `set` (indexed by [`Kind::index`]). Supplied by the daemon;
-/// the filesystem only decides whether a move is allowed and into what.
-pub trait Mover: Send + Sync + 'static {
-    /// Moves `pid`, pinned by the pidfd `target` before it was judged;
-    /// `writer_tid` is the thread that wrote the pid, which may belong to
-    /// the process being moved; `tracer` are the writer's credentials, whose
-    /// right to trace the process is asked again once it is stopped.
-    fn move_process(
-        &self,
-        pid: i32,
-        target: OwnedFd,
-        writer_tid: u32,
-        tracer: &crate::ns::creds::Credentials,
-        set: &[Arc<Namespace>; 8],
-        reply: &mut dyn FnMut(Result<()>),
-    );
-
-    /// Namespace `ino` lost its last binding: forget anything holding it.
-    fn released(&self, ino: u64);
-
-    /// Processes the mover runs for its own use, left out of `tasks`.
-    fn helper_pids(&self) -> Vec<i32>;
 }
 
 struct State {
@@ -1579,7 +1555,8 @@ impl NsProxyFs {
         // writer as its write's return value.
         let mut reply = Some(reply);
         let mut moved = false;
-        let mut answer = |r: Result<()>| {
+        let mut answer = |r: crate::moving::Result<()>| {
+            let r = r.map_err(Error::from);
             moved = r.is_ok();
             let errno = r.as_ref().err().map(|e| refuse("write tasks", caller, e));
             if let Some(reply) = reply.take() {

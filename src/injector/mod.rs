@@ -43,8 +43,8 @@ use std::process::{Child, Command, Stdio};
 use nix::sched::CloneFlags;
 use parking_lot::Mutex;
 
-use crate::fs::{Error, Result};
 use crate::mover::{self, ProcessHandle, Writer};
+use crate::moving::{Error, Result};
 
 /// The first argument that makes `nsproxyfs` an injector (see [`serve`]);
 /// not meant for people.
