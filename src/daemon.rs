@@ -9,13 +9,12 @@ use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use fuser::{Config, MountOption, SessionACL};
-
 use crate::export::Exporter;
-use crate::fs::{Mounted, NsProxyFs, Options};
+use crate::fs::Session;
 use crate::logs::Destination;
 use crate::moving::Mover;
 use crate::procfs::{self, MountInfo};
+use crate::service::{Options, Service};
 use crate::state::{self, Loaded, Recorder, StateDir};
 
 /// How the daemon was asked to run.
@@ -436,7 +435,7 @@ fn serve(
         }
     };
     let recorder = Recorder::open(Arc::clone(&state_dir));
-    let fs = match NsProxyFs::new(
+    let service = match Service::new(
         Options {
             pin_dir: Arc::clone(&pin_dir),
             mountpoint: mountpoint.to_path_buf(),
@@ -447,36 +446,23 @@ fn serve(
         },
         mover,
     ) {
-        Ok(fs) => fs,
+        Ok(service) => service,
         Err(e) => {
             let msg = format!("cannot read the daemon's own namespaces: {e}");
             tell(&mut report, &msg);
             return fail(msg);
         }
     };
-    let mut config = Config::default();
-    config.mount_options = vec![
-        MountOption::FSName("nsproxyfs".into()),
-        // The kernel takes the subtype as a mount option, so the mount
-        // table shows the type fuse.nsproxyfs (fuser only passes
-        // Subtype to fusermount).
-        MountOption::CUSTOM("subtype=nsproxyfs".into()),
-        MountOption::NoSuid,
-        MountOption::NoDev,
-        MountOption::NoExec,
-    ];
-    config.acl = SessionACL::All;
-    config.n_threads = Some(4);
-    config.clone_fd = true;
-    let fs = Arc::new(fs);
+    let service = Arc::new(service);
     if settings.discover
-        && let Err(e) = crate::discover::spawn(Arc::clone(&fs) as Arc<dyn crate::discover::Sink>)
+        && let Err(e) =
+            crate::discover::spawn(Arc::clone(&service) as Arc<dyn crate::discover::Sink>)
     {
         let msg = format!("cannot start the discovery thread: {e}");
         tell(&mut report, &msg);
         return fail(msg);
     }
-    let mut session = match fuser::Session::new(Mounted(fs), mountpoint, &config) {
+    let mut session = match Session::mount(service, mountpoint) {
         Ok(s) => s,
         Err(e) => {
             let msg = format!("cannot mount on {}: {e}", mountpoint.display());
@@ -485,9 +471,8 @@ fn serve(
             return fail(msg);
         }
     };
-    // The daemon unmounts by itself (or finds the mount gone); fuser's own
-    // attempt at the end would fail and log a warning on a clean end.
-    let mut unmounter = session.unmount_callable();
+    // The daemon unmounts by itself (or finds the mount gone).
+    let mut unmounter = session.unmounter();
     // Says when the session, and the filesystem with its helpers, is gone.
     let (ended_tx, ended) = std::sync::mpsc::channel::<()>();
     let loop_thread = std::thread::Builder::new()
@@ -546,8 +531,8 @@ fn serve(
             log::warn!("unmount {}: {e}", mountpoint.display());
         }
     }
-    // Takes the mount from fuser; it is gone already (or is ours to detach
-    // above), so the error says only that.
+    // Takes the mount from the session; it is gone already (or is ours to
+    // detach above), so the error says only that.
     let _ = unmounter.unmount();
     // The filesystem is dropped with the session: its idle injectors are
     // let go and collected then (see Injectors). Waited for a little, so

@@ -1,10 +1,10 @@
 //! Who sent a request, and what they may do.
 //!
-//! The FUSE header carries the caller's fsuid, fsgid and thread id (0 when
-//! the caller's pid namespace cannot see the daemon's). Capabilities are not
-//! sent: they are asked of the kernel (capget(2) on the caller's thread), and
-//! the user namespace they hold in is read from `/proc/TID/ns/user`. Root by
-//! uid alone grants nothing.
+//! A request carries the caller's fsuid, fsgid and thread id (0 when the
+//! caller's pid namespace cannot see the daemon's), as the FUSE header has
+//! them. Capabilities are not sent: they are asked of the kernel (capget(2)
+//! on the caller's thread), and the user namespace they hold in is read
+//! from `/proc/TID/ns/user`. Root by uid alone grants nothing.
 
 use std::fs::File;
 use std::os::fd::{BorrowedFd, OwnedFd};
@@ -28,15 +28,6 @@ pub struct Caller {
 }
 
 impl Caller {
-    /// From a fuser request.
-    pub fn of(req: &fuser::Request) -> Caller {
-        Caller {
-            tid: req.pid(),
-            uid: req.uid(),
-            gid: req.gid(),
-        }
-    }
-
     fn visible(&self) -> Result<u32> {
         if self.tid == 0 {
             return Err(Error::Denied(
