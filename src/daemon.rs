@@ -205,6 +205,17 @@ fn preflight(settings: &Settings) -> Result<Checked, StartError> {
     })
 }
 
+/// Forgets everything the state directory `dir` keeps, for a daemon that
+/// is not running (tests, or starting over by hand): the exports left by
+/// `--netns-export` (see [`crate::export::forget`]), then the tree, its
+/// pins and keepers (see [`state::forget`]).
+pub fn forget(dir: &Path) {
+    if let Ok(state_dir) = StateDir::existing(dir) {
+        crate::export::forget(&state_dir);
+    }
+    state::forget(dir);
+}
+
 /// Unmounts and removes every pin left in `dir`, following no symbolic
 /// link (for tests and benchmarks that start over).
 pub fn clear_pins(dir: &Path) {

@@ -271,7 +271,7 @@ fn state_directories_others_could_change_are_refused() {
     sh_ok(&format!("umount {}", mnt.display()));
     let (status, err) = finish(daemon);
     assert!(status.success(), "{err}");
-    nsproxyfs::state::forget(&state);
+    nsproxyfs::daemon::forget(&state);
 }
 
 #[test]

@@ -12,3 +12,9 @@ pub use handle::{Keeper, Namespace, NsError, Pin, PinDir, fresh, of_path, of_pid
 pub use holder::Holder;
 pub use kind::{CLONE_NEWTIME, Kind};
 pub use resolve::Opener;
+
+/// The device of nsfs, where every namespace file lives.
+pub fn nsfs_dev() -> std::io::Result<u64> {
+    use std::os::unix::fs::MetadataExt;
+    Ok(std::fs::metadata("/proc/self/ns/net")?.dev())
+}

@@ -1,5 +1,6 @@
 //! The text of the files that are read: `status`, `tasks` and
-//! `.namespaces`, made when they are opened.
+//! `.namespaces`, made when they are opened; and the reader of `status`
+//! (for `nsproxyfs exec` and `adopt`), kept next to its writer.
 
 use std::fs::File;
 use std::os::fd::AsFd;
@@ -115,5 +116,100 @@ impl Service {
             .map(|ns| (ns.kind(), ns.ino(), ns.fd()))
             .collect();
         crate::discover::lsns::table(&fds).into_bytes()
+    }
+}
+
+/// One line of a container's `status`: the kind, the inode of the namespace
+/// in its effective set, and the pin path (`None` for `-`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StatusLine {
+    /// The kind.
+    pub kind: Kind,
+    /// The namespace's inode.
+    pub ino: u64,
+    /// A path that opens the namespace, if the reader can open one.
+    pub pin: Option<String>,
+}
+
+/// Parses a `status` file: exactly one line per kind, in [`Kind::ALL`]
+/// order, four tab-separated fields each.
+pub fn parse_status(text: &str) -> Result<Vec<StatusLine>, String> {
+    let lines: Vec<&str> = text.lines().collect();
+    if lines.len() != Kind::ALL.len() {
+        return Err(format!(
+            "{} lines, expected {}",
+            lines.len(),
+            Kind::ALL.len()
+        ));
+    }
+    lines
+        .iter()
+        .zip(Kind::ALL)
+        .map(|(line, kind)| {
+            let bad = |why: &str| format!("line {:?}: {why}", line);
+            let fields: Vec<&str> = line.split('\t').collect();
+            let [name, ns, _from, pin] = fields[..] else {
+                return Err(bad("expected 4 tab-separated fields"));
+            };
+            if name != kind.name() {
+                return Err(bad(&format!("expected the {kind} line")));
+            }
+            let ino = ns
+                .strip_prefix(kind.name())
+                .and_then(|s| s.strip_prefix(":["))
+                .and_then(|s| s.strip_suffix(']'))
+                .and_then(|s| s.parse::<u64>().ok())
+                .ok_or_else(|| bad(&format!("expected {kind}:[INODE]")))?;
+            let pin = match pin {
+                "-" => None,
+                "" => return Err(bad("empty pin path")),
+                p => Some(p.to_owned()),
+            };
+            Ok(StatusLine { kind, ino, pin })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const STATUS: &str = "cgroup\tcgroup:[1]\t/\t/s/pins/cgroup-1\n\
+        ipc\tipc:[2]\t/\t/s/pins/ipc-2\n\
+        mnt\tmnt:[3]\t/\t/proc/9/fd/7\n\
+        net\tnet:[4]\town\t/s/pins/net-4\n\
+        pid\tpid:[5]\town\t/s/pins/pid-5\n\
+        time\ttime:[6]\t/\t-\n\
+        user\tuser:[7]\t/web\t/s/pins/user-7\n\
+        uts\tuts:[8]\town\t/s/pins/uts 8\n";
+
+    #[test]
+    fn status_parses_per_kind() {
+        let lines = parse_status(STATUS).unwrap();
+        assert_eq!(lines.len(), 8);
+        for (i, (line, kind)) in lines.iter().zip(Kind::ALL).enumerate() {
+            assert_eq!(line.kind, kind);
+            assert_eq!(line.ino, i as u64 + 1);
+        }
+        assert_eq!(lines[2].pin.as_deref(), Some("/proc/9/fd/7"));
+        assert_eq!(lines[5].pin, None);
+        assert_eq!(lines[7].pin.as_deref(), Some("/s/pins/uts 8"));
+    }
+
+    #[test]
+    fn status_is_parsed_strictly() {
+        let swapped = STATUS.replacen("cgroup\tcgroup", "ipc\tipc", 1);
+        for bad in [
+            "",
+            &STATUS[..STATUS.len() - 30],
+            &STATUS.replace("net:[4]", "net:[x]"),
+            &STATUS.replace("net:[4]", "uts:[4]"),
+            &STATUS.replace("\town\t/s/pins/net-4", "\town"),
+            &STATUS.replace("/s/pins/pid-5", ""),
+            &swapped,
+            &format!("{STATUS}extra\n"),
+        ] {
+            assert!(parse_status(bad).is_err(), "{bad:?}");
+        }
     }
 }

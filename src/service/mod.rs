@@ -59,6 +59,7 @@ use std::time::{Instant, SystemTime};
 use parking_lot::{Mutex, RwLock};
 
 pub use caller::Caller;
+pub use contents::{StatusLine, parse_status};
 pub use error::{Error, Result};
 pub use handles::WriteReply;
 pub use node::Node;
