@@ -308,7 +308,12 @@ pub fn run(mut settings: Settings, mover: Box<dyn Mover>) -> Result<(), StartErr
             }
         }
     };
-    let log_to = crate::logs::install(&log_to, settings.level, &settings.state_dir);
+    let log_to = crate::logs::install(
+        &log_to,
+        settings.level,
+        &settings.state_dir,
+        crate::fs::routine,
+    );
     if let Some(note) = detached {
         log::warn!("{note}");
     }

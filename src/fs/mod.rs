@@ -194,6 +194,22 @@ impl WriteReply for Written {
     }
 }
 
+/// Whether a line fuser logs as a warning or an error is part of a normal
+/// end, and so only worth a debug line: when the mount is gone (`umount`)
+/// fuser's own unmount finds nothing to unmount, and a reply to a request
+/// whose caller was interrupted or which the end of the mount cut short
+/// finds no request to answer (ENOENT).
+pub fn routine(record: &log::Record<'_>) -> bool {
+    if !record.target().starts_with("fuser") || record.level() > log::Level::Warn {
+        return false;
+    }
+    let text = record.args().to_string();
+    text.starts_with("Failed to umount filesystem")
+        || text.starts_with("Unmount failed")
+        || (text.starts_with("Failed to send FUSE reply")
+            && text.contains(&std::io::Error::from_raw_os_error(libc::ENOENT).to_string()))
+}
+
 impl fuser::Filesystem for Adapter {
     fn init(&mut self, _req: &Request, config: &mut fuser::KernelConfig) -> std::io::Result<()> {
         // `echo PID > tasks` opens with O_TRUNC. With this the truncation
@@ -507,5 +523,46 @@ impl fuser::Filesystem for Adapter {
             ),
             Err(e) => reply.error(refuse("create", &caller, &e)),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_fusers_end_of_mount_lines_are_routine() {
+        let check = |target: &str, level, text: std::fmt::Arguments<'_>| {
+            routine(
+                &log::Record::builder()
+                    .target(target)
+                    .level(level)
+                    .args(text)
+                    .build(),
+            )
+        };
+        let enoent = std::io::Error::from_raw_os_error(libc::ENOENT);
+        let eio = std::io::Error::from_raw_os_error(libc::EIO);
+        use log::Level::{Error, Warn};
+        assert!(check(
+            "fuser::session",
+            Warn,
+            format_args!("Failed to umount filesystem: Invalid argument")
+        ));
+        assert!(check(
+            "fuser::reply",
+            Error,
+            format_args!("Failed to send FUSE reply: {enoent}")
+        ));
+        assert!(!check(
+            "fuser::reply",
+            Error,
+            format_args!("Failed to send FUSE reply: {eio}")
+        ));
+        assert!(!check(
+            "nsproxyfs::fs",
+            Warn,
+            format_args!("Failed to umount filesystem: x")
+        ));
     }
 }
