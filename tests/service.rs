@@ -127,12 +127,9 @@ fn service(dir: &Path, restore: bool, mover: Noted) -> Arc<Service> {
 
 /// This very thread as the sender of requests.
 fn me() -> Caller {
-    Caller {
-        // SAFETY: gettid has no preconditions.
-        tid: unsafe { libc::gettid() } as u32,
-        uid: 0,
-        gid: 0,
-    }
+    // SAFETY: gettid has no preconditions.
+    let tid = unsafe { libc::gettid() } as u32;
+    Caller::new(tid, 0, 0)
 }
 
 const ROOT: u64 = 1;

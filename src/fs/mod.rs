@@ -83,11 +83,7 @@ struct Adapter(Arc<Service>);
 
 /// The sender of a request.
 fn caller(req: &Request) -> Caller {
-    Caller {
-        tid: req.pid(),
-        uid: req.uid(),
-        gid: req.gid(),
-    }
+    Caller::new(req.pid(), req.uid(), req.gid())
 }
 
 fn file_attr(attr: &Attr) -> FileAttr {
@@ -396,7 +392,7 @@ impl fuser::Filesystem for Adapter {
         let caller = caller(req);
         let reply = Written {
             reply: Some(reply),
-            caller,
+            caller: caller.clone(),
             len: data.len() as u32,
         };
         self.0.write(&caller, ino.0, fh.0, data, Box::new(reply));

@@ -174,7 +174,13 @@ impl Service {
                 None => None,
             }
         };
-        if let Err(e) = caller.require_admin(self.user_ns) {
+        // Every write that gets anywhere needs the writer's credentials (a
+        // move, a pid or a path to bind): read first, they answer the
+        // capability check too, and are read once.
+        if let Err(e) = caller
+            .credentials()
+            .and_then(|_| caller.require_admin(self.user_ns))
+        {
             return reply.send("write", Err(e));
         }
         let result = match target {
@@ -198,7 +204,7 @@ impl Service {
                         };
                         return reply.send("write", Err(e));
                     };
-                    let (this, caller, data) = (Arc::clone(self), *caller, data.to_vec());
+                    let (this, caller, data) = (Arc::clone(self), caller.clone(), data.to_vec());
                     slot.run(Box::new(move || {
                         let result = this.write_binding(&caller, fh, target, &data);
                         reply.send("write", result);

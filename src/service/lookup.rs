@@ -115,12 +115,7 @@ impl Service {
     /// namespaces at any time, so no view is kept (only a lookup's own
     /// answer is repeated to the getattr right after it, see `recent`).
     pub(super) fn view(&self, caller: &Caller) -> View {
-        let set = if caller.tid == 0 {
-            None
-        } else {
-            procfs::ns_set(caller.tid)
-        };
-        let Some(set) = set else {
+        let Some(set) = caller.ns_set() else {
             return View::NOTHING;
         };
         if set == self.root_set {

@@ -272,7 +272,7 @@ impl Service {
         // locked: new lookups get another.
         self.tasks_names.begin(c, generation);
         let this = Arc::clone(self);
-        let caller = *caller;
+        let caller = caller.clone();
         slot.run(Box::new(move || {
             this.finish_move(&caller, c, local, pidfd, &creds, &set, reply.as_mut());
             this.tasks_names.end(c, generation);
