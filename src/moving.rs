@@ -61,10 +61,14 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 /// namespaces in `set` (indexed by [`Kind::index`]). The service above only
 /// decides whether a move is allowed and into what.
 pub trait Mover: Send + Sync + 'static {
-    /// Moves `pid`, pinned by the pidfd `target` before it was judged;
-    /// `writer_tid` is the thread that wrote the pid, which may belong to
-    /// the process being moved; `tracer` are the writer's credentials, whose
-    /// right to trace the process is asked again once it is stopped.
+    /// Moves `pid`, pinned by the pidfd `target` before it was judged, and
+    /// returns the outcome. `writer_tid` is the thread that wrote the pid,
+    /// which may belong to the process being moved: it is blocked in that
+    /// very write, so `seized` is called once its threads are asked to
+    /// stop, for the write to be answered before the move goes on (a
+    /// failure after that is the returned outcome all the same). `tracer`
+    /// are the writer's credentials, whose right to trace the process is
+    /// asked again once it is stopped.
     fn move_process(
         &self,
         pid: i32,
@@ -72,8 +76,8 @@ pub trait Mover: Send + Sync + 'static {
         writer_tid: u32,
         tracer: &Credentials,
         set: &[Arc<Namespace>; 8],
-        reply: &mut dyn FnMut(Result<()>),
-    );
+        seized: &mut dyn FnMut(),
+    ) -> Result<()>;
 
     /// Namespace `ino` lost its last binding: forget anything holding it.
     fn released(&self, ino: u64);
@@ -278,24 +282,19 @@ impl Mover for PtraceMover {
         writer_tid: u32,
         tracer: &Credentials,
         set: &[Arc<Namespace>; 8],
-        reply: &mut dyn FnMut(Result<()>),
-    ) {
-        let w = procfs::is_thread_of(writer_tid, pid);
-        if !w {
-            return reply(self.try_move(pid, target, set, None, Some(tracer)));
+        seized: &mut dyn FnMut(),
+    ) -> Result<()> {
+        if !procfs::is_thread_of(writer_tid, pid) {
+            return self.try_move(pid, target, set, None, Some(tracer));
         }
-        // `echo $$ > tasks`: the writer is blocked in this very write. The
-        // reply goes out once its threads are asked to stop; a failure after
-        // that reaches it as the write's return value.
-        let result = {
-            let mut ok = || reply(Ok(()));
-            let writer = mover::Writer {
-                tid: nix::unistd::Pid::from_raw(writer_tid as i32),
-                answer: &mut ok,
-            };
-            self.try_move(pid, target, set, Some(writer), None)
+        // `echo $$ > tasks`: the writer is blocked in this very write. It is
+        // answered once its threads are asked to stop; a failure after that
+        // reaches it as the write's return value.
+        let writer = mover::Writer {
+            tid: nix::unistd::Pid::from_raw(writer_tid as i32),
+            answer: seized,
         };
-        reply(result);
+        self.try_move(pid, target, set, Some(writer), None)
     }
 
     fn helper_pids(&self) -> Vec<i32> {

@@ -73,13 +73,13 @@ impl Mover for Noted {
         _writer_tid: u32,
         _tracer: &Credentials,
         set: &[Arc<Namespace>; 8],
-        reply: &mut dyn FnMut(moving::Result<()>),
-    ) {
+        _seized: &mut dyn FnMut(),
+    ) -> moving::Result<()> {
         self.0
             .lock()
             .unwrap()
             .push((pid, std::array::from_fn(|i| set[i].ino())));
-        reply(Ok(()));
+        Ok(())
     }
 
     fn released(&self, _ino: u64) {}

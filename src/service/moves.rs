@@ -292,19 +292,17 @@ impl Service {
         set: &[Arc<Namespace>; 8],
         reply: &mut dyn WriteReply,
     ) {
-        // The mover may answer before it is done (a process moving itself);
-        // a failure after that still gets logged here, and reaches the
-        // writer as its write's return value.
-        let mut answered = false;
-        let mut moved = false;
-        let mut answer = |r: crate::moving::Result<()>| {
-            answered = true;
-            let r = r.map_err(Error::from);
-            moved = r.is_ok();
-            reply.send("write tasks", r);
-        };
-        self.mover
-            .move_process(local, pidfd, caller.tid, creds, set, &mut answer);
+        // The mover may have the write answered before it is done (a
+        // process moving itself); a failure after that still gets logged
+        // here, and reaches the writer as its write's return value.
+        let result = self
+            .mover
+            .move_process(local, pidfd, caller.tid, creds, set, &mut || {
+                reply.send("write tasks", Ok(()))
+            });
+        let result = result.map_err(Error::from);
+        let moved = result.is_ok();
+        reply.send("write tasks", result);
         if moved && log::log_enabled!(log::Level::Info) {
             log::info!(
                 "process {local} moved into {} (written by pid {})",
@@ -326,10 +324,6 @@ impl Service {
         };
         for ino in gone {
             self.mover.released(ino);
-        }
-        if !answered {
-            log::error!("the mover did not answer a write to tasks; failing it");
-            reply.fail(libc::EIO);
         }
     }
 }
