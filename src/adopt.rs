@@ -62,7 +62,7 @@ pub enum AdoptError {
 /// The set `status` in `dir` lists, inodes in [`Kind::ALL`] order.
 fn status_set(dir: &Path) -> Option<[u64; 8]> {
     let text = std::fs::read_to_string(dir.join("status")).ok()?;
-    let lines = crate::exec::parse_status(&text).ok()?;
+    let lines = crate::service::parse_status(&text).ok()?;
     Some(std::array::from_fn(|i| lines[i].ino))
 }
 

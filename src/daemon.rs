@@ -9,14 +9,15 @@ use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use fuser::{Config, MountOption, SessionACL};
 use nix::sys::signal::{SigSet, Signal, kill};
 use nix::unistd::getpid;
 
 use crate::export::{ExportError, Exporter};
-use crate::fs::{Mounted, Mover, NsProxyFs, Options};
+use crate::fs::Session;
 use crate::logs::{Destination, LogError};
+use crate::moving::Mover;
 use crate::procfs::{self, MountInfo};
+use crate::service::{Options, Service};
 use crate::state::{self, Loaded, Recorder, StateDir};
 use crate::state_dir::StateDirError;
 
@@ -125,7 +126,7 @@ pub enum StartError {
     },
     /// The daemon's own namespaces cannot be read.
     #[error("cannot read the daemon's own namespaces: {0}")]
-    OwnNamespaces(crate::fs::Error),
+    OwnNamespaces(crate::service::Error),
     /// The mount failed.
     #[error("cannot mount on {}: {source}", path.display())]
     Mount {
@@ -299,6 +300,17 @@ fn preflight(settings: &Settings) -> Result<Checked, StartError> {
     })
 }
 
+/// Forgets everything the state directory `dir` keeps, for a daemon that
+/// is not running (tests, or starting over by hand): the exports left by
+/// `--netns-export` (see [`crate::export::forget`]), then the tree, its
+/// pins and keepers (see [`state::forget`]).
+pub fn forget(dir: &Path) {
+    if let Ok(state_dir) = StateDir::existing(dir) {
+        crate::export::forget(&state_dir);
+    }
+    state::forget(dir);
+}
+
 /// Unmounts and removes every pin left in `dir`, following no symbolic
 /// link (for tests and benchmarks that start over).
 pub fn clear_pins(dir: &Path) {
@@ -425,7 +437,12 @@ pub fn run(mut settings: Settings, mover: Box<dyn Mover>) -> Result<(), StartErr
             }
         }
     };
-    let log_to = crate::logs::install(&log_to, settings.level, &settings.state_dir);
+    let log_to = crate::logs::install(
+        &log_to,
+        settings.level,
+        &settings.state_dir,
+        crate::fs::routine,
+    );
     if let Some(note) = detached {
         log::warn!("{note}");
     }
@@ -553,7 +570,7 @@ fn serve(
         }
     };
     let recorder = Recorder::open(Arc::clone(&state_dir));
-    let fs = match NsProxyFs::new(
+    let service = match Service::new(
         Options {
             pin_dir: Arc::clone(&pin_dir),
             mountpoint: mountpoint.to_path_buf(),
@@ -564,31 +581,18 @@ fn serve(
         },
         mover,
     ) {
-        Ok(fs) => fs,
+        Ok(service) => service,
         Err(e) => return failed(&mut report, StartError::OwnNamespaces(e)),
     };
-    let mut config = Config::default();
-    config.mount_options = vec![
-        MountOption::FSName("nsproxyfs".into()),
-        // The kernel takes the subtype as a mount option, so the mount
-        // table shows the type fuse.nsproxyfs (fuser only passes
-        // Subtype to fusermount).
-        MountOption::CUSTOM("subtype=nsproxyfs".into()),
-        MountOption::NoSuid,
-        MountOption::NoDev,
-        MountOption::NoExec,
-    ];
-    config.acl = SessionACL::All;
-    config.n_threads = Some(4);
-    config.clone_fd = true;
-    let fs = Arc::new(fs);
+    let service = Arc::new(service);
     if settings.discover
-        && let Err(e) = crate::discover::spawn(Arc::clone(&fs) as Arc<dyn crate::discover::Sink>)
+        && let Err(e) =
+            crate::discover::spawn(Arc::clone(&service) as Arc<dyn crate::discover::Sink>)
     {
         let what = "cannot start the discovery thread";
         return failed(&mut report, StartError::Sys { what, source: e });
     }
-    let mut session = match fuser::Session::new(Mounted(fs), mountpoint, &config) {
+    let mut session = match Session::mount(service, mountpoint) {
         Ok(s) => s,
         Err(source) => {
             state::tidy(&state_dir, &pin_dir);
@@ -596,9 +600,8 @@ fn serve(
             return failed(&mut report, StartError::Mount { path, source });
         }
     };
-    // The daemon unmounts by itself (or finds the mount gone); fuser's own
-    // attempt at the end would fail and log a warning on a clean end.
-    let mut unmounter = session.unmount_callable();
+    // The daemon unmounts by itself (or finds the mount gone).
+    let mut unmounter = session.unmounter();
     // Says when the session, and the filesystem with its helpers, is gone.
     let (ended_tx, ended) = std::sync::mpsc::channel::<()>();
     let loop_thread = std::thread::Builder::new()
@@ -653,8 +656,8 @@ fn serve(
             log::warn!("unmount {}: {e}", mountpoint.display());
         }
     }
-    // Takes the mount from fuser; it is gone already (or is ours to detach
-    // above), so the error says only that.
+    // Takes the mount from the session; it is gone already (or is ours to
+    // detach above), so the error says only that.
     let _ = unmounter.unmount();
     // The filesystem is dropped with the session: its idle injectors are
     // let go and collected then (see Injectors). Waited for a little, so

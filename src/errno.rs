@@ -12,13 +12,13 @@ use std::io;
 use nix::errno::Errno;
 
 use crate::cgroup::CgroupError;
-use crate::fs::Error;
-use crate::fs::input::InputError;
 use crate::inject::TraceError;
 use crate::injector::InjectorError;
 use crate::mover::MoveError;
 use crate::ns::NsError;
 use crate::ns::creds::CredsError;
+use crate::service::Error;
+use crate::service::input::InputError;
 use crate::tree::TreeError;
 
 /// The errno of a refused or failed filesystem request.
@@ -179,10 +179,10 @@ pub(crate) mod tests {
     use nix::unistd::Pid;
 
     use super::*;
-    use crate::fs::{Denied, Invalid};
     use crate::inject::{Op, Unsupported};
     use crate::mover::{Call, Step};
     use crate::ns::{Kind, Origin};
+    use crate::service::{Denied, Invalid};
 
     /// Every variant of a move's error, with the errno a caller sees.
     pub(crate) fn moves() -> Vec<(MoveError, Errno)> {

@@ -31,6 +31,7 @@ use nix::unistd::{Gid, Pid, Uid};
 use thiserror::Error;
 
 use crate::ns::{Kind, Namespace, NsError};
+use crate::service::{StatusError, StatusLine, parse_status};
 
 /// Exit status when `nsproxyfs exec` itself fails (as `env`, `chroot` and
 /// container runtimes use it).
@@ -225,86 +226,6 @@ impl ExecError {
 
 fn sys(what: &'static str) -> impl FnOnce(Errno) -> ExecError {
     move |errno| ExecError::Sys { what, errno }
-}
-
-/// One line of a container's `status`: the kind, the inode of the namespace
-/// in its effective set, and the pin path (`None` for `-`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StatusLine {
-    /// The kind.
-    pub kind: Kind,
-    /// The namespace's inode.
-    pub ino: u64,
-    /// A path that opens the namespace, if the reader can open one.
-    pub pin: Option<PathBuf>,
-}
-
-/// What is wrong with a `status` file.
-#[derive(Debug, Error, Clone, PartialEq, Eq)]
-pub enum StatusError {
-    /// Not one line per kind.
-    #[error("{0} lines, expected {n}", n = Kind::ALL.len())]
-    Lines(usize),
-    /// A line without its four tab-separated fields (the line).
-    #[error("line {0:?}: expected 4 tab-separated fields")]
-    Fields(String),
-    /// A line of another kind than the one expected there.
-    #[error("line {line:?}: expected the {kind} line")]
-    Order {
-        /// The line.
-        line: String,
-        /// The kind expected.
-        kind: Kind,
-    },
-    /// A namespace field that is not `KIND:[INODE]`.
-    #[error("line {line:?}: expected {kind}:[INODE]")]
-    Inode {
-        /// The line.
-        line: String,
-        /// Its kind.
-        kind: Kind,
-    },
-    /// An empty pin path (the line).
-    #[error("line {0:?}: empty pin path")]
-    EmptyPin(String),
-}
-
-/// Parses a `status` file: exactly one line per kind, in [`Kind::ALL`]
-/// order, four tab-separated fields each.
-pub fn parse_status(text: &str) -> Result<Vec<StatusLine>, StatusError> {
-    let lines: Vec<&str> = text.lines().collect();
-    if lines.len() != Kind::ALL.len() {
-        return Err(StatusError::Lines(lines.len()));
-    }
-    lines
-        .iter()
-        .zip(Kind::ALL)
-        .map(|(&line, kind)| {
-            let fields: Vec<&str> = line.split('\t').collect();
-            let [name, ns, _from, pin] = fields[..] else {
-                return Err(StatusError::Fields(line.to_owned()));
-            };
-            if name != kind.name() {
-                let line = line.to_owned();
-                return Err(StatusError::Order { line, kind });
-            }
-            let ino = ns
-                .strip_prefix(kind.name())
-                .and_then(|s| s.strip_prefix(":["))
-                .and_then(|s| s.strip_suffix(']'))
-                .and_then(|s| s.parse::<u64>().ok())
-                .ok_or_else(|| StatusError::Inode {
-                    line: line.to_owned(),
-                    kind,
-                })?;
-            let pin = match pin {
-                "-" => None,
-                "" => return Err(StatusError::EmptyPin(line.to_owned())),
-                p => Some(PathBuf::from(p)),
-            };
-            Ok(StatusLine { kind, ino, pin })
-        })
-        .collect()
 }
 
 /// Reads and parses `CONTAINER/status`.
@@ -628,45 +549,6 @@ pub fn run(container: &Path, command: &[OsString]) -> Result<u8, ExecError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    const STATUS: &str = "cgroup\tcgroup:[1]\t/\t/s/pins/cgroup-1\n\
-        ipc\tipc:[2]\t/\t/s/pins/ipc-2\n\
-        mnt\tmnt:[3]\t/\t/proc/9/fd/7\n\
-        net\tnet:[4]\town\t/s/pins/net-4\n\
-        pid\tpid:[5]\town\t/s/pins/pid-5\n\
-        time\ttime:[6]\t/\t-\n\
-        user\tuser:[7]\t/web\t/s/pins/user-7\n\
-        uts\tuts:[8]\town\t/s/pins/uts 8\n";
-
-    #[test]
-    fn status_parses_per_kind() {
-        let lines = parse_status(STATUS).unwrap();
-        assert_eq!(lines.len(), 8);
-        for (i, (line, kind)) in lines.iter().zip(Kind::ALL).enumerate() {
-            assert_eq!(line.kind, kind);
-            assert_eq!(line.ino, i as u64 + 1);
-        }
-        assert_eq!(lines[2].pin.as_deref(), Some(Path::new("/proc/9/fd/7")));
-        assert_eq!(lines[5].pin, None);
-        assert_eq!(lines[7].pin.as_deref(), Some(Path::new("/s/pins/uts 8")));
-    }
-
-    #[test]
-    fn status_is_parsed_strictly() {
-        let swapped = STATUS.replacen("cgroup\tcgroup", "ipc\tipc", 1);
-        for bad in [
-            "",
-            &STATUS[..STATUS.len() - 30],
-            &STATUS.replace("net:[4]", "net:[x]"),
-            &STATUS.replace("net:[4]", "uts:[4]"),
-            &STATUS.replace("\town\t/s/pins/net-4", "\town"),
-            &STATUS.replace("/s/pins/pid-5", ""),
-            &swapped,
-            &format!("{STATUS}extra\n"),
-        ] {
-            assert!(parse_status(bad).is_err(), "{bad:?}");
-        }
-    }
 
     /// Records the calls; refuses the kinds of `refuse` until user is
     /// joined, and everything in `fail`.

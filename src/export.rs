@@ -42,7 +42,7 @@ use std::sync::Arc;
 
 use parking_lot::Mutex;
 
-use crate::ns::{Kind, Namespace};
+use crate::ns::{Kind, Namespace, nsfs_dev};
 use crate::state::StateDir;
 use crate::sys;
 use crate::tree::{ContainerId, Tree};
@@ -248,11 +248,6 @@ struct Inner {
     said: HashSet<String>,
     /// Set at the daemon's clean end: nothing is exported any more.
     closed: bool,
-}
-
-/// The device of nsfs, where every namespace file lives.
-pub fn nsfs_dev() -> io::Result<u64> {
-    Ok(std::fs::metadata("/proc/self/ns/net")?.dev())
 }
 
 fn cstring(path: &Path) -> io::Result<CString> {

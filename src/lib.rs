@@ -18,15 +18,16 @@
 //! * [`cgroup`]: the host's cgroup hierarchies, a process's membership,
 //!   and joining a set of cgroups with the rights the kernel demands of
 //!   the caller.
-//! * [`fs`]: the FUSE adapter, the only code that knows fuser; it checks
-//!   the caller, asks the tree, and turns results into replies.
+//! * [`fs`]: the FUSE adapter, the only code that knows fuser; it decodes
+//!   a request, calls the service, and encodes the reply.
 //! * [`errno`](mod@errno): the one place where an error becomes the errno a
 //!   caller sees.
 //! * [`inject`]: ptrace: stopping a task, running a syscall in it, and
 //!   restoring it exactly.
 //! * [`mover`](mod@mover): one move: every thread of a process joins a holder's
 //!   namespaces through injected `setns(pidfd)`, all or nothing.
-//! * [`moving`]: the daemon's mover: which kinds change, holders per set.
+//! * [`moving`]: the daemon's mover: which kinds change, holders per set;
+//!   the [`moving::Mover`] trait the service moves processes through.
 //! * [`injector`]: the long-lived helper processes that run the moves, so
 //!   that the daemon's death never cuts an injection short.
 //! * [`state`]: the state directory: the record of the tree, written on
@@ -37,10 +38,23 @@
 //!   current from process events, and the `lsns`-like table.
 //! * [`export`]: `--netns-export`: each container's own net namespace
 //!   bind-mounted into a directory such as `/run/netns`, for `ip netns`.
+//! * [`service`]: the tree service: every operation of the filesystem
+//!   (lookup, readdir, mkdir, link, rename, open, read, write, ...) with
+//!   its caller checks, open files, moves, persistence, discovery
+//!   publishing and export, answered in its own terms (node ids,
+//!   attributes, errors with their errno); it knows no protocol and can be
+//!   driven without a mount.
+//! * [`fs`]: the FUSE adapter, the only code that speaks FUSE: each
+//!   request is decoded, handed to the service, and its answer encoded as
+//!   a reply (attributes, errno), a refusal logged once.
 //! * [`daemon`]: checks, mount, background, signals.
 //! * [`exec`]: `nsproxyfs exec`, a new command in a container's set.
 //! * [`adopt`]: `nsproxyfs adopt`, a running process's set as a container.
 //! * [`notify`]: readiness for systemd (`Type=notify`).
+//!
+//! Dependencies point down this list, with the commands ([`daemon`],
+//! [`exec`], [`adopt`]) on top: nothing below the service knows it, and
+//! only [`fs`] knows FUSE.
 //!
 //! The binary `nsproxyfs` is a thin command line over [`daemon::run`] and
 //! [`exec::run`].
@@ -62,12 +76,13 @@ pub mod moving;
 pub mod notify;
 pub mod ns;
 pub mod procfs;
+pub mod service;
 pub mod state;
 pub mod state_dir;
 pub mod sys;
 pub mod tree;
 
 /// The process mover the daemon uses.
-pub fn mover(fatal_seccomp: mover::FatalSeccomp) -> fs::Result<Box<dyn fs::Mover>> {
+pub fn mover(fatal_seccomp: mover::FatalSeccomp) -> moving::Result<Box<dyn moving::Mover>> {
     Ok(Box::new(moving::PtraceMover::new(fatal_seccomp)?))
 }

@@ -125,10 +125,16 @@ pub enum LogError {
     Kmsg(io::Error),
 }
 
-/// Sends the log to `dest` from now on, at `level`. Returns the
+/// Sends the log to `dest` from now on, at `level`, the records `routine`
+/// says are part of a normal end at the debug level. Returns the
 /// destination actually used: the file in `state_dir` when syslog was
 /// chosen but its socket no longer answers.
-pub fn install(dest: &Destination, level: log::LevelFilter, state_dir: &Path) -> Destination {
+pub fn install(
+    dest: &Destination,
+    level: log::LevelFilter,
+    state_dir: &Path,
+    routine: Routine,
+) -> Destination {
     let logger: Box<dyn log::Log> = match dest {
         Destination::Stderr => {
             let logger = env_logger::Builder::new()
@@ -144,6 +150,7 @@ pub fn install(dest: &Destination, level: log::LevelFilter, state_dir: &Path) ->
                     &Destination::File(state_dir.join(FILE_NAME)),
                     level,
                     state_dir,
+                    routine,
                 );
             }
         },
@@ -154,6 +161,7 @@ pub fn install(dest: &Destination, level: log::LevelFilter, state_dir: &Path) ->
                     &Destination::File(state_dir.join(FILE_NAME)),
                     level,
                     state_dir,
+                    routine,
                 );
             }
         },
@@ -164,34 +172,21 @@ pub fn install(dest: &Destination, level: log::LevelFilter, state_dir: &Path) ->
             })),
             // Nothing else can be written either; stderr is /dev/null in
             // the background, but it is what is left.
-            Err(_) => return install(&Destination::Stderr, level, state_dir),
+            Err(_) => return install(&Destination::Stderr, level, state_dir, routine),
         },
     };
-    if log::set_boxed_logger(Box::new(Calm(logger))).is_ok() {
+    if log::set_boxed_logger(Box::new(Calm(logger, routine))).is_ok() {
         log::set_max_level(level);
     }
     dest.clone()
 }
 
-/// Whether a line fuser logs as a warning or an error is part of a normal
-/// end, and so only worth a debug line: when the mount is gone (`umount`)
-/// fuser's own unmount finds nothing to unmount, and a reply to a request
-/// whose caller was interrupted or which the end of the mount cut short
-/// finds no request to answer (ENOENT).
-fn routine(record: &log::Record<'_>) -> bool {
-    if !record.target().starts_with("fuser") || record.level() > log::Level::Warn {
-        return false;
-    }
-    let text = record.args().to_string();
-    text.starts_with("Failed to umount filesystem")
-        || text.starts_with("Unmount failed")
-        || (text.starts_with("Failed to send FUSE reply")
-            && text.contains(&io::Error::from_raw_os_error(libc::ENOENT).to_string()))
-}
+/// Whether a record is part of a normal end though logged as a warning or
+/// an error (see [`install`]).
+pub type Routine = fn(&log::Record<'_>) -> bool;
 
-/// Passes every record on, fuser's routine ones (see [`routine`]) at the
-/// debug level.
-struct Calm(Box<dyn log::Log>);
+/// Passes every record on, routine ones at the debug level.
+struct Calm(Box<dyn log::Log>, Routine);
 
 impl log::Log for Calm {
     fn enabled(&self, metadata: &log::Metadata<'_>) -> bool {
@@ -199,7 +194,7 @@ impl log::Log for Calm {
     }
 
     fn log(&self, record: &log::Record<'_>) {
-        if !routine(record) {
+        if !(self.1)(record) {
             return self.0.log(record);
         }
         if log::max_level() < log::LevelFilter::Debug {
@@ -366,42 +361,6 @@ mod tests {
         assert_eq!(format_utc(951_782_400, 5), "2000-02-29T00:00:00.000005Z");
         assert_eq!(format_utc(1_798_761_599, 0), "2026-12-31T23:59:59.000000Z");
         assert_eq!(format_utc(4_107_542_400, 0), "2100-03-01T00:00:00.000000Z");
-    }
-
-    #[test]
-    fn only_fusers_end_of_mount_lines_are_routine() {
-        let check = |target: &str, level, text: std::fmt::Arguments<'_>| {
-            routine(
-                &log::Record::builder()
-                    .target(target)
-                    .level(level)
-                    .args(text)
-                    .build(),
-            )
-        };
-        let enoent = io::Error::from_raw_os_error(libc::ENOENT);
-        let eio = io::Error::from_raw_os_error(libc::EIO);
-        use log::Level::{Error, Warn};
-        assert!(check(
-            "fuser::session",
-            Warn,
-            format_args!("Failed to umount filesystem: Invalid argument")
-        ));
-        assert!(check(
-            "fuser::reply",
-            Error,
-            format_args!("Failed to send FUSE reply: {enoent}")
-        ));
-        assert!(!check(
-            "fuser::reply",
-            Error,
-            format_args!("Failed to send FUSE reply: {eio}")
-        ));
-        assert!(!check(
-            "nsproxyfs::fs",
-            Warn,
-            format_args!("Failed to umount filesystem: x")
-        ));
     }
 
     #[test]

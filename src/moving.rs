@@ -8,18 +8,90 @@
 //! keeps an unbound namespace alive.
 
 use std::collections::HashMap;
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
 
 use parking_lot::Mutex;
 
-use crate::fs::{Denied, Error, Invalid, Mover, Result};
-use crate::injector::Injectors;
-use crate::mover::{self, ProcessHandle};
+use thiserror::Error;
+
+use crate::injector::{InjectorError, Injectors};
+use crate::mover::{self, MoveError, ProcessHandle};
 use crate::ns::creds::Credentials;
-use crate::ns::{Holder, Kind, Namespace};
+use crate::ns::{Holder, Kind, Namespace, NsError};
 use crate::procfs::{self, ProcDir};
 use crate::sys;
+
+/// Why a move was refused or failed; the process was left as it was.
+#[derive(Debug, Error)]
+pub enum Error {
+    /// The move itself failed (see [`crate::mover`](mod@crate::mover)).
+    #[error(transparent)]
+    Move(#[from] MoveError),
+    /// A namespace or a holder could not be opened or made.
+    #[error(transparent)]
+    Ns(#[from] NsError),
+    /// No answer came from the injector that was to run the move.
+    #[error(transparent)]
+    Injector(#[from] InjectorError),
+    /// The process to move is the daemon.
+    #[error("the daemon does not move itself")]
+    Daemon,
+    /// The namespaces of the process cannot be read.
+    #[error("cannot read the namespaces of process {pid}: {source}")]
+    Unreadable {
+        /// The process.
+        pid: i32,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The process's pid namespace cannot see the holder's.
+    #[error(
+        "process {0} lives in a pid namespace that cannot see the container's namespaces \
+         (only ancestors of a pid namespace see into it)"
+    )]
+    PidNsBlind(i32),
+    /// A system call failed; its errno is passed on.
+    #[error("{what}: {source}")]
+    Sys {
+        /// What was being done.
+        what: &'static str,
+        /// The kernel's answer.
+        source: std::io::Error,
+    },
+}
+
+/// A move's result.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// A process mover: moves the process `pid` (daemon pid namespace) into the
+/// namespaces in `set` (indexed by [`Kind::index`]). The service above only
+/// decides whether a move is allowed and into what.
+pub trait Mover: Send + Sync + 'static {
+    /// Moves `pid`, pinned by the pidfd `target` before it was judged, and
+    /// returns the outcome. `writer_tid` is the thread that wrote the pid,
+    /// which may belong to the process being moved: it is blocked in that
+    /// very write, so `seized` is called once its threads are asked to
+    /// stop, for the write to be answered before the move goes on (a
+    /// failure after that is the returned outcome all the same). `tracer`
+    /// are the writer's credentials, whose right to trace the process is
+    /// asked again once it is stopped.
+    fn move_process(
+        &self,
+        pid: i32,
+        target: OwnedFd,
+        writer_tid: u32,
+        tracer: &Credentials,
+        set: &[Arc<Namespace>; 8],
+        seized: &mut dyn FnMut(),
+    ) -> Result<()>;
+
+    /// Namespace `ino` lost its last binding: forget anything holding it.
+    fn released(&self, ino: u64);
+
+    /// Processes the mover runs for its own use, left out of `tasks`.
+    fn helper_pids(&self) -> Vec<i32>;
+}
 
 /// Moves processes by ptrace-injecting `setns(pidfd_of_holder, kinds)`.
 #[derive(Debug)]
@@ -79,16 +151,14 @@ impl PtraceMover {
         tracer: Option<&Credentials>,
     ) -> Result<()> {
         if pid == std::process::id() as i32 {
-            return Err(Error::Denied(Denied::Rule(
-                "the daemon does not move itself",
-            )));
+            return Err(Error::Daemon);
         }
         let target = ProcessHandle::pinned(target, pid)?;
         let unreadable = |e: std::io::Error| -> Error {
             if e.kind() == std::io::ErrorKind::NotFound || target.is_gone_or_dying() {
                 return mover::MoveError::Gone(pid).into();
             }
-            Error::Denied(Denied::Unreadable { pid, source: e })
+            Error::Unreadable { pid, source: e }
         };
         let mut key: [u64; 8] = std::array::from_fn(|i| set[i].ino());
         let (flags, ns) = kinds_to_change(pid, &key).map_err(unreadable)?;
@@ -124,7 +194,7 @@ impl PtraceMover {
             })?
         };
         let seen = sys::ns::pid_in_pidns(pidns.as_fd(), holder.pid())
-            .map_err(|_| Error::Invalid(Invalid::PidNsBlind(pid)))?;
+            .map_err(|_| Error::PidNsBlind(pid))?;
         let threads = self.injectors.run(&target, seen, flags, writer, tracer)?;
         log::info!("moved process {pid} ({threads} threads)");
         Ok(())
@@ -214,24 +284,19 @@ impl Mover for PtraceMover {
         writer_tid: u32,
         tracer: &Credentials,
         set: &[Arc<Namespace>; 8],
-        reply: &mut dyn FnMut(Result<()>),
-    ) {
-        let w = procfs::is_thread_of(writer_tid, pid);
-        if !w {
-            return reply(self.try_move(pid, target, set, None, Some(tracer)));
+        seized: &mut dyn FnMut(),
+    ) -> Result<()> {
+        if !procfs::is_thread_of(writer_tid, pid) {
+            return self.try_move(pid, target, set, None, Some(tracer));
         }
-        // `echo $$ > tasks`: the writer is blocked in this very write. The
-        // reply goes out once its threads are asked to stop; a failure after
-        // that reaches it as the write's return value.
-        let result = {
-            let mut ok = || reply(Ok(()));
-            let writer = mover::Writer {
-                tid: nix::unistd::Pid::from_raw(writer_tid as i32),
-                answer: &mut ok,
-            };
-            self.try_move(pid, target, set, Some(writer), None)
+        // `echo $$ > tasks`: the writer is blocked in this very write. It is
+        // answered once its threads are asked to stop; a failure after that
+        // reaches it as the write's return value.
+        let writer = mover::Writer {
+            tid: nix::unistd::Pid::from_raw(writer_tid as i32),
+            answer: seized,
         };
-        reply(result);
+        self.try_move(pid, target, set, Some(writer), None)
     }
 
     fn helper_pids(&self) -> Vec<i32> {

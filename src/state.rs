@@ -282,16 +282,15 @@ pub fn tidy(dir: &StateDir, pins: &PinDir) {
     }
 }
 
-/// Forgets everything the state directory `dir` keeps: tells the keepers
-/// the record names to leave, removes every pin and every export left by
-/// `--netns-export`, and deletes the record.
-/// For a daemon that is not running (tests, or starting over by hand).
-/// Nothing in it is followed through a symbolic link.
+/// Forgets the tree the state directory `dir` keeps: tells the keepers
+/// the record names to leave, removes every pin, and deletes the record
+/// (exports are [`crate::export::forget`]'s; [`crate::daemon::forget`]
+/// does both). For a daemon that is not running (tests, or starting over
+/// by hand). Nothing in it is followed through a symbolic link.
 pub fn forget(dir: &Path) {
     let Ok(dir) = StateDir::existing(dir) else {
         return;
     };
-    crate::export::forget(&dir);
     if let Loaded::Found(record) = load(&dir)
         && record.boot == boot_id()
     {

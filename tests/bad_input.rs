@@ -81,7 +81,7 @@ fn bad_writes_change_nothing() {
             assert_eq!(got, *want, "{what} into {file}");
             assert_eq!(snapshot(&m), before, "{what} into {file} changed the tree");
             // Each refusal is logged while the caller stays within its
-            // allowance of log lines (see fs::refusals): the first file's
+            // allowance of log lines (see service::refusals): the first file's
             // cases do.
             if file == "c/uts" {
                 wait_for("a log line", || refusals(&m) > logged);

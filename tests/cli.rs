@@ -87,7 +87,7 @@ struct Forget(std::path::PathBuf);
 
 impl Drop for Forget {
     fn drop(&mut self) {
-        nsproxyfs::state::forget(&self.0);
+        nsproxyfs::daemon::forget(&self.0);
     }
 }
 

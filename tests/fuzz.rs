@@ -13,7 +13,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
 use common::*;
-use nsproxyfs::fs::input::{Binding, MAX_INPUT, parse_binding, parse_pid};
+use nsproxyfs::service::input::{Binding, MAX_INPUT, parse_binding, parse_pid};
 
 fn ops_budget(default: usize) -> usize {
     std::env::var("NSPROXYFS_FUZZ_OPS")

@@ -529,5 +529,5 @@ fn paths_through_a_filesystem_that_does_not_answer_hold_no_worker() {
     let _ = server.kill();
     let _ = server.wait();
     // The killed server's pins are still mounted in its state directory.
-    nsproxyfs::state::forget(&m.scratch("other-state"));
+    nsproxyfs::daemon::forget(&m.scratch("other-state"));
 }

@@ -271,7 +271,7 @@ fn state_directories_others_could_change_are_refused() {
     sh_ok(&format!("umount {}", mnt.display()));
     let (status, err) = finish(daemon);
     assert!(status.success(), "{err}");
-    nsproxyfs::state::forget(&state);
+    nsproxyfs::daemon::forget(&state);
 }
 
 #[test]
@@ -474,7 +474,7 @@ fn a_flood_of_refusals_logs_a_bounded_number_of_lines() {
         .collect();
     // The burst, one line a second after it, and one line for each new
     // kind; however slow this machine, far below the flood.
-    let bound = nsproxyfs::fs::refusals::BURST as u64 + elapsed.as_secs() + 1 + 2;
+    let bound = nsproxyfs::service::refusals::BURST as u64 + elapsed.as_secs() + 1 + 2;
     assert!(
         (lines.len() as u64) <= bound,
         "{} lines for {flood} refusals in {elapsed:?} (bound {bound})",

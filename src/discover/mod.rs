@@ -234,7 +234,7 @@ fn cgroup_name(pid: i32) -> Option<String> {
 /// The name under `dir` (as `ip netns` keeps them) of the network
 /// namespace `ino`.
 pub fn netns_name(dir: &Path, ino: u64) -> Option<String> {
-    let nsfs = crate::export::nsfs_dev().ok()?;
+    let nsfs = crate::ns::nsfs_dev().ok()?;
     let mut names: Vec<String> = std::fs::read_dir(dir)
         .ok()?
         .filter_map(Result::ok)

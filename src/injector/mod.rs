@@ -45,7 +45,6 @@ use std::process::{Child, Command, Stdio};
 use nix::sched::CloneFlags;
 use parking_lot::Mutex;
 
-use crate::fs::{Error, Result};
 use crate::mover::{self, ProcessHandle, Writer};
 use wire::{Answer, Request};
 
@@ -72,6 +71,8 @@ pub enum InjectorError {
     #[error("the injector did not understand the request")]
     Malformed,
 }
+
+use crate::moving::{Error, Result};
 
 /// The first argument that makes `nsproxyfs` an injector (see [`serve`]);
 /// not meant for people.

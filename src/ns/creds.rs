@@ -12,7 +12,7 @@
 //! which takes them with raw system calls that touch only itself.
 //!
 //! Every change of the tree needs `CAP_SYS_ADMIN` in the daemon's user
-//! namespace (see `fs::caller`), so a caller that gets this far lives in
+//! namespace (see `service::caller`), so a caller that gets this far lives in
 //! the daemon's user namespace, where that thread lives too.
 
 use std::io;

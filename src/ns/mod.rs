@@ -12,3 +12,9 @@ pub use handle::{
 };
 pub use holder::Holder;
 pub use resolve::Opener;
+
+/// The device of nsfs, where every namespace file lives.
+pub fn nsfs_dev() -> std::io::Result<u64> {
+    use std::os::unix::fs::MetadataExt;
+    Ok(std::fs::metadata("/proc/self/ns/net")?.dev())
+}

@@ -489,7 +489,7 @@ impl Drop for Mount {
         }
         // The daemon leaves the tree's record, pins and keepers for its
         // successor: this test has none.
-        nsproxyfs::state::forget(&self.state);
+        nsproxyfs::daemon::forget(&self.state);
         if std::thread::panicking() {
             eprintln!("--- daemon log ---\n{}", self.log_text());
         }

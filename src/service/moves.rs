@@ -1,4 +1,5 @@
-//! Moves in flight, run off the FUSE workers.
+//! Writes to `tasks`: the checks on the writer's thread, and the moves,
+//! run off the threads that carry requests (the FUSE workers).
 //!
 //! A move can wait seconds for its target to stop (see
 //! [`crate::mover::STOP_TIMEOUT`]). Were it run on the FUSE worker that
@@ -11,10 +12,14 @@
 //! `EAGAIN` at once.
 
 use std::collections::{HashMap, VecDeque};
+use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
 
 use parking_lot::{Condvar, Mutex};
 
+use super::input;
+use super::{Caller, Denied, Error, Invalid, Service, WriteReply, pin};
+use crate::ns::{self, Namespace};
 use crate::tree::ContainerId;
 
 /// Moves that may be in flight at once (each has a thread here and an
@@ -104,8 +109,9 @@ impl Slot<'_> {
                 serve(&shared);
             });
         if let Err(e) = spawned {
-            // The job is dropped with the closure: fuser answers its reply
-            // with EIO.
+            // The job is dropped with the closure, and with it the reply
+            // it held: the adapter answers a reply dropped unanswered with
+            // EIO.
             log::error!("cannot start a thread for a move: {e}");
             lock.lock().in_flight -= 1;
         }
@@ -136,7 +142,7 @@ fn serve(shared: &(Mutex<State>, Condvar)) {
 }
 
 /// Per container, which names of its `tasks` file have writes pending
-/// (see [`super::node::Node::tasks_alias`]), and the name a lookup gives
+/// (see [`super::Node::tasks_alias`]), and the name a lookup gives
 /// now: one with no write pending. A leaf lock.
 #[derive(Debug, Default)]
 pub(crate) struct TasksNames {
@@ -186,6 +192,154 @@ impl TasksNames {
         }
         if names.pending.is_empty() {
             all.remove(&c);
+        }
+    }
+}
+
+impl Service {
+    /// A write to `tasks` (name `generation` of container `c`'s): checks
+    /// the writer and the process it names here, on the caller's thread,
+    /// then moves that process on a move thread, which answers `reply`.
+    pub(super) fn write_tasks(
+        self: &Arc<Self>,
+        caller: &Caller,
+        (c, generation): (ContainerId, u32),
+        data: &[u8],
+        mut reply: Box<dyn WriteReply>,
+    ) {
+        let pid = match input::parse_pid(data) {
+            Ok(pid) => pid,
+            Err(e) => {
+                return reply.send("write tasks", Err(e.into()));
+            }
+        };
+        let resolved = caller.pid_ns().and_then(|pidns| {
+            // A thread id names its whole process, as in cgroup.procs.
+            crate::sys::ns::tgid_from_pidns(pidns.as_fd(), pid).map_err(|e| {
+                match e.raw_os_error() {
+                    Some(libc::ESRCH) => ns::NsError::NoSuchProcess(pid).into(),
+                    _ => Error::Sys {
+                        what: "translate the pid",
+                        source: e,
+                    },
+                }
+            })
+        });
+        // Pinned before anything about it is judged: a pid reused between
+        // the checks and the move can never be the process moved.
+        let pinned = resolved.and_then(|local| Ok((local, pin(local, 0)?)));
+        let set = pinned.and_then(|(local, pidfd)| {
+            let st = self.state.read();
+            if self.helpers(&st).contains(&local) {
+                return Err(Error::Denied(Denied::Helper(local)));
+            }
+            let eff = st.tree.effective_set(c).ok_or(Error::NotFound)?;
+            let mut set = Vec::with_capacity(8);
+            for e in eff {
+                set.push(Arc::clone(st.spaces.get(&e.ino).ok_or(Error::NotFound)?));
+            }
+            let set: [Arc<Namespace>; 8] = set
+                .try_into()
+                .map_err(|_| Error::Invalid(Invalid::Rule("incomplete namespace set")))?;
+            Ok((local, pidfd, set))
+        });
+        // A confined caller moves processes of its subtree, within it; every
+        // caller needs the kernel's leave to trace the process.
+        let set = set.and_then(|(local, pidfd, set)| {
+            let view = self.view(caller);
+            self.require_full(&view, c)?;
+            self.require_process_in(&view, local, pidfd.as_fd())?;
+            let creds = caller.credentials()?;
+            caller.require_ptrace(&creds, local, pidfd.as_fd())?;
+            Ok((local, pidfd, set, creds))
+        });
+        let (local, pidfd, set, creds) = match set {
+            Ok(v) => v,
+            Err(e) => {
+                return reply.send("write tasks", Err(e));
+            }
+        };
+        // The move runs on a thread of its own: it may wait seconds for its
+        // target to stop, and the FUSE workers must go on answering.
+        let Some(slot) = self.moves.reserve() else {
+            let e = Error::Busy {
+                limit: MAX_IN_FLIGHT,
+                what: "moves",
+            };
+            return reply.send("write tasks", Err(e));
+        };
+        // Until it is answered, the kernel holds this name of `tasks`
+        // locked: new lookups get another.
+        self.tasks_names.begin(c, generation);
+        let this = Arc::clone(self);
+        let caller = caller.clone();
+        slot.run(Box::new(move || {
+            this.finish_move(&caller, c, local, pidfd, &creds, &set, reply.as_mut());
+            this.tasks_names.end(c, generation);
+        }));
+    }
+
+    /// Moves `local`, pinned by `pidfd`, into `set` (the effective set of
+    /// container `c`) and answers the write that asked for it.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn finish_move(
+        &self,
+        caller: &Caller,
+        c: ContainerId,
+        local: i32,
+        pidfd: OwnedFd,
+        creds: &crate::ns::creds::Credentials,
+        set: &[Arc<Namespace>; 8],
+        reply: &mut dyn WriteReply,
+    ) {
+        // The mover may have the write answered before it is done (a
+        // process moving itself); a failure after that still gets logged
+        // here, and reaches the writer as its write's return value.
+        let result = self
+            .mover
+            .move_process(local, pidfd, caller.tid, creds, set, &mut || {
+                reply.send("write tasks", Ok(()))
+            });
+        let result = result.map_err(Error::from);
+        let moved = result.is_ok();
+        reply.send("write tasks", result);
+        if moved && log::log_enabled!(log::Level::Info) {
+            log::info!(
+                "process {local} moved into {} (written by pid {})",
+                self.state.read().tree.path(c),
+                caller.tid
+            );
+        }
+        if self.discovering {
+            self.moved.lock().push(local);
+        }
+        // A namespace released while the move ran (rmdir, rm) may have been
+        // released before the mover cached a holder sitting in it.
+        let gone: Vec<u64> = {
+            let st = self.state.read();
+            set.iter()
+                .map(|ns| ns.ino())
+                .filter(|ino| !st.spaces.contains_key(ino))
+                .collect()
+        };
+        for ino in gone {
+            self.mover.released(ino);
+        }
+    }
+}
+
+impl From<crate::moving::Error> for Error {
+    /// A move's failure, as the same request error it always was.
+    fn from(e: crate::moving::Error) -> Error {
+        use crate::moving::Error as M;
+        match e {
+            M::Move(e) => Error::Move(e),
+            M::Ns(e) => Error::Ns(e),
+            M::Injector(e) => Error::Injector(e),
+            M::Daemon => Error::Denied(Denied::Rule("the daemon does not move itself")),
+            M::Unreadable { pid, source } => Error::Denied(Denied::Unreadable { pid, source }),
+            M::PidNsBlind(pid) => Error::Invalid(Invalid::PidNsBlind(pid)),
+            M::Sys { what, source } => Error::Sys { what, source },
         }
     }
 }

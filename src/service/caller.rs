@@ -1,23 +1,31 @@
 //! Who sent a request, and what they may do.
 //!
-//! The FUSE header carries the caller's fsuid, fsgid and thread id (0 when
-//! the caller's pid namespace cannot see the daemon's). Capabilities are not
-//! sent: they are asked of the kernel (capget(2) on the caller's thread), and
-//! the user namespace they hold in is read from `/proc/TID/ns/user`. Root by
+//! A request carries the caller's fsuid, fsgid and thread id (0 when the
+//! caller's pid namespace cannot see the daemon's), as the FUSE header has
+//! them. Capabilities are not sent: they are asked of the kernel (capget(2)
+//! on the caller's thread, or its credentials once they are read), and the
+//! user namespace they hold in is read from `/proc/TID/ns/user`. Root by
 //! uid alone grants nothing.
+//!
+//! What is read of the caller's thread (its namespaces, its credentials)
+//! is read once per request, on first need, and kept with the [`Caller`]
+//! for the request's other checks: a caller blocked in a request cannot
+//! change its own credentials meanwhile, and the request is judged by one
+//! reading of its namespaces.
 
 use std::fs::File;
 use std::os::fd::{BorrowedFd, OwnedFd};
+use std::sync::OnceLock;
 
-use super::error::{Denied, Error, Result};
 use crate::ns::Opener;
 use crate::ns::creds::{self, Credentials, CredsError};
+use crate::service::{Denied, Error, Result};
 
 /// `CAP_SYS_ADMIN`.
 const CAP_SYS_ADMIN: u32 = 21;
 
 /// The sender of one request.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Caller {
     /// Thread id in the daemon's pid namespace, 0 if not visible there.
     pub tid: u32,
@@ -25,16 +33,44 @@ pub struct Caller {
     pub uid: u32,
     /// Filesystem gid.
     pub gid: u32,
+    /// What was read of the caller's thread for this request.
+    read: Read,
+}
+
+/// What was read of a caller's thread, each at most once per request.
+#[derive(Debug, Clone, Default)]
+struct Read {
+    /// Its namespaces, inodes in [`crate::ns::Kind::ALL`] order (`None`:
+    /// unreadable).
+    set: OnceLock<Option<[u64; 8]>>,
+    /// Its credentials, once read successfully.
+    creds: OnceLock<Credentials>,
 }
 
 impl Caller {
-    /// From a fuser request.
-    pub fn of(req: &fuser::Request) -> Caller {
+    /// The sender of a request: thread `tid` (daemon pid namespace, 0 if not
+    /// visible there), filesystem uid and gid `uid` and `gid`. Nothing of
+    /// its thread is read yet.
+    pub fn new(tid: u32, uid: u32, gid: u32) -> Caller {
         Caller {
-            tid: req.pid(),
-            uid: req.uid(),
-            gid: req.gid(),
+            tid,
+            uid,
+            gid,
+            read: Read::default(),
         }
+    }
+
+    /// The caller's namespaces, inodes in [`crate::ns::Kind::ALL`] order;
+    /// `None` for a caller not visible in the daemon's pid namespace or
+    /// whose namespaces cannot be read.
+    pub fn ns_set(&self) -> Option<[u64; 8]> {
+        if self.tid == 0 {
+            return None;
+        }
+        *self
+            .read
+            .set
+            .get_or_init(|| crate::procfs::ns_set(self.tid))
     }
 
     fn visible(&self) -> Result<u32> {
@@ -57,14 +93,18 @@ impl Caller {
         self.in_user_ns(daemon_user_ns, "CAP_SYS_ADMIN")
     }
 
-    /// The caller's effective capabilities.
+    /// The caller's effective capabilities: from its credentials if they
+    /// were read already, else asked of the kernel.
     fn caps(&self) -> Result<u64> {
         let tid = self.visible()?;
+        if let Some(creds) = self.read.creds.get() {
+            return Ok(creds.effective);
+        }
         crate::procfs::effective_caps(tid as i32).ok_or(Error::Denied(Denied::CallerGone(tid)))
     }
 
     fn in_user_ns(&self, daemon_user_ns: u64, cap: &'static str) -> Result<()> {
-        let user_ns = crate::procfs::ns_inode(self.tid as i32, crate::ns::Kind::User);
+        let user_ns = self.ns_set().map(|set| set[crate::ns::Kind::User.index()]);
         if user_ns != Some(daemon_user_ns) {
             return Err(Error::Denied(Denied::CapBelow { tid: self.tid, cap }));
         }
@@ -75,7 +115,10 @@ impl Caller {
     /// this request.
     pub fn credentials(&self) -> Result<Credentials> {
         let tid = self.visible()?;
-        Credentials::of_thread(tid).map_err(|e| match e {
+        if let Some(creds) = self.read.creds.get() {
+            return Ok(creds.clone());
+        }
+        let creds = Credentials::of_thread(tid).map_err(|e| match e {
             CredsError::Gone(_) => Error::Denied(Denied::CallerGone(tid)),
             CredsError::Sys(source) => Error::Sys {
                 what: "read the caller's credentials",
@@ -85,7 +128,8 @@ impl Caller {
                 what: "read the caller's credentials",
                 source,
             },
-        })
+        })?;
+        Ok(self.read.creds.get_or_init(|| creds).clone())
     }
 
     /// Refuses unless the kernel would let the caller attach to every

@@ -1,6 +1,6 @@
-//! FUSE node ids: what each number the kernel holds stands for.
+//! Node ids: what each number the kernel holds stands for.
 //!
-//! fuser reports a node's id as its `st_ino`, so a kind file's id *is* the
+//! A node's id is shown as its `st_ino`, so a kind file's id *is* the
 //! inode number of the namespace it names: two kind files naming the same
 //! namespace are one node, hard links of each other. nsfs inode numbers are
 //! at least 2^31 (the kernel hands them out from 0xF0000000, the initial
