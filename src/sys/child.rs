@@ -92,16 +92,6 @@ impl Child {
         Ok(())
     }
 
-    /// Sets the filesystem uid and gid used for permission checks.
-    pub fn set_fs_ids(&self, uid: u32, gid: u32) {
-        // SAFETY: setfsgid/setfsuid take integers and cannot fail in a way
-        // that matters here: a refused change leaves stricter ids in place.
-        unsafe {
-            libc::setfsgid(gid);
-            libc::setfsuid(uid);
-        }
-    }
-
     /// `open(path, O_RDONLY|O_CLOEXEC|O_NOCTTY)`, the new fd or the errno.
     pub fn open(&self, path: &CStr) -> Result<RawFd, i32> {
         // SAFETY: `path` is NUL-terminated and outlives the call.

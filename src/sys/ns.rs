@@ -30,10 +30,6 @@ const NS_GET_TGID_FROM_PIDNS: ioctl_num_type =
 /// `NS_GET_PID_IN_PIDNS`: a pid of the caller's pid ns, in the given ns.
 const NS_GET_PID_IN_PIDNS: ioctl_num_type =
     nix::request_code_read!(NSIO, 0x8, std::mem::size_of::<libc::c_int>());
-/// `NS_GET_TGID_IN_PIDNS`: the thread group of a pid of the caller's pid
-/// ns, in the given ns.
-const NS_GET_TGID_IN_PIDNS: ioctl_num_type =
-    nix::request_code_read!(NSIO, 0x9, std::mem::size_of::<libc::c_int>());
 
 /// The `CLONE_NEW*` type of the nsfs file `fd` (ENOTTY/EINVAL if it is not one).
 pub fn ns_type(fd: BorrowedFd<'_>) -> io::Result<i32> {
@@ -81,12 +77,6 @@ pub fn pid_in_pidns(pidns: BorrowedFd<'_>, pid: i32) -> io::Result<i32> {
     translate(pidns, NS_GET_PID_IN_PIDNS, pid)
 }
 
-/// The thread group of `pid` of this process's pid namespace, as the pid
-/// namespace `pidns` numbers it. ESRCH if it is not visible there.
-pub fn tgid_in_pidns(pidns: BorrowedFd<'_>, pid: i32) -> io::Result<i32> {
-    translate(pidns, NS_GET_TGID_IN_PIDNS, pid)
-}
-
 /// Moves the calling thread (alone: `setns` acts on the calling thread)
 /// into the namespace `fd` of type `nstype` (a `CLONE_NEW*` flag).
 pub fn setns_thread(fd: impl AsFd, nstype: i32) -> io::Result<()> {
@@ -111,6 +101,5 @@ mod tests {
         assert_eq!(NS_GET_USERNS as u64, 0xb701);
         assert_eq!(NS_GET_NSTYPE as u64, 0xb703);
         assert_eq!(NS_GET_PID_FROM_PIDNS as u64, (2 << 30) | (4 << 16) | 0xb706);
-        assert_eq!(NS_GET_TGID_IN_PIDNS as u64, (2 << 30) | (4 << 16) | 0xb709);
     }
 }
