@@ -11,7 +11,7 @@ use std::io;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::sync::Arc;
 
-use super::handle::NsError;
+use super::NsError;
 use super::{Kind, Namespace};
 use crate::sys;
 
