@@ -3,8 +3,10 @@
 //!
 //! One move: pin the target (pidfd) -> stop every thread, re-reading
 //! `/proc/PID/task` until no new thread shows up -> inject
-//! `fd = pidfd_open(holder, 0); setns(fd, kinds); close(fd)`, one syscall per
-//! round for all threads at once -> let every thread go. Threads that share
+//! `fd = pidfd_open(holder, 0); setns(fd, kinds); close(fd)`, from the join
+//! stub in one resume per thread where it can be written
+//! ([`inject::stub`]), else one single-stepped syscall per round for all
+//! threads at once -> let every thread go. Threads that share
 //! a descriptor table (as threads normally do; kcmp(2) tells) share the fd:
 //! the first of them opens and closes it, every thread calls `setns`.
 //! `setns` with a pidfd joins all the requested namespaces of the holder at
@@ -41,7 +43,8 @@ use nix::errno::Errno;
 use nix::sched::CloneFlags;
 use nix::unistd::Pid;
 
-use crate::inject::{self, Op, Stopped, SyscallResult, TraceError, Tracee, Unsupported};
+use crate::inject::stub::{Stub, StubPlan};
+use crate::inject::{self, Join, Op, Stopped, SyscallResult, TraceError, Tracee, Unsupported};
 use crate::procfs::{self, ProcDir, Stat, Status};
 use crate::sys;
 
@@ -382,6 +385,9 @@ pub struct MoveReport {
     pub rounds: usize,
     /// Whether each thread had to `unshare(CLONE_FS)` first.
     pub unshared_fs: bool,
+    /// Whether the calls ran from the join stub (one resume per thread)
+    /// rather than one single step each.
+    pub stub: bool,
 }
 
 /// `/proc/PID/stat` of `pid`, or why it cannot be read.
@@ -785,6 +791,256 @@ fn join_all(
     }
 }
 
+/// The lowest descriptor number free in thread `tid`'s table: the one the
+/// kernel gives the next descriptor opened there, as long as nothing that
+/// shares the table opens or closes one meanwhile.
+fn lowest_free_fd(tgid: Pid, tid: Pid) -> Result<i64, MoveError> {
+    let dir = fs::read_dir(format!("/proc/{tgid}/task/{tid}/fd")).map_err(MoveError::Proc)?;
+    let mut used: Vec<i64> = dir
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse().ok())
+        .collect();
+    used.sort_unstable();
+    let mut free = 0;
+    for fd in used {
+        if fd == free {
+            free += 1;
+        } else if fd > free {
+            break;
+        }
+    }
+    Ok(free)
+}
+
+/// [`join_all`] through the join stub: each thread runs its `unshare`,
+/// `pidfd_open`, `setns` and `close` in one resume instead of one single
+/// step each. Threads that share a descriptor table share one pidfd: the
+/// first of them (the opener) runs the stub first, opening it; the others
+/// then run it all at once, joining through that descriptor; an opener
+/// alone with its table closes the pidfd inside the stub, the others'
+/// are closed by one single step once the stub is out of the target.
+///
+/// The pidfd is checked before anyone closes it: the stub goes on to
+/// `setns` and `close` only if `pidfd_open` returned the lowest free
+/// number of the table (read before), which the kernel's `pidfd_open`
+/// gives, and a descriptor at a number free before the move is none of
+/// the target's own. Any other result stops the stub before the
+/// descriptor is used, and is then checked as [`join_all`] checks it.
+///
+/// The stub's bytes are put back before this returns, whatever happened.
+#[allow(clippy::too_many_arguments)]
+fn join_all_stub(
+    threads: &mut [Tracee<Stopped>],
+    tables: &[usize],
+    stub: Stub,
+    holder: i32,
+    expected: &Expected,
+    kinds: libc::c_int,
+    unshare_fs: bool,
+) -> Result<(), (usize, JoinFailure)> {
+    let n = threads.len();
+    let entry = stub.entry();
+    let unshare = if unshare_fs { libc::CLONE_FS } else { 0 };
+    let mut failure: Option<(usize, JoinFailure)> = None;
+    let opens = |i: usize| tables.get(i) == Some(&i);
+    let alone = |i: usize| (0..n).all(|j| j == i || tables.get(j) != Some(&i));
+    // Phase one: the openers.
+    let mut joins: Vec<Option<Join>> = vec![None; n];
+    for (i, join) in joins.iter_mut().enumerate() {
+        if !opens(i) {
+            continue;
+        }
+        let t = &threads[i];
+        match lowest_free_fd(t.tgid(), t.tid()) {
+            Ok(expect_fd) => {
+                *join = Some(Join {
+                    unshare,
+                    fd: None,
+                    pid: holder,
+                    expect_fd,
+                    kinds,
+                    close: alone(i),
+                });
+            }
+            Err(MoveError::Proc(e)) => {
+                failure.get_or_insert((i, JoinFailure::Trace(proc_failure(t.tid(), e))));
+            }
+            Err(_) => {
+                failure.get_or_insert((i, JoinFailure::Untrusted(Step::PidfdOpen)));
+            }
+        }
+    }
+    // Per thread: the pidfd its table shares, if one was opened, and
+    // whether it is still open (to be closed by a single step).
+    let mut fds: Vec<Option<i64>> = vec![None; n];
+    let mut open: Vec<bool> = vec![false; n];
+    // Openers whose pidfd came with another number than expected, checked
+    // and found genuine: their setns is a single step.
+    let mut stepped: Vec<usize> = Vec::new();
+    if failure.is_none() {
+        let outcomes = inject::join_each(threads, entry, &joins);
+        for (i, outcome) in outcomes.into_iter().enumerate() {
+            let (Some(outcome), Some(join)) = (outcome, joins[i]) else {
+                continue;
+            };
+            let outcome = match outcome {
+                Ok(o) => o,
+                Err(e) => {
+                    failure.get_or_insert((i, JoinFailure::Trace(e)));
+                    continue;
+                }
+            };
+            if let Some(f) = unshare_failure(outcome.unshare) {
+                failure.get_or_insert((i, f));
+                continue;
+            }
+            let opened = outcome.opened.map(inject::decode);
+            match opened {
+                Some(Ok(fd)) if fd == join.expect_fd => {}
+                Some(Ok(fd)) => {
+                    // The kernel gave another number (something outside the
+                    // stopped threads shares the table), or the result was
+                    // not the kernel's: checked as a single step's is.
+                    let t = &threads[i];
+                    if is_pidfd_of(t.tgid(), t.tid(), fd, expected.holder) {
+                        fds[i] = Some(fd);
+                        open[i] = true;
+                        stepped.push(i);
+                    } else {
+                        log::error!(
+                            "thread {}: injected pidfd_open returned {fd}, which is not a \
+                             pidfd of the holder; it is left alone",
+                            t.tid()
+                        );
+                        failure.get_or_insert((i, JoinFailure::Untrusted(Step::PidfdOpen)));
+                    }
+                    continue;
+                }
+                Some(Err(errno)) => {
+                    failure.get_or_insert((i, JoinFailure::Refused(Step::PidfdOpen, errno)));
+                    continue;
+                }
+                None => {
+                    failure.get_or_insert((i, JoinFailure::Untrusted(Step::PidfdOpen)));
+                    continue;
+                }
+            }
+            fds[i] = Some(join.expect_fd);
+            open[i] = outcome.close.is_none();
+            if let Some(closed) = outcome.close
+                && let Err(e) = inject::decode(closed)
+            {
+                log::warn!("thread {}: closing injected pidfd: {e}", threads[i].tid());
+            }
+            match outcome.setns.map(inject::decode) {
+                Some(Ok(_)) => {}
+                Some(Err(errno)) => {
+                    failure.get_or_insert((i, JoinFailure::Refused(Step::Setns, errno)));
+                }
+                None => {
+                    failure.get_or_insert((i, JoinFailure::Untrusted(Step::Setns)));
+                }
+            }
+        }
+    }
+    for i in stepped {
+        if failure.is_some() {
+            break;
+        }
+        let Some(fd) = fds[i] else { continue };
+        match run(&mut threads[i], libc::SYS_setns, &[fd as u64, kinds as u64]) {
+            Ok(Ok(_)) => {}
+            Ok(Err(errno)) => failure = Some((i, JoinFailure::Refused(Step::Setns, errno))),
+            Err(e) => failure = Some((i, JoinFailure::Trace(e))),
+        }
+    }
+    // Phase two: every other thread, all at once, through its opener's fd.
+    if failure.is_none() {
+        let joins: Vec<Option<Join>> = (0..n)
+            .map(|i| {
+                let opener = *tables.get(i)?;
+                if opener == i {
+                    return None;
+                }
+                fds[opener].map(|fd| Join {
+                    unshare,
+                    fd: Some(fd),
+                    pid: 0,
+                    expect_fd: fd,
+                    kinds,
+                    close: false,
+                })
+            })
+            .collect();
+        if joins.iter().any(Option::is_some) {
+            for (i, outcome) in inject::join_each(threads, entry, &joins)
+                .into_iter()
+                .enumerate()
+            {
+                let f = match outcome {
+                    None => continue,
+                    Some(Err(e)) => JoinFailure::Trace(e),
+                    Some(Ok(o)) => {
+                        match (unshare_failure(o.unshare), o.setns.map(inject::decode)) {
+                            (Some(f), _) => f,
+                            (None, Some(Ok(_))) => continue,
+                            (None, Some(Err(errno))) => JoinFailure::Refused(Step::Setns, errno),
+                            (None, None) => JoinFailure::Untrusted(Step::Setns),
+                        }
+                    }
+                };
+                failure.get_or_insert((i, f));
+            }
+        }
+    }
+    // The stub goes before any thread is stepped at the syscall site again
+    // or let go.
+    if let Err(e) = stub.restore() {
+        log::error!("the join stub could not be taken out again: {e}");
+        failure = Some((0, JoinFailure::Trace(e)));
+    }
+    let calls: Vec<_> = (0..n)
+        .map(|i| {
+            let fd = fds[i].filter(|_| open[i])?;
+            Some((libc::SYS_close, args(&[fd as u64])))
+        })
+        .collect();
+    if calls.iter().any(Option::is_some) {
+        for (i, closed) in inject::syscall_each(threads, &calls)
+            .into_iter()
+            .enumerate()
+        {
+            match closed {
+                None | Some(Ok(Ok(_))) => {}
+                Some(Ok(Err(e))) => {
+                    log::warn!("thread {}: closing injected pidfd: {e}", threads[i].tid())
+                }
+                Some(Err(e)) => {
+                    log::error!(
+                        "thread {}: injected pidfd may be left open: {e}",
+                        threads[i].tid()
+                    );
+                    failure.get_or_insert((i, JoinFailure::Trace(e)));
+                }
+            }
+        }
+    }
+    match failure {
+        Some(f) => Err(f),
+        None => Ok(()),
+    }
+}
+
+/// The failure an `unshare` result of the join stub stands for, if any.
+fn unshare_failure(result: Option<i64>) -> Option<JoinFailure> {
+    match result.map(inject::decode)? {
+        Ok(0) => None,
+        Err(errno) => Some(JoinFailure::Refused(Step::UnshareFs, errno)),
+        // Not a result the kernel's unshare gives.
+        Ok(_) => Some(JoinFailure::Untrusted(Step::UnshareFs)),
+    }
+}
+
 /// Moves every thread of `target` into the namespaces of kinds `kinds` of the
 /// holder process, whose pid in the target's pid namespace is
 /// `holder_pid_in_target_ns`.
@@ -933,6 +1189,7 @@ fn move_traced(
             threads: 0,
             rounds: 0,
             unshared_fs: false,
+            stub: false,
         });
     }
     let tgid = target.pid();
@@ -998,8 +1255,18 @@ fn move_traced(
     } else {
         (kinds, Vec::new())
     };
+    // Where the join stub would go; the seccomp check must see its calls
+    // coming from there.
+    let site = threads.first_mut().map(|t| t.syscall_site()).transpose();
+    let plan = site
+        .and_then(|site| match site {
+            Some(site) => StubPlan::find(&threads, site),
+            None => Ok(None),
+        })
+        .map_err(|e| refused(&mut threads, e.into()))?;
+    let stub_ips = plan.as_ref().map(StubPlan::call_ips);
     match (
-        check_seccomp(&mut threads, holder_pid_in_target_ns, kinds),
+        check_seccomp(&mut threads, holder_pid_in_target_ns, kinds, stub_ips),
         fatal_seccomp,
     ) {
         // Allowed: the injected call kills the process, and the move
@@ -1017,6 +1284,7 @@ fn move_traced(
         join_or_roll_back(
             tgid,
             &mut threads,
+            plan,
             holder_pid_in_target_ns,
             &expected,
             kinds,
@@ -1030,13 +1298,14 @@ fn move_traced(
         // The write was answered as a success; make it report the failure.
         w.set_result(-i64::from(crate::errno::of_move(e)))?;
     }
-    result?;
+    let stub = result?;
     let count = threads.len();
     detach_all(threads)?;
     Ok(MoveReport {
         threads: count,
         rounds,
         unshared_fs: unshare_fs,
+        stub,
     })
 }
 
@@ -1093,25 +1362,41 @@ fn per_thread_kinds(
 }
 
 /// Joins every thread; on a failure, moves the threads that had moved back.
+/// Returns whether the join stub ran the calls.
+#[allow(clippy::too_many_arguments)]
 fn join_or_roll_back(
     tgid: Pid,
     threads: &mut [Tracee<Stopped>],
+    plan: Option<StubPlan>,
     holder_pid_in_target_ns: i32,
     expected: &Expected,
     kinds: libc::c_int,
     unshare_fs: bool,
     originals: &[Vec<u64>],
-) -> Result<(), MoveError> {
+) -> Result<bool, MoveError> {
     let multi = threads.len() > 1;
     let tables = fd_tables(threads)?;
-    let joined = join_all(
-        threads,
-        &tables,
-        holder_pid_in_target_ns,
-        expected,
-        kinds,
-        unshare_fs,
-    )
+    let stub = plan.map(StubPlan::write).transpose()?;
+    let used_stub = stub.is_some();
+    let joined = match stub {
+        Some(stub) => join_all_stub(
+            threads,
+            &tables,
+            stub,
+            holder_pid_in_target_ns,
+            expected,
+            kinds,
+            unshare_fs,
+        ),
+        None => join_all(
+            threads,
+            &tables,
+            holder_pid_in_target_ns,
+            expected,
+            kinds,
+            unshare_fs,
+        ),
+    }
     .and_then(|()| verify(tgid, threads, expected, kinds));
     if let Err((i, failure)) = joined {
         let tid = threads[i].tid().as_raw();
@@ -1130,7 +1415,7 @@ fn join_or_roll_back(
         }
         return Err(roll_back(tgid, threads, originals, kinds, cause));
     }
-    Ok(())
+    Ok(used_stub)
 }
 
 /// Checks that every thread is in the namespaces the holder's are, as
@@ -1185,6 +1470,7 @@ fn check_seccomp(
     threads: &mut [Tracee<Stopped>],
     holder: i32,
     kinds: libc::c_int,
+    stub_ips: Option<[u64; 4]>,
 ) -> Result<(), MoveError> {
     use inject::seccomp::{self, Mode, SyscallData, Verdict};
     const AUDIT_ARCH_X86_64: u32 = 0xc000_003e;
@@ -1216,28 +1502,34 @@ fn check_seccomp(
             Mode::Strict => return Err(MoveError::SeccompStrict(t.tid().as_raw())),
             Mode::Filters(filters) => filters,
         };
-        let ip = t.syscall_site()?.addr();
-        for (name, nr, args) in calls {
-            let data = SyscallData {
-                nr: nr as i32,
-                arch: AUDIT_ARCH_X86_64,
-                ip,
-                args,
-            };
-            match seccomp::check(&filters, &data) {
-                Verdict::Kills => {
-                    return Err(MoveError::SeccompKills {
-                        tid: t.tid().as_raw(),
-                        syscall: name,
-                    });
+        // A filter sees the address after the `syscall` instruction. Every
+        // call may come from the site (single steps: the close of a shared
+        // pidfd, a rollback) and, with the stub, from the stub's own.
+        let site_ip = t.syscall_site()?.addr() + 2;
+        for (k, (name, nr, args)) in calls.into_iter().enumerate() {
+            let ips = [Some(site_ip), stub_ips.map(|ips| ips[k])];
+            for ip in ips.into_iter().flatten() {
+                let data = SyscallData {
+                    nr: nr as i32,
+                    arch: AUDIT_ARCH_X86_64,
+                    ip,
+                    args,
+                };
+                match seccomp::check(&filters, &data) {
+                    Verdict::Kills => {
+                        return Err(MoveError::SeccompKills {
+                            tid: t.tid().as_raw(),
+                            syscall: name,
+                        });
+                    }
+                    Verdict::Delegated => {
+                        delegated.get_or_insert(MoveError::SeccompDelegates {
+                            tid: t.tid().as_raw(),
+                            syscall: name,
+                        });
+                    }
+                    Verdict::Runs | Verdict::Fails(_) | Verdict::Traps => {}
                 }
-                Verdict::Delegated => {
-                    delegated.get_or_insert(MoveError::SeccompDelegates {
-                        tid: t.tid().as_raw(),
-                        syscall: name,
-                    });
-                }
-                Verdict::Runs | Verdict::Fails(_) | Verdict::Traps => {}
             }
         }
     }

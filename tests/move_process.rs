@@ -226,7 +226,10 @@ fn uts_ipc_net() -> CloneFlags {
 fn do_move(wd: &Watched, target: i32, holder: i32, kinds: CloneFlags) -> Result<(), MoveError> {
     wd.step.set(&format!("moving {target} to {holder}"));
     let handle = ProcessHandle::open(target)?;
-    move_process(&handle, holder, kinds).map(drop)
+    let report = move_process(&handle, holder, kinds)?;
+    // Every move of these tests can take the join stub's path.
+    assert!(report.stub, "the join stub was not used");
+    Ok(())
 }
 
 /// Asserts that every thread of `target` is in `holder`'s namespaces for the
@@ -394,6 +397,7 @@ fn moves_threads(test: &'static str, count: &str) {
     let moved = move_process(&handle, holder.pid(), uts_ipc_net()).expect("move");
     assert_eq!(moved.threads, threads);
     assert!(!moved.unshared_fs);
+    assert!(moved.stub);
     assert_moved(pid, holder.pid(), &["uts", "ipc", "net"], &before);
     let links = report(&wd, &mut target);
     assert_eq!(links.len(), threads);
@@ -431,6 +435,7 @@ fn threads_join_a_mount_namespace() {
     let kinds = CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWUTS;
     let moved = move_process(&handle, holder.pid(), kinds).expect("move");
     assert!(moved.unshared_fs);
+    assert!(moved.stub);
     assert_moved(pid, holder.pid(), &["mnt", "uts"], &before);
     target.send("quit\n");
     target.expect_line("SELFCHECK OK");
@@ -695,4 +700,251 @@ fn injected_syscall_reports_signed_results() {
     assert_eq!(tracee.sigmask(), mask_before);
     tracee.detach().expect("detach");
     assert_eq!(tracer(pid), 0);
+}
+
+// The join stub: written into the target while every thread is stopped,
+// taken out again before any runs.
+
+/// A digest of every readable mapping of `pid`, read through
+/// `/proc/PID/mem` (the kernel's own pages skipped), with the mapping list
+/// and the descriptors: what a move must leave exactly as it was.
+fn memory_and_files(pid: i32) -> (String, Vec<(String, u64)>, Vec<String>) {
+    use std::hash::{DefaultHasher, Hasher};
+    use std::io::{Read, Seek, SeekFrom};
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).expect("maps");
+    let mut mem = std::fs::File::open(format!("/proc/{pid}/mem")).expect("mem");
+    let mut digest = Vec::new();
+    for line in maps.lines() {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let name = fields.get(5).copied().unwrap_or("");
+        if !fields[1].starts_with('r') || ["[vvar]", "[vvar_vclock]", "[vsyscall]"].contains(&name)
+        {
+            continue;
+        }
+        let (start, end) = fields[0].split_once('-').unwrap();
+        let start = u64::from_str_radix(start, 16).unwrap();
+        let end = u64::from_str_radix(end, 16).unwrap();
+        let mut buf = vec![0u8; (end - start) as usize];
+        mem.seek(SeekFrom::Start(start)).unwrap();
+        let mut hasher = DefaultHasher::new();
+        match mem.read_exact(&mut buf) {
+            Ok(()) => hasher.write(&buf),
+            Err(e) => hasher.write(e.to_string().as_bytes()),
+        }
+        digest.push((fields[0].to_owned(), hasher.finish()));
+    }
+    let mut fds: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .expect("fd dir")
+        .flatten()
+        .map(|e| {
+            let target = std::fs::read_link(e.path()).unwrap_or_default();
+            format!("{:?} -> {}", e.file_name(), target.display())
+        })
+        .collect();
+    fds.sort();
+    (maps, digest, fds)
+}
+
+/// Waits until every thread of `pid` sleeps in a system call and its
+/// memory stands still; returns that state.
+///
+/// Every thread is first kept to one CPU: the kernel writes the CPU a
+/// thread runs on into its rseq area (glibc registers one per thread) on
+/// its way back to user space, and the threads do run, briefly, during the
+/// move (single-stepped or in the stub alike); on another CPU than the
+/// last that is a difference in memory the move did not write.
+fn settled(wd: &Watched, pid: i32) -> (String, Vec<(String, u64)>, Vec<String>) {
+    let mut one = nix::sched::CpuSet::new();
+    one.set(0).expect("cpu 0");
+    for t in std::fs::read_dir(format!("/proc/{pid}/task"))
+        .expect("tasks")
+        .flatten()
+    {
+        if let Some(tid) = t.file_name().to_str().and_then(|t| t.parse().ok()) {
+            nix::sched::sched_setaffinity(Pid::from_raw(tid), &one).expect("affinity");
+        }
+    }
+    // Each thread runs once on that CPU: a stop and a continue take every
+    // one of them back to user space (their sleeps restart).
+    kill(Pid::from_raw(pid), Signal::SIGSTOP).expect("SIGSTOP");
+    wait_until(wd, "target stopping", || state(pid) == 'T');
+    kill(Pid::from_raw(pid), Signal::SIGCONT).expect("SIGCONT");
+    let mut before = memory_and_files(pid);
+    wait_until(wd, "the target to settle", || {
+        let asleep = std::fs::read_dir(format!("/proc/{pid}/task"))
+            .unwrap()
+            .flatten()
+            .all(|t| {
+                std::fs::read_to_string(t.path().join("syscall"))
+                    .is_ok_and(|s| !s.starts_with("running"))
+            });
+        std::thread::sleep(Duration::from_millis(20));
+        let again = memory_and_files(pid);
+        let settled = asleep && again == before;
+        before = again;
+        settled
+    });
+    before
+}
+
+#[test]
+fn stub_leaves_memory_identical() {
+    if !have_root("stub_leaves_memory_identical") {
+        return;
+    }
+    let wd = Watched::start("stub_leaves_memory_identical");
+    let holder = holder(&wd);
+    for args in [&["threads", "0"][..], &["threads", "3"], &["threads", "63"]] {
+        let mut target = selfcheck_proc(&wd, args);
+        let pid = target.pid();
+        // Twice: there and back, so the second move writes the stub over
+        // a page the first one made private.
+        for to in [holder.pid(), std::process::id() as i32] {
+            let before = settled(&wd, pid);
+            let handle = ProcessHandle::open(pid).expect("pin");
+            let moved = move_process(&handle, to, uts_ipc_net()).expect("move");
+            assert!(moved.stub, "{args:?}");
+            let after = memory_and_files(pid);
+            assert_eq!(before.0, after.0, "{args:?}: memory mappings");
+            assert_eq!(before.2, after.2, "{args:?}: descriptors");
+            // Every thread was asleep in a system call across the move:
+            // not one byte of its memory may differ.
+            let differ: Vec<_> = before
+                .1
+                .iter()
+                .zip(&after.1)
+                .filter(|(a, b)| a != b)
+                .map(|(a, _)| a.0.clone())
+                .collect();
+            assert_eq!(
+                before.1, after.1,
+                "{args:?}: memory contents {differ:?}\n{}",
+                after.0
+            );
+        }
+        target.send("quit\n");
+        target.expect_line("SELFCHECK OK");
+        target.wait_success();
+    }
+}
+
+#[test]
+fn setns_refused_in_the_stub_leaves_the_process_as_it_was() {
+    if !have_root("setns_refused_in_the_stub_leaves_the_process_as_it_was") {
+        return;
+    }
+    let wd = Watched::start("setns_refused_in_the_stub_leaves_the_process_as_it_was");
+    let holder = holder(&wd);
+    let mut target = selfcheck_proc(&wd, &["seccomp-deny-setns"]);
+    let pid = target.pid();
+    wait_blocked(&wd, pid, &[libc::SYS_read]);
+    let before = settled(&wd, pid);
+    let namespaces = snapshot(pid);
+    let err = do_move(&wd, pid, holder.pid(), uts_ipc_net()).expect_err("must fail");
+    match &err {
+        MoveError::Refused { errno, step, .. } => {
+            assert_eq!(*errno, Errno::EPERM);
+            assert_eq!(step.to_string(), "setns");
+        }
+        other => panic!("unexpected error {other}"),
+    }
+    let after = memory_and_files(pid);
+    assert_eq!(before.0, after.0, "memory mappings");
+    assert_eq!(before.2, after.2, "descriptors (the pidfd is closed again)");
+    assert_eq!(before.1, after.1, "memory contents");
+    assert_eq!(snapshot(pid), namespaces);
+    assert_eq!(tracer(pid), 0);
+    // Its read was not disturbed either.
+    target.send("ok");
+    target.close_stdin();
+    target.expect_line("SELFCHECK OK");
+    target.wait_success();
+}
+
+#[test]
+fn stop_signals_during_stub_moves_keep_a_spinning_target_whole() {
+    if !have_root("stop_signals_during_stub_moves_keep_a_spinning_target_whole") {
+        return;
+    }
+    let wd = Watched::start("stop_signals_during_stub_moves_keep_a_spinning_target_whole");
+    let holder = holder(&wd);
+    // A busy loop checks its register-held counters: a thread resumed
+    // anywhere but where it stopped, or with any register changed, fails.
+    // It is in no system call: the stub goes into the vDSO's page.
+    let mut target = selfcheck_proc(&wd, &["spin", "3"]);
+    let pid = target.pid();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let pester = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut sent = 0u32;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let _ = kill(Pid::from_raw(pid), Signal::SIGSTOP);
+                std::thread::sleep(Duration::from_micros(50));
+                let _ = kill(Pid::from_raw(pid), Signal::SIGCONT);
+                std::thread::sleep(Duration::from_micros(150));
+                sent += 1;
+            }
+            let _ = kill(Pid::from_raw(pid), Signal::SIGCONT);
+            sent
+        })
+    };
+    let mut moves = 0;
+    for i in 0..100 {
+        let to = if i % 2 == 0 {
+            holder.pid()
+        } else {
+            std::process::id() as i32
+        };
+        wd.step.set(&format!("move {i} of a pestered spinner"));
+        let handle = ProcessHandle::open(pid).expect("pin");
+        match move_process(&handle, to, uts_ipc_net()) {
+            Ok(report) => {
+                assert!(report.stub);
+                moves += 1;
+            }
+            Err(e) => panic!("move {i}: {e}"),
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let sent = pester.join().unwrap();
+    assert!(sent > 0 && moves == 100);
+    assert_eq!(tracer(pid), 0);
+    target.expect_line("SELFCHECK OK");
+    target.wait_success();
+}
+
+#[test]
+fn sigkill_during_stub_moves_ends_them_with_esrch() {
+    if !have_root("sigkill_during_stub_moves_ends_them_with_esrch") {
+        return;
+    }
+    let wd = Watched::start("sigkill_during_stub_moves_ends_them_with_esrch");
+    let holder = holder(&wd);
+    let (mut killed_mid_move, mut moved) = (0, 0);
+    for i in 0..40u64 {
+        let mut target = selfcheck_proc(&wd, &["threads", "3"]);
+        let pid = target.pid();
+        wd.step.set(&format!("killing target {i} during its move"));
+        // Somewhere within the first few hundred microseconds of the move.
+        let delay = Duration::from_micros(20 * (i % 16));
+        let killer = std::thread::spawn(move || {
+            std::thread::sleep(delay);
+            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+        });
+        let handle = ProcessHandle::open(pid).expect("pin");
+        match move_process(&handle, holder.pid(), uts_ipc_net()) {
+            Ok(_) => moved += 1,
+            Err(MoveError::Gone(_) | MoveError::Zombie(_)) => killed_mid_move += 1,
+            Err(e) => panic!("target {i}: {e}"),
+        }
+        killer.join().unwrap();
+        // Dead, and not traced by anyone (its parent here is the tracer
+        // too, which may have collected it already).
+        wait_until(&wd, "the killed target to be gone", || {
+            !std::path::Path::new(&format!("/proc/{pid}/task")).exists() || state(pid) == 'Z'
+        });
+        let _ = target.child.wait();
+    }
+    assert!(killed_mid_move + moved == 40, "{killed_mid_move} + {moved}");
 }

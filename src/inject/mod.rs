@@ -4,8 +4,10 @@
 //! `PTRACE_INTERRUPT` ([`Tracee<Running>`]); once stopped
 //! ([`Tracee<Stopped>`]) its registers and signal mask are saved, and
 //! [`Tracee::syscall`] makes it execute one syscall through a `syscall`
-//! instruction that already exists in its address space. Its memory is never
-//! written. [`Tracee::detach`] (or dropping the tracee) puts every register
+//! instruction that already exists in its address space; [`join_each`]
+//! runs the join stub ([`stub`]), written into the process while all its
+//! threads are stopped and taken out before any runs, in one resume per
+//! thread. [`Tracee::detach`] (or dropping the tracee) puts every register
 //! and the signal mask back and lets the thread go.
 //!
 //! # Why syscall restarts come out exact
@@ -67,7 +69,9 @@
 //! stopped must not kill it. Registers are changed only between the start of
 //! an injected syscall and [`Tracee::restore`]; a tracer killed inside that
 //! window leaves the thread with the injection registers, and one killed
-//! during a single step leaves it a SIGTRAP nobody catches, which kills it.
+//! during a single step leaves it a SIGTRAP nobody catches, which kills it;
+//! one killed while the join stub is written leaves its bytes in the
+//! process (see the stub's module).
 //! The daemon therefore never traces from its own process: moves run in
 //! separate injector processes that the daemon's death does not reach
 //! (`crate::injector`).
@@ -87,6 +91,7 @@ use crate::procfs::Status;
 mod arch;
 pub mod seccomp;
 mod site;
+pub mod stub;
 pub(crate) mod traced;
 
 pub use arch::Registers;
@@ -162,11 +167,13 @@ pub enum Op {
     Kcmp,
     /// Reading /proc/PID/task/TID/ns.
     ReadNs,
+    /// Writing the join stub into the target, or its original bytes back.
+    WriteMemory,
 }
 
 impl Op {
     /// Every operation.
-    pub const ALL: [Op; 17] = [
+    pub const ALL: [Op; 18] = [
         Op::Seize,
         Op::Interrupt,
         Op::GetRegs,
@@ -184,6 +191,7 @@ impl Op {
         Op::ScanMappings,
         Op::Kcmp,
         Op::ReadNs,
+        Op::WriteMemory,
     ];
 
     /// How logs name it.
@@ -206,6 +214,7 @@ impl Op {
             Op::ScanMappings => "scanning executable mappings",
             Op::Kcmp => "kcmp",
             Op::ReadNs => "reading /proc/PID/task/TID/ns",
+            Op::WriteMemory => "writing /proc/PID/mem",
         }
     }
 }
@@ -358,6 +367,53 @@ impl SyscallSite {
     pub fn addr(&self) -> u64 {
         self.addr
     }
+}
+
+/// One run of the join stub ([`stub::Stub`]) in one thread.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Join {
+    /// `unshare` flags to run first (0: none).
+    pub unshare: libc::c_int,
+    /// The pidfd to join through, already open in the thread's descriptor
+    /// table; `None`: open one with `pidfd_open(pid, 0)`.
+    pub fd: Option<i64>,
+    /// The pid to open, in the thread's pid namespace.
+    pub pid: i32,
+    /// The number the opened pidfd must have (the lowest free one): any
+    /// other result stops the stub before the descriptor is used.
+    pub expect_fd: i64,
+    /// The kinds to `setns`.
+    pub kinds: libc::c_int,
+    /// Close the descriptor after `setns`.
+    pub close: bool,
+}
+
+/// What a run of the join stub did: the raw result of each call it made
+/// (`None`: not made).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct JoinOutcome {
+    /// `unshare`'s result.
+    pub unshare: Option<i64>,
+    /// `pidfd_open`'s result.
+    pub opened: Option<i64>,
+    /// `setns`'s result.
+    pub setns: Option<i64>,
+    /// `close`'s result.
+    pub close: Option<i64>,
+}
+
+/// Decodes a raw syscall return value of a [`JoinOutcome`].
+pub fn decode(raw: i64) -> SyscallResult {
+    decode_return(raw)
+}
+
+/// How a thread is resumed toward its next expected stop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Resume {
+    /// One instruction (an injected `syscall`).
+    Step,
+    /// Until a trap (the join stub's `int3`).
+    Cont,
 }
 
 mod sealed {
@@ -812,7 +868,7 @@ impl Tracee<Stopped> {
     /// put back by [`Tracee::restore`] or [`Tracee::detach`].
     pub fn syscall(&mut self, nr: i64, args: [u64; 6]) -> Result<SyscallResult, TraceError> {
         let site = self.launch(nr, args)?;
-        let after = self.collect(site)?;
+        let after = self.collect_step(site)?;
         Ok(decode_return(after.result()))
     }
 
@@ -824,6 +880,34 @@ impl Tracee<Stopped> {
             return Err(TraceError::Unsupported(Unsupported::CompatThread));
         }
         let site = self.syscall_site()?.addr;
+        self.prepare_run()?;
+        let mut regs = self.state.saved;
+        regs.prepare_syscall(site, nr, args);
+        arch::set(tid, &regs).map_err(TraceError::os(tid, Op::SetRegs))?;
+        self.state.regs_dirty = true;
+        ptrace::single_step(tid, 0).map_err(TraceError::os(tid, Op::SingleStep))?;
+        Ok(site)
+    }
+
+    /// Starts a run of the join stub written at `entry`; [`Self::collect`]
+    /// must follow.
+    fn launch_join(&mut self, entry: u64, join: &Join) -> Result<(), TraceError> {
+        let tid = self.tid;
+        if !self.state.saved.is_native() {
+            return Err(TraceError::Unsupported(Unsupported::CompatThread));
+        }
+        self.prepare_run()?;
+        let mut regs = self.state.saved;
+        regs.prepare_join(entry, join);
+        arch::set(tid, &regs).map_err(TraceError::os(tid, Op::SetRegs))?;
+        self.state.regs_dirty = true;
+        ptrace::cont(tid, 0).map_err(TraceError::os(tid, Op::Cont))
+    }
+
+    /// Holds a signal the thread is stopped for and sets the injection
+    /// mask, before the thread is resumed into injected code.
+    fn prepare_run(&mut self) -> Result<(), TraceError> {
+        let tid = self.tid;
         if let StopPoint::Delivery(sig) = self.state.at {
             // Resuming for the injection would swallow it.
             if sig != 0 {
@@ -837,19 +921,28 @@ impl Tracee<Stopped> {
                 .map_err(TraceError::os(tid, Op::SetSigmask))?;
             self.state.mask_dirty = true;
         }
-        let mut regs = self.state.saved;
-        regs.prepare_syscall(site, nr, args);
-        arch::set(tid, &regs).map_err(TraceError::os(tid, Op::SetRegs))?;
-        self.state.regs_dirty = true;
-        ptrace::single_step(tid, 0).map_err(TraceError::os(tid, Op::SingleStep))?;
-        Ok(site)
+        Ok(())
     }
 
     /// Waits until the single step over the `syscall` instruction at `site`
     /// ends: one stop, a SIGTRAP reported at the syscall's exit, with the
     /// result in the registers. Other stops are dealt with and the step
     /// resumed.
-    fn collect(&mut self, site: u64) -> Result<Registers, TraceError> {
+    fn collect_step(&mut self, site: u64) -> Result<Registers, TraceError> {
+        let end = site + arch::SYSCALL_INSN.len() as u64;
+        self.collect(&[end], Some(site), Resume::Step)
+    }
+
+    /// Waits until the thread stops at one of `ends` with a trap of its
+    /// own making (the single step's, or the join stub's `int3`), dealing
+    /// with other stops and resuming as `resume` says. A trap the kernel
+    /// raised at `retry_at` (a step that had not started) is resumed.
+    fn collect(
+        &mut self,
+        ends: &[u64],
+        retry_at: Option<u64>,
+        resume: Resume,
+    ) -> Result<Registers, TraceError> {
         let tid = self.tid;
         for _ in 0..MAX_STOPS {
             let mut pass = 0;
@@ -866,7 +959,7 @@ impl Tracee<Stopped> {
                 WaitEvent::SignalStop(libc::SIGTRAP) => {
                     let regs = arch::get(tid).map_err(TraceError::os(tid, Op::GetRegs))?;
                     let disposition = classify_signal(tid, libc::SIGTRAP)?;
-                    if regs.pc() == site + arch::SYSCALL_INSN.len() as u64 {
+                    if ends.contains(&regs.pc()) {
                         // The step ended after the syscall: our trap, which
                         // is discarded when the thread resumes. A SIGTRAP
                         // sent to the thread and pending already takes the
@@ -886,7 +979,7 @@ impl Tracee<Stopped> {
                             self.state.held.push(HeldSignal(info));
                         }
                         SignalDisposition::Hold(held) => self.state.held.push(held),
-                        SignalDisposition::Discard(_) if regs.pc() == site => {}
+                        SignalDisposition::Discard(_) if Some(regs.pc()) == retry_at => {}
                         SignalDisposition::Discard(_) => {
                             self.state.at = StopPoint::Delivery(0);
                             return Err(TraceError::StrayStep { tid, pc: regs.pc() });
@@ -903,7 +996,12 @@ impl Tracee<Stopped> {
                 // A group-stop or interrupt trap: ptrace lets us go on.
                 WaitEvent::EventStop { .. } | WaitEvent::SyscallStop => {}
             }
-            ptrace::single_step(tid, pass).map_err(TraceError::os(tid, Op::SingleStep))?;
+            match resume {
+                Resume::Step => {
+                    ptrace::single_step(tid, pass).map_err(TraceError::os(tid, Op::SingleStep))?
+                }
+                Resume::Cont => ptrace::cont(tid, pass).map_err(TraceError::os(tid, Op::Cont))?,
+            }
         }
         self.state.at = StopPoint::Delivery(0);
         Err(TraceError::TooManyStops(tid))
@@ -1027,8 +1125,48 @@ pub fn syscall_each(
         (0..tracees.len()).map(|_| None).collect();
     for i in order {
         results[i] = launched[i].take().map(|site| {
-            let after = tracees[i].collect(site?)?;
+            let after = tracees[i].collect_step(site?)?;
             Ok(decode_return(after.result()))
+        });
+    }
+    results
+}
+
+/// Runs the join stub written at `entry` (see [`stub`]) in several stopped
+/// threads at once, as [`syscall_each`] does for single syscalls: `joins[i]`
+/// for `tracees[i]`, `None` to leave it alone. Each thread runs until the
+/// stub's `int3`, one resume; other stops on the way (signals, a group
+/// stop) are dealt with as for an injected syscall.
+pub fn join_each(
+    tracees: &mut [Tracee<Stopped>],
+    entry: u64,
+    joins: &[Option<Join>],
+) -> Vec<Option<Result<JoinOutcome, TraceError>>> {
+    let ends = arch::JOIN_STUB_ENDS.map(|off| entry + off);
+    let mut launched: Vec<Option<Result<(), TraceError>>> = tracees
+        .iter_mut()
+        .zip(joins)
+        .map(|(t, join)| join.map(|join| t.launch_join(entry, &join)))
+        .collect();
+    launched.resize_with(tracees.len(), || None);
+    let mut order: Vec<usize> = (0..tracees.len()).collect();
+    order.sort_by_key(|&i| tracees[i].tid == tracees[i].tgid);
+    let mut results: Vec<Option<Result<JoinOutcome, TraceError>>> =
+        (0..tracees.len()).map(|_| None).collect();
+    for i in order {
+        let Some(join) = joins.get(i).copied().flatten() else {
+            continue;
+        };
+        results[i] = launched[i].take().map(|started| {
+            started?;
+            let t = &mut tracees[i];
+            let after = t.collect(&ends, None, Resume::Cont)?;
+            after
+                .join_outcome(entry, &join)
+                .ok_or(TraceError::StrayStep {
+                    tid: t.tid,
+                    pc: after.pc(),
+                })
         });
     }
     results

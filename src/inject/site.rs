@@ -1,7 +1,8 @@
 //! Finding a `syscall` instruction in a tracee's address space.
 //!
-//! Nothing is ever written: the injected code is the single instruction the
-//! tracee already has, either the one it entered the kernel through or one
+//! Nothing is written here: the single-stepped code is the instruction the
+//! tracee already has (the join stub, [`super::stub`], goes into the page
+//! of the site found here), either the one it entered the kernel through or one
 //! found in an executable mapping (the vDSO first, which always carries the
 //! fallback path of its time functions).
 

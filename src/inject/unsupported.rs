@@ -12,6 +12,13 @@ pub(crate) const SUPPORTED: bool = false;
 /// Never matched: there is no way to run injected code here.
 pub(crate) const SYSCALL_INSN: [u8; 2] = [0, 0];
 
+/// No join stub here.
+pub(crate) const JOIN_STUB: [u8; 0] = [];
+/// No join stub here.
+pub(crate) const JOIN_STUB_CALLS: [u64; 4] = [0; 4];
+/// No join stub here.
+pub(crate) const JOIN_STUB_ENDS: [u64; 0] = [];
+
 /// Uninhabited on this architecture.
 #[derive(Debug, Clone, Copy)]
 pub struct Registers {
@@ -59,6 +66,18 @@ impl Registers {
     pub(crate) fn reissue(&mut self) {}
 
     pub(crate) fn prepare_syscall(&mut self, _site: u64, _nr: i64, _args: [u64; 6]) {
+        match self.never {}
+    }
+
+    pub(crate) fn prepare_join(&mut self, _entry: u64, _join: &super::Join) {
+        match self.never {}
+    }
+
+    pub(crate) fn join_outcome(
+        &self,
+        _entry: u64,
+        _join: &super::Join,
+    ) -> Option<super::JoinOutcome> {
         match self.never {}
     }
 }

@@ -11,6 +11,89 @@ pub(crate) const SUPPORTED: bool = true;
 /// The bytes of the `syscall` instruction.
 pub(crate) const SYSCALL_INSN: [u8; 2] = [0x0f, 0x05];
 
+/// The join stub: `[unshare(CLONE_FS)]; [fd = pidfd_open(pid, 0)];
+/// setns(fd, kinds); [close(fd)]`, run in one resume, each step only if the
+/// one before succeeded, each exit an `int3`, so the stop's address tells
+/// how far it got. Every syscall gets all six argument registers set, the
+/// unused ones zero, exactly as a single-stepped injection sets them, so a
+/// seccomp filter sees the same arguments.
+///
+/// In: `r12` unshare flags (0: skip), `r13` the fd to join through (< 0:
+/// open one), `rbx` the pid to open, `r14` the number the opened fd must
+/// have (else stop before using it), `rbp` the kinds, `r15` close after
+/// (0: no). Out: `r12` unshare's result, `r13` the fd (or pidfd_open's
+/// result), `rbp` setns's result, `r15` close's result.
+pub(crate) const JOIN_STUB: [u8; 0x86] = [
+    0x4d, 0x85, 0xe4, //                 00: test r12, r12
+    0x74, 0x20, //                       03: jz 25
+    0xb8, 0x10, 0x01, 0x00, 0x00, //     05: mov eax, 272 (unshare)
+    0x4c, 0x89, 0xe7, //                 0a: mov rdi, r12
+    0x31, 0xf6, //                       0d: xor esi, esi
+    0x31, 0xd2, //                       0f: xor edx, edx
+    0x45, 0x31, 0xd2, //                 11: xor r10d, r10d
+    0x45, 0x31, 0xc0, //                 14: xor r8d, r8d
+    0x45, 0x31, 0xc9, //                 17: xor r9d, r9d
+    0x0f, 0x05, //                       1a: syscall
+    0x49, 0x89, 0xc4, //                 1c: mov r12, rax
+    0x48, 0x85, 0xc0, //                 1f: test rax, rax
+    0x74, 0x01, //                       22: jz 25
+    0xcc, //                             24: int3 (unshare failed)
+    0x4d, 0x85, 0xed, //                 25: test r13, r13
+    0x79, 0x20, //                       28: jns 4a
+    0xb8, 0xb2, 0x01, 0x00, 0x00, //     2a: mov eax, 434 (pidfd_open)
+    0x48, 0x89, 0xdf, //                 2f: mov rdi, rbx
+    0x31, 0xf6, //                       32: xor esi, esi
+    0x31, 0xd2, //                       34: xor edx, edx
+    0x45, 0x31, 0xd2, //                 36: xor r10d, r10d
+    0x45, 0x31, 0xc0, //                 39: xor r8d, r8d
+    0x45, 0x31, 0xc9, //                 3c: xor r9d, r9d
+    0x0f, 0x05, //                       3f: syscall
+    0x49, 0x89, 0xc5, //                 41: mov r13, rax
+    0x4c, 0x39, 0xf0, //                 44: cmp rax, r14
+    0x74, 0x01, //                       47: je 4a
+    0xcc, //                             49: int3 (not the fd expected)
+    0xb8, 0x34, 0x01, 0x00, 0x00, //     4a: mov eax, 308 (setns)
+    0x4c, 0x89, 0xef, //                 4f: mov rdi, r13
+    0x48, 0x89, 0xee, //                 52: mov rsi, rbp
+    0x31, 0xd2, //                       55: xor edx, edx
+    0x45, 0x31, 0xd2, //                 57: xor r10d, r10d
+    0x45, 0x31, 0xc0, //                 5a: xor r8d, r8d
+    0x45, 0x31, 0xc9, //                 5d: xor r9d, r9d
+    0x0f, 0x05, //                       60: syscall
+    0x48, 0x89, 0xc5, //                 62: mov rbp, rax
+    0x4d, 0x85, 0xff, //                 65: test r15, r15
+    0x75, 0x01, //                       68: jnz 6b
+    0xcc, //                             6a: int3 (joined, fd kept)
+    0xb8, 0x03, 0x00, 0x00, 0x00, //     6b: mov eax, 3 (close)
+    0x4c, 0x89, 0xef, //                 70: mov rdi, r13
+    0x31, 0xf6, //                       73: xor esi, esi
+    0x31, 0xd2, //                       75: xor edx, edx
+    0x45, 0x31, 0xd2, //                 77: xor r10d, r10d
+    0x45, 0x31, 0xc0, //                 7a: xor r8d, r8d
+    0x45, 0x31, 0xc9, //                 7d: xor r9d, r9d
+    0x0f, 0x05, //                       80: syscall
+    0x49, 0x89, 0xc7, //                 82: mov r15, rax
+    0xcc, //                             85: int3 (joined, fd closed)
+];
+
+/// Where each syscall of [`JOIN_STUB`] is seen to come from (the address
+/// after its `syscall` instruction, which is what seccomp filters get as
+/// `instruction_pointer`): unshare, pidfd_open, setns, close.
+pub(crate) const JOIN_STUB_CALLS: [u64; 4] = [0x1c, 0x41, 0x62, 0x82];
+
+/// The stops of [`JOIN_STUB`] (the address after each `int3`).
+const STUB_UNSHARE_FAILED: u64 = 0x25;
+const STUB_UNEXPECTED_FD: u64 = 0x4a;
+const STUB_JOINED: u64 = 0x6b;
+const STUB_CLOSED: u64 = 0x86;
+/// Every stop of [`JOIN_STUB`].
+pub(crate) const JOIN_STUB_ENDS: [u64; 4] = [
+    STUB_UNSHARE_FAILED,
+    STUB_UNEXPECTED_FD,
+    STUB_JOINED,
+    STUB_CLOSED,
+];
+
 /// Code segment selector of 64-bit user code (`__USER_CS`); 32-bit (compat)
 /// tasks run with 0x23 and use another syscall table.
 const USER_CS_64: u64 = 0x33;
@@ -121,6 +204,52 @@ impl Registers {
         r.r10 = args[3];
         r.r8 = args[4];
         r.r9 = args[5];
+    }
+
+    /// Sets up a run of [`JOIN_STUB`] written at `entry`, with
+    /// `orig_rax = -1` as for [`Self::prepare_syscall`].
+    pub(crate) fn prepare_join(&mut self, entry: u64, join: &super::Join) {
+        let r = &mut self.raw;
+        r.rip = entry;
+        r.orig_rax = u64::MAX;
+        r.r12 = join.unshare as u64;
+        r.r13 = join.fd.map_or(u64::MAX, |fd| fd as u64);
+        r.rbx = join.pid as u64;
+        r.r14 = join.expect_fd as u64;
+        r.rbp = join.kinds as u64;
+        r.r15 = u64::from(join.close);
+    }
+
+    /// What a run of [`JOIN_STUB`] at `entry` did, read at its stop: `None`
+    /// if the thread is not at one of the stub's stops.
+    pub(crate) fn join_outcome(
+        &self,
+        entry: u64,
+        join: &super::Join,
+    ) -> Option<super::JoinOutcome> {
+        let r = &self.raw;
+        let at = self.raw.rip.checked_sub(entry)?;
+        let unshare = (join.unshare != 0).then_some(r.r12 as i64);
+        let opened = join.fd.is_none().then_some(r.r13 as i64);
+        let mut out = super::JoinOutcome {
+            unshare,
+            opened: None,
+            setns: None,
+            close: None,
+        };
+        match at {
+            STUB_UNSHARE_FAILED => {}
+            STUB_UNEXPECTED_FD => out.opened = opened,
+            STUB_JOINED | STUB_CLOSED => {
+                out.opened = opened;
+                out.setns = Some(r.rbp as i64);
+                if at == STUB_CLOSED {
+                    out.close = Some(r.r15 as i64);
+                }
+            }
+            _ => return None,
+        }
+        Some(out)
     }
 }
 

@@ -15,6 +15,7 @@
 //! * [`child`]: what such a child may do, and the long-lived residents
 //!   (holders and keepers) it becomes.
 //! * [`ptrace`]: the tracer's requests and waits.
+//! * [`maps`]: one mapping of another process (`PROCMAP_QUERY`).
 //! * [`uio`]: reading another process's memory (`process_vm_readv`).
 //! * [`creds`]: per-thread credentials and capabilities.
 //!
@@ -43,6 +44,7 @@
 pub mod child;
 pub mod creds;
 pub mod fs;
+pub mod maps;
 pub mod mount;
 pub mod ns;
 pub mod pidfd;
