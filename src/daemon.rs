@@ -468,6 +468,8 @@ fn serve(
     config.n_threads = Some(4);
     config.clone_fd = true;
     let fs = Arc::new(fs);
+    // Chooses, and logs, where membership answers come from.
+    crate::kview::membership();
     if settings.discover
         && let Err(e) = crate::discover::spawn(Arc::clone(&fs) as Arc<dyn crate::discover::Sink>)
     {

@@ -120,17 +120,20 @@ impl Model {
         }
     }
 
-    /// Reads every process of `/proc` again.
+    /// Reads every process again, in one pass of the kernel's view (see
+    /// [`crate::kview`]).
     pub fn rescan(&mut self) {
-        match procfs::processes() {
-            Ok(pids) => {
+        let membership = crate::kview::membership();
+        match membership.processes() {
+            Ok(procs) => {
                 self.procs.clear();
-                for pid in pids {
-                    let set = read_set(pid, &self.root);
-                    self.set(pid, set);
+                for p in procs.iter() {
+                    // As read_set: kernel threads only in the root's set.
+                    let set = p.set().filter(|s| s == &self.root || !p.kthread);
+                    self.set(p.pid, set);
                 }
             }
-            Err(e) => log::warn!("discovery cannot read /proc: {e}"),
+            Err(e) => log::warn!("discovery cannot {}: {e}", membership.what()),
         }
     }
 

@@ -646,10 +646,13 @@ impl NsProxyFs {
                 .collect();
             (set, differing, helpers)
         };
-        let mut members = procfs::members(&set, &differing).map_err(|source| Error::Sys {
-            what: "read /proc",
-            source,
-        })?;
+        let membership = crate::kview::membership();
+        let mut members = membership
+            .members(&set, &differing)
+            .map_err(|source| Error::Sys {
+                what: membership.what(),
+                source,
+            })?;
         members.retain(|p| !helpers.contains(p));
         let reader_ns = File::from(reader.pid_ns()?);
         let same_ns = reader_ns.metadata().map(|m| m.ino()).ok() == Some(self.pid_ns);

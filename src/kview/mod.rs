@@ -1,0 +1,211 @@
+//! The kernel's view of who is in which namespaces.
+//!
+//! Every answer about membership (a container's `tasks`, `.namespaces`,
+//! discovery's full read) needs the namespaces of every process on the
+//! host. Through `/proc` that is one readlink per namespace link per
+//! process; a BPF task iterator ([`bpf`]) hands the same facts over in one
+//! pass, read from the kernel's own structures. [`Membership`] offers both
+//! behind one API: the daemon picks one at start ([`membership`]), says in
+//! the log which, and uses `/proc` whenever the kernel cannot run the
+//! iterator (no BTF, BPF refused, lockdown, an older kernel) or when
+//! [`FORCE_ENV`] asks for it. Both give the same answers; the tests check
+//! that on the host they run on.
+//!
+//! Records are per process (thread-group leader), as `/proc` lists them,
+//! pids as the daemon's pid namespace numbers them (callers translate for
+//! readers in other pid namespaces, as they do for `/proc`), kernel
+//! threads flagged so callers treat them as they did.
+
+pub mod bpf;
+
+use std::io;
+use std::sync::{Arc, OnceLock};
+
+use crate::ns::Kind;
+use crate::procfs::{self, ProcDir};
+
+/// The environment variable that forces the `/proc` path when set to
+/// `proc` (for tests and for hosts where the BPF path misbehaves).
+pub const FORCE_ENV: &str = "NSPROXYFS_KVIEW";
+
+/// Number of namespace slots in a [`Proc`]: the eight kinds as a
+/// container binds them (pid and time as for children), then the pid and
+/// time namespaces the process itself is in.
+pub const SLOTS: usize = 10;
+const PID_OWN: usize = 8;
+const TIME_OWN: usize = 9;
+
+/// One process, as one pass sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Proc {
+    /// Its pid in the daemon's pid namespace.
+    pub pid: i32,
+    /// Whether it is a kernel thread.
+    pub kthread: bool,
+    /// Bit `i` set when slot `i` of `inum` could be read (as the readlink
+    /// of that `/proc/PID/ns` link would succeed).
+    valid: u32,
+    inum: [u64; SLOTS],
+}
+
+impl Proc {
+    /// Its namespace set in [`Kind::ALL`] order (pid and time as for
+    /// children, as [`procfs::ns_set`] reads it); `None` if any of them
+    /// cannot be read (an exiting process; a pid namespace without its
+    /// init yet).
+    pub fn set(&self) -> Option<[u64; 8]> {
+        let all = (1u32 << 8) - 1;
+        (self.valid & all == all).then(|| std::array::from_fn(|i| self.inum[i]))
+    }
+
+    /// The namespace its link `/proc/PID/ns/KIND` names (for pid and
+    /// time, the one it is in, not its children's).
+    pub fn link(&self, kind: Kind) -> Option<u64> {
+        let slot = match kind {
+            Kind::Pid => PID_OWN,
+            Kind::Time => TIME_OWN,
+            other => other.index(),
+        };
+        (self.valid & (1 << slot) != 0).then_some(self.inum[slot])
+    }
+
+    /// Reads process `pid` from `/proc`; `None` if it is gone.
+    fn from_proc(pid: i32) -> Option<Proc> {
+        let dir = ProcDir::ns(pid).ok()?;
+        let mut p = Proc {
+            pid,
+            kthread: false,
+            valid: 0,
+            inum: [0; SLOTS],
+        };
+        let own = [(PID_OWN, Kind::Pid), (TIME_OWN, Kind::Time)];
+        let entries = Kind::ALL
+            .into_iter()
+            .map(|k| (k.index(), k.proc_entry()))
+            .chain(own.into_iter().map(|(slot, k)| (slot, k.name())));
+        for (slot, entry) in entries {
+            if let Ok(ino) = dir.inode(entry) {
+                p.inum[slot] = ino;
+                p.valid |= 1 << slot;
+            }
+        }
+        p.kthread = procfs::is_kernel_thread(pid);
+        Some(p)
+    }
+}
+
+/// One full pass over every process, in pid order.
+pub type Pass = Arc<Vec<Proc>>;
+
+/// Where membership answers come from.
+pub enum Membership {
+    /// One BPF task iterator pass, reused while nothing changed.
+    Kernel(Box<bpf::Iter>),
+    /// Readlinks under `/proc`.
+    Proc,
+}
+
+impl std::fmt::Debug for Membership {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.path())
+    }
+}
+
+impl Membership {
+    /// The BPF path if the kernel runs it, else `/proc`; with the reason
+    /// the BPF path is not used, if it is not.
+    pub fn choose() -> (Membership, Option<String>) {
+        if std::env::var(FORCE_ENV).is_ok_and(|v| v == "proc") {
+            return (Membership::Proc, Some(format!("{FORCE_ENV}=proc")));
+        }
+        match bpf::Iter::load() {
+            Ok(iter) => (Membership::Kernel(Box::new(iter)), None),
+            Err(e) => (Membership::Proc, Some(e.to_string())),
+        }
+    }
+
+    /// A short name of the path: `bpf` or `proc`.
+    pub fn path(&self) -> &'static str {
+        match self {
+            Membership::Kernel(_) => "bpf",
+            Membership::Proc => "proc",
+        }
+    }
+
+    /// What a pass does, for error messages: `read /proc` or `run the BPF
+    /// task iterator`.
+    pub fn what(&self) -> &'static str {
+        match self {
+            Membership::Kernel(_) => "run the BPF task iterator",
+            Membership::Proc => "read /proc",
+        }
+    }
+
+    /// Every process the daemon's pid namespace shows, in pid order.
+    pub fn processes(&self) -> io::Result<Pass> {
+        match self {
+            Membership::Kernel(iter) => iter.pass(),
+            Membership::Proc => Ok(Arc::new(
+                procfs::processes()?
+                    .into_iter()
+                    .filter_map(Proc::from_proc)
+                    .collect(),
+            )),
+        }
+    }
+
+    /// The processes whose namespaces are exactly `set`, kernel threads
+    /// left out, in pid order: what [`procfs::members`] answers. `first`
+    /// orders the `/proc` path's comparisons (see there).
+    pub fn members(&self, set: &[u64; 8], first: &[Kind]) -> io::Result<Vec<i32>> {
+        match self {
+            Membership::Kernel(iter) => Ok(iter
+                .pass()?
+                .iter()
+                .filter(|p| !p.kthread && p.set().as_ref() == Some(set))
+                .map(|p| p.pid)
+                .collect()),
+            Membership::Proc => procfs::members(set, first),
+        }
+    }
+
+    /// A count that moves whenever some process enters namespaces other
+    /// than the ones it had (unshare(2), setns(2), a change of user
+    /// namespace); `None` on the `/proc` path, which cannot tell.
+    pub fn switches(&self) -> Option<u64> {
+        match self {
+            Membership::Kernel(iter) => iter.counters().ok().map(|c| c.switches),
+            Membership::Proc => None,
+        }
+    }
+}
+
+/// The daemon's membership source, chosen on first use and logged once.
+pub fn membership() -> &'static Membership {
+    static CHOSEN: OnceLock<Membership> = OnceLock::new();
+    CHOSEN.get_or_init(|| {
+        let (m, why) = Membership::choose();
+        match why {
+            None => log::info!("membership: one BPF task iterator pass (kernel view)"),
+            Some(why) => log::info!("membership: reading /proc (BPF iterator not used: {why})"),
+        }
+        m
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn proc_records_match_procfs() {
+        let me = std::process::id() as i32;
+        let p = Proc::from_proc(me).expect("this process");
+        assert_eq!(p.set(), procfs::ns_set(me as u32));
+        for kind in Kind::ALL {
+            assert_eq!(p.link(kind), procfs::ns_link_inode(me, kind.name()));
+        }
+        assert!(!p.kthread);
+        assert_eq!(Proc::from_proc(i32::MAX), None);
+    }
+}
