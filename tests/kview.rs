@@ -10,6 +10,7 @@ use std::process::Command;
 use common::*;
 use nsproxyfs::kview::{self, Membership, Proc};
 use nsproxyfs::ns::Kind;
+use nsproxyfs::procfs;
 
 /// Processes in fresh namespaces, each a different mix; killed on drop.
 fn spread() -> Vec<Proc_> {
@@ -20,7 +21,7 @@ fn spread() -> Vec<Proc_> {
         // pid_for_children link cannot be read.
         &["--pid"],
         // The same, with its init.
-        &["--pid", "--fork", "--mount-proc"],
+        &["--pid", "--fork", "--kill-child", "--mount-proc"],
         &["--user", "--map-root-user"],
         &["--time", "--mount"],
         &["--net", "--ipc", "--uts", "--mount"],
@@ -79,11 +80,20 @@ fn bpf_and_proc_agree() {
     let after = by_pid(&proc.processes().unwrap());
     let mut compared = 0;
     for (pid, p) in &before {
-        if after.get(pid) != Some(p) {
+        // A process none of whose links /proc can read (a host may guard
+        // its init so) is in no answer on either path.
+        if after.get(pid) != Some(p) || p.link(Kind::User).is_none() {
             continue;
         }
         assert_eq!(seen.get(pid), Some(p), "pid {pid}");
         compared += 1;
+    }
+    for (pid, p) in &seen {
+        if before.get(pid) == after.get(pid)
+            && let Some(q) = before.get(pid)
+        {
+            assert_eq!(p, q, "pid {pid}");
+        }
     }
     assert!(compared > 10, "only {compared} stable processes");
     // Kernel threads are there, flagged, as /proc shows them.
@@ -92,11 +102,17 @@ fn bpf_and_proc_agree() {
         let pid = child.0.id() as i32;
         let p = seen.get(&pid).unwrap_or_else(|| panic!("{pid} missing"));
         assert_eq!(Some(p), before.get(&pid));
-        // Each of them is the one member of its set, on both paths.
+        // Its set's members (itself, and with --fork its child) are the
+        // same on both paths.
         if let Some(set) = p.set() {
             let first: Vec<Kind> = Kind::ALL.to_vec();
-            assert_eq!(kernel.members(&set, &first).unwrap(), vec![pid]);
-            assert_eq!(proc.members(&set, &first).unwrap(), vec![pid]);
+            let members = kernel.members(&set, &first).unwrap();
+            assert!(members.contains(&pid), "{members:?}");
+            assert!(members.len() <= 2, "{members:?}");
+            assert_eq!(proc.members(&set, &first).unwrap(), members);
+        } else {
+            // The pid namespace with no process yet: no set on /proc either.
+            assert_eq!(procfs::ns_set(pid as u32), None);
         }
     }
     // The set of this test itself has many members; both agree on the
@@ -190,4 +206,154 @@ fn forced_fallback() {
     let line = daemon_reads_members("forced_fallback").unwrap();
     assert!(line.contains("reading /proc"), "{line}");
     assert!(line.contains("NSPROXYFS_KVIEW=proc"), "{line}");
+}
+
+/// A python process that calls unshare(2) itself, without an exec, when
+/// told to: `unshare(flags)` then prints `done`.
+struct BareUnshare {
+    child: std::process::Child,
+    stdin: std::process::ChildStdin,
+    stdout: std::io::BufReader<std::process::ChildStdout>,
+}
+
+impl BareUnshare {
+    fn start(flags: u32) -> BareUnshare {
+        use std::process::Stdio;
+        let script = format!(
+            "import ctypes, sys\n\
+             libc = ctypes.CDLL(None, use_errno=True)\n\
+             print('ready', flush=True)\n\
+             sys.stdin.readline()\n\
+             assert libc.unshare({flags}) == 0, ctypes.get_errno()\n\
+             print('done', flush=True)\n\
+             sys.stdin.readline()\n"
+        );
+        let mut child = Command::new("python3")
+            .args(["-c", &script])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("start python3");
+        let stdin = child.stdin.take().unwrap();
+        let stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+        let mut p = BareUnshare {
+            child,
+            stdin,
+            stdout,
+        };
+        assert_eq!(p.line(), "ready");
+        p
+    }
+
+    fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    fn line(&mut self) -> String {
+        use std::io::BufRead;
+        let mut line = String::new();
+        self.stdout.read_line(&mut line).expect("read python3");
+        line.trim_end().to_owned()
+    }
+
+    /// Makes it unshare and waits until the call returned.
+    fn unshare(&mut self) {
+        use std::io::Write;
+        writeln!(self.stdin, "go").unwrap();
+        self.stdin.flush().unwrap();
+        assert_eq!(self.line(), "done");
+    }
+}
+
+impl Drop for BareUnshare {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+const CLONE_NEWUTS: u32 = 0x0400_0000;
+const CLONE_NEWNET: u32 = 0x4000_0000;
+
+/// A reused pass never hides a change: after a bare unshare(2) returned,
+/// the next read sees the process in its new set and out of its old one.
+#[test]
+fn reuse_never_hides_an_unshare() {
+    if !require_privileges("reuse_never_hides_an_unshare")
+        || !require_tools("reuse_never_hides_an_unshare", &["python3"])
+    {
+        return;
+    }
+    let (kernel, why) = Membership::choose();
+    if kernel.path() != "bpf" {
+        assert!(
+            std::env::var("CI").is_err(),
+            "no BPF path under CI: {why:?}"
+        );
+        note(&format!("reuse_never_hides_an_unshare: skipped: {why:?}"));
+        return;
+    }
+    let mut p = BareUnshare::start(CLONE_NEWUTS | CLONE_NEWNET);
+    let pid = p.pid();
+    let old = kernel.processes().unwrap();
+    let old = old.iter().find(|r| r.pid == pid).unwrap().set().unwrap();
+    assert!(kernel.members(&old, &[]).unwrap().contains(&pid));
+    // Twice, so the second read may reuse the first's pass.
+    assert!(kernel.members(&old, &[]).unwrap().contains(&pid));
+    p.unshare();
+    let new: [u64; 8] = std::array::from_fn(|i| {
+        let kind = Kind::ALL[i];
+        procfs::ns_inode(pid, kind).unwrap()
+    });
+    assert_ne!(new, old);
+    assert_eq!(kernel.members(&new, &[]).unwrap(), vec![pid]);
+    assert!(!kernel.members(&old, &[]).unwrap().contains(&pid));
+    assert_eq!(Membership::Proc.members(&new, &[]).unwrap(), vec![pid]);
+}
+
+/// With the BPF path, discovery sees a set made by a bare unshare(2) at
+/// its next look (every 100 ms), not at the next full read 30 s later.
+#[test]
+fn discovery_sees_a_bare_unshare() {
+    let test = "discovery_sees_a_bare_unshare";
+    if !require_privileges(test) || !require_tools(test, &["python3"]) {
+        return;
+    }
+    if Membership::choose().0.path() != "bpf" {
+        assert!(std::env::var("CI").is_err(), "no BPF path under CI");
+        note(&format!("{test}: skipped: no BPF path here"));
+        return;
+    }
+    let Some(m) = Mount::with_args(test, &["--discover"]) else {
+        return;
+    };
+    let mut p = BareUnshare::start(CLONE_NEWUTS);
+    m.watch_pid(p.pid());
+    // Let the daemon's first full read pass, then unshare.
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    p.unshare();
+    let uts = ns_ino(p.pid(), "uts");
+    m.step.set("wait for the unshared set under .discovered");
+    // Far below the 30 s between full reads.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let found = std::fs::read_dir(m.path(".discovered"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .any(|e| {
+                std::fs::metadata(e.path().join("uts")).is_ok_and(|md| {
+                    use std::os::unix::fs::MetadataExt;
+                    md.ino() == uts
+                })
+            });
+        if found {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the unshared set did not appear within 5 s"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
 }

@@ -3,8 +3,8 @@
 //! running kernel's BTF.
 //!
 //! Its task iterator writes one fixed-size record per process; its other
-//! programs count changes (forks, exits, switches of namespaces or
-//! credentials) in two counters. A pass is reused while the `changes`
+//! programs (BTF tracepoints) count changes (forks, exits, successful
+//! setns(2) and unshare(2)) in two counters. A pass is reused while the `changes`
 //! counter stands where it stood when the pass began: a read that starts
 //! after a change returned (a move, an unshare(2)) finds the counter moved
 //! and makes a new pass, so reuse never hides a change.
@@ -13,7 +13,7 @@ use std::io::{self, Read};
 use std::sync::Arc;
 
 use aya::maps::{Array, MapData};
-use aya::programs::{BtfTracePoint, FEntry, FExit, Iter as IterProgram};
+use aya::programs::{BtfTracePoint, Iter as IterProgram};
 use aya::{Btf, Ebpf, EbpfLoader};
 use parking_lot::Mutex;
 
@@ -53,7 +53,7 @@ pub enum LoadError {
 pub struct Counters {
     /// Moves on anything that can change an answer.
     pub changes: u64,
-    /// Moves when a process enters namespaces other than its own.
+    /// Moves on each successful setns(2) or unshare(2).
     pub switches: u64,
 }
 
@@ -65,47 +65,53 @@ struct Loaded {
 /// The loaded object: the iterator and the counters, kept for the
 /// daemon's life (the programs and links go with it).
 pub struct Iter {
-    counters: Array<MapData, [u8; 16]>,
+    /// `None` when loaded without the counting programs.
+    counters: Option<Array<MapData, [u8; 16]>>,
     loaded: Mutex<Loaded>,
 }
 
 impl Iter {
-    /// Loads and attaches the programs, then makes a first pass, so that a
-    /// kernel that loads but cannot run the iterator is found out here.
-    pub fn load() -> Result<Iter, LoadError> {
+    /// Loads the iterator and, with `count`, attaches the programs that
+    /// count changes (they run at every system call's exit on the host,
+    /// to catch setns(2) and unshare(2); see docs/kernel-view.md), then
+    /// makes a first pass, so that a kernel that loads but cannot run the
+    /// iterator is found out here. Without them every pass is new.
+    pub fn load(count: bool) -> Result<Iter, LoadError> {
         let btf = Btf::from_sys_fs()?;
-        let mut ebpf = EbpfLoader::new().btf(Some(&btf)).load(OBJECT)?;
+        let setns = libc::SYS_setns as u64;
+        let unshare = libc::SYS_unshare as u64;
+        let mut ebpf = EbpfLoader::new()
+            .btf(Some(&btf))
+            .override_global("sys_setns", &setns, true)
+            .override_global("sys_unshare", &unshare, true)
+            .load(OBJECT)?;
         let refused = |name| move |e| LoadError::Program(name, e);
         let iter: &mut IterProgram = program(&mut ebpf, "dump_tasks")?
             .try_into()
             .map_err(refused("dump_tasks"))?;
         iter.load("task", &btf).map_err(refused("dump_tasks"))?;
-        for (name, function) in [
-            ("on_switch", "switch_task_namespaces"),
-            ("on_creds", "commit_creds"),
-        ] {
-            let fexit: &mut FExit = program(&mut ebpf, name)?
+        let counting = [
+            ("on_sys_exit", "sys_exit"),
+            ("on_fork", "sched_process_fork"),
+            ("on_exit", "sched_process_exit"),
+        ];
+        for (name, tracepoint) in counting.into_iter().filter(|_| count) {
+            let tp: &mut BtfTracePoint = program(&mut ebpf, name)?
                 .try_into()
                 .map_err(refused(name))?;
-            fexit.load(function, &btf).map_err(refused(name))?;
-            fexit.attach().map_err(refused(name))?;
+            tp.load(tracepoint, &btf).map_err(refused(name))?;
+            tp.attach().map_err(refused(name))?;
         }
-        let entry: &mut FEntry = program(&mut ebpf, "on_creds_entry")?
-            .try_into()
-            .map_err(refused("on_creds_entry"))?;
-        entry
-            .load("commit_creds", &btf)
-            .map_err(refused("on_creds_entry"))?;
-        entry.attach().map_err(refused("on_creds_entry"))?;
-        let fork: &mut BtfTracePoint = program(&mut ebpf, "on_fork")?
-            .try_into()
-            .map_err(refused("on_fork"))?;
-        fork.load("sched_process_fork", &btf)
-            .map_err(refused("on_fork"))?;
-        fork.attach().map_err(refused("on_fork"))?;
-        let counters = ebpf.take_map(".bss").ok_or(LoadError::Missing(".bss"))?;
-        let counters = Array::try_from(counters)
-            .map_err(|e| LoadError::Object(aya::EbpfError::MapError(e)))?;
+        let counters = match count {
+            true => {
+                let map = ebpf.take_map(".bss").ok_or(LoadError::Missing(".bss"))?;
+                Some(
+                    Array::try_from(map)
+                        .map_err(|e| LoadError::Object(aya::EbpfError::MapError(e)))?,
+                )
+            }
+            false => None,
+        };
         let it = Iter {
             counters,
             loaded: Mutex::new(Loaded { ebpf, last: None }),
@@ -114,26 +120,31 @@ impl Iter {
         Ok(it)
     }
 
-    /// The counters as they stand.
-    pub fn counters(&self) -> io::Result<Counters> {
-        let bytes = self.counters.get(&0, 0).map_err(io::Error::other)?;
+    /// The counters as they stand; `None` without the counting programs.
+    pub fn counters(&self) -> io::Result<Option<Counters>> {
+        let Some(counters) = &self.counters else {
+            return Ok(None);
+        };
+        let bytes = counters.get(&0, 0).map_err(io::Error::other)?;
         let word = |i: usize| {
             let mut w = [0u8; 8];
             w.copy_from_slice(&bytes[i * 8..i * 8 + 8]);
             u64::from_ne_bytes(w)
         };
-        Ok(Counters {
+        Ok(Some(Counters {
             changes: word(0),
             switches: word(1),
-        })
+        }))
     }
 
     /// Every process, in pid order: the last pass if nothing changed
     /// since it began, else a new one. Reads that arrive while a pass runs
-    /// wait for it and share it.
+    /// wait for it, and share it unless something changed meanwhile.
     pub fn pass(&self) -> io::Result<Pass> {
         let mut loaded = self.loaded.lock();
-        let before = self.counters()?.changes;
+        let Some(before) = self.counters()?.map(|c| c.changes) else {
+            return Ok(Arc::new(Self::run(&mut loaded.ebpf)?));
+        };
         if let Some((at, pass)) = &loaded.last
             && *at == before
         {

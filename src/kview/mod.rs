@@ -24,8 +24,12 @@ use std::sync::{Arc, OnceLock};
 use crate::ns::Kind;
 use crate::procfs::{self, ProcDir};
 
-/// The environment variable that forces the `/proc` path when set to
-/// `proc` (for tests and for hosts where the BPF path misbehaves).
+/// The environment variable that chooses the path: `proc` forces the
+/// `/proc` path (for tests, and for hosts where the BPF path misbehaves);
+/// `iter` uses the iterator without the programs that count changes (no
+/// cost on other processes' system calls, but no reuse of passes and no
+/// quick discovery of bare unshare(2)); anything else, or unset, the BPF
+/// path in full when the kernel runs it.
 pub const FORCE_ENV: &str = "NSPROXYFS_KVIEW";
 
 /// Number of namespace slots in a [`Proc`]: the eight kinds as a
@@ -113,14 +117,28 @@ impl std::fmt::Debug for Membership {
 
 impl Membership {
     /// The BPF path if the kernel runs it, else `/proc`; with the reason
-    /// the BPF path is not used, if it is not.
+    /// the BPF path, or its counting programs, are not used.
     pub fn choose() -> (Membership, Option<String>) {
-        if std::env::var(FORCE_ENV).is_ok_and(|v| v == "proc") {
+        Self::choose_with(&std::env::var(FORCE_ENV).unwrap_or_default())
+    }
+
+    /// As [`Membership::choose`], with `setting` in place of the value of
+    /// [`FORCE_ENV`].
+    pub fn choose_with(setting: &str) -> (Membership, Option<String>) {
+        if setting == "proc" {
             return (Membership::Proc, Some(format!("{FORCE_ENV}=proc")));
         }
-        match bpf::Iter::load() {
+        let counted = match setting {
+            "iter" => Err(format!("{FORCE_ENV}=iter")),
+            _ => bpf::Iter::load(true).map_err(|e| e.to_string()),
+        };
+        match counted {
             Ok(iter) => (Membership::Kernel(Box::new(iter)), None),
-            Err(e) => (Membership::Proc, Some(e.to_string())),
+            // The iterator alone, if the kernel runs it.
+            Err(why) => match bpf::Iter::load(false) {
+                Ok(iter) => (Membership::Kernel(Box::new(iter)), Some(why)),
+                Err(e) => (Membership::Proc, Some(e.to_string())),
+            },
         }
     }
 
@@ -169,12 +187,12 @@ impl Membership {
         }
     }
 
-    /// A count that moves whenever some process enters namespaces other
-    /// than the ones it had (unshare(2), setns(2), a change of user
-    /// namespace); `None` on the `/proc` path, which cannot tell.
+    /// A count that moves whenever some process's setns(2) or unshare(2)
+    /// succeeds; `None` on the `/proc` path, which cannot tell, and
+    /// without the counting programs.
     pub fn switches(&self) -> Option<u64> {
         match self {
-            Membership::Kernel(iter) => iter.counters().ok().map(|c| c.switches),
+            Membership::Kernel(iter) => iter.counters().ok().flatten().map(|c| c.switches),
             Membership::Proc => None,
         }
     }
@@ -185,9 +203,22 @@ pub fn membership() -> &'static Membership {
     static CHOSEN: OnceLock<Membership> = OnceLock::new();
     CHOSEN.get_or_init(|| {
         let (m, why) = Membership::choose();
-        match why {
-            None => log::info!("membership: one BPF task iterator pass (kernel view)"),
-            Some(why) => log::info!("membership: reading /proc (BPF iterator not used: {why})"),
+        let why = why.unwrap_or_default();
+        match &m {
+            Membership::Kernel(_) if m.switches().is_some() => log::info!(
+                "membership: one BPF task iterator pass (kernel view), reused until a \
+                 fork, exit, setns or unshare"
+            ),
+            Membership::Kernel(_) => log::warn!(
+                "membership: one BPF task iterator pass (kernel view), a new one per read: \
+                 changes are not counted ({why})"
+            ),
+            Membership::Proc if why.starts_with(FORCE_ENV) => {
+                log::info!("membership: reading /proc ({why})")
+            }
+            Membership::Proc => {
+                log::warn!("membership: reading /proc (BPF iterator not used: {why})")
+            }
         }
         m
     })

@@ -88,6 +88,7 @@ static long (*bpf_seq_write)(struct seq_file *m, const void *data, __u32 len) = 
 	})
 
 #define PF_KTHREAD 0x00200000
+#define PF_EXITING 0x00000004
 #define MAX_PID_NS_LEVEL 32
 
 // Positions in `record.inum`: nsproxyfs's kind order (cgroup ipc mnt net
@@ -108,20 +109,20 @@ struct record {
 };
 
 // Counters, read by the daemon from this object's .bss map: `changes`
-// moves on anything that can change an answer (fork, exit, a switch of
-// namespaces or credentials); `switches` only on a process entering
-// namespaces other than the ones it had.
+// moves on anything that can change an answer (fork, exit, setns(2),
+// unshare(2)); `switches` only on setns(2) and unshare(2).
 __u64 changes = 0;
 __u64 switches = 0;
 
-static __attribute__((always_inline)) __u32 ns_inum(const void *ns)
-{
-	__u32 inum = 0;
-	const struct ns_common *common = ns;
-	if (ns)
-		READ(inum, common->inum);
-	return inum;
-}
+// The inode of namespace `ns` (any namespace type: each embeds its
+// ns_common as the field `ns`, at its own offset); 0 for none.
+#define NS_INUM(space)                                                         \
+	({                                                                     \
+		__u32 inum_ = 0;                                               \
+		if (space)                                                     \
+			READ(inum_, (space)->ns.inum);                         \
+		inum_;                                                         \
+	})
 
 // The pid namespace `task` was created in (what task_active_pid_ns gives)
 // and its level.
@@ -143,10 +144,12 @@ int dump_tasks(struct bpf_iter__task *ctx)
 	struct nsproxy *nsp;
 	const struct cred *cred;
 	struct user_namespace *userns;
-	unsigned int level, their_level;
+	unsigned int level, their_level, task_flags;
 	struct upid up;
 
-	READ(seq, ctx->meta->seq);
+	// The seq_file must stay a pointer the verifier trusts, for
+	// bpf_seq_write: read directly, not through bpf_probe_read_kernel.
+	seq = ctx->meta->seq;
 	READ(task, ctx->task);
 	if (!task)
 		return 0;
@@ -175,26 +178,34 @@ int dump_tasks(struct bpf_iter__task *ctx)
 	READ(up, theirs->numbers[their_level]);
 	their_ns = up.ns;
 
-	READ(r.flags, task->flags);
-	r.flags &= PF_KTHREAD;
+	READ(task_flags, task->flags);
+	r.flags = task_flags & PF_KTHREAD;
 
 	READ(nsp, task->nsproxy);
+	READ(task_flags, task->flags);
+	if (task_flags & PF_EXITING)
+		nsp = 0;
 	if (nsp) {
-		void *ns;
-		READ(ns, nsp->cgroup_ns);
-		r.inum[CGROUP] = ns_inum(ns);
-		READ(ns, nsp->ipc_ns);
-		r.inum[IPC] = ns_inum(ns);
-		READ(ns, nsp->mnt_ns);
-		r.inum[MNT] = ns_inum(ns);
-		READ(ns, nsp->net_ns);
-		r.inum[NET] = ns_inum(ns);
-		READ(ns, nsp->time_ns_for_children);
-		r.inum[TIME_FOR_CHILDREN] = ns_inum(ns);
-		READ(ns, nsp->uts_ns);
-		r.inum[UTS] = ns_inum(ns);
-		READ(ns, nsp->time_ns);
-		r.inum[TIME] = ns_inum(ns);
+		struct cgroup_namespace *cgroup;
+		struct ipc_namespace *ipc;
+		struct mnt_namespace *mnt;
+		struct net *net;
+		struct time_namespace *time, *time_children;
+		struct uts_namespace *uts;
+		READ(cgroup, nsp->cgroup_ns);
+		r.inum[CGROUP] = NS_INUM(cgroup);
+		READ(ipc, nsp->ipc_ns);
+		r.inum[IPC] = NS_INUM(ipc);
+		READ(mnt, nsp->mnt_ns);
+		r.inum[MNT] = NS_INUM(mnt);
+		READ(net, nsp->net_ns);
+		r.inum[NET] = NS_INUM(net);
+		READ(time_children, nsp->time_ns_for_children);
+		r.inum[TIME_FOR_CHILDREN] = NS_INUM(time_children);
+		READ(uts, nsp->uts_ns);
+		r.inum[UTS] = NS_INUM(uts);
+		READ(time, nsp->time_ns);
+		r.inum[TIME] = NS_INUM(time);
 		r.valid |= 1 << CGROUP | 1 << IPC | 1 << MNT | 1 << NET |
 			   1 << TIME_FOR_CHILDREN | 1 << UTS | 1 << TIME;
 		// pid_for_children reads only once that namespace has its
@@ -205,7 +216,7 @@ int dump_tasks(struct bpf_iter__task *ctx)
 		if (children) {
 			READ(reaper, children->child_reaper);
 			if (reaper) {
-				r.inum[PID_FOR_CHILDREN] = ns_inum(children);
+				r.inum[PID_FOR_CHILDREN] = NS_INUM(children);
 				r.valid |= 1 << PID_FOR_CHILDREN;
 			}
 		}
@@ -214,79 +225,72 @@ int dump_tasks(struct bpf_iter__task *ctx)
 	if (cred) {
 		READ(userns, cred->user_ns);
 		if (userns) {
-			r.inum[USER] = ns_inum(userns);
+			r.inum[USER] = NS_INUM(userns);
 			r.valid |= 1 << USER;
 		}
 	}
 	if (their_ns) {
-		r.inum[PID] = ns_inum(their_ns);
+		r.inum[PID] = NS_INUM(their_ns);
 		r.valid |= 1 << PID;
 	}
 	bpf_seq_write(seq, &r, sizeof(r));
 	return 0;
 }
 
-// Everything a pass reads changes through one of these. Counters move
-// when the change is done (fexit, and the fork tracepoint, which fires
-// once the child is in the pid table): a pass that begins after a counter
-// moved sees the change.
+// Everything a pass reads changes through one of these: a fork (a new
+// process; a new pid namespace getting its init), an exit, or a
+// successful setns(2) or unshare(2) (namespaces and user namespace alike).
+// They are tracepoints, not fentry/fexit, which some kernels refuse. The
+// fork tracepoint fires once the child is in the pid table and the
+// syscall one once the call is done, so a pass that begins after the
+// counter moved sees the change. The exit tracepoint fires before the
+// kernel drops the task's namespaces; the iterator counts an exiting task
+// (PF_EXITING, set before that tracepoint) as having none already.
 
-#define BPF_MAP_TYPE_HASH 1
-#define __uint(name, val) int (*name)[val]
-#define __type(name, val) typeof(val) *name
+struct pt_regs___x86 {
+	long orig_ax;
+} CORE;
+struct pt_regs___arm64 {
+	int syscallno;
+} CORE;
 
-static void *(*bpf_map_lookup_elem)(void *map, const void *key) = (void *)1;
-static long (*bpf_map_update_elem)(void *map, const void *key, const void *value, __u64 flags) = (void *)2;
-static long (*bpf_map_delete_elem)(void *map, const void *key) = (void *)3;
-static __u64 (*bpf_get_current_pid_tgid)(void) = (void *)14;
+#define FIELD_EXISTS 2
 
-// Threads inside commit_creds that are changing their user namespace.
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 4096);
-	__type(key, __u32);
-	__type(value, __u32);
-} entering SEC(".maps");
+// Syscall numbers of this architecture, set by the loader.
+volatile const __u64 sys_setns = 0;
+volatile const __u64 sys_unshare = 0;
 
-SEC("fexit/switch_task_namespaces")
-int on_switch(__u64 *args)
+SEC("tp_btf/sys_exit")
+int on_sys_exit(__u64 *args)
 {
-	__sync_fetch_and_add(&changes, 1);
-	// A task leaving all namespaces (new == NULL) is exiting.
-	if (args[1])
+	void *regs = (void *)args[0];
+	long ret = (long)args[1];
+	long nr = -1;
+	if (ret != 0)
+		return 0;
+	if (__builtin_preserve_field_info(((struct pt_regs___x86 *)regs)->orig_ax, FIELD_EXISTS)) {
+		READ(nr, ((struct pt_regs___x86 *)regs)->orig_ax);
+	} else if (__builtin_preserve_field_info(((struct pt_regs___arm64 *)regs)->syscallno, FIELD_EXISTS)) {
+		int no;
+		READ(no, ((struct pt_regs___arm64 *)regs)->syscallno);
+		nr = no;
+	}
+	if (nr >= 0 && (nr == sys_setns || nr == sys_unshare)) {
 		__sync_fetch_and_add(&switches, 1);
-	return 0;
-}
-
-SEC("fentry/commit_creds")
-int on_creds_entry(__u64 *args)
-{
-	struct cred *new = (struct cred *)args[0];
-	struct user_namespace *now, *next;
-	const struct cred *cur;
-	__u32 tid = (__u32)bpf_get_current_pid_tgid(), one = 1;
-	READ(next, new->user_ns);
-	READ(cur, ((struct task_struct *)bpf_get_current_task())->real_cred);
-	READ(now, cur->user_ns);
-	if (now != next)
-		bpf_map_update_elem(&entering, &tid, &one, 0);
-	return 0;
-}
-
-SEC("fexit/commit_creds")
-int on_creds(__u64 *args)
-{
-	__u32 tid = (__u32)bpf_get_current_pid_tgid();
-	__sync_fetch_and_add(&changes, 1);
-	if (bpf_map_lookup_elem(&entering, &tid)) {
-		bpf_map_delete_elem(&entering, &tid);
-		__sync_fetch_and_add(&switches, 1);
+		__sync_fetch_and_add(&changes, 1);
 	}
 	return 0;
 }
 
 SEC("tp_btf/sched_process_fork")
 int on_fork(__u64 *args)
+{
+	__sync_fetch_and_add(&changes, 1);
+	return 0;
+}
+
+SEC("tp_btf/sched_process_exit")
+int on_exit(__u64 *args)
 {
 	__sync_fetch_and_add(&changes, 1);
 	return 0;
