@@ -749,7 +749,11 @@ fn tasks_reads(s: &Settings, fs: &Daemon, procfs_fs: &Daemon, r: &mut Report) {
                     Ok(scan.clone()),
                 ),
             ],
-            goal: if n >= 10_000 { "≤ 10,000 (#16)" } else { "" },
+            goal: if n >= 10_000 {
+                "≤ 60,000 (SPEC); ≤ 10,000 (#16)"
+            } else {
+                ""
+            },
         });
         // A monitoring loop: every container's tasks, one after another.
         let mut buf_l = vec![0u8; 1 << 16];

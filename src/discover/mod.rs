@@ -133,6 +133,20 @@ impl Model {
     /// [`Model::rescan`] from the given source (the benchmark compares
     /// both).
     pub fn rescan_with(&mut self, membership: &crate::kview::Membership) {
+        if let crate::kview::Membership::Proc = membership {
+            // Today's read: eight links per process, and `stat` only for
+            // processes outside the root's set.
+            return match procfs::processes() {
+                Ok(pids) => {
+                    self.procs.clear();
+                    for pid in pids {
+                        let set = read_set(pid, &self.root);
+                        self.set(pid, set);
+                    }
+                }
+                Err(e) => log::warn!("discovery cannot read /proc: {e}"),
+            };
+        }
         match membership.processes() {
             Ok(procs) => {
                 self.procs.clear();

@@ -114,15 +114,9 @@ struct record {
 __u64 changes = 0;
 __u64 switches = 0;
 
-// The inode of namespace `ns` (any namespace type: each embeds its
+// The inode of namespace `space` (any namespace type: each embeds its
 // ns_common as the field `ns`, at its own offset); 0 for none.
-#define NS_INUM(space)                                                         \
-	({                                                                     \
-		__u32 inum_ = 0;                                               \
-		if (space)                                                     \
-			READ(inum_, (space)->ns.inum);                         \
-		inum_;                                                         \
-	})
+#define NS_INUM(space) ((space) ? (space)->ns.inum : 0)
 
 // The pid namespace `task` was created in (what task_active_pid_ns gives)
 // and its level.
@@ -136,25 +130,21 @@ static __attribute__((always_inline)) struct pid *pid_of(struct task_struct *tas
 SEC("iter/task")
 int dump_tasks(struct bpf_iter__task *ctx)
 {
-	struct seq_file *seq;
-	struct task_struct *task, *leader;
+	struct seq_file *seq = ctx->meta->seq;
+	struct task_struct *task = ctx->task;
 	struct record r = {};
 	struct pid *mine, *theirs;
 	struct pid_namespace *pidns, *their_ns;
 	struct nsproxy *nsp;
 	const struct cred *cred;
-	struct user_namespace *userns;
-	unsigned int level, their_level, task_flags;
+	unsigned int level, their_level;
 	struct upid up;
 
-	// The seq_file must stay a pointer the verifier trusts, for
-	// bpf_seq_write: read directly, not through bpf_probe_read_kernel.
-	seq = ctx->meta->seq;
-	READ(task, ctx->task);
-	if (!task)
-		return 0;
-	READ(leader, task->group_leader);
-	if (leader != task)
+	// Fields are read by plain loads from the task the iterator hands
+	// over (the kernel checks them against its BTF, and a load through a
+	// NULL pointer reads 0), except the pid numbers, whose index varies:
+	// those are copied with bpf_probe_read_kernel.
+	if (!task || task->group_leader != task)
 		return 0;
 
 	// The pid as the reader sees it: the reader's pid namespace is the
@@ -178,59 +168,35 @@ int dump_tasks(struct bpf_iter__task *ctx)
 	READ(up, theirs->numbers[their_level]);
 	their_ns = up.ns;
 
-	READ(task_flags, task->flags);
-	r.flags = task_flags & PF_KTHREAD;
-
-	READ(nsp, task->nsproxy);
-	READ(task_flags, task->flags);
-	if (task_flags & PF_EXITING)
+	r.flags = task->flags & PF_KTHREAD;
+	nsp = task->nsproxy;
+	if (task->flags & PF_EXITING)
 		nsp = 0;
 	if (nsp) {
-		struct cgroup_namespace *cgroup;
-		struct ipc_namespace *ipc;
-		struct mnt_namespace *mnt;
-		struct net *net;
-		struct time_namespace *time, *time_children;
-		struct uts_namespace *uts;
-		READ(cgroup, nsp->cgroup_ns);
-		r.inum[CGROUP] = NS_INUM(cgroup);
-		READ(ipc, nsp->ipc_ns);
-		r.inum[IPC] = NS_INUM(ipc);
-		READ(mnt, nsp->mnt_ns);
-		r.inum[MNT] = NS_INUM(mnt);
-		READ(net, nsp->net_ns);
-		r.inum[NET] = NS_INUM(net);
-		READ(time_children, nsp->time_ns_for_children);
-		r.inum[TIME_FOR_CHILDREN] = NS_INUM(time_children);
-		READ(uts, nsp->uts_ns);
-		r.inum[UTS] = NS_INUM(uts);
-		READ(time, nsp->time_ns);
-		r.inum[TIME] = NS_INUM(time);
+		r.inum[CGROUP] = NS_INUM(nsp->cgroup_ns);
+		r.inum[IPC] = NS_INUM(nsp->ipc_ns);
+		r.inum[MNT] = NS_INUM(nsp->mnt_ns);
+		r.inum[NET] = NS_INUM(nsp->net_ns);
+		r.inum[TIME_FOR_CHILDREN] = NS_INUM(nsp->time_ns_for_children);
+		r.inum[UTS] = NS_INUM(nsp->uts_ns);
+		r.inum[TIME] = NS_INUM(nsp->time_ns);
 		r.valid |= 1 << CGROUP | 1 << IPC | 1 << MNT | 1 << NET |
 			   1 << TIME_FOR_CHILDREN | 1 << UTS | 1 << TIME;
 		// pid_for_children reads only once that namespace has its
 		// init (the first child after an unshare).
-		struct pid_namespace *children;
-		struct task_struct *reaper;
-		READ(children, nsp->pid_ns_for_children);
-		if (children) {
-			READ(reaper, children->child_reaper);
-			if (reaper) {
-				r.inum[PID_FOR_CHILDREN] = NS_INUM(children);
-				r.valid |= 1 << PID_FOR_CHILDREN;
-			}
+		struct pid_namespace *children = nsp->pid_ns_for_children;
+		if (children && children->child_reaper) {
+			r.inum[PID_FOR_CHILDREN] = children->ns.inum;
+			r.valid |= 1 << PID_FOR_CHILDREN;
 		}
 	}
-	READ(cred, task->real_cred);
-	if (cred) {
-		READ(userns, cred->user_ns);
-		if (userns) {
-			r.inum[USER] = NS_INUM(userns);
-			r.valid |= 1 << USER;
-		}
+	cred = task->real_cred;
+	if (cred && cred->user_ns) {
+		r.inum[USER] = cred->user_ns->ns.inum;
+		r.valid |= 1 << USER;
 	}
 	if (their_ns) {
-		r.inum[PID] = NS_INUM(their_ns);
+		READ(r.inum[PID], their_ns->ns.inum);
 		r.valid |= 1 << PID;
 	}
 	bpf_seq_write(seq, &r, sizeof(r));
