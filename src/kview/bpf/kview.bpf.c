@@ -59,6 +59,7 @@ struct pid {
 } CORE;
 struct task_struct {
 	unsigned int flags;
+	int tgid;
 	struct task_struct *group_leader;
 	struct nsproxy *nsproxy;
 	const struct cred *real_cred;
@@ -155,18 +156,26 @@ int dump_tasks(struct bpf_iter__task *ctx)
 		return 0;
 	READ(up, mine->numbers[level]);
 	pidns = up.ns;
-	theirs = pid_of(task);
+	theirs = task->thread_pid;
 	if (!theirs)
 		return 0;
-	READ(their_level, theirs->level);
-	if (their_level < level || their_level >= MAX_PID_NS_LEVEL)
-		return 0;
-	READ(up, theirs->numbers[level]);
-	if (up.ns != pidns)
-		return 0;
-	r.pid = up.nr;
-	READ(up, theirs->numbers[their_level]);
-	their_ns = up.ns;
+	their_level = theirs->level;
+	if (level == 0 && their_level == 0) {
+		// The common case, both in the initial pid namespace: the
+		// number is the task's own tgid, its namespace the reader's.
+		r.pid = task->tgid;
+		their_ns = pidns;
+	} else {
+		if (their_level < level || their_level >= MAX_PID_NS_LEVEL)
+			return 0;
+		theirs = pid_of(task);
+		READ(up, theirs->numbers[level]);
+		if (up.ns != pidns)
+			return 0;
+		r.pid = up.nr;
+		READ(up, theirs->numbers[their_level]);
+		their_ns = up.ns;
+	}
 
 	r.flags = task->flags & PF_KTHREAD;
 	nsp = task->nsproxy;
