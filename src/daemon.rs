@@ -569,6 +569,9 @@ fn serve(
             None
         }
     };
+    // Chooses, and logs, where membership answers come from: the counting
+    // programs only for discovery, which must hear of every switch.
+    crate::kview::start(settings.discover);
     let recorder = Recorder::open(Arc::clone(&state_dir));
     let service = match Service::new(
         Options {

@@ -34,6 +34,9 @@
 //!   every change, and restoring it (pins, keepers) when the daemon starts.
 //! * [`state_dir`]: the state directory itself: root's alone, checked at
 //!   start, every file in it reached without following a symbolic link.
+//! * [`kview`]: the kernel's view of which process is in which
+//!   namespaces: one BPF task iterator pass, or `/proc` when the kernel
+//!   cannot run it.
 //! * [`discover`]: the namespace sets already in use on the host, kept
 //!   current from process events, and the `lsns`-like table.
 //! * [`export`]: `--netns-export`: each container's own net namespace
@@ -70,6 +73,7 @@ pub mod fs;
 pub mod inject;
 pub mod injector;
 pub mod kind;
+pub mod kview;
 pub mod logs;
 pub mod mover;
 pub mod moving;

@@ -289,7 +289,7 @@ impl Drop for Scratch {
     fn drop(&mut self) {
         // The mounts below are gone by now; detach again in case a guard
         // could not, so removal never walks into a mount.
-        for sub in ["mnt", "discover", "bare", "cgroup2"] {
+        for sub in ["mnt", "procfs", "discover", "bare", "cgroup2"] {
             detach(&self.0.join(sub));
         }
         let _ = std::fs::remove_dir_all(&self.0);
@@ -319,7 +319,17 @@ impl Daemon {
     /// the options `extra` besides `-f` and `--state-dir`. (Its mount point
     /// must be among those [`Scratch`]'s drop detaches.)
     pub fn start_with(scratch: &Scratch, name: &str, extra: &[&str]) -> Daemon {
-        step(&format!("start the daemon {name:?} {extra:?}"));
+        Daemon::start_env(scratch, name, extra, &[])
+    }
+
+    /// As [`Daemon::start_with`], with `env` added to its environment.
+    pub fn start_env(
+        scratch: &Scratch,
+        name: &str,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Daemon {
+        step(&format!("start the daemon {name:?} {extra:?} {env:?}"));
         let dir = scratch.0.join(name);
         let (state, log) = match name {
             "mnt" => (scratch.0.join("state"), scratch.0.join("daemon.log")),
@@ -336,6 +346,7 @@ impl Daemon {
             .arg("--state-dir")
             .arg(&state)
             .arg(&dir)
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(File::create(&log).expect("create the daemon log"));

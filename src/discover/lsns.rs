@@ -35,16 +35,15 @@ fn ino_of(fd: BorrowedFd<'_>) -> Option<u64> {
     file.metadata().ok().map(|m| m.ino())
 }
 
-/// The table, from one read of every process of `/proc`; `bound` adds the
+/// The table, from one pass over every process ([`crate::kview`]); `bound` adds the
 /// namespaces the tree binds (kind, inode, an open descriptor), listed
 /// even when no process is in them.
 pub fn table(bound: &[(Kind, u64, BorrowedFd<'_>)]) -> String {
     let mut seen: BTreeMap<u64, Seen> = BTreeMap::new();
-    for pid in procfs::processes().unwrap_or_default() {
-        let Ok(dir) = ProcDir::ns(pid) else { continue };
+    let procs = crate::kview::membership().processes().unwrap_or_default();
+    for p in procs.iter() {
         for kind in Kind::ALL {
-            let entry = kind.name();
-            let Ok(ino) = dir.inode(entry) else { continue };
+            let Some(ino) = p.link(kind) else { continue };
             let s = seen.entry(ino).or_insert_with(|| Seen {
                 kind,
                 nprocs: 0,
@@ -52,11 +51,11 @@ pub fn table(bound: &[(Kind, u64, BorrowedFd<'_>)]) -> String {
                 fd: None,
             });
             s.nprocs += 1;
-            // Processes are read in pid order: the first is the lowest.
+            // Processes come in pid order: the first is the lowest.
             if s.pid.is_none() {
-                s.pid = Some(pid);
-                s.fd = dir
-                    .open_entry(entry)
+                s.pid = Some(p.pid);
+                s.fd = ProcDir::ns(p.pid)
+                    .and_then(|dir| dir.open_entry(kind.name()))
                     .ok()
                     .filter(|fd| ino_of(fd.as_fd()) == Some(ino));
             }

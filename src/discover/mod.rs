@@ -13,8 +13,12 @@
 //!
 //! Processes the daemon itself moves are read again within [`TICK`].
 //! Other changes that come without an exec (a process calling unshare(2)
-//! or setns(2) and carrying on) are caught by a full read every
-//! [`RESYNC`]; so is anything missed when the kernel drops events. Without
+//! or setns(2) and carrying on) are seen by the kernel's view
+//! ([`crate::kview`]) when it runs on BPF: it counts every switch of
+//! namespaces, discovery looks at that count every [`SETTLE`], and a moved
+//! count means one full pass (a few milliseconds) and a publish at once.
+//! On the `/proc` path they are caught by the full read every [`RESYNC`];
+//! so is anything missed when the kernel drops events. Without
 //! process events (no CAP_NET_ADMIN in the initial network namespace, or a
 //! kernel without them) discovery reads `/proc` in full every
 //! [`FALLBACK`] instead, and says so in the log.
@@ -119,17 +123,39 @@ impl Model {
         }
     }
 
-    /// Reads every process of `/proc` again.
+    /// Reads every process again, in one pass of the kernel's view (see
+    /// [`crate::kview`]).
     pub fn rescan(&mut self) {
-        match procfs::processes() {
-            Ok(pids) => {
+        self.rescan_with(crate::kview::membership());
+    }
+
+    /// [`Model::rescan`] from the given source (the benchmark compares
+    /// both).
+    pub fn rescan_with(&mut self, membership: &crate::kview::Membership) {
+        if let crate::kview::Membership::Proc = membership {
+            // Today's read: eight links per process, and `stat` only for
+            // processes outside the root's set.
+            return match procfs::processes() {
+                Ok(pids) => {
+                    self.procs.clear();
+                    for pid in pids {
+                        let set = read_set(pid, &self.root);
+                        self.set(pid, set);
+                    }
+                }
+                Err(e) => log::warn!("discovery cannot read /proc: {e}"),
+            };
+        }
+        match membership.processes() {
+            Ok(procs) => {
                 self.procs.clear();
-                for pid in pids {
-                    let set = read_set(pid, &self.root);
-                    self.set(pid, set);
+                for p in procs.iter() {
+                    // As read_set: kernel threads only in the root's set.
+                    let set = p.set().filter(|s| s == &self.root || !p.kthread);
+                    self.set(p.pid, set);
                 }
             }
-            Err(e) => log::warn!("discovery cannot read /proc: {e}"),
+            Err(e) => log::warn!("discovery cannot {}: {e}", membership.what()),
         }
     }
 
@@ -294,6 +320,9 @@ fn run(sink: &dyn Sink) {
         let found = namer.name(&sets, |pid, set| source_of(pid, set, &root));
         sink.publish(&found);
     };
+    // Read before the first pass, so a switch during it is not missed.
+    let membership = crate::kview::membership();
+    let mut switches = membership.switches();
     model.rescan();
     publish(&model, &mut namer);
     let mut next_full = Instant::now() + interval;
@@ -304,7 +333,10 @@ fn run(sink: &dyn Sink) {
         if let Some(due) = pending {
             until = until.min(due);
         }
-        let wait = until.saturating_duration_since(now).min(TICK);
+        let mut wait = until.saturating_duration_since(now).min(TICK);
+        if switches.is_some() {
+            wait = wait.min(SETTLE);
+        }
         match &mut events {
             Some(events) => match events.wait(wait) {
                 Ok(batch) => {
@@ -333,6 +365,14 @@ fn run(sink: &dyn Sink) {
         }
         if changed && pending.is_none() {
             pending = Some(Instant::now() + SETTLE);
+        }
+        if let Some(seen) = switches {
+            let count = membership.switches();
+            if count.is_some_and(|c| c != seen) {
+                switches = count;
+                model.rescan();
+                pending = Some(Instant::now());
+            }
         }
         let now = Instant::now();
         if now >= next_full {

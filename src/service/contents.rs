@@ -10,7 +10,6 @@ use std::sync::Arc;
 
 use super::{Caller, Error, Result, Service, State};
 use crate::ns::{Kind, Namespace};
-use crate::procfs;
 use crate::tree::{ContainerId, Tree};
 
 impl Service {
@@ -85,10 +84,13 @@ impl Service {
                 .collect();
             (set, differing, helpers)
         };
-        let mut members = procfs::members(&set, &differing).map_err(|source| Error::Sys {
-            what: "read /proc",
-            source,
-        })?;
+        let membership = crate::kview::membership();
+        let mut members = membership
+            .members(&set, &differing)
+            .map_err(|source| Error::Sys {
+                what: membership.what(),
+                source,
+            })?;
         members.retain(|p| !helpers.contains(p));
         let reader_ns = File::from(reader.pid_ns()?);
         let same_ns = reader_ns.metadata().map(|m| m.ino()).ok() == Some(self.pid_ns);

@@ -1,0 +1,274 @@
+// SPDX-License-Identifier: GPL-2.0-only OR MIT
+//
+// The kernel's view of who is in which namespaces, for nsproxyfs.
+//
+// `dump_tasks` is a task iterator (iter/task): reading its file yields one
+// `struct record` per thread-group leader visible in the reader's pid
+// namespace, with the namespaces that reader's /proc/PID/ns links would
+// name. The other programs count changes, so that a pass can be reused
+// for as long as nothing it depends on has changed.
+//
+// Built by build.sh in this directory (clang, BPF target, CO-RE); the
+// object is checked in next to this file and loaded by the daemon with a
+// pure-Rust loader. No kernel headers: the few kernel types used are
+// declared below with only the fields read, and every access to them is
+// relocated against the running kernel's BTF when the object is loaded.
+
+typedef unsigned int __u32;
+typedef unsigned long long __u64;
+
+#define CORE __attribute__((preserve_access_index))
+#define SEC(name) __attribute__((section(name), used))
+
+// Kernel types (only the fields read; offsets come from the kernel's BTF).
+struct ns_common {
+	unsigned int inum;
+} CORE;
+struct uts_namespace { struct ns_common ns; } CORE;
+struct ipc_namespace { struct ns_common ns; } CORE;
+struct mnt_namespace { struct ns_common ns; } CORE;
+struct net { struct ns_common ns; } CORE;
+struct cgroup_namespace { struct ns_common ns; } CORE;
+struct time_namespace { struct ns_common ns; } CORE;
+struct user_namespace { struct ns_common ns; } CORE;
+struct task_struct;
+struct pid_namespace {
+	struct ns_common ns;
+	struct task_struct *child_reaper;
+} CORE;
+struct nsproxy {
+	struct uts_namespace *uts_ns;
+	struct ipc_namespace *ipc_ns;
+	struct mnt_namespace *mnt_ns;
+	struct pid_namespace *pid_ns_for_children;
+	struct net *net_ns;
+	struct time_namespace *time_ns;
+	struct time_namespace *time_ns_for_children;
+	struct cgroup_namespace *cgroup_ns;
+} CORE;
+struct cred {
+	struct user_namespace *user_ns;
+} CORE;
+struct upid {
+	int nr;
+	struct pid_namespace *ns;
+} CORE;
+struct pid {
+	unsigned int level;
+	struct upid numbers[1];
+} CORE;
+struct task_struct {
+	unsigned int flags;
+	int tgid;
+	struct task_struct *group_leader;
+	struct nsproxy *nsproxy;
+	const struct cred *real_cred;
+	struct pid *thread_pid;
+} CORE;
+struct seq_file;
+struct bpf_iter_meta {
+	struct seq_file *seq;
+} CORE;
+struct bpf_iter__task {
+	struct bpf_iter_meta *meta;
+	struct task_struct *task;
+} CORE;
+
+// Helpers, by their stable numbers in the kernel's uapi.
+static long (*bpf_probe_read_kernel)(void *dst, __u32 size, const void *src) = (void *)113;
+static __u64 (*bpf_get_current_task)(void) = (void *)35;
+static long (*bpf_seq_write)(struct seq_file *m, const void *data, __u32 len) = (void *)127;
+
+// Reads kernel memory at `src` (a field, relocated) into `dst`; zero if
+// it cannot be read.
+#define READ(dst, src)                                                         \
+	({                                                                     \
+		__builtin_memset(&(dst), 0, sizeof(dst));                      \
+		bpf_probe_read_kernel(&(dst), sizeof(dst),                     \
+				      __builtin_preserve_access_index(&(src))); \
+	})
+
+#define PF_KTHREAD 0x00200000
+#define PF_EXITING 0x00000004
+#define MAX_PID_NS_LEVEL 32
+
+// Positions in `record.inum`: nsproxyfs's kind order (cgroup ipc mnt net
+// pid time user uts, pid and time as for children), then the pid and
+// time namespaces the task itself is in.
+enum {
+	CGROUP, IPC, MNT, NET, PID_FOR_CHILDREN, TIME_FOR_CHILDREN, USER, UTS,
+	PID, TIME, SLOTS,
+};
+
+// What one process reads as; bit i of `valid` is set when slot i could be
+// read (as the readlink of its /proc/PID/ns link would succeed).
+struct record {
+	__u32 pid;
+	__u32 flags;
+	__u32 valid;
+	__u32 inum[SLOTS];
+};
+
+// Counters, read by the daemon from this object's .bss map: `changes`
+// moves on anything that can change an answer (fork, exit, setns(2),
+// unshare(2)); `switches` only on setns(2) and unshare(2).
+__u64 changes = 0;
+__u64 switches = 0;
+
+// The inode of namespace `space` (any namespace type: each embeds its
+// ns_common as the field `ns`, at its own offset); 0 for none.
+#define NS_INUM(space) ((space) ? (space)->ns.inum : 0)
+
+// The pid namespace `task` was created in (what task_active_pid_ns gives)
+// and its level.
+static __attribute__((always_inline)) struct pid *pid_of(struct task_struct *task)
+{
+	struct pid *pid;
+	READ(pid, task->thread_pid);
+	return pid;
+}
+
+SEC("iter/task")
+int dump_tasks(struct bpf_iter__task *ctx)
+{
+	struct seq_file *seq = ctx->meta->seq;
+	struct task_struct *task = ctx->task;
+	struct record r = {};
+	struct pid *mine, *theirs;
+	struct pid_namespace *pidns, *their_ns;
+	struct nsproxy *nsp;
+	const struct cred *cred;
+	unsigned int level, their_level;
+	struct upid up;
+
+	// Fields are read by plain loads from the task the iterator hands
+	// over (the kernel checks them against its BTF, and a load through a
+	// NULL pointer reads 0), except the pid numbers, whose index varies:
+	// those are copied with bpf_probe_read_kernel.
+	if (!task || task->group_leader != task)
+		return 0;
+
+	// The pid as the reader sees it: the reader's pid namespace is the
+	// one the iterator walks, so every task it visits has a number there.
+	mine = pid_of((struct task_struct *)bpf_get_current_task());
+	READ(level, mine->level);
+	if (level >= MAX_PID_NS_LEVEL)
+		return 0;
+	READ(up, mine->numbers[level]);
+	pidns = up.ns;
+	theirs = task->thread_pid;
+	if (!theirs)
+		return 0;
+	their_level = theirs->level;
+	if (level == 0 && their_level == 0) {
+		// The common case, both in the initial pid namespace: the
+		// number is the task's own tgid, its namespace the reader's.
+		r.pid = task->tgid;
+		their_ns = pidns;
+	} else {
+		if (their_level < level || their_level >= MAX_PID_NS_LEVEL)
+			return 0;
+		theirs = pid_of(task);
+		READ(up, theirs->numbers[level]);
+		if (up.ns != pidns)
+			return 0;
+		r.pid = up.nr;
+		READ(up, theirs->numbers[their_level]);
+		their_ns = up.ns;
+	}
+
+	r.flags = task->flags & PF_KTHREAD;
+	nsp = task->nsproxy;
+	if (task->flags & PF_EXITING)
+		nsp = 0;
+	if (nsp) {
+		r.inum[CGROUP] = NS_INUM(nsp->cgroup_ns);
+		r.inum[IPC] = NS_INUM(nsp->ipc_ns);
+		r.inum[MNT] = NS_INUM(nsp->mnt_ns);
+		r.inum[NET] = NS_INUM(nsp->net_ns);
+		r.inum[TIME_FOR_CHILDREN] = NS_INUM(nsp->time_ns_for_children);
+		r.inum[UTS] = NS_INUM(nsp->uts_ns);
+		r.inum[TIME] = NS_INUM(nsp->time_ns);
+		r.valid |= 1 << CGROUP | 1 << IPC | 1 << MNT | 1 << NET |
+			   1 << TIME_FOR_CHILDREN | 1 << UTS | 1 << TIME;
+		// pid_for_children reads only once that namespace has its
+		// init (the first child after an unshare).
+		struct pid_namespace *children = nsp->pid_ns_for_children;
+		if (children && children->child_reaper) {
+			r.inum[PID_FOR_CHILDREN] = children->ns.inum;
+			r.valid |= 1 << PID_FOR_CHILDREN;
+		}
+	}
+	cred = task->real_cred;
+	if (cred && cred->user_ns) {
+		r.inum[USER] = cred->user_ns->ns.inum;
+		r.valid |= 1 << USER;
+	}
+	if (their_ns) {
+		READ(r.inum[PID], their_ns->ns.inum);
+		r.valid |= 1 << PID;
+	}
+	bpf_seq_write(seq, &r, sizeof(r));
+	return 0;
+}
+
+// Everything a pass reads changes through one of these: a fork (a new
+// process; a new pid namespace getting its init), an exit, or a
+// successful setns(2) or unshare(2) (namespaces and user namespace alike).
+// They are tracepoints, not fentry/fexit, which some kernels refuse. The
+// fork tracepoint fires once the child is in the pid table and the
+// syscall one once the call is done, so a pass that begins after the
+// counter moved sees the change. The exit tracepoint fires before the
+// kernel drops the task's namespaces; the iterator counts an exiting task
+// (PF_EXITING, set before that tracepoint) as having none already.
+
+struct pt_regs___x86 {
+	long orig_ax;
+} CORE;
+struct pt_regs___arm64 {
+	int syscallno;
+} CORE;
+
+#define FIELD_EXISTS 2
+
+// Syscall numbers of this architecture, set by the loader.
+volatile const __u64 sys_setns = 0;
+volatile const __u64 sys_unshare = 0;
+
+SEC("tp_btf/sys_exit")
+int on_sys_exit(__u64 *args)
+{
+	void *regs = (void *)args[0];
+	long ret = (long)args[1];
+	long nr = -1;
+	if (ret != 0)
+		return 0;
+	if (__builtin_preserve_field_info(((struct pt_regs___x86 *)regs)->orig_ax, FIELD_EXISTS)) {
+		READ(nr, ((struct pt_regs___x86 *)regs)->orig_ax);
+	} else if (__builtin_preserve_field_info(((struct pt_regs___arm64 *)regs)->syscallno, FIELD_EXISTS)) {
+		int no;
+		READ(no, ((struct pt_regs___arm64 *)regs)->syscallno);
+		nr = no;
+	}
+	if (nr >= 0 && (nr == sys_setns || nr == sys_unshare)) {
+		__sync_fetch_and_add(&switches, 1);
+		__sync_fetch_and_add(&changes, 1);
+	}
+	return 0;
+}
+
+SEC("tp_btf/sched_process_fork")
+int on_fork(__u64 *args)
+{
+	__sync_fetch_and_add(&changes, 1);
+	return 0;
+}
+
+SEC("tp_btf/sched_process_exit")
+int on_exit(__u64 *args)
+{
+	__sync_fetch_and_add(&changes, 1);
+	return 0;
+}
+
+char LICENSE[] SEC("license") = "Dual MIT/GPL";

@@ -1,0 +1,262 @@
+//! The kernel's view of who is in which namespaces.
+//!
+//! Every answer about membership (a container's `tasks`, `.namespaces`,
+//! discovery's full read) needs the namespaces of every process on the
+//! host. Through `/proc` that is one readlink per namespace link per
+//! process; a BPF task iterator ([`bpf`]) hands the same facts over in one
+//! pass, read from the kernel's own structures. [`Membership`] offers both
+//! behind one API: the daemon picks one at start ([`membership`]), says in
+//! the log which, and uses `/proc` whenever the kernel cannot run the
+//! iterator (no BTF, BPF refused, lockdown, an older kernel) or when
+//! [`FORCE_ENV`] asks for it. Both give the same answers; the tests check
+//! that on the host they run on.
+//!
+//! Records are per process (thread-group leader), as `/proc` lists them,
+//! pids as the daemon's pid namespace numbers them (callers translate for
+//! readers in other pid namespaces, as they do for `/proc`), kernel
+//! threads flagged so callers treat them as they did.
+
+pub mod bpf;
+
+use std::io;
+use std::sync::{Arc, OnceLock};
+
+use crate::ns::Kind;
+use crate::procfs::{self, ProcDir};
+
+/// The environment variable that chooses the path: `proc` forces the
+/// `/proc` path (for tests, and for hosts where the BPF path misbehaves);
+/// `iter` uses the iterator without the programs that count changes (no
+/// cost on other processes' system calls, but no reuse of passes and no
+/// quick discovery of bare unshare(2)); anything else, or unset, the BPF
+/// path in full when the kernel runs it.
+pub const FORCE_ENV: &str = "NSPROXYFS_KVIEW";
+
+/// Number of namespace slots in a [`Proc`]: the eight kinds as a
+/// container binds them (pid and time as for children), then the pid and
+/// time namespaces the process itself is in.
+pub const SLOTS: usize = 10;
+const PID_OWN: usize = 8;
+const TIME_OWN: usize = 9;
+
+/// One process, as one pass sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Proc {
+    /// Its pid in the daemon's pid namespace.
+    pub pid: i32,
+    /// Whether it is a kernel thread.
+    pub kthread: bool,
+    /// Bit `i` set when slot `i` of `inum` could be read (as the readlink
+    /// of that `/proc/PID/ns` link would succeed).
+    valid: u32,
+    inum: [u64; SLOTS],
+}
+
+impl Proc {
+    /// Its namespace set in [`Kind::ALL`] order (pid and time as for
+    /// children, as [`procfs::ns_set`] reads it); `None` if any of them
+    /// cannot be read (an exiting process; a pid namespace without its
+    /// init yet).
+    pub fn set(&self) -> Option<[u64; 8]> {
+        let all = (1u32 << 8) - 1;
+        (self.valid & all == all).then(|| std::array::from_fn(|i| self.inum[i]))
+    }
+
+    /// The namespace its link `/proc/PID/ns/KIND` names (for pid and
+    /// time, the one it is in, not its children's).
+    pub fn link(&self, kind: Kind) -> Option<u64> {
+        let slot = match kind {
+            Kind::Pid => PID_OWN,
+            Kind::Time => TIME_OWN,
+            other => other.index(),
+        };
+        (self.valid & (1 << slot) != 0).then_some(self.inum[slot])
+    }
+
+    /// Reads process `pid` from `/proc`; `None` if it is gone.
+    fn from_proc(pid: i32) -> Option<Proc> {
+        let dir = ProcDir::ns(pid).ok()?;
+        let mut p = Proc {
+            pid,
+            kthread: false,
+            valid: 0,
+            inum: [0; SLOTS],
+        };
+        let own = [(PID_OWN, Kind::Pid), (TIME_OWN, Kind::Time)];
+        let entries = Kind::ALL
+            .into_iter()
+            .map(|k| (k.index(), k.proc_entry()))
+            .chain(own.into_iter().map(|(slot, k)| (slot, k.name())));
+        for (slot, entry) in entries {
+            if let Ok(ino) = dir.inode(entry) {
+                p.inum[slot] = ino;
+                p.valid |= 1 << slot;
+            }
+        }
+        p.kthread = procfs::is_kernel_thread(pid);
+        Some(p)
+    }
+}
+
+/// One full pass over every process, in pid order.
+pub type Pass = Arc<Vec<Proc>>;
+
+/// Where membership answers come from.
+pub enum Membership {
+    /// One BPF task iterator pass, reused while nothing changed.
+    Kernel(Box<bpf::Iter>),
+    /// Readlinks under `/proc`.
+    Proc,
+}
+
+impl std::fmt::Debug for Membership {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.path())
+    }
+}
+
+impl Membership {
+    /// The BPF path if the kernel runs it, else `/proc`; with the reason
+    /// the BPF path, or its counting programs, are not used.
+    pub fn choose() -> (Membership, Option<String>) {
+        Self::choose_with(&std::env::var(FORCE_ENV).unwrap_or_default())
+    }
+
+    /// As [`Membership::choose`], with `setting` in place of the value of
+    /// [`FORCE_ENV`].
+    pub fn choose_with(setting: &str) -> (Membership, Option<String>) {
+        if setting == "proc" {
+            return (Membership::Proc, Some(format!("{FORCE_ENV}=proc")));
+        }
+        let counted = match setting {
+            "iter" => Err(format!("{FORCE_ENV}=iter")),
+            _ => bpf::Iter::load(true).map_err(|e| e.to_string()),
+        };
+        match counted {
+            Ok(iter) => (Membership::Kernel(Box::new(iter)), None),
+            // The iterator alone, if the kernel runs it.
+            Err(why) => match bpf::Iter::load(false) {
+                Ok(iter) => (Membership::Kernel(Box::new(iter)), Some(why)),
+                Err(e) => (Membership::Proc, Some(e.to_string())),
+            },
+        }
+    }
+
+    /// A short name of the path: `bpf` or `proc`.
+    pub fn path(&self) -> &'static str {
+        match self {
+            Membership::Kernel(_) => "bpf",
+            Membership::Proc => "proc",
+        }
+    }
+
+    /// What a pass does, for error messages: `read /proc` or `run the BPF
+    /// task iterator`.
+    pub fn what(&self) -> &'static str {
+        match self {
+            Membership::Kernel(_) => "run the BPF task iterator",
+            Membership::Proc => "read /proc",
+        }
+    }
+
+    /// Every process the daemon's pid namespace shows, in pid order.
+    pub fn processes(&self) -> io::Result<Pass> {
+        match self {
+            Membership::Kernel(iter) => iter.pass(),
+            Membership::Proc => Ok(Arc::new(
+                procfs::processes()?
+                    .into_iter()
+                    .filter_map(Proc::from_proc)
+                    .collect(),
+            )),
+        }
+    }
+
+    /// The processes whose namespaces are exactly `set`, kernel threads
+    /// left out, in pid order: what [`procfs::members`] answers. `first`
+    /// orders the `/proc` path's comparisons (see there).
+    pub fn members(&self, set: &[u64; 8], first: &[Kind]) -> io::Result<Vec<i32>> {
+        match self {
+            Membership::Kernel(iter) => Ok(iter
+                .pass()?
+                .iter()
+                .filter(|p| !p.kthread && p.set().as_ref() == Some(set))
+                .map(|p| p.pid)
+                .collect()),
+            Membership::Proc => procfs::members(set, first),
+        }
+    }
+
+    /// A count that moves whenever some process's setns(2) or unshare(2)
+    /// succeeds; `None` on the `/proc` path, which cannot tell, and
+    /// without the counting programs.
+    pub fn switches(&self) -> Option<u64> {
+        match self {
+            Membership::Kernel(iter) => iter.counters().ok().flatten().map(|c| c.switches),
+            Membership::Proc => None,
+        }
+    }
+}
+
+/// The daemon's membership source, once chosen.
+static CHOSEN: OnceLock<Membership> = OnceLock::new();
+
+/// Chooses the daemon's membership source, once, and logs which it is.
+/// `count` loads the counting programs beside the iterator: they let a pass
+/// be reused until something changes and tell discovery of every namespace
+/// switch at once, but they run at the exit of every system call on the
+/// host (docs/kernel-view.md), so only a daemon with `--discover` asks for
+/// them; without them each read makes a fresh pass, exact by construction.
+pub fn start(count: bool) -> &'static Membership {
+    CHOSEN.get_or_init(|| {
+        let forced = std::env::var(FORCE_ENV).unwrap_or_default();
+        let uncounted = !count && forced != "proc";
+        let setting = if uncounted { "iter" } else { forced.as_str() };
+        let (m, why) = Membership::choose_with(setting);
+        let why = why.unwrap_or_default();
+        match &m {
+            Membership::Kernel(_) if m.switches().is_some() => log::info!(
+                "membership: one BPF task iterator pass (kernel view), reused until a \
+                 fork, exit, setns or unshare"
+            ),
+            Membership::Kernel(_) if uncounted => log::info!(
+                "membership: one BPF task iterator pass (kernel view) per read; changes \
+                 are counted only with --discover"
+            ),
+            Membership::Kernel(_) => log::warn!(
+                "membership: one BPF task iterator pass (kernel view), a new one per read: \
+                 changes are not counted ({why})"
+            ),
+            Membership::Proc if why.starts_with(FORCE_ENV) => {
+                log::info!("membership: reading /proc ({why})")
+            }
+            Membership::Proc => {
+                log::warn!("membership: reading /proc (BPF iterator not used: {why})")
+            }
+        }
+        m
+    })
+}
+
+/// The daemon's membership source: as [`start`] chose it, or, used before
+/// any choice (a test, a tool), the iterator without counting.
+pub fn membership() -> &'static Membership {
+    start(false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn proc_records_match_procfs() {
+        let me = std::process::id() as i32;
+        let p = Proc::from_proc(me).expect("this process");
+        assert_eq!(p.set(), procfs::ns_set(me as u32));
+        for kind in Kind::ALL {
+            assert_eq!(p.link(kind), procfs::ns_link_inode(me, kind.name()));
+        }
+        assert!(!p.kthread);
+        assert_eq!(Proc::from_proc(i32::MAX), None);
+    }
+}

@@ -1,0 +1,359 @@
+//! The kernel's view ([`nsproxyfs::kview`]): the BPF task iterator and the
+//! `/proc` path give the same answers on this host, for processes spread
+//! over fresh namespaces of every kind; and the `/proc` path can be forced.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::process::Command;
+
+use common::*;
+use nsproxyfs::kview::{self, Membership, Proc};
+use nsproxyfs::ns::Kind;
+use nsproxyfs::procfs;
+
+/// Processes in fresh namespaces, each a different mix; killed on drop.
+fn spread() -> Vec<Proc_> {
+    let scripts: [&[&str]; 7] = [
+        &["--net", "--uts"],
+        &["--ipc", "--cgroup"],
+        // A pid namespace with no process in it yet: its
+        // pid_for_children link cannot be read.
+        &["--pid"],
+        // The same, with its init.
+        &["--pid", "--fork", "--kill-child", "--mount-proc"],
+        &["--user", "--map-root-user"],
+        &["--time", "--mount"],
+        &["--net", "--ipc", "--uts", "--mount"],
+    ];
+    scripts
+        .iter()
+        .map(|args| {
+            let child = Command::new("unshare")
+                .args(*args)
+                .args(["--", "sleep", "1000"])
+                .spawn()
+                .expect("unshare");
+            Proc_(child)
+        })
+        .collect()
+}
+
+struct Proc_(std::process::Child);
+
+impl Drop for Proc_ {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn by_pid(pass: &[Proc]) -> BTreeMap<i32, Proc> {
+    pass.iter().map(|p| (p.pid, *p)).collect()
+}
+
+#[test]
+fn bpf_and_proc_agree() {
+    if !require_privileges("bpf_and_proc_agree")
+        || !require_tools("bpf_and_proc_agree", &["unshare"])
+    {
+        return;
+    }
+    let kernel = match Membership::choose() {
+        (m @ Membership::Kernel(_), _) => m,
+        (_, why) => {
+            assert!(
+                std::env::var("CI").is_err(),
+                "no BPF path under CI: {why:?}"
+            );
+            note(&format!("bpf_and_proc_agree: skipped: {why:?}"));
+            return;
+        }
+    };
+    let procs = spread();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let proc = Membership::Proc;
+    // Processes come and go on a busy host: compare the kernel's pass
+    // with the processes /proc shows the same before and after it.
+    let before = by_pid(&proc.processes().unwrap());
+    let seen = by_pid(&kernel.processes().unwrap());
+    let after = by_pid(&proc.processes().unwrap());
+    let mut compared = 0;
+    for (pid, p) in &before {
+        // A process none of whose links /proc can read (a host may guard
+        // its init so) is in no answer on either path.
+        if after.get(pid) != Some(p) || p.link(Kind::User).is_none() {
+            continue;
+        }
+        assert_eq!(seen.get(pid), Some(p), "pid {pid}");
+        compared += 1;
+    }
+    for (pid, p) in &seen {
+        if before.get(pid) == after.get(pid)
+            && let Some(q) = before.get(pid)
+        {
+            assert_eq!(p, q, "pid {pid}");
+        }
+    }
+    assert!(compared > 10, "only {compared} stable processes");
+    // Kernel threads are there, flagged, as /proc shows them.
+    assert!(seen.values().any(|p| p.kthread));
+    for child in &procs {
+        let pid = child.0.id() as i32;
+        let p = seen.get(&pid).unwrap_or_else(|| panic!("{pid} missing"));
+        assert_eq!(Some(p), before.get(&pid));
+        // Its set's members (itself, and with --fork its child) are the
+        // same on both paths.
+        if let Some(set) = p.set() {
+            let first: Vec<Kind> = Kind::ALL.to_vec();
+            let members = kernel.members(&set, &first).unwrap();
+            assert!(members.contains(&pid), "{members:?}");
+            assert!(members.len() <= 2, "{members:?}");
+            assert_eq!(proc.members(&set, &first).unwrap(), members);
+        } else {
+            // The pid namespace with no process yet: no set on /proc either.
+            assert_eq!(procfs::ns_set(pid as u32), None);
+        }
+    }
+    // The set of this test itself has many members; both agree on the
+    // stable ones.
+    let me = std::process::id() as i32;
+    let mine = seen[&me].set().unwrap();
+    let k = kernel.members(&mine, &[]).unwrap();
+    let p = proc.members(&mine, &[]).unwrap();
+    assert!(k.contains(&me) && p.contains(&me));
+    drop(procs);
+}
+
+/// A daemon's answers about a container it made: one process moved in,
+/// read back from `tasks` (the membership path), and the log line that
+/// says which path the daemon took, which must appear exactly once.
+fn daemon_reads_members(test: &str) -> Option<String> {
+    let m = Mount::with_args(test, &["--discover"])?;
+    std::fs::create_dir(m.path("c")).unwrap();
+    std::fs::write(m.path("c/net"), b"").unwrap();
+    std::fs::write(m.path("c/uts"), b"").unwrap();
+    let sleeper = common::Proc::sh("exec sleep 1000");
+    m.watch_pid(sleeper.pid());
+    m.write("c/tasks", format!("{}\n", sleeper.pid()).as_bytes())
+        .unwrap();
+    assert_eq!(m.read("c/tasks"), format!("{}\n", sleeper.pid()));
+    assert!(
+        m.read("tasks")
+            .lines()
+            .all(|l| l != sleeper.pid().to_string())
+    );
+    let table = m.read(".namespaces");
+    let net = ns_ino(sleeper.pid(), "net").to_string();
+    assert!(
+        table
+            .lines()
+            .any(|l| l.starts_with(&format!("net\t{net}\t"))),
+        "{table}"
+    );
+    m.write("tasks", format!("{}\n", sleeper.pid()).as_bytes())
+        .unwrap();
+    assert_eq!(m.read("c/tasks"), "");
+    let log = m.log_text();
+    let lines: Vec<&str> = log.lines().filter(|l| l.contains("membership:")).collect();
+    assert_eq!(lines.len(), 1, "{log}");
+    Some(lines[0].to_owned())
+}
+
+#[test]
+fn daemon_says_which_path_it_takes() {
+    let Some(line) = daemon_reads_members("daemon_says_which_path_it_takes") else {
+        return;
+    };
+    if std::env::var(kview::FORCE_ENV).is_ok() {
+        return;
+    }
+    let bpf = matches!(Membership::choose(), (Membership::Kernel(_), _));
+    assert_eq!(line.contains("BPF task iterator pass"), bpf, "{line}");
+}
+
+/// `NSPROXYFS_KVIEW=proc` forces the `/proc` path: this test runs itself
+/// again with it set, and the daemon it starts then reads `/proc`, says
+/// so, and answers as above.
+#[test]
+fn forced_fallback() {
+    if !require_privileges("forced_fallback") {
+        return;
+    }
+    if std::env::var(kview::FORCE_ENV).is_err() {
+        let out = Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "forced_fallback",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env(kview::FORCE_ENV, "proc")
+            .output()
+            .expect("run this test again");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(text.contains("1 passed"), "{text}");
+        return;
+    }
+    let (m, why) = Membership::choose();
+    assert_eq!(m.path(), "proc");
+    assert_eq!(why.as_deref(), Some("NSPROXYFS_KVIEW=proc"));
+    let line = daemon_reads_members("forced_fallback").unwrap();
+    assert!(line.contains("reading /proc"), "{line}");
+    assert!(line.contains("NSPROXYFS_KVIEW=proc"), "{line}");
+}
+
+/// A python process that calls unshare(2) itself, without an exec, when
+/// told to: `unshare(flags)` then prints `done`.
+struct BareUnshare {
+    child: std::process::Child,
+    stdin: std::process::ChildStdin,
+    stdout: std::io::BufReader<std::process::ChildStdout>,
+}
+
+impl BareUnshare {
+    fn start(flags: u32) -> BareUnshare {
+        use std::process::Stdio;
+        let script = format!(
+            "import ctypes, sys\n\
+             libc = ctypes.CDLL(None, use_errno=True)\n\
+             print('ready', flush=True)\n\
+             sys.stdin.readline()\n\
+             assert libc.unshare({flags}) == 0, ctypes.get_errno()\n\
+             print('done', flush=True)\n\
+             sys.stdin.readline()\n"
+        );
+        let mut child = Command::new("python3")
+            .args(["-c", &script])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("start python3");
+        let stdin = child.stdin.take().unwrap();
+        let stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+        let mut p = BareUnshare {
+            child,
+            stdin,
+            stdout,
+        };
+        assert_eq!(p.line(), "ready");
+        p
+    }
+
+    fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    fn line(&mut self) -> String {
+        use std::io::BufRead;
+        let mut line = String::new();
+        self.stdout.read_line(&mut line).expect("read python3");
+        line.trim_end().to_owned()
+    }
+
+    /// Makes it unshare and waits until the call returned.
+    fn unshare(&mut self) {
+        use std::io::Write;
+        writeln!(self.stdin, "go").unwrap();
+        self.stdin.flush().unwrap();
+        assert_eq!(self.line(), "done");
+    }
+}
+
+impl Drop for BareUnshare {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+const CLONE_NEWUTS: u32 = 0x0400_0000;
+const CLONE_NEWNET: u32 = 0x4000_0000;
+
+/// A reused pass never hides a change: after a bare unshare(2) returned,
+/// the next read sees the process in its new set and out of its old one.
+#[test]
+fn reuse_never_hides_an_unshare() {
+    if !require_privileges("reuse_never_hides_an_unshare")
+        || !require_tools("reuse_never_hides_an_unshare", &["python3"])
+    {
+        return;
+    }
+    let (kernel, why) = Membership::choose();
+    if kernel.path() != "bpf" {
+        assert!(
+            std::env::var("CI").is_err(),
+            "no BPF path under CI: {why:?}"
+        );
+        note(&format!("reuse_never_hides_an_unshare: skipped: {why:?}"));
+        return;
+    }
+    let mut p = BareUnshare::start(CLONE_NEWUTS | CLONE_NEWNET);
+    let pid = p.pid();
+    let old = kernel.processes().unwrap();
+    let old = old.iter().find(|r| r.pid == pid).unwrap().set().unwrap();
+    assert!(kernel.members(&old, &[]).unwrap().contains(&pid));
+    // Twice, so the second read may reuse the first's pass.
+    assert!(kernel.members(&old, &[]).unwrap().contains(&pid));
+    p.unshare();
+    let new: [u64; 8] = std::array::from_fn(|i| {
+        let kind = Kind::ALL[i];
+        procfs::ns_inode(pid, kind).unwrap()
+    });
+    assert_ne!(new, old);
+    assert_eq!(kernel.members(&new, &[]).unwrap(), vec![pid]);
+    assert!(!kernel.members(&old, &[]).unwrap().contains(&pid));
+    assert_eq!(Membership::Proc.members(&new, &[]).unwrap(), vec![pid]);
+}
+
+/// With the BPF path, discovery sees a set made by a bare unshare(2) at
+/// its next look (every 100 ms), not at the next full read 30 s later.
+#[test]
+fn discovery_sees_a_bare_unshare() {
+    let test = "discovery_sees_a_bare_unshare";
+    if !require_privileges(test) || !require_tools(test, &["python3"]) {
+        return;
+    }
+    if Membership::choose().0.path() != "bpf" {
+        assert!(std::env::var("CI").is_err(), "no BPF path under CI");
+        note(&format!("{test}: skipped: no BPF path here"));
+        return;
+    }
+    let Some(m) = Mount::with_args(test, &["--discover"]) else {
+        return;
+    };
+    let mut p = BareUnshare::start(CLONE_NEWUTS);
+    m.watch_pid(p.pid());
+    // Let the daemon's first full read pass, then unshare.
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    p.unshare();
+    let uts = ns_ino(p.pid(), "uts");
+    m.step.set("wait for the unshared set under .discovered");
+    // Far below the 30 s between full reads.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let found = std::fs::read_dir(m.path(".discovered"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .any(|e| {
+                std::fs::metadata(e.path().join("uts")).is_ok_and(|md| {
+                    use std::os::unix::fs::MetadataExt;
+                    md.ino() == uts
+                })
+            });
+        if found {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the unshared set did not appear within 5 s"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
