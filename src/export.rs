@@ -43,7 +43,7 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 
 use crate::ns::{Kind, Namespace, nsfs_dev};
-use crate::state::StateDir;
+use crate::state_dir::StateDir;
 use crate::sys;
 use crate::tree::{ContainerId, Tree};
 

@@ -88,5 +88,8 @@ pub mod tree;
 
 /// The process mover the daemon uses.
 pub fn mover(fatal_seccomp: mover::FatalSeccomp) -> moving::Result<Box<dyn moving::Mover>> {
-    Ok(Box::new(moving::PtraceMover::new(fatal_seccomp)?))
+    Ok(Box::new(moving::PtraceMover::new(
+        fatal_seccomp,
+        errno::of_move,
+    )?))
 }

@@ -148,7 +148,9 @@ fn main() -> ExitCode {
         if let Ok(name) = std::ffi::CString::new(nsproxyfs::injector::INJECTOR_NAME) {
             let _ = nix::sys::prctl::set_name(&name);
         }
-        return ExitCode::from(nsproxyfs::injector::serve(&args[2..]) as u8);
+        return ExitCode::from(
+            nsproxyfs::injector::serve(&args[2..], nsproxyfs::errno::of_move) as u8,
+        );
     }
     let cli = Cli::parse();
     match cli.command {

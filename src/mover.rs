@@ -428,7 +428,7 @@ fn is_zombie(tid: Pid) -> bool {
 fn stop_all(
     tgid: Pid,
     mut before_wait: Option<&mut dyn FnMut()>,
-    writer: Option<Pid>,
+    writer: Option<(Pid, ErrnoOf)>,
 ) -> Result<(Vec<Tracee<Stopped>>, usize), MoveError> {
     let mut stopped: Vec<Tracee<Stopped>> = Vec::new();
     let mut seen = BTreeSet::new();
@@ -480,9 +480,11 @@ fn stop_all(
                 tid: tid.as_raw(),
                 waited: STOP_TIMEOUT,
             };
-            if let Some(w) = stopped.iter_mut().find(|t| Some(t.tid()) == writer) {
+            if let Some((tid, errno_of)) = writer
+                && let Some(w) = stopped.iter_mut().find(|t| t.tid() == tid)
+            {
                 // Its write was answered as a success.
-                let _ = w.set_result(-i64::from(crate::errno::of_move(&e)));
+                let _ = w.set_result(-i64::from(errno_of(&e)));
             }
             return Err(e);
         }
@@ -1070,7 +1072,15 @@ pub struct Writer<'a> {
     pub tid: Pid,
     /// Sends the reply that unblocks it.
     pub answer: &'a mut dyn FnMut(),
+    /// The errno its write() returns for a move that fails after the reply:
+    /// the filesystem's own mapping ([`crate::errno::of_move`]), handed down
+    /// by the caller so that this layer does not depend on the one that
+    /// decides errnos.
+    pub errno_of: ErrnoOf,
 }
+
+/// How a move's error becomes the errno a caller sees.
+pub type ErrnoOf = fn(&MoveError) -> i32;
 
 impl fmt::Debug for Writer<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -1200,12 +1210,12 @@ fn move_traced(
         return Err(MoveError::Gone(tgid.as_raw()));
     }
 
-    let writer_tid = writer.as_ref().map(|w| w.tid);
+    let waiting = writer.as_ref().map(|w| (w.tid, w.errno_of));
     let answer = writer.as_mut().map(|w| &mut w.answer as &mut dyn FnMut());
     // Kernel threads and zombies cannot be seized: they are told apart
     // (for the error) only then, so a move does not pay for reading
     // /proc/PID/stat.
-    let (mut threads, rounds) = stop_all(tgid, answer, writer_tid).map_err(|e| match e {
+    let (mut threads, rounds) = stop_all(tgid, answer, waiting).map_err(|e| match e {
         MoveError::TraceDenied(_) if is_kernel_thread(tgid) => {
             MoveError::KernelThread(tgid.as_raw())
         }
@@ -1222,8 +1232,9 @@ fn move_traced(
     // From here on a writer's write has been answered as a success: a
     // refusal must change its return value (see below).
     let refused = |threads: &mut [Tracee<Stopped>], e: MoveError| {
-        if let Some(w) = threads.iter_mut().find(|t| Some(t.tid()) == writer_tid)
-            && let Err(te) = w.set_result(-i64::from(crate::errno::of_move(&e)))
+        if let Some((tid, errno_of)) = waiting
+            && let Some(w) = threads.iter_mut().find(|t| t.tid() == tid)
+            && let Err(te) = w.set_result(-i64::from(errno_of(&e)))
         {
             log::warn!("thread {}: cannot report the refusal: {te}", w.tid());
         }
@@ -1293,10 +1304,11 @@ fn move_traced(
         )
     });
     if let Err(e) = &result
-        && let Some(w) = threads.iter_mut().find(|t| Some(t.tid()) == writer_tid)
+        && let Some((tid, errno_of)) = waiting
+        && let Some(w) = threads.iter_mut().find(|t| t.tid() == tid)
     {
         // The write was answered as a success; make it report the failure.
-        w.set_result(-i64::from(crate::errno::of_move(e)))?;
+        w.set_result(-i64::from(errno_of(e)))?;
     }
     let stub = result?;
     let count = threads.len();

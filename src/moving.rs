@@ -61,6 +61,15 @@ pub enum Error {
     },
 }
 
+impl From<crate::injector::Error> for Error {
+    fn from(e: crate::injector::Error) -> Error {
+        match e {
+            crate::injector::Error::Move(e) => Error::Move(e),
+            crate::injector::Error::Injector(e) => Error::Injector(e),
+        }
+    }
+}
+
 /// A move's result.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
@@ -99,12 +108,18 @@ pub struct PtraceMover {
     own: [u64; 8],
     holders: Mutex<HashMap<[u64; 8], Arc<Holder>>>,
     injectors: Injectors,
+    errno_of: crate::mover::ErrnoOf,
 }
 
 impl PtraceMover {
     /// A mover for a daemon whose own namespaces are `own` (inodes in
     /// [`Kind::ALL`] order; pid and time as for children).
-    pub fn new(fatal_seccomp: crate::mover::FatalSeccomp) -> Result<PtraceMover> {
+    /// `errno_of` is how a move's error becomes the errno a writer moving
+    /// itself sees ([`crate::errno::of_move`], handed down from above).
+    pub fn new(
+        fatal_seccomp: crate::mover::FatalSeccomp,
+        errno_of: crate::mover::ErrnoOf,
+    ) -> Result<PtraceMover> {
         let me = std::process::id() as i32;
         let mut own = [0u64; 8];
         for kind in Kind::ALL {
@@ -117,6 +132,7 @@ impl PtraceMover {
             own,
             holders: Mutex::new(HashMap::new()),
             injectors: Injectors::new(fatal_seccomp),
+            errno_of,
         })
     }
 
@@ -295,6 +311,7 @@ impl Mover for PtraceMover {
         let writer = mover::Writer {
             tid: nix::unistd::Pid::from_raw(writer_tid as i32),
             answer: seized,
+            errno_of: self.errno_of,
         };
         self.try_move(pid, target, set, Some(writer), None)
     }

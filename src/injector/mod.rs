@@ -45,7 +45,7 @@ use std::process::{Child, Command, Stdio};
 use nix::sched::CloneFlags;
 use parking_lot::Mutex;
 
-use crate::mover::{self, ProcessHandle, Writer};
+use crate::mover::{self, MoveError, ProcessHandle, Writer};
 use wire::{Answer, Request};
 
 /// Why the daemon got no answer from an injector, or the injector did not
@@ -72,7 +72,20 @@ pub enum InjectorError {
     Malformed,
 }
 
-use crate::moving::{Error, Result};
+/// Why a move handed to an injector did not happen: the move's own error,
+/// or the daemon could not get an answer from the injector.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The move failed in the injector; the process was left as it was.
+    #[error(transparent)]
+    Move(#[from] MoveError),
+    /// No answer came from the injector.
+    #[error(transparent)]
+    Injector(#[from] InjectorError),
+}
+
+/// A move's result, as the injector pool gives it.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// The first argument that makes `nsproxyfs` an injector (see [`serve`]);
 /// not meant for people.
@@ -353,8 +366,10 @@ pub const ALLOW_FATAL_SECCOMP_ARG: &str = "--allow-fatal-seccomp";
 
 /// The injector: serves moves on its standard input until the daemon's end
 /// of the channel closes, then returns its exit status. `args` are the
-/// arguments after [`INJECTOR_ARG`].
-pub fn serve(args: &[String]) -> i32 {
+/// arguments after [`INJECTOR_ARG`]; `errno_of` is the errno a writer
+/// moving itself sees for a move that fails after its write was answered
+/// ([`crate::errno::of_move`], handed down by the binary).
+pub fn serve(args: &[String], errno_of: mover::ErrnoOf) -> i32 {
     let fatal_seccomp = if args.iter().any(|a| a == ALLOW_FATAL_SECCOMP_ARG) {
         mover::FatalSeccomp::Allow
     } else {
@@ -385,13 +400,15 @@ pub fn serve(args: &[String]) -> i32 {
         };
         let mut leaving = false;
         let answer = match (Request::decode(&buf[..n]), pidfd) {
-            (Some(request), Some(pidfd)) => match run_move(request, pidfd, fatal_seccomp, &say) {
-                Ok(threads) => Answer::Moved(threads),
-                Err(e) => {
-                    leaving = e.leaves_tracee_attached();
-                    Answer::Failed(e)
+            (Some(request), Some(pidfd)) => {
+                match run_move(request, pidfd, fatal_seccomp, errno_of, &say) {
+                    Ok(threads) => Answer::Moved(threads),
+                    Err(e) => {
+                        leaving = e.leaves_tracee_attached();
+                        Answer::Failed(e)
+                    }
                 }
-            },
+            }
             _ => Answer::Malformed,
         };
         // A thread that would not stop, or a leader that exited while its
@@ -410,6 +427,7 @@ fn run_move(
     request: Request,
     pidfd: OwnedFd,
     fatal_seccomp: mover::FatalSeccomp,
+    errno_of: mover::ErrnoOf,
     say: &dyn Fn(&Answer),
 ) -> std::result::Result<usize, mover::MoveError> {
     let target = ProcessHandle::from_pidfd(pidfd)?;
@@ -417,6 +435,7 @@ fn run_move(
     let writer = (request.writer != 0).then(|| Writer {
         tid: nix::unistd::Pid::from_raw(request.writer),
         answer: &mut seized,
+        errno_of,
     });
     let kinds = CloneFlags::from_bits_retain(request.flags);
     let tracer = request.tracer.as_ref();
