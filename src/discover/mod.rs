@@ -16,7 +16,8 @@
 //! or setns(2) and carrying on) are seen by the kernel's view
 //! ([`crate::kview`]) when it runs on BPF: it counts every switch of
 //! namespaces, discovery looks at that count every [`SETTLE`], and a moved
-//! count means one full pass (a few milliseconds) and a publish at once.
+//! count means one full pass (a few milliseconds) and a publish after
+//! [`SETTLE`], as for process events.
 //! On the `/proc` path they are caught by the full read every [`RESYNC`];
 //! so is anything missed when the kernel drops events. Without
 //! process events (no CAP_NET_ADMIN in the initial network namespace, or a
@@ -371,7 +372,11 @@ fn run(sink: &dyn Sink) {
             if count.is_some_and(|c| c != seen) {
                 switches = count;
                 model.rescan();
-                pending = Some(Instant::now());
+                // Published after the same batching delay as process
+                // events: a runtime that has just made the namespaces may
+                // not have put the process into its cgroups yet, and a set
+                // keeps the name it is first published under.
+                pending.get_or_insert(Instant::now() + SETTLE);
             }
         }
         let now = Instant::now();
