@@ -28,6 +28,8 @@ pub fn of(e: &Error) -> i32 {
         Error::Ns(e) => of_ns(e),
         Error::Move(e) => of_move(e),
         Error::Injector(e) => of_injector(e),
+        Error::Cgroup(e) => of_cgroup(e),
+        Error::Frozen(_) => libc::EBUSY,
         Error::Busy { .. } => libc::EAGAIN,
         Error::Input(e) => of_input(e),
         Error::Invalid(_) => libc::EINVAL,
