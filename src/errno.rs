@@ -423,6 +423,27 @@ pub(crate) mod tests {
                 libc::EIO,
             ),
             (InjectorError::Malformed.into(), libc::EINVAL),
+            (
+                Error::Frozen(crate::cgroup::Cgroup {
+                    id: 0,
+                    hierarchy: crate::cgroup::Hierarchy::Unified,
+                    path: "/paused".into(),
+                }),
+                libc::EBUSY,
+            ),
+            (CgroupError::Gone(1).into(), libc::ESRCH),
+            (
+                CgroupError::Open {
+                    cgroup: crate::cgroup::Cgroup {
+                        id: 0,
+                        hierarchy: crate::cgroup::Hierarchy::Unified,
+                        path: "/a".into(),
+                    },
+                    errno: libc::EACCES,
+                }
+                .into(),
+                libc::EACCES,
+            ),
         ];
         for input in [
             InputError::Empty,

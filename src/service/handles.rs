@@ -180,10 +180,19 @@ impl Service {
             Node::Cgroups(binding) => {
                 let st = self.state.read();
                 let m = st.tree.cgroup_binding(binding).ok_or(Error::NotFound)?;
+                // Emptied at a close without a write only if the opener
+                // sees every name of the binding (a close does not know
+                // who closes).
+                let all_seen = view.is_all()
+                    || st
+                        .tree
+                        .containers_holding(binding)
+                        .iter()
+                        .all(|&c| view.full(&st.tree, c));
                 let target = WriteTarget::Cgroups {
                     binding,
                     created: None,
-                    truncate: flags & libc::O_TRUNC != 0,
+                    truncate: flags & libc::O_TRUNC != 0 && all_seen,
                 };
                 let changing = writing || flags & libc::O_TRUNC != 0;
                 (m.to_string().into_bytes(), changing.then_some(target))
@@ -432,8 +441,24 @@ impl Service {
         created: Option<ContainerId>,
         data: &[u8],
     ) -> Result<()> {
+        let view = self.view(caller);
         let result = self.cgroups_from_write(caller, data).and_then(|m| {
-            self.state.write().tree.rewrite_cgroups(binding, m)?;
+            {
+                // Under the names the writer sees in full only, as for
+                // kind files.
+                let mut st = self.state.write();
+                let seen: Vec<ContainerId> = st
+                    .tree
+                    .containers_holding(binding)
+                    .into_iter()
+                    .filter(|&c| view.full(&st.tree, c))
+                    .collect();
+                if seen.is_empty() {
+                    return Err(Error::NotFound);
+                }
+                st.tree
+                    .rewrite_cgroups_where(binding, m, |c| seen.contains(&c))?;
+            }
             self.commit(Vec::new())
         });
         if let (Err(e), Some(c)) = (&result, created)

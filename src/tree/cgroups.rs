@@ -82,12 +82,26 @@ impl Tree {
     /// own with the old cgroups. Refused if only discovered containers hold
     /// it.
     pub fn rewrite_cgroups(&mut self, binding: u64, cgroups: Membership) -> Result<(), TreeError> {
+        self.rewrite_cgroups_where(binding, cgroups, |_| true)
+    }
+
+    /// [`Tree::rewrite_cgroups`] under the names held by containers
+    /// `changes` accepts (those a confined writer sees) only: the other
+    /// holders, like discovered ones, keep the old cgroups in a binding of
+    /// their own.
+    pub fn rewrite_cgroups_where(
+        &mut self,
+        binding: u64,
+        cgroups: Membership,
+        changes: impl Fn(ContainerId) -> bool,
+    ) -> Result<(), TreeError> {
         let holders = self.containers_holding(binding);
         if holders.is_empty() {
             return Err(TreeError::NotFound);
         }
-        let (discovered, own): (Vec<ContainerId>, Vec<ContainerId>) =
-            holders.into_iter().partition(|&c| self.is_discovered(c));
+        let (discovered, own): (Vec<ContainerId>, Vec<ContainerId>) = holders
+            .into_iter()
+            .partition(|&c| self.is_discovered(c) || !changes(c));
         if own.is_empty() {
             return Err(TreeError::Discovered);
         }
@@ -297,6 +311,20 @@ mod tests {
         t.set_cgroups(web, m("0::/web")).unwrap();
         assert_eq!(t.cgroups_to_join(d), Some(&m("0::/docker/abc")));
         assert_eq!(t.cgroups_to_join(web), Some(&m("0::/web")));
+        t.check().unwrap();
+
+        // A confined writer changes only the names it sees.
+        let other = t.mkdir(Tree::ROOT, "other").unwrap();
+        let wb = t.get(web).unwrap().own_cgroups().unwrap();
+        t.link_cgroups(other, wb).unwrap();
+        t.rewrite_cgroups_where(wb, m("0::/seen"), |c| c == web)
+            .unwrap();
+        assert_eq!(t.cgroups_to_join(web), Some(&m("0::/seen")));
+        assert_eq!(t.cgroups_to_join(other), Some(&m("0::/web")));
+        assert_eq!(
+            t.rewrite_cgroups_where(wb, m("0::/"), |_| false),
+            Err(TreeError::Discovered)
+        );
         t.check().unwrap();
 
         let kept = t.get(d).unwrap().own_cgroups().unwrap();
