@@ -460,7 +460,12 @@ pub struct CgroupNs {
 impl Caller {
     /// The caller whose thread is `tid` (daemon pid namespace).
     pub fn of_thread(tid: u32) -> Result<Caller, CgroupError> {
-        let creds = Credentials::of_thread(tid)?;
+        Caller::with_credentials(tid, Credentials::of_thread(tid)?)
+    }
+
+    /// The caller whose thread is `tid` (daemon pid namespace), with its
+    /// credentials `creds` read already.
+    pub fn with_credentials(tid: u32, creds: Credentials) -> Result<Caller, CgroupError> {
         let path = format!("/proc/{tid}/ns/cgroup");
         let theirs = std::fs::metadata(&path).map_err(|_| CgroupError::Gone(tid as i32))?;
         let ours = std::fs::metadata("/proc/self/ns/cgroup")?;
@@ -524,6 +529,28 @@ impl Caller {
             out.push(Cgroup { path, ..c.clone() });
         }
         Ok(Membership::from_cgroups(out))
+    }
+
+    /// Checks that each cgroup of `m` (paths as the daemon's cgroup
+    /// namespace shows them) is a directory the caller can reach: its
+    /// hierarchy is mounted, and the caller's own walk to it succeeds (the
+    /// kernel's errno otherwise, `ENOENT` for one that does not exist).
+    pub fn reach(&self, hierarchies: &Hierarchies, m: &Membership) -> Result<(), CgroupError> {
+        let mut places = Vec::new();
+        for c in m.iter() {
+            let (mount, rel) = hierarchies.locate(c)?;
+            places.push((c.clone(), mount.mount_point.clone(), rel));
+        }
+        self.run(|| {
+            places.iter().try_for_each(|(c, point, rel)| {
+                open_beneath(c, point, Path::new(rel), OFlag::O_PATH | OFlag::O_DIRECTORY)
+                    .map(drop)
+                    .map_err(|errno| CgroupError::Open {
+                        cgroup: c.clone(),
+                        errno,
+                    })
+            })
+        })?
     }
 
     /// Runs `work` in the caller's cgroup namespace with its credentials.
@@ -762,6 +789,17 @@ fn is_frozen(hierarchy: &Hierarchy, dir: &Path) -> bool {
 /// point must be a cgroup file system of the right version, and the walk
 /// below it neither follows a link nor leaves that mount.
 fn open_procs(c: &Cgroup, point: &Path, rel: &str) -> Result<File, i32> {
+    open_beneath(
+        c,
+        point,
+        &Path::new(rel).join(PROCS),
+        OFlag::O_WRONLY | OFlag::O_NOCTTY,
+    )
+}
+
+/// Opens `rel` below the mount point `point` of `c`'s hierarchy with
+/// `flags`, with the calling thread's credentials, as [`open_procs`] says.
+fn open_beneath(c: &Cgroup, point: &Path, rel: &Path, flags: OFlag) -> Result<File, i32> {
     let dir = nix::fcntl::open(
         point,
         OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
@@ -778,15 +816,12 @@ fn open_procs(c: &Cgroup, point: &Path, rel: &str) -> Result<File, i32> {
     if magic != want {
         return Err(libc::ENOENT);
     }
-    let file = Path::new(rel).join(PROCS);
-    let how = OpenHow::new()
-        .flags(OFlag::O_WRONLY | OFlag::O_CLOEXEC | OFlag::O_NOCTTY)
-        .resolve(
-            ResolveFlag::RESOLVE_BENEATH
-                | ResolveFlag::RESOLVE_NO_XDEV
-                | ResolveFlag::RESOLVE_NO_SYMLINKS,
-        );
-    let fd = nix::fcntl::openat2(&dir, &file, how).map_err(|e| e as i32)?;
+    let how = OpenHow::new().flags(flags | OFlag::O_CLOEXEC).resolve(
+        ResolveFlag::RESOLVE_BENEATH
+            | ResolveFlag::RESOLVE_NO_XDEV
+            | ResolveFlag::RESOLVE_NO_SYMLINKS,
+    );
+    let fd = nix::fcntl::openat2(&dir, rel, how).map_err(|e| e as i32)?;
     Ok(File::from(fd))
 }
 

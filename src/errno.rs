@@ -28,6 +28,8 @@ pub fn of(e: &Error) -> i32 {
         Error::Ns(e) => of_ns(e),
         Error::Move(e) => of_move(e),
         Error::Injector(e) => of_injector(e),
+        Error::Cgroup(e) => of_cgroup(e),
+        Error::Frozen(_) => libc::EBUSY,
         Error::Busy { .. } => libc::EAGAIN,
         Error::Input(e) => of_input(e),
         Error::Invalid(_) => libc::EINVAL,
@@ -421,6 +423,27 @@ pub(crate) mod tests {
                 libc::EIO,
             ),
             (InjectorError::Malformed.into(), libc::EINVAL),
+            (
+                Error::Frozen(crate::cgroup::Cgroup {
+                    id: 0,
+                    hierarchy: crate::cgroup::Hierarchy::Unified,
+                    path: "/paused".into(),
+                }),
+                libc::EBUSY,
+            ),
+            (CgroupError::Gone(1).into(), libc::ESRCH),
+            (
+                CgroupError::Open {
+                    cgroup: crate::cgroup::Cgroup {
+                        id: 0,
+                        hierarchy: crate::cgroup::Hierarchy::Unified,
+                        path: "/a".into(),
+                    },
+                    errno: libc::EACCES,
+                }
+                .into(),
+                libc::EACCES,
+            ),
         ];
         for input in [
             InputError::Empty,

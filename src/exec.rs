@@ -17,6 +17,13 @@
 //! which also reaps the command's orphans). This process stays outside as
 //! its parent, forwards the signals an admin sends to it, and exits with the
 //! command's status (128+N if signal N killed it).
+//!
+//! Before it joins the namespaces, this process joins the container's
+//! effective cgroup binding (its `.cgroups`, or the nearest ancestor's), so
+//! the command is born under the container's limits: it writes its own pid
+//! into each `cgroup.procs`, and the kernel checks the calling user's own
+//! rights. It does so first because the host's cgroup mounts are what it
+//! sees only until it joins the container's mount namespace.
 
 use std::ffi::OsString;
 use std::io;
@@ -30,8 +37,10 @@ use nix::sys::wait::{WaitPidFlag, WaitStatus};
 use nix::unistd::{Gid, Pid, Uid};
 use thiserror::Error;
 
+use crate::cgroup::{Hierarchies, Membership, PROCS};
 use crate::ns::{Kind, Namespace, NsError};
 use crate::service::{StatusError, StatusLine, parse_status};
+use crate::tree::CGROUPS;
 
 /// Exit status when `nsproxyfs exec` itself fails (as `env`, `chroot` and
 /// container runtimes use it).
@@ -174,6 +183,23 @@ pub enum ExecError {
          (bind a live or fresh pid namespace)"
     )]
     DeadPidNamespace(u64),
+    /// `.cgroups` of the container, or of an ancestor, could not be read
+    /// or is not understood.
+    #[error("{}: {reason}", path.display())]
+    Cgroups {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
+    /// The kernel refused to move this process into a cgroup.
+    #[error("cannot join cgroup {cgroup}: {errno}")]
+    JoinCgroup {
+        /// The cgroup, as `.cgroups` names it.
+        cgroup: String,
+        /// The kernel's answer.
+        errno: Errno,
+    },
     /// The command could not be started.
     #[error("{}: {source}", command.display())]
     Spawn {
@@ -218,6 +244,8 @@ impl ExecError {
             | ExecError::Root(_)
             | ExecError::Wrong { .. }
             | ExecError::DeadPidNamespace(_)
+            | ExecError::Cgroups { .. }
+            | ExecError::JoinCgroup { .. }
             | ExecError::Spawn { .. }
             | ExecError::Sys { .. } => EXIT_FAILED,
         }
@@ -226,6 +254,67 @@ impl ExecError {
 
 fn sys(what: &'static str) -> impl FnOnce(Errno) -> ExecError {
     move |errno| ExecError::Sys { what, errno }
+}
+
+/// The container's effective cgroup binding: its `.cgroups`, else its
+/// parent's, up to the mount's root; empty if none binds one.
+fn effective_cgroups(container: &Path) -> Result<Membership, ExecError> {
+    use std::os::unix::fs::MetadataExt;
+    let bad = |path: &Path, reason: String| ExecError::Cgroups {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let mut dir = container.to_path_buf();
+    let dev = std::fs::metadata(&dir)
+        .map_err(|e| bad(&dir, e.to_string()))?
+        .dev();
+    loop {
+        let path = dir.join(CGROUPS);
+        match std::fs::read_to_string(&path) {
+            Ok(text) => return Membership::parse(&text).map_err(|e| bad(&path, e.to_string())),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(bad(&path, e.to_string())),
+        }
+        let parent = dir.join("..");
+        // The mount's root is the last directory of the same device.
+        match std::fs::metadata(&parent) {
+            Ok(md)
+                if md.dev() == dev
+                    && md.ino() != std::fs::metadata(&dir).map_or(0, |m| m.ino()) =>
+            {
+                dir = parent;
+            }
+            _ => return Ok(Membership::default()),
+        }
+    }
+}
+
+/// Moves this process into every cgroup of `m` by writing its own pid to
+/// each `cgroup.procs`: the kernel checks this process's own rights.
+fn join_cgroups(m: &Membership) -> Result<(), ExecError> {
+    if m.is_empty() {
+        return Ok(());
+    }
+    let refused = |c: &crate::cgroup::Cgroup, errno: Errno| ExecError::JoinCgroup {
+        cgroup: c.to_string(),
+        errno,
+    };
+    let hierarchies = Hierarchies::of_host().map_err(|e| ExecError::Cgroups {
+        path: PathBuf::from("/proc/self/mountinfo"),
+        reason: e.to_string(),
+    })?;
+    let me = std::process::id().to_string();
+    for c in m.iter() {
+        let dir = hierarchies
+            .dir_of(c)
+            .map_err(|e| refused(c, Errno::from_raw(crate::errno::of_cgroup(&e))))?;
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(dir.join(PROCS))
+            .and_then(|mut f| io::Write::write_all(&mut f, me.as_bytes()))
+            .map_err(|e| refused(c, Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO))))?;
+    }
+    Ok(())
 }
 
 /// Reads and parses `CONTAINER/status`.
@@ -527,6 +616,7 @@ pub fn run(container: &Path, command: &[OsString]) -> Result<u8, ExecError> {
         });
     };
     let set = settle(container)?;
+    join_cgroups(&effective_cgroups(container)?)?;
     enter(&set)?;
     let signals = signals()?;
     let spawned = unmasked_command(program, args).spawn();

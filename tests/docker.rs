@@ -1,10 +1,11 @@
 //! Against a real container runtime: a private Docker engine (see
 //! `common::docker`) runs a busybox container with a pids limit, and the
 //! daemon, with discovery on, shows it under `.discovered` as
-//! `docker-ID`; a process moved into it through `tasks` is in the
-//! container's namespaces, sees its hostname and root; `mv` adopts it, and
-//! `nsproxyfs exec` runs a command inside it. Everything is checked from
-//! `/proc`.
+//! `docker-ID` with the container's cgroups as its `.cgroups`; a process
+//! moved into it through `tasks` is in the container's namespaces and
+//! cgroups, sees its hostname and root, and is held by its pids limit;
+//! `mv` adopts it, `.cgroups` included, and `nsproxyfs exec` runs a
+//! command inside it, cgroups included. Everything is checked from `/proc`.
 //!
 //! Each test asks for the engine before it mounts: the engine's mount
 //! namespace is made from the test thread's, which must not hold the
@@ -161,7 +162,10 @@ fn mv_adopts_a_running_container() {
         return;
     };
     s.m.step.set("adopt the container with mv");
+    let cgroups = s.m.read(&format!("{}/.cgroups", s.rel));
+    assert!(!cgroups.is_empty(), "the discovered container's .cgroups");
     std::fs::rename(s.m.path(&s.rel), s.m.path("box")).expect("mv");
+    assert_eq!(s.m.read("box/.cgroups"), cgroups, "adoption keeps .cgroups");
     let want: Vec<String> = KINDS.iter().map(|k| ns_text(s.c.pid, k)).collect();
     assert_eq!(namespaces_of(&s.m, "box"), want);
     assert!(
@@ -179,6 +183,9 @@ fn mv_adopts_a_running_container() {
     s.m.write("box/tasks", p.pid().to_string().as_bytes())
         .expect("move into the adopted container");
     assert_eq!(same_namespaces(p.pid(), s.c.pid), Vec::<String>::new());
+    let of = |pid: i32| nsproxyfs::cgroup::Membership::of_process(pid).unwrap();
+    let h = nsproxyfs::cgroup::Hierarchies::of_host().unwrap();
+    assert_eq!(h.reachable(&of(p.pid())), h.reachable(&of(s.c.pid)));
 }
 
 #[test]
@@ -192,7 +199,9 @@ fn exec_runs_a_command_inside_a_container() {
         .arg(s.m.path(&s.rel))
         .args(["--", "sh", "-c"])
         .arg(format!(
-            "uname -n; cat /{MARKER}; echo; readlink /proc/self/ns/net; readlink /proc/self/ns/mnt"
+            "uname -n; cat /{MARKER}; echo; readlink /proc/self/ns/net; readlink /proc/self/ns/mnt; \
+             if [ \"$(cat /proc/self/cgroup)\" = \"$(cat /proc/1/cgroup)\" ]; then echo same cgroups; \
+             else cat /proc/self/cgroup /proc/1/cgroup; fi"
         ))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -214,6 +223,7 @@ fn exec_runs_a_command_inside_a_container() {
             IMAGE,
             &ns_text(s.c.pid, "net"),
             &ns_text(s.c.pid, "mnt"),
+            "same cgroups",
         ],
         "{err}"
     );
@@ -297,8 +307,8 @@ print(len(kids), err, flush=True)
 ";
 
 #[test]
-fn a_process_that_joins_the_containers_cgroups_is_held_by_its_limits() {
-    use nsproxyfs::cgroup::{Caller, Hierarchies, Hierarchy, Membership, Targets};
+fn a_process_moved_through_tasks_joins_the_containers_cgroups_and_limits() {
+    use nsproxyfs::cgroup::{Hierarchies, Hierarchy, Membership};
     use std::io::{BufRead, Write};
     let Some(s) = Scene::new("docker_cgroups") else {
         return;
@@ -318,19 +328,19 @@ fn a_process_that_joins_the_containers_cgroups_is_held_by_its_limits() {
     s.m.step.set("wait for python to start");
     stdout.read_line(&mut line).unwrap();
     assert_eq!(line, "ready\n");
+    s.m.step.set("the discovered container shows its cgroups");
+    let hierarchies = Hierarchies::of_host().unwrap();
+    let theirs = hierarchies.reachable(&Membership::of_process(s.c.pid).unwrap());
+    assert_eq!(s.m.read(&format!("{}/.cgroups", s.rel)), theirs.to_string());
     s.m.step
-        .set("move the process into the container's namespaces");
+        .set("echo PID > tasks: into the container's namespaces and cgroups");
     s.m.write(&format!("{}/tasks", s.rel), py.to_string().as_bytes())
         .expect("move into the container");
     assert_eq!(same_namespaces(py, s.c.pid), Vec::<String>::new());
-
-    s.m.step.set("join the container's cgroups");
-    let hierarchies = Hierarchies::of_host().unwrap();
-    let theirs = Membership::of_process(s.c.pid).unwrap();
-    let targets = Targets::open(&hierarchies, &theirs, &Caller::daemon().unwrap()).unwrap();
-    let joined = targets.join(py).expect("join the container's cgroups");
-    drop(joined);
-    assert_eq!(Membership::of_process(py).unwrap(), theirs);
+    assert_eq!(
+        hierarchies.reachable(&Membership::of_process(py).unwrap()),
+        theirs
+    );
 
     s.m.step.set("fork up to the container's pids limit");
     let pids = theirs

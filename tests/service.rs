@@ -313,3 +313,117 @@ fn writes_bind_namespaces_and_ask_for_moves() {
     assert_eq!(write(&svc, tasks.id, "2147483647"), Err(libc::ESRCH));
     assert_eq!(noted.0.lock().unwrap().len(), 1);
 }
+
+/// A mover that refuses every move, as the namespace part of a move can
+/// fail after the cgroups were joined.
+#[derive(Clone, Default)]
+struct Refusing(Arc<Mutex<usize>>);
+
+impl Mover for Refusing {
+    fn move_process(
+        &self,
+        _pid: i32,
+        _target: std::os::fd::OwnedFd,
+        _writer_tid: u32,
+        _tracer: &Credentials,
+        _set: &[Arc<Namespace>; 8],
+        _seized: &mut dyn FnMut(),
+    ) -> moving::Result<()> {
+        *self.0.lock().unwrap() += 1;
+        Err(moving::Error::Daemon)
+    }
+
+    fn released(&self, _ino: u64) {}
+
+    fn helper_pids(&self) -> Vec<i32> {
+        Vec::new()
+    }
+}
+
+#[test]
+fn a_move_joins_cgroups_before_the_mover_and_leaves_them_if_it_fails() {
+    use common::cgroups::{Own, chosen, placed, put};
+    use nsproxyfs::cgroup::{Cgroup, Hierarchies, Membership};
+    let Some(dir) = inside("a_move_joins_cgroups_before_the_mover_and_leaves_them_if_it_fails")
+    else {
+        return;
+    };
+    let h = Hierarchies::of_host().expect("the host's hierarchies");
+    let which = chosen(&h);
+    let own = Own::new(&h, &which, "service");
+    let from: Vec<_> = which.iter().map(|w| own.make(w, "from")).collect();
+    let to: Vec<_> = which.iter().map(|w| own.make(w, "to")).collect();
+    let gone: Vec<_> = which.iter().map(|w| own.make(w, "gone")).collect();
+    let c = me();
+    let sleeper = Proc::sh("exec sleep 100");
+    let at = |cgroups: &[Cgroup]| {
+        cgroups
+            .iter()
+            .all(|g| placed(sleeper.pid(), &g.hierarchy) == g.path)
+    };
+    let bind = |svc: &Arc<Service>, dir: u64, cgroups: &[Cgroup]| {
+        let (made, fh) = svc.create(&c, dir, name(".cgroups")).expect("create");
+        let (tx, rx) = mpsc::channel();
+        let text = Membership::from_cgroups(cgroups.to_vec()).to_string();
+        svc.write(&c, made.id, fh, text.as_bytes(), Box::new(Answer(tx)));
+        assert_eq!(rx.recv_timeout(Duration::from_secs(30)), Ok(Ok(())));
+        svc.flush(fh).unwrap();
+        svc.release(fh);
+    };
+
+    // The namespace part fails: the cgroups joined are left again.
+    let refusing = Refusing::default();
+    let svc = {
+        let state_dir = Arc::new(StateDir::open(&dir.join("refusing")).expect("state dir"));
+        std::fs::create_dir_all(dir.join("mnt")).unwrap();
+        let options = Options {
+            pin_dir: Arc::new(state_dir.pins().expect("pins")),
+            mountpoint: dir.join("mnt"),
+            recorder: Some(Recorder::open(state_dir)),
+            restore: None,
+            discover: false,
+            exporter: None,
+        };
+        Arc::new(Service::new(options, Box::new(refusing.clone())).expect("service"))
+    };
+    let boxed = svc.mkdir(&c, ROOT, name("box")).expect("mkdir");
+    bind(&svc, boxed.id, &to);
+    assert!(names(&svc, boxed.id).contains(&".cgroups".to_owned()));
+    for g in &from {
+        put(&own, g, sleeper.pid());
+    }
+    let tasks = svc.lookup(&c, boxed.id, name("tasks")).unwrap();
+    assert_eq!(
+        write(&svc, tasks.id, &sleeper.pid().to_string()),
+        Err(libc::EPERM)
+    );
+    assert_eq!(*refusing.0.lock().unwrap(), 1, "the mover was asked");
+    assert!(at(&from), "back in its cgroups after a failed move");
+    drop(svc);
+
+    // The mover succeeds: the process is in the cgroups when it is asked.
+    let noted = Noted::default();
+    let svc = service(&dir, false, noted.clone());
+    let boxed = svc.mkdir(&c, ROOT, name("box")).expect("mkdir");
+    bind(&svc, boxed.id, &to);
+    let tasks = svc.lookup(&c, boxed.id, name("tasks")).unwrap();
+    assert_eq!(write(&svc, tasks.id, &sleeper.pid().to_string()), Ok(()));
+    assert!(at(&to), "in the container's cgroups");
+    assert_eq!(noted.0.lock().unwrap().len(), 1);
+
+    // A join refused (a cgroup removed since it was bound): the mover is
+    // never asked, and nothing changed.
+    let other = svc.mkdir(&c, ROOT, name("other")).expect("mkdir");
+    bind(&svc, other.id, &gone);
+    for g in &gone {
+        std::fs::remove_dir(own.dir(g)).unwrap();
+    }
+    let tasks = svc.lookup(&c, other.id, name("tasks")).unwrap();
+    assert_eq!(
+        write(&svc, tasks.id, &sleeper.pid().to_string()),
+        Err(libc::ENOENT)
+    );
+    assert_eq!(noted.0.lock().unwrap().len(), 1, "the mover was not asked");
+    assert!(at(&to), "still where it was");
+    drop(sleeper);
+}

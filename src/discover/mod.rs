@@ -242,8 +242,9 @@ pub fn source_of(pid: i32, set: &[u64; 8], root: &[u64; 8]) -> Source {
 }
 
 /// The runtime name in any of the cgroup paths of `pid`, the unified
-/// hierarchy's first.
-fn cgroup_name(pid: i32) -> Option<String> {
+/// hierarchy's first: `Some` when a container runtime started it (a set
+/// so named carries its processes' cgroups as its `.cgroups`).
+pub fn cgroup_name(pid: i32) -> Option<String> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
     let mut paths: Vec<(bool, &str)> = text
         .lines()

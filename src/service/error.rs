@@ -25,6 +25,13 @@ pub enum Error {
     /// No answer came from the injector that was to run a move.
     #[error(transparent)]
     Injector(#[from] crate::injector::InjectorError),
+    /// Cgroups could not be read, reached or joined.
+    #[error(transparent)]
+    Cgroup(#[from] crate::cgroup::CgroupError),
+    /// A cgroup a move would join is frozen (a paused container): the
+    /// process would stop there.
+    #[error("{0} is frozen: a process moved into it would stop there")]
+    Frozen(crate::cgroup::Cgroup),
     /// As many moves as may run at once are running.
     #[error("{limit} {what} are in flight already")]
     Busy {

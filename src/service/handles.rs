@@ -2,17 +2,19 @@
 //! kind files (binding what they name), and the fresh namespace a created
 //! kind file binds when it is closed unwritten.
 
+use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::os::fd::AsFd;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use super::input::{self, Binding};
+use super::input::{self, Binding, InputError};
 use super::{Attr, Caller, Denied, Error, FileKind, Invalid, Node, Result, Service, moves, pin};
+use crate::cgroup::{CgroupError, Hierarchies, Membership};
 use crate::ns::{self, Kind, Namespace};
-use crate::tree::ContainerId;
 use crate::tree::Tree;
 use crate::tree::view::View;
+use crate::tree::{CGROUPS, ContainerId, TreeError};
 
 /// How a write is answered, by whoever carries requests (the FUSE adapter,
 /// a test). The first answer goes to the writer; an outcome after that (a
@@ -37,6 +39,23 @@ pub(super) enum WriteTarget {
         kind: Kind,
         pending: u64,
     },
+    /// A cgroup binding (`.cgroups`): a write changes it under every name.
+    Cgroups {
+        binding: u64,
+        /// Made empty by create() in this container: a write that fails
+        /// for what it says takes it away again.
+        created: Option<ContainerId>,
+        /// Opened with `O_TRUNC`: made empty if closed unwritten.
+        truncate: bool,
+    },
+}
+
+/// What a handle of `.cgroups` opened with `O_TRUNC` emptied at a close
+/// before its write (a shell's `echo X > file` closes a duplicate first):
+/// a write that then fails puts it back.
+#[derive(Default)]
+pub(super) struct Emptied {
+    by: HashMap<u64, Membership>,
 }
 
 pub(super) struct Handle {
@@ -60,6 +79,9 @@ impl Service {
         let c = self.dir(parent)?;
         self.require_full(&self.view(caller), c)?;
         caller.require_admin(self.user_ns)?;
+        if name == CGROUPS {
+            return self.create_cgroups(c);
+        }
         let kind = self.creatable_kind(c, name)?;
         let pending = self.next_pending.fetch_add(1, Ordering::Relaxed);
         self.pending.lock().insert(pending, (c, kind));
@@ -76,6 +98,40 @@ impl Service {
         });
         Ok((
             self.attr(Node::Pending(pending), FileKind::Regular, 0o644, 1),
+            fh,
+        ))
+    }
+
+    /// `create` of `.cgroups` (`touch`, `: >`): `c` holds an empty binding
+    /// at once (moves into it join no cgroup), which a write then fills.
+    fn create_cgroups(&self, c: ContainerId) -> Result<(Attr, u64)> {
+        let binding = {
+            let mut st = self.state.write();
+            if st
+                .tree
+                .get(c)
+                .ok_or(Error::NotFound)?
+                .own_cgroups()
+                .is_some()
+            {
+                return Err(TreeError::Exists.into());
+            }
+            st.tree.set_cgroups(c, Membership::default())?
+        };
+        self.commit(Vec::new())?;
+        let fh = self.add_handle(Handle {
+            content: Vec::new(),
+            write: Some(WriteTarget::Cgroups {
+                binding,
+                created: Some(c),
+                truncate: false,
+            }),
+            written: false,
+            flushed: false,
+            fresh: None,
+        });
+        Ok((
+            self.attr(Node::Cgroups(binding), FileKind::Regular, 0o644, 1),
             fh,
         ))
     }
@@ -120,6 +176,26 @@ impl Service {
                 let kind = st.tree.bound_kind(ino).ok_or(Error::NotFound)?;
                 let content = format!("{kind}:[{ino}]\n").into_bytes();
                 (content, writing.then_some(WriteTarget::Rebind(ino)))
+            }
+            Node::Cgroups(binding) => {
+                let st = self.state.read();
+                let m = st.tree.cgroup_binding(binding).ok_or(Error::NotFound)?;
+                // Emptied at a close without a write only if the opener
+                // sees every name of the binding (a close does not know
+                // who closes).
+                let all_seen = view.is_all()
+                    || st
+                        .tree
+                        .containers_holding(binding)
+                        .iter()
+                        .all(|&c| view.full(&st.tree, c));
+                let target = WriteTarget::Cgroups {
+                    binding,
+                    created: None,
+                    truncate: flags & libc::O_TRUNC != 0 && all_seen,
+                };
+                let changing = writing || flags & libc::O_TRUNC != 0;
+                (m.to_string().into_bytes(), changing.then_some(target))
             }
         };
         Ok(self.add_handle(Handle {
@@ -171,6 +247,15 @@ impl Service {
                     kind: *kind,
                     pending: *pending,
                 }),
+                Some(WriteTarget::Cgroups {
+                    binding,
+                    created,
+                    truncate,
+                }) => Some(WriteTarget::Cgroups {
+                    binding: *binding,
+                    created: *created,
+                    truncate: *truncate,
+                }),
                 None => None,
             }
         };
@@ -188,6 +273,16 @@ impl Service {
             Some(WriteTarget::Tasks(c)) => {
                 let generation = Node::alias_generation(ino);
                 return self.write_tasks(caller, (c, generation), data, reply);
+            }
+            Some(WriteTarget::Cgroups {
+                binding, created, ..
+            }) => {
+                let result = self.write_cgroups(caller, binding, created, data);
+                let emptied = self.emptied.lock().by.remove(&fh);
+                if let (Err(_), Some(old)) = (&result, emptied) {
+                    self.refill(binding, old);
+                }
+                result
             }
             Some(target) => {
                 // A path is walked by a child that may wait up to its
@@ -223,7 +318,9 @@ impl Service {
         data: &[u8],
     ) -> Result<()> {
         match target {
-            WriteTarget::Tasks(_) => Err(Error::Invalid(Invalid::Rule("not a kind file"))),
+            WriteTarget::Tasks(_) | WriteTarget::Cgroups { .. } => {
+                Err(Error::Invalid(Invalid::Rule("not a kind file")))
+            }
             WriteTarget::Rebind(ino) => self.write_kind(caller, Some(ino), None, data),
             WriteTarget::Create {
                 container, kind, ..
@@ -335,14 +432,122 @@ impl Service {
         })
     }
 
+    /// A write to `.cgroups`: the binding holds what `data` names, under
+    /// every name of it.
+    fn write_cgroups(
+        &self,
+        caller: &Caller,
+        binding: u64,
+        created: Option<ContainerId>,
+        data: &[u8],
+    ) -> Result<()> {
+        let view = self.view(caller);
+        let result = self.cgroups_from_write(caller, data).and_then(|m| {
+            {
+                // Under the names the writer sees in full only, as for
+                // kind files.
+                let mut st = self.state.write();
+                let seen: Vec<ContainerId> = st
+                    .tree
+                    .containers_holding(binding)
+                    .into_iter()
+                    .filter(|&c| view.full(&st.tree, c))
+                    .collect();
+                if seen.is_empty() {
+                    return Err(Error::NotFound);
+                }
+                st.tree
+                    .rewrite_cgroups_where(binding, m, |c| seen.contains(&c))?;
+            }
+            self.commit(Vec::new())
+        });
+        if let (Err(e), Some(c)) = (&result, created)
+            && !matches!(e, Error::Denied(_) | Error::NotFound)
+        {
+            // The empty binding create() made goes again: a refused write
+            // leaves nothing behind.
+            let undone = {
+                let mut st = self.state.write();
+                let own = st.tree.get(c).and_then(|c| c.own_cgroups());
+                let empty = st
+                    .tree
+                    .cgroup_binding(binding)
+                    .is_some_and(|m| m.is_empty());
+                own == Some(binding) && empty && st.tree.unbind_cgroups(c).is_ok()
+            };
+            if undone && let Err(e) = self.commit(Vec::new()) {
+                log::warn!("could not record the removal of an empty .cgroups: {e}");
+            }
+        }
+        result
+    }
+
+    /// The cgroups a write to `.cgroups` names, paths as the daemon's
+    /// cgroup namespace shows them: a pid (the writer's pid namespace)
+    /// names the cgroups that process is in now, in every hierarchy
+    /// mounted here; lines of `/proc/PID/cgroup` name those cgroups (as
+    /// the writer's cgroup namespace shows them), each of which the writer
+    /// must reach.
+    pub(super) fn cgroups_from_write(&self, caller: &Caller, data: &[u8]) -> Result<Membership> {
+        const MAX_CGROUPS_TEXT: usize = 1 << 16;
+        if data.len() > MAX_CGROUPS_TEXT {
+            return Err(InputError::TooLong(data.len()).into());
+        }
+        let hierarchies = Hierarchies::of_host()?;
+        if let Ok(pid) = input::parse_pid(data) {
+            let pidns = caller.pid_ns()?;
+            let local = crate::sys::ns::tgid_from_pidns(pidns.as_fd(), pid)
+                .map_err(|_| ns::NsError::NoSuchProcess(pid))?;
+            let pidfd = pin(local, 0)?;
+            self.require_process_in(&self.view(caller), local, pidfd.as_fd())?;
+            let m = Membership::of_process(local).map_err(|e| match e {
+                CgroupError::Gone(_) => Error::from(ns::NsError::NoSuchProcess(pid)),
+                e => e.into(),
+            })?;
+            if !crate::sys::pidfd::alive(pidfd.as_fd()) {
+                return Err(ns::NsError::NoSuchProcess(pid).into());
+            }
+            return Ok(hierarchies.reachable(&m));
+        }
+        let text = std::str::from_utf8(data).map_err(|_| InputError::NotUtf8)?;
+        let written = Membership::parse(text)?;
+        let tid = caller.tid;
+        let as_caller = crate::cgroup::Caller::with_credentials(tid, caller.credentials()?)?;
+        let m = as_caller.to_daemon_view(&written)?;
+        as_caller.reach(&hierarchies, &m)?;
+        Ok(m)
+    }
+
     /// `close` of one descriptor of handle `fh`: a created kind file not
-    /// written binds a fresh namespace.
+    /// written binds a fresh namespace; a `.cgroups` opened with `O_TRUNC`
+    /// and not written is made empty.
     pub fn flush(&self, fh: u64) -> Result<()> {
         let create = {
             let mut handles = self.handles.lock();
             let Some(h) = handles.get_mut(&fh) else {
                 return Ok(());
             };
+            if let Some(WriteTarget::Cgroups {
+                binding,
+                truncate: true,
+                ..
+            }) = h.write
+                && !h.written
+                && !h.flushed
+            {
+                h.flushed = true;
+                drop(handles);
+                let old = {
+                    let mut st = self.state.write();
+                    let old = st.tree.cgroup_binding(binding).cloned();
+                    st.tree.rewrite_cgroups(binding, Membership::default())?;
+                    old
+                };
+                if let Some(old) = old.filter(|m| !m.is_empty()) {
+                    self.emptied.lock().by.insert(fh, old);
+                }
+                return self.commit(Vec::new());
+            }
             match h.write {
                 Some(WriteTarget::Create {
                     container, kind, ..
@@ -376,8 +581,24 @@ impl Service {
         Ok(())
     }
 
+    /// Puts `old` back into binding `binding` if it is still empty (a
+    /// write after the truncating close failed).
+    fn refill(&self, binding: u64, old: Membership) {
+        let refilled = {
+            let mut st = self.state.write();
+            st.tree
+                .cgroup_binding(binding)
+                .is_some_and(|m| m.is_empty())
+                && st.tree.rewrite_cgroups(binding, old).is_ok()
+        };
+        if refilled && let Err(e) = self.commit(Vec::new()) {
+            log::warn!("could not record a .cgroups put back after a failed write: {e}");
+        }
+    }
+
     /// The last descriptor of handle `fh` is closed.
     pub fn release(&self, fh: u64) {
+        self.emptied.lock().by.remove(&fh);
         let handle = self.handles.lock().remove(&fh);
         if let Some(Handle {
             write: Some(WriteTarget::Create { pending, .. }),

@@ -13,7 +13,7 @@ use super::{
 use crate::ns::{self, Kind};
 use crate::procfs;
 use crate::tree::view::{Seen, SetIndex, View};
-use crate::tree::{ContainerId, Tree, TreeError};
+use crate::tree::{CGROUPS, ContainerId, Tree, TreeError};
 
 /// How long a lookup's answer may be repeated to the getattr the same
 /// thread sends right after it (see `Service::recent`).
@@ -228,6 +228,19 @@ impl Service {
                 }
                 self.attr(node, FileKind::Regular, 0o444, 1)
             }
+            Node::Cgroups(b) => {
+                let holders = tree.containers_holding(b);
+                let seen = holders.iter().filter(|&&c| view.full(tree, c)).count();
+                if seen == 0 {
+                    return Err(Error::NotFound);
+                }
+                let perm = if holders.iter().all(|&c| tree.is_discovered(c)) {
+                    0o444
+                } else {
+                    0o644
+                };
+                self.attr(node, FileKind::Regular, perm, seen as u32)
+            }
         })
     }
 
@@ -263,11 +276,12 @@ impl Service {
             NAMESPACES if c == Tree::ROOT && st.tree.discovered_root().is_some() => {
                 Node::Namespaces
             }
+            CGROUPS => Node::Cgroups(container.own_cgroups().ok_or(Error::NotFound)?),
             _ => match Kind::from_name(name) {
                 Some(kind) => Node::Kind(container.own(kind).ok_or(Error::NotFound)?),
                 None => match st.tree.child(c, name) {
                     Some(child) => Node::Dir(child),
-                    None => Node::Kind(
+                    None => Node::from_id(
                         *self
                             .staged
                             .lock()
@@ -317,6 +331,9 @@ impl Service {
                 out.push((Node::Kind(ino), FileKind::Regular, kind.name().to_owned()));
             }
         }
+        if let Some(b) = container.own_cgroups() {
+            out.push((Node::Cgroups(b), FileKind::Regular, CGROUPS.to_owned()));
+        }
         for (name, &child) in container.children() {
             out.push((Node::Dir(child), FileKind::Dir, name.clone()));
         }
@@ -329,7 +346,7 @@ impl Service {
             .collect();
         staged.sort();
         for (name, ino) in staged {
-            out.push((Node::Kind(ino), FileKind::Regular, name));
+            out.push((Node::from_id(ino), FileKind::Regular, name));
         }
         Ok(out)
     }
@@ -368,6 +385,17 @@ impl Service {
                     return Err(Error::Denied(Denied::RootBinding { kind, ino }));
                 }
                 if st.tree.user_binders(ino) == 0 {
+                    return Err(TreeError::Discovered.into());
+                }
+                Ok(())
+            }
+            Node::Cgroups(b) => {
+                let st = self.state.read();
+                let holders = st.tree.containers_holding(b);
+                if holders.is_empty() {
+                    return Err(Error::NotFound);
+                }
+                if holders.iter().all(|&c| st.tree.is_discovered(c)) {
                     return Err(TreeError::Discovered.into());
                 }
                 Ok(())

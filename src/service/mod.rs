@@ -72,7 +72,7 @@ use crate::procfs;
 use crate::state::Recorder;
 use crate::tree::record::Record;
 use crate::tree::view::{SetIndex, View};
-use crate::tree::{CONTROL_NAMES, ContainerId, NsRef, Tree, TreeError};
+use crate::tree::{CGROUPS, CONTROL_NAMES, ContainerId, NsRef, Tree, TreeError};
 
 /// The root's table of every namespace on the host (with discovery on).
 const NAMESPACES: &str = ".namespaces";
@@ -157,6 +157,9 @@ pub struct Service {
     /// links to a temporary name, then renames it over the target). They
     /// bind nothing until renamed onto their kind's name.
     staged: Mutex<HashMap<(ContainerId, String), u64>>,
+    /// `.cgroups` bindings emptied by a truncating close before the write
+    /// that fills them (see `handles::Emptied`). A leaf lock.
+    emptied: Mutex<handles::Emptied>,
     /// Namespaces no container binds any more whose keepers may still run
     /// (an init leaves only once its namespace is empty). The record lists
     /// them until their keepers are gone, so that a daemon restarted in
@@ -242,6 +245,7 @@ impl Service {
             pending: Mutex::new(HashMap::new()),
             leaving: Mutex::new(Vec::new()),
             staged: Mutex::new(HashMap::new()),
+            emptied: Mutex::new(handles::Emptied::default()),
             next_fh: AtomicU64::new(1),
             next_pending: AtomicU64::new(1),
             pin_dir: options.pin_dir,
@@ -362,7 +366,7 @@ impl Service {
         self.require_full(&self.view(caller), parent)?;
         caller.require_admin(self.user_ns)?;
         let name = name.to_str().ok_or(Error::NotFound)?;
-        if CONTROL_NAMES.contains(&name) || Kind::from_name(name).is_some() {
+        if CONTROL_NAMES.contains(&name) || Kind::from_name(name).is_some() || name == CGROUPS {
             return Err(Error::NotDir);
         }
         let (id, released) = self.state.write().tree.rmdir(parent, name)?;
@@ -379,6 +383,10 @@ impl Service {
         let name = name.to_str().ok_or(Error::NotFound)?;
         if let Some(&control) = CONTROL_NAMES.iter().find(|&&n| n == name) {
             return Err(Error::Denied(Denied::ControlFile(control)));
+        }
+        if name == CGROUPS {
+            self.state.write().tree.unbind_cgroups(parent)?;
+            return self.commit(Vec::new());
         }
         let Some(kind) = Kind::from_name(name) else {
             if self
@@ -408,10 +416,20 @@ impl Service {
         // The source must be in the caller's view too.
         self.node_attr(&view, node)?;
         caller.require_admin(self.user_ns)?;
-        let Node::Kind(ns) = node else {
-            return Err(Error::Denied(Denied::Rule("only kind files can be linked")));
-        };
         let name = newname.to_str().unwrap_or("");
+        if let Node::Cgroups(b) = node {
+            return self.link_cgroups(&view, b, dst, name);
+        }
+        let Node::Kind(ns) = node else {
+            return Err(Error::Denied(Denied::Rule(
+                "only kind files and .cgroups can be linked",
+            )));
+        };
+        if name == CGROUPS {
+            return Err(Error::Invalid(Invalid::Rule(
+                "a kind file cannot be linked under the name .cgroups",
+            )));
+        }
         {
             let mut st = self.state.write();
             let kind = st.tree.bound_kind(ns).ok_or(Error::NotFound)?;
@@ -439,6 +457,35 @@ impl Service {
         }
         self.commit(Vec::new())?;
         self.node_attr(&view, Node::Kind(ns))
+    }
+
+    /// `ln SRC/.cgroups DST/.cgroups`: `dst` holds binding `b` too; under
+    /// another name, the link is staged (the first half of `ln -f`).
+    fn link_cgroups(&self, view: &View, b: u64, dst: ContainerId, name: &str) -> Result<Attr> {
+        if name == CGROUPS {
+            self.state.write().tree.link_cgroups(dst, b)?;
+        } else if Kind::from_name(name).is_some() {
+            return Err(Error::Invalid(Invalid::Rule(
+                ".cgroups cannot be linked under a kind's name",
+            )));
+        } else {
+            crate::tree::check_name(name)?;
+            let st = self.state.read();
+            st.tree.get(dst).ok_or(Error::NotFound)?;
+            if st.tree.is_discovered(dst) {
+                return Err(TreeError::Discovered.into());
+            }
+            if st.tree.child(dst, name).is_some() {
+                return Err(TreeError::Exists.into());
+            }
+            let mut staged = self.staged.lock();
+            if staged.contains_key(&(dst, name.to_owned())) {
+                return Err(TreeError::Exists.into());
+            }
+            staged.insert((dst, name.to_owned()), Node::Cgroups(b).id());
+        }
+        self.commit(Vec::new())?;
+        self.node_attr(view, Node::Cgroups(b))
     }
 
     /// `mv`: renames a container within its parent, adopts a discovered
@@ -473,7 +520,7 @@ impl Service {
         if let Some(ino) = staged {
             return self.rename_staged(p, old, ino, new);
         }
-        if CONTROL_NAMES.contains(&old) || Kind::from_name(old).is_some() {
+        if CONTROL_NAMES.contains(&old) || Kind::from_name(old).is_some() || old == CGROUPS {
             return Err(Error::Invalid(Invalid::NotAContainer(old.to_owned())));
         }
         if mode == Rename::Other {
@@ -514,6 +561,16 @@ impl Service {
     /// Renames a staged link onto its kind's name: the container binds it,
     /// replacing what it bound (the second half of `ln -f`).
     fn rename_staged(&self, c: ContainerId, old: &str, ino: u64, new: &str) -> Result<()> {
+        if let Node::Cgroups(b) = Node::from_id(ino) {
+            if new != CGROUPS {
+                return Err(Error::Invalid(Invalid::Rule(
+                    "a staged .cgroups link can only be renamed to .cgroups",
+                )));
+            }
+            self.state.write().tree.bind_cgroups(c, b)?;
+            self.staged.lock().remove(&(c, old.to_owned()));
+            return self.commit(Vec::new());
+        }
         let released = {
             let mut st = self.state.write();
             let kind = st.tree.bound_kind(ino).ok_or(Error::NotFound)?;

@@ -19,6 +19,7 @@ use parking_lot::{Condvar, Mutex};
 
 use super::input;
 use super::{Caller, Denied, Error, Invalid, Service, WriteReply, pin};
+use crate::cgroup::{Caller as CgroupCaller, Hierarchies, Joined, Membership, Targets};
 use crate::ns::{self, Namespace};
 use crate::tree::ContainerId;
 
@@ -241,7 +242,9 @@ impl Service {
             let set: [Arc<Namespace>; 8] = set
                 .try_into()
                 .map_err(|_| Error::Invalid(Invalid::Rule("incomplete namespace set")))?;
-            Ok((local, pidfd, set))
+            // Most containers bind no cgroups: a walk up the tree, no copy.
+            let cgroups = st.tree.cgroups_to_join(c).cloned();
+            Ok((local, pidfd, (set, cgroups)))
         });
         // A confined caller moves processes of its subtree, within it; every
         // caller needs the kernel's leave to trace the process.
@@ -253,7 +256,7 @@ impl Service {
             caller.require_ptrace(&creds, local, pidfd.as_fd())?;
             Ok((local, pidfd, set, creds))
         });
-        let (local, pidfd, set, creds) = match set {
+        let (local, pidfd, (set, cgroups), creds) = match set {
             Ok(v) => v,
             Err(e) => {
                 return reply.send("write tasks", Err(e));
@@ -274,13 +277,20 @@ impl Service {
         let this = Arc::clone(self);
         let caller = caller.clone();
         slot.run(Box::new(move || {
-            this.finish_move(&caller, c, local, pidfd, &creds, &set, reply.as_mut());
+            let target = Target {
+                set: &set,
+                cgroups: cgroups.as_ref(),
+            };
+            this.finish_move(&caller, c, local, pidfd, &creds, target, reply.as_mut());
             this.tasks_names.end(c, generation);
         }));
     }
 
-    /// Moves `local`, pinned by `pidfd`, into `set` (the effective set of
-    /// container `c`) and answers the write that asked for it.
+    /// Moves `local`, pinned by `pidfd`, into `target` (what container
+    /// `c` binds) and answers the write that asked for it: first into the
+    /// cgroups, if any, with the writer's rights; then into the
+    /// namespaces. If the namespace part fails, the cgroups are left again,
+    /// so the process ends where it was (docs/moving.md).
     #[allow(clippy::too_many_arguments)]
     pub(super) fn finish_move(
         &self,
@@ -289,9 +299,17 @@ impl Service {
         local: i32,
         pidfd: OwnedFd,
         creds: &crate::ns::creds::Credentials,
-        set: &[Arc<Namespace>; 8],
+        target: Target<'_>,
         reply: &mut dyn WriteReply,
     ) {
+        let set = target.set;
+        let joined = match target.cgroups {
+            None => None,
+            Some(m) => match self.join_cgroups(caller, creds, local, m) {
+                Ok(joined) => Some(joined),
+                Err(e) => return reply.send("write tasks", Err(e)),
+            },
+        };
         // The mover may have the write answered before it is done (a
         // process moving itself); a failure after that still gets logged
         // here, and reaches the writer as its write's return value.
@@ -301,6 +319,16 @@ impl Service {
                 reply.send("write tasks", Ok(()))
             });
         let result = result.map_err(Error::from);
+        if let (Err(e), Some(joined)) = (&result, joined) {
+            log::info!(
+                "process {local} leaves the cgroups it joined: its namespaces did not move ({e})"
+            );
+            if let Err(left) = joined.undo() {
+                for (cgroup, why) in left {
+                    log::error!("process {local} could not be moved back out of {cgroup}: {why}");
+                }
+            }
+        }
         let moved = result.is_ok();
         reply.send("write tasks", result);
         if moved && log::log_enabled!(log::Level::Info) {
@@ -325,6 +353,41 @@ impl Service {
         for ino in gone {
             self.mover.released(ino);
         }
+    }
+}
+
+/// What a move goes into.
+#[derive(Clone, Copy)]
+pub(super) struct Target<'a> {
+    /// The namespaces, one per kind.
+    pub(super) set: &'a [Arc<Namespace>; 8],
+    /// The cgroups to join, if the container binds any.
+    pub(super) cgroups: Option<&'a Membership>,
+}
+
+impl Service {
+    /// Joins process `local` to the cgroups `m`, as the writer (`caller`,
+    /// whose credentials are `creds`) would by writing its pid into each
+    /// `cgroup.procs` itself: all or nothing. A frozen target is refused.
+    fn join_cgroups(
+        &self,
+        caller: &Caller,
+        creds: &crate::ns::creds::Credentials,
+        local: i32,
+        m: &Membership,
+    ) -> Result<Joined, Error> {
+        let hierarchies = Hierarchies::of_host()?;
+        let as_caller = CgroupCaller::with_credentials(caller.tid, creds.clone())?;
+        let targets = Targets::open(&hierarchies, m, &as_caller)?;
+        if let Some(frozen) = targets.frozen() {
+            return Err(Error::Frozen(frozen.clone()));
+        }
+        targets.join(local).map_err(|e| {
+            for (cgroup, why) in &e.left {
+                log::error!("process {local} could not be moved back out of {cgroup}: {why}");
+            }
+            Error::Cgroup(e.error)
+        })
     }
 }
 

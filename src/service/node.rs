@@ -18,6 +18,11 @@ const TAG_STATUS: u64 = 3;
 /// [`Node::fits`] keeps from ever being a container's.
 const NAMESPACES: u64 = KIND_MIN - 1;
 
+/// Node ids from here up to the aliases are cgroup bindings (a
+/// container's `.cgroups`), by binding id: above every namespace inode
+/// number, which stays below 2^32.
+const CGROUPS_BASE: u64 = 1 << 32;
+
 /// Node ids from here up are other names of a container's `tasks` file
 /// (see [`Node::tasks_alias`]); namespace inode numbers stay below 2^32.
 const ALIAS_SHIFT: u32 = 40;
@@ -37,6 +42,9 @@ pub enum Node {
     Pending(u64),
     /// The root's `.namespaces` table (with discovery on).
     Namespaces,
+    /// A cgroup binding (`.cgroups`), by its id in the tree: every name of
+    /// it is this one node.
+    Cgroups(u64),
 }
 
 impl Node {
@@ -49,6 +57,7 @@ impl Node {
             Node::Kind(ino) => ino,
             Node::Pending(n) => (n << 2) | TAG_PENDING,
             Node::Namespaces => NAMESPACES,
+            Node::Cgroups(b) => CGROUPS_BASE | (b & (CGROUPS_BASE - 1)),
         }
     }
 
@@ -79,6 +88,9 @@ impl Node {
                 // No such alias is ever handed out.
                 _ => Node::Pending(u64::MAX >> 2),
             };
+        }
+        if id >= CGROUPS_BASE {
+            return Node::Cgroups(id - CGROUPS_BASE);
         }
         if id >= KIND_MIN {
             return Node::Kind(id);
@@ -117,6 +129,8 @@ mod tests {
             Node::Kind(0xEFFF_FFFB),
             Node::Pending(3),
             Node::Namespaces,
+            Node::Cgroups(1),
+            Node::Cgroups(0xFFFF_FFFF),
         ] {
             assert_eq!(Node::from_id(node.id()), node);
         }

@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use super::{Node, Service};
+use crate::cgroup::{Hierarchies, Membership};
 use crate::discover::{Found, Sink};
 use crate::ns::{Kind, Namespace};
 use crate::tree::{ContainerId, NsRef};
@@ -48,6 +49,8 @@ impl Service {
             (current, taken)
         };
         let wanted: Vec<&Found> = found.iter().filter(|f| !taken.contains(&f.set)).collect();
+        // Read once a round, and only if a new set comes from a runtime.
+        let mut hierarchies: Option<Option<Hierarchies>> = None;
         for (set, &id) in &current {
             if wanted.iter().any(|f| &f.set == set) {
                 continue;
@@ -88,11 +91,26 @@ impl Service {
                     ino: ns.ino(),
                 })
                 .collect();
+            // A set a container runtime started carries the cgroups of its
+            // lowest pid (the container's init, as a rule): moving into
+            // it joins them. Other sets' cgroups are those of whoever
+            // started them (a login session): they carry none.
+            let cgroups = crate::discover::cgroup_name(f.pid).and_then(|_| {
+                let h = hierarchies
+                    .get_or_insert_with(|| Hierarchies::of_host().ok())
+                    .as_ref()?;
+                Membership::of_process(f.pid).ok().map(|m| h.reachable(&m))
+            });
             let mut st = self.state.write();
             match st.tree.discover(&f.name, &refs) {
                 Ok(id) if Node::fits(id) => {
                     for ns in opened {
                         st.spaces.entry(ns.ino()).or_insert_with(|| Arc::new(ns));
+                    }
+                    if let Some(m) = cgroups
+                        && let Err(e) = st.tree.discover_cgroups(id, m)
+                    {
+                        log::warn!("{} shown without its cgroups: {e}", f.name);
                     }
                     log::info!("discovered {} (process {})", st.tree.path(id), f.pid);
                 }

@@ -10,12 +10,15 @@
 //! * every other container is listed exactly once in its parent's children,
 //!   under its own name;
 //! * `binders[ino]` is the number of (container, kind) bindings of `ino`, and
-//!   an inode is bound under one kind only.
+//!   an inode is bound under one kind only;
+//! * every cgroup binding (see [`cgroups`]) is held by as many containers
+//!   as its count says, and one held by none is gone.
 
 use std::collections::{BTreeMap, HashMap};
 
 use thiserror::Error;
 
+use crate::cgroup::Membership;
 use crate::ns::Kind;
 
 /// Deepest nesting allowed: the root is depth 0, `/a/b` is depth 2.
@@ -26,6 +29,10 @@ pub const MAX_NAME: usize = 255;
 
 /// Names inside a container that are files, never containers.
 pub const CONTROL_NAMES: [&str; 2] = ["tasks", "status"];
+
+/// The name of a container's cgroup binding (see [`cgroups`]). It starts
+/// with a dot, so no container can take it.
+pub const CGROUPS: &str = ".cgroups";
 
 /// The reserved container, child of the root, under which discovered
 /// namespace sets appear (see [`Tree::enable_discovery`]). Its name starts
@@ -140,6 +147,14 @@ pub enum Broken {
     /// The discovered subtree binds namespaces or nests.
     #[error("the discovered subtree binds or nests")]
     DiscoveredSubtree,
+    /// The kept holder counts of cgroup bindings are not the counted ones.
+    #[error("cgroup binding counts {kept:?} != {counted:?}")]
+    CgroupBinders {
+        /// As kept.
+        kept: HashMap<u64, u32>,
+        /// As counted.
+        counted: HashMap<u64, u32>,
+    },
 }
 
 /// One node of the tree.
@@ -149,6 +164,8 @@ pub struct Container {
     parent: Option<ContainerId>,
     children: BTreeMap<String, ContainerId>,
     own: [Option<u64>; 8],
+    /// The cgroup binding this container holds itself (its `.cgroups`).
+    cgroups: Option<u64>,
 }
 
 impl Container {
@@ -171,6 +188,11 @@ impl Container {
     pub fn own(&self, kind: Kind) -> Option<u64> {
         self.own[kind.index()]
     }
+
+    /// The cgroup binding this container holds itself, if any.
+    pub fn own_cgroups(&self) -> Option<u64> {
+        self.cgroups
+    }
 }
 
 /// Where one kind of an effective set comes from.
@@ -191,6 +213,9 @@ pub struct Tree {
     discovered_binders: HashMap<u64, u32>,
     /// The [`DISCOVERED`] container, once discovery is on.
     discovered: Option<ContainerId>,
+    /// Cgroup bindings by id: the cgroups, and how many containers hold it.
+    cgroups: HashMap<u64, (Membership, u32)>,
+    next_cgroups: u64,
     next_id: u64,
     /// Bumped by every change, so derived indexes know when they are stale.
     generation: u64,
@@ -230,6 +255,8 @@ impl Tree {
             binders: HashMap::new(),
             discovered_binders: HashMap::new(),
             discovered: None,
+            cgroups: HashMap::new(),
+            next_cgroups: 1,
             next_id: 1,
             generation: 0,
         };
@@ -240,6 +267,7 @@ impl Tree {
                 parent: None,
                 children: BTreeMap::new(),
                 own: [None; 8],
+                cgroups: None,
             },
         );
         for kind in Kind::ALL {
@@ -388,6 +416,7 @@ impl Tree {
                 parent: Some(parent),
                 children: BTreeMap::new(),
                 own: [None; 8],
+                cgroups: None,
             },
         );
         if let Some(p) = self.containers.get_mut(&parent) {
@@ -422,6 +451,7 @@ impl Tree {
                 released.push(ns);
             }
         }
+        self.drop_cgroups(id);
         if let Some(c) = self.containers.remove(&id)
             && let Some(p) = self.containers.get_mut(&parent)
         {
@@ -691,6 +721,9 @@ impl Tree {
                 self.attach(new, NsRef { kind, ino })?;
             }
         }
+        if let Some(b) = self.get(id).and_then(Container::own_cgroups) {
+            self.hold_cgroups(new, b);
+        }
         let released = self.remove(id)?;
         Ok((new, released))
     }
@@ -750,6 +783,19 @@ impl Tree {
                 counted: counts,
             });
         }
+        let mut held: HashMap<u64, u32> = HashMap::new();
+        for c in self.containers.values() {
+            if let Some(b) = c.cgroups {
+                *held.entry(b).or_insert(0) += 1;
+            }
+        }
+        let kept: HashMap<u64, u32> = self.cgroups.iter().map(|(&b, (_, n))| (b, *n)).collect();
+        if held != kept {
+            return Err(Broken::CgroupBinders {
+                kept,
+                counted: held,
+            });
+        }
         if discovered != self.discovered_binders {
             return Err(Broken::DiscoveredBinders {
                 kept: self.discovered_binders.clone(),
@@ -772,6 +818,7 @@ impl Tree {
     }
 }
 
+pub mod cgroups;
 pub mod record;
 pub mod view;
 

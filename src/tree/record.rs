@@ -9,7 +9,8 @@
 //! boot 0b5e0d6c-3f0e-4b58-9a4e-2c8f0c3c1d2e
 //! ns net 4026532240
 //! ns pid 4026532301 keeper 4711 123456
-//! container /web net=4026532240 pid=4026532301
+//! cgroups 1 0::/system.slice/web.scope%0A
+//! container /web net=4026532240 pid=4026532301 cgroups=1
 //! container /web/db%20one
 //! end
 //! ```
@@ -18,8 +19,12 @@
 //! namespaces; nor are discovered containers, which are found again.
 //! `ns` lines name every namespace a container binds, with the process
 //! the daemon keeps in it, if any, and the released ones whose keepers
-//! have not left yet; `container` lines come parents first, each
-//! with its own bindings. Names are percent-encoded.
+//! have not left yet; `cgroups` lines name every cgroup binding a
+//! container holds (the lines of its `.cgroups`, percent-encoded, `-` when
+//! empty), by a number that holds within the record only; `container`
+//! lines come parents first, each with its own bindings. Names are
+//! percent-encoded. Records without `cgroups` lines (written before cgroup
+//! bindings existed) read as they always did.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt::Write as _;
@@ -27,6 +32,7 @@ use std::fmt::Write as _;
 use thiserror::Error;
 
 use super::{ContainerId, MAX_DEPTH, NsRef, Tree, check_name};
+use crate::cgroup::Membership;
 use crate::ns::Kind;
 
 /// The format version this code writes and reads.
@@ -61,6 +67,8 @@ pub struct RecordedContainer {
     pub path: Vec<String>,
     /// Its own bindings, in [`Kind::ALL`] order.
     pub own: [Option<u64>; 8],
+    /// The cgroup binding it holds, by its number in [`Record::cgroups`].
+    pub cgroups: Option<u64>,
 }
 
 /// A parsed record.
@@ -70,6 +78,10 @@ pub struct Record {
     pub boot: String,
     /// Every namespace a recorded container binds.
     pub spaces: Vec<RecordedNs>,
+    /// Every cgroup binding a recorded container holds, by number.
+    pub cgroups: Vec<(u64, Membership)>,
+    /// The cgroup binding the root holds (a `root cgroups=N` line).
+    pub root_cgroups: Option<u64>,
     /// Containers, each after its parent.
     pub containers: Vec<RecordedContainer>,
 }
@@ -107,6 +119,20 @@ pub fn encode(
     // About 50 bytes a container: one allocation for most trees.
     let mut containers = String::with_capacity(tree.len() * 56);
     let mut bound: Vec<(Kind, u64)> = Vec::new();
+    // Cgroup bindings are numbered in the order they are first met (the
+    // root's first), so the same tree always gives the same text.
+    let mut held: Vec<u64> = Vec::new();
+    let mut number_of = |b: u64| match held.iter().position(|&h| h == b) {
+        Some(i) => i as u64 + 1,
+        None => {
+            held.push(b);
+            held.len() as u64
+        }
+    };
+    let root_cgroups = tree
+        .get(Tree::ROOT)
+        .and_then(super::Container::own_cgroups)
+        .map(&mut number_of);
     // Depth-first from the root: (id, length of the parent's path).
     let mut path = String::new();
     let mut stack: Vec<(ContainerId, usize)> = Vec::new();
@@ -136,6 +162,10 @@ pub fn encode(
                 push_number(&mut containers, ino);
             }
         }
+        if let Some(b) = c.own_cgroups() {
+            containers.push_str(" cgroups=");
+            push_number(&mut containers, number_of(b));
+        }
         containers.push('\n');
         let len = path.len();
         stack.extend(c.children().values().rev().map(|&child| (child, len)));
@@ -163,6 +193,22 @@ pub fn encode(
             let _ = write!(out, " keeper {} {}", k.pid, k.start);
         }
         out.push('\n');
+    }
+    for (i, b) in held.into_iter().enumerate() {
+        let text = tree
+            .cgroup_binding(b)
+            .map(ToString::to_string)
+            .unwrap_or_default();
+        let _ = write!(out, "cgroups {} ", i + 1);
+        if text.is_empty() {
+            out.push('-');
+        } else {
+            encode_name(&text, &mut out);
+        }
+        out.push('\n');
+    }
+    if let Some(b) = root_cgroups {
+        let _ = writeln!(out, "root cgroups={b}");
     }
     out.push_str(&containers);
     out.push_str("end\n");
@@ -293,14 +339,56 @@ pub fn parse(bytes: &[u8]) -> Result<Record, RecordError> {
                     keeper,
                 });
             }
+            ["root", binding] => {
+                if !record.containers.is_empty() || record.root_cgroups.is_some() {
+                    return Err(bad(n, "root line after container lines, or twice"));
+                }
+                let b: u64 = binding
+                    .strip_prefix("cgroups=")
+                    .and_then(number)
+                    .ok_or_else(|| bad(n, "bad cgroup binding"))?;
+                if !record.cgroups.iter().any(|(o, _)| *o == b) {
+                    return Err(bad(n, "cgroup binding not listed"));
+                }
+                record.root_cgroups = Some(b);
+            }
+            ["cgroups", b, text] => {
+                if record.root_cgroups.is_some() {
+                    return Err(bad(n, "cgroups line after the root line"));
+                }
+                if !record.containers.is_empty() {
+                    return Err(bad(n, "cgroups line after container lines"));
+                }
+                let b: u64 = number(b).ok_or_else(|| bad(n, "bad cgroup binding number"))?;
+                let text = match text {
+                    "-" => String::new(),
+                    t => decode_name(t).ok_or_else(|| bad(n, "badly encoded cgroups"))?,
+                };
+                let m = Membership::parse(&text).map_err(|_| bad(n, "bad cgroups"))?;
+                if record.cgroups.iter().any(|(o, _)| *o == b) {
+                    return Err(bad(n, "cgroup binding listed twice"));
+                }
+                record.cgroups.push((b, m));
+            }
             ["container", path, ref bindings @ ..] => {
                 let path = parse_path(path).map_err(|what| bad(n, what))?;
                 if path.len() > 1 && !paths.contains(&path[..path.len() - 1]) {
                     return Err(bad(n, "container listed before its parent"));
                 }
                 let mut own = [None; 8];
+                let mut cgroups = None;
                 for b in bindings {
                     let (kind, ino) = b.split_once('=').ok_or_else(|| bad(n, "bad binding"))?;
+                    if kind == "cgroups" {
+                        let b: u64 = number(ino).ok_or_else(|| bad(n, "bad cgroup binding"))?;
+                        if !record.cgroups.iter().any(|(o, _)| *o == b) {
+                            return Err(bad(n, "cgroup binding not listed"));
+                        }
+                        if cgroups.replace(b).is_some() {
+                            return Err(bad(n, "cgroups bound twice"));
+                        }
+                        continue;
+                    }
                     let kind = Kind::from_name(kind).ok_or_else(|| bad(n, "unknown kind"))?;
                     let ino: u64 = number(ino).ok_or_else(|| bad(n, "bad inode number"))?;
                     if kinds.get(&ino) != Some(&kind) {
@@ -313,7 +401,9 @@ pub fn parse(bytes: &[u8]) -> Result<Record, RecordError> {
                 if !paths.insert(path.clone()) {
                     return Err(bad(n, "container listed twice"));
                 }
-                record.containers.push(RecordedContainer { path, own });
+                record
+                    .containers
+                    .push(RecordedContainer { path, own, cgroups });
             }
             _ => return Err(bad(n, "unknown line")),
         }
@@ -356,6 +446,14 @@ pub struct Restored {
 pub fn restore(root: [u64; 8], record: &Record, usable: impl Fn(NsRef) -> bool) -> Restored {
     let mut tree = Tree::new(root);
     let mut dropped = Vec::new();
+    // Record numbers of cgroup bindings, and the tree's ids they became.
+    let mut cgroups: HashMap<u64, u64> = HashMap::new();
+    if let Some(b) = record.root_cgroups
+        && let Some((_, m)) = record.cgroups.iter().find(|(o, _)| *o == b)
+        && let Ok(held) = tree.set_cgroups(Tree::ROOT, m.clone())
+    {
+        cgroups.insert(b, held);
+    }
     let kinds: HashMap<u64, Kind> = record
         .spaces
         .iter()
@@ -378,6 +476,15 @@ pub fn restore(root: [u64; 8], record: &Record, usable: impl Fn(NsRef) -> bool) 
             let ns = NsRef { kind, ino: *ino };
             if !usable(ns) || tree.link(id, ns).is_err() {
                 dropped.push((tree.path(id), ns));
+            }
+        }
+        if let Some(b) = c.cgroups {
+            if let Some(&held) = cgroups.get(&b) {
+                let _ = tree.link_cgroups(id, held);
+            } else if let Some((_, m)) = record.cgroups.iter().find(|(o, _)| *o == b)
+                && let Ok(held) = tree.set_cgroups(id, m.clone())
+            {
+                cgroups.insert(b, held);
             }
         }
     }
@@ -473,6 +580,55 @@ mod tests {
         restored.tree.check().unwrap();
         assert_eq!(shape(&restored.tree), shape(&t));
         assert_eq!(encode(&restored.tree, "boot-id", keeper, &[]), text);
+    }
+
+    #[test]
+    fn cgroup_bindings_round_trip_shared_empty_and_at_the_root() {
+        let mut t = sample();
+        let web = t.child(Tree::ROOT, "web").unwrap();
+        let db = t.child(web, "db one").unwrap();
+        let other = t.child(Tree::ROOT, "a%b\u{e9}\n").unwrap();
+        let m = Membership::parse("0::/web app\n4:pids:/web\n").unwrap();
+        let b = t.set_cgroups(web, m.clone()).unwrap();
+        t.link_cgroups(other, b).unwrap();
+        t.set_cgroups(db, Membership::default()).unwrap();
+        t.set_cgroups(Tree::ROOT, Membership::parse("0::/").unwrap())
+            .unwrap();
+        let text = encode(&t, "b", |_| None, &[]);
+        assert!(text.contains("0::/web%20app%0A4:pids:/web%0A\n"), "{text}");
+        assert!(text.contains(" -\n"), "{text}");
+        assert!(text.contains("\nroot cgroups="), "{text}");
+        let restored = restore(ROOT, &parse(text.as_bytes()).unwrap(), |_| true);
+        let r = restored.tree;
+        r.check().unwrap();
+        let web = r.child(Tree::ROOT, "web").unwrap();
+        let db = r.child(web, "db one").unwrap();
+        let other = r.child(Tree::ROOT, "a%b\u{e9}\n").unwrap();
+        assert_eq!(r.cgroups_to_join(web), Some(&m));
+        assert_eq!(
+            r.containers_holding(r.get(web).unwrap().own_cgroups().unwrap()),
+            {
+                let mut v = vec![web, other];
+                v.sort();
+                v
+            }
+        );
+        assert_eq!(r.cgroups_to_join(db), None);
+        assert_eq!(r.effective_cgroups(db).unwrap().from, db);
+        assert!(r.get(Tree::ROOT).unwrap().own_cgroups().is_some());
+        assert_eq!(encode(&r, "b", |_| None, &[]), text);
+        // Bad cgroup lines are refused.
+        for (bad, want) in [
+            ("cgroups 1 0::x\n", "bad cgroups"),
+            ("cgroups 1 -\ncgroups 1 -\n", "twice"),
+            ("container /a cgroups=3\n", "not listed"),
+            ("root cgroups=3\n", "not listed"),
+            ("cgroups 1 -\ncontainer /a cgroups=1 cgroups=1\n", "twice"),
+        ] {
+            let text = format!("nsproxyfs-tree 1\nboot b\n{bad}end\n");
+            let e = parse(text.as_bytes()).expect_err(&text).to_string();
+            assert!(e.contains(want), "{text:?}: {e:?} should mention {want:?}");
+        }
     }
 
     #[test]

@@ -9,6 +9,7 @@
 
 #![allow(dead_code)]
 
+pub mod cgroups;
 pub mod docker;
 
 use std::ffi::{CStr, CString};
