@@ -480,6 +480,26 @@ fn detach_stdio() {
     }
 }
 
+/// How long the new mount may take to answer its first request.
+const FIRST_ANSWER: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Whether the mount on `mountpoint` answers a first request (a stat of its
+/// `status`) within [`FIRST_ANSWER`]. The stat runs on a thread of its own:
+/// should the session not serve it, the daemon does not wait forever in its
+/// own mount but fails its start, and its exit ends the connection, which
+/// lets that thread go.
+fn answers(mountpoint: &Path) -> std::io::Result<()> {
+    let status = mountpoint.join("status");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::Builder::new()
+        .name("first-answer".into())
+        .spawn(move || {
+            let _ = tx.send(std::fs::metadata(status).map(drop));
+        })?;
+    rx.recv_timeout(FIRST_ANSWER)
+        .unwrap_or_else(|_| Err(std::io::Error::from(std::io::ErrorKind::TimedOut)))
+}
+
 /// Ends the daemon (SIGUSR1 to itself) once `mountpoint` is no longer a
 /// mount point in the daemon's mount namespace. The FUSE session alone
 /// cannot tell: a copy of the mount in another mount namespace keeps the
@@ -625,7 +645,7 @@ fn serve(
     }
     watch_unmount(mountpoint.to_path_buf());
     // One round trip through the kernel: the mount answers.
-    if let Err(source) = std::fs::metadata(mountpoint.join("status")) {
+    if let Err(source) = answers(mountpoint) {
         let path = mountpoint.to_path_buf();
         return failed(&mut report, StartError::NoAnswer { path, source });
     }

@@ -350,6 +350,15 @@ impl Mount {
             .expect("spawn nsproxyfs");
         self.pids.lock().unwrap().push(daemon.id() as i32);
         let daemon = self.daemon.insert(daemon);
+        // Watched while it mounts too (the connection to abort is not known
+        // yet: killing the daemon ends it).
+        self._watchdog = None;
+        self._watchdog = Some(Watchdog::start(
+            &self.test,
+            self.step.clone(),
+            self.pids.clone(),
+            None,
+        ));
         wait_mounted(&self.dir, self.root_dev, daemon, &self.log, || {});
         let dev = std::fs::metadata(&self.dir).unwrap().dev();
         self._watchdog = None;
