@@ -15,7 +15,7 @@ use nix::unistd::getpid;
 use crate::export::{ExportError, Exporter};
 use crate::fs::Session;
 use crate::logs::{Destination, LogError};
-use crate::moving::Mover;
+use crate::mover::Mover;
 use crate::procfs::{self, MountInfo};
 use crate::service::{Options, Service};
 use crate::state::{self, Loaded, Recorder, StateDir};

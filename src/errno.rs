@@ -14,11 +14,11 @@ use nix::errno::Errno;
 use crate::cgroup::CgroupError;
 use crate::inject::TraceError;
 use crate::injector::InjectorError;
-use crate::mover::MoveError;
 use crate::ns::NsError;
 use crate::ns::creds::CredsError;
 use crate::service::Error;
 use crate::service::input::InputError;
+use crate::transfer::MoveError;
 use crate::tree::TreeError;
 
 /// The errno of a refused or failed filesystem request.
@@ -182,9 +182,9 @@ pub(crate) mod tests {
 
     use super::*;
     use crate::inject::{Op, Unsupported};
-    use crate::mover::{Call, Step};
     use crate::ns::{Kind, Origin};
     use crate::service::{Denied, Invalid};
+    use crate::transfer::{Call, Step};
 
     /// Every variant of a move's error, with the errno a caller sees.
     pub(crate) fn moves() -> Vec<(MoveError, Errno)> {

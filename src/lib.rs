@@ -24,10 +24,11 @@
 //!   caller sees.
 //! * [`inject`]: ptrace: stopping a task, running a syscall in it, and
 //!   restoring it exactly.
-//! * [`mover`](mod@mover): one move: every thread of a process joins a holder's
+//! * [`transfer`]: one move: every thread of a process joins a holder's
 //!   namespaces through injected `setns(pidfd)`, all or nothing.
-//! * [`moving`]: the daemon's mover: which kinds change, holders per set;
-//!   the [`moving::Mover`] trait the service moves processes through.
+//! * [`mover`](mod@mover): the daemon's mover: which kinds change, holders
+//!   per set; the [`mover::Mover`] trait the service moves processes
+//!   through.
 //! * [`injector`]: the long-lived helper processes that run the moves, so
 //!   that the daemon's death never cuts an injection short.
 //! * [`state`]: the state directory: the record of the tree, written on
@@ -76,7 +77,6 @@ pub mod kind;
 pub mod kview;
 pub mod logs;
 pub mod mover;
-pub mod moving;
 pub mod notify;
 pub mod ns;
 pub mod procfs;
@@ -84,11 +84,12 @@ pub mod service;
 pub mod state;
 pub mod state_dir;
 pub mod sys;
+pub mod transfer;
 pub mod tree;
 
 /// The process mover the daemon uses.
-pub fn mover(fatal_seccomp: mover::FatalSeccomp) -> moving::Result<Box<dyn moving::Mover>> {
-    Ok(Box::new(moving::PtraceMover::new(
+pub fn ptrace_mover(fatal_seccomp: transfer::FatalSeccomp) -> mover::Result<Box<dyn mover::Mover>> {
+    Ok(Box::new(mover::PtraceMover::new(
         fatal_seccomp,
         errno::of_move,
     )?))

@@ -204,11 +204,11 @@ fn run_mount(args: MountArgs) -> ExitCode {
         log: args.log,
     };
     let fatal_seccomp = if args.allow_fatal_seccomp {
-        nsproxyfs::mover::FatalSeccomp::Allow
+        nsproxyfs::transfer::FatalSeccomp::Allow
     } else {
-        nsproxyfs::mover::FatalSeccomp::Refuse
+        nsproxyfs::transfer::FatalSeccomp::Refuse
     };
-    let mover = match nsproxyfs::mover(fatal_seccomp) {
+    let mover = match nsproxyfs::ptrace_mover(fatal_seccomp) {
         Ok(m) => m,
         Err(e) => {
             eprintln!("nsproxyfs: {e}");

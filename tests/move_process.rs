@@ -19,7 +19,7 @@ use nix::sched::CloneFlags;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use nsproxyfs::errno;
-use nsproxyfs::mover::{MoveError, ProcessHandle, move_process};
+use nsproxyfs::transfer::{MoveError, ProcessHandle, move_process};
 
 fn have_root(test: &str) -> bool {
     if nix::unistd::geteuid().is_root() {
@@ -565,7 +565,7 @@ fn unprivileged_target_gets_eperm() {
         matches!(
             err,
             MoveError::Refused {
-                step: nsproxyfs::mover::Step::Setns,
+                step: nsproxyfs::transfer::Step::Setns,
                 ..
             }
         ),

@@ -470,8 +470,8 @@ fn the_right_to_trace_is_asked_again_once_the_target_is_stopped() {
     if !require_privileges("rights-recheck") {
         return;
     }
-    use nsproxyfs::mover::{self, FatalSeccomp, MoveError, ProcessHandle};
     use nsproxyfs::ns::creds::{self, Credentials};
+    use nsproxyfs::transfer::{self, FatalSeccomp, MoveError, ProcessHandle};
     let holder = target("unshare --uts sleep 1000");
     let victim = target("sleep 1000");
     let (pid, before) = (victim.pid(), ns_ino(victim.pid(), "uts"));
@@ -501,7 +501,7 @@ fn the_right_to_trace_is_asked_again_once_the_target_is_stopped() {
         }
     };
     let handle = ProcessHandle::open(pid).unwrap();
-    let got = mover::move_process_with(
+    let got = transfer::move_process_with(
         &handle,
         holder.pid(),
         kinds,
@@ -530,7 +530,7 @@ fn the_right_to_trace_is_asked_again_once_the_target_is_stopped() {
         }
     };
     let handle = ProcessHandle::open(pid).unwrap();
-    mover::move_process_with(
+    transfer::move_process_with(
         &handle,
         holder.pid(),
         kinds,

@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::*;
-use nsproxyfs::moving::{self, Mover};
+use nsproxyfs::mover::{self, Mover};
 use nsproxyfs::ns::Namespace;
 use nsproxyfs::ns::creds::Credentials;
 use nsproxyfs::service::{
@@ -74,7 +74,7 @@ impl Mover for Noted {
         _tracer: &Credentials,
         set: &[Arc<Namespace>; 8],
         _seized: &mut dyn FnMut(),
-    ) -> moving::Result<()> {
+    ) -> mover::Result<()> {
         self.0
             .lock()
             .unwrap()
@@ -328,9 +328,9 @@ impl Mover for Refusing {
         _tracer: &Credentials,
         _set: &[Arc<Namespace>; 8],
         _seized: &mut dyn FnMut(),
-    ) -> moving::Result<()> {
+    ) -> mover::Result<()> {
         *self.0.lock().unwrap() += 1;
-        Err(moving::Error::Daemon)
+        Err(mover::Error::Daemon)
     }
 
     fn released(&self, _ino: u64) {}

@@ -2,7 +2,7 @@
 //!
 //! Each trait method decodes its request (the caller, node ids, flags),
 //! calls the [`Service`], and turns its answer into a reply: attributes
-//! into [`FileAttr`], errors into their errno ([`Error::errno`]). A refusal
+//! into [`FileAttr`], errors into their errno ([`crate::errno::of`]). A refusal
 //! is logged once, here, with its reason, within its caller's allowance
 //! (see [`crate::service::refusals`]).
 

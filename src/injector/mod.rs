@@ -28,7 +28,7 @@
 //!   is a leader that exited while its group runs on: it stays attached to
 //!   the injector until the injector exits, which it does right after its
 //!   answer (the daemon does not use it again);
-//! * injector: `ok THREADS`, or `err` and the [`MoveError`](mover::MoveError)
+//! * injector: `ok THREADS`, or `err` and the [`MoveError`]
 //!   itself, which the daemon rebuilds (see [`wire`]), or `malformed`.
 //!
 //! An injector that sends anything else, or whose channel ends before the
@@ -45,7 +45,7 @@ use std::process::{Child, Command, Stdio};
 use nix::sched::CloneFlags;
 use parking_lot::Mutex;
 
-use crate::mover::{self, MoveError, ProcessHandle, Writer};
+use crate::transfer::{self, MoveError, ProcessHandle, Writer};
 use wire::{Answer, Request};
 
 /// Why the daemon got no answer from an injector, or the injector did not
@@ -108,7 +108,7 @@ const RECORD: usize = 4096;
 #[derive(Debug, Default)]
 pub struct Injectors {
     /// Whether moves go ahead for targets a seccomp filter would kill.
-    fatal_seccomp: mover::FatalSeccomp,
+    fatal_seccomp: transfer::FatalSeccomp,
     idle: Mutex<Vec<Injector>>,
     /// The pids of every injector started and not yet retired, idle or busy.
     live: Mutex<Vec<i32>>,
@@ -117,7 +117,7 @@ pub struct Injectors {
 impl Injectors {
     /// No injector yet: the first move starts one. `fatal_seccomp` is
     /// handed to every injector started.
-    pub fn new(fatal_seccomp: mover::FatalSeccomp) -> Injectors {
+    pub fn new(fatal_seccomp: transfer::FatalSeccomp) -> Injectors {
         Injectors {
             fatal_seccomp,
             idle: Mutex::default(),
@@ -279,12 +279,12 @@ impl Injector {
     /// even if the file was replaced since) with its end of the channel as
     /// standard input. exec, not a bare fork: the daemon is multithreaded,
     /// and a forked copy of it must not run code that takes locks.
-    fn spawn(fatal_seccomp: mover::FatalSeccomp) -> io::Result<Injector> {
+    fn spawn(fatal_seccomp: transfer::FatalSeccomp) -> io::Result<Injector> {
         let (channel, theirs) = sys::seqpacket_pair()?;
         let mut cmd = Command::new("/proc/self/exe");
         std::os::unix::process::CommandExt::arg0(&mut cmd, INJECTOR_NAME);
         cmd.arg(INJECTOR_ARG);
-        if fatal_seccomp == mover::FatalSeccomp::Allow {
+        if fatal_seccomp == transfer::FatalSeccomp::Allow {
             cmd.arg(ALLOW_FATAL_SECCOMP_ARG);
         }
         let child = cmd
@@ -346,16 +346,16 @@ fn bad_answer(record: &[u8]) -> Error {
 fn may_trace(
     creds: &Credentials,
     tids: &[nix::unistd::Pid],
-) -> std::result::Result<(), mover::MoveError> {
+) -> std::result::Result<(), transfer::MoveError> {
     let tids: Vec<i32> = tids.iter().map(|t| t.as_raw()).collect();
     match creds::may_attach_all(creds, &tids) {
         Ok(Ok(_)) => Ok(()),
-        Ok(Err((tid, _))) => Err(mover::MoveError::TraceDenied(tid)),
+        Ok(Err((tid, _))) => Err(transfer::MoveError::TraceDenied(tid)),
         // Unable to ask: refused, never assumed.
         Err(e) => {
             let first = tids.first().copied().unwrap_or(0);
             log::warn!("cannot ask again whether the caller may trace {first}: {e}");
-            Err(mover::MoveError::TraceDenied(first))
+            Err(transfer::MoveError::TraceDenied(first))
         }
     }
 }
@@ -369,11 +369,11 @@ pub const ALLOW_FATAL_SECCOMP_ARG: &str = "--allow-fatal-seccomp";
 /// arguments after [`INJECTOR_ARG`]; `errno_of` is the errno a writer
 /// moving itself sees for a move that fails after its write was answered
 /// ([`crate::errno::of_move`], handed down by the binary).
-pub fn serve(args: &[String], errno_of: mover::ErrnoOf) -> i32 {
+pub fn serve(args: &[String], errno_of: transfer::ErrnoOf) -> i32 {
     let fatal_seccomp = if args.iter().any(|a| a == ALLOW_FATAL_SECCOMP_ARG) {
-        mover::FatalSeccomp::Allow
+        transfer::FatalSeccomp::Allow
     } else {
-        mover::FatalSeccomp::Refuse
+        transfer::FatalSeccomp::Refuse
     };
     crate::sys::process::shield_from_signals();
     crate::sys::process::close_from(3);
@@ -426,10 +426,10 @@ pub fn serve(args: &[String], errno_of: mover::ErrnoOf) -> i32 {
 fn run_move(
     request: Request,
     pidfd: OwnedFd,
-    fatal_seccomp: mover::FatalSeccomp,
-    errno_of: mover::ErrnoOf,
+    fatal_seccomp: transfer::FatalSeccomp,
+    errno_of: transfer::ErrnoOf,
     say: &dyn Fn(&Answer),
-) -> std::result::Result<usize, mover::MoveError> {
+) -> std::result::Result<usize, transfer::MoveError> {
     let target = ProcessHandle::from_pidfd(pidfd)?;
     let mut seized = || say(&Answer::Seized);
     let writer = (request.writer != 0).then(|| Writer {
@@ -440,7 +440,7 @@ fn run_move(
     let kinds = CloneFlags::from_bits_retain(request.flags);
     let tracer = request.tracer.as_ref();
     let recheck = |tids: &[nix::unistd::Pid]| tracer.map_or(Ok(()), |c| may_trace(c, tids));
-    mover::move_process_with(
+    transfer::move_process_with(
         &target,
         request.holder,
         kinds,

@@ -19,8 +19,8 @@ use nix::errno::Errno;
 use nix::unistd::Pid;
 
 use crate::inject::{Op, TraceError, Unsupported};
-use crate::mover::{Call, MoveError, Step};
 use crate::ns::creds::Credentials;
+use crate::transfer::{Call, MoveError, Step};
 
 /// One move, as the daemon asks for it.
 #[derive(Debug, PartialEq, Eq)]

@@ -21,7 +21,7 @@ pub enum Error {
     Ns(#[from] NsError),
     /// A move failed; the process was left as it was.
     #[error(transparent)]
-    Move(#[from] crate::mover::MoveError),
+    Move(#[from] crate::transfer::MoveError),
     /// No answer came from the injector that was to run a move.
     #[error(transparent)]
     Injector(#[from] crate::injector::InjectorError),

@@ -66,7 +66,7 @@ pub use node::Node;
 
 use handles::Handle;
 
-use crate::moving::Mover;
+use crate::mover::Mover;
 use crate::ns::{self, Kind, Namespace};
 use crate::procfs;
 use crate::state::Recorder;

@@ -2,7 +2,7 @@
 //! run off the threads that carry requests (the FUSE workers).
 //!
 //! A move can wait seconds for its target to stop (see
-//! [`crate::mover::STOP_TIMEOUT`]). Were it run on the FUSE worker that
+//! [`crate::transfer::STOP_TIMEOUT`]). Were it run on the FUSE worker that
 //! received the write, a few such moves would hold every worker, and the
 //! whole mount, every `ls` included, would wait with them. So the worker
 //! only checks the request and hands the move to a thread of its own here;
@@ -391,10 +391,10 @@ impl Service {
     }
 }
 
-impl From<crate::moving::Error> for Error {
+impl From<crate::mover::Error> for Error {
     /// A move's failure, as the same request error it always was.
-    fn from(e: crate::moving::Error) -> Error {
-        use crate::moving::Error as M;
+    fn from(e: crate::mover::Error) -> Error {
+        use crate::mover::Error as M;
         match e {
             M::Move(e) => Error::Move(e),
             M::Ns(e) => Error::Ns(e),

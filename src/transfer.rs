@@ -1,0 +1,1698 @@
+//! Moving a running process, every thread of it, into the namespaces of a
+//! holder process.
+//!
+//! One move: pin the target (pidfd) -> stop every thread, re-reading
+//! `/proc/PID/task` until no new thread shows up -> inject
+//! `fd = pidfd_open(holder, 0); setns(fd, kinds); close(fd)`, from the join
+//! stub in one resume per thread where it can be written
+//! ([`inject::stub`]), else one single-stepped syscall per round for all
+//! threads at once -> let every thread go. Threads that share
+//! a descriptor table (as threads normally do; kcmp(2) tells) share the fd:
+//! the first of them opens and closes it, every thread calls `setns`.
+//! `setns` with a pidfd joins all the requested namespaces of the holder at
+//! once or none of them, so a thread is either moved or untouched.
+//!
+//! All or nothing across threads: no thread runs before every thread has
+//! moved. If one refuses, the threads already moved join the namespaces of a
+//! thread that has not (through a `PIDFD_THREAD` pidfd, opened inside the
+//! moved thread), which is the set they had before; then every register and
+//! signal mask is restored and the error of the refusing thread is returned.
+//!
+//! Limits the kernel imposes and that are passed on, not hidden:
+//! * with `CLONE_NEWNS` a thread sharing its `fs_struct` cannot join, so in a
+//!   multithreaded target each thread first runs `unshare(CLONE_FS)`: its
+//!   threads stop sharing cwd, root and umask, and that stays so even if the
+//!   move is then rolled back. Joining a mount namespace moves root and cwd to
+//!   that namespace's root, also when a rollback joins the old one again.
+//! * a multithreaded process cannot join a user or time namespace (EINVAL,
+//!   EUSERS); re-joining the user namespace it is in is EINVAL too, so the
+//!   caller passes only the kinds that change.
+//! * a seccomp filter of the target applies to the injected syscalls: an
+//!   `SECCOMP_RET_ERRNO` filter yields its errno, a killing filter kills.
+//!
+//! Nothing here takes a lock or knows about FUSE; everything runs on the
+//! calling thread, which must be the only one tracing the target.
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::fs;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::time::{Duration, Instant};
+
+use nix::errno::Errno;
+use nix::sched::CloneFlags;
+use nix::unistd::Pid;
+
+use crate::inject::stub::{Stub, StubPlan};
+use crate::inject::{self, Join, Op, Stopped, SyscallResult, TraceError, Tracee, Unsupported};
+use crate::procfs::{self, ProcDir, Stat, Status};
+use crate::sys;
+
+/// Rounds of re-reading `/proc/PID/task` before giving up on a process that
+/// keeps creating threads faster than they can be stopped.
+const MAX_ROUNDS: usize = 64;
+
+/// How long a move waits for the target's threads to stop before it gives
+/// up: a thread that sleeps where no signal reaches it (a vfork parent
+/// until its child execs or exits, a killable or uninterruptible wait)
+/// stops only when it wakes.
+pub const STOP_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// `PIDFD_THREAD` (Linux 6.9): a pidfd for one thread, not its group. The
+/// kernel defines it as `O_EXCL`.
+const PIDFD_THREAD: u64 = libc::O_EXCL as u64;
+
+/// The namespace kinds `setns` accepts, with their `/proc/TID/ns/` entry
+/// (for pid and time, the one `setns` changes).
+const KINDS: [(libc::c_int, &str); 8] = [
+    (libc::CLONE_NEWCGROUP, "cgroup"),
+    (libc::CLONE_NEWIPC, "ipc"),
+    (libc::CLONE_NEWNS, "mnt"),
+    (libc::CLONE_NEWNET, "net"),
+    (libc::CLONE_NEWPID, "pid_for_children"),
+    (libc::CLONE_NEWTIME, "time_for_children"),
+    (libc::CLONE_NEWUSER, "user"),
+    (libc::CLONE_NEWUTS, "uts"),
+];
+
+/// A pinned process: a pidfd plus the pid it had in our pid namespace when
+/// it was pinned. The pid is only trusted while the pidfd says the process
+/// is alive.
+#[derive(Debug)]
+pub struct ProcessHandle {
+    pidfd: OwnedFd,
+    tgid: Pid,
+}
+
+impl ProcessHandle {
+    /// Pins process `pid` (a thread-group id in our pid namespace).
+    pub fn open(pid: i32) -> Result<Self, MoveError> {
+        if pid <= 0 {
+            return Err(MoveError::Gone(pid));
+        }
+        let tgid = Pid::from_raw(pid);
+        match sys::pidfd::open(pid, 0).map_err(|e| errno_of(&e)) {
+            Ok(pidfd) => Ok(ProcessHandle { pidfd, tgid }),
+            Err(Errno::ESRCH) => Err(MoveError::Gone(pid)),
+            // EINVAL: a thread that is not a group leader.
+            Err(errno) => Err(MoveError::Pin { pid, errno }),
+        }
+    }
+
+    /// Takes over `pidfd`, pinned elsewhere as process `pid` (a thread-group
+    /// id in our pid namespace).
+    pub fn pinned(pidfd: OwnedFd, pid: i32) -> Result<Self, MoveError> {
+        if pid <= 0 {
+            return Err(MoveError::Gone(pid));
+        }
+        Ok(ProcessHandle {
+            pidfd,
+            tgid: Pid::from_raw(pid),
+        })
+    }
+
+    /// Takes over a pidfd pinned elsewhere; its pid is asked of the kernel.
+    pub fn from_pidfd(pidfd: OwnedFd) -> Result<Self, MoveError> {
+        let pid = match sys::pidfd::pid(pidfd.as_fd()).map_err(|e| errno_of(&e)) {
+            Ok(Some(pid)) => pid,
+            Ok(None) => Self::pid_from_fdinfo(&pidfd)?,
+            Err(Errno::ESRCH) => -1,
+            Err(errno) => return Err(MoveError::Pin { pid: -1, errno }),
+        };
+        // -1: the process is gone; 0: not visible in our pid namespace.
+        if pid <= 0 {
+            return Err(MoveError::Gone(pid));
+        }
+        Ok(ProcessHandle {
+            pidfd,
+            tgid: Pid::from_raw(pid),
+        })
+    }
+
+    /// The pid of a pidfd as `/proc/self/fdinfo` shows it (-1 once it has
+    /// exited), for kernels without `PIDFD_GET_INFO`.
+    fn pid_from_fdinfo(pidfd: &OwnedFd) -> Result<i32, MoveError> {
+        let path = format!("/proc/self/fdinfo/{}", pidfd.as_raw_fd());
+        let info = fs::read_to_string(path).map_err(MoveError::Proc)?;
+        let pid = info
+            .lines()
+            .find_map(|l| l.strip_prefix("Pid:"))
+            .and_then(|v| v.trim().parse::<i32>().ok())
+            .ok_or(MoveError::Pin {
+                pid: -1,
+                errno: Errno::EBADF,
+            })?;
+        Ok(pid)
+    }
+
+    /// The pid, in our pid namespace.
+    pub fn pid(&self) -> Pid {
+        self.tgid
+    }
+
+    /// The pidfd.
+    pub fn pidfd(&self) -> BorrowedFd<'_> {
+        self.pidfd.as_fd()
+    }
+
+    /// Whether the pinned process has not exited (a zombie has).
+    pub fn is_alive(&self) -> bool {
+        sys::pidfd::alive(self.pidfd.as_fd())
+    }
+
+    /// Whether the pinned process has exited or is on its way out: every
+    /// thread has exited or is exiting, or one has a SIGKILL pending (a
+    /// kill, or another thread's `exit_group`).
+    pub fn is_gone_or_dying(&self) -> bool {
+        !self.is_alive() || is_dying(self.tgid)
+    }
+}
+
+/// The injected step that failed in a thread.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    /// `unshare(CLONE_FS)`, before joining a mount namespace.
+    UnshareFs,
+    /// `pidfd_open(holder)`: the holder is not visible in the target's pid
+    /// namespace, or no descriptor is free.
+    PidfdOpen,
+    /// `setns(pidfd, kinds)`.
+    Setns,
+}
+
+impl fmt::Display for Step {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Step::UnshareFs => "unshare(CLONE_FS)",
+            Step::PidfdOpen => "pidfd_open",
+            Step::Setns => "setns",
+        })
+    }
+}
+
+/// A syscall a move injects, as a seccomp filter sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Call {
+    /// `unshare`.
+    Unshare,
+    /// `pidfd_open`.
+    PidfdOpen,
+    /// `setns`.
+    Setns,
+    /// `close`.
+    Close,
+}
+
+impl Call {
+    /// Every call a move injects.
+    pub const ALL: [Call; 4] = [Call::Unshare, Call::PidfdOpen, Call::Setns, Call::Close];
+
+    /// The syscall's name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Call::Unshare => "unshare",
+            Call::PidfdOpen => "pidfd_open",
+            Call::Setns => "setns",
+            Call::Close => "close",
+        }
+    }
+}
+
+impl fmt::Display for Call {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl Step {
+    /// Every step.
+    pub const ALL: [Step; 3] = [Step::UnshareFs, Step::PidfdOpen, Step::Setns];
+}
+
+/// Why a move did not happen. Unless stated otherwise, the target was left
+/// exactly as it was.
+#[derive(Debug, thiserror::Error)]
+pub enum MoveError {
+    /// The process exited (before or during the move).
+    #[error("process {0} is gone")]
+    Gone(i32),
+    /// The process has exited but is not reaped yet.
+    #[error("process {0} is a zombie")]
+    Zombie(i32),
+    /// Kernel threads have no user context to run a syscall in.
+    #[error("process {0} is a kernel thread")]
+    KernelThread(i32),
+    /// The calling process cannot trace itself.
+    #[error("refusing to move the calling process itself")]
+    SelfProcess,
+    /// Another tracer (debugger, strace) holds a thread; it is left alone.
+    #[error("thread {tid} is already traced by {tracer}")]
+    AlreadyTraced {
+        /// The traced thread.
+        tid: i32,
+        /// Its tracer.
+        tracer: i32,
+    },
+    /// The kernel refused to let us trace the process.
+    #[error("not permitted to trace thread {0}")]
+    TraceDenied(i32),
+    /// `kinds` holds something that is not a namespace kind.
+    #[error("not namespace kinds: {0:#x}")]
+    InvalidKinds(libc::c_int),
+    /// Pinning the pid failed.
+    #[error("cannot pin pid {pid}: {errno}")]
+    Pin {
+        /// The pid given.
+        pid: i32,
+        /// pidfd_open's errno.
+        errno: Errno,
+    },
+    /// A thread refused; threads moved before it were moved back.
+    #[error("thread {tid}: {step} failed: {errno} ({moved_back} threads moved back)")]
+    Refused {
+        /// The refusing thread.
+        tid: i32,
+        /// What it refused.
+        step: Step,
+        /// The kernel's errno, passed through.
+        errno: Errno,
+        /// Threads that had moved and were moved back.
+        moved_back: usize,
+    },
+    /// Moving threads back failed: the process is split across namespaces.
+    #[error("thread {tid} could not be moved back after {cause}")]
+    RollbackFailed {
+        /// A thread left in the new namespaces.
+        tid: i32,
+        /// The failure that made the rollback necessary.
+        cause: Box<MoveError>,
+    },
+    /// A seccomp filter of the target would kill it for a syscall the move
+    /// injects; nothing was injected.
+    #[error("thread {tid}: its seccomp filter would kill it for calling {syscall}")]
+    SeccompKills {
+        /// The thread whose filter kills.
+        tid: i32,
+        /// The syscall it would be killed for.
+        syscall: Call,
+    },
+    /// A thread is in strict seccomp mode, where any of the injected calls
+    /// would kill it; nothing was injected.
+    #[error("thread {0} is in strict seccomp mode: any injected call would kill it")]
+    SeccompStrict(i32),
+    /// A seccomp filter of the target hands one of the injected calls to
+    /// another process (a user-notification supervisor or a tracer), which
+    /// could fake its result or never answer; nothing was injected.
+    #[error("thread {tid}: its seccomp filter hands {syscall} to a supervisor or tracer")]
+    SeccompDelegates {
+        /// The thread whose filter delegates.
+        tid: i32,
+        /// The syscall it would hand over.
+        syscall: Call,
+    },
+    /// A thread did not stop within [`STOP_TIMEOUT`]. The threads that had
+    /// stopped were let go untouched; the stuck one is still attached, with
+    /// a stop requested, until the calling thread exits (which is why an
+    /// injector ends after this error): the kernel then drops the request
+    /// and the thread never notices.
+    #[error(
+        "thread {tid} did not stop within {waited:?} (a vfork parent, or a sleep no signal interrupts)"
+    )]
+    Stuck {
+        /// The thread that did not stop.
+        tid: i32,
+        /// How long the move waited.
+        waited: Duration,
+    },
+    /// An injected call reported success, but the thread is not where the
+    /// call would have put it (a seccomp supervisor or tracer answered in
+    /// the kernel's stead): the move was undone, and a descriptor the move
+    /// did not open was never closed.
+    #[error("thread {tid}: {step} reported success, but its effect is not there")]
+    Untrusted {
+        /// The thread.
+        tid: i32,
+        /// The call whose result was not true.
+        step: Step,
+    },
+    /// Threads kept appearing while the process was being stopped.
+    #[error("process {0} keeps creating threads")]
+    Unstable(i32),
+    /// No injection for this architecture or this process.
+    #[error("unsupported: {0}")]
+    Unsupported(Unsupported),
+    /// Tracing failed.
+    #[error(transparent)]
+    Trace(TraceError),
+    /// Reading `/proc` failed.
+    #[error("reading /proc: {0}")]
+    Proc(std::io::Error),
+}
+
+impl From<TraceError> for MoveError {
+    fn from(e: TraceError) -> Self {
+        match e {
+            TraceError::Gone(tid) => MoveError::Gone(tid.as_raw()),
+            TraceError::AlreadyTraced { tid, tracer } => MoveError::AlreadyTraced {
+                tid: tid.as_raw(),
+                tracer: tracer.as_raw(),
+            },
+            TraceError::Denied(tid) => MoveError::TraceDenied(tid.as_raw()),
+            TraceError::Unsupported(what) => MoveError::Unsupported(what),
+            e => MoveError::Trace(e),
+        }
+    }
+}
+
+impl MoveError {
+    /// Whether a thread of the target is still attached to the calling
+    /// thread after this error ([`MoveError::Stuck`]): the calling thread
+    /// must exit to let it go, and must trace nothing else meanwhile.
+    pub fn leaves_tracee_attached(&self) -> bool {
+        matches!(
+            self,
+            MoveError::Stuck { .. } | MoveError::Trace(TraceError::NotStopping(_))
+        )
+    }
+}
+
+/// What a successful move did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MoveReport {
+    /// Threads moved.
+    pub threads: usize,
+    /// Reads of `/proc/PID/task` until the thread list was stable.
+    pub rounds: usize,
+    /// Whether each thread had to `unshare(CLONE_FS)` first.
+    pub unshared_fs: bool,
+    /// Whether the calls ran from the join stub (one resume per thread)
+    /// rather than one single step each.
+    pub stub: bool,
+}
+
+/// `/proc/PID/stat` of `pid`, or why it cannot be read.
+fn proc_stat(pid: Pid) -> Result<Stat, MoveError> {
+    Stat::read(pid.as_raw()).map_err(MoveError::Proc)
+}
+
+/// The threads of `tgid`, in tid order.
+fn list_threads(tgid: Pid) -> Result<Vec<i32>, MoveError> {
+    procfs::tasks(tgid.as_raw()).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => MoveError::Gone(tgid.as_raw()),
+        _ => MoveError::Proc(e),
+    })
+}
+
+/// The errno of a system call's error.
+fn errno_of(e: &std::io::Error) -> Errno {
+    Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO))
+}
+
+fn is_kernel_thread(tid: Pid) -> bool {
+    proc_stat(tid).is_ok_and(|s| s.is_kernel_thread())
+}
+
+/// Whether thread `tid` has exited (a zombie, or gone already).
+fn is_zombie(tid: Pid) -> bool {
+    proc_stat(tid).map_or(true, |s| s.is_zombie())
+}
+
+/// Stops every thread of `tgid`. Returns them in tid order, and the number
+/// of `/proc/PID/task` reads it took.
+///
+/// `before_wait` runs once, after every thread of the first round is seized
+/// and asked to stop and before any stop is awaited: a thread blocked in a
+/// request that the caller must answer (see [`Writer`]) stops only once the
+/// answer is sent. If the move then gives up on a thread that does not
+/// stop, the write of thread `writer` is made to fail.
+fn stop_all(
+    tgid: Pid,
+    mut before_wait: Option<&mut dyn FnMut()>,
+    writer: Option<(Pid, ErrnoOf)>,
+) -> Result<(Vec<Tracee<Stopped>>, usize), MoveError> {
+    let mut stopped: Vec<Tracee<Stopped>> = Vec::new();
+    let mut seen = BTreeSet::new();
+    let mut deadline = None;
+    for round in 1..=MAX_ROUNDS {
+        let new: Vec<i32> = list_threads(tgid)?
+            .into_iter()
+            .filter(|t| !seen.contains(t))
+            .collect();
+        if new.is_empty() {
+            // Every listed thread is stopped, so none can have created a
+            // thread this read missed.
+            stopped.sort_by_key(|t| t.tid());
+            return Ok((stopped, round));
+        }
+        let mut running = Vec::with_capacity(new.len());
+        for &tid in &new {
+            seen.insert(tid);
+            match Tracee::seize_thread(tgid, Pid::from_raw(tid)) {
+                Ok(t) => running.push(t),
+                // Exited meanwhile, or a leader that exited before the
+                // other threads: nothing to move.
+                Err(TraceError::Gone(_)) => {}
+                Err(TraceError::Denied(t)) if is_zombie(t) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        if let Some(answer) = before_wait.take() {
+            answer();
+        }
+        // The leader last: see `inject::syscall_each`.
+        running.sort_by_key(|t| t.tid() == tgid);
+        let deadline = *deadline.get_or_insert_with(|| Instant::now() + STOP_TIMEOUT);
+        let mut stuck = None;
+        for t in running {
+            // Past a stuck thread the deadline has passed: the others are
+            // only asked whether they have stopped, and let go if so.
+            match t.wait_stop_until(Some(deadline)) {
+                Ok(t) => stopped.push(t),
+                Err(TraceError::Gone(_)) => {}
+                Err(TraceError::NotStopping(tid)) => {
+                    stuck.get_or_insert(tid);
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        if let Some(tid) = stuck {
+            let e = MoveError::Stuck {
+                tid: tid.as_raw(),
+                waited: STOP_TIMEOUT,
+            };
+            if let Some((tid, errno_of)) = writer
+                && let Some(w) = stopped.iter_mut().find(|t| t.tid() == tid)
+            {
+                // Its write was answered as a success.
+                let _ = w.set_result(-i64::from(errno_of(&e)));
+            }
+            return Err(e);
+        }
+    }
+    Err(MoveError::Unstable(tgid.as_raw()))
+}
+
+/// Namespace inode numbers of one thread, one per requested kind.
+/// `tasks` is the process's open `/proc/PID/task`.
+fn ns_ids(tasks: &ProcDir, tid: Pid, kinds: libc::c_int) -> Result<Vec<u64>, MoveError> {
+    // The thread's `ns` directory is looked up once for all the links.
+    let ns = tasks
+        .subdir(&format!("{tid}/ns"))
+        .map_err(MoveError::Proc)?;
+    KINDS
+        .iter()
+        .filter(|(flag, _)| kinds & flag != 0)
+        .map(|(_, name)| ns.inode(name).map_err(MoveError::Proc))
+        .collect()
+}
+
+/// The last NSpid entry: the thread's id in its own pid namespace, which is
+/// where an injected `pidfd_open` looks numbers up.
+fn own_ns_tid(tid: Pid) -> Result<i32, MoveError> {
+    let status = Status::read(tid.as_raw()).map_err(MoveError::Proc)?;
+    status
+        .field("NSpid")
+        .and_then(|v| v.split_whitespace().last())
+        .and_then(|v| v.parse().ok())
+        .ok_or(MoveError::Proc(std::io::Error::other(
+            "no NSpid in /proc/PID/status",
+        )))
+}
+
+/// What a move must find once it is done: the holder (its pid in our pid
+/// namespace) and, for each kind moved in [`KINDS`] order, the namespace
+/// `setns(pidfd_of_holder, kinds)` joins.
+#[derive(Debug)]
+struct Expected {
+    holder: i32,
+    inodes: Vec<u64>,
+}
+
+/// The holder whose pid in the target's pid namespace is `holder`, and the
+/// namespaces a join of `kinds` through it must end in (for pid and time:
+/// the ones it is in, which `setns` makes the target's children's).
+fn expected(target: Pid, holder: i32, kinds: libc::c_int) -> Result<Expected, MoveError> {
+    let refused = |errno: Errno| MoveError::Refused {
+        tid: target.as_raw(),
+        step: Step::PidfdOpen,
+        errno,
+        moved_back: 0,
+    };
+    let pidns = fs::File::open(format!("/proc/{target}/ns/pid")).map_err(MoveError::Proc)?;
+    let local = sys::ns::tgid_from_pidns(pidns.as_fd(), holder)
+        .map_err(|e| refused(e.raw_os_error().map_or(Errno::ESRCH, Errno::from_raw)))?;
+    let pin = ProcessHandle::open(local).map_err(|_| refused(Errno::ESRCH))?;
+    let ns = ProcDir::ns(local).map_err(|_| refused(Errno::ESRCH))?;
+    let inodes = KINDS
+        .iter()
+        .filter(|(flag, _)| kinds & flag != 0)
+        .map(|&(flag, entry)| {
+            let active = match flag {
+                libc::CLONE_NEWPID => "pid",
+                libc::CLONE_NEWTIME => "time",
+                _ => entry,
+            };
+            ns.inode(active).map_err(|_| refused(Errno::ESRCH))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    // The pin: the namespaces read are those of the process translated.
+    if !pin.is_alive() {
+        return Err(refused(Errno::ESRCH));
+    }
+    Ok(Expected {
+        holder: local,
+        inodes,
+    })
+}
+
+/// Whether descriptor `fd` of thread `tid` (of process `tgid`) is a pidfd
+/// of process `holder` (pid in our namespace): only then did the injected
+/// `pidfd_open` really open it, and only then may the move close it.
+fn is_pidfd_of(tgid: Pid, tid: Pid, fd: i64, holder: i32) -> bool {
+    let path = format!("/proc/{tgid}/task/{tid}/fdinfo/{fd}");
+    fs::read_to_string(path).is_ok_and(|info| {
+        info.lines()
+            .find_map(|l| l.strip_prefix("Pid:"))
+            .is_some_and(|p| p.trim().parse::<i32>() == Ok(holder))
+    })
+}
+
+/// How one thread's join went wrong.
+enum JoinFailure {
+    /// An injected syscall returned an error; the thread did not move.
+    Refused(Step, Errno),
+    /// Tracing failed; whether the thread moved is not known.
+    Trace(TraceError),
+    /// An injected call reported success that did not happen.
+    Untrusted(Step),
+}
+
+impl From<TraceError> for JoinFailure {
+    fn from(e: TraceError) -> Self {
+        JoinFailure::Trace(e)
+    }
+}
+
+fn run(
+    t: &mut Tracee<Stopped>,
+    nr: libc::c_long,
+    args: &[u64],
+) -> Result<SyscallResult, TraceError> {
+    let mut all = [0u64; 6];
+    all[..args.len()].copy_from_slice(args);
+    t.syscall(nr, all)
+}
+
+/// Makes thread `t` join the namespaces (`kinds`) of the process or thread
+/// `source` (numbered in the target's pid namespace), then restores its
+/// registers; it stays stopped.
+fn join(
+    t: &mut Tracee<Stopped>,
+    source: i32,
+    pidfd_flags: u64,
+    kinds: libc::c_int,
+    unshare_fs: bool,
+) -> Result<(), JoinFailure> {
+    if unshare_fs {
+        run(t, libc::SYS_unshare, &[libc::CLONE_FS as u64])?
+            .map_err(|e| JoinFailure::Refused(Step::UnshareFs, e))?;
+    }
+    let fd = run(t, libc::SYS_pidfd_open, &[source as u64, pidfd_flags])?
+        .map_err(|e| JoinFailure::Refused(Step::PidfdOpen, e))?;
+    let joined = run(t, libc::SYS_setns, &[fd as u64, kinds as u64]);
+    // Close even if setns failed; a tracer failure here still reports.
+    let closed = run(t, libc::SYS_close, &[fd as u64]);
+    let joined = joined?;
+    match closed {
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => log::warn!("thread {}: closing injected pidfd {fd}: {e}", t.tid()),
+        Err(e) if joined.is_ok() => {
+            log::error!("thread {}: pidfd {fd} left open: {e}", t.tid());
+        }
+        Err(e) => return Err(e.into()),
+    }
+    joined.map_err(|e| JoinFailure::Refused(Step::Setns, e))?;
+    t.restore()?;
+    Ok(())
+}
+
+/// Six syscall arguments from the first few.
+fn args(first: &[u64]) -> [u64; 6] {
+    let mut all = [0u64; 6];
+    all[..first.len()].copy_from_slice(first);
+    all
+}
+
+/// Records the first failure of a round of injected syscalls (by thread
+/// order); returns the successful values.
+fn sift(
+    round: Vec<Option<Result<SyscallResult, TraceError>>>,
+    step: Step,
+    failure: &mut Option<(usize, JoinFailure)>,
+) -> Vec<Option<i64>> {
+    round
+        .into_iter()
+        .enumerate()
+        .map(|(i, outcome)| match outcome? {
+            Ok(Ok(value)) => Some(value),
+            Ok(Err(errno)) => {
+                failure.get_or_insert((i, JoinFailure::Refused(step, errno)));
+                None
+            }
+            Err(e) => {
+                failure.get_or_insert((i, JoinFailure::Trace(e)));
+                None
+            }
+        })
+        .collect()
+}
+
+/// For each thread, the index of the first thread that shares its
+/// descriptor table (itself if none before it does). Without kcmp every
+/// thread counts as having a table of its own.
+fn fd_tables(threads: &[Tracee<Stopped>]) -> Result<Vec<usize>, MoveError> {
+    let mut tables: Vec<usize> = Vec::with_capacity(threads.len());
+    let mut openers: Vec<usize> = Vec::new();
+    for (i, t) in threads.iter().enumerate() {
+        let mut table = i;
+        for &o in &openers {
+            match sys::process::same_files(threads[o].tid(), t.tid()) {
+                Ok(Some(true)) => {
+                    table = o;
+                    break;
+                }
+                Ok(Some(false)) => {}
+                Ok(None) => return Ok((0..threads.len()).collect()),
+                Err(errno) => {
+                    return Err(MoveError::Trace(TraceError::Os {
+                        tid: t.tid(),
+                        op: Op::Kcmp,
+                        errno,
+                    }));
+                }
+            }
+        }
+        if table == i {
+            openers.push(i);
+        }
+        tables.push(table);
+    }
+    Ok(tables)
+}
+
+/// Makes every thread join the holder's namespaces, one injected syscall per
+/// round for all threads at once. Threads that share a descriptor table
+/// (`tables`, see [`fd_tables`]) share one pidfd: the first of them opens it
+/// and closes it again once all have joined, so every pidfd opened is closed
+/// again. On failure returns the first failing thread (in tid order) and why;
+/// threads may then have moved or not, which the caller checks.
+fn join_all(
+    threads: &mut [Tracee<Stopped>],
+    tables: &[usize],
+    holder: i32,
+    expected: &Expected,
+    kinds: libc::c_int,
+    unshare_fs: bool,
+) -> Result<(), (usize, JoinFailure)> {
+    let n = threads.len();
+    let mut failure = None;
+    if unshare_fs {
+        let calls = vec![Some((libc::SYS_unshare, args(&[libc::CLONE_FS as u64]))); n];
+        sift(
+            inject::syscall_each(threads, &calls),
+            Step::UnshareFs,
+            &mut failure,
+        );
+        if let Some(f) = failure {
+            return Err(f);
+        }
+    }
+    let opens = |i: usize| tables.get(i) == Some(&i);
+    let calls: Vec<_> = (0..n)
+        .map(|i| opens(i).then(|| (libc::SYS_pidfd_open, args(&[holder as u64, 0]))))
+        .collect();
+    let mut fds = sift(
+        inject::syscall_each(threads, &calls),
+        Step::PidfdOpen,
+        &mut failure,
+    );
+    // A result that is not a pidfd of the holder was not made by the
+    // kernel's pidfd_open: whatever descriptor it names is the target's own.
+    for (i, fd) in fds.iter_mut().enumerate() {
+        if let Some(value) = *fd {
+            let t = &threads[i];
+            if !is_pidfd_of(t.tgid(), t.tid(), value, expected.holder) {
+                log::error!(
+                    "thread {}: injected pidfd_open returned {value}, which is not a pidfd \
+                     of the holder; it is left alone",
+                    t.tid()
+                );
+                *fd = None;
+                failure.get_or_insert((i, JoinFailure::Untrusted(Step::PidfdOpen)));
+            }
+        }
+    }
+    if failure.is_none() {
+        let calls: Vec<_> = (0..n)
+            .map(|i| {
+                let fd = tables.get(i).and_then(|&o| fds.get(o).copied().flatten());
+                fd.map(|fd| (libc::SYS_setns, args(&[fd as u64, kinds as u64])))
+            })
+            .collect();
+        sift(
+            inject::syscall_each(threads, &calls),
+            Step::Setns,
+            &mut failure,
+        );
+    }
+    let calls: Vec<_> = fds
+        .iter()
+        .map(|fd| fd.map(|fd| (libc::SYS_close, args(&[fd as u64]))))
+        .collect();
+    for (i, closed) in inject::syscall_each(threads, &calls)
+        .into_iter()
+        .enumerate()
+    {
+        match closed {
+            None | Some(Ok(Ok(_))) => {}
+            Some(Ok(Err(e))) => {
+                log::warn!("thread {}: closing injected pidfd: {e}", threads[i].tid())
+            }
+            Some(Err(e)) => {
+                log::error!(
+                    "thread {}: injected pidfd may be left open: {e}",
+                    threads[i].tid()
+                );
+                failure.get_or_insert((i, JoinFailure::Trace(e)));
+            }
+        }
+    }
+    match failure {
+        Some(f) => Err(f),
+        None => Ok(()),
+    }
+}
+
+/// The lowest descriptor number free in thread `tid`'s table: the one the
+/// kernel gives the next descriptor opened there, as long as nothing that
+/// shares the table opens or closes one meanwhile.
+fn lowest_free_fd(tgid: Pid, tid: Pid) -> Result<i64, MoveError> {
+    let dir = fs::read_dir(format!("/proc/{tgid}/task/{tid}/fd")).map_err(MoveError::Proc)?;
+    let mut used: Vec<i64> = dir
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse().ok())
+        .collect();
+    used.sort_unstable();
+    let mut free = 0;
+    for fd in used {
+        if fd == free {
+            free += 1;
+        } else if fd > free {
+            break;
+        }
+    }
+    Ok(free)
+}
+
+/// [`join_all`] through the join stub: each thread runs its `unshare`,
+/// `pidfd_open`, `setns` and `close` in one resume instead of one single
+/// step each. Threads that share a descriptor table share one pidfd: the
+/// first of them (the opener) runs the stub first, opening it; the others
+/// then run it all at once, joining through that descriptor; an opener
+/// alone with its table closes the pidfd inside the stub, the others'
+/// are closed by one single step once the stub is out of the target.
+///
+/// The pidfd is checked before anyone closes it: the stub goes on to
+/// `setns` and `close` only if `pidfd_open` returned the lowest free
+/// number of the table (read before), which the kernel's `pidfd_open`
+/// gives, and a descriptor at a number free before the move is none of
+/// the target's own. Any other result stops the stub before the
+/// descriptor is used, and is then checked as [`join_all`] checks it.
+///
+/// The stub's bytes are put back before this returns, whatever happened.
+#[allow(clippy::too_many_arguments)]
+fn join_all_stub(
+    threads: &mut [Tracee<Stopped>],
+    tables: &[usize],
+    stub: Stub,
+    holder: i32,
+    expected: &Expected,
+    kinds: libc::c_int,
+    unshare_fs: bool,
+) -> Result<(), (usize, JoinFailure)> {
+    let n = threads.len();
+    let entry = stub.entry();
+    let unshare = if unshare_fs { libc::CLONE_FS } else { 0 };
+    let mut failure: Option<(usize, JoinFailure)> = None;
+    let opens = |i: usize| tables.get(i) == Some(&i);
+    let alone = |i: usize| (0..n).all(|j| j == i || tables.get(j) != Some(&i));
+    // Phase one: the openers.
+    let mut joins: Vec<Option<Join>> = vec![None; n];
+    for (i, join) in joins.iter_mut().enumerate() {
+        if !opens(i) {
+            continue;
+        }
+        let t = &threads[i];
+        match lowest_free_fd(t.tgid(), t.tid()) {
+            Ok(expect_fd) => {
+                *join = Some(Join {
+                    unshare,
+                    fd: None,
+                    pid: holder,
+                    expect_fd,
+                    kinds,
+                    close: alone(i),
+                });
+            }
+            Err(MoveError::Proc(e)) => {
+                failure.get_or_insert((i, JoinFailure::Trace(proc_failure(t.tid(), e))));
+            }
+            Err(_) => {
+                failure.get_or_insert((i, JoinFailure::Untrusted(Step::PidfdOpen)));
+            }
+        }
+    }
+    // Per thread: the pidfd its table shares, if one was opened, and
+    // whether it is still open (to be closed by a single step).
+    let mut fds: Vec<Option<i64>> = vec![None; n];
+    let mut open: Vec<bool> = vec![false; n];
+    // Openers whose pidfd came with another number than expected, checked
+    // and found genuine: their setns is a single step.
+    let mut stepped: Vec<usize> = Vec::new();
+    if failure.is_none() {
+        let outcomes = inject::join_each(threads, entry, &joins);
+        for (i, outcome) in outcomes.into_iter().enumerate() {
+            let (Some(outcome), Some(join)) = (outcome, joins[i]) else {
+                continue;
+            };
+            let outcome = match outcome {
+                Ok(o) => o,
+                Err(e) => {
+                    failure.get_or_insert((i, JoinFailure::Trace(e)));
+                    continue;
+                }
+            };
+            if let Some(f) = unshare_failure(outcome.unshare) {
+                failure.get_or_insert((i, f));
+                continue;
+            }
+            let opened = outcome.opened.map(inject::decode);
+            match opened {
+                Some(Ok(fd)) if fd == join.expect_fd => {}
+                Some(Ok(fd)) => {
+                    // The kernel gave another number (something outside the
+                    // stopped threads shares the table), or the result was
+                    // not the kernel's: checked as a single step's is.
+                    let t = &threads[i];
+                    if is_pidfd_of(t.tgid(), t.tid(), fd, expected.holder) {
+                        fds[i] = Some(fd);
+                        open[i] = true;
+                        stepped.push(i);
+                    } else {
+                        log::error!(
+                            "thread {}: injected pidfd_open returned {fd}, which is not a \
+                             pidfd of the holder; it is left alone",
+                            t.tid()
+                        );
+                        failure.get_or_insert((i, JoinFailure::Untrusted(Step::PidfdOpen)));
+                    }
+                    continue;
+                }
+                Some(Err(errno)) => {
+                    failure.get_or_insert((i, JoinFailure::Refused(Step::PidfdOpen, errno)));
+                    continue;
+                }
+                None => {
+                    failure.get_or_insert((i, JoinFailure::Untrusted(Step::PidfdOpen)));
+                    continue;
+                }
+            }
+            fds[i] = Some(join.expect_fd);
+            open[i] = outcome.close.is_none();
+            if let Some(closed) = outcome.close
+                && let Err(e) = inject::decode(closed)
+            {
+                log::warn!("thread {}: closing injected pidfd: {e}", threads[i].tid());
+            }
+            match outcome.setns.map(inject::decode) {
+                Some(Ok(_)) => {}
+                Some(Err(errno)) => {
+                    failure.get_or_insert((i, JoinFailure::Refused(Step::Setns, errno)));
+                }
+                None => {
+                    failure.get_or_insert((i, JoinFailure::Untrusted(Step::Setns)));
+                }
+            }
+        }
+    }
+    for i in stepped {
+        if failure.is_some() {
+            break;
+        }
+        let Some(fd) = fds[i] else { continue };
+        match run(&mut threads[i], libc::SYS_setns, &[fd as u64, kinds as u64]) {
+            Ok(Ok(_)) => {}
+            Ok(Err(errno)) => failure = Some((i, JoinFailure::Refused(Step::Setns, errno))),
+            Err(e) => failure = Some((i, JoinFailure::Trace(e))),
+        }
+    }
+    // Phase two: every other thread, all at once, through its opener's fd.
+    if failure.is_none() {
+        let joins: Vec<Option<Join>> = (0..n)
+            .map(|i| {
+                let opener = *tables.get(i)?;
+                if opener == i {
+                    return None;
+                }
+                fds[opener].map(|fd| Join {
+                    unshare,
+                    fd: Some(fd),
+                    pid: 0,
+                    expect_fd: fd,
+                    kinds,
+                    close: false,
+                })
+            })
+            .collect();
+        if joins.iter().any(Option::is_some) {
+            for (i, outcome) in inject::join_each(threads, entry, &joins)
+                .into_iter()
+                .enumerate()
+            {
+                let f = match outcome {
+                    None => continue,
+                    Some(Err(e)) => JoinFailure::Trace(e),
+                    Some(Ok(o)) => {
+                        match (unshare_failure(o.unshare), o.setns.map(inject::decode)) {
+                            (Some(f), _) => f,
+                            (None, Some(Ok(_))) => continue,
+                            (None, Some(Err(errno))) => JoinFailure::Refused(Step::Setns, errno),
+                            (None, None) => JoinFailure::Untrusted(Step::Setns),
+                        }
+                    }
+                };
+                failure.get_or_insert((i, f));
+            }
+        }
+    }
+    // The stub goes before any thread is stepped at the syscall site again
+    // or let go.
+    if let Err(e) = stub.restore() {
+        log::error!("the join stub could not be taken out again: {e}");
+        failure = Some((0, JoinFailure::Trace(e)));
+    }
+    let calls: Vec<_> = (0..n)
+        .map(|i| {
+            let fd = fds[i].filter(|_| open[i])?;
+            Some((libc::SYS_close, args(&[fd as u64])))
+        })
+        .collect();
+    if calls.iter().any(Option::is_some) {
+        for (i, closed) in inject::syscall_each(threads, &calls)
+            .into_iter()
+            .enumerate()
+        {
+            match closed {
+                None | Some(Ok(Ok(_))) => {}
+                Some(Ok(Err(e))) => {
+                    log::warn!("thread {}: closing injected pidfd: {e}", threads[i].tid())
+                }
+                Some(Err(e)) => {
+                    log::error!(
+                        "thread {}: injected pidfd may be left open: {e}",
+                        threads[i].tid()
+                    );
+                    failure.get_or_insert((i, JoinFailure::Trace(e)));
+                }
+            }
+        }
+    }
+    match failure {
+        Some(f) => Err(f),
+        None => Ok(()),
+    }
+}
+
+/// The failure an `unshare` result of the join stub stands for, if any.
+fn unshare_failure(result: Option<i64>) -> Option<JoinFailure> {
+    match result.map(inject::decode)? {
+        Ok(0) => None,
+        Err(errno) => Some(JoinFailure::Refused(Step::UnshareFs, errno)),
+        // Not a result the kernel's unshare gives.
+        Ok(_) => Some(JoinFailure::Untrusted(Step::UnshareFs)),
+    }
+}
+
+/// Moves every thread of `target` into the namespaces of kinds `kinds` of the
+/// holder process, whose pid in the target's pid namespace is
+/// `holder_pid_in_target_ns`.
+///
+/// Pass only the kinds that differ between target and holder. An empty
+/// `kinds` does nothing.
+pub fn move_process(
+    target: &ProcessHandle,
+    holder_pid_in_target_ns: i32,
+    kinds: CloneFlags,
+) -> Result<MoveReport, MoveError> {
+    move_process_answering(target, holder_pid_in_target_ns, kinds, None)
+}
+
+/// A thread of the target blocked in a request that only the caller can
+/// answer: the writer of `echo $$ > tasks`, waiting for the daemon's reply
+/// to its write().
+///
+/// It can reach a ptrace stop only on its way back to user space, so the
+/// move seizes every thread and asks it to stop, then calls `answer` (which
+/// must send a successful reply), then waits for the stops: the writer's
+/// comes at the exit of its write(), before it runs another instruction. If
+/// the move then fails, the writer's write() is made to return `-errno`
+/// instead, so the caller still sees the failure.
+pub struct Writer<'a> {
+    /// The blocked thread.
+    pub tid: Pid,
+    /// Sends the reply that unblocks it.
+    pub answer: &'a mut dyn FnMut(),
+    /// The errno its write() returns for a move that fails after the reply:
+    /// the filesystem's own mapping ([`crate::errno::of_move`]), handed down
+    /// by the caller so that this layer does not depend on the one that
+    /// decides errnos.
+    pub errno_of: ErrnoOf,
+}
+
+/// How a move's error becomes the errno a caller sees.
+pub type ErrnoOf = fn(&MoveError) -> i32;
+
+impl fmt::Debug for Writer<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Writer")
+            .field("tid", &self.tid)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What to do with a target whose seccomp filter would kill it for one of
+/// the calls a move injects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum FatalSeccomp {
+    /// Refuse the move (`EPERM`) before anything is injected.
+    #[default]
+    Refuse,
+    /// Inject anyway: the filter kills the process (the daemon was started
+    /// with `--allow-fatal-seccomp`).
+    Allow,
+}
+
+/// [`move_process`], for a target one of whose threads is a [`Writer`].
+/// When `writer` is given, `answer` is called exactly once unless this
+/// returns an error before any thread was asked to stop.
+pub fn move_process_answering(
+    target: &ProcessHandle,
+    holder_pid_in_target_ns: i32,
+    kinds: CloneFlags,
+    writer: Option<Writer<'_>>,
+) -> Result<MoveReport, MoveError> {
+    move_process_with(
+        target,
+        holder_pid_in_target_ns,
+        kinds,
+        writer,
+        FatalSeccomp::Refuse,
+        None,
+    )
+}
+
+/// Asks again, once every thread of the target is stopped and before
+/// anything is injected, whether the one who asked for the move may trace
+/// each of them (the thread ids given); the move is refused if not.
+pub type Recheck<'a> = &'a dyn Fn(&[Pid]) -> Result<(), MoveError>;
+
+/// [`move_process_answering`], with a choice about seccomp filters that
+/// would kill the target.
+///
+/// Whatever the outcome, no thread of the target is still traced when this
+/// returns (but a leader that exited while its group runs on, which only
+/// the tracer's exit lets go of: see [`inject::still_traced`]). A target
+/// that died during the move is [`MoveError::Gone`], whichever step noticed.
+pub fn move_process_with(
+    target: &ProcessHandle,
+    holder_pid_in_target_ns: i32,
+    kinds: CloneFlags,
+    writer: Option<Writer<'_>>,
+    fatal_seccomp: FatalSeccomp,
+    recheck: Option<Recheck<'_>>,
+) -> Result<MoveReport, MoveError> {
+    let result = move_traced(
+        target,
+        holder_pid_in_target_ns,
+        kinds,
+        writer,
+        fatal_seccomp,
+        recheck,
+    );
+    inject::settle();
+    match result {
+        Err(MoveError::Gone(pid)) => Err(MoveError::Gone(pid)),
+        Err(MoveError::Zombie(pid)) => Err(MoveError::Zombie(pid)),
+        Err(e) if target.is_gone_or_dying() => {
+            log::debug!("process {}: {e}, and it is dying", target.pid());
+            Err(MoveError::Gone(target.pid().as_raw()))
+        }
+        result => result,
+    }
+}
+
+/// Whether every thread of `tgid` has exited or is exiting, or one has a
+/// SIGKILL pending; gone counts as dying.
+fn is_dying(tgid: Pid) -> bool {
+    let Ok(tids) = list_threads(tgid) else {
+        return true;
+    };
+    let mut all_exiting = true;
+    for tid in tids {
+        let tid = Pid::from_raw(tid);
+        let exiting = proc_stat(tid).map_or(true, |s| s.is_exiting());
+        if !exiting {
+            all_exiting = false;
+        }
+        if Status::read_task(tgid.as_raw(), tid.as_raw()).is_ok_and(|s| s.sigkill_pending()) {
+            return true;
+        }
+    }
+    all_exiting
+}
+
+fn move_traced(
+    target: &ProcessHandle,
+    holder_pid_in_target_ns: i32,
+    kinds: CloneFlags,
+    mut writer: Option<Writer<'_>>,
+    fatal_seccomp: FatalSeccomp,
+    recheck: Option<Recheck<'_>>,
+) -> Result<MoveReport, MoveError> {
+    let kinds = kinds.bits();
+    let known = KINDS.iter().fold(0, |all, (flag, _)| all | flag);
+    if kinds & !known != 0 {
+        return Err(MoveError::InvalidKinds(kinds));
+    }
+    if kinds == 0 {
+        return Ok(MoveReport {
+            threads: 0,
+            rounds: 0,
+            unshared_fs: false,
+            stub: false,
+        });
+    }
+    let tgid = target.pid();
+    if tgid == nix::unistd::getpid() {
+        return Err(MoveError::SelfProcess);
+    }
+    if !target.is_alive() {
+        return Err(MoveError::Gone(tgid.as_raw()));
+    }
+
+    let waiting = writer.as_ref().map(|w| (w.tid, w.errno_of));
+    let answer = writer.as_mut().map(|w| &mut w.answer as &mut dyn FnMut());
+    // Kernel threads and zombies cannot be seized: they are told apart
+    // (for the error) only then, so a move does not pay for reading
+    // /proc/PID/stat.
+    let (mut threads, rounds) = stop_all(tgid, answer, waiting).map_err(|e| match e {
+        MoveError::TraceDenied(_) if is_kernel_thread(tgid) => {
+            MoveError::KernelThread(tgid.as_raw())
+        }
+        e => e,
+    })?;
+    if threads.is_empty() && is_zombie(tgid) {
+        return Err(MoveError::Zombie(tgid.as_raw()));
+    }
+    // The pin: if the pinned process still lives, the pid read from /proc
+    // was its own all along, and so are the threads listed under it.
+    if threads.is_empty() || !target.is_alive() {
+        return Err(MoveError::Gone(tgid.as_raw()));
+    }
+    // From here on a writer's write has been answered as a success: a
+    // refusal must change its return value (see below).
+    let refused = |threads: &mut [Tracee<Stopped>], e: MoveError| {
+        if let Some((tid, errno_of)) = waiting
+            && let Some(w) = threads.iter_mut().find(|t| t.tid() == tid)
+            && let Err(te) = w.set_result(-i64::from(errno_of(&e)))
+        {
+            log::warn!("thread {}: cannot report the refusal: {te}", w.tid());
+        }
+        e
+    };
+    // The right to trace, asked again now that nothing of the target runs:
+    // an exec (of a setuid program, say) between the daemon's check and
+    // the attach cannot carry a process the caller may not trace into the
+    // move.
+    if let Some(recheck) = recheck {
+        let tids: Vec<Pid> = threads.iter().map(|t| t.tid()).collect();
+        recheck(&tids).map_err(|e| refused(&mut threads, e))?;
+    }
+    if threads.iter().any(|t| !t.regs().is_native()) {
+        return Err(refused(
+            &mut threads,
+            MoveError::Unsupported(Unsupported::CompatProcess),
+        ));
+    }
+    share_syscall_site(&mut threads).map_err(|e| refused(&mut threads, e))?;
+    let multi = threads.len() > 1;
+    // What each thread is in before, for a rollback; and the kinds some
+    // thread has a namespace of its own in.
+    let (kinds, originals) = if multi {
+        let read = ProcDir::tasks(tgid.as_raw())
+            .map_err(MoveError::Proc)
+            .and_then(|tasks| per_thread_kinds(&tasks, &threads, kinds));
+        read.map_err(|e| refused(&mut threads, e))?
+    } else {
+        (kinds, Vec::new())
+    };
+    // Where the join stub would go; the seccomp check must see its calls
+    // coming from there.
+    let site = threads.first_mut().map(|t| t.syscall_site()).transpose();
+    let plan = site
+        .and_then(|site| match site {
+            Some(site) => StubPlan::find(&threads, site),
+            None => Ok(None),
+        })
+        .map_err(|e| refused(&mut threads, e.into()))?;
+    let stub_ips = plan.as_ref().map(StubPlan::call_ips);
+    match (
+        check_seccomp(&mut threads, holder_pid_in_target_ns, kinds, stub_ips),
+        fatal_seccomp,
+    ) {
+        // Allowed: the injected call kills the process, and the move
+        // reports it gone.
+        (
+            Err(MoveError::SeccompKills { .. } | MoveError::SeccompStrict(_)),
+            FatalSeccomp::Allow,
+        ) => {}
+        (result, _) => result.map_err(|e| refused(&mut threads, e))?,
+    }
+
+    let unshare_fs = multi && kinds & libc::CLONE_NEWNS != 0;
+
+    let result = expected(tgid, holder_pid_in_target_ns, kinds).and_then(|expected| {
+        join_or_roll_back(
+            tgid,
+            &mut threads,
+            plan,
+            holder_pid_in_target_ns,
+            &expected,
+            kinds,
+            unshare_fs,
+            &originals,
+        )
+    });
+    if let Err(e) = &result
+        && let Some((tid, errno_of)) = waiting
+        && let Some(w) = threads.iter_mut().find(|t| t.tid() == tid)
+    {
+        // The write was answered as a success; make it report the failure.
+        w.set_result(-i64::from(errno_of(e)))?;
+    }
+    let stub = result?;
+    let count = threads.len();
+    detach_all(threads)?;
+    Ok(MoveReport {
+        threads: count,
+        rounds,
+        unshared_fs: unshare_fs,
+        stub,
+    })
+}
+
+/// Kinds a thread can join or unshare on its own, and be left in by a
+/// decision taken from another thread (user and time namespaces cannot
+/// differ between threads that could be moved; a thread's own pid
+/// namespace for children is left as the caller decided).
+const PER_THREAD_KINDS: libc::c_int = libc::CLONE_NEWCGROUP
+    | libc::CLONE_NEWIPC
+    | libc::CLONE_NEWNS
+    | libc::CLONE_NEWNET
+    | libc::CLONE_NEWUTS;
+
+/// Reads every thread's namespaces and widens `kinds` by those in which a
+/// thread differs from the first: the caller chose `kinds` from one thread,
+/// the first (the leader, or the first live one), whose namespace of any
+/// other kind is the container's already, so a thread in another one
+/// joined or unshared it on its own and must change too. Returns the kinds
+/// and, per thread, its namespaces of those kinds (for a rollback).
+fn per_thread_kinds(
+    tasks: &ProcDir,
+    threads: &[Tracee<Stopped>],
+    kinds: libc::c_int,
+) -> Result<(libc::c_int, Vec<Vec<u64>>), MoveError> {
+    let read = kinds | PER_THREAD_KINDS;
+    let all = threads
+        .iter()
+        .map(|t| ns_ids(tasks, t.tid(), read))
+        .collect::<Result<Vec<_>, _>>()?;
+    let flags: Vec<libc::c_int> = KINDS
+        .iter()
+        .map(|&(flag, _)| flag)
+        .filter(|flag| read & flag != 0)
+        .collect();
+    let mut wider = kinds;
+    if let Some(first) = all.first() {
+        for (i, &flag) in flags.iter().enumerate() {
+            if all.iter().any(|ids| ids[i] != first[i]) {
+                wider |= flag;
+            }
+        }
+    }
+    let originals = all
+        .into_iter()
+        .map(|ids| {
+            ids.into_iter()
+                .zip(&flags)
+                .filter(|(_, flag)| wider & **flag != 0)
+                .map(|(id, _)| id)
+                .collect()
+        })
+        .collect();
+    Ok((wider, originals))
+}
+
+/// Joins every thread; on a failure, moves the threads that had moved back.
+/// Returns whether the join stub ran the calls.
+#[allow(clippy::too_many_arguments)]
+fn join_or_roll_back(
+    tgid: Pid,
+    threads: &mut [Tracee<Stopped>],
+    plan: Option<StubPlan>,
+    holder_pid_in_target_ns: i32,
+    expected: &Expected,
+    kinds: libc::c_int,
+    unshare_fs: bool,
+    originals: &[Vec<u64>],
+) -> Result<bool, MoveError> {
+    let multi = threads.len() > 1;
+    let tables = fd_tables(threads)?;
+    let stub = plan.map(StubPlan::write).transpose()?;
+    let used_stub = stub.is_some();
+    let joined = match stub {
+        Some(stub) => join_all_stub(
+            threads,
+            &tables,
+            stub,
+            holder_pid_in_target_ns,
+            expected,
+            kinds,
+            unshare_fs,
+        ),
+        None => join_all(
+            threads,
+            &tables,
+            holder_pid_in_target_ns,
+            expected,
+            kinds,
+            unshare_fs,
+        ),
+    }
+    .and_then(|()| verify(tgid, threads, expected, kinds));
+    if let Err((i, failure)) = joined {
+        let tid = threads[i].tid().as_raw();
+        let cause = match failure {
+            JoinFailure::Refused(step, errno) => MoveError::Refused {
+                tid,
+                step,
+                errno,
+                moved_back: 0,
+            },
+            JoinFailure::Trace(e) => MoveError::from(e),
+            JoinFailure::Untrusted(step) => MoveError::Untrusted { tid, step },
+        };
+        if !multi {
+            return Err(cause);
+        }
+        return Err(roll_back(tgid, threads, originals, kinds, cause));
+    }
+    Ok(used_stub)
+}
+
+/// Checks that every thread is in the namespaces the holder's are, as
+/// every `setns` said: a result faked by a seccomp supervisor or tracer
+/// would say so without doing it.
+fn verify(
+    tgid: Pid,
+    threads: &[Tracee<Stopped>],
+    expected: &Expected,
+    kinds: libc::c_int,
+) -> Result<(), (usize, JoinFailure)> {
+    let tasks = ProcDir::tasks(tgid.as_raw())
+        .map_err(|e| (0, JoinFailure::Trace(proc_failure(tgid, e))))?;
+    for (i, t) in threads.iter().enumerate() {
+        match ns_ids(&tasks, t.tid(), kinds) {
+            Ok(now) if now == expected.inodes => {}
+            Ok(_) => {
+                log::error!(
+                    "thread {}: setns reported success, but the thread is not in the \
+                     holder's namespaces",
+                    t.tid()
+                );
+                return Err((i, JoinFailure::Untrusted(Step::Setns)));
+            }
+            Err(MoveError::Proc(e)) => {
+                return Err((i, JoinFailure::Trace(proc_failure(t.tid(), e))));
+            }
+            Err(_) => return Err((i, JoinFailure::Untrusted(Step::Setns))),
+        }
+    }
+    Ok(())
+}
+
+/// A failed read of `/proc` while verifying, as a tracer failure: the
+/// thread is gone if the entry is.
+fn proc_failure(tid: Pid, e: std::io::Error) -> TraceError {
+    match e.kind() {
+        std::io::ErrorKind::NotFound => TraceError::Gone(tid),
+        _ => TraceError::Os {
+            tid,
+            op: Op::ReadNs,
+            errno: e.raw_os_error().map_or(Errno::EIO, Errno::from_raw),
+        },
+    }
+}
+
+/// Refuses the move if a seccomp filter of any thread would kill it for one
+/// of the syscalls the move injects, or would hand one to a supervisor or
+/// tracer (which could fake its result), or if a thread is in strict mode
+/// (the fd number of `setns` and `close` is not known yet; 3 stands for it).
+fn check_seccomp(
+    threads: &mut [Tracee<Stopped>],
+    holder: i32,
+    kinds: libc::c_int,
+    stub_ips: Option<[u64; 4]>,
+) -> Result<(), MoveError> {
+    use inject::seccomp::{self, Mode, SyscallData, Verdict};
+    const AUDIT_ARCH_X86_64: u32 = 0xc000_003e;
+    let calls: [(Call, i64, [u64; 6]); 4] = [
+        (
+            Call::Unshare,
+            libc::SYS_unshare,
+            args(&[libc::CLONE_FS as u64]),
+        ),
+        (
+            Call::PidfdOpen,
+            libc::SYS_pidfd_open,
+            args(&[holder as u64, 0]),
+        ),
+        (Call::Setns, libc::SYS_setns, args(&[3, kinds as u64])),
+        (Call::Close, libc::SYS_close, args(&[3])),
+    ];
+    let mut delegated = None;
+    for t in threads.iter_mut() {
+        let mode = seccomp::mode(t.tid()).map_err(|errno| {
+            MoveError::Trace(TraceError::Os {
+                tid: t.tid(),
+                op: Op::GetSeccompFilter,
+                errno,
+            })
+        })?;
+        let filters = match mode {
+            Mode::Off => continue,
+            Mode::Strict => return Err(MoveError::SeccompStrict(t.tid().as_raw())),
+            Mode::Filters(filters) => filters,
+        };
+        // A filter sees the address after the `syscall` instruction. Every
+        // call may come from the site (single steps: the close of a shared
+        // pidfd, a rollback) and, with the stub, from the stub's own.
+        let site_ip = t.syscall_site()?.addr() + 2;
+        for (k, (name, nr, args)) in calls.into_iter().enumerate() {
+            let ips = [Some(site_ip), stub_ips.map(|ips| ips[k])];
+            for ip in ips.into_iter().flatten() {
+                let data = SyscallData {
+                    nr: nr as i32,
+                    arch: AUDIT_ARCH_X86_64,
+                    ip,
+                    args,
+                };
+                match seccomp::check(&filters, &data) {
+                    Verdict::Kills => {
+                        return Err(MoveError::SeccompKills {
+                            tid: t.tid().as_raw(),
+                            syscall: name,
+                        });
+                    }
+                    Verdict::Delegated => {
+                        delegated.get_or_insert(MoveError::SeccompDelegates {
+                            tid: t.tid().as_raw(),
+                            syscall: name,
+                        });
+                    }
+                    Verdict::Runs | Verdict::Fails(_) | Verdict::Traps => {}
+                }
+            }
+        }
+    }
+    match delegated {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
+
+/// Finds one `syscall` instruction for the whole process (threads share the
+/// address space), preferring the one a thread entered the kernel through.
+fn share_syscall_site(threads: &mut [Tracee<Stopped>]) -> Result<(), MoveError> {
+    let in_syscall = threads
+        .iter()
+        .position(|t| t.regs().syscall_nr().is_some())
+        .unwrap_or(0);
+    let site = match threads.get_mut(in_syscall) {
+        Some(t) => t.syscall_site()?,
+        None => return Ok(()),
+    };
+    for t in threads.iter_mut() {
+        t.use_syscall_site(site)?;
+    }
+    Ok(())
+}
+
+/// Lets every thread go; reports the first failure after trying all.
+fn detach_all(threads: Vec<Tracee<Stopped>>) -> Result<(), MoveError> {
+    let mut first = None;
+    for t in threads {
+        if let Err(e) = t.detach() {
+            first.get_or_insert(e);
+        }
+    }
+    match first {
+        None => Ok(()),
+        Some(e) => Err(e.into()),
+    }
+}
+
+/// After a failure in a multithreaded move: every thread whose namespaces
+/// changed joins those of an unchanged thread that had the same ones before.
+/// Returns the error to report.
+fn roll_back(
+    tgid: Pid,
+    threads: &mut [Tracee<Stopped>],
+    originals: &[Vec<u64>],
+    kinds: libc::c_int,
+    cause: MoveError,
+) -> MoveError {
+    let current = ProcDir::tasks(tgid.as_raw())
+        .map_err(MoveError::Proc)
+        .and_then(|tasks| {
+            let current: Result<Vec<_>, _> = threads
+                .iter()
+                .map(|t| ns_ids(&tasks, t.tid(), kinds))
+                .collect();
+            Ok((tasks, current?))
+        });
+    let (tasks, current) = match current {
+        Ok(c) => c,
+        // Most likely the process is being killed.
+        Err(_) if is_dying(tgid) => return MoveError::Gone(tgid.as_raw()),
+        Err(e) => return rollback_failed(tgid.as_raw(), cause, e),
+    };
+    let unmoved: Vec<usize> = (0..threads.len())
+        .filter(|&i| current[i] == originals[i])
+        .collect();
+    let mut moved_back = 0;
+    for i in (0..threads.len()).filter(|&i| current[i] != originals[i]) {
+        let tid = threads[i].tid();
+        let Some(&src) = unmoved.iter().find(|&&j| originals[j] == originals[i]) else {
+            return rollback_failed(tid.as_raw(), cause, "no unmoved thread to copy from");
+        };
+        let src_tid = threads[src].tid();
+        let flags = if src_tid == tgid { 0 } else { PIDFD_THREAD };
+        let source = match own_ns_tid(src_tid) {
+            Ok(s) => s,
+            Err(e) => return rollback_failed(tid.as_raw(), cause, e),
+        };
+        match join(&mut threads[i], source, flags, kinds, false) {
+            Ok(()) => {}
+            Err(JoinFailure::Refused(step, errno)) => {
+                return rollback_failed(tid.as_raw(), cause, format!("{step}: {errno}"));
+            }
+            Err(JoinFailure::Untrusted(step)) => {
+                return rollback_failed(tid.as_raw(), cause, format!("{step}: not done"));
+            }
+            Err(JoinFailure::Trace(TraceError::Gone(_))) if is_dying(tgid) => {
+                return MoveError::Gone(tgid.as_raw());
+            }
+            Err(JoinFailure::Trace(e)) => return rollback_failed(tid.as_raw(), cause, e),
+        }
+        match ns_ids(&tasks, tid, kinds) {
+            Ok(now) if now == originals[i] => moved_back += 1,
+            Ok(_) => {
+                return rollback_failed(tid.as_raw(), cause, "namespaces differ after rollback");
+            }
+            Err(e) => return rollback_failed(tid.as_raw(), cause, e),
+        }
+    }
+    match cause {
+        MoveError::Refused {
+            tid, step, errno, ..
+        } => MoveError::Refused {
+            tid,
+            step,
+            errno,
+            moved_back,
+        },
+        other => other,
+    }
+}
+
+fn rollback_failed(tid: i32, cause: MoveError, why: impl fmt::Display) -> MoveError {
+    log::error!("thread {tid}: rollback after \"{cause}\" failed: {why}");
+    MoveError::RollbackFailed {
+        tid,
+        cause: Box::new(cause),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_pidfd_of_the_holder_counts_as_opened() {
+        let me = nix::unistd::getpid();
+        let other = std::process::Command::new("sleep")
+            .arg("100")
+            .spawn()
+            .unwrap();
+        let pidfd = sys::pidfd::open(me.as_raw(), 0).unwrap();
+        let file = std::fs::File::open("/proc/self/stat").unwrap();
+        let raw = |fd: BorrowedFd<'_>| i64::from(fd.as_raw_fd());
+        assert!(is_pidfd_of(me, me, raw(pidfd.as_fd()), me.as_raw()));
+        assert!(!is_pidfd_of(me, me, raw(pidfd.as_fd()), other.id() as i32));
+        assert!(!is_pidfd_of(me, me, raw(file.as_fd()), me.as_raw()));
+        assert!(!is_pidfd_of(me, me, 0x7fff_0000, me.as_raw()));
+        let mut other = other;
+        let _ = other.kill();
+        let _ = other.wait();
+    }
+
+    #[test]
+    fn rejects_non_namespace_flags() {
+        let handle = ProcessHandle::open(std::process::id() as i32).expect("pin self");
+        let err = move_process(&handle, 1, CloneFlags::CLONE_VM).expect_err("must refuse");
+        assert!(matches!(err, MoveError::InvalidKinds(_)));
+        let err = move_process(&handle, 1, CloneFlags::CLONE_NEWUTS).expect_err("must refuse");
+        assert!(matches!(err, MoveError::SelfProcess));
+    }
+}
