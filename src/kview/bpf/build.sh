@@ -16,7 +16,9 @@ if [ "${1:-}" = --check ]; then
     out=$(mktemp /tmp/kview.XXXXXX.o)
     trap 'rm -f "$out"' EXIT
 fi
-"$CLANG" -O2 -g -target bpf -c kview.bpf.c -o "$out"
+# The source's directory is recorded as `.`, so the object is the same
+# wherever the tree is checked out (and names no local path).
+"$CLANG" -O2 -g -target bpf -fdebug-prefix-map="$PWD"=. -c kview.bpf.c -o "$out"
 "$STRIP" -g "$out"
 if [ "${1:-}" = --check ]; then
     if ! cmp -s "$out" kview.bpf.o; then
