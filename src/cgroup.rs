@@ -153,11 +153,9 @@ impl Membership {
     /// The membership of process `pid` (daemon pid namespace), paths as
     /// the daemon's cgroup namespace sees them.
     pub fn of_process(pid: i32) -> Result<Membership, CgroupError> {
-        let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).map_err(|e| {
-            match e.raw_os_error() {
-                Some(libc::ENOENT | libc::ESRCH) => CgroupError::Gone(pid),
-                _ => CgroupError::Io(e),
-            }
+        let text = crate::procfs::cgroup_text(pid).map_err(|e| match e.raw_os_error() {
+            Some(libc::ENOENT | libc::ESRCH) => CgroupError::Gone(pid),
+            _ => CgroupError::Io(e),
         })?;
         Membership::parse(&text)
     }
@@ -276,7 +274,7 @@ impl Hierarchies {
     /// The daemon's hierarchies, from `/proc/self/mountinfo` and
     /// `/proc/self/cgroup`.
     pub fn of_host() -> Result<Hierarchies, CgroupError> {
-        let own = Membership::parse(&std::fs::read_to_string("/proc/self/cgroup")?)?;
+        let own = Membership::parse(&crate::procfs::cgroup_text(std::process::id() as i32)?)?;
         let mountinfo = crate::procfs::read_mountinfo()?;
         Ok(Hierarchies::parse(&mountinfo, &own))
     }
@@ -506,8 +504,8 @@ impl Caller {
         };
         let outside = || CgroupError::OutsideNamespace(ns.member as i32);
         let ours = Membership::of_process(ns.member as i32)?;
-        let path = format!("/proc/{}/cgroup", ns.member);
-        let text = in_namespace(&ns.fd, || std::fs::read_to_string(&path))??;
+        let member = ns.member as i32;
+        let text = in_namespace(&ns.fd, || crate::procfs::cgroup_text(member))??;
         let theirs = Membership::parse(&text).map_err(|_| outside())?;
         let mut out = Vec::new();
         for c in written.iter() {

@@ -342,6 +342,13 @@ impl<S: AsRef<str>> Status<S> {
     }
 }
 
+/// `/proc/PID/cgroup` of `pid`: a line per hierarchy, `ID:CONTROLLERS:PATH`,
+/// paths as the reading thread's cgroup namespace sees them (parsed by
+/// [`crate::cgroup::Membership`]).
+pub fn cgroup_text(pid: i32) -> io::Result<String> {
+    std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
+}
+
 /// The command name of `pid` (`/proc/PID/comm` without its newline).
 pub fn comm(pid: i32) -> Option<String> {
     let mut name = std::fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;

@@ -245,15 +245,10 @@ pub fn source_of(pid: i32, set: &[u64; 8], root: &[u64; 8]) -> Source {
 /// hierarchy's first: `Some` when a container runtime started it (a set
 /// so named carries its processes' cgroups as its `.cgroups`).
 pub fn cgroup_name(pid: i32) -> Option<String> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
-    let mut paths: Vec<(bool, &str)> = text
-        .lines()
-        .filter_map(|l| {
-            let mut f = l.splitn(3, ':');
-            let id = f.next()?;
-            f.next()?;
-            Some((id != "0", f.next()?))
-        })
+    let membership = crate::cgroup::Membership::of_process(pid).ok()?;
+    let mut paths: Vec<(bool, &str)> = membership
+        .iter()
+        .map(|c| (c.id != 0, c.path.as_str()))
         .collect();
     paths.sort_by_key(|p| p.0);
     paths.into_iter().find_map(|(_, p)| naming::runtime_name(p))
