@@ -643,6 +643,30 @@ fn args(first: &[u64]) -> [u64; 6] {
     all
 }
 
+/// Closes, in each thread given a call, the pidfd the move injected there;
+/// a failure to close is logged, and a tracing failure is the move's.
+fn close_injected(
+    threads: &mut [Tracee<Stopped>],
+    calls: &[Option<(i64, [u64; 6])>],
+    failure: &mut Option<(usize, JoinFailure)>,
+) {
+    for (i, closed) in inject::syscall_each(threads, calls).into_iter().enumerate() {
+        match closed {
+            None | Some(Ok(Ok(_))) => {}
+            Some(Ok(Err(e))) => {
+                log::warn!("thread {}: closing injected pidfd: {e}", threads[i].tid())
+            }
+            Some(Err(e)) => {
+                log::error!(
+                    "thread {}: injected pidfd may be left open: {e}",
+                    threads[i].tid()
+                );
+                failure.get_or_insert((i, JoinFailure::Trace(e)));
+            }
+        }
+    }
+}
+
 /// Records the first failure of a round of injected syscalls (by thread
 /// order); returns the successful values.
 fn sift(
@@ -769,24 +793,7 @@ fn join_all(
         .iter()
         .map(|fd| fd.map(|fd| (libc::SYS_close, args(&[fd as u64]))))
         .collect();
-    for (i, closed) in inject::syscall_each(threads, &calls)
-        .into_iter()
-        .enumerate()
-    {
-        match closed {
-            None | Some(Ok(Ok(_))) => {}
-            Some(Ok(Err(e))) => {
-                log::warn!("thread {}: closing injected pidfd: {e}", threads[i].tid())
-            }
-            Some(Err(e)) => {
-                log::error!(
-                    "thread {}: injected pidfd may be left open: {e}",
-                    threads[i].tid()
-                );
-                failure.get_or_insert((i, JoinFailure::Trace(e)));
-            }
-        }
-    }
+    close_injected(threads, &calls, &mut failure);
     match failure {
         Some(f) => Err(f),
         None => Ok(()),
@@ -1008,24 +1015,7 @@ fn join_all_stub(
         })
         .collect();
     if calls.iter().any(Option::is_some) {
-        for (i, closed) in inject::syscall_each(threads, &calls)
-            .into_iter()
-            .enumerate()
-        {
-            match closed {
-                None | Some(Ok(Ok(_))) => {}
-                Some(Ok(Err(e))) => {
-                    log::warn!("thread {}: closing injected pidfd: {e}", threads[i].tid())
-                }
-                Some(Err(e)) => {
-                    log::error!(
-                        "thread {}: injected pidfd may be left open: {e}",
-                        threads[i].tid()
-                    );
-                    failure.get_or_insert((i, JoinFailure::Trace(e)));
-                }
-            }
-        }
+        close_injected(threads, &calls, &mut failure);
     }
     match failure {
         Some(f) => Err(f),

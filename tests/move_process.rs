@@ -709,30 +709,8 @@ fn injected_syscall_reports_signed_results() {
 /// `/proc/PID/mem` (the kernel's own pages skipped), with the mapping list
 /// and the descriptors: what a move must leave exactly as it was.
 fn memory_and_files(pid: i32) -> (String, Vec<(String, u64)>, Vec<String>) {
-    use std::hash::{DefaultHasher, Hasher};
-    use std::io::{Read, Seek, SeekFrom};
     let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).expect("maps");
-    let mut mem = std::fs::File::open(format!("/proc/{pid}/mem")).expect("mem");
-    let mut digest = Vec::new();
-    for line in maps.lines() {
-        let fields: Vec<&str> = line.split_whitespace().collect();
-        let name = fields.get(5).copied().unwrap_or("");
-        if !fields[1].starts_with('r') || ["[vvar]", "[vvar_vclock]", "[vsyscall]"].contains(&name)
-        {
-            continue;
-        }
-        let (start, end) = fields[0].split_once('-').unwrap();
-        let start = u64::from_str_radix(start, 16).unwrap();
-        let end = u64::from_str_radix(end, 16).unwrap();
-        let mut buf = vec![0u8; (end - start) as usize];
-        mem.seek(SeekFrom::Start(start)).unwrap();
-        let mut hasher = DefaultHasher::new();
-        match mem.read_exact(&mut buf) {
-            Ok(()) => hasher.write(&buf),
-            Err(e) => hasher.write(e.to_string().as_bytes()),
-        }
-        digest.push((fields[0].to_owned(), hasher.finish()));
-    }
+    let digest = common::memory_digest(pid, &maps);
     let mut fds: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
         .expect("fd dir")
         .flatten()

@@ -593,35 +593,6 @@ fn threads_created_during_the_move_move_too() {
     assert!(wait_bounded(&mut target, std::time::Duration::from_secs(30)).success());
 }
 
-/// A digest of every readable mapping of `pid` (from its `maps` text),
-/// read through `/proc/PID/mem`; the kernel's own pages are skipped.
-fn memory_digest(pid: i32, maps: &str) -> Vec<(String, u64)> {
-    use std::hash::{DefaultHasher, Hasher};
-    use std::io::{Read, Seek, SeekFrom};
-    let mut mem = std::fs::File::open(format!("/proc/{pid}/mem")).unwrap();
-    let mut out = Vec::new();
-    for line in maps.lines() {
-        let fields: Vec<&str> = line.split_whitespace().collect();
-        let name = fields.get(5).copied().unwrap_or("");
-        if !fields[1].starts_with('r') || ["[vvar]", "[vvar_vclock]", "[vsyscall]"].contains(&name)
-        {
-            continue;
-        }
-        let (start, end) = fields[0].split_once('-').unwrap();
-        let start = u64::from_str_radix(start, 16).unwrap();
-        let end = u64::from_str_radix(end, 16).unwrap();
-        let mut buf = vec![0u8; (end - start) as usize];
-        mem.seek(SeekFrom::Start(start)).unwrap();
-        let mut hasher = DefaultHasher::new();
-        match mem.read_exact(&mut buf) {
-            Ok(()) => hasher.write(&buf),
-            Err(e) => hasher.write(e.to_string().as_bytes()),
-        }
-        out.push((fields[0].to_owned(), hasher.finish()));
-    }
-    out
-}
-
 #[test]
 fn nothing_of_the_daemon_stays_in_a_moved_process() {
     let Some(m) = Mount::new("no-trace") else {
@@ -642,7 +613,7 @@ fn nothing_of_the_daemon_stays_in_a_moved_process() {
             .collect();
         fds.sort();
         let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap();
-        let memory = memory_digest(pid, &maps);
+        let memory = common::memory_digest(pid, &maps);
         let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
         let masks: Vec<String> = status
             .lines()

@@ -90,7 +90,7 @@ impl Drop for Own {
 }
 
 /// Removes a cgroup directory and every cgroup below it, deepest first,
-/// waiting briefly for processes just killed to leave.
+/// waiting a little (up to 10 s) for processes just ended to leave.
 pub fn remove_tree(dir: &Path) {
     if let Ok(entries) = std::fs::read_dir(dir) {
         for e in entries.flatten() {
@@ -99,7 +99,7 @@ pub fn remove_tree(dir: &Path) {
             }
         }
     }
-    let deadline = Instant::now() + Duration::from_secs(5);
+    let deadline = Instant::now() + Duration::from_secs(10);
     while let Err(e) = std::fs::remove_dir(dir) {
         if e.kind() == std::io::ErrorKind::NotFound {
             return;

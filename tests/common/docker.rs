@@ -498,7 +498,7 @@ impl Engine {
             let _ = h.wait();
         }
         for dir in self.cgroup_dirs() {
-            remove_cgroups(&dir);
+            super::cgroups::remove_tree(&dir);
         }
     }
 }
@@ -517,25 +517,6 @@ pub fn in_mount_ns(ino: u64) -> Vec<i32> {
     dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
         .filter(|p| std::fs::metadata(format!("/proc/{p}/ns/mnt")).is_ok_and(|m| m.ino() == ino))
         .collect()
-}
-
-/// Removes a cgroup directory and every cgroup below it, deepest first,
-/// waiting a little for processes just ended to leave.
-pub fn remove_cgroups(dir: &Path) {
-    if let Ok(entries) = std::fs::read_dir(dir) {
-        for e in entries.flatten() {
-            if e.file_type().is_ok_and(|t| t.is_dir()) {
-                remove_cgroups(&e.path());
-            }
-        }
-    }
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while let Err(e) = std::fs::remove_dir(dir) {
-        if e.kind() == std::io::ErrorKind::NotFound || Instant::now() > deadline {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 fn read_line(out: &mut ChildStdout) -> String {

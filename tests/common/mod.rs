@@ -984,3 +984,32 @@ impl Rng {
         items[self.below(items.len())].clone()
     }
 }
+
+/// A digest of every readable mapping of `pid` (from its `maps` text),
+/// read through `/proc/PID/mem`; the kernel's own pages are skipped.
+pub fn memory_digest(pid: i32, maps: &str) -> Vec<(String, u64)> {
+    use std::hash::{DefaultHasher, Hasher};
+    use std::io::{Read, Seek, SeekFrom};
+    let mut mem = std::fs::File::open(format!("/proc/{pid}/mem")).unwrap();
+    let mut out = Vec::new();
+    for line in maps.lines() {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let name = fields.get(5).copied().unwrap_or("");
+        if !fields[1].starts_with('r') || ["[vvar]", "[vvar_vclock]", "[vsyscall]"].contains(&name)
+        {
+            continue;
+        }
+        let (start, end) = fields[0].split_once('-').unwrap();
+        let start = u64::from_str_radix(start, 16).unwrap();
+        let end = u64::from_str_radix(end, 16).unwrap();
+        let mut buf = vec![0u8; (end - start) as usize];
+        mem.seek(SeekFrom::Start(start)).unwrap();
+        let mut hasher = DefaultHasher::new();
+        match mem.read_exact(&mut buf) {
+            Ok(()) => hasher.write(&buf),
+            Err(e) => hasher.write(e.to_string().as_bytes()),
+        }
+        out.push((fields[0].to_owned(), hasher.finish()));
+    }
+    out
+}
