@@ -711,16 +711,7 @@ fn injected_syscall_reports_signed_results() {
 fn memory_and_files(pid: i32) -> (String, Vec<(String, u64)>, Vec<String>) {
     let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).expect("maps");
     let digest = common::memory_digest(pid, &maps);
-    let mut fds: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .expect("fd dir")
-        .flatten()
-        .map(|e| {
-            let target = std::fs::read_link(e.path()).unwrap_or_default();
-            format!("{:?} -> {}", e.file_name(), target.display())
-        })
-        .collect();
-    fds.sort();
-    (maps, digest, fds)
+    (maps, digest, common::descriptors(pid))
 }
 
 /// Waits until every thread of `pid` sleeps in a system call and its

@@ -603,15 +603,7 @@ fn nothing_of_the_daemon_stays_in_a_moved_process() {
     std::fs::File::create(m.path("c/net")).unwrap();
     let (mut target, pid, _out) = start_target(&m, &["threads", "3"]);
     let look = || {
-        let mut fds: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
-            .unwrap()
-            .flatten()
-            .map(|e| {
-                let target = std::fs::read_link(e.path()).unwrap_or_default();
-                format!("{:?} -> {}", e.file_name(), target.display())
-            })
-            .collect();
-        fds.sort();
+        let fds = common::descriptors(pid);
         let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap();
         let memory = common::memory_digest(pid, &maps);
         let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();

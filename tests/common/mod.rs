@@ -1013,3 +1013,17 @@ pub fn memory_digest(pid: i32, maps: &str) -> Vec<(String, u64)> {
     }
     out
 }
+
+/// The open descriptors of `pid`, each as `"N" -> TARGET`, sorted.
+pub fn descriptors(pid: i32) -> Vec<String> {
+    let mut fds: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .expect("fd dir")
+        .flatten()
+        .map(|e| {
+            let target = std::fs::read_link(e.path()).unwrap_or_default();
+            format!("{:?} -> {}", e.file_name(), target.display())
+        })
+        .collect();
+    fds.sort();
+    fds
+}
