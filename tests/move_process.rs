@@ -717,27 +717,11 @@ fn memory_and_files(pid: i32) -> (String, Vec<(String, u64)>, Vec<String>) {
 /// Waits until every thread of `pid` sleeps in a system call and its
 /// memory stands still; returns that state.
 ///
-/// Every thread is first kept to one CPU: the kernel writes the CPU a
-/// thread runs on into its rseq area (glibc registers one per thread) on
-/// its way back to user space, and the threads do run, briefly, during the
-/// move (single-stepped or in the stub alike); on another CPU than the
-/// last that is a difference in memory the move did not write.
+/// Every thread is first kept to one CPU (see
+/// [`common::keep_on_one_cpu`]): the threads do run, briefly, during the
+/// move, single-stepped or in the stub alike.
 fn settled(wd: &Watched, pid: i32) -> (String, Vec<(String, u64)>, Vec<String>) {
-    let mut one = nix::sched::CpuSet::new();
-    one.set(0).expect("cpu 0");
-    for t in std::fs::read_dir(format!("/proc/{pid}/task"))
-        .expect("tasks")
-        .flatten()
-    {
-        if let Some(tid) = t.file_name().to_str().and_then(|t| t.parse().ok()) {
-            nix::sched::sched_setaffinity(Pid::from_raw(tid), &one).expect("affinity");
-        }
-    }
-    // Each thread runs once on that CPU: a stop and a continue take every
-    // one of them back to user space (their sleeps restart).
-    kill(Pid::from_raw(pid), Signal::SIGSTOP).expect("SIGSTOP");
-    wait_until(wd, "target stopping", || state(pid) == 'T');
-    kill(Pid::from_raw(pid), Signal::SIGCONT).expect("SIGCONT");
+    common::keep_on_one_cpu(pid);
     let mut before = memory_and_files(pid);
     wait_until(wd, "the target to settle", || {
         let asleep = std::fs::read_dir(format!("/proc/{pid}/task"))

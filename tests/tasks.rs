@@ -616,7 +616,9 @@ fn nothing_of_the_daemon_stays_in_a_moved_process() {
         (fds, maps, masks, memory)
     };
     // Wait until every thread is asleep in a system call and the memory
-    // stands still, so that any difference afterwards is the move's.
+    // stands still, so that any difference afterwards is the move's; on
+    // one CPU, so that the kernel's note of a thread's CPU does not change.
+    common::keep_on_one_cpu(pid);
     let mut before = look();
     wait_for("the target to settle", || {
         let asleep = std::fs::read_dir(format!("/proc/{pid}/task"))

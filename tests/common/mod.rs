@@ -1027,3 +1027,26 @@ pub fn descriptors(pid: i32) -> Vec<String> {
     fds.sort();
     fds
 }
+
+/// Keeps every thread of `pid` on CPU 0, then stops and continues the
+/// process so that each thread has been back to user space there once.
+/// The kernel writes the CPU a thread runs on into its rseq area (glibc
+/// registers one per thread) on its way back to user space; threads of a
+/// moved process do run, briefly, during the move, and on another CPU
+/// than the last that would be a change in memory the move did not make.
+pub fn keep_on_one_cpu(pid: i32) {
+    let mut one = nix::sched::CpuSet::new();
+    one.set(0).expect("cpu 0");
+    for t in std::fs::read_dir(format!("/proc/{pid}/task"))
+        .expect("tasks")
+        .flatten()
+    {
+        if let Some(tid) = t.file_name().to_str().and_then(|t| t.parse().ok()) {
+            nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(tid), &one).expect("affinity");
+        }
+    }
+    let target = nix::unistd::Pid::from_raw(pid);
+    nix::sys::signal::kill(target, nix::sys::signal::Signal::SIGSTOP).expect("SIGSTOP");
+    wait_for("the target to stop", || state(pid) == 'T');
+    nix::sys::signal::kill(target, nix::sys::signal::Signal::SIGCONT).expect("SIGCONT");
+}
