@@ -724,13 +724,7 @@ fn settled(wd: &Watched, pid: i32) -> (String, Vec<(String, u64)>, Vec<String>) 
     common::keep_on_one_cpu(pid);
     let mut before = memory_and_files(pid);
     wait_until(wd, "the target to settle", || {
-        let asleep = std::fs::read_dir(format!("/proc/{pid}/task"))
-            .unwrap()
-            .flatten()
-            .all(|t| {
-                std::fs::read_to_string(t.path().join("syscall"))
-                    .is_ok_and(|s| !s.starts_with("running"))
-            });
+        let asleep = common::all_threads_asleep(pid);
         std::thread::sleep(Duration::from_millis(20));
         let again = memory_and_files(pid);
         let settled = asleep && again == before;

@@ -621,13 +621,7 @@ fn nothing_of_the_daemon_stays_in_a_moved_process() {
     common::keep_on_one_cpu(pid);
     let mut before = look();
     wait_for("the target to settle", || {
-        let asleep = std::fs::read_dir(format!("/proc/{pid}/task"))
-            .unwrap()
-            .flatten()
-            .all(|t| {
-                std::fs::read_to_string(t.path().join("syscall"))
-                    .is_ok_and(|s| !s.starts_with("running"))
-            });
+        let asleep = common::all_threads_asleep(pid);
         std::thread::sleep(std::time::Duration::from_millis(20));
         let again = look();
         let settled = asleep && again == before;
@@ -841,18 +835,7 @@ fn a_thread_with_its_own_descriptor_table_moves_and_keeps_no_pidfd() {
     assert_eq!(tids.len(), 5, "{tids:?}");
     let tables = || -> Vec<Vec<String>> {
         tids.iter()
-            .map(|tid| {
-                let mut fds: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/task/{tid}/fd"))
-                    .unwrap()
-                    .flatten()
-                    .map(|e| {
-                        let target = std::fs::read_link(e.path()).unwrap_or_default();
-                        format!("{:?} -> {}", e.file_name(), target.display())
-                    })
-                    .collect();
-                fds.sort();
-                fds
-            })
+            .map(|tid| common::descriptors_in(&format!("/proc/{pid}/task/{tid}/fd")))
             .collect()
     };
     let before = tables();

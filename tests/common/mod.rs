@@ -1016,7 +1016,13 @@ pub fn memory_digest(pid: i32, maps: &str) -> Vec<(String, u64)> {
 
 /// The open descriptors of `pid`, each as `"N" -> TARGET`, sorted.
 pub fn descriptors(pid: i32) -> Vec<String> {
-    let mut fds: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+    descriptors_in(&format!("/proc/{pid}/fd"))
+}
+
+/// The descriptors listed in the `fd` directory `dir` (a process's or a
+/// thread's), each as `"N" -> TARGET`, sorted.
+pub fn descriptors_in(dir: &str) -> Vec<String> {
+    let mut fds: Vec<String> = std::fs::read_dir(dir)
         .expect("fd dir")
         .flatten()
         .map(|e| {
@@ -1049,4 +1055,15 @@ pub fn keep_on_one_cpu(pid: i32) {
     nix::sys::signal::kill(target, nix::sys::signal::Signal::SIGSTOP).expect("SIGSTOP");
     wait_for("the target to stop", || state(pid) == 'T');
     nix::sys::signal::kill(target, nix::sys::signal::Signal::SIGCONT).expect("SIGCONT");
+}
+
+/// Whether every thread of `pid` sleeps in a system call (none running).
+pub fn all_threads_asleep(pid: i32) -> bool {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .expect("tasks")
+        .flatten()
+        .all(|t| {
+            std::fs::read_to_string(t.path().join("syscall"))
+                .is_ok_and(|s| !s.starts_with("running"))
+        })
 }
