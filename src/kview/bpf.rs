@@ -22,11 +22,11 @@ use super::{Pass, Proc, SLOTS};
 /// The object, aligned as aya needs it.
 static OBJECT: &[u8] = aya::include_bytes_aligned!("bpf/kview.bpf.o");
 
-/// Size of one record: pid, flags, valid, then the slots (all `u32`).
-const RECORD: usize = 4 * (3 + SLOTS);
+/// Size of one record: pid, valid, then the slots (all `u32`).
+const RECORD: usize = 4 * (2 + SLOTS);
 
-/// `PF_KTHREAD`, as the program passes it on.
-const PF_KTHREAD: u32 = 0x0020_0000;
+/// The bit of a record's `valid` word that marks a kernel thread.
+const KTHREAD: u32 = 1 << 31;
 
 /// Why the BPF path cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -172,7 +172,10 @@ impl Iter {
         let mut bytes = Vec::with_capacity(1 << 16);
         file.read_to_end(&mut bytes)?;
         let mut procs: Vec<Proc> = bytes.chunks_exact(RECORD).map(parse).collect();
-        procs.sort_unstable_by_key(|p| p.pid);
+        // The iterator walks pids in order; sort only if it did not.
+        if !procs.is_sorted_by_key(|p| p.pid) {
+            procs.sort_unstable_by_key(|p| p.pid);
+        }
         Ok(procs)
     }
 }
@@ -186,9 +189,9 @@ fn parse(record: &[u8]) -> Proc {
     };
     Proc {
         pid: word(0) as i32,
-        kthread: word(1) & PF_KTHREAD != 0,
-        valid: word(2),
-        inum: std::array::from_fn(|i| u64::from(word(3 + i))),
+        kthread: word(1) & KTHREAD != 0,
+        valid: word(1) & !KTHREAD,
+        inum: std::array::from_fn(|i| u64::from(word(2 + i))),
     }
 }
 

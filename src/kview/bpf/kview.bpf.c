@@ -53,8 +53,13 @@ struct upid {
 	int nr;
 	struct pid_namespace *ns;
 } CORE;
+struct hlist_node;
+struct hlist_head {
+	struct hlist_node *first;
+} CORE;
 struct pid {
 	unsigned int level;
+	struct hlist_head tasks[4];
 	struct upid numbers[1];
 } CORE;
 struct task_struct {
@@ -76,7 +81,7 @@ struct bpf_iter__task {
 
 // Helpers, by their stable numbers in the kernel's uapi.
 static long (*bpf_probe_read_kernel)(void *dst, __u32 size, const void *src) = (void *)113;
-static __u64 (*bpf_get_current_task)(void) = (void *)35;
+static struct task_struct *(*bpf_get_current_task_btf)(void) = (void *)158;
 static long (*bpf_seq_write)(struct seq_file *m, const void *data, __u32 len) = (void *)127;
 
 // Reads kernel memory at `src` (a field, relocated) into `dst`; zero if
@@ -91,6 +96,9 @@ static long (*bpf_seq_write)(struct seq_file *m, const void *data, __u32 len) = 
 #define PF_KTHREAD 0x00200000
 #define PF_EXITING 0x00000004
 #define MAX_PID_NS_LEVEL 32
+// The kernel's PIDTYPE_TGID: a struct pid that numbers a thread group
+// has its leader on this list.
+#define PIDTYPE_TGID 1
 
 // Positions in `record.inum`: nsproxyfs's kind order (cgroup ipc mnt net
 // pid time user uts, pid and time as for children), then the pid and
@@ -100,11 +108,14 @@ enum {
 	PID, TIME, SLOTS,
 };
 
+// Bit of `record.valid` set for a kernel thread (above the slots' bits).
+#define KTHREAD_BIT 31
+
 // What one process reads as; bit i of `valid` is set when slot i could be
-// read (as the readlink of its /proc/PID/ns link would succeed).
+// read (as the readlink of its /proc/PID/ns link would succeed), bit
+// KTHREAD_BIT when it is a kernel thread.
 struct record {
 	__u32 pid;
-	__u32 flags;
 	__u32 valid;
 	__u32 inum[SLOTS];
 };
@@ -119,15 +130,6 @@ __u64 switches = 0;
 // ns_common as the field `ns`, at its own offset); 0 for none.
 #define NS_INUM(space) ((space) ? (space)->ns.inum : 0)
 
-// The pid namespace `task` was created in (what task_active_pid_ns gives)
-// and its level.
-static __attribute__((always_inline)) struct pid *pid_of(struct task_struct *task)
-{
-	struct pid *pid;
-	READ(pid, task->thread_pid);
-	return pid;
-}
-
 SEC("iter/task")
 int dump_tasks(struct bpf_iter__task *ctx)
 {
@@ -138,50 +140,61 @@ int dump_tasks(struct bpf_iter__task *ctx)
 	struct pid_namespace *pidns, *their_ns;
 	struct nsproxy *nsp;
 	const struct cred *cred;
-	unsigned int level, their_level;
+	unsigned int level, their_level, flags;
 	struct upid up;
 
 	// Fields are read by plain loads from the task the iterator hands
-	// over (the kernel checks them against its BTF, and a load through a
-	// NULL pointer reads 0), except the pid numbers, whose index varies:
-	// those are copied with bpf_probe_read_kernel.
-	if (!task || task->group_leader != task)
+	// over and from the reader's own task (the kernel checks them
+	// against its BTF, and a load through a NULL pointer reads 0); only
+	// pid numbers at a level other than 0, whose index varies, are
+	// copied with bpf_probe_read_kernel. The fields read are chosen to
+	// touch few of the task's cache lines: the iterator has just read
+	// the task's struct pid, so the pid number and whether the task
+	// leads its thread group come from there.
+	if (!task)
 		return 0;
-
-	// The pid as the reader sees it: the reader's pid namespace is the
-	// one the iterator walks, so every task it visits has a number there.
-	mine = pid_of((struct task_struct *)bpf_get_current_task());
-	READ(level, mine->level);
-	if (level >= MAX_PID_NS_LEVEL)
-		return 0;
-	READ(up, mine->numbers[level]);
-	pidns = up.ns;
 	theirs = task->thread_pid;
-	if (!theirs)
+	if (!theirs || !theirs->tasks[PIDTYPE_TGID].first)
 		return 0;
 	their_level = theirs->level;
+
+	// The reader's pid namespace is the one the iterator walks, so
+	// every task it visits has a number there.
+	mine = bpf_get_current_task_btf()->thread_pid;
+	if (!mine)
+		return 0;
+	level = mine->level;
 	if (level == 0 && their_level == 0) {
-		// The common case, both in the initial pid namespace: the
-		// number is the task's own tgid, its namespace the reader's.
-		r.pid = task->tgid;
-		their_ns = pidns;
+		// The common case, both in the initial pid namespace.
+		r.pid = theirs->numbers[0].nr;
+		their_ns = theirs->numbers[0].ns;
+		if (their_ns) {
+			r.inum[PID] = their_ns->ns.inum;
+			r.valid |= 1 << PID;
+		}
 	} else {
-		if (their_level < level || their_level >= MAX_PID_NS_LEVEL)
+		if (level >= MAX_PID_NS_LEVEL || their_level < level ||
+		    their_level >= MAX_PID_NS_LEVEL)
 			return 0;
-		theirs = pid_of(task);
+		READ(up, mine->numbers[level]);
+		pidns = up.ns;
 		READ(up, theirs->numbers[level]);
 		if (up.ns != pidns)
 			return 0;
 		r.pid = up.nr;
 		READ(up, theirs->numbers[their_level]);
 		their_ns = up.ns;
+		if (their_ns) {
+			READ(r.inum[PID], their_ns->ns.inum);
+			r.valid |= 1 << PID;
+		}
 	}
 
-	r.flags = task->flags & PF_KTHREAD;
+	flags = task->flags;
+	if (flags & PF_KTHREAD)
+		r.valid |= 1u << KTHREAD_BIT;
 	nsp = task->nsproxy;
-	if (task->flags & PF_EXITING)
-		nsp = 0;
-	if (nsp) {
+	if (nsp && !(flags & PF_EXITING)) {
 		r.inum[CGROUP] = NS_INUM(nsp->cgroup_ns);
 		r.inum[IPC] = NS_INUM(nsp->ipc_ns);
 		r.inum[MNT] = NS_INUM(nsp->mnt_ns);
@@ -203,10 +216,6 @@ int dump_tasks(struct bpf_iter__task *ctx)
 	if (cred && cred->user_ns) {
 		r.inum[USER] = cred->user_ns->ns.inum;
 		r.valid |= 1 << USER;
-	}
-	if (their_ns) {
-		READ(r.inum[PID], their_ns->ns.inum);
-		r.valid |= 1 << PID;
 	}
 	bpf_seq_write(seq, &r, sizeof(r));
 	return 0;
