@@ -357,3 +357,144 @@ fn discovery_sees_a_bare_unshare() {
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
 }
+
+/// A python process in a uts namespace of its own (a bare unshare(2)),
+/// which then forks, forks and execs, and kills children when told to,
+/// printing each new child's pid; its children die with it. None of this
+/// is a setns(2) or an unshare(2): the kernel view learns of it from its
+/// fork, exec and exit records alone.
+struct Forker {
+    child: std::process::Child,
+    stdin: std::process::ChildStdin,
+    stdout: std::io::BufReader<std::process::ChildStdout>,
+}
+
+impl Forker {
+    fn start() -> Forker {
+        use std::process::Stdio;
+        let script = format!(
+            "import ctypes, os, signal, sys\n\
+             libc = ctypes.CDLL(None, use_errno=True)\n\
+             assert libc.unshare({CLONE_NEWUTS}) == 0, ctypes.get_errno()\n\
+             print('ready', flush=True)\n\
+             for line in sys.stdin:\n\
+             \x20   cmd = line.split()\n\
+             \x20   if cmd[0] == 'fork':\n\
+             \x20       pid = os.fork()\n\
+             \x20       if pid == 0:\n\
+             \x20           libc.prctl(1, signal.SIGKILL)\n\
+             \x20           while True: signal.pause()\n\
+             \x20       print(pid, flush=True)\n\
+             \x20   elif cmd[0] == 'exec':\n\
+             \x20       r, w = os.pipe()\n\
+             \x20       pid = os.fork()\n\
+             \x20       if pid == 0:\n\
+             \x20           libc.prctl(1, signal.SIGKILL)\n\
+             \x20           os.close(r)\n\
+             \x20           os.set_inheritable(w, True)\n\
+             \x20           os.execvp('sh', ['sh', '-c', 'echo x >&%d; exec sleep 1000' % w])\n\
+             \x20       os.close(w)\n\
+             \x20       os.read(r, 2)\n\
+             \x20       os.close(r)\n\
+             \x20       print(pid, flush=True)\n\
+             \x20   elif cmd[0] == 'kill':\n\
+             \x20       os.kill(int(cmd[1]), signal.SIGKILL)\n\
+             \x20       os.waitpid(int(cmd[1]), 0)\n\
+             \x20       print('done', flush=True)\n"
+        );
+        let mut child = Command::new("python3")
+            .args(["-c", &script])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("start python3");
+        let stdin = child.stdin.take().unwrap();
+        let stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+        let mut p = Forker {
+            child,
+            stdin,
+            stdout,
+        };
+        assert_eq!(p.ask(None), "ready");
+        p
+    }
+
+    fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    /// Sends `cmd` (if any) and returns the answer line, once the
+    /// command's system calls have returned.
+    fn ask(&mut self, cmd: Option<&str>) -> String {
+        use std::io::{BufRead, Write};
+        if let Some(cmd) = cmd {
+            writeln!(self.stdin, "{cmd}").unwrap();
+            self.stdin.flush().unwrap();
+        }
+        let mut line = String::new();
+        self.stdout.read_line(&mut line).expect("read python3");
+        line.trim_end().to_owned()
+    }
+
+    fn spawn(&mut self, cmd: &str) -> i32 {
+        self.ask(Some(cmd)).parse().expect("a child's pid")
+    }
+}
+
+impl Drop for Forker {
+    fn drop(&mut self) {
+        // Its children die with it (PR_SET_PDEATHSIG).
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// With the counting programs, the answers follow forks, execs and exits
+/// in a set exactly, read after read, as the `/proc` path gives them: a
+/// child is a member as soon as its fork returned, an exec'd child stays
+/// one, and a killed and reaped child is gone. (Whether a read reuses the
+/// index or makes a new pass depends on setns(2)/unshare(2) calls
+/// elsewhere on the host; the answers must be the same either way.)
+#[test]
+fn index_follows_forks_execs_and_exits() {
+    let test = "index_follows_forks_execs_and_exits";
+    if !require_privileges(test) || !require_tools(test, &["python3"]) {
+        return;
+    }
+    let (kernel, why) = Membership::choose();
+    if kernel.switches().is_none() {
+        assert!(
+            std::env::var("CI").is_err(),
+            "no counting under CI: {why:?}"
+        );
+        note(&format!("{test}: skipped: {why:?}"));
+        return;
+    }
+    let mut p = Forker::start();
+    let set = procfs::ns_set(p.pid() as u32).unwrap();
+    let check = |want: &[i32]| {
+        let mut want = want.to_vec();
+        want.sort_unstable();
+        assert_eq!(kernel.members(&set, &[]).unwrap(), want);
+        assert_eq!(Membership::Proc.members(&set, &[]).unwrap(), want);
+    };
+    let me = p.pid();
+    check(&[me]);
+    check(&[me]);
+    let mut children = Vec::new();
+    for round in 0..3 {
+        let a = p.spawn("fork");
+        children.push(a);
+        check(&[&[me][..], &children].concat());
+        let b = p.spawn("exec");
+        children.push(b);
+        check(&[&[me][..], &children].concat());
+        let gone = children.remove(round % children.len());
+        assert_eq!(p.ask(Some(&format!("kill {gone}"))), "done");
+        check(&[&[me][..], &children].concat());
+    }
+    for c in children.clone() {
+        assert_eq!(p.ask(Some(&format!("kill {c}"))), "done");
+    }
+    check(&[me]);
+}

@@ -3,21 +3,33 @@
 //! running kernel's BTF.
 //!
 //! Its task iterator writes one fixed-size record per process; its other
-//! programs (BTF tracepoints) count changes (forks, exits, successful
-//! setns(2) and unshare(2)) in two counters. A pass is reused while the `changes`
-//! counter stands where it stood when the pass began: a read that starts
-//! after a change returned (a move, an unshare(2)) finds the counter moved
-//! and makes a new pass, so reuse never hides a change.
+//! programs (BTF tracepoints) count changes (forks, exits, execs,
+//! successful setns(2) and unshare(2)) in counters. A pass is reused while
+//! the `changes` counter stands where it stood when the pass began: a read
+//! that starts after a change returned (a move, an unshare(2)) finds the
+//! counter moved and makes a new pass, so reuse never hides a change.
+//!
+//! Forks, exits and execs also send the record of each process they
+//! change, as it is just after the change, through a ring buffer. For
+//! membership ([`Iter::members`]) the daemon keeps an [`Index`]: a pass
+//! with those records applied in order, exact until the next setns(2) or
+//! unshare(2) anywhere (or a record lost to a full buffer), after which
+//! the next read makes a new pass. Forks and exits elsewhere on the host
+//! then no longer cost a pass each.
 
+use std::collections::{BTreeSet, HashMap};
 use std::io::{self, Read};
+use std::os::fd::AsFd;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-use aya::maps::{Array, MapData};
+use aya::maps::{Array, MapData, RingBuf};
 use aya::programs::{BtfTracePoint, Iter as IterProgram};
 use aya::{Btf, Ebpf, EbpfLoader};
 use parking_lot::Mutex;
 
 use super::{Pass, Proc, SLOTS};
+use crate::sys::ringbuf::Positions;
 
 /// The object, aligned as aya needs it.
 static OBJECT: &[u8] = aya::include_bytes_aligned!("bpf/kview.bpf.o");
@@ -27,6 +39,20 @@ const RECORD: usize = 4 * (2 + SLOTS);
 
 /// The bit of a record's `valid` word that marks a kernel thread.
 const KTHREAD: u32 = 1 << 31;
+
+/// Size of the object's `.bss`: the counters `changes`, `switches` and
+/// `lost`, then the reader's pid namespace (address, level, known).
+const BSS: usize = 40;
+
+/// The size of the ring buffer of records with the counting programs
+/// (about 18,000 records), and without them (where nothing writes it).
+const EVENTS_COUNTED: u32 = 1 << 20;
+const EVENTS_UNCOUNTED: u32 = 1 << 12;
+
+/// How long a read waits for records reserved before it began but not
+/// yet written (their writers are inside a tracepoint); past this, it
+/// makes a new pass instead.
+const EVENTS_WAIT: Duration = Duration::from_millis(50);
 
 /// Why the BPF path cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -55,18 +81,101 @@ pub struct Counters {
     pub changes: u64,
     /// Moves on each successful setns(2) or unshare(2).
     pub switches: u64,
+    /// Moves on each record that did not fit into the ring buffer.
+    pub lost: u64,
+}
+
+/// Who is in which namespace set: a pass, kept up to date with the
+/// records of forks, exits and execs since it began. Only processes a
+/// `tasks` file can list are kept (no kernel threads, all eight links
+/// readable).
+#[derive(Debug, Default)]
+pub struct Index {
+    sets: HashMap<i32, [u64; 8]>,
+    members: HashMap<[u64; 8], BTreeSet<i32>>,
+}
+
+impl Index {
+    /// The index of `pass`.
+    pub fn of(pass: &[Proc]) -> Index {
+        let mut index = Index::default();
+        for p in pass {
+            index.apply(p);
+        }
+        index
+    }
+
+    /// Takes `p` as its process's state now: a later record of the same
+    /// pid replaces an earlier one.
+    pub fn apply(&mut self, p: &Proc) {
+        if let Some(old) = self.sets.remove(&p.pid)
+            && let Some(pids) = self.members.get_mut(&old)
+        {
+            pids.remove(&p.pid);
+            if pids.is_empty() {
+                self.members.remove(&old);
+            }
+        }
+        if let Some(set) = p.set().filter(|_| !p.kthread) {
+            self.sets.insert(p.pid, set);
+            self.members.entry(set).or_default().insert(p.pid);
+        }
+    }
+
+    /// The processes whose set is `set`, in pid order.
+    pub fn members(&self, set: &[u64; 8]) -> Vec<i32> {
+        self.members
+            .get(set)
+            .map(|pids| pids.iter().copied().collect())
+            .unwrap_or_default()
+    }
+}
+
+/// The ring buffer of records, with its positions.
+struct Events {
+    ring: RingBuf<MapData>,
+    positions: Positions,
+}
+
+impl Events {
+    /// Reads every record reserved before this call, passing each to
+    /// `apply`; `false` if some were still being written after
+    /// [`EVENTS_WAIT`].
+    fn drain(&mut self, mut apply: impl FnMut(&Proc)) -> bool {
+        let until = self.positions.producer();
+        let deadline = Instant::now() + EVENTS_WAIT;
+        loop {
+            while let Some(item) = self.ring.next() {
+                if item.len() == RECORD {
+                    apply(&parse(&item));
+                }
+            }
+            // Positions only grow (u64 does not wrap in practice).
+            if self.positions.consumer() >= until {
+                return true;
+            }
+            if Instant::now() > deadline {
+                return false;
+            }
+            std::thread::yield_now();
+        }
+    }
 }
 
 struct Loaded {
     ebpf: Ebpf,
     last: Option<(u64, Pass)>,
+    /// With the counting programs: the records, and the index with the
+    /// counters as they stood before its pass began.
+    events: Option<Events>,
+    index: Option<(Counters, Index)>,
 }
 
 /// The loaded object: the iterator and the counters, kept for the
 /// daemon's life (the programs and links go with it).
 pub struct Iter {
     /// `None` when loaded without the counting programs.
-    counters: Option<Array<MapData, [u8; 16]>>,
+    counters: Option<Array<MapData, [u8; BSS]>>,
     loaded: Mutex<Loaded>,
 }
 
@@ -80,10 +189,16 @@ impl Iter {
         let btf = Btf::from_sys_fs()?;
         let setns = libc::SYS_setns as u64;
         let unshare = libc::SYS_unshare as u64;
+        let ring = if count {
+            EVENTS_COUNTED
+        } else {
+            EVENTS_UNCOUNTED
+        };
         let mut ebpf = EbpfLoader::new()
             .btf(Some(&btf))
             .override_global("sys_setns", &setns, true)
             .override_global("sys_unshare", &unshare, true)
+            .map_max_entries("events", ring)
             .load(OBJECT)?;
         let refused = |name| move |e| LoadError::Program(name, e);
         let iter: &mut IterProgram = program(&mut ebpf, "dump_tasks")?
@@ -94,6 +209,7 @@ impl Iter {
             ("on_sys_exit", "sys_exit"),
             ("on_fork", "sched_process_fork"),
             ("on_exit", "sched_process_exit"),
+            ("on_exec", "sched_process_exec"),
         ];
         for (name, tracepoint) in counting.into_iter().filter(|_| count) {
             let tp: &mut BtfTracePoint = program(&mut ebpf, name)?
@@ -102,19 +218,28 @@ impl Iter {
             tp.load(tracepoint, &btf).map_err(refused(name))?;
             tp.attach().map_err(refused(name))?;
         }
-        let counters = match count {
+        let map_error = |e| LoadError::Object(aya::EbpfError::MapError(e));
+        let (counters, events) = match count {
             true => {
                 let map = ebpf.take_map(".bss").ok_or(LoadError::Missing(".bss"))?;
-                Some(
-                    Array::try_from(map)
-                        .map_err(|e| LoadError::Object(aya::EbpfError::MapError(e)))?,
-                )
+                let counters = Array::try_from(map).map_err(map_error)?;
+                let map = ebpf
+                    .take_map("events")
+                    .ok_or(LoadError::Missing("events"))?;
+                let ring = RingBuf::try_from(map).map_err(map_error)?;
+                let positions = Positions::map(ring.as_fd())?;
+                (Some(counters), Some(Events { ring, positions }))
             }
-            false => None,
+            false => (None, None),
         };
         let it = Iter {
             counters,
-            loaded: Mutex::new(Loaded { ebpf, last: None }),
+            loaded: Mutex::new(Loaded {
+                ebpf,
+                last: None,
+                events,
+                index: None,
+            }),
         };
         it.pass()?;
         Ok(it)
@@ -134,7 +259,52 @@ impl Iter {
         Ok(Some(Counters {
             changes: word(0),
             switches: word(1),
+            lost: word(2),
         }))
+    }
+
+    /// The processes whose namespaces are exactly `set`, kernel threads
+    /// left out, in pid order. With the counting programs, from the
+    /// [`Index`]: a new pass only after a setns(2) or unshare(2) anywhere
+    /// since the index's pass began, or a lost record. A read that starts
+    /// after a fork, exit or exec returned finds its record in the ring
+    /// buffer (written inside that call), and one that starts after a
+    /// setns(2) or unshare(2) returned finds `switches` moved.
+    pub fn members(&self, set: &[u64; 8]) -> io::Result<Vec<i32>> {
+        let mut guard = self.loaded.lock();
+        let loaded = &mut *guard;
+        let now = self.counters()?;
+        let (Some(now), Some(events)) = (now, loaded.events.as_mut()) else {
+            return Ok(filter(&Self::run(&mut loaded.ebpf)?, set));
+        };
+        if let Some((at, index)) = &mut loaded.index
+            && at.switches == now.switches
+            && at.lost == now.lost
+            && events.drain(|p| index.apply(p))
+        {
+            return Ok(index.members(set));
+        }
+        // A new pass. Records already in the buffer describe changes it
+        // will see; those written from here on are applied over it (each
+        // is its process's state after a change that the pass saw or did
+        // not, and any later change of that process has a later record or
+        // moves `switches`).
+        loaded.index = None;
+        events.drain(|_| ());
+        let Some(at) = self.counters()? else {
+            return Err(io::Error::other("the counting programs went away"));
+        };
+        let pass = Arc::new(Self::run(&mut loaded.ebpf)?);
+        loaded.last = Some((at.changes, Arc::clone(&pass)));
+        let mut index = Index::of(&pass);
+        if events.drain(|p| index.apply(p)) {
+            let members = index.members(set);
+            loaded.index = Some((at, index));
+            return Ok(members);
+        }
+        // Records still being written: the pass began after this read
+        // did, so it alone answers it; the next read starts over.
+        Ok(filter(&pass, set))
     }
 
     /// Every process, in pid order: the last pass if nothing changed
@@ -180,6 +350,14 @@ impl Iter {
     }
 }
 
+/// The processes of `pass` whose set is `set`, kernel threads left out.
+fn filter(pass: &[Proc], set: &[u64; 8]) -> Vec<i32> {
+    pass.iter()
+        .filter(|p| !p.kthread && p.set().as_ref() == Some(set))
+        .map(|p| p.pid)
+        .collect()
+}
+
 /// One record of the iterator's output.
 fn parse(record: &[u8]) -> Proc {
     let word = |i: usize| {
@@ -201,4 +379,70 @@ fn program<'a>(
     name: &'static str,
 ) -> Result<&'a mut aya::programs::Program, LoadError> {
     ebpf.program_mut(name).ok_or(LoadError::Missing(name))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A record of `pid` in `set` (all ten links readable), or, with
+    /// `set` None, one whose namespaces are gone (an exiting process).
+    fn record(pid: i32, set: Option<[u64; 8]>, kthread: bool) -> Proc {
+        let mut inum = [0; SLOTS];
+        let mut valid = (1 << super::super::PID_OWN) | (1 << 6);
+        if let Some(set) = set {
+            inum[..8].copy_from_slice(&set);
+            valid = (1 << SLOTS) - 1;
+        }
+        Proc {
+            pid,
+            kthread,
+            valid,
+            inum,
+        }
+    }
+
+    #[test]
+    fn index_takes_each_record_as_the_latest_state() {
+        let (a, b) = ([1; 8], [2; 8]);
+        let mut index = Index::of(&[
+            record(1, Some(a), false),
+            record(2, Some(a), true),
+            record(3, Some(b), false),
+            record(4, None, false),
+        ]);
+        assert_eq!(index.members(&a), vec![1]);
+        assert_eq!(index.members(&b), vec![3]);
+        // A fork into a: the child is a member at once.
+        index.apply(&record(7, Some(a), false));
+        assert_eq!(index.members(&a), vec![1, 7]);
+        // An exec that leaves the process in b (a thread that had joined
+        // b took over its thread group).
+        index.apply(&record(1, Some(b), false));
+        assert_eq!(index.members(&a), vec![7]);
+        assert_eq!(index.members(&b), vec![1, 3]);
+        // An exit: out of every set; its pid reused by a new process.
+        index.apply(&record(3, None, false));
+        assert_eq!(index.members(&b), vec![1]);
+        index.apply(&record(3, Some(a), false));
+        assert_eq!(index.members(&a), vec![3, 7]);
+        // Kernel threads are never members.
+        index.apply(&record(7, Some(a), true));
+        assert_eq!(index.members(&a), vec![3]);
+        assert!(index.members(&[9; 8]).is_empty());
+    }
+
+    #[test]
+    fn records_parse_as_written() {
+        let mut bytes = Vec::new();
+        for w in [42u32, KTHREAD | 0b11, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14] {
+            bytes.extend_from_slice(&w.to_ne_bytes());
+        }
+        assert_eq!(bytes.len(), RECORD);
+        let p = parse(&bytes);
+        assert_eq!(p.pid, 42);
+        assert!(p.kthread);
+        assert_eq!(p.valid, 0b11);
+        assert_eq!(p.inum, [5, 6, 7, 8, 9, 10, 11, 12, 13, 14]);
+    }
 }

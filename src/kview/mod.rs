@@ -177,12 +177,7 @@ impl Membership {
     /// orders the `/proc` path's comparisons (see there).
     pub fn members(&self, set: &[u64; 8], first: &[Kind]) -> io::Result<Vec<i32>> {
         match self {
-            Membership::Kernel(iter) => Ok(iter
-                .pass()?
-                .iter()
-                .filter(|p| !p.kthread && p.set().as_ref() == Some(set))
-                .map(|p| p.pid)
-                .collect()),
+            Membership::Kernel(iter) => iter.members(set),
             Membership::Proc => procfs::members(set, first),
         }
     }

@@ -18,6 +18,7 @@
 //! * [`maps`]: one mapping of another process (`PROCMAP_QUERY`).
 //! * [`uio`]: reading another process's memory (`process_vm_readv`).
 //! * [`creds`]: per-thread credentials and capabilities.
+//! * [`ringbuf`]: the positions of a BPF ring buffer, mapped read-only.
 //!
 //! The rules:
 //!
@@ -37,7 +38,8 @@
 //!   any signal number, real-time ones included ([`ptrace`]); and for calls
 //!   nix does not have (pidfds, the nsfs and pidfs ioctls' results,
 //!   `kcmp`, `close_range`, `capget`/`capset`, allocation-free
-//!   `readlinkat` and `SCM_RIGHTS`).
+//!   `readlinkat`, `SCM_RIGHTS` and the mapping of a ring buffer's
+//!   positions).
 //!
 //! Nothing here depends on the rest of the crate but [`crate::kind`].
 
@@ -50,6 +52,7 @@ pub mod ns;
 pub mod pidfd;
 pub mod process;
 pub mod ptrace;
+pub mod ringbuf;
 pub mod socket;
 pub mod uio;
 

@@ -83,6 +83,7 @@ struct bpf_iter__task {
 static long (*bpf_probe_read_kernel)(void *dst, __u32 size, const void *src) = (void *)113;
 static struct task_struct *(*bpf_get_current_task_btf)(void) = (void *)158;
 static long (*bpf_seq_write)(struct seq_file *m, const void *data, __u32 len) = (void *)127;
+static long (*bpf_ringbuf_output)(void *ringbuf, void *data, __u64 size, __u64 flags) = (void *)130;
 
 // Reads kernel memory at `src` (a field, relocated) into `dst`; zero if
 // it cannot be read.
@@ -120,116 +121,164 @@ struct record {
 	__u32 inum[SLOTS];
 };
 
-// Counters, read by the daemon from this object's .bss map: `changes`
-// moves on anything that can change an answer (fork, exit, setns(2),
-// unshare(2)); `switches` only on setns(2) and unshare(2).
+// Counters, read by the daemon from this object's .bss map, in this
+// order: `changes` moves on anything that can change an answer (fork,
+// exit, exec, setns(2), unshare(2)); `switches` only on setns(2) and
+// unshare(2); `lost` on each record the programs below could not put
+// into `events` (it was full). Then the reader's pid namespace (its
+// address and level), as the iterator finds it on its first pass: the
+// tracepoints number processes as that reader does.
 __u64 changes = 0;
 __u64 switches = 0;
+__u64 lost = 0;
+__u64 reader_ns = 0;
+__u32 reader_level = 0;
+__u32 reader_known = 0;
+
+#define __uint(name, val) int (*name)[val]
+#define BPF_MAP_TYPE_RINGBUF 27
+
+// The records of processes made, ended or changed by exec since the
+// daemon last looked: each is the process as a pass would read it just
+// after that event (see the tracepoints at the end).
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 1 << 20);
+} events SEC(".maps");
 
 // The inode of namespace `space` (any namespace type: each embeds its
 // ns_common as the field `ns`, at its own offset); 0 for none.
 #define NS_INUM(space) ((space) ? (space)->ns.inum : 0)
 
-SEC("iter/task")
-int dump_tasks(struct bpf_iter__task *ctx)
+// Fills `r` with what `task` reads as for a reader whose pid namespace is
+// `pidns` (as a number) at `level`; 0 if `task` is not a thread-group
+// leader that reader can see.
+//
+// Fields are read by plain loads (the kernel checks them against its
+// BTF, and a load through a NULL pointer reads 0); only pid numbers at a
+// level other than 0, whose index varies, are copied with
+// bpf_probe_read_kernel. The fields are chosen to touch few of the task's
+// cache lines: the task iterator has just read the task's struct pid, so
+// the pid number and whether the task leads its thread group (its struct
+// pid numbers a thread group) come from there.
+static __attribute__((always_inline)) int fill(struct task_struct *task, struct record *r,
+					       unsigned int level, __u64 pidns)
 {
-	struct seq_file *seq = ctx->meta->seq;
-	struct task_struct *task = ctx->task;
-	struct record r = {};
-	struct pid *mine, *theirs;
-	struct pid_namespace *pidns, *their_ns;
+	struct pid *theirs;
+	struct pid_namespace *their_ns;
 	struct nsproxy *nsp;
 	const struct cred *cred;
-	unsigned int level, their_level, flags;
+	unsigned int their_level, flags;
 	struct upid up;
 
-	// Fields are read by plain loads from the task the iterator hands
-	// over and from the reader's own task (the kernel checks them
-	// against its BTF, and a load through a NULL pointer reads 0); only
-	// pid numbers at a level other than 0, whose index varies, are
-	// copied with bpf_probe_read_kernel. The fields read are chosen to
-	// touch few of the task's cache lines: the iterator has just read
-	// the task's struct pid, so the pid number and whether the task
-	// leads its thread group come from there.
 	if (!task)
 		return 0;
 	theirs = task->thread_pid;
 	if (!theirs || !theirs->tasks[PIDTYPE_TGID].first)
 		return 0;
 	their_level = theirs->level;
-
-	// The reader's pid namespace is the one the iterator walks, so
-	// every task it visits has a number there.
-	mine = bpf_get_current_task_btf()->thread_pid;
-	if (!mine)
-		return 0;
-	level = mine->level;
 	if (level == 0 && their_level == 0) {
 		// The common case, both in the initial pid namespace.
-		r.pid = theirs->numbers[0].nr;
+		r->pid = theirs->numbers[0].nr;
 		their_ns = theirs->numbers[0].ns;
 		if (their_ns) {
-			r.inum[PID] = their_ns->ns.inum;
-			r.valid |= 1 << PID;
+			r->inum[PID] = their_ns->ns.inum;
+			r->valid |= 1 << PID;
 		}
 	} else {
 		if (level >= MAX_PID_NS_LEVEL || their_level < level ||
 		    their_level >= MAX_PID_NS_LEVEL)
 			return 0;
-		READ(up, mine->numbers[level]);
-		pidns = up.ns;
 		READ(up, theirs->numbers[level]);
-		if (up.ns != pidns)
+		if ((__u64)up.ns != pidns)
 			return 0;
-		r.pid = up.nr;
+		r->pid = up.nr;
 		READ(up, theirs->numbers[their_level]);
 		their_ns = up.ns;
 		if (their_ns) {
-			READ(r.inum[PID], their_ns->ns.inum);
-			r.valid |= 1 << PID;
+			READ(r->inum[PID], their_ns->ns.inum);
+			r->valid |= 1 << PID;
 		}
 	}
 
 	flags = task->flags;
 	if (flags & PF_KTHREAD)
-		r.valid |= 1u << KTHREAD_BIT;
+		r->valid |= 1u << KTHREAD_BIT;
 	nsp = task->nsproxy;
+	// An exiting task counts as out of its namespaces already, as it is
+	// a moment later when the kernel drops them.
 	if (nsp && !(flags & PF_EXITING)) {
-		r.inum[CGROUP] = NS_INUM(nsp->cgroup_ns);
-		r.inum[IPC] = NS_INUM(nsp->ipc_ns);
-		r.inum[MNT] = NS_INUM(nsp->mnt_ns);
-		r.inum[NET] = NS_INUM(nsp->net_ns);
-		r.inum[TIME_FOR_CHILDREN] = NS_INUM(nsp->time_ns_for_children);
-		r.inum[UTS] = NS_INUM(nsp->uts_ns);
-		r.inum[TIME] = NS_INUM(nsp->time_ns);
-		r.valid |= 1 << CGROUP | 1 << IPC | 1 << MNT | 1 << NET |
-			   1 << TIME_FOR_CHILDREN | 1 << UTS | 1 << TIME;
+		r->inum[CGROUP] = NS_INUM(nsp->cgroup_ns);
+		r->inum[IPC] = NS_INUM(nsp->ipc_ns);
+		r->inum[MNT] = NS_INUM(nsp->mnt_ns);
+		r->inum[NET] = NS_INUM(nsp->net_ns);
+		r->inum[TIME_FOR_CHILDREN] = NS_INUM(nsp->time_ns_for_children);
+		r->inum[UTS] = NS_INUM(nsp->uts_ns);
+		r->inum[TIME] = NS_INUM(nsp->time_ns);
+		r->valid |= 1 << CGROUP | 1 << IPC | 1 << MNT | 1 << NET |
+			    1 << TIME_FOR_CHILDREN | 1 << UTS | 1 << TIME;
 		// pid_for_children reads only once that namespace has its
 		// init (the first child after an unshare).
 		struct pid_namespace *children = nsp->pid_ns_for_children;
 		if (children && children->child_reaper) {
-			r.inum[PID_FOR_CHILDREN] = children->ns.inum;
-			r.valid |= 1 << PID_FOR_CHILDREN;
+			r->inum[PID_FOR_CHILDREN] = children->ns.inum;
+			r->valid |= 1 << PID_FOR_CHILDREN;
 		}
 	}
 	cred = task->real_cred;
 	if (cred && cred->user_ns) {
-		r.inum[USER] = cred->user_ns->ns.inum;
-		r.valid |= 1 << USER;
+		r->inum[USER] = cred->user_ns->ns.inum;
+		r->valid |= 1 << USER;
 	}
-	bpf_seq_write(seq, &r, sizeof(r));
+	return 1;
+}
+
+SEC("iter/task")
+int dump_tasks(struct bpf_iter__task *ctx)
+{
+	struct seq_file *seq = ctx->meta->seq;
+	struct record r = {};
+	struct pid *mine;
+	unsigned int level;
+	struct upid up;
+
+	// The reader's pid namespace is the one the iterator walks, so
+	// every task it visits has a number there. The reader is the
+	// daemon, whose pid namespace never changes: it is found once.
+	if (!reader_known) {
+		mine = bpf_get_current_task_btf()->thread_pid;
+		if (!mine)
+			return 0;
+		level = mine->level;
+		if (level >= MAX_PID_NS_LEVEL)
+			return 0;
+		READ(up, mine->numbers[level]);
+		reader_ns = (__u64)up.ns;
+		reader_level = level;
+		reader_known = 1;
+	}
+	if (fill(ctx->task, &r, reader_level, reader_ns))
+		bpf_seq_write(seq, &r, sizeof(r));
 	return 0;
 }
 
 // Everything a pass reads changes through one of these: a fork (a new
-// process; a new pid namespace getting its init), an exit, or a
-// successful setns(2) or unshare(2) (namespaces and user namespace alike).
-// They are tracepoints, not fentry/fexit, which some kernels refuse. The
-// fork tracepoint fires once the child is in the pid table and the
-// syscall one once the call is done, so a pass that begins after the
-// counter moved sees the change. The exit tracepoint fires before the
-// kernel drops the task's namespaces; the iterator counts an exiting task
+// process; a new pid namespace getting its init), an exit, an exec (a
+// thread that execs takes over its thread group; its time namespace may
+// become its time_for_children one), or a successful setns(2) or
+// unshare(2) (namespaces and user namespace alike). They are
+// tracepoints, not fentry/fexit, which some kernels refuse. The fork
+// tracepoint fires once the child is in the pid table and the syscall
+// one once the call is done, so a pass that begins after the counter
+// moved sees the change. The exit tracepoint fires before the kernel
+// drops the task's namespaces; the iterator counts an exiting task
 // (PF_EXITING, set before that tracepoint) as having none already.
+//
+// Forks, exits and execs also put the record of each process they change
+// into `events`, read at that moment (the fields a record holds change
+// only through these events and the two system calls), so the daemon can
+// keep a pass up to date through them until the next setns(2) or
+// unshare(2) anywhere.
 
 struct pt_regs___x86 {
 	long orig_ax;
@@ -266,17 +315,50 @@ int on_sys_exit(__u64 *args)
 	return 0;
 }
 
+// Puts the record of `task` into `events`, if the reader can see it.
+static __attribute__((always_inline)) void emit(struct task_struct *task)
+{
+	struct record r = {};
+
+	if (!reader_known || !fill(task, &r, reader_level, reader_ns))
+		return;
+	if (bpf_ringbuf_output(&events, &r, sizeof(r), 0))
+		__sync_fetch_and_add(&lost, 1);
+}
+
+// A fork: the child as it is born (it has not run yet, so only its own
+// later setns(2), unshare(2), exec or exit change it), and its parent's
+// thread-group leader, whose pid_for_children link becomes readable when
+// this child is the init of the pid namespace the parent unshared.
 SEC("tp_btf/sched_process_fork")
 int on_fork(__u64 *args)
 {
+	struct task_struct *parent = (struct task_struct *)args[0];
+	struct task_struct *child = (struct task_struct *)args[1];
+
 	__sync_fetch_and_add(&changes, 1);
+	emit(child);
+	emit(parent->group_leader);
 	return 0;
 }
 
+// An exit: PF_EXITING is set, so a leader's record has no namespaces.
 SEC("tp_btf/sched_process_exit")
 int on_exit(__u64 *args)
 {
 	__sync_fetch_and_add(&changes, 1);
+	emit((struct task_struct *)args[0]);
+	return 0;
+}
+
+// An exec: the exec'ing thread now leads its thread group (a thread that
+// exec'd took over from the leader, with its own namespaces), and its own
+// time namespace may have become its time_for_children one.
+SEC("tp_btf/sched_process_exec")
+int on_exec(__u64 *args)
+{
+	__sync_fetch_and_add(&changes, 1);
+	emit((struct task_struct *)args[0]);
 	return 0;
 }
 
