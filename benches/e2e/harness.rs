@@ -289,7 +289,7 @@ impl Drop for Scratch {
     fn drop(&mut self) {
         // The mounts below are gone by now; detach again in case a guard
         // could not, so removal never walks into a mount.
-        for sub in ["mnt", "procfs", "discover", "bare", "cgroup2"] {
+        for sub in ["mnt", "procfs", "counted", "discover", "bare", "cgroup2"] {
             detach(&self.0.join(sub));
         }
         let _ = std::fs::remove_dir_all(&self.0);

@@ -217,7 +217,13 @@ fn run(s: &Settings) -> Report {
         )],
         goal: "",
     });
-    tasks_reads(s, &fs, &procfs_fs, &mut report);
+    // A daemon with `--discover`, whose counting programs let `tasks`
+    // reads answer from an index kept through forks and exits (see
+    // src/kview); started after the system-call row, as its programs run
+    // at every system call on the host.
+    let counted_fs = Daemon::start_with(&scratch, "counted", &["--discover"]);
+    tasks_reads(s, &fs, &procfs_fs, &counted_fs, &mut report);
+    drop(counted_fs);
     drop(procfs_fs);
     calls(s, &fs, &scratch, &mut report);
     cycle(s, &fs, cg, &mut report);
@@ -662,7 +668,7 @@ fn read_all(files: &[PathBuf], buf: &mut [u8]) -> io::Result<Duration> {
     })
 }
 
-fn tasks_reads(s: &Settings, fs: &Daemon, procfs_fs: &Daemon, r: &mut Report) {
+fn tasks_reads(s: &Settings, fs: &Daemon, procfs_fs: &Daemon, counted_fs: &Daemon, r: &mut Report) {
     if let Some(why) = proc_blocker() {
         say(&format!("tasks rows left out: {why}"));
         r.notes.push(format!(
@@ -674,6 +680,7 @@ fn tasks_reads(s: &Settings, fs: &Daemon, procfs_fs: &Daemon, r: &mut Report) {
     let lsns = have("lsns");
     let looped = loop_containers(fs);
     let looped_procfs = loop_containers(procfs_fs);
+    let looped_counted = loop_containers(counted_fs);
     for &n in s.tasks_sizes {
         say(&format!("reading tasks with {n} sleeping processes"));
         let sleepers = Helper::start(&format!("sleepers {n}"));
@@ -758,8 +765,12 @@ fn tasks_reads(s: &Settings, fs: &Daemon, procfs_fs: &Daemon, r: &mut Report) {
         // A monitoring loop: every container's tasks, one after another.
         let mut buf_l = vec![0u8; 1 << 16];
         let mut buf_lp = vec![0u8; 1 << 16];
+        let mut buf_lc = vec![0u8; 1 << 16];
         let mut ops = vec![
             Op::new("read 100 tasks in turn", || read_all(&looped, &mut buf_l)),
+            Op::new("read 100 tasks in turn, --discover", || {
+                read_all(&looped_counted, &mut buf_lc)
+            }),
             Op::new("read 100 tasks in turn, /proc path", || {
                 read_all(&looped_procfs, &mut buf_lp)
             }),
@@ -773,7 +784,8 @@ fn tasks_reads(s: &Settings, fs: &Daemon, procfs_fs: &Daemon, r: &mut Report) {
         }
         let mut got_l = measure(s.tasks_loop, ops).into_iter();
         let mut next_l = || got_l.next().unwrap();
-        let (ours_l, procfs_l, scans_l) = (next_l(), next_l(), next_l());
+        let (ours_l, counted_l) = (next_l(), next_l());
+        let (procfs_l, scans_l) = (next_l(), next_l());
         let lsns_l = lsns.clone().map(|()| got_l.next().unwrap());
         r.rows.push(Row {
             name: format!(
@@ -782,6 +794,10 @@ fn tasks_reads(s: &Settings, fs: &Daemon, procfs_fs: &Daemon, r: &mut Report) {
             ),
             ours: ours_l,
             alts: vec![
+                (
+                    "nsproxyfs with `--discover` (index kept through forks and exits)".into(),
+                    Ok(counted_l),
+                ),
                 ("nsproxyfs on the /proc path".into(), Ok(procfs_l)),
                 ("one `lsns` run (spawn+wait)".into(), lsns_l),
                 (
