@@ -498,3 +498,68 @@ fn index_follows_forks_execs_and_exits() {
     }
     check(&[me]);
 }
+
+/// Set in the environment of this test run again inside a new pid
+/// namespace.
+const INNER: &str = "NSPROXYFS_KVIEW_TEST_INNER";
+
+/// A reader in a child pid namespace: the iterator (its reader's level
+/// is then 1, numbers copied from the task's struct pid) and the index's
+/// records give the pids that namespace's `/proc` gives, and the same
+/// sets. The test runs itself again under `unshare --pid --fork
+/// --mount-proc`, where it is pid 1.
+#[test]
+fn a_reader_in_a_child_pid_namespace_gets_its_own_numbers() {
+    let test = "a_reader_in_a_child_pid_namespace_gets_its_own_numbers";
+    if std::env::var(INNER).is_err() {
+        if !require_privileges(test) || !require_tools(test, &["unshare", "sleep"]) {
+            return;
+        }
+        if Membership::choose().0.path() != "bpf" {
+            assert!(std::env::var("CI").is_err(), "no BPF path under CI");
+            note(&format!("{test}: skipped: no BPF path here"));
+            return;
+        }
+        let out = Command::new("unshare")
+            .args(["--pid", "--fork", "--mount-proc", "--"])
+            .arg(std::env::current_exe().unwrap())
+            .args(["--exact", test, "--nocapture", "--test-threads=1"])
+            .env(INNER, "1")
+            .output()
+            .expect("run this test again in a new pid namespace");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(text.contains("1 passed"), "{text}");
+        return;
+    }
+    assert_eq!(std::process::id(), 1, "not pid 1 of a new pid namespace");
+    let (kernel, why) = Membership::choose();
+    assert_eq!(kernel.path(), "bpf", "{why:?}");
+    let proc = Membership::Proc;
+    let mut sleepers: Vec<Proc_> = (0..3)
+        .map(|_| Proc_(Command::new("sleep").arg("1000").spawn().unwrap()))
+        .collect();
+    // Nothing else runs in this namespace: both paths see the same.
+    let seen = by_pid(&kernel.processes().unwrap());
+    assert_eq!(seen, by_pid(&proc.processes().unwrap()));
+    let pids: Vec<i32> = seen.keys().copied().collect();
+    let mut want: Vec<i32> = vec![1];
+    want.extend(sleepers.iter().map(|s| s.0.id() as i32));
+    want.sort_unstable();
+    assert_eq!(pids, want);
+    let set = procfs::ns_set(1).unwrap();
+    assert_eq!(kernel.members(&set, &[]).unwrap(), want);
+    // Forks and exits after the index's pass, numbered here by the
+    // tracepoints' records (when the counting programs run).
+    sleepers.push(Proc_(Command::new("sleep").arg("1000").spawn().unwrap()));
+    drop(sleepers.remove(0));
+    let mut want: Vec<i32> = vec![1];
+    want.extend(sleepers.iter().map(|s| s.0.id() as i32));
+    want.sort_unstable();
+    assert_eq!(kernel.members(&set, &[]).unwrap(), want);
+    assert_eq!(proc.members(&set, &[]).unwrap(), want);
+}
