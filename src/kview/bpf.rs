@@ -17,7 +17,7 @@
 //! the next read makes a new pass. Forks and exits elsewhere on the host
 //! then no longer cost a pass each.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::io::{self, Read};
 use std::os::fd::AsFd;
 use std::sync::Arc;
@@ -92,15 +92,42 @@ pub struct Counters {
 #[derive(Debug, Default)]
 pub struct Index {
     sets: HashMap<i32, [u64; 8]>,
-    members: HashMap<[u64; 8], BTreeSet<i32>>,
+    /// Each set's processes, in pid order.
+    members: HashMap<[u64; 8], Vec<i32>>,
 }
 
 impl Index {
-    /// The index of `pass`.
+    /// The index of `pass` (in pid order, as passes come).
     pub fn of(pass: &[Proc]) -> Index {
-        let mut index = Index::default();
+        let mut index = Index {
+            sets: HashMap::with_capacity(pass.len()),
+            members: HashMap::new(),
+        };
+        // Neighbours in pid order often share their set: each run of one
+        // set is gathered apart and appended to its list at the run's end
+        // (runs come in pid order, so the lists stay in pid order).
+        let mut run: Option<([u64; 8], Vec<i32>)> = None;
         for p in pass {
-            index.apply(p);
+            let Some(set) = p.set().filter(|_| !p.kthread) else {
+                continue;
+            };
+            index.sets.insert(p.pid, set);
+            match &mut run {
+                Some((s, pids)) if *s == set => pids.push(p.pid),
+                _ => {
+                    if let Some((s, pids)) = run.replace((set, vec![p.pid])) {
+                        index.members.entry(s).or_default().extend(pids);
+                    }
+                }
+            }
+        }
+        if let Some((s, pids)) = run {
+            index.members.entry(s).or_default().extend(pids);
+        }
+        if !pass.is_sorted_by_key(|p| p.pid) {
+            for pids in index.members.values_mut() {
+                pids.sort_unstable();
+            }
         }
         index
     }
@@ -111,23 +138,25 @@ impl Index {
         if let Some(old) = self.sets.remove(&p.pid)
             && let Some(pids) = self.members.get_mut(&old)
         {
-            pids.remove(&p.pid);
+            if let Ok(at) = pids.binary_search(&p.pid) {
+                pids.remove(at);
+            }
             if pids.is_empty() {
                 self.members.remove(&old);
             }
         }
         if let Some(set) = p.set().filter(|_| !p.kthread) {
             self.sets.insert(p.pid, set);
-            self.members.entry(set).or_default().insert(p.pid);
+            let pids = self.members.entry(set).or_default();
+            if let Err(at) = pids.binary_search(&p.pid) {
+                pids.insert(at, p.pid);
+            }
         }
     }
 
     /// The processes whose set is `set`, in pid order.
     pub fn members(&self, set: &[u64; 8]) -> Vec<i32> {
-        self.members
-            .get(set)
-            .map(|pids| pids.iter().copied().collect())
-            .unwrap_or_default()
+        self.members.get(set).cloned().unwrap_or_default()
     }
 }
 
@@ -430,6 +459,25 @@ mod tests {
         index.apply(&record(7, Some(a), true));
         assert_eq!(index.members(&a), vec![3]);
         assert!(index.members(&[9; 8]).is_empty());
+    }
+
+    #[test]
+    fn index_of_a_pass_keeps_each_set_in_pid_order() {
+        let (a, b) = ([1; 8], [2; 8]);
+        let runs = [(1, a), (2, a), (3, b), (5, a), (8, b), (9, b), (10, a)];
+        let pass: Vec<Proc> = runs
+            .iter()
+            .map(|&(pid, set)| record(pid, Some(set), false))
+            .collect();
+        let index = Index::of(&pass);
+        assert_eq!(index.members(&a), vec![1, 2, 5, 10]);
+        assert_eq!(index.members(&b), vec![3, 8, 9]);
+        // A pass out of pid order gives the same.
+        let mut shuffled = pass.clone();
+        shuffled.reverse();
+        let index = Index::of(&shuffled);
+        assert_eq!(index.members(&a), vec![1, 2, 5, 10]);
+        assert_eq!(index.members(&b), vec![3, 8, 9]);
     }
 
     #[test]
