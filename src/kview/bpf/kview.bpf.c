@@ -81,7 +81,7 @@ struct bpf_iter__task {
 
 // Helpers, by their stable numbers in the kernel's uapi.
 static long (*bpf_probe_read_kernel)(void *dst, __u32 size, const void *src) = (void *)113;
-static struct task_struct *(*bpf_get_current_task_btf)(void) = (void *)158;
+static __u64 (*bpf_get_current_task)(void) = (void *)35;
 static long (*bpf_seq_write)(struct seq_file *m, const void *data, __u32 len) = (void *)127;
 static long (*bpf_ringbuf_output)(void *ringbuf, void *data, __u64 size, __u64 flags) = (void *)130;
 
@@ -243,13 +243,15 @@ int dump_tasks(struct bpf_iter__task *ctx)
 	struct upid up;
 
 	// The reader's pid namespace is the one the iterator walks, so
-	// every task it visits has a number there. The reader is the
-	// daemon, whose pid namespace never changes: it is found once.
+	// every task it visits has a number there. The reader (the process
+	// that loaded this object, the daemon) keeps its pid namespace for
+	// life, so it is found once, with the helpers every kernel with the
+	// task iterator has.
 	if (!reader_known) {
-		mine = bpf_get_current_task_btf()->thread_pid;
-		if (!mine)
-			return 0;
-		level = mine->level;
+		struct task_struct *me = (struct task_struct *)bpf_get_current_task();
+
+		READ(mine, me->thread_pid);
+		READ(level, mine->level);
 		if (level >= MAX_PID_NS_LEVEL)
 			return 0;
 		READ(up, mine->numbers[level]);
