@@ -40,6 +40,27 @@ pub fn ns_link_inode(pid: i32, entry: &str) -> Option<u64> {
     parse_ns_link(&buf[..n])
 }
 
+/// The whole of a small `/proc` file: open, one read into a page-sized
+/// buffer, close. The kernel makes such a file's text at the first read and
+/// hands out as much as fits; a read that does not fill the buffer got it
+/// all, so the usual read until end of file (which, with the file's size
+/// shown as 0, starts from a few bytes and doubles) would only add calls.
+fn read_whole(path: &str) -> io::Result<Vec<u8>> {
+    use std::io::Read;
+    let mut file = std::fs::File::open(path)?;
+    let mut buf = vec![0u8; 4096];
+    let mut len = 0;
+    loop {
+        let n = file.read(&mut buf[len..])?;
+        len += n;
+        if n == 0 || len < buf.len() {
+            buf.truncate(len);
+            return Ok(buf);
+        }
+        buf.resize(buf.len() * 2, 0);
+    }
+}
+
 /// `s` with a NUL appended, in `buf`.
 fn c_str<'a>(buf: &'a mut [u8], s: &str) -> Option<&'a CStr> {
     let bytes = s.as_bytes();
@@ -200,7 +221,7 @@ impl Stat {
     }
 
     fn read_path(path: &str) -> io::Result<Stat> {
-        Self::parse(&std::fs::read(path)?)
+        Self::parse(&read_whole(path)?)
             .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "malformed /proc/PID/stat"))
     }
 
@@ -285,9 +306,10 @@ impl Status {
     }
 
     fn read_path(path: &str) -> io::Result<Status> {
-        Ok(Status {
-            text: std::fs::read_to_string(path)?,
-        })
+        let text = String::from_utf8(read_whole(path)?).map_err(|_| {
+            io::Error::new(io::ErrorKind::InvalidData, "/proc/PID/status is not UTF-8")
+        })?;
+        Ok(Status { text })
     }
 }
 
