@@ -211,7 +211,19 @@ impl PtraceMover {
         };
         let seen = sys::ns::pid_in_pidns(pidns.as_fd(), holder.pid())
             .map_err(|_| Error::PidNsBlind(pid))?;
-        let threads = self.injectors.run(&target, seen, flags, writer, tracer)?;
+        // The holder was alive a moment ago (checked above): the injector
+        // need not look it up and read its namespaces again. Should it die
+        // and its pid be reused before the injected pidfd_open, the check
+        // after the join, against the set's own inodes, finds the thread
+        // elsewhere and the move is undone.
+        let source = transfer::Source {
+            seen,
+            known: Some(transfer::Known {
+                local: holder.pid(),
+                inodes: key,
+            }),
+        };
+        let threads = self.injectors.run(&target, source, flags, writer, tracer)?;
         log::info!("moved process {pid} ({threads} threads)");
         Ok(())
     }

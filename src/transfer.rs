@@ -528,6 +528,21 @@ struct Expected {
     inodes: Vec<u64>,
 }
 
+impl Expected {
+    /// What a join of `kinds` through a holder known as `known` must end in.
+    fn of(known: Known, kinds: libc::c_int) -> Expected {
+        Expected {
+            holder: known.local,
+            inodes: KINDS
+                .iter()
+                .zip(known.inodes)
+                .filter(|((flag, _), _)| kinds & flag != 0)
+                .map(|(_, ino)| ino)
+                .collect(),
+        }
+    }
+}
+
 /// The holder whose pid in the target's pid namespace is `holder`, and the
 /// namespaces a join of `kinds` through it must end in (for pid and time:
 /// the ones it is in, which `setns` makes the target's children's).
@@ -1131,14 +1146,48 @@ pub fn move_process_with(
     fatal_seccomp: FatalSeccomp,
     recheck: Option<Recheck<'_>>,
 ) -> Result<MoveReport, MoveError> {
-    let result = move_traced(
-        target,
-        holder_pid_in_target_ns,
-        kinds,
-        writer,
-        fatal_seccomp,
-        recheck,
-    );
+    let source = Source {
+        seen: holder_pid_in_target_ns,
+        known: None,
+    };
+    move_process_from(target, source, kinds, writer, fatal_seccomp, recheck)
+}
+
+/// Where a move takes its namespaces from: the holder process.
+#[derive(Debug, Clone, Copy)]
+pub struct Source {
+    /// Its pid in the target's pid namespace, which the injected
+    /// `pidfd_open` looks up.
+    pub seen: i32,
+    /// What the caller knows of it already, if anything; otherwise the
+    /// move reads it from `/proc`.
+    pub known: Option<Known>,
+}
+
+/// A holder as the one who keeps it knows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Known {
+    /// Its pid in our pid namespace.
+    pub local: i32,
+    /// The namespaces it is in, inodes in [`KINDS`] order (for pid and
+    /// time, the ones it is in itself): after a join through it, every
+    /// moved thread's links must name these.
+    pub inodes: [u64; 8],
+}
+
+/// [`move_process_with`], from a [`Source`]: a caller that keeps the
+/// holder (the daemon) saves the move reading the holder's namespaces and
+/// pinning it, and the check after the join compares against what the
+/// caller meant the process to end in.
+pub fn move_process_from(
+    target: &ProcessHandle,
+    source: Source,
+    kinds: CloneFlags,
+    writer: Option<Writer<'_>>,
+    fatal_seccomp: FatalSeccomp,
+    recheck: Option<Recheck<'_>>,
+) -> Result<MoveReport, MoveError> {
+    let result = move_traced(target, source, kinds, writer, fatal_seccomp, recheck);
     inject::settle();
     match result {
         Err(MoveError::Gone(pid)) => Err(MoveError::Gone(pid)),
@@ -1173,7 +1222,7 @@ fn is_dying(tgid: Pid) -> bool {
 
 fn move_traced(
     target: &ProcessHandle,
-    holder_pid_in_target_ns: i32,
+    source: Source,
     kinds: CloneFlags,
     mut writer: Option<Writer<'_>>,
     fatal_seccomp: FatalSeccomp,
@@ -1267,7 +1316,7 @@ fn move_traced(
         .map_err(|e| refused(&mut threads, e.into()))?;
     let stub_ips = plan.as_ref().map(StubPlan::call_ips);
     match (
-        check_seccomp(&mut threads, holder_pid_in_target_ns, kinds, stub_ips),
+        check_seccomp(&mut threads, source.seen, kinds, stub_ips),
         fatal_seccomp,
     ) {
         // Allowed: the injected call kills the process, and the move
@@ -1281,12 +1330,16 @@ fn move_traced(
 
     let unshare_fs = multi && kinds & libc::CLONE_NEWNS != 0;
 
-    let result = expected(tgid, holder_pid_in_target_ns, kinds).and_then(|expected| {
+    let expected = match source.known {
+        Some(known) => Ok(Expected::of(known, kinds)),
+        None => expected(tgid, source.seen, kinds),
+    };
+    let result = expected.and_then(|expected| {
         join_or_roll_back(
             tgid,
             &mut threads,
             plan,
-            holder_pid_in_target_ns,
+            source.seen,
             &expected,
             kinds,
             unshare_fs,

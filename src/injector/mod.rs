@@ -136,15 +136,16 @@ impl Injectors {
     pub fn run(
         &self,
         target: &ProcessHandle,
-        holder: i32,
+        source: transfer::Source,
         flags: libc::c_int,
         mut writer: Option<Writer<'_>>,
         tracer: Option<&Credentials>,
     ) -> Result<usize> {
         let request = Request {
-            holder,
+            holder: source.seen,
             flags,
             writer: writer.as_ref().map_or(0, |w| w.tid.as_raw()),
+            known: source.known,
             tracer: tracer.cloned(),
         }
         .encode();
@@ -440,9 +441,13 @@ fn run_move(
     let kinds = CloneFlags::from_bits_retain(request.flags);
     let tracer = request.tracer.as_ref();
     let recheck = |tids: &[nix::unistd::Pid]| tracer.map_or(Ok(()), |c| may_trace(c, tids));
-    transfer::move_process_with(
+    let source = transfer::Source {
+        seen: request.holder,
+        known: request.known,
+    };
+    transfer::move_process_from(
         &target,
-        request.holder,
+        source,
         kinds,
         writer,
         fatal_seccomp,

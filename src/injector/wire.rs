@@ -20,7 +20,7 @@ use nix::unistd::Pid;
 
 use crate::inject::{Op, TraceError, Unsupported};
 use crate::ns::creds::Credentials;
-use crate::transfer::{Call, MoveError, Step};
+use crate::transfer::{Call, Known, MoveError, Step};
 
 /// One move, as the daemon asks for it.
 #[derive(Debug, PartialEq, Eq)]
@@ -32,6 +32,9 @@ pub struct Request {
     /// The target's thread blocked in the write that asked for the move,
     /// or 0.
     pub writer: i32,
+    /// The holder as the daemon knows it (its pid in the daemon's pid
+    /// namespace, which the injector shares, and its namespaces), if sent.
+    pub known: Option<Known>,
     /// The credentials of the one who asked for the move, whose right to
     /// trace the target is asked again once it is stopped; none for a
     /// process moving itself.
@@ -39,10 +42,17 @@ pub struct Request {
 }
 
 impl Request {
-    /// `move HOLDER FLAGS WRITER`, then `as CREDENTIALS` if there is a
-    /// tracer to check.
+    /// `move HOLDER FLAGS WRITER`, then `from LOCAL INODE...` (eight) if
+    /// the holder is known, then `as CREDENTIALS` if there is a tracer to
+    /// check.
     pub fn encode(&self) -> String {
         let mut line = format!("move {} {} {}", self.holder, self.flags, self.writer);
+        if let Some(known) = &self.known {
+            let _ = write!(line, " from {}", known.local);
+            for ino in known.inodes {
+                let _ = write!(line, " {ino}");
+            }
+        }
         if let Some(creds) = &self.tracer {
             line.push_str(" as ");
             line.push_str(&creds.to_words());
@@ -59,7 +69,20 @@ impl Request {
         }
         let mut number = || words.next()?.parse::<i32>().ok();
         let (holder, flags, writer) = (number()?, number()?, number()?);
-        let tracer = match words.next() {
+        let mut next = words.next();
+        let known = match next {
+            Some("from") => {
+                let local = words.next()?.parse().ok()?;
+                let mut inodes = [0u64; 8];
+                for ino in &mut inodes {
+                    *ino = words.next()?.parse().ok()?;
+                }
+                next = words.next();
+                Some(Known { local, inodes })
+            }
+            _ => None,
+        };
+        let tracer = match next {
             None => None,
             Some("as") => Some(Credentials::from_words(&mut words)?),
             Some(_) => return None,
@@ -68,6 +91,7 @@ impl Request {
             holder,
             flags,
             writer,
+            known,
             tracer,
         };
         words.next().is_none().then_some(request)
@@ -372,10 +396,36 @@ mod tests {
             holder: 12,
             flags: 0x0400_0000,
             writer: 0,
+            known: None,
             tracer: None,
         };
         assert_eq!(plain.encode(), "move 12 67108864 0");
         assert_eq!(Request::decode(b"move 12 67108864 0"), Some(plain));
+        let known = Request {
+            holder: 3,
+            flags: 0x0400_0000,
+            writer: 9,
+            known: Some(Known {
+                local: 4711,
+                inodes: [1, 2, 3, 4, 5, 6, 7, 4_026_531_838],
+            }),
+            tracer: Some(Credentials::parse("Uid:\t1\t1\t1\t1\nGid:\t2\t2\t2\t2\nGroups:\t\nCapInh:\t0\nCapPrm:\t0\nCapEff:\t0\nCapBnd:\t1ff\nCapAmb:\t0\n").expect("credentials")),
+        };
+        let line = known.encode();
+        assert!(
+            line.starts_with("move 3 67108864 9 from 4711 1 2 3 4 5 6 7 4026531838 as "),
+            "{line}"
+        );
+        assert_eq!(Request::decode(line.as_bytes()), Some(known));
+        assert_eq!(
+            Request::decode(b"move 3 1 0 from 4711 1 2 3"),
+            None,
+            "eight inodes"
+        );
+        assert_eq!(
+            Request::decode(b"move 3 1 0 from 4711 1 2 3 4 5 6 7 8 9"),
+            None
+        );
         let creds = "0 0 0 0 0 0 0 0 1ff 1ff 0";
         let parsed = Request::decode(format!("move 12 1 7 as {creds}").as_bytes()).unwrap();
         assert_eq!(parsed.writer, 7);
