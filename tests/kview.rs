@@ -5,7 +5,7 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::process::Command;
+use std::process::{Command, Stdio};
 
 use common::*;
 use nsproxyfs::kview::{self, Membership, Proc};
@@ -218,7 +218,6 @@ struct BareUnshare {
 
 impl BareUnshare {
     fn start(flags: u32) -> BareUnshare {
-        use std::process::Stdio;
         let script = format!(
             "import ctypes, sys\n\
              libc = ctypes.CDLL(None, use_errno=True)\n\
@@ -228,14 +227,7 @@ impl BareUnshare {
              print('done', flush=True)\n\
              sys.stdin.readline()\n"
         );
-        let mut child = Command::new("python3")
-            .args(["-c", &script])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("start python3");
-        let stdin = child.stdin.take().unwrap();
-        let stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+        let (child, stdin, stdout) = python_with_pipes(&script);
         let mut p = BareUnshare {
             child,
             stdin,
@@ -371,7 +363,6 @@ struct Forker {
 
 impl Forker {
     fn start() -> Forker {
-        use std::process::Stdio;
         let script = format!(
             "import ctypes, os, signal, sys\n\
              libc = ctypes.CDLL(None, use_errno=True)\n\
@@ -402,14 +393,7 @@ impl Forker {
              \x20       os.waitpid(int(cmd[1]), 0)\n\
              \x20       print('done', flush=True)\n"
         );
-        let mut child = Command::new("python3")
-            .args(["-c", &script])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("start python3");
-        let stdin = child.stdin.take().unwrap();
-        let stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+        let (child, stdin, stdout) = python_with_pipes(&script);
         let mut p = Forker {
             child,
             stdin,
@@ -562,4 +546,23 @@ fn a_reader_in_a_child_pid_namespace_gets_its_own_numbers() {
     want.sort_unstable();
     assert_eq!(kernel.members(&set, &[]).unwrap(), want);
     assert_eq!(proc.members(&set, &[]).unwrap(), want);
+}
+
+/// `python3 -c script`, with its standard input and output piped to us.
+fn python_with_pipes(
+    script: &str,
+) -> (
+    std::process::Child,
+    std::process::ChildStdin,
+    std::io::BufReader<std::process::ChildStdout>,
+) {
+    let mut child = Command::new("python3")
+        .args(["-c", script])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("start python3");
+    let stdin = child.stdin.take().expect("piped stdin");
+    let stdout = std::io::BufReader::new(child.stdout.take().expect("piped stdout"));
+    (child, stdin, stdout)
 }
