@@ -125,6 +125,72 @@ fn bpf_and_proc_agree() {
     drop(procs);
 }
 
+/// One thread read in one BPF call reads as its `/proc/TID/ns` links do:
+/// leaders in fresh namespaces of every kind, a thread of this test that
+/// left its process's uts namespace on its own, and a thread that is gone.
+#[test]
+fn one_thread_reads_as_proc_does() {
+    if !require_privileges("one_thread_reads_as_proc_does")
+        || !require_tools("one_thread_reads_as_proc_does", &["unshare"])
+    {
+        return;
+    }
+    let kernel = match Membership::choose() {
+        (m @ Membership::Kernel(_), _) => m,
+        (_, why) => {
+            assert!(
+                std::env::var("CI").is_err(),
+                "no BPF path under CI: {why:?}"
+            );
+            note(&format!("one_thread_reads_as_proc_does: skipped: {why:?}"));
+            return;
+        }
+    };
+    let procs = spread();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    // A thread in a uts namespace of its own, until told to end.
+    let (tid_tx, tid_rx) = std::sync::mpsc::channel();
+    let (end_tx, end_rx) = std::sync::mpsc::channel::<()>();
+    let loner = std::thread::spawn(move || {
+        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWUTS).expect("unshare uts");
+        tid_tx.send(nix::unistd::gettid().as_raw()).unwrap();
+        let _ = end_rx.recv();
+    });
+    let loner_tid = tid_rx.recv().unwrap();
+    let me = std::process::id() as i32;
+    let mut tids: Vec<i32> = procs.iter().map(|p| p.0.id() as i32).collect();
+    tids.extend([me, loner_tid]);
+    for tid in tids {
+        let seen = kernel
+            .thread(tid as u32)
+            .unwrap_or_else(|| panic!("thread {tid} not read"));
+        assert_eq!(seen.pid, tid);
+        assert_eq!(seen.set(), procfs::ns_set(tid as u32), "thread {tid}");
+        for kind in Kind::ALL {
+            // The link of the namespace the thread is in (for pid and
+            // time, not its children's).
+            let link = procfs::ns_link_inode(tid, kind.name());
+            assert_eq!(seen.link(kind), link, "thread {tid} {kind:?}");
+        }
+        assert_eq!(kview::thread_set(tid as u32), procfs::ns_set(tid as u32));
+    }
+    let uts = Kind::Uts.index();
+    let (mine, loner_set) = (
+        kernel.thread(me as u32).and_then(|p| p.set()).unwrap(),
+        kernel
+            .thread(loner_tid as u32)
+            .and_then(|p| p.set())
+            .unwrap(),
+    );
+    assert_ne!(mine[uts], loner_set[uts], "the thread's own uts namespace");
+    end_tx.send(()).unwrap();
+    loner.join().unwrap();
+    // Gone: no record, and /proc says the same.
+    assert_eq!(kernel.thread(loner_tid as u32), None);
+    assert_eq!(kview::thread_set(loner_tid as u32), None);
+    drop(procs);
+}
+
 /// A daemon's answers about a container it made: one process moved in,
 /// read back from `tasks` (the membership path), and the log line that
 /// says which path the daemon took, which must appear exactly once.

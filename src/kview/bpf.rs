@@ -19,7 +19,7 @@
 
 use std::collections::HashMap;
 use std::io::{self, Read};
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -203,6 +203,9 @@ struct Loaded {
 /// The loaded object: the iterator and the counters, kept for the
 /// daemon's life (the programs and links go with it).
 pub struct Iter {
+    /// The program that reads one thread (`dump_thread`), if the kernel
+    /// limits task iterators to one thread (5.19 and later).
+    thread: Option<OwnedFd>,
     /// `None` when loaded without the counting programs.
     counters: Option<Array<MapData, [u8; BSS]>>,
     loaded: Mutex<Loaded>,
@@ -234,6 +237,7 @@ impl Iter {
             .try_into()
             .map_err(refused("dump_tasks"))?;
         iter.load("task", &btf).map_err(refused("dump_tasks"))?;
+        let thread = load_thread(&mut ebpf, &btf);
         let counting = [
             ("on_sys_exit", "sys_exit"),
             ("on_fork", "sched_process_fork"),
@@ -262,6 +266,7 @@ impl Iter {
             false => (None, None),
         };
         let it = Iter {
+            thread,
             counters,
             loaded: Mutex::new(Loaded {
                 ebpf,
@@ -271,7 +276,32 @@ impl Iter {
             }),
         };
         it.pass()?;
+        // A kernel that loads the program but cannot limit an iterator to
+        // one thread is found out here, once.
+        if let Some(prog) = &it.thread {
+            let me = nix::unistd::gettid().as_raw() as u32;
+            if let Err(e) = read_thread(prog, me) {
+                log::info!("one-thread BPF reads not used ({e}); threads are read through /proc");
+                let mut it = it;
+                it.thread = None;
+                return Ok(it);
+            }
+        }
         Ok(it)
+    }
+
+    /// Thread `tid` (numbered in the daemon's pid namespace) as the
+    /// kernel has it now, its own pid namespace in the [`Kind::Pid`]
+    /// link, from one run of `dump_thread` over that thread alone;
+    /// `Ok(None)` if it does not exist or this kernel cannot read one
+    /// thread.
+    ///
+    /// [`Kind::Pid`]: crate::ns::Kind::Pid
+    pub fn thread(&self, tid: u32) -> io::Result<Option<Proc>> {
+        match &self.thread {
+            Some(prog) => read_thread(prog, tid),
+            None => Ok(None),
+        }
     }
 
     /// The counters as they stand; `None` without the counting programs.
@@ -377,6 +407,39 @@ impl Iter {
         }
         Ok(procs)
     }
+}
+
+/// Loads `dump_thread`; `None` if the kernel refuses it (it then reads
+/// one thread through `/proc`).
+fn load_thread(ebpf: &mut Ebpf, btf: &Btf) -> Option<OwnedFd> {
+    let prog: &mut IterProgram = ebpf.program_mut("dump_thread")?.try_into().ok()?;
+    let loaded = prog.load("task", btf).and_then(|()| prog.fd());
+    match loaded.map(|fd| fd.as_fd().try_clone_to_owned()) {
+        Ok(Ok(fd)) => Some(fd),
+        Ok(Err(e)) => {
+            log::info!("one-thread BPF reads not used ({e}); threads are read through /proc");
+            None
+        }
+        Err(e) => {
+            log::info!("one-thread BPF reads not used ({e}); threads are read through /proc");
+            None
+        }
+    }
+}
+
+/// One run of the one-thread program `prog` over thread `tid`.
+fn read_thread(prog: &OwnedFd, tid: u32) -> io::Result<Option<Proc>> {
+    let link = crate::sys::bpf::thread_iter_link(prog.as_fd(), tid)?;
+    let iter = crate::sys::bpf::iter_open(link.as_fd())?;
+    drop(link);
+    let mut record = [0u8; RECORD];
+    let n = std::fs::File::from(iter).read(&mut record)?;
+    if n != RECORD {
+        return Ok(None);
+    }
+    let mut p = parse(&record);
+    p.pid = tid as i32;
+    Ok(Some(p))
 }
 
 /// The processes of `pass` whose set is `set`, kernel threads left out.

@@ -182,6 +182,18 @@ impl Membership {
         }
     }
 
+    /// Thread `tid` (numbered in the daemon's pid namespace) as the kernel
+    /// has it now, read in one BPF call, its own pid namespace in the
+    /// [`Kind::Pid`] link; `None` on the `/proc` path, or when the call
+    /// fails or finds no such thread: callers then read `/proc`, which
+    /// answers for that case as it always did.
+    pub fn thread(&self, tid: u32) -> Option<Proc> {
+        match self {
+            Membership::Kernel(iter) => iter.thread(tid).ok().flatten(),
+            Membership::Proc => None,
+        }
+    }
+
     /// A count that moves whenever some process's setns(2) or unshare(2)
     /// succeeds; `None` on the `/proc` path, which cannot tell, and
     /// without the counting programs.
@@ -191,6 +203,20 @@ impl Membership {
             Membership::Proc => None,
         }
     }
+}
+
+/// The eight namespaces of thread `tid` (inodes in [`Kind::ALL`] order,
+/// pid and time as for its children), as [`procfs::ns_set`] reads them:
+/// in one BPF call when the daemon's source offers it, else through
+/// `/proc`.
+pub fn thread_set(tid: u32) -> Option<[u64; 8]> {
+    if tid == 0 {
+        return None;
+    }
+    membership()
+        .thread(tid)
+        .and_then(|p| p.set())
+        .or_else(|| procfs::ns_set(tid))
 }
 
 /// The daemon's membership source, once chosen.

@@ -19,6 +19,7 @@
 //! * [`uio`]: reading another process's memory (`process_vm_readv`).
 //! * [`creds`]: per-thread credentials and capabilities.
 //! * [`ringbuf`]: the positions of a BPF ring buffer, mapped read-only.
+//! * [`bpf`]: a task iterator limited to one thread, and reading it.
 //!
 //! The rules:
 //!
@@ -38,11 +39,12 @@
 //!   any signal number, real-time ones included ([`ptrace`]); and for calls
 //!   nix does not have (pidfds, the nsfs and pidfs ioctls' results,
 //!   `kcmp`, `close_range`, `capget`/`capset`, allocation-free
-//!   `readlinkat`, `SCM_RIGHTS` and the mapping of a ring buffer's
-//!   positions).
+//!   `readlinkat`, `SCM_RIGHTS`, the mapping of a ring buffer's
+//!   positions, and the two bpf(2) commands aya does not offer).
 //!
 //! Nothing here depends on the rest of the crate but [`crate::kind`].
 
+pub mod bpf;
 pub mod child;
 pub mod creds;
 pub mod fs;

@@ -150,6 +150,46 @@ struct {
 // ns_common as the field `ns`, at its own offset); 0 for none.
 #define NS_INUM(space) ((space) ? (space)->ns.inum : 0)
 
+// Fills the namespace slots of `r` other than PID (and the kernel-thread
+// bit) from `task`: its nsproxy and credentials, as its /proc/PID/ns
+// links read them.
+static __attribute__((always_inline)) void fill_set(struct task_struct *task, struct record *r)
+{
+	struct nsproxy *nsp;
+	const struct cred *cred;
+	unsigned int flags;
+
+	flags = task->flags;
+	if (flags & PF_KTHREAD)
+		r->valid |= 1u << KTHREAD_BIT;
+	nsp = task->nsproxy;
+	// An exiting task counts as out of its namespaces already, as it is
+	// a moment later when the kernel drops them.
+	if (nsp && !(flags & PF_EXITING)) {
+		r->inum[CGROUP] = NS_INUM(nsp->cgroup_ns);
+		r->inum[IPC] = NS_INUM(nsp->ipc_ns);
+		r->inum[MNT] = NS_INUM(nsp->mnt_ns);
+		r->inum[NET] = NS_INUM(nsp->net_ns);
+		r->inum[TIME_FOR_CHILDREN] = NS_INUM(nsp->time_ns_for_children);
+		r->inum[UTS] = NS_INUM(nsp->uts_ns);
+		r->inum[TIME] = NS_INUM(nsp->time_ns);
+		r->valid |= 1 << CGROUP | 1 << IPC | 1 << MNT | 1 << NET |
+			    1 << TIME_FOR_CHILDREN | 1 << UTS | 1 << TIME;
+		// pid_for_children reads only once that namespace has its
+		// init (the first child after an unshare).
+		struct pid_namespace *children = nsp->pid_ns_for_children;
+		if (children && children->child_reaper) {
+			r->inum[PID_FOR_CHILDREN] = children->ns.inum;
+			r->valid |= 1 << PID_FOR_CHILDREN;
+		}
+	}
+	cred = task->real_cred;
+	if (cred && cred->user_ns) {
+		r->inum[USER] = cred->user_ns->ns.inum;
+		r->valid |= 1 << USER;
+	}
+}
+
 // Fills `r` with what `task` reads as for a reader whose pid namespace is
 // `pidns` (as a number) at `level`; 0 if `task` is not a thread-group
 // leader that reader can see.
@@ -166,9 +206,7 @@ static __attribute__((always_inline)) int fill(struct task_struct *task, struct 
 {
 	struct pid *theirs;
 	struct pid_namespace *their_ns;
-	struct nsproxy *nsp;
-	const struct cred *cred;
-	unsigned int their_level, flags;
+	unsigned int their_level;
 	struct upid up;
 
 	if (!task)
@@ -201,35 +239,7 @@ static __attribute__((always_inline)) int fill(struct task_struct *task, struct 
 		}
 	}
 
-	flags = task->flags;
-	if (flags & PF_KTHREAD)
-		r->valid |= 1u << KTHREAD_BIT;
-	nsp = task->nsproxy;
-	// An exiting task counts as out of its namespaces already, as it is
-	// a moment later when the kernel drops them.
-	if (nsp && !(flags & PF_EXITING)) {
-		r->inum[CGROUP] = NS_INUM(nsp->cgroup_ns);
-		r->inum[IPC] = NS_INUM(nsp->ipc_ns);
-		r->inum[MNT] = NS_INUM(nsp->mnt_ns);
-		r->inum[NET] = NS_INUM(nsp->net_ns);
-		r->inum[TIME_FOR_CHILDREN] = NS_INUM(nsp->time_ns_for_children);
-		r->inum[UTS] = NS_INUM(nsp->uts_ns);
-		r->inum[TIME] = NS_INUM(nsp->time_ns);
-		r->valid |= 1 << CGROUP | 1 << IPC | 1 << MNT | 1 << NET |
-			    1 << TIME_FOR_CHILDREN | 1 << UTS | 1 << TIME;
-		// pid_for_children reads only once that namespace has its
-		// init (the first child after an unshare).
-		struct pid_namespace *children = nsp->pid_ns_for_children;
-		if (children && children->child_reaper) {
-			r->inum[PID_FOR_CHILDREN] = children->ns.inum;
-			r->valid |= 1 << PID_FOR_CHILDREN;
-		}
-	}
-	cred = task->real_cred;
-	if (cred && cred->user_ns) {
-		r->inum[USER] = cred->user_ns->ns.inum;
-		r->valid |= 1 << USER;
-	}
+	fill_set(task, r);
 	return 1;
 }
 
@@ -261,6 +271,37 @@ int dump_tasks(struct bpf_iter__task *ctx)
 	}
 	if (fill(ctx->task, &r, reader_level, reader_ns))
 		bpf_seq_write(seq, &r, sizeof(r));
+	return 0;
+}
+
+// One thread, for the daemon's checks of a single caller or target:
+// attached to that thread alone (the link's tid), it writes one record
+// with the thread's own namespaces (its pid namespace in slot PID), or
+// nothing if the thread is gone. `pid` is left 0: the reader knows it.
+SEC("iter/task")
+int dump_thread(struct bpf_iter__task *ctx)
+{
+	struct task_struct *task = ctx->task;
+	struct record r = {};
+	struct pid *theirs;
+	unsigned int level;
+	struct upid up;
+
+	if (!task)
+		return 0;
+	theirs = task->thread_pid;
+	if (theirs) {
+		level = theirs->level;
+		if (level < MAX_PID_NS_LEVEL) {
+			READ(up, theirs->numbers[level]);
+			if (up.ns) {
+				READ(r.inum[PID], up.ns->ns.inum);
+				r.valid |= 1 << PID;
+			}
+		}
+	}
+	fill_set(task, &r);
+	bpf_seq_write(ctx->meta->seq, &r, sizeof(r));
 	return 0;
 }
 
