@@ -8,7 +8,7 @@
 //! keeps an unbound namespace alive.
 
 use std::collections::HashMap;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::sync::Arc;
 
 use parking_lot::Mutex;
@@ -19,7 +19,6 @@ use crate::injector::{InjectorError, Injectors};
 use crate::ns::creds::Credentials;
 use crate::ns::{Holder, Kind, Namespace, NsError};
 use crate::procfs::{self, ProcDir};
-use crate::sys;
 use crate::transfer::{self, MoveError, ProcessHandle};
 
 /// Why a move was refused or failed; the process was left as it was.
@@ -177,40 +176,59 @@ impl PtraceMover {
             Error::Unreadable { pid, source: e }
         };
         let mut key: [u64; 8] = std::array::from_fn(|i| set[i].ino());
-        let (flags, ns) = kinds_to_change(pid, &key).map_err(unreadable)?;
-        let Some(ns) = ns else {
-            return Err(transfer::MoveError::Gone(pid).into());
+        // The kinds to change and the target's own pid namespace: from one
+        // BPF read of its leader in the usual case, else through /proc.
+        let (flags, own_pidns, ns) = match kernel_kinds_to_change(pid, &key) {
+            Some((flags, own)) => (flags, own, None),
+            None => {
+                let (flags, ns) = kinds_to_change(pid, &key).map_err(unreadable)?;
+                let Some(ns) = ns else {
+                    return Err(transfer::MoveError::Gone(pid).into());
+                };
+                if flags == 0 {
+                    return Ok(());
+                }
+                let own = ns.inode("pid").map_err(unreadable)?;
+                (flags, own, Some(ns))
+            }
         };
-        if flags == 0 {
-            return Ok(());
-        }
-        let pidns = ns
-            .open_entry("pid")
-            .map_err(|_| transfer::MoveError::Gone(pid))?;
+        // The target's pid namespace, opened only when a holder must be
+        // made or the holder's pid there is not known yet.
+        let open_pidns = || -> std::io::Result<OwnedFd> {
+            match &ns {
+                Some(ns) => ns.open_entry("pid"),
+                None => ProcDir::ns(pid)?.open_entry("pid"),
+            }
+        };
         // The target must see the holder to open a pidfd of it. When the pid
         // kind does not change, the holder can sit in the target's own pid
         // namespace, which it always sees.
         let holder = if flags & libc::CLONE_NEWPID != 0 {
             self.holder(key, || Ok(set.clone()))?
         } else {
-            key[Kind::Pid.index()] = ns.inode("pid").map_err(unreadable)?;
+            key[Kind::Pid.index()] = own_pidns;
             self.holder(key, || {
-                let active = pidns.try_clone().map_err(|source| Error::Sys {
-                    what: "dup the target's pid namespace",
-                    source,
-                })?;
+                let active = open_pidns().map_err(|_| transfer::MoveError::Gone(pid))?;
                 let active = Namespace::from_fd(
                     active,
                     Kind::Pid,
                     crate::ns::Origin::Other("the target's pid namespace"),
                 )?;
+                if active.ino() != own_pidns {
+                    return Err(transfer::MoveError::Gone(pid).into());
+                }
                 let mut seen_set = set.clone();
                 seen_set[Kind::Pid.index()] = Arc::new(active);
                 Ok(seen_set)
             })?
         };
-        let seen = sys::ns::pid_in_pidns(pidns.as_fd(), holder.pid())
-            .map_err(|_| Error::PidNsBlind(pid))?;
+        let seen =
+            holder
+                .pid_seen_from(own_pidns, open_pidns)
+                .map_err(|e| match e.raw_os_error() {
+                    Some(libc::ESRCH) => Error::PidNsBlind(pid),
+                    _ => transfer::MoveError::Gone(pid).into(),
+                })?;
         // The holder was alive a moment ago (checked above): the injector
         // need not look it up and read its namespaces again. Should it die
         // and its pid be reused before the injected pidfd_open, the check
@@ -227,6 +245,22 @@ impl PtraceMover {
         log::info!("moved process {pid} ({threads} threads)");
         Ok(())
     }
+}
+
+/// The kinds (`CLONE_NEW*` flags) in which the leader of process `pid` is
+/// not in the set whose inodes are `key`, and the leader's own pid
+/// namespace, from one BPF read of the leader ([`crate::kview`]). `None`
+/// when that read is not available or does not settle it (the leader has
+/// no namespaces left, or is in the set already, when the other threads
+/// must be read): [`kinds_to_change`] answers then.
+fn kernel_kinds_to_change(pid: i32, key: &[u64; 8]) -> Option<(libc::c_int, u64)> {
+    let leader = crate::kview::membership().thread(pid as u32)?;
+    let (set, own) = (leader.set()?, leader.link(Kind::Pid)?);
+    let flags = Kind::ALL
+        .into_iter()
+        .filter(|k| set[k.index()] != key[k.index()])
+        .fold(0, |flags, k| flags | k.clone_flag());
+    (flags != 0 && !leader.kthread).then_some((flags, own))
 }
 
 /// The kinds (`CLONE_NEW*` flags) in which the first live thread of process

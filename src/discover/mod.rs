@@ -180,7 +180,7 @@ impl Model {
 /// the root container's when the daemon runs in namespaces of its own).
 /// `root` saves the check for processes in the root's set.
 fn read_set(pid: i32, root: &[u64; 8]) -> Option<[u64; 8]> {
-    let set = procfs::ns_set(pid as u32)?;
+    let set = crate::kview::thread_set(pid as u32)?;
     (&set == root || !procfs::is_kernel_thread(pid)).then_some(set)
 }
 

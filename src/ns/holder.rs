@@ -8,7 +8,7 @@
 //! and exits when the daemon drops the [`Holder`] or dies.
 
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::sync::Arc;
 
 use super::NsError;
@@ -21,6 +21,11 @@ pub struct Holder {
     pid: i32,
     pidfd: OwnedFd,
     _control: OwnedFd,
+    /// Its pid as each pid namespace that sees it numbers it, by that
+    /// namespace's inode. Such a namespace is the holder's own or an
+    /// ancestor, which the holder keeps alive, so the inode names the same
+    /// namespace for as long as the holder lives.
+    seen: parking_lot::Mutex<Vec<(u64, i32)>>,
 }
 
 impl Holder {
@@ -29,10 +34,30 @@ impl Holder {
         self.pid
     }
 
+    /// The holder's pid in the pid namespace whose inode is `pidns`,
+    /// remembered from the first time: `open` opens that namespace, and is
+    /// called only the first time. ESRCH if that namespace does not see the
+    /// holder; `ESTALE` if `open` gave another namespace than `pidns`.
+    pub fn pid_seen_from(
+        &self,
+        pidns: u64,
+        open: impl FnOnce() -> io::Result<OwnedFd>,
+    ) -> io::Result<i32> {
+        if let Some(&(_, pid)) = self.seen.lock().iter().find(|(ns, _)| *ns == pidns) {
+            return Ok(pid);
+        }
+        let fd = open()?;
+        if nix::sys::stat::fstat(&fd)?.st_ino != pidns {
+            return Err(io::Error::from_raw_os_error(libc::ESTALE));
+        }
+        let pid = sys::ns::pid_in_pidns(fd.as_fd(), self.pid)?;
+        self.seen.lock().push((pidns, pid));
+        Ok(pid)
+    }
+
     /// Whether the holder still runs (it dies with its pid namespace's init,
     /// or if someone kills it).
     pub fn is_alive(&self) -> bool {
-        use std::os::fd::AsFd;
         sys::pidfd::alive(self.pidfd.as_fd())
     }
 
@@ -80,6 +105,7 @@ impl Holder {
             pid,
             pidfd,
             _control: control,
+            seen: parking_lot::Mutex::new(Vec::new()),
         };
         for kind in Kind::ALL {
             // The holder's *active* pid and time namespaces are the set's.

@@ -4,8 +4,9 @@
 //! caller's pid namespace cannot see the daemon's), as the FUSE header has
 //! them. Capabilities are not sent: they are asked of the kernel (capget(2)
 //! on the caller's thread, or its credentials once they are read), and the
-//! user namespace they hold in is read from `/proc/TID/ns/user`. Root by
-//! uid alone grants nothing.
+//! user namespace they hold in is the thread's own (its namespaces are read
+//! in one BPF call when the kernel offers it, else from `/proc/TID/ns`).
+//! Root by uid alone grants nothing.
 //!
 //! What is read of the caller's thread (its namespaces, its credentials)
 //! is read once per request, on first need, and kept with the [`Caller`]
@@ -70,7 +71,7 @@ impl Caller {
         *self
             .read
             .set
-            .get_or_init(|| crate::procfs::ns_set(self.tid))
+            .get_or_init(|| crate::kview::thread_set(self.tid))
     }
 
     fn visible(&self) -> Result<u32> {

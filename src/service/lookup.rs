@@ -11,7 +11,6 @@ use super::{
     Attr, Caller, Denied, Error, FileKind, Invalid, NAMESPACES, Node, Result, Service, SetAttr,
 };
 use crate::ns::{self, Kind};
-use crate::procfs;
 use crate::tree::view::{Seen, SetIndex, View};
 use crate::tree::{CGROUPS, ContainerId, Tree, TreeError};
 
@@ -164,7 +163,7 @@ impl Service {
             return Ok(());
         }
         let gone = || Error::from(ns::NsError::NoSuchProcess(pid));
-        let set = procfs::ns_set(pid as u32).ok_or_else(gone)?;
+        let set = crate::kview::thread_set(pid as u32).ok_or_else(gone)?;
         still_alive(pidfd, pid)?;
         let st = self.state.read();
         let index = self.index(&st.tree);
