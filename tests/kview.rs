@@ -185,8 +185,9 @@ fn one_thread_reads_as_proc_does() {
     assert_ne!(mine[uts], loner_set[uts], "the thread's own uts namespace");
     end_tx.send(()).unwrap();
     loner.join().unwrap();
-    // Gone: no record, and /proc says the same.
-    assert_eq!(kernel.thread(loner_tid as u32), None);
+    // Gone (or a moment from it, its namespaces dropped): no set, and
+    // /proc says the same.
+    assert_eq!(kernel.thread(loner_tid as u32).and_then(|p| p.set()), None);
     assert_eq!(kview::thread_set(loner_tid as u32), None);
     drop(procs);
 }
@@ -274,8 +275,8 @@ fn forced_fallback() {
     assert!(line.contains("NSPROXYFS_KVIEW=proc"), "{line}");
 }
 
-/// A python process that calls unshare(2) itself, without an exec, when
-/// told to: `unshare(flags)` then prints `done`.
+/// A python process that calls unshare(2) itself, without an exec, each
+/// time it is told to: `unshare(flags)` then prints `done`.
 struct BareUnshare {
     child: std::process::Child,
     stdin: std::process::ChildStdin,
@@ -288,10 +289,9 @@ impl BareUnshare {
             "import ctypes, sys\n\
              libc = ctypes.CDLL(None, use_errno=True)\n\
              print('ready', flush=True)\n\
-             sys.stdin.readline()\n\
-             assert libc.unshare({flags}) == 0, ctypes.get_errno()\n\
-             print('done', flush=True)\n\
-             sys.stdin.readline()\n"
+             while sys.stdin.readline():\n\
+             \x20   assert libc.unshare({flags}) == 0, ctypes.get_errno()\n\
+             \x20   print('done', flush=True)\n"
         );
         let (child, stdin, stdout) = python_with_pipes(&script);
         let mut p = BareUnshare {
@@ -367,6 +367,66 @@ fn reuse_never_hides_an_unshare() {
     assert_eq!(kernel.members(&new, &[]).unwrap(), vec![pid]);
     assert!(!kernel.members(&old, &[]).unwrap().contains(&pid));
     assert_eq!(Membership::Proc.members(&new, &[]).unwrap(), vec![pid]);
+}
+
+/// Counting during bursts of reads: a lone read counts nothing, the
+/// second of two close reads starts counting, a reused pass still never
+/// hides an unshare, and the programs are detached once reads stop, after
+/// which reads are fresh passes again and still see every change.
+#[test]
+fn bursts_of_reads_count_and_never_hide_an_unshare() {
+    let test = "bursts_of_reads_count_and_never_hide_an_unshare";
+    if !require_privileges(test) || !require_tools(test, &["python3"]) {
+        return;
+    }
+    let (kernel, why) = Membership::choose_with("", kview::bpf::Counting::Bursts);
+    let iter = match &kernel {
+        Membership::Kernel(iter) if iter.counting() == kview::bpf::Counting::Bursts => iter,
+        _ => {
+            assert!(
+                std::env::var("CI").is_err(),
+                "no counting under CI: {why:?}"
+            );
+            note(&format!("{test}: skipped: {why:?}"));
+            return;
+        }
+    };
+    // No other process can see the switches of a burst-counting source.
+    assert_eq!(kernel.switches(), None);
+    let mut p = BareUnshare::start(CLONE_NEWUTS);
+    let pid = p.pid();
+    let set_of = |pid: i32| -> [u64; 8] {
+        std::array::from_fn(|i| procfs::ns_inode(pid, Kind::ALL[i]).unwrap())
+    };
+    let old = set_of(pid);
+    std::thread::sleep(kview::bpf::BURST_GAP);
+    assert!(kernel.members(&old, &[]).unwrap().contains(&pid));
+    assert!(
+        !iter.counting_now(),
+        "a lone read attached the counting programs"
+    );
+    assert!(kernel.members(&old, &[]).unwrap().contains(&pid));
+    assert!(
+        iter.counting_now(),
+        "the second close read did not start counting"
+    );
+    p.unshare();
+    let new = set_of(pid);
+    assert_ne!(new, old);
+    assert_eq!(kernel.members(&new, &[]).unwrap(), vec![pid]);
+    assert!(!kernel.members(&old, &[]).unwrap().contains(&pid));
+    // Reads stop: the burst ends once BURST_IDLE has passed, not before.
+    assert!(iter.end_idle_burst() > std::time::Duration::ZERO);
+    assert!(iter.counting_now());
+    std::thread::sleep(kview::bpf::BURST_IDLE);
+    iter.end_idle_burst();
+    assert!(!iter.counting_now(), "the burst did not end");
+    // Not counted now: a change is still seen, by a fresh pass.
+    p.unshare();
+    let newer = set_of(pid);
+    assert_ne!(newer, new);
+    assert_eq!(kernel.members(&newer, &[]).unwrap(), vec![pid]);
+    assert!(!kernel.members(&new, &[]).unwrap().contains(&pid));
 }
 
 /// With the BPF path, discovery sees a set made by a bare unshare(2) at

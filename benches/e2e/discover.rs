@@ -80,7 +80,7 @@ pub fn resync_op<'a>() -> Op<'a> {
     let mut model = Model::new(own_set());
     // A fresh pass each time, as after any change: the iterator without
     // the counting programs (which the daemon has attached already).
-    let (membership, _) = Membership::choose_with("iter");
+    let (membership, _) = Membership::choose_with("iter", nsproxyfs::kview::bpf::Counting::Never);
     Op::new("discovery resync", move || {
         timed(|| {
             model.rescan_with(&membership);

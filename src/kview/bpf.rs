@@ -24,6 +24,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use aya::maps::{Array, MapData, RingBuf};
+use aya::programs::tp_btf::BtfTracePointLink;
 use aya::programs::{BtfTracePoint, Iter as IterProgram};
 use aya::{Btf, Ebpf, EbpfLoader};
 use parking_lot::Mutex;
@@ -48,6 +49,35 @@ const BSS: usize = 40;
 /// (about 18,000 records), and without them (where nothing writes it).
 const EVENTS_COUNTED: u32 = 1 << 20;
 const EVENTS_UNCOUNTED: u32 = 1 << 12;
+
+/// With [`Counting::Bursts`]: a read that comes within this time of the
+/// one before it attaches the counting programs, and they are detached
+/// once no read came for [`BURST_IDLE`].
+pub const BURST_GAP: Duration = Duration::from_secs(1);
+pub const BURST_IDLE: Duration = Duration::from_secs(5);
+
+/// The counting programs (tracepoint, program name).
+const COUNTING: [(&str, &str); 4] = [
+    ("on_sys_exit", "sys_exit"),
+    ("on_fork", "sched_process_fork"),
+    ("on_exit", "sched_process_exit"),
+    ("on_exec", "sched_process_exec"),
+];
+
+/// When the programs that count changes run (see docs/kernel-view.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Counting {
+    /// For the daemon's life (a daemon with `--discover`, which needs to
+    /// hear of every namespace switch).
+    Always,
+    /// Only while reads come in bursts: attached by a read that follows
+    /// another within [`BURST_GAP`], detached [`BURST_IDLE`] after the
+    /// last read. A lone read makes a fresh pass and costs the host
+    /// nothing between reads.
+    Bursts,
+    /// Never: each read makes a fresh pass.
+    Never,
+}
 
 /// How long a read waits for records reserved before it began but not
 /// yet written (their writers are inside a tracepoint); past this, it
@@ -193,6 +223,16 @@ impl Events {
 
 struct Loaded {
     ebpf: Ebpf,
+    /// Whether the counting programs run now; a pass or index is reused
+    /// only while they have run since it began.
+    counting: bool,
+    /// Their links while attached for a burst of reads (with
+    /// [`Counting::Bursts`]); dropping a link detaches its program.
+    burst: Vec<BtfTracePointLink>,
+    /// When the last read came.
+    last_read: Option<Instant>,
+    /// Whether a burst of reads may attach the counting programs.
+    bursts: bool,
     last: Option<(u64, Pass)>,
     /// With the counting programs: the records, and the index with the
     /// counters as they stood before its pass began.
@@ -208,19 +248,25 @@ pub struct Iter {
     thread: Option<OwnedFd>,
     /// `None` when loaded without the counting programs.
     counters: Option<Array<MapData, [u8; BSS]>>,
+    /// When the counting programs run.
+    counting: Counting,
     loaded: Mutex<Loaded>,
 }
 
 impl Iter {
-    /// Loads the iterator and, with `count`, attaches the programs that
-    /// count changes (they run at every system call's exit on the host,
-    /// to catch setns(2) and unshare(2); see docs/kernel-view.md), then
+    /// Loads the iterator and, unless `counting` is [`Counting::Never`],
+    /// the programs that count changes: attached now for good with
+    /// [`Counting::Always`] (they run at every system call's exit on the
+    /// host, to catch setns(2) and unshare(2); see docs/kernel-view.md),
+    /// or only during bursts of reads with [`Counting::Bursts`]. Then
     /// makes a first pass, so that a kernel that loads but cannot run the
-    /// iterator is found out here. Without them every pass is new.
-    pub fn load(count: bool) -> Result<Iter, LoadError> {
+    /// iterator is found out here. While they do not run every pass is
+    /// new.
+    pub fn load(counting: Counting) -> Result<Iter, LoadError> {
         let btf = Btf::from_sys_fs()?;
         let setns = libc::SYS_setns as u64;
         let unshare = libc::SYS_unshare as u64;
+        let count = counting != Counting::Never;
         let ring = if count {
             EVENTS_COUNTED
         } else {
@@ -238,18 +284,23 @@ impl Iter {
             .map_err(refused("dump_tasks"))?;
         iter.load("task", &btf).map_err(refused("dump_tasks"))?;
         let thread = load_thread(&mut ebpf, &btf);
-        let counting = [
-            ("on_sys_exit", "sys_exit"),
-            ("on_fork", "sched_process_fork"),
-            ("on_exit", "sched_process_exit"),
-            ("on_exec", "sched_process_exec"),
-        ];
-        for (name, tracepoint) in counting.into_iter().filter(|_| count) {
+        for (name, tracepoint) in COUNTING.into_iter().filter(|_| count) {
             let tp: &mut BtfTracePoint = program(&mut ebpf, name)?
                 .try_into()
                 .map_err(refused(name))?;
             tp.load(tracepoint, &btf).map_err(refused(name))?;
-            tp.attach().map_err(refused(name))?;
+        }
+        if counting == Counting::Always {
+            // Attached for the object's life: the links stay with it.
+            for (name, _) in COUNTING {
+                let tp: &mut BtfTracePoint = program(&mut ebpf, name)?
+                    .try_into()
+                    .map_err(refused(name))?;
+                tp.attach().map_err(refused(name))?;
+            }
+        } else if counting == Counting::Bursts {
+            // Found out now, not at the first burst: attach once.
+            drop(attach_counting(&mut ebpf).map_err(|(name, e)| LoadError::Program(name, e))?);
         }
         let map_error = |e| LoadError::Object(aya::EbpfError::MapError(e));
         let (counters, events) = match count {
@@ -268,8 +319,13 @@ impl Iter {
         let it = Iter {
             thread,
             counters,
+            counting,
             loaded: Mutex::new(Loaded {
                 ebpf,
+                counting: counting == Counting::Always,
+                burst: Vec::new(),
+                last_read: None,
+                bursts: counting == Counting::Bursts,
                 last: None,
                 events,
                 index: None,
@@ -332,7 +388,8 @@ impl Iter {
     pub fn members(&self, set: &[u64; 8]) -> io::Result<Vec<i32>> {
         let mut guard = self.loaded.lock();
         let loaded = &mut *guard;
-        let now = self.counters()?;
+        self.note_read(loaded);
+        let now = self.counters()?.filter(|_| loaded.counting);
         let (Some(now), Some(events)) = (now, loaded.events.as_mut()) else {
             return Ok(filter(&Self::run(&mut loaded.ebpf)?, set));
         };
@@ -371,7 +428,9 @@ impl Iter {
     /// wait for it, and share it unless something changed meanwhile.
     pub fn pass(&self) -> io::Result<Pass> {
         let mut loaded = self.loaded.lock();
-        let Some(before) = self.counters()?.map(|c| c.changes) else {
+        self.note_read(&mut loaded);
+        let counting = loaded.counting;
+        let Some(before) = self.counters()?.filter(|_| counting).map(|c| c.changes) else {
             return Ok(Arc::new(Self::run(&mut loaded.ebpf)?));
         };
         if let Some((at, pass)) = &loaded.last
@@ -382,6 +441,84 @@ impl Iter {
         let pass = Arc::new(Self::run(&mut loaded.ebpf)?);
         loaded.last = Some((before, Arc::clone(&pass)));
         Ok(pass)
+    }
+
+    /// A count that moves on every successful setns(2) or unshare(2) on
+    /// the host: only with [`Counting::Always`], the one mode in which the
+    /// programs never stop counting.
+    pub fn switches(&self) -> Option<u64> {
+        if self.counting != Counting::Always {
+            return None;
+        }
+        self.counters().ok().flatten().map(|c| c.switches)
+    }
+
+    /// With [`Counting::Bursts`], notes a read: one that follows the last
+    /// within [`BURST_GAP`] attaches the counting programs, if they are
+    /// not attached already. Passes and indexes from before they ran are
+    /// dropped: nothing counted the changes since.
+    fn note_read(&self, loaded: &mut Loaded) {
+        let now = Instant::now();
+        let burst = loaded
+            .last_read
+            .replace(now)
+            .is_some_and(|last| now.duration_since(last) < BURST_GAP);
+        if !loaded.bursts || loaded.counting || !burst {
+            return;
+        }
+        match attach_counting(&mut loaded.ebpf) {
+            Ok(links) => {
+                log::debug!("membership: a burst of reads; changes are counted until it ends");
+                loaded.burst = links;
+                loaded.counting = true;
+                loaded.last = None;
+                loaded.index = None;
+            }
+            Err((name, e)) => log::warn!(
+                "membership: cannot attach BPF program {name} for a burst of reads ({e}); \
+                 each read makes a new pass"
+            ),
+        }
+    }
+
+    /// With [`Counting::Bursts`], detaches the counting programs once no
+    /// read came for [`BURST_IDLE`]; returns how long to wait before
+    /// asking again.
+    pub fn end_idle_burst(&self) -> Duration {
+        let mut loaded = self.loaded.lock();
+        let idle = loaded.last_read.map_or(BURST_IDLE, |t| t.elapsed());
+        if !loaded.counting || self.counting != Counting::Bursts {
+            return BURST_IDLE;
+        }
+        if idle < BURST_IDLE {
+            return BURST_IDLE - idle;
+        }
+        loaded.counting = false;
+        loaded.last = None;
+        loaded.index = None;
+        let links = std::mem::take(&mut loaded.burst);
+        drop(loaded);
+        // Detached outside the lock: unregistering a tracepoint waits for
+        // its callers to leave.
+        drop(links);
+        log::debug!("membership: the burst of reads ended; changes are no longer counted");
+        BURST_IDLE
+    }
+
+    /// When the counting programs run, as loaded.
+    pub fn counting(&self) -> Counting {
+        self.counting
+    }
+
+    /// From now on, bursts of reads no longer attach the counting
+    /// programs (nothing would detach them).
+    pub fn never_count(&self) {
+        self.loaded.lock().bursts = false;
+    }
+
+    /// Whether the counting programs run now.
+    pub fn counting_now(&self) -> bool {
+        self.loaded.lock().counting
     }
 
     /// Runs the iterator once, never reusing anything (for measuring).
@@ -407,6 +544,25 @@ impl Iter {
         }
         Ok(procs)
     }
+}
+
+/// Attaches the counting programs, each with a link of its own; on a
+/// failure, those attached already are detached again.
+fn attach_counting(
+    ebpf: &mut Ebpf,
+) -> Result<Vec<BtfTracePointLink>, (&'static str, aya::programs::ProgramError)> {
+    let mut links = Vec::with_capacity(COUNTING.len());
+    for (name, _) in COUNTING {
+        let missing = || (name, aya::programs::ProgramError::NotLoaded);
+        let tp: &mut BtfTracePoint = ebpf
+            .program_mut(name)
+            .ok_or_else(missing)?
+            .try_into()
+            .map_err(|e| (name, e))?;
+        let id = tp.attach().map_err(|e| (name, e))?;
+        links.push(tp.take_link(id).map_err(|e| (name, e))?);
+    }
+    Ok(links)
 }
 
 /// Loads `dump_thread`; `None` if the kernel refuses it (it then reads

@@ -116,29 +116,37 @@ impl std::fmt::Debug for Membership {
 }
 
 impl Membership {
-    /// The BPF path if the kernel runs it, else `/proc`; with the reason
-    /// the BPF path, or its counting programs, are not used.
+    /// The BPF path if the kernel runs it, counting changes for good,
+    /// else `/proc`; with the reason the BPF path, or its counting
+    /// programs, are not used.
     pub fn choose() -> (Membership, Option<String>) {
-        Self::choose_with(&std::env::var(FORCE_ENV).unwrap_or_default())
+        Self::choose_with(
+            &std::env::var(FORCE_ENV).unwrap_or_default(),
+            bpf::Counting::Always,
+        )
     }
 
     /// As [`Membership::choose`], with `setting` in place of the value of
-    /// [`FORCE_ENV`].
-    pub fn choose_with(setting: &str) -> (Membership, Option<String>) {
+    /// [`FORCE_ENV`], and the counting programs run as `counting` says
+    /// (`iter` in `setting` means [`bpf::Counting::Never`]).
+    pub fn choose_with(setting: &str, counting: bpf::Counting) -> (Membership, Option<String>) {
         if setting == "proc" {
             return (Membership::Proc, Some(format!("{FORCE_ENV}=proc")));
         }
-        let counted = match setting {
-            "iter" => Err(format!("{FORCE_ENV}=iter")),
-            _ => bpf::Iter::load(true).map_err(|e| e.to_string()),
+        let (counting, mut why) = match setting {
+            "iter" => (bpf::Counting::Never, Some(format!("{FORCE_ENV}=iter"))),
+            _ => (counting, None),
         };
-        match counted {
-            Ok(iter) => (Membership::Kernel(Box::new(iter)), None),
-            // The iterator alone, if the kernel runs it.
-            Err(why) => match bpf::Iter::load(false) {
-                Ok(iter) => (Membership::Kernel(Box::new(iter)), Some(why)),
-                Err(e) => (Membership::Proc, Some(e.to_string())),
-            },
+        if counting != bpf::Counting::Never {
+            match bpf::Iter::load(counting) {
+                Ok(iter) => return (Membership::Kernel(Box::new(iter)), None),
+                Err(e) => why = Some(e.to_string()),
+            }
+        }
+        // The iterator alone, if the kernel runs it.
+        match bpf::Iter::load(bpf::Counting::Never) {
+            Ok(iter) => (Membership::Kernel(Box::new(iter)), why),
+            Err(e) => (Membership::Proc, Some(e.to_string())),
         }
     }
 
@@ -199,7 +207,7 @@ impl Membership {
     /// without the counting programs.
     pub fn switches(&self) -> Option<u64> {
         match self {
-            Membership::Kernel(iter) => iter.counters().ok().flatten().map(|c| c.switches),
+            Membership::Kernel(iter) => iter.switches(),
             Membership::Proc => None,
         }
     }
@@ -223,31 +231,42 @@ pub fn thread_set(tid: u32) -> Option<[u64; 8]> {
 static CHOSEN: OnceLock<Membership> = OnceLock::new();
 
 /// Chooses the daemon's membership source, once, and logs which it is.
-/// `count` loads the counting programs beside the iterator: they let a pass
-/// be reused until something changes and tell discovery of every namespace
-/// switch at once, but they run at the exit of every system call on the
-/// host (docs/kernel-view.md), so only a daemon with `--discover` asks for
-/// them; without them each read makes a fresh pass, exact by construction.
+/// With `count` the counting programs run for the daemon's life: they let
+/// a pass be reused until something changes and tell discovery of every
+/// namespace switch at once, but they run at the exit of every system
+/// call on the host (docs/kernel-view.md), so only a daemon with
+/// `--discover` asks for them. Without it they run only during bursts of
+/// reads (a monitoring loop over many `tasks` files), and are detached
+/// once reads stop; a lone read makes a fresh pass, exact by construction.
 pub fn start(count: bool) -> &'static Membership {
-    CHOSEN.get_or_init(|| {
+    static WATCH: std::sync::Once = std::sync::Once::new();
+    let m = CHOSEN.get_or_init(|| {
         let forced = std::env::var(FORCE_ENV).unwrap_or_default();
-        let uncounted = !count && forced != "proc";
-        let setting = if uncounted { "iter" } else { forced.as_str() };
-        let (m, why) = Membership::choose_with(setting);
+        let counting = match count {
+            true => bpf::Counting::Always,
+            false => bpf::Counting::Bursts,
+        };
+        let (m, why) = Membership::choose_with(&forced, counting);
         let why = why.unwrap_or_default();
         match &m {
-            Membership::Kernel(_) if m.switches().is_some() => log::info!(
-                "membership: one BPF task iterator pass (kernel view), reused until a \
-                 fork, exit, setns or unshare"
-            ),
-            Membership::Kernel(_) if uncounted => log::info!(
-                "membership: one BPF task iterator pass (kernel view) per read; changes \
-                 are counted only with --discover"
-            ),
-            Membership::Kernel(_) => log::warn!(
-                "membership: one BPF task iterator pass (kernel view), a new one per read: \
-                 changes are not counted ({why})"
-            ),
+            Membership::Kernel(iter) => match iter.counting() {
+                bpf::Counting::Always => log::info!(
+                    "membership: one BPF task iterator pass (kernel view), reused until a \
+                     fork, exit, setns or unshare"
+                ),
+                bpf::Counting::Bursts => log::info!(
+                    "membership: one BPF task iterator pass (kernel view) per read; during \
+                     bursts of reads changes are counted and a pass is reused"
+                ),
+                bpf::Counting::Never if why.starts_with(FORCE_ENV) => log::info!(
+                    "membership: one BPF task iterator pass (kernel view), a new one per read \
+                     ({why})"
+                ),
+                bpf::Counting::Never => log::warn!(
+                    "membership: one BPF task iterator pass (kernel view), a new one per read: \
+                     changes are not counted ({why})"
+                ),
+            },
             Membership::Proc if why.starts_with(FORCE_ENV) => {
                 log::info!("membership: reading /proc ({why})")
             }
@@ -256,7 +275,29 @@ pub fn start(count: bool) -> &'static Membership {
             }
         }
         m
-    })
+    });
+    WATCH.call_once(|| watch_bursts(m));
+    m
+}
+
+/// With counting during bursts of reads, starts the thread that detaches
+/// the counting programs once a burst has ended.
+fn watch_bursts(m: &'static Membership) {
+    if let Membership::Kernel(iter) = m
+        && iter.counting() == bpf::Counting::Bursts
+    {
+        let spawned = std::thread::Builder::new()
+            .name("kview-bursts".into())
+            .spawn(move || {
+                loop {
+                    std::thread::sleep(iter.end_idle_burst());
+                }
+            });
+        if let Err(e) = spawned {
+            log::warn!("membership: no thread to end bursts of reads ({e}); reads are not counted");
+            iter.never_count();
+        }
+    }
 }
 
 /// The daemon's membership source: as [`start`] chose it, or, used before
