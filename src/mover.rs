@@ -254,7 +254,7 @@ impl PtraceMover {
 /// no namespaces left, or is in the set already, when the other threads
 /// must be read): [`kinds_to_change`] answers then.
 fn kernel_kinds_to_change(pid: i32, key: &[u64; 8]) -> Option<(libc::c_int, u64)> {
-    let leader = crate::kview::membership().thread(pid as u32)?;
+    let leader = crate::kview::membership().thread(pid as u32)?.proc;
     let (set, own) = (leader.set()?, leader.link(Kind::Pid)?);
     let flags = Kind::ALL
         .into_iter()

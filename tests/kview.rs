@@ -10,6 +10,7 @@ use std::process::{Command, Stdio};
 use common::*;
 use nsproxyfs::kview::{self, Membership, Proc};
 use nsproxyfs::ns::Kind;
+use nsproxyfs::ns::creds::Credentials;
 use nsproxyfs::procfs;
 
 /// Processes in fresh namespaces, each a different mix; killed on drop.
@@ -125,13 +126,15 @@ fn bpf_and_proc_agree() {
     drop(procs);
 }
 
-/// One thread read in one BPF call reads as its `/proc/TID/ns` links do:
-/// leaders in fresh namespaces of every kind, a thread of this test that
-/// left its process's uts namespace on its own, and a thread that is gone.
+/// One thread read in one BPF call reads as its `/proc/TID/ns` links and
+/// its `/proc/TID/status` credentials do: leaders in fresh namespaces of
+/// every kind, a process with other ids, groups and capabilities, a
+/// thread of this test that left its process's uts namespace and changed
+/// its own ids, and a thread that is gone.
 #[test]
 fn one_thread_reads_as_proc_does() {
     if !require_privileges("one_thread_reads_as_proc_does")
-        || !require_tools("one_thread_reads_as_proc_does", &["unshare"])
+        || !require_tools("one_thread_reads_as_proc_does", &["unshare", "setpriv"])
     {
         return;
     }
@@ -146,13 +149,27 @@ fn one_thread_reads_as_proc_does() {
             return;
         }
     };
-    let procs = spread();
+    let mut procs = spread();
+    let other = Command::new("setpriv")
+        .args(["--reuid=1234", "--regid=2345", "--groups=7,8,9"])
+        .args(["--inh-caps=+net_raw", "--", "sleep", "1000"])
+        .spawn()
+        .expect("setpriv");
+    procs.push(Proc_(other));
     std::thread::sleep(std::time::Duration::from_millis(300));
-    // A thread in a uts namespace of its own, until told to end.
+    // A thread in a uts namespace of its own, with ids of its own (the raw
+    // system calls change the calling thread's alone), until told to end.
     let (tid_tx, tid_rx) = std::sync::mpsc::channel();
     let (end_tx, end_rx) = std::sync::mpsc::channel::<()>();
     let loner = std::thread::spawn(move || {
         nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWUTS).expect("unshare uts");
+        // SAFETY: raw setresgid/setresuid of this thread alone; it keeps
+        // saved ids 0, so nothing it needs is lost, and it runs no more
+        // code than the channel's.
+        unsafe {
+            assert_eq!(libc::syscall(libc::SYS_setresgid, 4321, 4322, 0), 0);
+            assert_eq!(libc::syscall(libc::SYS_setresuid, 5432, 5433, 0), 0);
+        }
         tid_tx.send(nix::unistd::gettid().as_raw()).unwrap();
         let _ = end_rx.recv();
     });
@@ -161,9 +178,12 @@ fn one_thread_reads_as_proc_does() {
     let mut tids: Vec<i32> = procs.iter().map(|p| p.0.id() as i32).collect();
     tids.extend([me, loner_tid]);
     for tid in tids {
-        let seen = kernel
+        let thread = kernel
             .thread(tid as u32)
             .unwrap_or_else(|| panic!("thread {tid} not read"));
+        let status = Credentials::of_thread(tid as u32).unwrap();
+        assert_eq!(thread.creds.as_ref(), Some(&status), "thread {tid}");
+        let seen = thread.proc;
         assert_eq!(seen.pid, tid);
         assert_eq!(seen.set(), procfs::ns_set(tid as u32), "thread {tid}");
         for kind in Kind::ALL {
@@ -176,18 +196,31 @@ fn one_thread_reads_as_proc_does() {
     }
     let uts = Kind::Uts.index();
     let (mine, loner_set) = (
-        kernel.thread(me as u32).and_then(|p| p.set()).unwrap(),
+        kernel.thread(me as u32).and_then(|t| t.proc.set()).unwrap(),
         kernel
             .thread(loner_tid as u32)
-            .and_then(|p| p.set())
+            .and_then(|t| t.proc.set())
             .unwrap(),
     );
     assert_ne!(mine[uts], loner_set[uts], "the thread's own uts namespace");
+    let loner_creds = kernel.thread(loner_tid as u32).and_then(|t| t.creds);
+    assert_eq!(
+        loner_creds.map(|c| (c.uid, c.gid)),
+        Some(([5432, 5433, 0, 5433], [4321, 4322, 0, 4322]))
+    );
+    let other = procs.last().unwrap().0.id();
+    let creds = kernel.thread(other).and_then(|t| t.creds).unwrap();
+    assert_eq!(creds.uid, [1234; 4]);
+    assert_eq!(creds.groups, vec![7, 8, 9]);
+    assert_ne!(creds.inheritable, 0);
     end_tx.send(()).unwrap();
     loner.join().unwrap();
     // Gone (or a moment from it, its namespaces dropped): no set, and
     // /proc says the same.
-    assert_eq!(kernel.thread(loner_tid as u32).and_then(|p| p.set()), None);
+    assert_eq!(
+        kernel.thread(loner_tid as u32).and_then(|t| t.proc.set()),
+        None
+    );
     assert_eq!(kview::thread_set(loner_tid as u32), None);
     drop(procs);
 }

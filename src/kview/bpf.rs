@@ -30,6 +30,7 @@ use aya::{Btf, Ebpf, EbpfLoader};
 use parking_lot::Mutex;
 
 use super::{Pass, Proc, SLOTS};
+use crate::ns::creds::Credentials;
 use crate::sys::ringbuf::Positions;
 
 /// The object, aligned as aya needs it.
@@ -37,6 +38,28 @@ static OBJECT: &[u8] = aya::include_bytes_aligned!("bpf/kview.bpf.o");
 
 /// Size of one record: pid, valid, then the slots (all `u32`).
 const RECORD: usize = 4 * (2 + SLOTS);
+
+/// Supplementary groups a thread record carries (`THREAD_GROUPS` in the
+/// object's source).
+const THREAD_GROUPS: usize = 32;
+
+/// Size of one thread record: a record, four uids, four gids, three
+/// capability sets (`u64`), whether the credentials were read, the number
+/// of groups, then the groups.
+const THREAD_RECORD: usize = RECORD + 4 * (4 + 4 + 6 + 2 + THREAD_GROUPS);
+
+/// One thread as `dump_thread` reads it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Thread {
+    /// Its namespaces (its own pid namespace in the [`Kind::Pid`] link).
+    ///
+    /// [`Kind::Pid`]: crate::ns::Kind::Pid
+    pub proc: Proc,
+    /// Its credentials as its `/proc/TID/status` shows them to a reader in
+    /// the initial user namespace; `None` if it has more groups than a
+    /// record carries.
+    pub creds: Option<Credentials>,
+}
 
 /// The bit of a record's `valid` word that marks a kernel thread.
 const KTHREAD: u32 = 1 << 31;
@@ -353,7 +376,7 @@ impl Iter {
     /// thread.
     ///
     /// [`Kind::Pid`]: crate::ns::Kind::Pid
-    pub fn thread(&self, tid: u32) -> io::Result<Option<Proc>> {
+    pub fn thread(&self, tid: u32) -> io::Result<Option<Thread>> {
         match &self.thread {
             Some(prog) => read_thread(prog, tid),
             None => Ok(None),
@@ -584,18 +607,38 @@ fn load_thread(ebpf: &mut Ebpf, btf: &Btf) -> Option<OwnedFd> {
 }
 
 /// One run of the one-thread program `prog` over thread `tid`.
-fn read_thread(prog: &OwnedFd, tid: u32) -> io::Result<Option<Proc>> {
+fn read_thread(prog: &OwnedFd, tid: u32) -> io::Result<Option<Thread>> {
     let link = crate::sys::bpf::thread_iter_link(prog.as_fd(), tid)?;
     let iter = crate::sys::bpf::iter_open(link.as_fd())?;
     drop(link);
-    let mut record = [0u8; RECORD];
+    let mut record = [0u8; THREAD_RECORD];
     let n = std::fs::File::from(iter).read(&mut record)?;
-    if n != RECORD {
+    if n != THREAD_RECORD {
         return Ok(None);
     }
-    let mut p = parse(&record);
-    p.pid = tid as i32;
-    Ok(Some(p))
+    Ok(Some(parse_thread(tid, &record)))
+}
+
+/// A record of `dump_thread` for thread `tid`.
+fn parse_thread(tid: u32, record: &[u8]) -> Thread {
+    let mut proc = parse(&record[..RECORD]);
+    proc.pid = tid as i32;
+    let word = |i: usize| {
+        let mut w = [0u8; 4];
+        w.copy_from_slice(&record[RECORD + i * 4..RECORD + i * 4 + 4]);
+        u32::from_ne_bytes(w)
+    };
+    let dword = |i: usize| u64::from(word(i)) | u64::from(word(i + 1)) << 32;
+    let (read, ngroups) = (word(14), word(15) as usize);
+    let creds = (read == 1 && ngroups <= THREAD_GROUPS).then(|| Credentials {
+        uid: std::array::from_fn(&word),
+        gid: std::array::from_fn(|i| word(4 + i)),
+        effective: dword(8),
+        permitted: dword(10),
+        inheritable: dword(12),
+        groups: (0..ngroups).map(|i| word(16 + i)).collect(),
+    });
+    Thread { proc, creds }
 }
 
 /// The processes of `pass` whose set is `set`, kernel threads left out.

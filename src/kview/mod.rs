@@ -191,15 +191,21 @@ impl Membership {
     }
 
     /// Thread `tid` (numbered in the daemon's pid namespace) as the kernel
-    /// has it now, read in one BPF call, its own pid namespace in the
-    /// [`Kind::Pid`] link; `None` on the `/proc` path, or when the call
-    /// fails or finds no such thread: callers then read `/proc`, which
-    /// answers for that case as it always did.
-    pub fn thread(&self, tid: u32) -> Option<Proc> {
-        match self {
-            Membership::Kernel(iter) => iter.thread(tid).ok().flatten(),
-            Membership::Proc => None,
+    /// has it now, read in one BPF call: its namespaces (its own pid
+    /// namespace in the [`Kind::Pid`] link) and, when the daemon is in the
+    /// initial user namespace (where ids read as the kernel stores them),
+    /// its credentials. `None` on the `/proc` path, or when the call fails
+    /// or finds no such thread: callers then read `/proc`, which answers
+    /// for that case as it always did.
+    pub fn thread(&self, tid: u32) -> Option<bpf::Thread> {
+        let Membership::Kernel(iter) = self else {
+            return None;
+        };
+        let mut t = iter.thread(tid).ok().flatten()?;
+        if !in_initial_user_ns() {
+            t.creds = None;
         }
+        Some(t)
     }
 
     /// A count that moves whenever some process's setns(2) or unshare(2)
@@ -223,8 +229,20 @@ pub fn thread_set(tid: u32) -> Option<[u64; 8]> {
     }
     membership()
         .thread(tid)
-        .and_then(|p| p.set())
+        .and_then(|t| t.proc.set())
         .or_else(|| procfs::ns_set(tid))
+}
+
+/// The inode of the initial user namespace (the kernel's
+/// `PROC_USER_INIT_INO`).
+const INIT_USER_NS: u64 = 0xEFFF_FFFD;
+
+/// Whether this process is in the initial user namespace.
+fn in_initial_user_ns() -> bool {
+    static INITIAL: OnceLock<bool> = OnceLock::new();
+    *INITIAL.get_or_init(|| {
+        procfs::ns_link_inode(std::process::id() as i32, "user") == Some(INIT_USER_NS)
+    })
 }
 
 /// The daemon's membership source, once chosen.

@@ -4,8 +4,9 @@
 //! caller's pid namespace cannot see the daemon's), as the FUSE header has
 //! them. Capabilities are not sent: they are asked of the kernel (capget(2)
 //! on the caller's thread, or its credentials once they are read), and the
-//! user namespace they hold in is the thread's own (its namespaces are read
-//! in one BPF call when the kernel offers it, else from `/proc/TID/ns`).
+//! user namespace they hold in is the thread's own. The thread's namespaces
+//! and credentials are read together in one BPF call when the kernel offers
+//! it ([`crate::kview`]), else from `/proc/TID/ns` and `/proc/TID/status`.
 //! Root by uid alone grants nothing.
 //!
 //! What is read of the caller's thread (its namespaces, its credentials)
@@ -41,6 +42,9 @@ pub struct Caller {
 /// What was read of a caller's thread, each at most once per request.
 #[derive(Debug, Clone, Default)]
 struct Read {
+    /// The thread as one BPF call read it (namespaces and credentials
+    /// together), when the kernel offers that read.
+    kernel: OnceLock<Option<crate::kview::bpf::Thread>>,
     /// Its namespaces, inodes in [`crate::ns::Kind::ALL`] order (`None`:
     /// unreadable).
     set: OnceLock<Option<[u64; 8]>>,
@@ -68,10 +72,19 @@ impl Caller {
         if self.tid == 0 {
             return None;
         }
-        *self
-            .read
-            .set
-            .get_or_init(|| crate::kview::thread_set(self.tid))
+        *self.read.set.get_or_init(|| {
+            self.kernel()
+                .and_then(|t| t.proc.set())
+                .or_else(|| crate::procfs::ns_set(self.tid))
+        })
+    }
+
+    /// The caller's thread as one BPF call reads it, once per request.
+    fn kernel(&self) -> Option<&crate::kview::bpf::Thread> {
+        self.read
+            .kernel
+            .get_or_init(|| crate::kview::membership().thread(self.tid))
+            .as_ref()
     }
 
     fn visible(&self) -> Result<u32> {
@@ -95,10 +108,15 @@ impl Caller {
     }
 
     /// The caller's effective capabilities: from its credentials if they
-    /// were read already, else asked of the kernel.
+    /// were read already or the BPF read gives them, else asked of the
+    /// kernel.
     fn caps(&self) -> Result<u64> {
         let tid = self.visible()?;
         if let Some(creds) = self.read.creds.get() {
+            return Ok(creds.effective);
+        }
+        // The same reading that gives the namespaces the other checks need.
+        if let Some(creds) = self.kernel().and_then(|t| t.creds.as_ref()) {
             return Ok(creds.effective);
         }
         crate::procfs::effective_caps(tid as i32).ok_or(Error::Denied(Denied::CallerGone(tid)))
@@ -118,6 +136,9 @@ impl Caller {
         let tid = self.visible()?;
         if let Some(creds) = self.read.creds.get() {
             return Ok(creds.clone());
+        }
+        if let Some(creds) = self.kernel().and_then(|t| t.creds.clone()) {
+            return Ok(self.read.creds.get_or_init(|| creds).clone());
         }
         let creds = Credentials::of_thread(tid).map_err(|e| match e {
             CredsError::Gone(_) => Error::Denied(Denied::CallerGone(tid)),

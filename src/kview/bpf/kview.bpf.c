@@ -46,8 +46,36 @@ struct nsproxy {
 	struct time_namespace *time_ns_for_children;
 	struct cgroup_namespace *cgroup_ns;
 } CORE;
+typedef struct {
+	unsigned int val;
+} kuid_t;
+typedef struct {
+	unsigned int val;
+} kgid_t;
+struct group_info {
+	int ngroups;
+	kgid_t gid[];
+} CORE;
+// The capability sets are 64 bits wide (a u64 since Linux 6.3, two u32
+// before: the same bytes on a little-endian machine): only their place is
+// relocated, and they are copied as 8 bytes.
+struct kernel_cap_struct {
+	__u64 val;
+} CORE;
 struct cred {
+	kuid_t uid;
+	kgid_t gid;
+	kuid_t suid;
+	kgid_t sgid;
+	kuid_t euid;
+	kgid_t egid;
+	kuid_t fsuid;
+	kgid_t fsgid;
+	struct kernel_cap_struct cap_inheritable;
+	struct kernel_cap_struct cap_permitted;
+	struct kernel_cap_struct cap_effective;
 	struct user_namespace *user_ns;
+	struct group_info *group_info;
 } CORE;
 struct upid {
 	int nr;
@@ -274,18 +302,41 @@ int dump_tasks(struct bpf_iter__task *ctx)
 	return 0;
 }
 
+// Supplementary groups a thread record carries; a thread with more is
+// marked so, and the daemon reads its credentials from /proc instead.
+#define THREAD_GROUPS 32
+
+// One thread: its namespaces (`r`, its own pid namespace in slot PID) and
+// the credentials its /proc/TID/status shows (objective, as /proc reads
+// them): real, effective, saved and filesystem uid, then gid; effective,
+// permitted and inheritable capabilities; the number of supplementary
+// groups and the first THREAD_GROUPS of them. `creds` is 1 once they are
+// read.
+struct thread_record {
+	struct record r;
+	__u32 uid[4];
+	__u32 gid[4];
+	__u64 caps[3];
+	__u32 creds;
+	__u32 ngroups;
+	__u32 groups[THREAD_GROUPS];
+};
+
 // One thread, for the daemon's checks of a single caller or target:
-// attached to that thread alone (the link's tid), it writes one record
-// with the thread's own namespaces (its pid namespace in slot PID), or
-// nothing if the thread is gone. `pid` is left 0: the reader knows it.
+// attached to that thread alone (the link's tid), it writes one
+// `struct thread_record`, or nothing if the thread is gone. `r.pid` is
+// left 0: the reader knows it.
 SEC("iter/task")
 int dump_thread(struct bpf_iter__task *ctx)
 {
 	struct task_struct *task = ctx->task;
-	struct record r = {};
+	struct thread_record t = {};
 	struct pid *theirs;
-	unsigned int level;
+	const struct cred *cred;
+	struct group_info *gi;
+	unsigned int level, i;
 	struct upid up;
+	int n;
 
 	if (!task)
 		return 0;
@@ -295,13 +346,40 @@ int dump_thread(struct bpf_iter__task *ctx)
 		if (level < MAX_PID_NS_LEVEL) {
 			READ(up, theirs->numbers[level]);
 			if (up.ns) {
-				READ(r.inum[PID], up.ns->ns.inum);
-				r.valid |= 1 << PID;
+				READ(t.r.inum[PID], up.ns->ns.inum);
+				t.r.valid |= 1 << PID;
 			}
 		}
 	}
-	fill_set(task, &r);
-	bpf_seq_write(ctx->meta->seq, &r, sizeof(r));
+	fill_set(task, &t.r);
+	cred = task->real_cred;
+	if (cred) {
+		READ(t.uid[0], cred->uid);
+		READ(t.uid[1], cred->euid);
+		READ(t.uid[2], cred->suid);
+		READ(t.uid[3], cred->fsuid);
+		READ(t.gid[0], cred->gid);
+		READ(t.gid[1], cred->egid);
+		READ(t.gid[2], cred->sgid);
+		READ(t.gid[3], cred->fsgid);
+		READ(t.caps[0], cred->cap_effective);
+		READ(t.caps[1], cred->cap_permitted);
+		READ(t.caps[2], cred->cap_inheritable);
+		gi = cred->group_info;
+		n = 0;
+		if (gi)
+			READ(n, gi->ngroups);
+		if (n >= 0) {
+			t.ngroups = n;
+			t.creds = 1;
+		}
+		if (gi && n > 0) {
+			char *gids = (char *)__builtin_preserve_access_index(&gi->gid);
+			for (i = 0; i < THREAD_GROUPS && i < (unsigned int)n; i++)
+				bpf_probe_read_kernel(&t.groups[i], 4, gids + 4 * i);
+		}
+	}
+	bpf_seq_write(ctx->meta->seq, &t, sizeof(t));
 	return 0;
 }
 
