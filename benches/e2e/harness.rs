@@ -70,6 +70,38 @@ struct Watched {
 
 static WATCHED: OnceLock<Arc<Watched>> = OnceLock::new();
 
+/// The processes the benchmark started and watches (daemons, helpers).
+pub fn watched_pids() -> Vec<i32> {
+    lock(&watched().pids).clone()
+}
+
+/// Every thread of the processes `pids` and of all their descendants.
+pub fn tasks_and_children(pids: &[i32]) -> Vec<i32> {
+    let mut todo = pids.to_vec();
+    let mut tasks = Vec::new();
+    while let Some(pid) = todo.pop() {
+        let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+            continue;
+        };
+        for tid in dir
+            .flatten()
+            .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        {
+            tasks.push(tid);
+            if let Ok(children) =
+                std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/children"))
+            {
+                todo.extend(
+                    children
+                        .split_whitespace()
+                        .filter_map(|c| c.parse::<i32>().ok()),
+                );
+            }
+        }
+    }
+    tasks
+}
+
 fn watched() -> &'static Arc<Watched> {
     WATCHED.get_or_init(|| {
         Arc::new(Watched {

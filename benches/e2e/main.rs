@@ -512,7 +512,79 @@ fn moves_single(s: &Settings, cg: Option<&Cgroups>, sets: &Sets, r: &mut Report)
         ],
         goal: "median ≤ 100, p99 ≤ 200",
     });
+    moves_on_one_cpu(s, cg, sets, pid, &in_a, r);
     drop(target);
+}
+
+/// The same move with the benchmark's thread, the daemon (its threads,
+/// injectors and holders) and the target all on one CPU, beside the
+/// cgroup move on that CPU: what a move costs without the wake-ups of
+/// idle CPUs, which dominate on a virtual machine whose idle CPUs halt
+/// (see the wake-up floor row).
+fn moves_on_one_cpu(
+    s: &Settings,
+    cg: Option<&Cgroups>,
+    sets: &Sets,
+    pid: i32,
+    in_a: &Cell<bool>,
+    r: &mut Report,
+) {
+    use nix::sched::{CpuSet, sched_getaffinity, sched_setaffinity};
+    use nix::unistd::Pid;
+    let all = sched_getaffinity(Pid::from_raw(0)).expect("the benchmark's CPUs");
+    let Some(cpu) = (0..CpuSet::count()).find(|&c| all.is_set(c).unwrap_or(false)) else {
+        return;
+    };
+    let mut one = CpuSet::new();
+    one.set(cpu).expect("a CPU in range");
+    // Every thread of the daemons and their children (injectors, holders),
+    // the target, and this thread.
+    let mut pids = vec![pid, std::process::id() as i32];
+    pids.extend(harness::watched_pids());
+    let set_all = |mask: &CpuSet| {
+        for task in harness::tasks_and_children(&pids) {
+            let _ = sched_setaffinity(Pid::from_raw(task), mask);
+        }
+        sched_setaffinity(Pid::from_raw(0), mask).expect("pin the benchmark's thread");
+    };
+    say(&format!("moves with everything on CPU {cpu}"));
+    set_all(&one);
+    let [ta, tb] = &sets.tasks;
+    let mut ops = vec![ns_move(
+        "tasks held open, one CPU",
+        sets,
+        in_a,
+        pid,
+        Delivery::held([ta, tb]),
+    )];
+    let cg_in_a = Cell::new(false);
+    let cg_paths = cg.map(procs_paths);
+    if let Some([a, b]) = &cg_paths {
+        ops.push(cg_move(
+            "cgroup.procs held open, one CPU",
+            &cg_in_a,
+            pid,
+            Delivery::held([a, b]),
+        ));
+    }
+    let mut got = measure(s.moves, ops).into_iter();
+    set_all(&all);
+    if let Some(cg) = cg {
+        check_cgroup(cg, pid, cg_in_a.get());
+    }
+    let held = got.next().unwrap();
+    let cg_held = match cg {
+        Some(_) => Ok(got.next().unwrap()),
+        None => Err("no cgroup2".to_string()),
+    };
+    r.rows.push(Row {
+        name: "move, 1 thread, `tasks` held open, with the benchmark, the daemon and the \
+               target on one CPU"
+            .into(),
+        ours: held,
+        alts: vec![("`cgroup.procs` held open, on that CPU".into(), cg_held)],
+        goal: "",
+    });
 }
 
 fn moves_threaded(s: &Settings, cg: Option<&Cgroups>, sets: &Sets, r: &mut Report) {
@@ -961,6 +1033,58 @@ fn floor(s: &Settings, r: &mut Report) {
         alts: Vec::new(),
         goal: "",
     });
+    say("wake-up floor");
+    let free = wake_round_trips(plan, false);
+    let pinned = wake_round_trips(plan, true);
+    r.rows.push(Row {
+        name: "floor: a wake-up there and back (one byte through a pipe to another thread and \
+               back), each free to run on any CPU"
+            .into(),
+        ours: free,
+        alts: vec![("the same, both threads on one CPU".into(), Ok(pinned))],
+        goal: "",
+    });
+}
+
+/// Round trips of one byte between this thread and a thread that echoes
+/// it through a second pipe; with `one_cpu`, both on this thread's first
+/// CPU. A move is a chain of about nine such wake-ups.
+fn wake_round_trips(plan: Plan, one_cpu: bool) -> Stats {
+    use nix::sched::{CpuSet, sched_getaffinity, sched_setaffinity};
+    use nix::unistd::{Pid, pipe, read, write};
+    let here = Pid::from_raw(0);
+    let all = sched_getaffinity(here).expect("this thread's CPUs");
+    let mut one = CpuSet::new();
+    if let Some(cpu) = (0..CpuSet::count()).find(|&c| all.is_set(c).unwrap_or(false)) {
+        one.set(cpu).expect("a CPU in range");
+    }
+    let mask = if one_cpu { one } else { all };
+    let (there_r, there_w) = pipe().expect("pipe");
+    let (back_r, back_w) = pipe().expect("pipe");
+    std::thread::scope(|scope| {
+        scope.spawn(|| {
+            let _ = sched_setaffinity(here, &mask);
+            let mut b = [0u8; 1];
+            while read(&there_r, &mut b).is_ok_and(|n| n == 1) {
+                if write(&back_w, &b).is_err() {
+                    break;
+                }
+            }
+        });
+        let _ = sched_setaffinity(here, &mask);
+        let op = Op::new("wake-up round trip", || {
+            timed(|| {
+                let mut b = [0u8; 1];
+                write(&there_w, b"x")?;
+                read(&back_r, &mut b)?;
+                Ok(())
+            })
+        });
+        let stats = measure(plan, vec![op]).remove(0);
+        let _ = sched_setaffinity(here, &all);
+        drop(there_w);
+        stats
+    })
 }
 
 /// Lookups, readdir and moves with growing numbers of containers; the
