@@ -462,6 +462,40 @@ fn bursts_of_reads_count_and_never_hide_an_unshare() {
     assert!(!kernel.members(&new, &[]).unwrap().contains(&pid));
 }
 
+/// The doorbell: readable after a bare unshare(2), not before, and quiet
+/// again once emptied.
+#[test]
+fn a_switch_rings_the_doorbell() {
+    let test = "a_switch_rings_the_doorbell";
+    if !require_privileges(test) || !require_tools(test, &["python3"]) {
+        return;
+    }
+    let (kernel, why) = Membership::choose();
+    let Some(bell) = kernel.doorbell() else {
+        assert!(std::env::var("CI").is_err(), "no doorbell under CI: {why:?}");
+        note(&format!("{test}: skipped: {why:?}"));
+        return;
+    };
+    let readable = |limit_ms: u64| {
+        nsproxyfs::sys::fs::wait_readable(bell, std::time::Duration::from_millis(limit_ms))
+            .unwrap()
+    };
+    let mut p = BareUnshare::start(CLONE_NEWUTS);
+    // Other processes on the host may switch too: empty it until quiet.
+    for _ in 0..100 {
+        kernel.clear_doorbell();
+        if !readable(0) {
+            break;
+        }
+    }
+    let before = kernel.switches().unwrap();
+    p.unshare();
+    assert!(readable(5_000), "no ring after an unshare");
+    assert!(kernel.switches().unwrap() > before);
+    kernel.clear_doorbell();
+    assert!(!readable(0) || kernel.switches().unwrap() > before + 1);
+}
+
 /// With the BPF path, discovery sees a set made by a bare unshare(2) at
 /// its next look (every 100 ms), not at the next full read 30 s later.
 #[test]

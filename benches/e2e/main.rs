@@ -199,7 +199,11 @@ fn run(s: &Settings) -> Report {
     moves_threaded(s, cg, &sets, &mut report);
     // As the daemon chooses (dropped at once, so its programs do not stay).
     let path = match nsproxyfs::kview::Membership::choose() {
-        (m, None) => format!("{} path, passes reused while nothing changed", m.path()),
+        (m, None) => format!(
+            "{} path, counting changes during bursts of reads (with `--discover`: for good) \
+             and reusing passes while nothing changed",
+            m.path()
+        ),
         (m, Some(why)) => format!("{} path ({why})", m.path()),
     };
     say(&format!("membership from {path}"));

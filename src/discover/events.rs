@@ -10,7 +10,7 @@
 //! [`Batch::overflowed`], and the caller then reads `/proc` in full.
 
 use std::io;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::time::Duration;
 
 use crate::sys;
@@ -100,11 +100,13 @@ impl Events {
         sys::socket::send_datagram(self.fd.as_fd(), &msg)
     }
 
-    /// Waits up to `timeout` for the first message, then takes every
-    /// message already queued, without waiting again.
-    pub fn wait(&mut self, timeout: Duration) -> io::Result<Batch> {
+    /// Waits up to `timeout` for the first message, or for `also` to
+    /// become readable, then takes every message already queued, without
+    /// waiting again.
+    pub fn wait(&mut self, timeout: Duration, also: Option<BorrowedFd<'_>>) -> io::Result<Batch> {
         let mut batch = Batch::default();
-        match sys::fs::wait_readable(self.fd.as_fd(), timeout) {
+        let fds: Vec<BorrowedFd<'_>> = std::iter::once(self.fd.as_fd()).chain(also).collect();
+        match sys::fs::wait_readable_any(&fds, timeout) {
             Ok(true) => {}
             Ok(false) => return Ok(batch),
             Err(e) => return Err(e),
@@ -264,7 +266,7 @@ mod tests {
         let mut seen = Vec::new();
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         while std::time::Instant::now() < deadline {
-            let batch = events.wait(Duration::from_millis(200)).unwrap();
+            let batch = events.wait(Duration::from_millis(200), None).unwrap();
             seen.extend(batch.events.into_iter().filter(|e| match e {
                 Event::Fork { child, .. } => *child == pid,
                 Event::Exec(p) | Event::Exit(p) => *p == pid,

@@ -15,8 +15,9 @@
 //! Other changes that come without an exec (a process calling unshare(2)
 //! or setns(2) and carrying on) are seen by the kernel's view
 //! ([`crate::kview`]) when it runs on BPF: it counts every switch of
-//! namespaces, discovery looks at that count every [`SETTLE`], and a moved
-//! count means one full pass (a few milliseconds) and a publish after
+//! namespaces and rings a doorbell (a descriptor discovery polls beside
+//! the process events), so discovery wakes at once, and a moved count
+//! means one full pass (a few milliseconds) and a publish after
 //! [`SETTLE`], as for process events.
 //! On the `/proc` path they are caught by the full read every [`RESYNC`];
 //! so is anything missed when the kernel drops events. Without
@@ -41,6 +42,7 @@ use std::time::{Duration, Instant};
 
 use crate::ns::Kind;
 use crate::procfs;
+use crate::sys;
 
 pub use events::{Event, Events};
 use naming::Source;
@@ -319,6 +321,9 @@ fn run(sink: &dyn Sink) {
     };
     // Read before the first pass, so a switch during it is not missed.
     let membership = crate::kview::membership();
+    // Rings at each setns(2) or unshare(2): the loop wakes at once to read
+    // `switches`, rather than at its next look.
+    let doorbell = membership.doorbell();
     let mut switches = membership.switches();
     model.rescan();
     publish(&model, &mut namer);
@@ -331,11 +336,11 @@ fn run(sink: &dyn Sink) {
             until = until.min(due);
         }
         let mut wait = until.saturating_duration_since(now).min(TICK);
-        if switches.is_some() {
+        if switches.is_some() && doorbell.is_none() {
             wait = wait.min(SETTLE);
         }
         match &mut events {
-            Some(events) => match events.wait(wait) {
+            Some(events) => match events.wait(wait, doorbell) {
                 Ok(batch) => {
                     let mut changed = false;
                     for event in batch.events {
@@ -354,7 +359,15 @@ fn run(sink: &dyn Sink) {
                     std::thread::sleep(wait);
                 }
             },
-            None => std::thread::sleep(wait),
+            None => match doorbell {
+                Some(fd) => {
+                    if let Err(e) = sys::fs::wait_readable(fd, wait) {
+                        log::warn!("waiting for namespace switches failed: {e}");
+                        std::thread::sleep(wait);
+                    }
+                }
+                None => std::thread::sleep(wait),
+            },
         }
         let mut changed = false;
         for pid in sink.take_moved() {
@@ -364,6 +377,9 @@ fn run(sink: &dyn Sink) {
             pending = Some(Instant::now() + SETTLE);
         }
         if let Some(seen) = switches {
+            // Emptied before the count is read: a switch after this rings
+            // again.
+            membership.clear_doorbell();
             let count = membership.switches();
             if count.is_some_and(|c| c != seen) {
                 switches = count;

@@ -19,7 +19,7 @@
 
 use std::collections::HashMap;
 use std::io::{self, Read};
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -125,6 +125,9 @@ pub enum LoadError {
     /// The first pass failed.
     #[error("a first pass failed: {0}")]
     Pass(#[from] io::Error),
+    /// A descriptor of a map could not be duplicated.
+    #[error("cannot duplicate a BPF map descriptor: {0}")]
+    Dup(io::Error),
 }
 
 /// The two counters the programs keep (see the object's source).
@@ -273,6 +276,9 @@ pub struct Iter {
     counters: Option<Array<MapData, [u8; BSS]>>,
     /// When the counting programs run.
     counting: Counting,
+    /// With [`Counting::Always`]: the doorbell ring (one record per
+    /// setns(2) or unshare(2)) and a descriptor of it to poll.
+    doorbell: Option<(Mutex<RingBuf<MapData>>, OwnedFd)>,
     loaded: Mutex<Loaded>,
 }
 
@@ -339,10 +345,22 @@ impl Iter {
             }
             false => (None, None),
         };
+        let doorbell = match counting {
+            Counting::Always => {
+                let map = ebpf
+                    .take_map("switched")
+                    .ok_or(LoadError::Missing("switched"))?;
+                let ring = RingBuf::try_from(map).map_err(map_error)?;
+                let fd = ring.as_fd().try_clone_to_owned().map_err(LoadError::Dup)?;
+                Some((Mutex::new(ring), fd))
+            }
+            _ => None,
+        };
         let it = Iter {
             thread,
             counters,
             counting,
+            doorbell,
             loaded: Mutex::new(Loaded {
                 ebpf,
                 counting: counting == Counting::Always,
@@ -474,6 +492,22 @@ impl Iter {
             return None;
         }
         self.counters().ok().flatten().map(|c| c.switches)
+    }
+
+    /// With [`Counting::Always`], a descriptor that polls readable once a
+    /// setns(2) or unshare(2) has succeeded since the last
+    /// [`Iter::clear_doorbell`].
+    pub fn doorbell(&self) -> Option<BorrowedFd<'_>> {
+        self.doorbell.as_ref().map(|(_, fd)| fd.as_fd())
+    }
+
+    /// Empties the doorbell ring, so that its descriptor polls readable
+    /// again only after the next switch.
+    pub fn clear_doorbell(&self) {
+        if let Some((ring, _)) = &self.doorbell {
+            let mut ring = ring.lock();
+            while ring.next().is_some() {}
+        }
     }
 
     /// With [`Counting::Bursts`], notes a read: one that follows the last

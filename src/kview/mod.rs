@@ -208,6 +208,24 @@ impl Membership {
         Some(t)
     }
 
+    /// A descriptor that polls readable once some process's setns(2) or
+    /// unshare(2) has succeeded since the last [`Membership::clear_doorbell`]
+    /// (a prompt to read [`Membership::switches`]); `None` where
+    /// `switches` is.
+    pub fn doorbell(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
+        match self {
+            Membership::Kernel(iter) => iter.doorbell(),
+            Membership::Proc => None,
+        }
+    }
+
+    /// Lets the doorbell ring again at the next switch.
+    pub fn clear_doorbell(&self) {
+        if let Membership::Kernel(iter) = self {
+            iter.clear_doorbell();
+        }
+    }
+
     /// A count that moves whenever some process's setns(2) or unshare(2)
     /// succeeds; `None` on the `/proc` path, which cannot tell, and
     /// without the counting programs.

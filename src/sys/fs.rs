@@ -94,17 +94,27 @@ pub fn read_i32(fd: BorrowedFd<'_>) -> io::Result<Option<i32>> {
 /// Waits up to `limit` for `fd` to be readable (or at EOF); false if the
 /// time ran out.
 pub fn wait_readable(fd: BorrowedFd<'_>, limit: Duration) -> io::Result<bool> {
-    wait_for(fd, PollFlags::POLLIN, Some(limit))
+    wait_for(&[fd], PollFlags::POLLIN, Some(limit))
+}
+
+/// Waits up to `limit` for any of `fds` to become readable; `false` if
+/// none did.
+pub fn wait_readable_any(fds: &[BorrowedFd<'_>], limit: Duration) -> io::Result<bool> {
+    wait_for(fds, PollFlags::POLLIN, Some(limit))
 }
 
 /// Waits, for ever, for `fd` to report an exceptional condition
 /// (`POLLPRI`: for `/proc/PID/mountinfo`, a change of the mount table).
 pub fn wait_priority(fd: BorrowedFd<'_>) -> io::Result<()> {
-    wait_for(fd, PollFlags::POLLPRI, None).map(drop)
+    wait_for(&[fd], PollFlags::POLLPRI, None).map(drop)
 }
 
-/// `poll` on one descriptor, retried on EINTR until `limit` has passed.
-fn wait_for(fd: BorrowedFd<'_>, events: PollFlags, limit: Option<Duration>) -> io::Result<bool> {
+/// `poll` on descriptors, retried on EINTR until `limit` has passed.
+fn wait_for(
+    fds: &[BorrowedFd<'_>],
+    events: PollFlags,
+    limit: Option<Duration>,
+) -> io::Result<bool> {
     let deadline = limit.map(|limit| Instant::now() + limit);
     loop {
         let timeout = match deadline {
@@ -115,8 +125,8 @@ fn wait_for(fd: BorrowedFd<'_>, events: PollFlags, limit: Option<Duration>) -> i
             }
             None => PollTimeout::NONE,
         };
-        let mut fds = [PollFd::new(fd, events)];
-        match nix::poll::poll(&mut fds, timeout) {
+        let mut polled: Vec<PollFd<'_>> = fds.iter().map(|&fd| PollFd::new(fd, events)).collect();
+        match nix::poll::poll(&mut polled, timeout) {
             Ok(0) => return Ok(false),
             Ok(_) => return Ok(true),
             Err(nix::errno::Errno::EINTR) => {}

@@ -174,6 +174,15 @@ struct {
 	__uint(max_entries, 1 << 20);
 } events SEC(".maps");
 
+// A doorbell: one 8-byte record for each successful setns(2) or
+// unshare(2), so that discovery, polling this map's descriptor, wakes at
+// once instead of at its next look at `switches`. A full ring drops the
+// record; `switches` stays the truth.
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 1 << 12);
+} switched SEC(".maps");
+
 // The inode of namespace `space` (any namespace type: each embeds its
 // ns_common as the field `ns`, at its own offset); 0 for none.
 #define NS_INUM(space) ((space) ? (space)->ns.inum : 0)
@@ -430,8 +439,11 @@ int on_sys_exit(__u64 *args)
 		nr = no;
 	}
 	if (nr >= 0 && (nr == sys_setns || nr == sys_unshare)) {
+		__u64 ring = 1;
+
 		__sync_fetch_and_add(&switches, 1);
 		__sync_fetch_and_add(&changes, 1);
+		bpf_ringbuf_output(&switched, &ring, sizeof(ring), 0);
 	}
 	return 0;
 }
