@@ -88,6 +88,12 @@ impl ProcDir {
         Self::open(&format!("/proc/{pid}/task"))
     }
 
+    /// `/proc/PID/task/TID/ns`: the namespaces of thread `tid` of process
+    /// `pid`, in one open.
+    pub fn task_ns(pid: i32, tid: i32) -> io::Result<ProcDir> {
+        Self::open(&format!("/proc/{pid}/task/{tid}/ns"))
+    }
+
     fn open(path: &str) -> io::Result<ProcDir> {
         Self::open_at(None, path)
     }
@@ -132,12 +138,13 @@ impl ProcDir {
 /// The threads of process `pid` (`/proc/PID/task`), in tid order.
 /// `NotFound` once it is gone.
 pub fn tasks(pid: i32) -> io::Result<Vec<i32>> {
-    let mut tids = Vec::new();
-    for entry in std::fs::read_dir(format!("/proc/{pid}/task"))? {
-        if let Some(tid) = entry?.file_name().to_str().and_then(|n| n.parse().ok()) {
-            tids.push(tid);
-        }
-    }
+    let mut buf = [0u8; 32];
+    let path = c_str(&mut buf, &format!("/proc/{pid}/task"))
+        .ok_or_else(|| io::Error::from_raw_os_error(libc::EINVAL))?;
+    let mut tids: Vec<i32> = sys::fs::proc_numbers(path)?
+        .into_iter()
+        .filter_map(|t| i32::try_from(t).ok())
+        .collect();
     tids.sort_unstable();
     Ok(tids)
 }

@@ -499,6 +499,11 @@ fn ns_ids(tasks: &ProcDir, tid: Pid, kinds: libc::c_int) -> Result<Vec<u64>, Mov
     let ns = tasks
         .subdir(&format!("{tid}/ns"))
         .map_err(MoveError::Proc)?;
+    ns_ids_in(&ns, kinds)
+}
+
+/// The inodes of the links of kinds `kinds` in the `ns` directory `ns`.
+fn ns_ids_in(ns: &ProcDir, kinds: libc::c_int) -> Result<Vec<u64>, MoveError> {
     KINDS
         .iter()
         .filter(|(flag, _)| kinds & flag != 0)
@@ -819,11 +824,9 @@ fn join_all(
 /// kernel gives the next descriptor opened there, as long as nothing that
 /// shares the table opens or closes one meanwhile.
 fn lowest_free_fd(tgid: Pid, tid: Pid) -> Result<i64, MoveError> {
-    let dir = fs::read_dir(format!("/proc/{tgid}/task/{tid}/fd")).map_err(MoveError::Proc)?;
-    let mut used: Vec<i64> = dir
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse().ok())
-        .collect();
+    let path = std::ffi::CString::new(format!("/proc/{tgid}/task/{tid}/fd"))
+        .map_err(|_| MoveError::Proc(std::io::Error::from_raw_os_error(libc::EINVAL)))?;
+    let mut used = crate::sys::fs::proc_numbers(&path).map_err(MoveError::Proc)?;
     used.sort_unstable();
     let mut free = 0;
     for fd in used {
@@ -1482,10 +1485,23 @@ fn verify(
     expected: &Expected,
     kinds: libc::c_int,
 ) -> Result<(), (usize, JoinFailure)> {
-    let tasks = ProcDir::tasks(tgid.as_raw())
-        .map_err(|e| (0, JoinFailure::Trace(proc_failure(tgid, e))))?;
+    // One thread: its `ns` directory in one open; more: the task
+    // directory once, then each thread's below it.
+    let tasks = match threads {
+        [_] => None,
+        _ => Some(
+            ProcDir::tasks(tgid.as_raw())
+                .map_err(|e| (0, JoinFailure::Trace(proc_failure(tgid, e))))?,
+        ),
+    };
     for (i, t) in threads.iter().enumerate() {
-        match ns_ids(&tasks, t.tid(), kinds) {
+        let now = match &tasks {
+            Some(tasks) => ns_ids(tasks, t.tid(), kinds),
+            None => ProcDir::task_ns(tgid.as_raw(), t.tid().as_raw())
+                .map_err(MoveError::Proc)
+                .and_then(|ns| ns_ids_in(&ns, kinds)),
+        };
+        match now {
             Ok(now) if now == expected.inodes => {}
             Ok(_) => {
                 log::error!(

@@ -472,13 +472,15 @@ fn a_switch_rings_the_doorbell() {
     }
     let (kernel, why) = Membership::choose();
     let Some(bell) = kernel.doorbell() else {
-        assert!(std::env::var("CI").is_err(), "no doorbell under CI: {why:?}");
+        assert!(
+            std::env::var("CI").is_err(),
+            "no doorbell under CI: {why:?}"
+        );
         note(&format!("{test}: skipped: {why:?}"));
         return;
     };
     let readable = |limit_ms: u64| {
-        nsproxyfs::sys::fs::wait_readable(bell, std::time::Duration::from_millis(limit_ms))
-            .unwrap()
+        nsproxyfs::sys::fs::wait_readable(bell, std::time::Duration::from_millis(limit_ms)).unwrap()
     };
     let mut p = BareUnshare::start(CLONE_NEWUTS);
     // Other processes on the host may switch too: empty it until quiet.

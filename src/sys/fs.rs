@@ -97,6 +97,55 @@ pub fn wait_readable(fd: BorrowedFd<'_>, limit: Duration) -> io::Result<bool> {
     wait_for(&[fd], PollFlags::POLLIN, Some(limit))
 }
 
+/// Room a `/proc` directory's read must leave unfilled to show it reached
+/// the end: more than any entry with a numeric name takes (a
+/// `linux_dirent64` is 19 bytes and the name, padded to 8: at most 40).
+const PROC_DIR_END: usize = 64;
+
+/// The entries of the `/proc` directory `path` (`/proc/PID/task`,
+/// `/proc/PID/fd`) whose names are numbers, unsorted. One `open`, as few
+/// `getdents64` as the listing needs, one `close`: procfs fills a read
+/// until the next entry does not fit or the directory ends, so a read that
+/// leaves room for another entry has reached the end and needs no second
+/// read to say so.
+pub fn proc_numbers(path: &CStr) -> io::Result<Vec<i64>> {
+    let dir = open_at(None, path, libc::O_RDONLY | libc::O_DIRECTORY)?;
+    let mut buf = vec![0u8; 16 * 1024];
+    let mut found = Vec::new();
+    loop {
+        // SAFETY: getdents64 writes at most `buf.len()` bytes of dirent
+        // records into `buf`, which lives across the call, and reads the
+        // open directory `dir`.
+        let n = unsafe {
+            libc::syscall(
+                libc::SYS_getdents64,
+                dir.as_raw_fd(),
+                buf.as_mut_ptr(),
+                buf.len(),
+            )
+        };
+        let n = usize::try_from(check(n)?).unwrap_or(0);
+        let mut at = 0;
+        // Each record: d_ino (8), d_off (8), d_reclen (2), d_type (1),
+        // then the NUL-terminated name.
+        while at + 19 <= n {
+            let reclen = usize::from(u16::from_ne_bytes([buf[at + 16], buf[at + 17]]));
+            if reclen < 19 || at + reclen > n {
+                return Err(io::Error::from_raw_os_error(libc::EIO));
+            }
+            let name = &buf[at + 19..at + reclen];
+            let name = &name[..name.iter().position(|&b| b == 0).unwrap_or(name.len())];
+            if let Some(number) = std::str::from_utf8(name).ok().and_then(|s| s.parse().ok()) {
+                found.push(number);
+            }
+            at += reclen;
+        }
+        if n == 0 || buf.len() - n >= PROC_DIR_END {
+            return Ok(found);
+        }
+    }
+}
+
 /// Waits up to `limit` for any of `fds` to become readable; `false` if
 /// none did.
 pub fn wait_readable_any(fds: &[BorrowedFd<'_>], limit: Duration) -> io::Result<bool> {
@@ -147,6 +196,43 @@ pub fn try_lock(fd: BorrowedFd<'_>) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn std_numbers(path: &str) -> Vec<i64> {
+        let mut v: Vec<i64> = std::fs::read_dir(path)
+            .unwrap()
+            .flatten()
+            .filter_map(|e| e.file_name().to_str()?.parse().ok())
+            .collect();
+        v.sort_unstable();
+        v
+    }
+
+    #[test]
+    fn proc_numbers_lists_what_readdir_lists() {
+        // Enough descriptors (about 22 KiB of entries) that the listing
+        // takes more than one read, and fewer than the usual limit of 1,024.
+        let files: Vec<std::fs::File> = (0..900)
+            .map(|_| std::fs::File::open("/dev/null").unwrap())
+            .collect();
+        let listed = |path: &str| {
+            let c = std::ffi::CString::new(path).unwrap();
+            let mut v = proc_numbers(&c).unwrap();
+            v.sort_unstable();
+            v
+        };
+        let ours = listed("/proc/self/fd");
+        let theirs = std_numbers("/proc/self/fd");
+        // The listings' own descriptors come and go; the files stay.
+        for f in &files {
+            let fd = i64::from(f.as_raw_fd());
+            assert!(ours.contains(&fd) && theirs.contains(&fd), "fd {fd}");
+        }
+        assert!(ours.len() >= files.len());
+        assert!(ours.len().abs_diff(theirs.len()) <= 1);
+        assert_eq!(listed("/proc/self/task"), std_numbers("/proc/self/task"));
+        let none = std::ffi::CString::new("/proc/self/no-such-dir").unwrap();
+        assert!(proc_numbers(&none).is_err());
+    }
     use std::os::fd::AsFd;
 
     #[test]

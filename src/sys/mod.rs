@@ -5,7 +5,8 @@
 //! * [`ns`]: the nsfs ioctls (type, owner, parent, pid translation) and
 //!   `setns` of a thread.
 //! * [`fs`]: opening (`openat`, `openat2`), `statx`, `readlinkat` into a
-//!   caller's buffer, pipes, `poll`, `flock`.
+//!   caller's buffer, listings of numbered `/proc` directories
+//!   (`getdents64`), pipes, `poll`, `flock`.
 //! * [`mount`]: bind mounts, propagation changes, lazy unmounts.
 //! * [`socket`]: `SOCK_SEQPACKET` pairs and records carrying one
 //!   descriptor (`SCM_RIGHTS`); the netlink process connector.
@@ -39,7 +40,8 @@
 //!   any signal number, real-time ones included ([`ptrace`]); and for calls
 //!   nix does not have (pidfds, the nsfs and pidfs ioctls' results,
 //!   `kcmp`, `close_range`, `capget`/`capset`, allocation-free
-//!   `readlinkat`, `SCM_RIGHTS`, the mapping of a ring buffer's
+//!   `readlinkat`, a `/proc` listing that stops at the read that shows its
+//!   end, `SCM_RIGHTS`, the mapping of a ring buffer's
 //!   positions, and the two bpf(2) commands aya does not offer).
 //!
 //! Nothing here depends on the rest of the crate but [`crate::kind`].
