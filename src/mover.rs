@@ -94,11 +94,49 @@ pub trait Mover: Send + Sync + 'static {
         seized: &mut dyn FnMut(),
     ) -> Result<()>;
 
+    /// Begins the move `move_process` would make, on the calling thread,
+    /// when that needs no wait and nothing the caller's thread must not do
+    /// (no holder to start): the request goes to an injector at once, so
+    /// the thread that finishes the move ([`Mover::finish`]) only waits for
+    /// the answer. `Err` gives `target` back: `move_process` does it all.
+    fn begin(
+        &self,
+        pid: i32,
+        target: OwnedFd,
+        writer_tid: u32,
+        tracer: &Credentials,
+        set: &[Arc<Namespace>; 8],
+    ) -> std::result::Result<Begun, OwnedFd> {
+        let _ = (pid, writer_tid, tracer, set);
+        Err(target)
+    }
+
+    /// Finishes a move [`Mover::begin`] began, as `move_process` would
+    /// (`seized` as there).
+    fn finish(&self, begun: Begun, seized: &mut dyn FnMut()) -> Result<()> {
+        let _ = seized;
+        begun.sent.map(|_| ())
+    }
+
     /// Namespace `ino` lost its last binding: forget anything holding it.
     fn released(&self, ino: u64);
 
     /// Processes the mover runs for its own use, left out of `tasks`.
     fn helper_pids(&self) -> Vec<i32>;
+}
+
+/// A move handed to an injector by [`Mover::begin`]: finish it with
+/// [`Mover::finish`] (dropping it lets the injector finish the move
+/// unobserved).
+#[derive(Debug)]
+pub struct Begun {
+    pid: i32,
+    /// The writer's thread, when it belongs to the process moved.
+    writer: Option<nix::unistd::Pid>,
+    /// The request with an injector, or why it could not be sent.
+    sent: Result<crate::injector::Sent>,
+    /// The target, pinned, for as long as the move runs.
+    _target: Option<ProcessHandle>,
 }
 
 /// Moves processes by ptrace-injecting `setns(pidfd_of_holder, kinds)`.
@@ -360,6 +398,88 @@ impl Mover for PtraceMover {
             errno_of: self.errno_of,
         };
         self.try_move(pid, target, set, Some(writer), None)
+    }
+
+    fn begin(
+        &self,
+        pid: i32,
+        target: OwnedFd,
+        writer_tid: u32,
+        tracer: &Credentials,
+        set: &[Arc<Namespace>; 8],
+    ) -> std::result::Result<Begun, OwnedFd> {
+        if pid == std::process::id() as i32 {
+            return Err(target);
+        }
+        let mut key: [u64; 8] = std::array::from_fn(|i| set[i].ino());
+        let Some((flags, own_pidns)) = kernel_kinds_to_change(pid, &key) else {
+            return Err(target);
+        };
+        if flags & libc::CLONE_NEWPID == 0 {
+            key[Kind::Pid.index()] = own_pidns;
+        }
+        // Only a holder already there: starting one forks, which is the
+        // move thread's to wait for.
+        let holder = match self.holders.lock().get(&key) {
+            Some(h) if h.is_alive() => Arc::clone(h),
+            _ => return Err(target),
+        };
+        let open_pidns = || ProcDir::ns(pid)?.open_entry("pid");
+        let Ok(seen) = holder.pid_seen_from(own_pidns, open_pidns) else {
+            return Err(target);
+        };
+        // Only an injector already running: starting one execs.
+        let Some(injector) = self.injectors.take_idle() else {
+            return Err(target);
+        };
+        let writer = procfs::is_thread_of(writer_tid, pid)
+            .then(|| nix::unistd::Pid::from_raw(writer_tid as i32));
+        let target = match ProcessHandle::pinned(target, pid) {
+            Ok(t) => t,
+            Err(e) => {
+                self.injectors.put_back(injector);
+                return Ok(Begun {
+                    pid,
+                    writer: None,
+                    sent: Err(e.into()),
+                    _target: None,
+                });
+            }
+        };
+        let source = transfer::Source {
+            seen,
+            known: Some(transfer::Known {
+                local: holder.pid(),
+                inodes: key,
+            }),
+        };
+        // A writer moving itself may trace itself: no tracer check, as in
+        // `move_process`.
+        let tracer = writer.is_none().then_some(tracer);
+        let sent = self
+            .injectors
+            .send(Some(injector), &target, source, flags, writer, tracer)
+            .map_err(Error::from);
+        Ok(Begun {
+            pid,
+            writer,
+            sent,
+            _target: Some(target),
+        })
+    }
+
+    fn finish(&self, begun: Begun, seized: &mut dyn FnMut()) -> Result<()> {
+        let Begun {
+            pid, writer, sent, ..
+        } = begun;
+        let writer = writer.map(|tid| transfer::Writer {
+            tid,
+            answer: seized,
+            errno_of: self.errno_of,
+        });
+        let threads = self.injectors.finish(sent?, writer)?;
+        log::info!("moved process {pid} ({threads} threads)");
+        Ok(())
     }
 
     fn helper_pids(&self) -> Vec<i32> {

@@ -138,13 +138,43 @@ impl Injectors {
         target: &ProcessHandle,
         source: transfer::Source,
         flags: libc::c_int,
-        mut writer: Option<Writer<'_>>,
+        writer: Option<Writer<'_>>,
         tracer: Option<&Credentials>,
     ) -> Result<usize> {
+        let writer_tid = writer.as_ref().map(|w| w.tid);
+        let sent = self.send(None, target, source, flags, writer_tid, tracer)?;
+        self.finish(sent, writer)
+    }
+
+    /// Gives back an injector [`Injectors::take_idle`] took, unused.
+    pub fn put_back(&self, idle: Idle) {
+        self.check_in(idle.0);
+    }
+
+    /// An idle injector, taken out of the pool for [`Injectors::send`];
+    /// `None` if none is idle (starting one is the caller's to decide).
+    pub fn take_idle(&self) -> Option<Idle> {
+        self.idle.lock().pop().map(Idle)
+    }
+
+    /// Hands the move of `target` to an injector (`first`, if given and
+    /// alive, else an idle one, else a new one) and returns without
+    /// waiting for its answer, which [`Injectors::finish`] takes.
+    /// `writer` is the writer's thread when it belongs to the target (see
+    /// [`Writer`]).
+    pub fn send(
+        &self,
+        mut first: Option<Idle>,
+        target: &ProcessHandle,
+        source: transfer::Source,
+        flags: libc::c_int,
+        writer: Option<nix::unistd::Pid>,
+        tracer: Option<&Credentials>,
+    ) -> Result<Sent> {
         let request = Request {
             holder: source.seen,
             flags,
-            writer: writer.as_ref().map_or(0, |w| w.tid.as_raw()),
+            writer: writer.map_or(0, |w| w.as_raw()),
             known: source.known,
             tracer: tracer.cloned(),
         }
@@ -155,30 +185,43 @@ impl Injectors {
         loop {
             // Taken in a statement of its own: the lock must not be held
             // while a new injector starts.
-            let idle = self.idle.lock().pop();
+            let idle = match first.take() {
+                Some(Idle(injector)) => Some(injector),
+                None => self.idle.lock().pop(),
+            };
             let (injector, fresh) = match idle {
                 Some(i) => (i, false),
                 None => (self.spawn()?, true),
             };
-            match injector.exchange(&request, target.pidfd(), writer.as_mut()) {
-                Exchange::Answered(outcome) => {
-                    self.check_in(injector);
-                    return outcome;
-                }
-                Exchange::Leaving(outcome) => {
-                    self.retire(injector);
-                    return outcome;
-                }
-                Exchange::NotSent(source) => {
+            match injector.send(&request, target.pidfd()) {
+                Ok(()) => return Ok(Sent { injector }),
+                Err(source) => {
                     self.retire(injector);
                     if fresh {
                         return Err(InjectorError::NotSent(source).into());
                     }
                 }
-                Exchange::Broken(e) => {
-                    self.retire(injector);
-                    return Err(e);
-                }
+            }
+        }
+    }
+
+    /// Waits for the answer to a move [`Injectors::send`] handed over:
+    /// `writer` is answered once the target's threads are asked to stop,
+    /// when it is one of them. Returns the number of threads moved.
+    pub fn finish(&self, sent: Sent, mut writer: Option<Writer<'_>>) -> Result<usize> {
+        let Sent { injector } = sent;
+        match injector.receive(writer.as_mut()) {
+            Exchange::Answered(outcome) => {
+                self.check_in(injector);
+                outcome
+            }
+            Exchange::Leaving(outcome) => {
+                self.retire(injector);
+                outcome
+            }
+            Exchange::Broken(e) => {
+                self.retire(injector);
+                Err(e)
             }
         }
     }
@@ -257,8 +300,6 @@ enum Exchange {
     /// The injector answered and exits: a thread that would not stop is
     /// attached to it until it does.
     Leaving(Result<usize>),
-    /// The request could not be sent: nothing happened.
-    NotSent(io::Error),
     /// The injector broke off (died, or said something unexpected) after
     /// taking the request.
     Broken(Error),
@@ -269,6 +310,18 @@ enum Exchange {
 struct Injector {
     child: Child,
     channel: OwnedFd,
+}
+
+/// An idle injector taken out of the pool ([`Injectors::take_idle`]).
+#[derive(Debug)]
+pub struct Idle(Injector);
+
+/// A move handed to an injector, whose answer is still to be read
+/// ([`Injectors::finish`]). Dropping it lets the injector go: it finishes
+/// the move and exits.
+#[derive(Debug)]
+pub struct Sent {
+    injector: Injector,
 }
 
 impl Injector {
@@ -295,16 +348,15 @@ impl Injector {
         Ok(Injector { child, channel })
     }
 
-    fn exchange(
-        &self,
-        request: &str,
-        pidfd: BorrowedFd<'_>,
-        mut writer: Option<&mut Writer<'_>>,
-    ) -> Exchange {
+    /// Sends a request, with the target's pidfd; an error means nothing
+    /// happened.
+    fn send(&self, request: &str, pidfd: BorrowedFd<'_>) -> io::Result<()> {
+        sys::send(self.channel.as_fd(), request.as_bytes(), Some(pidfd))
+    }
+
+    /// Reads the answers to the request sent, up to the outcome.
+    fn receive(&self, mut writer: Option<&mut Writer<'_>>) -> Exchange {
         let channel = self.channel.as_fd();
-        if let Err(e) = sys::send(channel, request.as_bytes(), Some(pidfd)) {
-            return Exchange::NotSent(e);
-        }
         let mut buf = vec![0u8; RECORD];
         let mut leaving = false;
         loop {

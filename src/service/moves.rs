@@ -274,6 +274,17 @@ impl Service {
         // Until it is answered, the kernel holds this name of `tasks`
         // locked: new lookups get another.
         self.tasks_names.begin(c, generation);
+        // Without cgroups to join first, the request can go to an injector
+        // from here, when that takes no wait (a holder and an injector are
+        // there already): the move thread then only waits for the answer,
+        // one wake-up fewer on the way in.
+        let start = match cgroups {
+            None => match self.mover.begin(local, pidfd, caller.tid, &creds, &set) {
+                Ok(begun) => Start::Begun(begun),
+                Err(pidfd) => Start::Pinned(pidfd),
+            },
+            Some(_) => Start::Pinned(pidfd),
+        };
         let this = Arc::clone(self);
         let caller = caller.clone();
         slot.run(Box::new(move || {
@@ -281,12 +292,12 @@ impl Service {
                 set: &set,
                 cgroups: cgroups.as_ref(),
             };
-            this.finish_move(&caller, c, local, pidfd, &creds, target, reply.as_mut());
+            this.finish_move(&caller, c, local, start, &creds, target, reply.as_mut());
             this.tasks_names.end(c, generation);
         }));
     }
 
-    /// Moves `local`, pinned by `pidfd`, into `target` (what container
+    /// Moves `local`, pinned by `start` or begun there, into `target` (what container
     /// `c` binds) and answers the write that asked for it: first into the
     /// cgroups, if any, with the writer's rights; then into the
     /// namespaces. If the namespace part fails, the cgroups are left again,
@@ -297,7 +308,7 @@ impl Service {
         caller: &Caller,
         c: ContainerId,
         local: i32,
-        pidfd: OwnedFd,
+        start: Start,
         creds: &crate::ns::creds::Credentials,
         target: Target<'_>,
         reply: &mut dyn WriteReply,
@@ -313,11 +324,15 @@ impl Service {
         // The mover may have the write answered before it is done (a
         // process moving itself); a failure after that still gets logged
         // here, and reaches the writer as its write's return value.
-        let result = self
-            .mover
-            .move_process(local, pidfd, caller.tid, creds, set, &mut || {
-                reply.send("write tasks", Ok(()))
-            });
+        let mut seized = || reply.send("write tasks", Ok(()));
+        let result = match start {
+            Start::Pinned(pidfd) => {
+                self.mover
+                    .move_process(local, pidfd, caller.tid, creds, set, &mut seized)
+            }
+            // Begun only for containers without cgroups: nothing joined.
+            Start::Begun(begun) => self.mover.finish(begun, &mut seized),
+        };
         let result = result.map_err(Error::from);
         if let (Err(e), Some(joined)) = (&result, joined) {
             log::info!(
@@ -354,6 +369,13 @@ impl Service {
             self.mover.released(ino);
         }
     }
+}
+
+/// How a move thread finds its move: the target pinned, or the move
+/// already with an injector.
+pub(super) enum Start {
+    Pinned(OwnedFd),
+    Begun(crate::mover::Begun),
 }
 
 /// What a move goes into.
