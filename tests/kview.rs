@@ -53,23 +53,30 @@ fn by_pid(pass: &[Proc]) -> BTreeMap<i32, Proc> {
     pass.iter().map(|p| (p.pid, *p)).collect()
 }
 
-#[test]
-fn bpf_and_proc_agree() {
-    if !require_privileges("bpf_and_proc_agree")
-        || !require_tools("bpf_and_proc_agree", &["unshare"])
-    {
-        return;
+/// The BPF path, loaded with its counting programs, for test `test`
+/// (which needs `tools`); `None`, said why, where it cannot run here (a
+/// failure under CI).
+fn kernel_path(test: &str, tools: &[&str]) -> Option<Membership> {
+    if !require_privileges(test) || !require_tools(test, tools) {
+        return None;
     }
-    let kernel = match Membership::choose() {
-        (m @ Membership::Kernel(_), _) => m,
+    match Membership::choose() {
+        (m @ Membership::Kernel(_), _) => Some(m),
         (_, why) => {
             assert!(
                 std::env::var("CI").is_err(),
                 "no BPF path under CI: {why:?}"
             );
-            note(&format!("bpf_and_proc_agree: skipped: {why:?}"));
-            return;
+            note(&format!("{test}: skipped: {why:?}"));
+            None
         }
+    }
+}
+
+#[test]
+fn bpf_and_proc_agree() {
+    let Some(kernel) = kernel_path("bpf_and_proc_agree", &["unshare"]) else {
+        return;
     };
     let procs = spread();
     std::thread::sleep(std::time::Duration::from_millis(300));
@@ -133,21 +140,8 @@ fn bpf_and_proc_agree() {
 /// its own ids, and a thread that is gone.
 #[test]
 fn one_thread_reads_as_proc_does() {
-    if !require_privileges("one_thread_reads_as_proc_does")
-        || !require_tools("one_thread_reads_as_proc_does", &["unshare", "setpriv"])
-    {
+    let Some(kernel) = kernel_path("one_thread_reads_as_proc_does", &["unshare", "setpriv"]) else {
         return;
-    }
-    let kernel = match Membership::choose() {
-        (m @ Membership::Kernel(_), _) => m,
-        (_, why) => {
-            assert!(
-                std::env::var("CI").is_err(),
-                "no BPF path under CI: {why:?}"
-            );
-            note(&format!("one_thread_reads_as_proc_does: skipped: {why:?}"));
-            return;
-        }
     };
     let mut procs = spread();
     let other = Command::new("setpriv")
@@ -370,20 +364,9 @@ const CLONE_NEWNET: u32 = 0x4000_0000;
 /// the next read sees the process in its new set and out of its old one.
 #[test]
 fn reuse_never_hides_an_unshare() {
-    if !require_privileges("reuse_never_hides_an_unshare")
-        || !require_tools("reuse_never_hides_an_unshare", &["python3"])
-    {
+    let Some(kernel) = kernel_path("reuse_never_hides_an_unshare", &["python3"]) else {
         return;
-    }
-    let (kernel, why) = Membership::choose();
-    if kernel.path() != "bpf" {
-        assert!(
-            std::env::var("CI").is_err(),
-            "no BPF path under CI: {why:?}"
-        );
-        note(&format!("reuse_never_hides_an_unshare: skipped: {why:?}"));
-        return;
-    }
+    };
     let mut p = BareUnshare::start(CLONE_NEWUTS | CLONE_NEWNET);
     let pid = p.pid();
     let old = kernel.processes().unwrap();
