@@ -73,6 +73,9 @@ const BSS: usize = 40;
 const EVENTS_COUNTED: u32 = 1 << 20;
 const EVENTS_UNCOUNTED: u32 = 1 << 12;
 
+/// The size of the doorbell ring (`switched`), at least a page.
+const SWITCHED: u32 = 1 << 12;
+
 /// With [`Counting::Bursts`]: a read that comes within this time of the
 /// one before it attaches the counting programs, and they are detached
 /// once no read came for [`BURST_IDLE`].
@@ -270,7 +273,7 @@ struct Loaded {
 /// daemon's life (the programs and links go with it).
 pub struct Iter {
     /// The program that reads one thread (`dump_thread`), if the kernel
-    /// limits task iterators to one thread (5.19 and later).
+    /// limits task iterators to one thread (6.1 and later).
     thread: Option<OwnedFd>,
     /// `None` when loaded without the counting programs.
     counters: Option<Array<MapData, [u8; BSS]>>,
@@ -296,16 +299,20 @@ impl Iter {
         let setns = libc::SYS_setns as u64;
         let unshare = libc::SYS_unshare as u64;
         let count = counting != Counting::Never;
+        // Ring buffers are a whole number of pages (4 KiB to 64 KiB).
+        let page = crate::sys::ringbuf::page_size()?;
+        let page = u32::try_from(page).unwrap_or(EVENTS_COUNTED);
         let ring = if count {
-            EVENTS_COUNTED
+            EVENTS_COUNTED.max(page)
         } else {
-            EVENTS_UNCOUNTED
+            EVENTS_UNCOUNTED.max(page)
         };
         let mut ebpf = EbpfLoader::new()
             .btf(Some(&btf))
             .override_global("sys_setns", &setns, true)
             .override_global("sys_unshare", &unshare, true)
             .map_max_entries("events", ring)
+            .map_max_entries("switched", SWITCHED.max(page))
             .load(OBJECT)?;
         let refused = |name| move |e| LoadError::Program(name, e);
         let iter: &mut IterProgram = program(&mut ebpf, "dump_tasks")?
@@ -374,15 +381,16 @@ impl Iter {
         };
         it.pass()?;
         // A kernel that loads the program but cannot limit an iterator to
-        // one thread is found out here, once.
-        if let Some(prog) = &it.thread {
-            let me = nix::unistd::gettid().as_raw() as u32;
-            if let Err(e) = read_thread(prog, me) {
-                log::info!("one-thread BPF reads not used ({e}); threads are read through /proc");
-                let mut it = it;
-                it.thread = None;
-                return Ok(it);
-            }
+        // one thread (before 6.1 the link's tid is ignored, and some later
+        // kernels look it up as a process) is found out here, once, by
+        // reading a thread that does not lead its process.
+        if let Some(prog) = &it.thread
+            && let Err(why) = probe_thread(prog)
+        {
+            log::info!("one-thread BPF reads not used ({why}); threads are read through /proc");
+            let mut it = it;
+            it.thread = None;
+            return Ok(it);
         }
         Ok(it)
     }
@@ -531,10 +539,14 @@ impl Iter {
                 loaded.last = None;
                 loaded.index = None;
             }
-            Err((name, e)) => log::warn!(
-                "membership: cannot attach BPF program {name} for a burst of reads ({e}); \
-                 each read makes a new pass"
-            ),
+            Err((name, e)) => {
+                // Said once: later bursts do not try again.
+                loaded.bursts = false;
+                log::warn!(
+                    "membership: cannot attach BPF program {name} for a burst of reads ({e}); \
+                     from now on each read makes a new pass"
+                );
+            }
         }
     }
 
@@ -640,7 +652,9 @@ fn load_thread(ebpf: &mut Ebpf, btf: &Btf) -> Option<OwnedFd> {
     }
 }
 
-/// One run of the one-thread program `prog` over thread `tid`.
+/// One run of the one-thread program `prog` over thread `tid`: its
+/// record, if the first record read is that thread's (a kernel that
+/// ignores the link's tid gives another task's first).
 fn read_thread(prog: &OwnedFd, tid: u32) -> io::Result<Option<Thread>> {
     let link = crate::sys::bpf::thread_iter_link(prog.as_fd(), tid)?;
     let iter = crate::sys::bpf::iter_open(link.as_fd())?;
@@ -650,13 +664,40 @@ fn read_thread(prog: &OwnedFd, tid: u32) -> io::Result<Option<Thread>> {
     if n != THREAD_RECORD {
         return Ok(None);
     }
-    Ok(Some(parse_thread(tid, &record)))
+    let thread = parse_thread(&record);
+    Ok((thread.proc.pid == tid as i32).then_some(thread))
 }
 
-/// A record of `dump_thread` for thread `tid`.
-fn parse_thread(tid: u32, record: &[u8]) -> Thread {
-    let mut proc = parse(&record[..RECORD]);
-    proc.pid = tid as i32;
+/// Reads a thread of this process that does not lead it (started for
+/// this, and ended at once): `Err` unless it reads as itself.
+fn probe_thread(prog: &OwnedFd) -> Result<(), String> {
+    let (tid_tx, tid_rx) = std::sync::mpsc::channel();
+    let (end_tx, end_rx) = std::sync::mpsc::channel::<()>();
+    let probe = std::thread::Builder::new()
+        .name("kview-probe".into())
+        .spawn(move || {
+            let _ = tid_tx.send(nix::unistd::gettid().as_raw());
+            let _ = end_rx.recv();
+        })
+        .map_err(|e| format!("no thread to read: {e}"))?;
+    let read = match tid_rx.recv() {
+        Ok(tid) => read_thread(prog, tid as u32)
+            .map_err(|e| e.to_string())
+            .and_then(|t| {
+                t.filter(|t| t.proc.set().is_some())
+                    .map(drop)
+                    .ok_or_else(|| "a thread read as another task, or not at all".to_owned())
+            }),
+        Err(_) => Err("the thread to read did not start".to_owned()),
+    };
+    drop(end_tx);
+    let _ = probe.join();
+    read
+}
+
+/// A record of `dump_thread`.
+fn parse_thread(record: &[u8]) -> Thread {
+    let proc = parse(&record[..RECORD]);
     let word = |i: usize| {
         let mut w = [0u8; 4];
         w.copy_from_slice(&record[RECORD + i * 4..RECORD + i * 4 + 4]);

@@ -22,12 +22,17 @@ unsafe impl Send for Positions {}
 // SAFETY: as for Send: shared use only performs atomic loads.
 unsafe impl Sync for Positions {}
 
+/// The size of a page: a ring buffer's size must be a multiple of it.
+pub fn page_size() -> io::Result<usize> {
+    // SAFETY: sysconf has no preconditions.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    usize::try_from(page).map_err(|_| io::Error::other("no page size"))
+}
+
 impl Positions {
     /// Maps the position pages of the ring buffer map `fd`.
     pub fn map(fd: BorrowedFd<'_>) -> io::Result<Positions> {
-        // SAFETY: sysconf has no preconditions.
-        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
-        let page = usize::try_from(page).map_err(|_| io::Error::other("no page size"))?;
+        let page = page_size()?;
         // SAFETY: a new shared read-only mapping of two pages of a map
         // descriptor that is open for the duration of the call; the kernel
         // chooses the address, so no existing mapping is replaced. A ring

@@ -333,8 +333,11 @@ struct thread_record {
 
 // One thread, for the daemon's checks of a single caller or target:
 // attached to that thread alone (the link's tid), it writes one
-// `struct thread_record`, or nothing if the thread is gone. `r.pid` is
-// left 0: the reader knows it.
+// `struct thread_record`, or nothing if the thread is gone. `r.pid` is the
+// visited thread's id as the reader's pid namespace numbers it (0 before
+// the first pass found that namespace): the reader takes the record only
+// if it is the thread it asked for, as a kernel that ignores the link's
+// tid visits every task instead.
 SEC("iter/task")
 int dump_thread(struct bpf_iter__task *ctx)
 {
@@ -358,6 +361,11 @@ int dump_thread(struct bpf_iter__task *ctx)
 				READ(t.r.inum[PID], up.ns->ns.inum);
 				t.r.valid |= 1 << PID;
 			}
+		}
+		if (reader_known && reader_level <= level && reader_level < MAX_PID_NS_LEVEL) {
+			READ(up, theirs->numbers[reader_level]);
+			if ((__u64)up.ns == reader_ns)
+				t.r.pid = up.nr;
 		}
 	}
 	fill_set(task, &t.r);
