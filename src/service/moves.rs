@@ -103,19 +103,31 @@ impl Slot<'_> {
         }
         drop(st);
         let shared = Arc::clone(&self.threads.shared);
+        // The job goes to the new thread once it exists, so that it is not
+        // lost with the thread's closure when none can be started: a job
+        // may hold a move already handed to an injector, which must be
+        // seen through.
+        let (give, take) = std::sync::mpsc::sync_channel::<Job>(1);
         let spawned = std::thread::Builder::new()
             .name("move".into())
             .spawn(move || {
-                job();
-                serve(&shared);
+                if let Ok(job) = take.recv() {
+                    job();
+                    serve(&shared);
+                }
             });
-        if let Err(e) = spawned {
-            // The job is dropped with the closure, and with it the reply
-            // it held: the adapter answers a reply dropped unanswered with
-            // EIO.
-            log::error!("cannot start a thread for a move: {e}");
-            lock.lock().in_flight -= 1;
-        }
+        let job = match spawned {
+            Ok(_) => match give.send(job) {
+                Ok(()) => return,
+                Err(back) => back.0,
+            },
+            Err(e) => {
+                log::error!("cannot start a thread for a move, so it runs here: {e}");
+                job
+            }
+        };
+        job();
+        lock.lock().in_flight -= 1;
     }
 }
 
