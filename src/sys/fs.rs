@@ -97,17 +97,11 @@ pub fn wait_readable(fd: BorrowedFd<'_>, limit: Duration) -> io::Result<bool> {
     wait_for(&[fd], PollFlags::POLLIN, Some(limit))
 }
 
-/// Room a `/proc` directory's read must leave unfilled to show it reached
-/// the end: more than any entry with a numeric name takes (a
-/// `linux_dirent64` is 19 bytes and the name, padded to 8: at most 40).
-const PROC_DIR_END: usize = 64;
-
 /// The entries of the `/proc` directory `path` (`/proc/PID/task`,
-/// `/proc/PID/fd`) whose names are numbers, unsorted. One `open`, as few
-/// `getdents64` as the listing needs, one `close`: procfs fills a read
-/// until the next entry does not fit or the directory ends, so a read that
-/// leaves room for another entry has reached the end and needs no second
-/// read to say so.
+/// `/proc/PID/fd`) whose names are numbers, unsorted: one `open`,
+/// `getdents64` until it returns nothing (a short read does not mean the
+/// end: the kernel stops filling after one entry when a signal is pending
+/// for the reader), one `close`.
 pub fn proc_numbers(path: &CStr) -> io::Result<Vec<i64>> {
     let dir = open_at(None, path, libc::O_RDONLY | libc::O_DIRECTORY)?;
     let mut buf = vec![0u8; 16 * 1024];
@@ -140,7 +134,7 @@ pub fn proc_numbers(path: &CStr) -> io::Result<Vec<i64>> {
             }
             at += reclen;
         }
-        if n == 0 || buf.len() - n >= PROC_DIR_END {
+        if n == 0 {
             return Ok(found);
         }
     }

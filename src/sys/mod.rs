@@ -40,9 +40,9 @@
 //!   any signal number, real-time ones included ([`ptrace`]); and for calls
 //!   nix does not have (pidfds, the nsfs and pidfs ioctls' results,
 //!   `kcmp`, `close_range`, `capget`/`capset`, allocation-free
-//!   `readlinkat`, a `/proc` listing that stops at the read that shows its
-//!   end, `SCM_RIGHTS`, the mapping of a ring buffer's
-//!   positions, and the two bpf(2) commands aya does not offer).
+//!   `readlinkat`, a `/proc` listing without `fstat`, `SCM_RIGHTS`, the
+//!   mapping of a ring buffer's positions, and the two bpf(2) commands
+//!   aya does not offer).
 //!
 //! Nothing here depends on the rest of the crate but [`crate::kind`].
 
