@@ -323,8 +323,10 @@ fn run(sink: &dyn Sink) {
     let membership = crate::kview::membership();
     // Rings at each setns(2) or unshare(2): the loop wakes at once to read
     // `switches`, rather than at its next look.
-    let doorbell = membership.doorbell();
     let mut switches = membership.switches();
+    // Only with the count to read (and clear it by): else it would wake the
+    // loop for ever once rung.
+    let doorbell = switches.and(membership.doorbell());
     model.rescan();
     publish(&model, &mut namer);
     let mut next_full = Instant::now() + interval;
