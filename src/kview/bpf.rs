@@ -255,9 +255,10 @@ struct Loaded {
     /// Whether the counting programs run now; a pass or index is reused
     /// only while they have run since it began.
     counting: bool,
-    /// Their links while attached for a burst of reads (with
-    /// [`Counting::Bursts`]); dropping a link detaches its program.
-    burst: Vec<BtfTracePointLink>,
+    /// Their links while attached: for good with [`Counting::Always`], for
+    /// a burst of reads with [`Counting::Bursts`]. Dropping a link detaches
+    /// its program.
+    links: Vec<BtfTracePointLink>,
     /// When the last read came.
     last_read: Option<Instant>,
     /// Whether a burst of reads may attach the counting programs.
@@ -326,18 +327,20 @@ impl Iter {
                 .map_err(refused(name))?;
             tp.load(tracepoint, &btf).map_err(refused(name))?;
         }
-        if counting == Counting::Always {
-            // Attached for the object's life: the links stay with it.
-            for (name, _) in COUNTING {
-                let tp: &mut BtfTracePoint = program(&mut ebpf, name)?
-                    .try_into()
-                    .map_err(refused(name))?;
-                tp.attach().map_err(refused(name))?;
+        // Always: attached for the object's life (the links are kept and
+        // never dropped). Bursts: found out now, not at the first burst, by
+        // attaching once.
+        let attach = |ebpf: &mut Ebpf| {
+            attach_counting(ebpf).map_err(|(name, e)| LoadError::Program(name, e))
+        };
+        let links = match counting {
+            Counting::Never => Vec::new(),
+            Counting::Always => attach(&mut ebpf)?,
+            Counting::Bursts => {
+                drop(attach(&mut ebpf)?);
+                Vec::new()
             }
-        } else if counting == Counting::Bursts {
-            // Found out now, not at the first burst: attach once.
-            drop(attach_counting(&mut ebpf).map_err(|(name, e)| LoadError::Program(name, e))?);
-        }
+        };
         let map_error = |e| LoadError::Object(aya::EbpfError::MapError(e));
         let (counters, events) = match count {
             true => {
@@ -371,7 +374,7 @@ impl Iter {
             loaded: Mutex::new(Loaded {
                 ebpf,
                 counting: counting == Counting::Always,
-                burst: Vec::new(),
+                links,
                 last_read: None,
                 bursts: counting == Counting::Bursts,
                 last: None,
@@ -534,7 +537,7 @@ impl Iter {
         match attach_counting(&mut loaded.ebpf) {
             Ok(links) => {
                 log::debug!("membership: a burst of reads; changes are counted until it ends");
-                loaded.burst = links;
+                loaded.links = links;
                 loaded.counting = true;
                 loaded.last = None;
                 loaded.index = None;
@@ -565,7 +568,7 @@ impl Iter {
         loaded.counting = false;
         loaded.last = None;
         loaded.index = None;
-        let links = std::mem::take(&mut loaded.burst);
+        let links = std::mem::take(&mut loaded.links);
         drop(loaded);
         // Detached outside the lock: unregistering a tracepoint waits for
         // its callers to leave.
