@@ -112,7 +112,9 @@ pub trait Mover: Send + Sync + 'static {
     }
 
     /// Finishes a move [`Mover::begin`] began, as `move_process` would
-    /// (`seized` as there).
+    /// (`seized` as there). Only a mover whose `begin` gives a [`Begun`]
+    /// gets one back (its fields are this module's): this default, for
+    /// movers that begin nothing, is never called with a move under way.
     fn finish(&self, begun: Begun, seized: &mut dyn FnMut()) -> Result<()> {
         let _ = seized;
         begun.sent.map(|_| ())
@@ -173,6 +175,15 @@ impl PtraceMover {
         })
     }
 
+    /// The live holder of the set whose inodes are `key`, if one is kept.
+    fn cached_holder(&self, key: &[u64; 8]) -> Option<Arc<Holder>> {
+        self.holders
+            .lock()
+            .get(key)
+            .filter(|h| h.is_alive())
+            .map(Arc::clone)
+    }
+
     /// The holder of the set whose inodes are `key`; `set` makes that set's
     /// handles, only when no live holder is cached.
     fn holder(
@@ -180,10 +191,8 @@ impl PtraceMover {
         key: [u64; 8],
         set: impl FnOnce() -> Result<[Arc<Namespace>; 8]>,
     ) -> Result<Arc<Holder>> {
-        if let Some(h) = self.holders.lock().get(&key)
-            && h.is_alive()
-        {
-            return Ok(Arc::clone(h));
+        if let Some(h) = self.cached_holder(&key) {
+            return Ok(h);
         }
         // Started outside the lock: it forks and joins namespaces.
         let holder = Arc::new(Holder::spawn(&set()?, &self.own)?);
@@ -267,21 +276,26 @@ impl PtraceMover {
                     Some(libc::ESRCH) => Error::PidNsBlind(pid),
                     _ => transfer::MoveError::Gone(pid).into(),
                 })?;
-        // The holder was alive a moment ago (checked above): the injector
-        // need not look it up and read its namespaces again. Should it die
-        // and its pid be reused before the injected pidfd_open, the check
-        // after the join, against the set's own inodes, finds the thread
-        // elsewhere and the move is undone.
-        let source = transfer::Source {
-            seen,
-            known: Some(transfer::Known {
-                local: holder.pid(),
-                inodes: key,
-            }),
-        };
+        let source = known_source(&holder, seen, key);
         let threads = self.injectors.run(&target, source, flags, writer, tracer)?;
         log::info!("moved process {pid} ({threads} threads)");
         Ok(())
+    }
+}
+
+/// Where a move takes its namespaces from: `holder`, whose pid the
+/// target's pid namespace numbers `seen` and whose set is `key`. The holder
+/// was alive a moment ago: the injector need not look it up and read its
+/// namespaces again. Should it die and its pid be reused before the
+/// injected pidfd_open, the check after the join, against the set's own
+/// inodes, finds the thread elsewhere and the move is undone.
+fn known_source(holder: &Holder, seen: i32, key: [u64; 8]) -> transfer::Source {
+    transfer::Source {
+        seen,
+        known: Some(transfer::Known {
+            local: holder.pid(),
+            inodes: key,
+        }),
     }
 }
 
@@ -420,9 +434,8 @@ impl Mover for PtraceMover {
         }
         // Only a holder already there: starting one forks, which is the
         // move thread's to wait for.
-        let holder = match self.holders.lock().get(&key) {
-            Some(h) if h.is_alive() => Arc::clone(h),
-            _ => return Err(target),
+        let Some(holder) = self.cached_holder(&key) else {
+            return Err(target);
         };
         let open_pidns = || ProcDir::ns(pid)?.open_entry("pid");
         let Ok(seen) = holder.pid_seen_from(own_pidns, open_pidns) else {
@@ -446,13 +459,7 @@ impl Mover for PtraceMover {
                 });
             }
         };
-        let source = transfer::Source {
-            seen,
-            known: Some(transfer::Known {
-                local: holder.pid(),
-                inodes: key,
-            }),
-        };
+        let source = known_source(&holder, seen, key);
         // A writer moving itself may trace itself: no tracer check, as in
         // `move_process`.
         let tracer = writer.is_none().then_some(tracer);
