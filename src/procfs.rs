@@ -138,15 +138,25 @@ impl ProcDir {
 /// The threads of process `pid` (`/proc/PID/task`), in tid order.
 /// `NotFound` once it is gone.
 pub fn tasks(pid: i32) -> io::Result<Vec<i32>> {
-    let mut buf = [0u8; 32];
-    let path = c_str(&mut buf, &format!("/proc/{pid}/task"))
-        .ok_or_else(|| io::Error::from_raw_os_error(libc::EINVAL))?;
-    let mut tids: Vec<i32> = sys::fs::proc_numbers(path)?
+    let mut tids: Vec<i32> = numbers(&format!("/proc/{pid}/task"))?
         .into_iter()
         .filter_map(|t| i32::try_from(t).ok())
         .collect();
     tids.sort_unstable();
     Ok(tids)
+}
+
+/// The descriptor numbers open in the table of thread `tid` of process
+/// `pid`, unsorted.
+pub fn fds(pid: i32, tid: i32) -> io::Result<Vec<i64>> {
+    numbers(&format!("/proc/{pid}/task/{tid}/fd"))
+}
+
+/// The numbered entries of the `/proc` directory `path`.
+fn numbers(path: &str) -> io::Result<Vec<i64>> {
+    let mut buf = [0u8; 64];
+    let path = c_str(&mut buf, path).ok_or_else(|| io::Error::from_raw_os_error(libc::EINVAL))?;
+    sys::fs::proc_numbers(path)
 }
 
 /// Where this process's command line (its argument strings, one after the

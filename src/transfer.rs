@@ -824,9 +824,7 @@ fn join_all(
 /// kernel gives the next descriptor opened there, as long as nothing that
 /// shares the table opens or closes one meanwhile.
 fn lowest_free_fd(tgid: Pid, tid: Pid) -> Result<i64, MoveError> {
-    let path = std::ffi::CString::new(format!("/proc/{tgid}/task/{tid}/fd"))
-        .map_err(|_| MoveError::Proc(std::io::Error::from_raw_os_error(libc::EINVAL)))?;
-    let mut used = crate::sys::fs::proc_numbers(&path).map_err(MoveError::Proc)?;
+    let mut used = procfs::fds(tgid.as_raw(), tid.as_raw()).map_err(MoveError::Proc)?;
     used.sort_unstable();
     let mut free = 0;
     for fd in used {
