@@ -209,8 +209,18 @@ fn one_thread_reads_as_proc_does() {
     assert_ne!(creds.inheritable, 0);
     end_tx.send(()).unwrap();
     loner.join().unwrap();
-    // Gone (or a moment from it, its namespaces dropped): no set, and
-    // /proc says the same.
+    // Gone: join returns when the thread's tid word is cleared, which the
+    // kernel does before it drops the thread's namespaces, so wait (within
+    // a bound) until /proc says they are dropped; from then on the kernel
+    // read must say so too, as the drop is for good.
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while procfs::ns_set(loner_tid as u32).is_some() {
+        assert!(
+            std::time::Instant::now() < until,
+            "thread {loner_tid} kept its namespaces 5 s after it ended"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
     assert_eq!(
         kernel.thread(loner_tid as u32).and_then(|t| t.proc.set()),
         None
