@@ -45,8 +45,11 @@ const THREAD_GROUPS: usize = 32;
 
 /// Size of one thread record: a record, four uids, four gids, three
 /// capability sets (`u64`), whether the credentials were read, the number
-/// of groups, then the groups.
-const THREAD_RECORD: usize = RECORD + 4 * (4 + 4 + 6 + 2 + THREAD_GROUPS);
+/// of groups, the groups, then the group leader's id and the seccomp mode.
+const THREAD_RECORD: usize = RECORD + 4 * (4 + 4 + 6 + 2 + THREAD_GROUPS + 2);
+
+/// The bit of a thread record's seccomp word set once the mode was read.
+const SECCOMP_KNOWN: u32 = 1 << 31;
 
 /// One thread as `dump_thread` reads it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -59,6 +62,13 @@ pub struct Thread {
     /// the initial user namespace; `None` if it has more groups than a
     /// record carries.
     pub creds: Option<Credentials>,
+    /// The id of its thread group's leader (as [`Proc::pid`] numbers
+    /// threads); 0 if that is unknown.
+    pub leader: i32,
+    /// Its seccomp mode (0 none, 1 strict, 2 filters), as
+    /// `/proc/TID/status` shows it in `Seccomp:`; `None` if the kernel
+    /// has no seccomp field to read.
+    pub seccomp: Option<u32>,
 }
 
 /// The bit of a record's `valid` word that marks a kernel thread.
@@ -412,6 +422,13 @@ impl Iter {
         }
     }
 
+    /// The one-thread program, to hand to an injector (which reads a
+    /// stopped process's threads with [`read_process`]); `None` if this
+    /// kernel cannot read one thread.
+    pub fn thread_program(&self) -> Option<BorrowedFd<'_>> {
+        self.thread.as_ref().map(|p| p.as_fd())
+    }
+
     /// The counters as they stand; `None` without the counting programs.
     pub fn counters(&self) -> io::Result<Option<Counters>> {
         let Some(counters) = &self.counters else {
@@ -716,7 +733,49 @@ fn parse_thread(record: &[u8]) -> Thread {
         inheritable: dword(12),
         groups: (0..ngroups).map(|i| word(16 + i)).collect(),
     });
-    Thread { proc, creds }
+    let seccomp = word(17 + THREAD_GROUPS);
+    Thread {
+        proc,
+        creds,
+        leader: word(16 + THREAD_GROUPS) as i32,
+        seccomp: (seccomp & SECCOMP_KNOWN != 0).then_some(seccomp & !SECCOMP_KNOWN),
+    }
+}
+
+/// Every thread of process `pid` (numbered in the caller's pid namespace,
+/// which must be the one the daemon that loaded `prog` is in), from one
+/// run of the one-thread program `prog` over that process: a record per
+/// thread, in the kernel's order. `Ok(None)` if the process is gone, or
+/// if any record is not of one of its threads as that namespace numbers
+/// them (a kernel that ignores the link's pid, or a program that has not
+/// yet learnt the reader's pid namespace): the caller then reads `/proc`.
+pub fn read_process(prog: BorrowedFd<'_>, pid: u32) -> io::Result<Option<Vec<Thread>>> {
+    let link = crate::sys::bpf::process_iter_link(prog, pid)?;
+    let iter = crate::sys::bpf::iter_open(link.as_fd())?;
+    drop(link);
+    let mut file = std::fs::File::from(iter);
+    let mut buf = vec![0u8; 16 * THREAD_RECORD];
+    let mut filled = 0;
+    loop {
+        if filled == buf.len() {
+            buf.resize(buf.len() * 2, 0);
+        }
+        match file.read(&mut buf[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    if filled % THREAD_RECORD != 0 {
+        return Ok(None);
+    }
+    let threads: Vec<Thread> = buf[..filled]
+        .chunks_exact(THREAD_RECORD)
+        .map(parse_thread)
+        .collect();
+    let ours = |t: &Thread| t.leader == pid as i32 && t.proc.pid > 0;
+    Ok((!threads.is_empty() && threads.iter().all(ours)).then_some(threads))
 }
 
 /// The processes of `pass` whose set is `set`, kernel threads left out.

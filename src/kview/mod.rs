@@ -73,6 +73,14 @@ impl Proc {
         (self.valid & (1 << slot) != 0).then_some(self.inum[slot])
     }
 
+    /// The namespace its link `/proc/PID/ns/ENTRY` names, ENTRY being
+    /// the kind's [`Kind::proc_entry`] (for pid and time, its children's:
+    /// the one `setns` changes); `None` if that link does not read.
+    pub fn entry(&self, kind: Kind) -> Option<u64> {
+        let slot = kind.index();
+        (self.valid & (1 << slot) != 0).then_some(self.inum[slot])
+    }
+
     /// Reads process `pid` from `/proc`; `None` if it is gone.
     fn from_proc(pid: i32) -> Option<Proc> {
         let dir = ProcDir::ns(pid).ok()?;
@@ -206,6 +214,16 @@ impl Membership {
             t.creds = None;
         }
         Some(t)
+    }
+
+    /// The one-thread BPF program, for an injector to read a stopped
+    /// process's threads with ([`bpf::read_process`]); `None` on the
+    /// `/proc` path or where the kernel cannot read one thread.
+    pub fn thread_program(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
+        match self {
+            Membership::Kernel(iter) => iter.thread_program(),
+            Membership::Proc => None,
+        }
     }
 
     /// A descriptor that polls readable once some process's setns(2) or

@@ -57,11 +57,31 @@ fn bpf(cmd: libc::c_long, attr: &mut Attr) -> io::Result<OwnedFd> {
 /// A link of the task iterator program `prog` that visits thread `tid`
 /// (numbered in the caller's pid namespace) alone.
 pub fn thread_iter_link(prog: BorrowedFd<'_>, tid: u32) -> io::Result<OwnedFd> {
-    let info = TaskInfo {
-        tid,
-        pid: 0,
-        pid_fd: 0,
-    };
+    task_iter_link(
+        prog,
+        TaskInfo {
+            tid,
+            pid: 0,
+            pid_fd: 0,
+        },
+    )
+}
+
+/// A link of the task iterator program `prog` that visits every thread
+/// of process `pid` (numbered in the caller's pid namespace) and nothing
+/// else (Linux 6.1 and later).
+pub fn process_iter_link(prog: BorrowedFd<'_>, pid: u32) -> io::Result<OwnedFd> {
+    task_iter_link(
+        prog,
+        TaskInfo {
+            tid: 0,
+            pid,
+            pid_fd: 0,
+        },
+    )
+}
+
+fn task_iter_link(prog: BorrowedFd<'_>, info: TaskInfo) -> io::Result<OwnedFd> {
     let mut attr = Attr {
         fd: prog.as_raw_fd() as u32,
         attach_type: BPF_TRACE_ITER,

@@ -90,6 +90,11 @@ struct pid {
 	struct hlist_head tasks[4];
 	struct upid numbers[1];
 } CORE;
+// Present when the kernel is built with seccomp (only then is `mode`
+// read: see dump_thread).
+struct seccomp {
+	int mode;
+} CORE;
 struct task_struct {
 	unsigned int flags;
 	int tgid;
@@ -97,6 +102,7 @@ struct task_struct {
 	struct nsproxy *nsproxy;
 	const struct cred *real_cred;
 	struct pid *thread_pid;
+	struct seccomp seccomp;
 } CORE;
 struct seq_file;
 struct bpf_iter_meta {
@@ -320,7 +326,9 @@ int dump_tasks(struct bpf_iter__task *ctx)
 // them): real, effective, saved and filesystem uid, then gid; effective,
 // permitted and inheritable capabilities; the number of supplementary
 // groups and the first THREAD_GROUPS of them. `creds` is 1 once they are
-// read.
+// read. Then the id of the thread's group leader as the reader numbers
+// it (0 if unknown), and the thread's seccomp mode (0 none, 1 strict, 2
+// filters) with bit SECCOMP_KNOWN set once it is read.
 struct thread_record {
 	struct record r;
 	__u32 uid[4];
@@ -329,7 +337,30 @@ struct thread_record {
 	__u32 creds;
 	__u32 ngroups;
 	__u32 groups[THREAD_GROUPS];
+	__u32 leader;
+	__u32 seccomp;
 };
+
+#define SECCOMP_KNOWN 0x80000000u
+// The kind of CO-RE relocation that asks whether the running kernel has a
+// field (libbpf's bpf_core_field_exists).
+#define FIELD_EXISTS 2
+
+// The number of `pid` in the reader's pid namespace, or 0 if it has none
+// there (or that namespace is not known yet).
+static __attribute__((always_inline)) __u32 reader_nr(struct pid *pid)
+{
+	unsigned int level;
+	struct upid up;
+
+	if (!pid || !reader_known || reader_level >= MAX_PID_NS_LEVEL)
+		return 0;
+	level = pid->level;
+	if (level < reader_level)
+		return 0;
+	READ(up, pid->numbers[reader_level]);
+	return (__u64)up.ns == reader_ns ? up.nr : 0;
+}
 
 // One thread, for the daemon's checks of a single caller or target:
 // attached to that thread alone (the link's tid), it writes one
@@ -337,7 +368,9 @@ struct thread_record {
 // visited thread's id as the reader's pid namespace numbers it (0 before
 // the first pass found that namespace): the reader takes the record only
 // if it is the thread it asked for, as a kernel that ignores the link's
-// tid visits every task instead.
+// tid visits every task instead. Attached to a process (the link's pid),
+// it writes one record per thread of it, for an injector's look at a
+// stopped process; the reader then checks `leader` in each.
 SEC("iter/task")
 int dump_thread(struct bpf_iter__task *ctx)
 {
@@ -362,12 +395,12 @@ int dump_thread(struct bpf_iter__task *ctx)
 				t.r.valid |= 1 << PID;
 			}
 		}
-		if (reader_known && reader_level <= level && reader_level < MAX_PID_NS_LEVEL) {
-			READ(up, theirs->numbers[reader_level]);
-			if ((__u64)up.ns == reader_ns)
-				t.r.pid = up.nr;
-		}
+		t.r.pid = reader_nr(theirs);
 	}
+	if (task->group_leader)
+		t.leader = reader_nr(task->group_leader->thread_pid);
+	if (__builtin_preserve_field_info(task->seccomp.mode, FIELD_EXISTS))
+		t.seccomp = (__u32)task->seccomp.mode | SECCOMP_KNOWN;
 	fill_set(task, &t.r);
 	cred = task->real_cred;
 	if (cred) {
@@ -424,8 +457,6 @@ struct pt_regs___x86 {
 struct pt_regs___arm64 {
 	int syscallno;
 } CORE;
-
-#define FIELD_EXISTS 2
 
 // Syscall numbers of this architecture, set by the loader.
 volatile const __u64 sys_setns = 0;
