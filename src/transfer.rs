@@ -33,10 +33,11 @@
 //! Nothing here takes a lock or knows about FUSE; everything runs on the
 //! calling thread, which must be the only one tracing the target.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::fs;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
@@ -45,6 +46,8 @@ use nix::unistd::Pid;
 
 use crate::inject::stub::{Stub, StubPlan};
 use crate::inject::{self, Join, Op, Stopped, SyscallResult, TraceError, Tracee, Unsupported};
+use crate::kind::Kind;
+use crate::kview::bpf::Thread as KernelThread;
 use crate::procfs::{self, ProcDir, Stat, Status};
 use crate::sys;
 
@@ -381,18 +384,82 @@ impl MoveError {
 pub struct MoveReport {
     /// Threads moved.
     pub threads: usize,
-    /// Reads of `/proc/PID/task` until the thread list was stable.
+    /// Listings of the threads until no new one showed.
     pub rounds: usize,
     /// Whether each thread had to `unshare(CLONE_FS)` first.
     pub unshared_fs: bool,
     /// Whether the calls ran from the join stub (one resume per thread)
     /// rather than one single step each.
     pub stub: bool,
+    /// Whether the stopped threads were read in one kernel call (their
+    /// ids, seccomp modes and namespaces; see [`read_threads_with`])
+    /// rather than through `/proc`.
+    pub kernel_read: bool,
 }
 
 /// `/proc/PID/stat` of `pid`, or why it cannot be read.
 fn proc_stat(pid: Pid) -> Result<Stat, MoveError> {
     Stat::read(pid.as_raw()).map_err(MoveError::Proc)
+}
+
+/// The one-thread BPF program the moves of this process read a stopped
+/// target's threads with (see [`read_threads_with`]).
+static THREAD_READER: OnceLock<OwnedFd> = OnceLock::new();
+
+/// Lets every later move in this process read the threads of a stopped
+/// target in one BPF call ([`crate::kview::bpf::read_process`] with
+/// `prog`, the daemon's one-thread program, which must have been loaded
+/// by a process in this one's pid namespace) instead of through `/proc`:
+/// their ids once they are stopped, their seccomp modes, their
+/// namespaces before the move and after `setns`. A move falls back to
+/// `/proc` whenever a read does not answer for every thread. Only the
+/// first program given is kept; returns whether this one was.
+pub fn read_threads_with(prog: OwnedFd) -> bool {
+    THREAD_READER.set(prog).is_ok()
+}
+
+/// The threads of a stopped process as one kernel read found them, by
+/// tid.
+type Snapshot = BTreeMap<i32, KernelThread>;
+
+/// Every thread of `tgid` as the kernel has it now, in one BPF read;
+/// `None` without the program, or if the read cannot answer (the caller
+/// reads `/proc`, which explains a process that is gone).
+fn kernel_threads(tgid: Pid) -> Option<Snapshot> {
+    let prog = THREAD_READER.get()?;
+    match crate::kview::bpf::read_process(prog.as_fd(), tgid.as_raw() as u32) {
+        Ok(threads) => threads.map(|all| all.into_iter().map(|t| (t.proc.pid, t)).collect()),
+        Err(e) => {
+            log::debug!("process {tgid}: cannot read its threads in one BPF call ({e})");
+            None
+        }
+    }
+}
+
+/// The namespaces of kinds `kinds` (in [`KINDS`] order) of thread `tid`
+/// in `snapshot`, as its `/proc/TID/ns` links read them; `None` if it is
+/// not there or a link would not read.
+fn snapshot_ns_ids(snapshot: &Snapshot, tid: Pid, kinds: libc::c_int) -> Option<Vec<u64>> {
+    let thread = snapshot.get(&tid.as_raw())?;
+    Kind::ALL
+        .into_iter()
+        .filter(|k| kinds & k.clone_flag() != 0)
+        .map(|k| thread.proc.entry(k))
+        .collect()
+}
+
+/// The namespaces of kinds `kinds` of each of `threads`, from `snapshot`
+/// if it has them all.
+fn snapshot_ns_all(
+    snapshot: Option<&Snapshot>,
+    threads: &[Tracee<Stopped>],
+    kinds: libc::c_int,
+) -> Option<Vec<Vec<u64>>> {
+    let snapshot = snapshot?;
+    threads
+        .iter()
+        .map(|t| snapshot_ns_ids(snapshot, t.tid(), kinds))
+        .collect()
 }
 
 /// The threads of `tgid`, in tid order.
@@ -417,8 +484,19 @@ fn is_zombie(tid: Pid) -> bool {
     proc_stat(tid).map_or(true, |s| s.is_zombie())
 }
 
-/// Stops every thread of `tgid`. Returns them in tid order, and the number
-/// of `/proc/PID/task` reads it took.
+/// Every thread of a process, stopped.
+struct AllStopped {
+    /// In tid order.
+    threads: Vec<Tracee<Stopped>>,
+    /// How many times the threads were listed.
+    rounds: usize,
+    /// What the last listing found, if it was a kernel read (every
+    /// listing after the first is, where the kernel answers): read while
+    /// every thread was stopped, it holds for the move.
+    snapshot: Option<Snapshot>,
+}
+
+/// Stops every thread of `tgid`.
 ///
 /// `before_wait` runs once, after every thread of the first round is seized
 /// and asked to stop and before any stop is awaited: a thread blocked in a
@@ -429,20 +507,27 @@ fn stop_all(
     tgid: Pid,
     mut before_wait: Option<&mut dyn FnMut()>,
     writer: Option<(Pid, ErrnoOf)>,
-) -> Result<(Vec<Tracee<Stopped>>, usize), MoveError> {
+) -> Result<AllStopped, MoveError> {
     let mut stopped: Vec<Tracee<Stopped>> = Vec::new();
     let mut seen = BTreeSet::new();
     let mut deadline = None;
     for round in 1..=MAX_ROUNDS {
-        let new: Vec<i32> = list_threads(tgid)?
-            .into_iter()
-            .filter(|t| !seen.contains(t))
-            .collect();
+        // The first listing, with nothing stopped yet, needs ids alone.
+        let snapshot = (round > 1).then(|| kernel_threads(tgid)).flatten();
+        let listed = match &snapshot {
+            Some(threads) => threads.keys().copied().collect(),
+            None => list_threads(tgid)?,
+        };
+        let new: Vec<i32> = listed.into_iter().filter(|t| !seen.contains(t)).collect();
         if new.is_empty() {
             // Every listed thread is stopped, so none can have created a
             // thread this read missed.
             stopped.sort_by_key(|t| t.tid());
-            return Ok((stopped, round));
+            return Ok(AllStopped {
+                threads: stopped,
+                rounds: round,
+                snapshot,
+            });
         }
         let mut running = Vec::with_capacity(new.len());
         for &tid in &new {
@@ -1240,6 +1325,7 @@ fn move_traced(
             rounds: 0,
             unshared_fs: false,
             stub: false,
+            kernel_read: false,
         });
     }
     let tgid = target.pid();
@@ -1255,12 +1341,17 @@ fn move_traced(
     // Kernel threads and zombies cannot be seized: they are told apart
     // (for the error) only then, so a move does not pay for reading
     // /proc/PID/stat.
-    let (mut threads, rounds) = stop_all(tgid, answer, waiting).map_err(|e| match e {
+    let all = stop_all(tgid, answer, waiting).map_err(|e| match e {
         MoveError::TraceDenied(_) if is_kernel_thread(tgid) => {
             MoveError::KernelThread(tgid.as_raw())
         }
         e => e,
     })?;
+    let AllStopped {
+        mut threads,
+        rounds,
+        snapshot,
+    } = all;
     if threads.is_empty() && is_zombie(tgid) {
         return Err(MoveError::Zombie(tgid.as_raw()));
     }
@@ -1299,10 +1390,20 @@ fn move_traced(
     // What each thread is in before, for a rollback; and the kinds some
     // thread has a namespace of its own in.
     let (kinds, originals) = if multi {
-        let read = ProcDir::tasks(tgid.as_raw())
-            .map_err(MoveError::Proc)
-            .and_then(|tasks| per_thread_kinds(&tasks, &threads, kinds));
-        read.map_err(|e| refused(&mut threads, e))?
+        let read = kinds | PER_THREAD_KINDS;
+        let all = match snapshot_ns_all(snapshot.as_ref(), &threads, read) {
+            Some(all) => Ok(all),
+            None => ProcDir::tasks(tgid.as_raw())
+                .map_err(MoveError::Proc)
+                .and_then(|tasks| {
+                    threads
+                        .iter()
+                        .map(|t| ns_ids(&tasks, t.tid(), read))
+                        .collect()
+                }),
+        };
+        all.map(|all| per_thread_kinds(all, kinds))
+            .map_err(|e| refused(&mut threads, e))?
     } else {
         (kinds, Vec::new())
     };
@@ -1317,7 +1418,13 @@ fn move_traced(
         .map_err(|e| refused(&mut threads, e.into()))?;
     let stub_ips = plan.as_ref().map(StubPlan::call_ips);
     match (
-        check_seccomp(&mut threads, source.seen, kinds, stub_ips),
+        check_seccomp(
+            &mut threads,
+            snapshot.as_ref(),
+            source.seen,
+            kinds,
+            stub_ips,
+        ),
         fatal_seccomp,
     ) {
         // Allowed: the injected call kills the process, and the move
@@ -1362,6 +1469,7 @@ fn move_traced(
         rounds,
         unshared_fs: unshare_fs,
         stub,
+        kernel_read: snapshot.is_some(),
     })
 }
 
@@ -1375,22 +1483,15 @@ const PER_THREAD_KINDS: libc::c_int = libc::CLONE_NEWCGROUP
     | libc::CLONE_NEWNET
     | libc::CLONE_NEWUTS;
 
-/// Reads every thread's namespaces and widens `kinds` by those in which a
-/// thread differs from the first: the caller chose `kinds` from one thread,
-/// the first (the leader, or the first live one), whose namespace of any
-/// other kind is the container's already, so a thread in another one
-/// joined or unshared it on its own and must change too. Returns the kinds
-/// and, per thread, its namespaces of those kinds (for a rollback).
-fn per_thread_kinds(
-    tasks: &ProcDir,
-    threads: &[Tracee<Stopped>],
-    kinds: libc::c_int,
-) -> Result<(libc::c_int, Vec<Vec<u64>>), MoveError> {
+/// Widens `kinds` by those in which a thread differs from the first, from
+/// `all`, every thread's namespaces of kinds `kinds | PER_THREAD_KINDS`:
+/// the caller chose `kinds` from one thread, the first (the leader, or the
+/// first live one), whose namespace of any other kind is the container's
+/// already, so a thread in another one joined or unshared it on its own
+/// and must change too. Returns the kinds and, per thread, its namespaces
+/// of those kinds (for a rollback).
+fn per_thread_kinds(all: Vec<Vec<u64>>, kinds: libc::c_int) -> (libc::c_int, Vec<Vec<u64>>) {
     let read = kinds | PER_THREAD_KINDS;
-    let all = threads
-        .iter()
-        .map(|t| ns_ids(tasks, t.tid(), read))
-        .collect::<Result<Vec<_>, _>>()?;
     let flags: Vec<libc::c_int> = KINDS
         .iter()
         .map(|&(flag, _)| flag)
@@ -1414,7 +1515,7 @@ fn per_thread_kinds(
                 .collect()
         })
         .collect();
-    Ok((wider, originals))
+    (wider, originals)
 }
 
 /// Joins every thread; on a failure, moves the threads that had moved back.
@@ -1483,8 +1584,23 @@ fn verify(
     expected: &Expected,
     kinds: libc::c_int,
 ) -> Result<(), (usize, JoinFailure)> {
-    // One thread: its `ns` directory in one open; more: the task
-    // directory once, then each thread's below it.
+    // One kernel read for every thread, where it answers for them all.
+    if let Some(now) = kernel_threads(tgid).and_then(|s| snapshot_ns_all(Some(&s), threads, kinds))
+    {
+        return match now.iter().position(|ids| *ids != expected.inodes) {
+            None => Ok(()),
+            Some(i) => {
+                log::error!(
+                    "thread {}: setns reported success, but the thread is not in the \
+                     holder's namespaces",
+                    threads[i].tid()
+                );
+                Err((i, JoinFailure::Untrusted(Step::Setns)))
+            }
+        };
+    }
+    // Else /proc. One thread: its `ns` directory in one open; more: the
+    // task directory once, then each thread's below it.
     let tasks = match threads {
         [_] => None,
         _ => Some(
@@ -1537,6 +1653,7 @@ fn proc_failure(tid: Pid, e: std::io::Error) -> TraceError {
 /// (the fd number of `setns` and `close` is not known yet; 3 stands for it).
 fn check_seccomp(
     threads: &mut [Tracee<Stopped>],
+    snapshot: Option<&Snapshot>,
     holder: i32,
     kinds: libc::c_int,
     stub_ips: Option<[u64; 4]>,
@@ -1559,7 +1676,10 @@ fn check_seccomp(
     ];
     let mut delegated = None;
     for t in threads.iter_mut() {
-        let mode = seccomp::mode(t.tid()).map_err(|errno| {
+        let known = snapshot
+            .and_then(|s| s.get(&t.tid().as_raw()))
+            .and_then(|k| k.seccomp);
+        let mode = seccomp::mode(t.tid(), known).map_err(|errno| {
             MoveError::Trace(TraceError::Os {
                 tid: t.tid(),
                 op: Op::GetSeccompFilter,
@@ -1742,6 +1862,15 @@ mod tests {
         let mut other = other;
         let _ = other.kill();
         let _ = other.wait();
+    }
+
+    #[test]
+    fn kinds_are_in_the_order_of_every_kind() {
+        // A kernel read's namespaces are taken in `Kind::ALL` order where
+        // the /proc path takes `KINDS` order.
+        for ((flag, entry), kind) in KINDS.iter().zip(Kind::ALL) {
+            assert_eq!((*flag, *entry), (kind.clone_flag(), kind.proc_entry()));
+        }
     }
 
     #[test]

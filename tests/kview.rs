@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::process::{Command, Stdio};
 
 use common::*;
@@ -753,4 +753,154 @@ fn python_with_pipes(
     let stdin = child.stdin.take().expect("piped stdin");
     let stdout = std::io::BufReader::new(child.stdout.take().expect("piped stdout"));
     (child, stdin, stdout)
+}
+
+/// A process of four threads, sleeping: one plain, one in a uts namespace
+/// of its own, one with a seccomp filter (that allows everything), and
+/// the main thread. Prints `READY` once all are in place.
+const THREADS_SCRIPT: &str = r#"
+import ctypes, threading, time
+libc = ctypes.CDLL(None, use_errno=True)
+ready = threading.Barrier(4)
+def plain():
+    ready.wait(); time.sleep(1000)
+def own_uts():
+    if libc.unshare(0x04000000) != 0: print("FAIL unshare", flush=True)
+    ready.wait(); time.sleep(1000)
+class Insn(ctypes.Structure):
+    _fields_ = [("code", ctypes.c_ushort), ("jt", ctypes.c_ubyte), ("jf", ctypes.c_ubyte), ("k", ctypes.c_uint)]
+class Prog(ctypes.Structure):
+    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.POINTER(Insn))]
+def filtered():
+    allow = (Insn * 1)(Insn(0x06, 0, 0, 0x7fff0000))
+    prog = Prog(1, allow)
+    if libc.prctl(38, 1, 0, 0, 0) != 0 or libc.prctl(22, 2, ctypes.byref(prog), 0, 0) != 0:
+        print("FAIL seccomp", flush=True)
+    ready.wait(); time.sleep(1000)
+for f in (plain, own_uts, filtered):
+    threading.Thread(target=f, daemon=True).start()
+ready.wait()
+print("READY", flush=True)
+time.sleep(1000)
+"#;
+
+/// Starts [`THREADS_SCRIPT`] and waits for its `READY`.
+fn four_threads(wd: &Watched) -> (Proc_, std::process::ChildStdin) {
+    use std::io::BufRead;
+    let (child, stdin, mut stdout) = python_with_pipes(THREADS_SCRIPT);
+    wd.watch_pid(child.id() as i32);
+    let mut line = String::new();
+    stdout.read_line(&mut line).expect("read the target");
+    assert_eq!(line.trim(), "READY");
+    (Proc_(child), stdin)
+}
+
+/// The `Seccomp:` field of thread `tid`'s status.
+fn seccomp_of(pid: i32, tid: i32) -> u32 {
+    std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/status"))
+        .expect("status")
+        .lines()
+        .find_map(|l| l.strip_prefix("Seccomp:"))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("a Seccomp: line")
+}
+
+/// One BPF read of a process lists its threads as `/proc/PID/task` does,
+/// each with the namespaces its `/proc/TID/ns` links name and the seccomp
+/// mode its status shows; a process that is gone reads as nothing.
+#[test]
+fn one_process_reads_as_proc_does() {
+    let test = "one_process_reads_as_proc_does";
+    let Some(kernel) = kernel_path(test, &["python3"]) else {
+        return;
+    };
+    let prog = kernel
+        .thread_program()
+        .expect("a kernel that reads one thread");
+    let wd = Watched::start(test);
+    let (target, _stdin) = four_threads(&wd);
+    let pid = target.0.id() as i32;
+    wd.step.set("reading the process in one call");
+    let threads = kview::bpf::read_process(prog, pid as u32)
+        .expect("read")
+        .expect("every record one of its threads");
+    let tids: Vec<i32> = threads.iter().map(|t| t.proc.pid).collect();
+    let mut listed = procfs::tasks(pid).expect("list");
+    listed.sort();
+    let mut sorted = tids.clone();
+    sorted.sort();
+    assert_eq!(sorted, listed);
+    let mut modes = Vec::new();
+    for t in &threads {
+        let tid = t.proc.pid;
+        assert_eq!(t.leader, pid);
+        for kind in Kind::ALL {
+            let link = procfs::ns_link_inode(tid, kind.proc_entry());
+            assert_eq!(t.proc.entry(kind), link, "thread {tid} {kind:?}");
+        }
+        let mode = t.seccomp.expect("this kernel has seccomp");
+        assert_eq!(mode, seccomp_of(pid, tid), "thread {tid}");
+        modes.push(mode);
+    }
+    modes.sort();
+    assert_eq!(modes, [0, 0, 0, 2]);
+    let uts: BTreeSet<u64> = threads
+        .iter()
+        .filter_map(|t| t.proc.entry(Kind::Uts))
+        .collect();
+    assert_eq!(uts.len(), 2, "one thread in a uts namespace of its own");
+    drop(target);
+    assert_eq!(
+        kview::bpf::read_process(prog, pid as u32).ok().flatten(),
+        None
+    );
+}
+
+/// A move that reads the stopped threads in one kernel call: every thread
+/// moves, the one in a uts namespace of its own included (the move is of
+/// ipc, and the thread that differs in uts makes uts change for all), and
+/// the report says the kernel was read.
+#[test]
+fn a_move_reads_the_stopped_threads_in_one_kernel_call() {
+    let test = "a_move_reads_the_stopped_threads_in_one_kernel_call";
+    let Some(kernel) = kernel_path(test, &["python3", "unshare"]) else {
+        return;
+    };
+    let prog = kernel
+        .thread_program()
+        .expect("a kernel that reads one thread");
+    assert!(nsproxyfs::transfer::read_threads_with(
+        prog.try_clone_to_owned().expect("dup")
+    ));
+    let wd = Watched::start(test);
+    let holder = Command::new("unshare")
+        .args(["--uts", "--ipc", "--", "sleep", "1000"])
+        .spawn()
+        .expect("unshare");
+    wd.watch_pid(holder.id() as i32);
+    let holder = Proc_(holder);
+    let hpid = holder.0.id() as i32;
+    wait_for("the holder's namespaces", || {
+        procfs::ns_link_inode(hpid, "uts") != procfs::ns_link_inode(1, "uts")
+    });
+    let (target, _stdin) = four_threads(&wd);
+    let pid = target.0.id() as i32;
+    wd.step.set("moving the target");
+    let handle = nsproxyfs::transfer::ProcessHandle::open(pid).expect("pin");
+    let report =
+        nsproxyfs::transfer::move_process(&handle, hpid, nix::sched::CloneFlags::CLONE_NEWIPC)
+            .expect("move");
+    assert_eq!(report.threads, 4);
+    assert!(report.kernel_read, "{report:?}");
+    for tid in procfs::tasks(pid).expect("list") {
+        for kind in ["ipc", "uts"] {
+            assert_eq!(
+                procfs::ns_link_inode(tid, kind),
+                procfs::ns_link_inode(hpid, kind),
+                "thread {tid} {kind}"
+            );
+        }
+    }
+    drop(target);
+    drop(holder);
 }

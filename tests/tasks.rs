@@ -746,11 +746,16 @@ fn one_injector_serves_one_move_after_another() {
     let first = injector_pids(daemon);
     assert_eq!(first.len(), 1, "one move, one injector: {first:?}");
     let injector = Seen::now(first[0]).expect("the injector runs");
-    // It keeps nothing of the daemon but its channel: no FUSE device that
-    // would keep the mount alive without the daemon.
+    // It keeps nothing of the daemon but its channel and, where the
+    // daemon reads threads through BPF, the program it reads them with:
+    // no FUSE device that would keep the mount alive without the daemon.
     let fds = descriptors(injector.pid);
-    assert_eq!(fds.len(), 3, "injector descriptors: {fds:?}");
+    let (prog, rest): (Vec<&String>, Vec<&String>) =
+        fds.iter().partition(|d| d.ends_with("anon_inode:bpf-prog"));
+    assert_eq!(rest.len(), 3, "injector descriptors: {fds:?}");
+    assert!(prog.len() <= 1, "injector descriptors: {fds:?}");
     assert!(fds[0].starts_with("0 -> socket:"), "{fds:?}");
+    assert!(!fds.iter().any(|d| d.contains("fuse")), "{fds:?}");
 
     m.write("tasks", target.pid().to_string().as_bytes())
         .unwrap();

@@ -196,7 +196,20 @@ pub fn verdict(returns: &[u32]) -> Verdict {
 /// `PTRACE_SECCOMP_GET_FILTER` fails with `EINVAL` both without seccomp and
 /// in strict mode; only then is `/proc/TID/status` read to tell the two
 /// apart.
-pub fn mode(tid: Pid) -> Result<Mode, Errno> {
+///
+/// `known` is the mode the kernel reported for the thread while it was
+/// stopped (0 none, 1 strict, 2 filters, as `Seccomp:` in its status),
+/// if it was read: then neither a failed filter request nor the status
+/// file is needed to tell the modes apart. A stopped thread's mode
+/// cannot change: only the thread itself enters strict mode, and another
+/// thread's `SECCOMP_FILTER_FLAG_TSYNC` only runs while that thread runs,
+/// which no thread of a stopped process does.
+pub fn mode(tid: Pid, known: Option<u32>) -> Result<Mode, Errno> {
+    match known {
+        Some(0) => return Ok(Mode::Off),
+        Some(1) => return Ok(Mode::Strict),
+        _ => {}
+    }
     let programs = filters(tid)?;
     if !programs.is_empty() {
         return Ok(Mode::Filters(programs));

@@ -31,6 +31,10 @@
 //! * injector: `ok THREADS`, or `err` and the [`MoveError`]
 //!   itself, which the daemon rebuilds (see [`wire`]), or `malformed`.
 //!
+//! Before its first move, a new injector may get `reader`, with the
+//! daemon's one-thread BPF program attached ([`wire::READER`]); it is not
+//! answered.
+//!
 //! An injector that sends anything else, or whose channel ends before the
 //! last line, is dropped and the move fails with `EIO`.
 
@@ -230,6 +234,14 @@ impl Injectors {
         let injector = Injector::spawn(self.fatal_seccomp).map_err(InjectorError::Start)?;
         self.live.lock().push(injector.pid());
         log::debug!("injector {} started", injector.pid());
+        // The kernel's reads of a stopped target, where the daemon has
+        // them; without, the injector reads /proc, as it does if this
+        // record is lost (a failed send here shows at the move's).
+        if let Some(prog) = crate::kview::membership().thread_program()
+            && let Err(e) = injector.send_bytes(wire::READER, prog)
+        {
+            log::debug!("injector {}: the BPF reader not sent: {e}", injector.pid());
+        }
         Ok(injector)
     }
 
@@ -351,7 +363,12 @@ impl Injector {
     /// Sends a request, with the target's pidfd; an error means nothing
     /// happened.
     fn send(&self, request: &str, pidfd: BorrowedFd<'_>) -> io::Result<()> {
-        sys::send(self.channel.as_fd(), request.as_bytes(), Some(pidfd))
+        self.send_bytes(request.as_bytes(), pidfd)
+    }
+
+    /// Sends one record with descriptor `fd` attached.
+    fn send_bytes(&self, record: &[u8], fd: BorrowedFd<'_>) -> io::Result<()> {
+        sys::send(self.channel.as_fd(), record, Some(fd))
     }
 
     /// Reads the answers to the request sent, up to the outcome.
@@ -434,7 +451,9 @@ pub fn serve(args: &[String], errno_of: transfer::ErrnoOf) -> i32 {
     let channel = stdin.as_fd();
     let mut buf = vec![0u8; RECORD];
     loop {
-        let (n, pidfd) = match sys::recv(channel, &mut buf) {
+        // The descriptor a record carries: the target's pidfd with a move,
+        // the program with `reader`.
+        let (n, attached) = match sys::recv(channel, &mut buf) {
             // The daemon is gone (or let this injector go).
             Ok((0, _)) => return 0,
             Ok(got) => got,
@@ -447,12 +466,18 @@ pub fn serve(args: &[String], errno_of: transfer::ErrnoOf) -> i32 {
                 return 1;
             }
         };
+        if &buf[..n] == wire::READER {
+            if let Some(prog) = attached {
+                transfer::read_threads_with(prog);
+            }
+            continue;
+        }
         let say = |answer: &Answer| {
             // A daemon that died meanwhile cannot hear it; EOF comes next.
             let _ = sys::send(channel, answer.encode().as_bytes(), None);
         };
         let mut leaving = false;
-        let answer = match (Request::decode(&buf[..n]), pidfd) {
+        let answer = match (Request::decode(&buf[..n]), attached) {
             (Some(request), Some(pidfd)) => {
                 match run_move(request, pidfd, fatal_seccomp, errno_of, &say) {
                     Ok(threads) => Answer::Moved(threads),

@@ -22,6 +22,12 @@ use crate::inject::{Op, TraceError, Unsupported};
 use crate::ns::creds::Credentials;
 use crate::transfer::{Call, Known, MoveError, Step};
 
+/// The record that hands a new injector the daemon's one-thread BPF
+/// program (attached), with which it reads a stopped target's threads in
+/// one call ([`crate::transfer::read_threads_with`]); sent at most once,
+/// before the first move, and not answered.
+pub const READER: &[u8] = b"reader";
+
 /// One move, as the daemon asks for it.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Request {
