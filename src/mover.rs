@@ -77,18 +77,19 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 /// decides whether a move is allowed and into what.
 pub trait Mover: Send + Sync + 'static {
     /// Moves `pid`, pinned by the pidfd `target` before it was judged, and
-    /// returns the outcome. `writer_tid` is the thread that wrote the pid,
-    /// which may belong to the process being moved: it is blocked in that
-    /// very write, so `seized` is called once its threads are asked to
-    /// stop, for the write to be answered before the move goes on (a
-    /// failure after that is the returned outcome all the same). `tracer`
+    /// returns the outcome. `writer` is the thread that wrote the pid when
+    /// it belongs to the process being moved (the caller tells): it is
+    /// blocked in that very write, so `seized` is called once its threads
+    /// are asked to stop, for the write to be answered before the move
+    /// goes on (a failure after that is the returned outcome all the
+    /// same). `tracer`
     /// are the writer's credentials, whose right to trace the process is
     /// asked again once it is stopped.
     fn move_process(
         &self,
         pid: i32,
         target: OwnedFd,
-        writer_tid: u32,
+        writer: Option<u32>,
         tracer: &Credentials,
         set: &[Arc<Namespace>; 8],
         seized: &mut dyn FnMut(),
@@ -103,11 +104,11 @@ pub trait Mover: Send + Sync + 'static {
         &self,
         pid: i32,
         target: OwnedFd,
-        writer_tid: u32,
+        writer: Option<u32>,
         tracer: &Credentials,
         set: &[Arc<Namespace>; 8],
     ) -> std::result::Result<Begun, OwnedFd> {
-        let _ = (pid, writer_tid, tracer, set);
+        let _ = (pid, writer, tracer, set);
         Err(target)
     }
 
@@ -395,14 +396,14 @@ impl Mover for PtraceMover {
         &self,
         pid: i32,
         target: std::os::fd::OwnedFd,
-        writer_tid: u32,
+        writer: Option<u32>,
         tracer: &Credentials,
         set: &[Arc<Namespace>; 8],
         seized: &mut dyn FnMut(),
     ) -> Result<()> {
-        if !procfs::is_thread_of(writer_tid, pid) {
+        let Some(writer_tid) = writer else {
             return self.try_move(pid, target, set, None, Some(tracer));
-        }
+        };
         // `echo $$ > tasks`: the writer is blocked in this very write. It is
         // answered once its threads are asked to stop; a failure after that
         // reaches it as the write's return value.
@@ -418,7 +419,7 @@ impl Mover for PtraceMover {
         &self,
         pid: i32,
         target: OwnedFd,
-        writer_tid: u32,
+        writer: Option<u32>,
         tracer: &Credentials,
         set: &[Arc<Namespace>; 8],
     ) -> std::result::Result<Begun, OwnedFd> {
@@ -445,8 +446,7 @@ impl Mover for PtraceMover {
         let Some(injector) = self.injectors.take_idle() else {
             return Err(target);
         };
-        let writer = procfs::is_thread_of(writer_tid, pid)
-            .then(|| nix::unistd::Pid::from_raw(writer_tid as i32));
+        let writer = writer.map(|tid| nix::unistd::Pid::from_raw(tid as i32));
         let target = match ProcessHandle::pinned(target, pid) {
             Ok(t) => t,
             Err(e) => {

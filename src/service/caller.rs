@@ -16,7 +16,7 @@
 //! reading of its namespaces.
 
 use std::fs::File;
-use std::os::fd::{BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::OnceLock;
 
 use crate::ns::Opener;
@@ -25,6 +25,49 @@ use crate::service::{Denied, Error, Result};
 
 /// `CAP_SYS_ADMIN`.
 const CAP_SYS_ADMIN: u32 = 21;
+
+/// A caller's pid namespace, open ([`Caller::pid_ns`]).
+#[derive(Debug)]
+pub enum PidNs {
+    /// The daemon's own, which the caller is in.
+    Daemons(BorrowedFd<'static>),
+    /// Another, the caller's.
+    Callers(OwnedFd),
+}
+
+impl PidNs {
+    /// Whether it is the daemon's own pid namespace.
+    pub fn is_daemons(&self, daemon_pid_ns: u64) -> bool {
+        match self {
+            PidNs::Daemons(_) => true,
+            PidNs::Callers(fd) => {
+                nix::sys::stat::fstat(fd).is_ok_and(|st| st.st_ino == daemon_pid_ns)
+            }
+        }
+    }
+}
+
+impl AsFd for PidNs {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        match self {
+            PidNs::Daemons(fd) => *fd,
+            PidNs::Callers(fd) => fd.as_fd(),
+        }
+    }
+}
+
+/// The daemon's own pid namespace (its inode, and a descriptor kept open
+/// for the daemon's life: a process never changes the pid namespace it is
+/// in); `None` if it cannot be opened.
+fn daemon_pid_ns() -> Option<&'static (u64, OwnedFd)> {
+    static OWN: OnceLock<Option<(u64, OwnedFd)>> = OnceLock::new();
+    OWN.get_or_init(|| {
+        let f = File::open("/proc/self/ns/pid").ok()?;
+        let ino = std::os::unix::fs::MetadataExt::ino(&f.metadata().ok()?);
+        Some((ino, OwnedFd::from(f)))
+    })
+    .as_ref()
+}
 
 /// The sender of one request.
 #[derive(Debug, Clone)]
@@ -170,7 +213,7 @@ impl Caller {
     ) -> Result<()> {
         let tid = self.visible()?;
         let gone = || Error::from(crate::ns::NsError::NoSuchProcess(pid));
-        if crate::procfs::is_thread_of(tid, pid) {
+        if self.thread_of(pid).is_some() {
             return Ok(());
         }
         let threads = crate::procfs::threads(pid).map_err(|_| gone())?;
@@ -206,11 +249,34 @@ impl Caller {
         }
     }
 
-    /// The caller's pid namespace, where the pids it writes and reads live.
-    pub fn pid_ns(&self) -> Result<OwnedFd> {
+    /// The caller's thread id if it is a thread of process `pid` (daemon
+    /// pid namespace), as when a process writes its own pid: from its
+    /// group leader in the thread's kernel read, else from `/proc`. A
+    /// caller blocked in its request cannot leave its process meanwhile.
+    pub fn thread_of(&self, pid: i32) -> Option<u32> {
+        let tid = self.visible().ok()?;
+        let belongs = match self.kernel().map(|t| t.leader) {
+            Some(leader) if leader > 0 => leader == pid,
+            _ => crate::procfs::is_thread_of(tid, pid),
+        };
+        belongs.then_some(tid)
+    }
+
+    /// The caller's pid namespace, where the pids it writes and reads live:
+    /// the daemon's own, kept open, when the thread's kernel read says the
+    /// caller is in it; else the caller's, opened through `/proc`.
+    pub fn pid_ns(&self) -> Result<PidNs> {
         let tid = self.visible()?;
+        let theirs = self
+            .kernel()
+            .and_then(|t| t.proc.link(crate::ns::Kind::Pid));
+        if let (Some(theirs), Some((ours, fd))) = (theirs, daemon_pid_ns())
+            && theirs == *ours
+        {
+            return Ok(PidNs::Daemons(fd.as_fd()));
+        }
         File::open(format!("/proc/{tid}/ns/pid"))
-            .map(OwnedFd::from)
+            .map(|f| PidNs::Callers(OwnedFd::from(f)))
             .map_err(|source| Error::Sys {
                 what: "open the caller's pid namespace",
                 source,

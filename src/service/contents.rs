@@ -2,9 +2,7 @@
 //! `.namespaces`, made when they are opened; and the reader of `status`
 //! (for `nsproxyfs exec` and `adopt`), kept next to its writer.
 
-use std::fs::File;
 use std::os::fd::AsFd;
-use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -92,8 +90,8 @@ impl Service {
                 source,
             })?;
         members.retain(|p| !helpers.contains(p));
-        let reader_ns = File::from(reader.pid_ns()?);
-        let same_ns = reader_ns.metadata().map(|m| m.ino()).ok() == Some(self.pid_ns);
+        let reader_ns = reader.pid_ns()?;
+        let same_ns = reader_ns.is_daemons(self.pid_ns);
         let mut pids: Vec<i32> = if same_ns {
             members
         } else {

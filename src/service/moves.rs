@@ -291,7 +291,10 @@ impl Service {
         // there already): the move thread then only waits for the answer,
         // one wake-up fewer on the way in.
         let start = match cgroups {
-            None => match self.mover.begin(local, pidfd, caller.tid, &creds, &set) {
+            None => match self
+                .mover
+                .begin(local, pidfd, caller.thread_of(local), &creds, &set)
+            {
                 Ok(begun) => Start::Begun(begun),
                 Err(pidfd) => Start::Pinned(pidfd),
             },
@@ -338,10 +341,14 @@ impl Service {
         // here, and reaches the writer as its write's return value.
         let mut seized = || reply.send("write tasks", Ok(()));
         let result = match start {
-            Start::Pinned(pidfd) => {
-                self.mover
-                    .move_process(local, pidfd, caller.tid, creds, set, &mut seized)
-            }
+            Start::Pinned(pidfd) => self.mover.move_process(
+                local,
+                pidfd,
+                caller.thread_of(local),
+                creds,
+                set,
+                &mut seized,
+            ),
             // Begun only for containers without cgroups: nothing joined.
             Start::Begun(begun) => self.mover.finish(begun, &mut seized),
         };
