@@ -274,6 +274,9 @@ fn writes_bind_namespaces_and_ask_for_moves() {
     let uts = ns_ino(other.pid(), "uts");
     let (created, fh) = svc.create(&c, boxed.id, name("uts")).expect("create");
     assert_eq!(created.kind, FileKind::Regular);
+    // A created kind file binds at its close if nothing was written: the
+    // kernel must tell the daemon of each close.
+    assert!(svc.needs_flush(fh));
     let (tx, rx) = mpsc::channel();
     let pid = format!("{}\n", other.pid());
     svc.write(&c, created.id, fh, pid.as_bytes(), Box::new(Answer(tx)));
@@ -285,6 +288,7 @@ fn writes_bind_namespaces_and_ask_for_moves() {
     assert_eq!(bound.id, uts);
     let fh = svc.open(&c, bound.id, libc::O_RDONLY).unwrap();
     assert_eq!(read_all(&svc, fh), format!("uts:[{uts}]\n"));
+    assert!(!svc.needs_flush(fh), "a close changes nothing");
     svc.release(fh);
 
     // Nonsense changes nothing.
@@ -295,6 +299,9 @@ fn writes_bind_namespaces_and_ask_for_moves() {
     // box's set, which is the root's but for uts.
     let sleeper = Proc::sh("exec sleep 100");
     let tasks = svc.lookup(&c, boxed.id, name("tasks")).expect("tasks");
+    let fh = svc.open(&c, tasks.id, libc::O_WRONLY).unwrap();
+    assert!(!svc.needs_flush(fh), "a move happens at the write, not the close");
+    svc.release(fh);
     assert_eq!(write(&svc, tasks.id, &sleeper.pid().to_string()), Ok(()));
     let asked = noted.0.lock().unwrap().clone();
     assert_eq!(asked.len(), 1, "{asked:?}");

@@ -207,6 +207,18 @@ impl Service {
         }))
     }
 
+    /// Whether closing handle `fh` can change anything ([`Service::flush`]
+    /// does something only for a created kind file and a `.cgroups`
+    /// opened to be emptied): the kernel need not tell the others' closes.
+    pub fn needs_flush(&self, fh: u64) -> bool {
+        self.handles.lock().get(&fh).is_some_and(|h| {
+            matches!(
+                h.write,
+                Some(WriteTarget::Create { .. } | WriteTarget::Cgroups { truncate: true, .. })
+            )
+        })
+    }
+
     /// `read` of up to `size` bytes at `offset` of handle `fh`: `None` if
     /// there is no such handle.
     pub fn read(&self, fh: u64, offset: u64, size: u32) -> Option<Vec<u8>> {
