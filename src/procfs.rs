@@ -555,17 +555,6 @@ pub fn is_thread_of(tid: u32, pid: i32) -> bool {
     tid as i32 == pid || std::fs::symlink_metadata(format!("/proc/{pid}/task/{tid}")).is_ok()
 }
 
-/// The thread ids of process `pid`, from `/proc/PID/task`.
-pub fn threads(pid: i32) -> io::Result<Vec<i32>> {
-    let mut tids = Vec::new();
-    for entry in std::fs::read_dir(format!("/proc/{pid}/task"))? {
-        if let Some(tid) = entry?.file_name().to_str().and_then(|n| n.parse().ok()) {
-            tids.push(tid);
-        }
-    }
-    Ok(tids)
-}
-
 /// Every process (thread-group leader) in the daemon's pid namespace.
 pub fn processes() -> io::Result<Vec<i32>> {
     let mut pids: Vec<i32> = std::fs::read_dir("/proc")?

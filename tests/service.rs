@@ -300,7 +300,10 @@ fn writes_bind_namespaces_and_ask_for_moves() {
     let sleeper = Proc::sh("exec sleep 100");
     let tasks = svc.lookup(&c, boxed.id, name("tasks")).expect("tasks");
     let fh = svc.open(&c, tasks.id, libc::O_WRONLY).unwrap();
-    assert!(!svc.needs_flush(fh), "a move happens at the write, not the close");
+    assert!(
+        !svc.needs_flush(fh),
+        "a move happens at the write, not the close"
+    );
     svc.release(fh);
     assert_eq!(write(&svc, tasks.id, &sleeper.pid().to_string()), Ok(()));
     let asked = noted.0.lock().unwrap().clone();

@@ -216,7 +216,7 @@ impl Caller {
         if self.thread_of(pid).is_some() {
             return Ok(());
         }
-        let threads = crate::procfs::threads(pid).map_err(|_| gone())?;
+        let threads = crate::procfs::tasks(pid).map_err(|_| gone())?;
         let answer = creds::may_attach_all(creds, &threads).map_err(|source| Error::Creds {
             what: "check ptrace rights as the caller",
             source,
