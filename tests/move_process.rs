@@ -398,6 +398,9 @@ fn moves_threads(test: &'static str, count: &str) {
     assert_eq!(moved.threads, threads);
     assert!(!moved.unshared_fs);
     assert!(moved.stub);
+    // No kernel reader was handed to this process: the threads were
+    // listed, checked and verified through /proc.
+    assert!(!moved.kernel_read);
     assert_moved(pid, holder.pid(), &["uts", "ipc", "net"], &before);
     let links = report(&wd, &mut target);
     assert_eq!(links.len(), threads);
