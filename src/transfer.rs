@@ -422,13 +422,19 @@ pub fn read_threads_with(prog: OwnedFd) -> bool {
 /// tid.
 type Snapshot = BTreeMap<i32, KernelThread>;
 
-/// Every thread of `tgid` as the kernel has it now, in one BPF read;
-/// `None` without the program, or if the read cannot answer (the caller
-/// reads `/proc`, which explains a process that is gone).
-fn kernel_threads(tgid: Pid) -> Option<Snapshot> {
+/// Every thread of `tgid` as the kernel has it now, in one BPF read,
+/// and whether the read lists them all ([`ProcessRead::whole`]); `None`
+/// without the program, or if the read cannot answer (the caller reads
+/// `/proc`, which explains a process that is gone).
+///
+/// [`ProcessRead::whole`]: crate::kview::bpf::ProcessRead::whole
+fn kernel_threads(tgid: Pid) -> Option<(Snapshot, bool)> {
     let prog = THREAD_READER.get()?;
     match crate::kview::bpf::read_process(prog.as_fd(), tgid.as_raw() as u32) {
-        Ok(threads) => threads.map(|all| all.into_iter().map(|t| (t.proc.pid, t)).collect()),
+        Ok(read) => read.map(|r| {
+            let all = r.threads.into_iter().map(|t| (t.proc.pid, t)).collect();
+            (all, r.whole)
+        }),
         Err(e) => {
             log::debug!("process {tgid}: cannot read its threads in one BPF call ({e})");
             None
@@ -513,15 +519,25 @@ fn stop_all(
     let mut deadline = None;
     for round in 1..=MAX_ROUNDS {
         // The first listing, with nothing stopped yet, needs ids alone.
-        let snapshot = (round > 1).then(|| kernel_threads(tgid)).flatten();
-        let listed = match &snapshot {
-            Some(threads) => threads.keys().copied().collect(),
-            None => list_threads(tgid)?,
+        // Later ones are the kernel's where it answers with a read that
+        // cannot have left a thread out; else `/proc` lists them.
+        let read = (round > 1).then(|| kernel_threads(tgid)).flatten();
+        let (listed, snapshot) = match read {
+            Some((threads, true)) => (threads.keys().copied().collect(), Some(threads)),
+            _ => (list_threads(tgid)?, None),
         };
         let new: Vec<i32> = listed.into_iter().filter(|t| !seen.contains(t)).collect();
         if new.is_empty() {
             // Every listed thread is stopped, so none can have created a
-            // thread this read missed.
+            // thread this read missed. A read of the kernel's from now on
+            // finds each thread as the move will (a read that had to be
+            // resumed may still miss one killed meanwhile: the steps that
+            // need it then read `/proc`).
+            let snapshot = match snapshot {
+                Some(threads) => Some(threads),
+                None if round > 1 => kernel_threads(tgid).map(|(threads, _)| threads),
+                None => None,
+            };
             stopped.sort_by_key(|t| t.tid());
             return Ok(AllStopped {
                 threads: stopped,
@@ -1585,7 +1601,8 @@ fn verify(
     kinds: libc::c_int,
 ) -> Result<(), (usize, JoinFailure)> {
     // One kernel read for every thread, where it answers for them all.
-    if let Some(now) = kernel_threads(tgid).and_then(|s| snapshot_ns_all(Some(&s), threads, kinds))
+    if let Some(now) =
+        kernel_threads(tgid).and_then(|(s, _)| snapshot_ns_all(Some(&s), threads, kinds))
     {
         return match now.iter().position(|ids| *ids != expected.inodes) {
             None => Ok(()),

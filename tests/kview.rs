@@ -821,9 +821,11 @@ fn one_process_reads_as_proc_does() {
     let (target, _stdin) = four_threads(&wd);
     let pid = target.0.id() as i32;
     wd.step.set("reading the process in one call");
-    let threads = kview::bpf::read_process(prog, pid as u32)
+    let read = kview::bpf::read_process(prog, pid as u32)
         .expect("read")
         .expect("every record one of its threads");
+    assert!(read.whole, "four records come in one read");
+    let threads = read.threads;
     let tids: Vec<i32> = threads.iter().map(|t| t.proc.pid).collect();
     let mut listed = procfs::tasks(pid).expect("list");
     listed.sort();
@@ -850,10 +852,87 @@ fn one_process_reads_as_proc_does() {
         .collect();
     assert_eq!(uts.len(), 2, "one thread in a uts namespace of its own");
     drop(target);
-    assert_eq!(
-        kview::bpf::read_process(prog, pid as u32).ok().flatten(),
-        None
+    let gone = kview::bpf::read_process(prog, pid as u32).ok().flatten();
+    assert!(gone.is_none(), "{gone:?}");
+}
+
+/// A process of `n` threads, sleeping; killed on drop.
+fn many_threads(wd: &Watched, n: usize) -> (Proc_, std::process::ChildStdin) {
+    use std::io::BufRead;
+    let script = format!(
+        "import threading, time\n\
+         ready = threading.Barrier({n})\n\
+         def sleep():\n    ready.wait(); time.sleep(1000)\n\
+         for _ in range({n} - 1): threading.Thread(target=sleep, daemon=True).start()\n\
+         ready.wait()\nprint('READY', flush=True)\ntime.sleep(1000)\n"
     );
+    let (child, stdin, mut stdout) = python_with_pipes(&script);
+    wd.watch_pid(child.id() as i32);
+    let mut line = String::new();
+    stdout.read_line(&mut line).expect("read the target");
+    assert_eq!(line.trim(), "READY");
+    (Proc_(child), stdin)
+}
+
+/// A process with more threads than one read of the kernel's takes: the
+/// read comes in pieces and says so (a resumed walk can leave threads
+/// out), yet has every thread here (none ends meanwhile); a move of it
+/// lists its threads through `/proc` and still reads each one from the
+/// kernel once all are stopped.
+#[test]
+fn a_read_in_pieces_is_not_taken_for_the_whole_list() {
+    let test = "a_read_in_pieces_is_not_taken_for_the_whole_list";
+    let Some(kernel) = kernel_path(test, &["python3", "unshare"]) else {
+        return;
+    };
+    let prog = kernel
+        .thread_program()
+        .expect("a kernel that reads one thread");
+    nsproxyfs::transfer::read_threads_with(prog.try_clone_to_owned().expect("dup"));
+    let wd = Watched::start(test);
+    // The kernel's buffer for one read of an iterator is eight pages; a
+    // thread's record is 248 bytes.
+    let page = nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE)
+        .ok()
+        .flatten()
+        .unwrap_or(4096) as usize;
+    let n = 8 * page / 248 + 60;
+    let (target, _stdin) = many_threads(&wd, n);
+    let pid = target.0.id() as i32;
+    wd.step.set("reading the threads");
+    let read = kview::bpf::read_process(prog, pid as u32)
+        .expect("read")
+        .expect("every record one of its threads");
+    assert!(!read.whole, "{n} records do not fit one read");
+    let mut tids: Vec<i32> = read.threads.iter().map(|t| t.proc.pid).collect();
+    tids.sort();
+    assert_eq!(tids, procfs::tasks(pid).expect("list"));
+    let holder = Command::new("unshare")
+        .args(["--uts", "--", "sleep", "1000"])
+        .spawn()
+        .expect("unshare");
+    wd.watch_pid(holder.id() as i32);
+    let holder = Proc_(holder);
+    let hpid = holder.0.id() as i32;
+    wait_for("the holder's namespace", || {
+        procfs::ns_link_inode(hpid, "uts") != procfs::ns_link_inode(1, "uts")
+    });
+    wd.step.set("moving the threads");
+    let handle = nsproxyfs::transfer::ProcessHandle::open(pid).expect("pin");
+    let report =
+        nsproxyfs::transfer::move_process(&handle, hpid, nix::sched::CloneFlags::CLONE_NEWUTS)
+            .expect("move");
+    assert_eq!(report.threads, n);
+    assert!(report.kernel_read, "{report:?}");
+    for tid in procfs::tasks(pid).expect("list") {
+        assert_eq!(
+            procfs::ns_link_inode(tid, "uts"),
+            procfs::ns_link_inode(hpid, "uts"),
+            "thread {tid}"
+        );
+    }
+    drop(target);
+    drop(holder);
 }
 
 /// A move that reads the stopped threads in one kernel call: every thread
@@ -869,9 +948,9 @@ fn a_move_reads_the_stopped_threads_in_one_kernel_call() {
     let prog = kernel
         .thread_program()
         .expect("a kernel that reads one thread");
-    assert!(nsproxyfs::transfer::read_threads_with(
-        prog.try_clone_to_owned().expect("dup")
-    ));
+    // Only the first program given is kept (another test of this
+    // binary may have given one): either serves.
+    nsproxyfs::transfer::read_threads_with(prog.try_clone_to_owned().expect("dup"));
     let wd = Watched::start(test);
     let holder = Command::new("unshare")
         .args(["--uts", "--ipc", "--", "sleep", "1000"])

@@ -197,13 +197,13 @@ pub fn verdict(returns: &[u32]) -> Verdict {
 /// in strict mode; only then is `/proc/TID/status` read to tell the two
 /// apart.
 ///
-/// `known` is the mode the kernel reported for the thread while it was
-/// stopped (0 none, 1 strict, 2 filters, as `Seccomp:` in its status),
-/// if it was read: then neither a failed filter request nor the status
-/// file is needed to tell the modes apart. A stopped thread's mode
-/// cannot change: only the thread itself enters strict mode, and another
-/// thread's `SECCOMP_FILTER_FLAG_TSYNC` only runs while that thread runs,
-/// which no thread of a stopped process does.
+/// `known` is the mode the kernel reported for the thread while every
+/// thread of its process was stopped (0 none, 1 strict, 2 filters, as
+/// `Seccomp:` in its status), if it was read: then neither a failed
+/// filter request nor the status file is needed to tell the modes apart.
+/// The mode cannot change while all of them stay stopped: only the
+/// thread itself enters strict mode, and only a running thread of the
+/// same process can give it filters (`SECCOMP_FILTER_FLAG_TSYNC`).
 pub fn mode(tid: Pid, known: Option<u32>) -> Result<Mode, Errno> {
     match known {
         Some(0) => return Ok(Mode::Off),

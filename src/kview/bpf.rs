@@ -742,27 +742,51 @@ fn parse_thread(record: &[u8]) -> Thread {
     }
 }
 
+/// What one run of the one-thread program over a whole process read
+/// ([`read_process`]).
+#[derive(Debug)]
+pub struct ProcessRead {
+    /// A record per thread, in the kernel's order.
+    pub threads: Vec<Thread>,
+    /// Whether the records came in one `read(2)`, and so from one unbroken
+    /// walk of the process's threads: only then do they list every thread
+    /// that lived through the read. A walk the kernel resumes in a later
+    /// read restarts from the next thread it meant to show, and ends
+    /// there if that thread has gone meanwhile, leaving out the threads
+    /// after it.
+    pub whole: bool,
+}
+
+/// The size of the buffer a process's records are read into: more than
+/// the kernel's buffer for one read of an iterator (eight pages), so that
+/// one read takes all the kernel can give at once.
+const PROCESS_READ: usize = 64 << 10;
+
 /// Every thread of process `pid` (numbered in the caller's pid namespace,
 /// which must be the one the daemon that loaded `prog` is in), from one
-/// run of the one-thread program `prog` over that process: a record per
-/// thread, in the kernel's order. `Ok(None)` if the process is gone, or
-/// if any record is not of one of its threads as that namespace numbers
-/// them (a kernel that ignores the link's pid, or a program that has not
-/// yet learnt the reader's pid namespace): the caller then reads `/proc`.
-pub fn read_process(prog: BorrowedFd<'_>, pid: u32) -> io::Result<Option<Vec<Thread>>> {
+/// run of the one-thread program `prog` over that process. `Ok(None)` if
+/// the process is gone, or if any record is not of one of its threads as
+/// that namespace numbers them (a kernel that ignores the link's pid, or
+/// a program that has not yet learnt the reader's pid namespace): the
+/// caller then reads `/proc`. See [`ProcessRead::whole`] before taking
+/// the records for the list of the process's threads.
+pub fn read_process(prog: BorrowedFd<'_>, pid: u32) -> io::Result<Option<ProcessRead>> {
     let link = crate::sys::bpf::process_iter_link(prog, pid)?;
     let iter = crate::sys::bpf::iter_open(link.as_fd())?;
     drop(link);
     let mut file = std::fs::File::from(iter);
-    let mut buf = vec![0u8; 16 * THREAD_RECORD];
-    let mut filled = 0;
+    let mut buf = vec![0u8; PROCESS_READ];
+    let (mut filled, mut reads) = (0, 0);
     loop {
         if filled == buf.len() {
             buf.resize(buf.len() * 2, 0);
         }
         match file.read(&mut buf[filled..]) {
             Ok(0) => break,
-            Ok(n) => filled += n,
+            Ok(n) => {
+                filled += n;
+                reads += 1;
+            }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => return Err(e),
         }
@@ -775,7 +799,12 @@ pub fn read_process(prog: BorrowedFd<'_>, pid: u32) -> io::Result<Option<Vec<Thr
         .map(parse_thread)
         .collect();
     let ours = |t: &Thread| t.leader == pid as i32 && t.proc.pid > 0;
-    Ok((!threads.is_empty() && threads.iter().all(ours)).then_some(threads))
+    Ok(
+        (!threads.is_empty() && threads.iter().all(ours)).then_some(ProcessRead {
+            threads,
+            whole: reads == 1,
+        }),
+    )
 }
 
 /// The processes of `pass` whose set is `set`, kernel threads left out.

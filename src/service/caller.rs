@@ -58,15 +58,15 @@ impl AsFd for PidNs {
 
 /// The daemon's own pid namespace (its inode, and a descriptor kept open
 /// for the daemon's life: a process never changes the pid namespace it is
-/// in); `None` if it cannot be opened.
+/// in); `None` if it cannot be opened now (tried again next time).
 fn daemon_pid_ns() -> Option<&'static (u64, OwnedFd)> {
-    static OWN: OnceLock<Option<(u64, OwnedFd)>> = OnceLock::new();
-    OWN.get_or_init(|| {
-        let f = File::open("/proc/self/ns/pid").ok()?;
-        let ino = std::os::unix::fs::MetadataExt::ino(&f.metadata().ok()?);
-        Some((ino, OwnedFd::from(f)))
-    })
-    .as_ref()
+    static OWN: OnceLock<(u64, OwnedFd)> = OnceLock::new();
+    if let Some(own) = OWN.get() {
+        return Some(own);
+    }
+    let f = File::open("/proc/self/ns/pid").ok()?;
+    let ino = std::os::unix::fs::MetadataExt::ino(&f.metadata().ok()?);
+    Some(OWN.get_or_init(|| (ino, OwnedFd::from(f))))
 }
 
 /// The sender of one request.
