@@ -140,6 +140,11 @@ pub struct Begun {
     sent: Result<crate::injector::Sent>,
     /// The target, pinned, for as long as the move runs.
     _target: Option<ProcessHandle>,
+    /// The holder the injector joins the target to, kept alive for as long
+    /// as the move runs: the container may lose its binding meanwhile
+    /// (`rmdir`), which lets the mover forget the holder, and the last
+    /// reference to a holder ends it.
+    _holder: Option<Arc<Holder>>,
 }
 
 /// Moves processes by ptrace-injecting `setns(pidfd_of_holder, kinds)`.
@@ -456,6 +461,7 @@ impl Mover for PtraceMover {
                     writer: None,
                     sent: Err(e.into()),
                     _target: None,
+                    _holder: None,
                 });
             }
         };
@@ -472,6 +478,7 @@ impl Mover for PtraceMover {
             writer,
             sent,
             _target: Some(target),
+            _holder: Some(holder),
         })
     }
 
