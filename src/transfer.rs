@@ -952,13 +952,16 @@ fn lowest_free_fd(tgid: Pid, tid: Pid) -> Result<i64, MoveError> {
 /// gives, and a descriptor at a number free before the move is none of
 /// the target's own. Any other result stops the stub before the
 /// descriptor is used, and is then checked as [`join_all`] checks it.
+/// An opener with no seccomp at all (`unfiltered`) needs no such reading:
+/// no filter can answer its `pidfd_open` in the kernel's stead, so any
+/// result but an error is a descriptor the kernel just made.
 ///
 /// The stub's bytes are put back before this returns, whatever happened.
 #[allow(clippy::too_many_arguments)]
 fn join_all_stub(
     threads: &mut [Tracee<Stopped>],
     tables: &[usize],
-    stub: Stub,
+    (stub, unfiltered): (Stub, &[bool]),
     holder: i32,
     expected: &Expected,
     kinds: libc::c_int,
@@ -977,7 +980,11 @@ fn join_all_stub(
             continue;
         }
         let t = &threads[i];
-        match lowest_free_fd(t.tgid(), t.tid()) {
+        let expect_fd = match unfiltered.get(i) {
+            Some(true) => Ok(None),
+            _ => lowest_free_fd(t.tgid(), t.tid()).map(Some),
+        };
+        match expect_fd {
             Ok(expect_fd) => {
                 *join = Some(Join {
                     unshare,
@@ -1022,7 +1029,9 @@ fn join_all_stub(
             }
             let opened = outcome.opened.map(inject::decode);
             match opened {
-                Some(Ok(fd)) if fd == join.expect_fd => {}
+                Some(Ok(fd)) if join.expect_fd.is_none_or(|expected| fd == expected) => {
+                    fds[i] = Some(fd);
+                }
                 Some(Ok(fd)) => {
                     // The kernel gave another number (something outside the
                     // stopped threads shares the table), or the result was
@@ -1051,7 +1060,6 @@ fn join_all_stub(
                     continue;
                 }
             }
-            fds[i] = Some(join.expect_fd);
             open[i] = outcome.close.is_none();
             if let Some(closed) = outcome.close
                 && let Err(e) = inject::decode(closed)
@@ -1092,7 +1100,7 @@ fn join_all_stub(
                     unshare,
                     fd: Some(fd),
                     pid: 0,
-                    expect_fd: fd,
+                    expect_fd: Some(fd),
                     kinds,
                     close: false,
                 })
@@ -1433,7 +1441,7 @@ fn move_traced(
         })
         .map_err(|e| refused(&mut threads, e.into()))?;
     let stub_ips = plan.as_ref().map(StubPlan::call_ips);
-    match (
+    let unfiltered = match (
         check_seccomp(
             &mut threads,
             snapshot.as_ref(),
@@ -1448,9 +1456,9 @@ fn move_traced(
         (
             Err(MoveError::SeccompKills { .. } | MoveError::SeccompStrict(_)),
             FatalSeccomp::Allow,
-        ) => {}
+        ) => Vec::new(),
         (result, _) => result.map_err(|e| refused(&mut threads, e))?,
-    }
+    };
 
     let unshare_fs = multi && kinds & libc::CLONE_NEWNS != 0;
 
@@ -1462,7 +1470,7 @@ fn move_traced(
         join_or_roll_back(
             tgid,
             &mut threads,
-            plan,
+            (plan, &unfiltered),
             source.seen,
             &expected,
             kinds,
@@ -1535,12 +1543,13 @@ fn per_thread_kinds(all: Vec<Vec<u64>>, kinds: libc::c_int) -> (libc::c_int, Vec
 }
 
 /// Joins every thread; on a failure, moves the threads that had moved back.
-/// Returns whether the join stub ran the calls.
+/// Returns whether the join stub ran the calls. `unfiltered` says, per
+/// thread, whether it has no seccomp at all (see [`join_all_stub`]).
 #[allow(clippy::too_many_arguments)]
 fn join_or_roll_back(
     tgid: Pid,
     threads: &mut [Tracee<Stopped>],
-    plan: Option<StubPlan>,
+    (plan, unfiltered): (Option<StubPlan>, &[bool]),
     holder_pid_in_target_ns: i32,
     expected: &Expected,
     kinds: libc::c_int,
@@ -1555,7 +1564,7 @@ fn join_or_roll_back(
         Some(stub) => join_all_stub(
             threads,
             &tables,
-            stub,
+            (stub, unfiltered),
             holder_pid_in_target_ns,
             expected,
             kinds,
@@ -1668,13 +1677,15 @@ fn proc_failure(tid: Pid, e: std::io::Error) -> TraceError {
 /// of the syscalls the move injects, or would hand one to a supervisor or
 /// tracer (which could fake its result), or if a thread is in strict mode
 /// (the fd number of `setns` and `close` is not known yet; 3 stands for it).
+/// Otherwise returns, per thread, whether it has no seccomp at all, so
+/// that every result of an injected call is the kernel's own.
 fn check_seccomp(
     threads: &mut [Tracee<Stopped>],
     snapshot: Option<&Snapshot>,
     holder: i32,
     kinds: libc::c_int,
     stub_ips: Option<[u64; 4]>,
-) -> Result<(), MoveError> {
+) -> Result<Vec<bool>, MoveError> {
     use inject::seccomp::{self, Mode, SyscallData, Verdict};
     const AUDIT_ARCH_X86_64: u32 = 0xc000_003e;
     let calls: [(Call, i64, [u64; 6]); 4] = [
@@ -1692,6 +1703,7 @@ fn check_seccomp(
         (Call::Close, libc::SYS_close, args(&[3])),
     ];
     let mut delegated = None;
+    let mut unfiltered = Vec::with_capacity(threads.len());
     for t in threads.iter_mut() {
         let known = snapshot
             .and_then(|s| s.get(&t.tid().as_raw()))
@@ -1703,6 +1715,7 @@ fn check_seccomp(
                 errno,
             })
         })?;
+        unfiltered.push(matches!(mode, Mode::Off));
         let filters = match mode {
             Mode::Off => continue,
             Mode::Strict => return Err(MoveError::SeccompStrict(t.tid().as_raw())),
@@ -1741,7 +1754,7 @@ fn check_seccomp(
     }
     match delegated {
         Some(e) => Err(e),
-        None => Ok(()),
+        None => Ok(unfiltered),
     }
 }
 

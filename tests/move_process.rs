@@ -19,7 +19,9 @@ use nix::sched::CloneFlags;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use nsproxyfs::errno;
-use nsproxyfs::transfer::{MoveError, ProcessHandle, move_process};
+use nsproxyfs::transfer::{
+    FatalSeccomp, Known, MoveError, ProcessHandle, Source, move_process, move_process_from,
+};
 
 fn have_root(test: &str) -> bool {
     if nix::unistd::geteuid().is_root() {
@@ -807,6 +809,63 @@ fn setns_refused_in_the_stub_leaves_the_process_as_it_was() {
     // Its read was not disturbed either.
     target.send("ok");
     target.close_stdin();
+    target.expect_line("SELFCHECK OK");
+    target.wait_success();
+}
+
+/// A target without seccomp takes any descriptor its injected pidfd_open
+/// returns (no filter can stand in for the kernel); an error is reported
+/// as pidfd_open's and leaves the process exactly as it was: the holder
+/// named here is dead. The next move, to a live holder, goes through.
+#[test]
+fn pidfd_open_failing_in_the_stub_leaves_the_process_as_it_was() {
+    if !have_root("pidfd_open_failing_in_the_stub_leaves_the_process_as_it_was") {
+        return;
+    }
+    let wd = Watched::start("pidfd_open_failing_in_the_stub_leaves_the_process_as_it_was");
+    let holder = holder(&wd);
+    let mut target = selfcheck_proc(&wd, &["threads", "0"]);
+    let pid = target.pid();
+    let mut gone = Command::new("true").spawn().expect("spawn true");
+    let dead = gone.id() as i32;
+    gone.wait().expect("wait for true");
+    let before = settled(&wd, pid);
+    let namespaces = snapshot(pid);
+    let source = Source {
+        seen: dead,
+        known: Some(Known {
+            local: holder.pid(),
+            inodes: NS_ENTRIES.map(|entry| ns_ino(holder.pid(), entry)),
+        }),
+    };
+    wd.step.set("moving with a dead holder's pid");
+    let handle = ProcessHandle::open(pid).expect("pin");
+    let err = move_process_from(
+        &handle,
+        source,
+        uts_ipc_net(),
+        None,
+        FatalSeccomp::Refuse,
+        None,
+    )
+    .expect_err("must fail");
+    match &err {
+        MoveError::Refused { errno, step, .. } => {
+            assert_eq!(*errno, Errno::ESRCH);
+            assert_eq!(step.to_string(), "pidfd_open");
+        }
+        other => panic!("unexpected error {other}"),
+    }
+    let after = memory_and_files(pid);
+    assert_eq!(before.0, after.0, "memory mappings");
+    assert_eq!(before.2, after.2, "descriptors");
+    assert_eq!(before.1, after.1, "memory contents");
+    assert_eq!(snapshot(pid), namespaces);
+    assert_eq!(tracer(pid), 0);
+    // And the next move, to a live holder, goes through.
+    let moved = move_process(&handle, holder.pid(), uts_ipc_net()).expect("move");
+    assert!(moved.stub);
+    target.send("quit\n");
     target.expect_line("SELFCHECK OK");
     target.wait_success();
 }

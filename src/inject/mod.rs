@@ -380,8 +380,11 @@ pub struct Join {
     /// The pid to open, in the thread's pid namespace.
     pub pid: i32,
     /// The number the opened pidfd must have (the lowest free one): any
-    /// other result stops the stub before the descriptor is used.
-    pub expect_fd: i64,
+    /// other result stops the stub before the descriptor is used. `None`:
+    /// any descriptor will do, for a thread no seccomp filter can answer
+    /// `pidfd_open` for, where a result that is not an error is a
+    /// descriptor the kernel just made; an error stops the stub.
+    pub expect_fd: Option<i64>,
     /// The kinds to `setns`.
     pub kinds: libc::c_int,
     /// Close the descriptor after `setns`.

@@ -20,10 +20,11 @@ pub(crate) const SYSCALL_INSN: [u8; 2] = [0x0f, 0x05];
 ///
 /// In: `r12` unshare flags (0: skip), `r13` the fd to join through (< 0:
 /// open one), `rbx` the pid to open, `r14` the number the opened fd must
-/// have (else stop before using it), `rbp` the kinds, `r15` close after
+/// have (else stop before using it; < 0: any descriptor pidfd_open made,
+/// stop only on its error), `rbp` the kinds, `r15` close after
 /// (0: no). Out: `r12` unshare's result, `r13` the fd (or pidfd_open's
 /// result), `rbp` setns's result, `r15` close's result.
-pub(crate) const JOIN_STUB: [u8; 0x86] = [
+pub(crate) const JOIN_STUB: [u8; 0x90] = [
     0x4d, 0x85, 0xe4, //                 00: test r12, r12
     0x74, 0x20, //                       03: jz 25
     0xb8, 0x10, 0x01, 0x00, 0x00, //     05: mov eax, 272 (unshare)
@@ -39,7 +40,7 @@ pub(crate) const JOIN_STUB: [u8; 0x86] = [
     0x74, 0x01, //                       22: jz 25
     0xcc, //                             24: int3 (unshare failed)
     0x4d, 0x85, 0xed, //                 25: test r13, r13
-    0x79, 0x20, //                       28: jns 4a
+    0x79, 0x2a, //                       28: jns 54
     0xb8, 0xb2, 0x01, 0x00, 0x00, //     2a: mov eax, 434 (pidfd_open)
     0x48, 0x89, 0xdf, //                 2f: mov rdi, rbx
     0x31, 0xf6, //                       32: xor esi, esi
@@ -49,43 +50,47 @@ pub(crate) const JOIN_STUB: [u8; 0x86] = [
     0x45, 0x31, 0xc9, //                 3c: xor r9d, r9d
     0x0f, 0x05, //                       3f: syscall
     0x49, 0x89, 0xc5, //                 41: mov r13, rax
-    0x4c, 0x39, 0xf0, //                 44: cmp rax, r14
-    0x74, 0x01, //                       47: je 4a
-    0xcc, //                             49: int3 (not the fd expected)
-    0xb8, 0x34, 0x01, 0x00, 0x00, //     4a: mov eax, 308 (setns)
-    0x4c, 0x89, 0xef, //                 4f: mov rdi, r13
-    0x48, 0x89, 0xee, //                 52: mov rsi, rbp
-    0x31, 0xd2, //                       55: xor edx, edx
-    0x45, 0x31, 0xd2, //                 57: xor r10d, r10d
-    0x45, 0x31, 0xc0, //                 5a: xor r8d, r8d
-    0x45, 0x31, 0xc9, //                 5d: xor r9d, r9d
-    0x0f, 0x05, //                       60: syscall
-    0x48, 0x89, 0xc5, //                 62: mov rbp, rax
-    0x4d, 0x85, 0xff, //                 65: test r15, r15
-    0x75, 0x01, //                       68: jnz 6b
-    0xcc, //                             6a: int3 (joined, fd kept)
-    0xb8, 0x03, 0x00, 0x00, 0x00, //     6b: mov eax, 3 (close)
-    0x4c, 0x89, 0xef, //                 70: mov rdi, r13
-    0x31, 0xf6, //                       73: xor esi, esi
-    0x31, 0xd2, //                       75: xor edx, edx
-    0x45, 0x31, 0xd2, //                 77: xor r10d, r10d
-    0x45, 0x31, 0xc0, //                 7a: xor r8d, r8d
-    0x45, 0x31, 0xc9, //                 7d: xor r9d, r9d
-    0x0f, 0x05, //                       80: syscall
-    0x49, 0x89, 0xc7, //                 82: mov r15, rax
-    0xcc, //                             85: int3 (joined, fd closed)
+    0x4d, 0x85, 0xf6, //                 44: test r14, r14
+    0x78, 0x06, //                       47: js 4f (any new fd will do)
+    0x4c, 0x39, 0xf0, //                 49: cmp rax, r14
+    0x74, 0x06, //                       4c: je 54
+    0xcc, //                             4e: int3 (not the fd expected)
+    0x48, 0x85, 0xc0, //                 4f: test rax, rax
+    0x78, 0xfa, //                       52: js 4e (pidfd_open failed)
+    0xb8, 0x34, 0x01, 0x00, 0x00, //     54: mov eax, 308 (setns)
+    0x4c, 0x89, 0xef, //                 59: mov rdi, r13
+    0x48, 0x89, 0xee, //                 5c: mov rsi, rbp
+    0x31, 0xd2, //                       5f: xor edx, edx
+    0x45, 0x31, 0xd2, //                 61: xor r10d, r10d
+    0x45, 0x31, 0xc0, //                 64: xor r8d, r8d
+    0x45, 0x31, 0xc9, //                 67: xor r9d, r9d
+    0x0f, 0x05, //                       6a: syscall
+    0x48, 0x89, 0xc5, //                 6c: mov rbp, rax
+    0x4d, 0x85, 0xff, //                 6f: test r15, r15
+    0x75, 0x01, //                       72: jnz 75
+    0xcc, //                             74: int3 (joined, fd kept)
+    0xb8, 0x03, 0x00, 0x00, 0x00, //     75: mov eax, 3 (close)
+    0x4c, 0x89, 0xef, //                 7a: mov rdi, r13
+    0x31, 0xf6, //                       7d: xor esi, esi
+    0x31, 0xd2, //                       7f: xor edx, edx
+    0x45, 0x31, 0xd2, //                 81: xor r10d, r10d
+    0x45, 0x31, 0xc0, //                 84: xor r8d, r8d
+    0x45, 0x31, 0xc9, //                 87: xor r9d, r9d
+    0x0f, 0x05, //                       8a: syscall
+    0x49, 0x89, 0xc7, //                 8c: mov r15, rax
+    0xcc, //                             8f: int3 (joined, fd closed)
 ];
 
 /// Where each syscall of [`JOIN_STUB`] is seen to come from (the address
 /// after its `syscall` instruction, which is what seccomp filters get as
 /// `instruction_pointer`): unshare, pidfd_open, setns, close.
-pub(crate) const JOIN_STUB_CALLS: [u64; 4] = [0x1c, 0x41, 0x62, 0x82];
+pub(crate) const JOIN_STUB_CALLS: [u64; 4] = [0x1c, 0x41, 0x6c, 0x8c];
 
 /// The stops of [`JOIN_STUB`] (the address after each `int3`).
 const STUB_UNSHARE_FAILED: u64 = 0x25;
-const STUB_UNEXPECTED_FD: u64 = 0x4a;
-const STUB_JOINED: u64 = 0x6b;
-const STUB_CLOSED: u64 = 0x86;
+const STUB_UNEXPECTED_FD: u64 = 0x4f;
+const STUB_JOINED: u64 = 0x75;
+const STUB_CLOSED: u64 = 0x90;
 /// Every stop of [`JOIN_STUB`].
 pub(crate) const JOIN_STUB_ENDS: [u64; 4] = [
     STUB_UNSHARE_FAILED,
@@ -215,7 +220,7 @@ impl Registers {
         r.r12 = join.unshare as u64;
         r.r13 = join.fd.map_or(u64::MAX, |fd| fd as u64);
         r.rbx = join.pid as u64;
-        r.r14 = join.expect_fd as u64;
+        r.r14 = join.expect_fd.map_or(u64::MAX, |fd| fd as u64);
         r.rbp = join.kinds as u64;
         r.r15 = u64::from(join.close);
     }
