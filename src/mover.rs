@@ -16,6 +16,7 @@ use parking_lot::Mutex;
 use thiserror::Error;
 
 use crate::injector::{InjectorError, Injectors};
+use crate::kview::bpf::Thread;
 use crate::ns::creds::Credentials;
 use crate::ns::{Holder, Kind, Namespace, NsError};
 use crate::procfs::{self, ProcDir};
@@ -100,15 +101,17 @@ pub trait Mover: Send + Sync + 'static {
     /// (no holder to start): the request goes to an injector at once, so
     /// the thread that finishes the move ([`Mover::finish`]) only waits for
     /// the answer. `Err` gives `target` back: `move_process` does it all.
+    /// `leader` is the kernel's record of the process's leader, read after
+    /// `target` pinned it, if the caller has one: else the mover reads it.
     fn begin(
         &self,
-        pid: i32,
-        target: OwnedFd,
+        (pid, target): (i32, OwnedFd),
+        leader: Option<&Thread>,
         writer: Option<u32>,
         tracer: &Credentials,
         set: &[Arc<Namespace>; 8],
     ) -> std::result::Result<Begun, OwnedFd> {
-        let _ = (pid, writer, tracer, set);
+        let _ = (pid, leader, writer, tracer, set);
         Err(target)
     }
 
@@ -231,7 +234,7 @@ impl PtraceMover {
         let mut key: [u64; 8] = std::array::from_fn(|i| set[i].ino());
         // The kinds to change and the target's own pid namespace: from one
         // BPF read of its leader in the usual case, else through /proc.
-        let (flags, own_pidns, ns) = match kernel_kinds_to_change(pid, &key) {
+        let (flags, own_pidns, ns) = match kernel_kinds_to_change(pid, None, &key) {
             Some((flags, own)) => (flags, own, None),
             None => {
                 let (flags, ns) = kinds_to_change(pid, &key).map_err(unreadable)?;
@@ -307,12 +310,24 @@ fn known_source(holder: &Holder, seen: i32, key: [u64; 8]) -> transfer::Source {
 
 /// The kinds (`CLONE_NEW*` flags) in which the leader of process `pid` is
 /// not in the set whose inodes are `key`, and the leader's own pid
-/// namespace, from one BPF read of the leader ([`crate::kview`]). `None`
+/// namespace, from the kernel's record of the leader (`leader`, else one
+/// BPF read of it, [`crate::kview`]). `None`
 /// when that read is not available or does not settle it (the leader has
 /// no namespaces left, or is in the set already, when the other threads
 /// must be read): [`kinds_to_change`] answers then.
-fn kernel_kinds_to_change(pid: i32, key: &[u64; 8]) -> Option<(libc::c_int, u64)> {
-    let leader = crate::kview::membership().thread(pid as u32)?.proc;
+fn kernel_kinds_to_change(
+    pid: i32,
+    leader: Option<&Thread>,
+    key: &[u64; 8],
+) -> Option<(libc::c_int, u64)> {
+    let read;
+    let leader = match leader {
+        Some(t) => &t.proc,
+        None => {
+            read = crate::kview::membership().thread(pid as u32)?;
+            &read.proc
+        }
+    };
     let (set, own) = (leader.set()?, leader.link(Kind::Pid)?);
     let flags = Kind::ALL
         .into_iter()
@@ -422,8 +437,8 @@ impl Mover for PtraceMover {
 
     fn begin(
         &self,
-        pid: i32,
-        target: OwnedFd,
+        (pid, target): (i32, OwnedFd),
+        leader: Option<&Thread>,
         writer: Option<u32>,
         tracer: &Credentials,
         set: &[Arc<Namespace>; 8],
@@ -432,7 +447,7 @@ impl Mover for PtraceMover {
             return Err(target);
         }
         let mut key: [u64; 8] = std::array::from_fn(|i| set[i].ino());
-        let Some((flags, own_pidns)) = kernel_kinds_to_change(pid, &key) else {
+        let Some((flags, own_pidns)) = kernel_kinds_to_change(pid, leader, &key) else {
             return Err(target);
         };
         if flags & libc::CLONE_NEWPID == 0 {

@@ -216,6 +216,23 @@ impl Membership {
         Some(t)
     }
 
+    /// Every thread of process `pid` (daemon pid namespace) as the kernel
+    /// has it now, from one BPF call ([`bpf::read_process`], whose
+    /// [`bpf::ProcessRead::whole`] says whether the records can be taken
+    /// for the list of its threads); credentials as in [`Self::thread`].
+    /// `None` on the `/proc` path, or when the call fails or finds no such
+    /// process.
+    pub fn process(&self, pid: u32) -> Option<bpf::ProcessRead> {
+        let prog = self.thread_program()?;
+        let mut read = bpf::read_process(prog, pid).ok().flatten()?;
+        if !in_initial_user_ns() {
+            for t in &mut read.threads {
+                t.creds = None;
+            }
+        }
+        Some(read)
+    }
+
     /// The one-thread BPF program, for an injector to read a stopped
     /// process's threads with ([`bpf::read_process`]); `None` on the
     /// `/proc` path or where the kernel cannot read one thread.

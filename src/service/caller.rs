@@ -19,6 +19,7 @@ use std::fs::File;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::OnceLock;
 
+use crate::kview::bpf::ProcessRead;
 use crate::ns::Opener;
 use crate::ns::creds::{self, Credentials, CredsError};
 use crate::service::{Denied, Error, Result};
@@ -204,19 +205,27 @@ impl Caller {
     /// credentials (see [`crate::ns::creds`]). A process is always free to
     /// move itself, as the kernel lets every task access its own thread
     /// group. `pidfd` pins the process; it is checked to be alive after the
-    /// question, so the answer was about this process.
+    /// question, so the answer was about this process. `read`, a kernel
+    /// read of the process made after it was pinned, lists its threads
+    /// when it came whole; else `/proc` does.
     pub fn require_ptrace(
         &self,
         creds: &Credentials,
         pid: i32,
         pidfd: BorrowedFd<'_>,
+        read: Option<&ProcessRead>,
     ) -> Result<()> {
         let tid = self.visible()?;
         let gone = || Error::from(crate::ns::NsError::NoSuchProcess(pid));
         if self.thread_of(pid).is_some() {
             return Ok(());
         }
-        let threads = crate::procfs::tasks(pid).map_err(|_| gone())?;
+        // A kernel read that came in one piece lists every thread that
+        // lived through it; else `/proc` lists them.
+        let threads = match read.filter(|r| r.whole) {
+            Some(r) => r.threads.iter().map(|t| t.proc.pid).collect(),
+            None => crate::procfs::tasks(pid).map_err(|_| gone())?,
+        };
         let answer = creds::may_attach_all(creds, &threads).map_err(|source| Error::Creds {
             what: "check ptrace rights as the caller",
             source,

@@ -20,6 +20,7 @@ use parking_lot::{Condvar, Mutex};
 use super::input;
 use super::{Caller, Denied, Error, Invalid, Service, WriteReply, pin};
 use crate::cgroup::{Caller as CgroupCaller, Hierarchies, Joined, Membership, Targets};
+use crate::kview::bpf::Thread;
 use crate::ns::{self, Namespace};
 use crate::tree::ContainerId;
 
@@ -265,10 +266,13 @@ impl Service {
             self.require_full(&view, c)?;
             self.require_process_in(&view, local, pidfd.as_fd())?;
             let creds = caller.credentials()?;
-            caller.require_ptrace(&creds, local, pidfd.as_fd())?;
-            Ok((local, pidfd, set, creds))
+            // One kernel read of the process, if the kernel offers it: its
+            // threads for the ptrace check, its leader for the move.
+            let read = crate::kview::membership().process(local as u32);
+            caller.require_ptrace(&creds, local, pidfd.as_fd(), read.as_ref())?;
+            Ok((local, pidfd, set, creds, read))
         });
-        let (local, pidfd, (set, cgroups), creds) = match set {
+        let (local, pidfd, (set, cgroups), creds, read) = match set {
             Ok(v) => v,
             Err(e) => {
                 return reply.send("write tasks", Err(e));
@@ -291,10 +295,13 @@ impl Service {
         // there already): the move thread then only waits for the answer,
         // one wake-up fewer on the way in.
         let start = match cgroups {
-            None => match self
-                .mover
-                .begin(local, pidfd, caller.thread_of(local), &creds, &set)
-            {
+            None => match self.mover.begin(
+                (local, pidfd),
+                leader_of(read.as_ref(), local),
+                caller.thread_of(local),
+                &creds,
+                &set,
+            ) {
                 Ok(begun) => Start::Begun(begun),
                 Err(pidfd) => Start::Pinned(pidfd),
             },
@@ -446,6 +453,12 @@ impl From<crate::mover::Error> for Error {
             M::Sys { what, source } => Error::Sys { what, source },
         }
     }
+}
+
+/// The record of `pid`'s leader in a kernel read of the process, if the
+/// read has it.
+fn leader_of(read: Option<&crate::kview::bpf::ProcessRead>, pid: i32) -> Option<&Thread> {
+    read?.threads.iter().find(|t| t.proc.pid == pid)
 }
 
 #[cfg(test)]
