@@ -54,6 +54,31 @@ pub(crate) enum WaitEvent {
 /// figures).
 const SPIN: std::time::Duration = std::time::Duration::from_micros(50);
 
+/// Whether every thread of this process blocks SIGCHLD (an injector,
+/// which has one thread): then a wait with a deadline sleeps until the
+/// next SIGCHLD, which every stop of a tracee sends its tracer, or the
+/// end of its nap, instead of sleeping its nap out. Elsewhere another
+/// thread may take the signal, and naps are slept out.
+static SIGCHLD_WAKES: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Blocks SIGCHLD in the calling thread and lets waits wake on it: only
+/// for a process whose only thread calls it before it traces anything.
+pub fn wake_on_sigchld() -> Result<(), Errno> {
+    crate::sys::process::block_sigchld()?;
+    SIGCHLD_WAKES.store(true, std::sync::atomic::Ordering::Relaxed);
+    Ok(())
+}
+
+/// Sleeps up to `nap`, less if a tracee stops meanwhile (see
+/// [`SIGCHLD_WAKES`]).
+fn nap_for(nap: std::time::Duration) {
+    if SIGCHLD_WAKES.load(std::sync::atomic::Ordering::Relaxed) {
+        crate::sys::process::await_sigchld(nap);
+    } else {
+        std::thread::sleep(nap);
+    }
+}
+
 std::thread_local! {
     /// The threads this thread traces, each with a wait status collected
     /// for it while another one was waited for (and not yet handed out).
@@ -166,7 +191,7 @@ pub(crate) fn wait_until(
                     return Ok(Some(WaitEvent::Gone));
                 }
             }
-            std::thread::sleep(nap.min(deadline - now));
+            nap_for(nap.min(deadline - now));
             nap = (nap * 2).min(std::time::Duration::from_millis(20));
             continue;
         }
@@ -185,7 +210,7 @@ pub(crate) fn wait_until(
                 return Ok(Some(WaitEvent::Gone));
             }
             naps += 1;
-            std::thread::sleep(std::time::Duration::from_micros(100));
+            nap_for(std::time::Duration::from_micros(100));
             continue;
         }
         match ptrace::await_any() {

@@ -246,6 +246,30 @@ pub fn shield_from_signals() {
     let _ = nix::sys::signal::sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None);
 }
 
+/// Blocks SIGCHLD in the calling thread, so that a tracee's stop, which
+/// sends its tracer SIGCHLD, leaves it pending for [`await_sigchld`]
+/// instead of having it discarded (its default action).
+pub fn block_sigchld() -> nix::Result<()> {
+    let mut set = SigSet::empty();
+    set.add(Signal::SIGCHLD);
+    nix::sys::signal::pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&set), None)
+}
+
+/// Waits up to `timeout` for SIGCHLD (blocked by [`block_sigchld`]) and
+/// takes it if it came. Returns early for any other reason too (another
+/// signal); callers look again at what they wait for either way.
+pub fn await_sigchld(timeout: std::time::Duration) {
+    let mut set = SigSet::empty();
+    set.add(Signal::SIGCHLD);
+    let ts = libc::timespec {
+        tv_sec: timeout.as_secs().min(i64::MAX as u64) as libc::time_t,
+        tv_nsec: libc::c_long::from(timeout.subsec_nanos() as i32),
+    };
+    // SAFETY: sigtimedwait reads the set and the timeout, both live locals,
+    // and is given no siginfo to write.
+    let _ = unsafe { libc::sigtimedwait(set.as_ref(), std::ptr::null_mut(), &ts) };
+}
+
 /// Closes every descriptor from `first` up (close_range(2), which nix
 /// lacks): an injector keeps nothing of the daemon but its channel (a
 /// descriptor that is not close-on-exec, such as a FUSE device, would
