@@ -47,7 +47,7 @@ use nix::unistd::Pid;
 use crate::inject::stub::{Stub, StubPlan};
 use crate::inject::{self, Join, Op, Stopped, SyscallResult, TraceError, Tracee, Unsupported};
 use crate::kind::Kind;
-use crate::kview::bpf::Thread as KernelThread;
+use crate::kview::bpf::{Links, Thread as KernelThread};
 use crate::procfs::{self, ProcDir, Stat, Status};
 use crate::sys;
 
@@ -404,7 +404,7 @@ fn proc_stat(pid: Pid) -> Result<Stat, MoveError> {
 
 /// The one-thread BPF program the moves of this process read a stopped
 /// target's threads with (see [`read_threads_with`]).
-static THREAD_READER: OnceLock<OwnedFd> = OnceLock::new();
+static THREAD_READER: OnceLock<(OwnedFd, Links)> = OnceLock::new();
 
 /// Lets every later move in this process read the threads of a stopped
 /// target in one BPF call ([`crate::kview::bpf::read_process`] with
@@ -415,7 +415,9 @@ static THREAD_READER: OnceLock<OwnedFd> = OnceLock::new();
 /// `/proc` whenever a read does not answer for every thread. Only the
 /// first program given is kept; returns whether this one was.
 pub fn read_threads_with(prog: OwnedFd) -> bool {
-    THREAD_READER.set(prog).is_ok()
+    // One link, over the target of the move under way: a move reads its
+    // target when every thread has stopped and again after the join.
+    THREAD_READER.set((prog, Links::new(1))).is_ok()
 }
 
 /// The threads of a stopped process as one kernel read found them, by
@@ -429,8 +431,8 @@ type Snapshot = BTreeMap<i32, KernelThread>;
 ///
 /// [`ProcessRead::whole`]: crate::kview::bpf::ProcessRead::whole
 fn kernel_threads(tgid: Pid) -> Option<(Snapshot, bool)> {
-    let prog = THREAD_READER.get()?;
-    match crate::kview::bpf::read_process(prog.as_fd(), tgid.as_raw() as u32) {
+    let (prog, links) = THREAD_READER.get()?;
+    match crate::kview::bpf::read_process_with(prog.as_fd(), links, tgid.as_raw() as u32) {
         Ok(read) => read.map(|r| {
             let all = r.threads.into_iter().map(|t| (t.proc.pid, t)).collect();
             (all, r.whole)
@@ -1299,6 +1301,10 @@ pub fn move_process_from(
 ) -> Result<MoveReport, MoveError> {
     let result = move_traced(target, source, kinds, writer, fatal_seccomp, recheck);
     inject::settle();
+    // Nothing of this move is kept for the next.
+    if let Some((_, links)) = THREAD_READER.get() {
+        links.clear();
+    }
     match result {
         Err(MoveError::Gone(pid)) => Err(MoveError::Gone(pid)),
         Err(MoveError::Zombie(pid)) => Err(MoveError::Zombie(pid)),

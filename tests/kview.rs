@@ -212,7 +212,8 @@ fn one_thread_reads_as_proc_does() {
     // Gone: join returns when the thread's tid word is cleared, which the
     // kernel does before it drops the thread's namespaces, so wait (within
     // a bound) until /proc says they are dropped; from then on the kernel
-    // read must say so too, as the drop is for good.
+    // read must say so too, as the drop is for good (read through the link
+    // kept from the reads above, as a new one would read).
     let until = std::time::Instant::now() + std::time::Duration::from_secs(5);
     while procfs::ns_set(loner_tid as u32).is_some() {
         assert!(

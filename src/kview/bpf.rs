@@ -78,6 +78,9 @@ const KTHREAD: u32 = 1 << 31;
 /// `lost`, then the reader's pid namespace (address, level, known).
 const BSS: usize = 40;
 
+/// How many one-thread links a daemon keeps ([`Links`]).
+const THREAD_LINKS: usize = 16;
+
 /// The size of the ring buffer of records with the counting programs
 /// (about 18,000 records), and without them (where nothing writes it).
 const EVENTS_COUNTED: u32 = 1 << 20;
@@ -286,6 +289,9 @@ pub struct Iter {
     /// The program that reads one thread (`dump_thread`), if the kernel
     /// limits task iterators to one thread (6.1 and later).
     thread: Option<OwnedFd>,
+    /// Links of `thread` over the threads read last (callers, mostly: a
+    /// tool or shell that writes again is read through the same link).
+    thread_links: Links,
     /// `None` when loaded without the counting programs.
     counters: Option<Array<MapData, [u8; BSS]>>,
     /// When the counting programs run.
@@ -378,6 +384,7 @@ impl Iter {
         };
         let it = Iter {
             thread,
+            thread_links: Links::new(THREAD_LINKS),
             counters,
             counting,
             doorbell,
@@ -417,7 +424,7 @@ impl Iter {
     /// [`Kind::Pid`]: crate::ns::Kind::Pid
     pub fn thread(&self, tid: u32) -> io::Result<Option<Thread>> {
         match &self.thread {
-            Some(prog) => read_thread(prog, tid),
+            Some(prog) => read_thread(prog, &self.thread_links, tid),
             None => Ok(None),
         }
     }
@@ -427,6 +434,15 @@ impl Iter {
     /// kernel cannot read one thread.
     pub fn thread_program(&self) -> Option<BorrowedFd<'_>> {
         self.thread.as_ref().map(|p| p.as_fd())
+    }
+
+    /// Every thread of process `pid` ([`read_process`]); `Ok(None)` also
+    /// where this kernel cannot read one thread.
+    pub fn process(&self, pid: u32) -> io::Result<Option<ProcessRead>> {
+        match &self.thread {
+            Some(prog) => read_process(prog.as_fd(), pid),
+            None => Ok(None),
+        }
     }
 
     /// The counters as they stand; `None` without the counting programs.
@@ -675,8 +691,8 @@ fn load_thread(ebpf: &mut Ebpf, btf: &Btf) -> Option<OwnedFd> {
 /// One run of the one-thread program `prog` over thread `tid`: its
 /// record, if the first record read is that thread's (a kernel that
 /// ignores the link's tid gives another task's first).
-fn read_thread(prog: &OwnedFd, tid: u32) -> io::Result<Option<Thread>> {
-    let link = crate::sys::bpf::thread_iter_link(prog.as_fd(), tid)?;
+fn read_thread(prog: &OwnedFd, links: &Links, tid: u32) -> io::Result<Option<Thread>> {
+    let link = links.link(tid, || crate::sys::bpf::thread_iter_link(prog.as_fd(), tid))?;
     let iter = crate::sys::bpf::iter_open(link.as_fd())?;
     drop(link);
     let mut record = [0u8; THREAD_RECORD];
@@ -701,7 +717,7 @@ fn probe_thread(prog: &OwnedFd) -> Result<(), String> {
         })
         .map_err(|e| format!("no thread to read: {e}"))?;
     let read = match tid_rx.recv() {
-        Ok(tid) => read_thread(prog, tid as u32)
+        Ok(tid) => read_thread(prog, &Links::new(0), tid as u32)
             .map_err(|e| e.to_string())
             .and_then(|t| {
                 t.filter(|t| t.proc.set().is_some())
@@ -772,8 +788,23 @@ const PROCESS_READ: usize = 64 << 10;
 /// the records for the list of the process's threads.
 pub fn read_process(prog: BorrowedFd<'_>, pid: u32) -> io::Result<Option<ProcessRead>> {
     let link = crate::sys::bpf::process_iter_link(prog, pid)?;
-    let iter = crate::sys::bpf::iter_open(link.as_fd())?;
-    drop(link);
+    read_process_through(link.as_fd(), pid)
+}
+
+/// [`read_process`] through the link `links` keeps for `prog` (which must
+/// be the only program, and processes the only kind of link, `links` is
+/// used with).
+pub fn read_process_with(
+    prog: BorrowedFd<'_>,
+    links: &Links,
+    pid: u32,
+) -> io::Result<Option<ProcessRead>> {
+    let link = links.link(pid, || crate::sys::bpf::process_iter_link(prog, pid))?;
+    read_process_through(link.as_fd(), pid)
+}
+
+fn read_process_through(link: BorrowedFd<'_>, pid: u32) -> io::Result<Option<ProcessRead>> {
+    let iter = crate::sys::bpf::iter_open(link)?;
     let mut file = std::fs::File::from(iter);
     let mut buf = vec![0u8; PROCESS_READ];
     let (mut filled, mut reads) = (0, 0);
@@ -805,6 +836,60 @@ pub fn read_process(prog: BorrowedFd<'_>, pid: u32) -> io::Result<Option<Process
             whole: reads == 1,
         }),
     )
+}
+
+/// Iterator links of one program over one thread or one process each,
+/// the most recently used first, kept so that the next read of the same
+/// id needs no new link: making a link and freeing it again costs more
+/// than the read itself. A link holds the id as a number, looked up anew
+/// (in the pid namespace of the thread that reads) by every iterator
+/// made from it, so a kept link reads exactly what a new one would, even
+/// once the id names another task. One cache serves one program and one
+/// kind of link only: its owner keeps them together.
+#[derive(Debug)]
+pub struct Links {
+    kept: Mutex<Vec<(u32, Arc<OwnedFd>)>>,
+    capacity: usize,
+}
+
+impl Links {
+    /// A cache of at most `capacity` links.
+    pub fn new(capacity: usize) -> Links {
+        Links {
+            kept: Mutex::new(Vec::with_capacity(capacity)),
+            capacity,
+        }
+    }
+
+    /// The link kept for `id`, else the one `make` makes, kept in place
+    /// of the least recently used.
+    fn link(
+        &self,
+        id: u32,
+        make: impl FnOnce() -> io::Result<OwnedFd>,
+    ) -> io::Result<Arc<OwnedFd>> {
+        {
+            let mut kept = self.kept.lock();
+            if let Some(i) = kept.iter().position(|(n, _)| *n == id) {
+                let entry = kept.remove(i);
+                let link = Arc::clone(&entry.1);
+                kept.insert(0, entry);
+                return Ok(link);
+            }
+        }
+        let link = Arc::new(make()?);
+        if self.capacity > 0 {
+            let mut kept = self.kept.lock();
+            kept.truncate(self.capacity - 1);
+            kept.insert(0, (id, Arc::clone(&link)));
+        }
+        Ok(link)
+    }
+
+    /// Lets every kept link go.
+    pub fn clear(&self) {
+        self.kept.lock().clear();
+    }
 }
 
 /// The processes of `pass` whose set is `set`, kernel threads left out.
@@ -841,6 +926,40 @@ fn program<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn links_keep_the_most_recently_used() {
+        let made = std::cell::Cell::new(0);
+        let make = || {
+            made.set(made.get() + 1);
+            std::fs::File::open("/dev/null").map(OwnedFd::from)
+        };
+        let links = Links::new(2);
+        let one = links.link(1, make).unwrap();
+        let two = links.link(2, make).unwrap();
+        assert_eq!(made.get(), 2);
+        // Kept: the same link, nothing made.
+        assert!(Arc::ptr_eq(&links.link(1, make).unwrap(), &one));
+        assert_eq!(made.get(), 2);
+        // A third id pushes out the least recently used, 2.
+        links.link(3, make).unwrap();
+        assert_eq!(made.get(), 3);
+        assert!(Arc::ptr_eq(&links.link(1, make).unwrap(), &one));
+        assert!(!Arc::ptr_eq(&links.link(2, make).unwrap(), &two));
+        assert_eq!(made.get(), 4);
+        // A failure to make one keeps nothing and loses nothing.
+        let failed = links.link(5, || Err(io::Error::from_raw_os_error(libc::EMFILE)));
+        assert!(failed.is_err());
+        assert_eq!(links.kept.lock().len(), 2);
+        // Cleared, or kept by no cache at all: always made anew.
+        links.clear();
+        links.link(1, make).unwrap();
+        assert_eq!(made.get(), 5);
+        let none = Links::new(0);
+        none.link(1, make).unwrap();
+        none.link(1, make).unwrap();
+        assert_eq!(made.get(), 7);
+    }
 
     /// A record of `pid` in `set` (all ten links readable), or, with
     /// `set` None, one whose namespaces are gone (an exiting process).

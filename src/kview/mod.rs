@@ -223,8 +223,10 @@ impl Membership {
     /// `None` on the `/proc` path, or when the call fails or finds no such
     /// process.
     pub fn process(&self, pid: u32) -> Option<bpf::ProcessRead> {
-        let prog = self.thread_program()?;
-        let mut read = bpf::read_process(prog, pid).ok().flatten()?;
+        let Membership::Kernel(iter) = self else {
+            return None;
+        };
+        let mut read = iter.process(pid).ok().flatten()?;
         if !in_initial_user_ns() {
             for t in &mut read.threads {
                 t.creds = None;
