@@ -877,7 +877,9 @@ fn many_threads(wd: &Watched, n: usize) -> (Proc_, std::process::ChildStdin) {
 
 /// A process with more threads than one read of the kernel's takes: the
 /// read comes in pieces and says so (a resumed walk can leave threads
-/// out), yet has every thread here (none ends meanwhile); a move of it
+/// out), yet has every thread here (none ends meanwhile). One whose
+/// records fill the kernel's buffer exactly is not taken for whole
+/// either; one with a thread fewer is. A move of the big one
 /// lists its threads through `/proc` and still reads each one from the
 /// kernel once all are stopped.
 #[test]
@@ -897,7 +899,23 @@ fn a_read_in_pieces_is_not_taken_for_the_whole_list() {
         .ok()
         .flatten()
         .unwrap_or(4096) as usize;
-    let n = 8 * page / 248 + 60;
+    // As many threads as fill the buffer exactly: one piece, then
+    // nothing, which is also what a walk cut there, resumed at a thread
+    // that ended meanwhile, looks like; so not taken for the whole list.
+    // One fewer left room, and is.
+    let fit = 8 * page / 248;
+    for (n, whole) in [(fit - 1, true), (fit, false)] {
+        wd.step.set(&format!("reading {n} threads"));
+        let (target, _stdin) = many_threads(&wd, n);
+        let pid = target.0.id() as i32;
+        let read = kview::bpf::read_process(prog, pid as u32)
+            .expect("read")
+            .expect("every record one of its threads");
+        assert_eq!(read.threads.len(), n);
+        assert_eq!(read.whole, whole, "{n} threads, {fit} records fit one read");
+        drop(target);
+    }
+    let n = fit + 60;
     let (target, _stdin) = many_threads(&wd, n);
     let pid = target.0.id() as i32;
     wd.step.set("reading the threads");

@@ -764,12 +764,14 @@ fn parse_thread(record: &[u8]) -> Thread {
 pub struct ProcessRead {
     /// A record per thread, in the kernel's order.
     pub threads: Vec<Thread>,
-    /// Whether the records came in one `read(2)`, and so from one unbroken
-    /// walk of the process's threads: only then do they list every thread
+    /// Whether the records came in one `read(2)` that left room in the
+    /// kernel's buffer for another, and so from one walk of the process's
+    /// threads that ended by itself: only then do they list every thread
     /// that lived through the read. A walk the kernel resumes in a later
     /// read restarts from the next thread it meant to show, and ends
     /// there if that thread has gone meanwhile, leaving out the threads
-    /// after it.
+    /// after it (the later read then returns nothing at all, so one piece
+    /// that filled the buffer proves nothing either).
     pub whole: bool,
 }
 
@@ -830,12 +832,23 @@ fn read_process_through(link: BorrowedFd<'_>, pid: u32) -> io::Result<Option<Pro
         .map(parse_thread)
         .collect();
     let ours = |t: &Thread| t.leader == pid as i32 && t.proc.pid > 0;
-    Ok(
-        (!threads.is_empty() && threads.iter().all(ours)).then_some(ProcessRead {
-            threads,
-            whole: reads == 1,
-        }),
-    )
+    // One piece that left room for another record: the walk ended by
+    // itself. A piece that filled the kernel's buffer may have been cut
+    // there, and a walk resumed at a thread that ended meanwhile returns
+    // nothing more, though threads after it live.
+    let buffer = crate::sys::ringbuf::page_size()? * ITER_BUFFER_PAGES;
+    let whole = reads == 1 && ended_by_itself(filled, buffer);
+    Ok((!threads.is_empty() && threads.iter().all(ours)).then_some(ProcessRead { threads, whole }))
+}
+
+/// Pages of the kernel's buffer for one read of a BPF iterator.
+const ITER_BUFFER_PAGES: usize = 8;
+
+/// Whether one read of `filled` bytes of thread records, from a kernel
+/// buffer of `buffer` bytes, ended because the walk did: there was room
+/// for one more record.
+fn ended_by_itself(filled: usize, buffer: usize) -> bool {
+    filled + THREAD_RECORD <= buffer
 }
 
 /// Iterator links of one program over one thread or one process each,
@@ -926,6 +939,15 @@ fn program<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_full_buffer_may_have_been_cut() {
+        let buffer = 8 * 4096;
+        let fit = buffer / THREAD_RECORD;
+        assert!(ended_by_itself(0, buffer));
+        assert!(ended_by_itself((fit - 1) * THREAD_RECORD, buffer));
+        assert!(!ended_by_itself(fit * THREAD_RECORD, buffer));
+    }
 
     #[test]
     fn links_keep_the_most_recently_used() {
