@@ -92,6 +92,7 @@ pub fn of_move(e: &MoveError) -> i32 {
         | MoveError::TraceDenied(_)
         | MoveError::SeccompKills { .. }
         | MoveError::SeccompStrict(_)
+        | MoveError::SeccompHidden(_)
         | MoveError::SeccompDelegates { .. }
         | MoveError::Untrusted { .. } => Errno::EPERM,
         MoveError::AlreadyTraced { .. } => Errno::EBUSY,
@@ -233,6 +234,7 @@ pub(crate) mod tests {
                 Errno::EPERM,
             ),
             (MoveError::SeccompStrict(1), Errno::EPERM),
+            (MoveError::SeccompHidden(1), Errno::EPERM),
             (
                 MoveError::SeccompDelegates {
                     tid: 1,

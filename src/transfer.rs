@@ -303,6 +303,14 @@ pub enum MoveError {
     /// would kill it; nothing was injected.
     #[error("thread {0} is in strict seccomp mode: any injected call would kill it")]
     SeccompStrict(i32),
+    /// A thread has seccomp filters this kernel does not show to a tracer
+    /// (`PTRACE_SECCOMP_GET_FILTER` needs `CONFIG_CHECKPOINT_RESTORE`), so
+    /// what they would do with the injected calls cannot be known; nothing
+    /// was injected.
+    #[error(
+        "thread {0} has seccomp filters this kernel does not show: what they do to an injected call is unknown"
+    )]
+    SeccompHidden(i32),
     /// A seccomp filter of the target hands one of the injected calls to
     /// another process (a user-notification supervisor or a tracer), which
     /// could fake its result or never answer; nothing was injected.
@@ -1031,7 +1039,7 @@ fn join_all_stub(
             }
             let opened = outcome.opened.map(inject::decode);
             match opened {
-                Some(Ok(fd)) if join.expect_fd.is_none_or(|expected| fd == expected) => {
+                Some(Ok(fd)) if fd >= 0 && join.expect_fd.is_none_or(|expected| fd == expected) => {
                     fds[i] = Some(fd);
                 }
                 Some(Ok(fd)) => {
@@ -1725,6 +1733,7 @@ fn check_seccomp(
         let filters = match mode {
             Mode::Off => continue,
             Mode::Strict => return Err(MoveError::SeccompStrict(t.tid().as_raw())),
+            Mode::Hidden => return Err(MoveError::SeccompHidden(t.tid().as_raw())),
             Mode::Filters(filters) => filters,
         };
         // A filter sees the address after the `syscall` instruction. Every

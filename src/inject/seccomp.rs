@@ -41,6 +41,10 @@ pub enum Mode {
     Strict,
     /// `SECCOMP_MODE_FILTER` with these programs, newest first.
     Filters(Vec<Vec<Insn>>),
+    /// `SECCOMP_MODE_FILTER` with filters this kernel does not show
+    /// (`PTRACE_SECCOMP_GET_FILTER` needs `CONFIG_CHECKPOINT_RESTORE`):
+    /// what they do with an injected call cannot be known.
+    Hidden,
 }
 
 /// The input a filter sees: `struct seccomp_data`.
@@ -214,12 +218,25 @@ pub fn mode(tid: Pid, known: Option<u32>) -> Result<Mode, Errno> {
     if !programs.is_empty() {
         return Ok(Mode::Filters(programs));
     }
-    let status = Status::read(tid.as_raw())
-        .map_err(|e| e.raw_os_error().map_or(Errno::EIO, Errno::from_raw))?;
-    Ok(match status_mode(&status) {
+    let mode = match known {
+        Some(mode) => Some(mode),
+        None => status_mode(
+            &Status::read(tid.as_raw())
+                .map_err(|e| e.raw_os_error().map_or(Errno::EIO, Errno::from_raw))?,
+        ),
+    };
+    Ok(without_filters(mode))
+}
+
+/// The mode of a thread for which no filter could be read, given the mode
+/// the kernel reports for it (`None`: a kernel without the field, which
+/// has no seccomp): only a report of none is taken for none.
+fn without_filters(reported: Option<u32>) -> Mode {
+    match reported {
+        None | Some(0) => Mode::Off,
         Some(1) => Mode::Strict,
-        _ => Mode::Off,
-    })
+        Some(_) => Mode::Hidden,
+    }
 }
 
 /// The `Seccomp:` field of a `/proc/PID/status` file.
@@ -255,6 +272,15 @@ pub fn check(filters: &[Vec<Insn>], data: &SyscallData) -> Verdict {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn filters_that_cannot_be_read_are_not_taken_for_none() {
+        assert_eq!(without_filters(None), Mode::Off);
+        assert_eq!(without_filters(Some(0)), Mode::Off);
+        assert_eq!(without_filters(Some(1)), Mode::Strict);
+        assert_eq!(without_filters(Some(2)), Mode::Hidden);
+        assert_eq!(without_filters(Some(7)), Mode::Hidden);
+    }
 
     const LD_W_ABS: u16 = (libc::BPF_LD | libc::BPF_W | libc::BPF_ABS) as u16;
     const JEQ_K: u16 = (libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K) as u16;

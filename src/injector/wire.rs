@@ -233,6 +233,7 @@ fn put_move(line: &mut String, e: &MoveError) {
             put(line, format_args!("seccomp-kills {tid} {syscall:?}"))
         }
         MoveError::SeccompStrict(tid) => put(line, format_args!("seccomp-strict {tid}")),
+        MoveError::SeccompHidden(tid) => put(line, format_args!("seccomp-hidden {tid}")),
         MoveError::SeccompDelegates { tid, syscall } => {
             put(line, format_args!("seccomp-delegates {tid} {syscall:?}"))
         }
@@ -285,6 +286,7 @@ fn take_move(w: &mut Words<'_>) -> Option<MoveError> {
             syscall: w.one_of(&Call::ALL)?,
         },
         "seccomp-strict" => MoveError::SeccompStrict(w.number()?),
+        "seccomp-hidden" => MoveError::SeccompHidden(w.number()?),
         "seccomp-delegates" => MoveError::SeccompDelegates {
             tid: w.number()?,
             syscall: w.one_of(&Call::ALL)?,
