@@ -54,15 +54,16 @@ pub(crate) enum WaitEvent {
 /// figures).
 const SPIN: std::time::Duration = std::time::Duration::from_micros(50);
 
-/// Whether every thread of this process blocks SIGCHLD (an injector,
-/// which has one thread): then a wait with a deadline sleeps until the
+/// Whether every thread of this process blocks SIGCHLD (an injector: its
+/// one thread, and the threads it starts, which inherit the mask): then a wait with a deadline sleeps until the
 /// next SIGCHLD, which every stop of a tracee sends its tracer, or the
 /// end of its nap, instead of sleeping its nap out. Elsewhere another
 /// thread may take the signal, and naps are slept out.
 static SIGCHLD_WAKES: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 /// Blocks SIGCHLD in the calling thread and lets waits wake on it: only
-/// for a process whose only thread calls it before it traces anything.
+/// for a process whose only thread calls it before it traces anything or
+/// starts another thread.
 pub fn wake_on_sigchld() -> Result<(), Errno> {
     crate::sys::process::block_sigchld()?;
     SIGCHLD_WAKES.store(true, std::sync::atomic::Ordering::Relaxed);

@@ -446,8 +446,10 @@ pub fn serve(args: &[String], errno_of: transfer::ErrnoOf) -> i32 {
         transfer::FatalSeccomp::Refuse
     };
     crate::sys::process::shield_from_signals();
-    // This process has one thread: a tracee's stop can wake it at once
-    // from a wait that must also end at a deadline.
+    // Every thread of this process blocks SIGCHLD (it has one, and the
+    // short-lived thread of a rights check inherits the mask and waits
+    // for nothing): a tracee's stop can wake it at once from a wait that
+    // must also end at a deadline.
     if let Err(e) = crate::inject::traced::wake_on_sigchld() {
         log::warn!("waits for a tracee to stop will poll: {e}");
     }
