@@ -780,6 +780,34 @@ fn stub_leaves_memory_identical() {
     }
 }
 
+/// Asserts that `err` is the refusal `(errno, step)` and that process
+/// `pid` is exactly as it was: memory mappings and contents and
+/// descriptors as `before` (from [`settled`]), namespaces as `namespaces`
+/// (from [`snapshot`]), and no tracer.
+fn assert_refused_untouched(
+    err: &MoveError,
+    (errno, step): (Errno, &str),
+    pid: i32,
+    before: &(String, Vec<(String, u64)>, Vec<String>),
+    namespaces: &[(&'static str, Vec<u64>)],
+) {
+    match err {
+        MoveError::Refused {
+            errno: e, step: s, ..
+        } => {
+            assert_eq!(*e, errno);
+            assert_eq!(s.to_string(), step);
+        }
+        other => panic!("unexpected error {other}"),
+    }
+    let after = memory_and_files(pid);
+    assert_eq!(before.0, after.0, "memory mappings");
+    assert_eq!(before.2, after.2, "descriptors");
+    assert_eq!(before.1, after.1, "memory contents");
+    assert_eq!(snapshot(pid), namespaces);
+    assert_eq!(tracer(pid), 0);
+}
+
 #[test]
 fn setns_refused_in_the_stub_leaves_the_process_as_it_was() {
     if !have_root("setns_refused_in_the_stub_leaves_the_process_as_it_was") {
@@ -793,19 +821,8 @@ fn setns_refused_in_the_stub_leaves_the_process_as_it_was() {
     let before = settled(&wd, pid);
     let namespaces = snapshot(pid);
     let err = do_move(&wd, pid, holder.pid(), uts_ipc_net()).expect_err("must fail");
-    match &err {
-        MoveError::Refused { errno, step, .. } => {
-            assert_eq!(*errno, Errno::EPERM);
-            assert_eq!(step.to_string(), "setns");
-        }
-        other => panic!("unexpected error {other}"),
-    }
-    let after = memory_and_files(pid);
-    assert_eq!(before.0, after.0, "memory mappings");
-    assert_eq!(before.2, after.2, "descriptors (the pidfd is closed again)");
-    assert_eq!(before.1, after.1, "memory contents");
-    assert_eq!(snapshot(pid), namespaces);
-    assert_eq!(tracer(pid), 0);
+    // The descriptors are the same: the pidfd is closed again.
+    assert_refused_untouched(&err, (Errno::EPERM, "setns"), pid, &before, &namespaces);
     // Its read was not disturbed either.
     target.send("ok");
     target.close_stdin();
@@ -849,19 +866,13 @@ fn pidfd_open_failing_in_the_stub_leaves_the_process_as_it_was() {
         None,
     )
     .expect_err("must fail");
-    match &err {
-        MoveError::Refused { errno, step, .. } => {
-            assert_eq!(*errno, Errno::ESRCH);
-            assert_eq!(step.to_string(), "pidfd_open");
-        }
-        other => panic!("unexpected error {other}"),
-    }
-    let after = memory_and_files(pid);
-    assert_eq!(before.0, after.0, "memory mappings");
-    assert_eq!(before.2, after.2, "descriptors");
-    assert_eq!(before.1, after.1, "memory contents");
-    assert_eq!(snapshot(pid), namespaces);
-    assert_eq!(tracer(pid), 0);
+    assert_refused_untouched(
+        &err,
+        (Errno::ESRCH, "pidfd_open"),
+        pid,
+        &before,
+        &namespaces,
+    );
     // And the next move, to a live holder, goes through.
     let moved = move_process(&handle, holder.pid(), uts_ipc_net()).expect("move");
     assert!(moved.stub);
