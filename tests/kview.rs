@@ -875,6 +875,23 @@ fn many_threads(wd: &Watched, n: usize) -> (Proc_, std::process::ChildStdin) {
     (Proc_(child), stdin)
 }
 
+/// A `sleep` in fresh namespaces of the kinds `unshare_args` names (uts
+/// among them), watched, once its uts namespace is its own; and its pid.
+fn unshared_holder(wd: &Watched, unshare_args: &[&str]) -> (Proc_, i32) {
+    let holder = Command::new("unshare")
+        .args(unshare_args)
+        .args(["--", "sleep", "1000"])
+        .spawn()
+        .expect("unshare");
+    wd.watch_pid(holder.id() as i32);
+    let holder = Proc_(holder);
+    let hpid = holder.0.id() as i32;
+    wait_for("the holder's namespaces", || {
+        procfs::ns_link_inode(hpid, "uts") != procfs::ns_link_inode(1, "uts")
+    });
+    (holder, hpid)
+}
+
 /// A process with more threads than one read of the kernel's takes: the
 /// read comes in pieces and says so (a resumed walk can leave threads
 /// out), yet has every thread here (none ends meanwhile). One whose
@@ -926,16 +943,7 @@ fn a_read_in_pieces_is_not_taken_for_the_whole_list() {
     let mut tids: Vec<i32> = read.threads.iter().map(|t| t.proc.pid).collect();
     tids.sort();
     assert_eq!(tids, procfs::tasks(pid).expect("list"));
-    let holder = Command::new("unshare")
-        .args(["--uts", "--", "sleep", "1000"])
-        .spawn()
-        .expect("unshare");
-    wd.watch_pid(holder.id() as i32);
-    let holder = Proc_(holder);
-    let hpid = holder.0.id() as i32;
-    wait_for("the holder's namespace", || {
-        procfs::ns_link_inode(hpid, "uts") != procfs::ns_link_inode(1, "uts")
-    });
+    let (holder, hpid) = unshared_holder(&wd, &["--uts"]);
     wd.step.set("moving the threads");
     let handle = nsproxyfs::transfer::ProcessHandle::open(pid).expect("pin");
     let report =
@@ -971,16 +979,7 @@ fn a_move_reads_the_stopped_threads_in_one_kernel_call() {
     // binary may have given one): either serves.
     nsproxyfs::transfer::read_threads_with(prog.try_clone_to_owned().expect("dup"));
     let wd = Watched::start(test);
-    let holder = Command::new("unshare")
-        .args(["--uts", "--ipc", "--", "sleep", "1000"])
-        .spawn()
-        .expect("unshare");
-    wd.watch_pid(holder.id() as i32);
-    let holder = Proc_(holder);
-    let hpid = holder.0.id() as i32;
-    wait_for("the holder's namespaces", || {
-        procfs::ns_link_inode(hpid, "uts") != procfs::ns_link_inode(1, "uts")
-    });
+    let (holder, hpid) = unshared_holder(&wd, &["--uts", "--ipc"]);
     let (target, _stdin) = four_threads(&wd);
     let pid = target.0.id() as i32;
     wd.step.set("moving the target");

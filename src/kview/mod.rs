@@ -65,19 +65,22 @@ impl Proc {
     /// The namespace its link `/proc/PID/ns/KIND` names (for pid and
     /// time, the one it is in, not its children's).
     pub fn link(&self, kind: Kind) -> Option<u64> {
-        let slot = match kind {
+        self.slot(match kind {
             Kind::Pid => PID_OWN,
             Kind::Time => TIME_OWN,
             other => other.index(),
-        };
-        (self.valid & (1 << slot) != 0).then_some(self.inum[slot])
+        })
     }
 
     /// The namespace its link `/proc/PID/ns/ENTRY` names, ENTRY being
     /// the kind's [`Kind::proc_entry`] (for pid and time, its children's:
     /// the one `setns` changes); `None` if that link does not read.
     pub fn entry(&self, kind: Kind) -> Option<u64> {
-        let slot = kind.index();
+        self.slot(kind.index())
+    }
+
+    /// Slot `slot` of `inum`, if it could be read.
+    fn slot(&self, slot: usize) -> Option<u64> {
         (self.valid & (1 << slot) != 0).then_some(self.inum[slot])
     }
 
@@ -210,9 +213,7 @@ impl Membership {
             return None;
         };
         let mut t = iter.thread(tid).ok().flatten()?;
-        if !in_initial_user_ns() {
-            t.creds = None;
-        }
+        keep_readable_creds(&mut t);
         Some(t)
     }
 
@@ -227,11 +228,7 @@ impl Membership {
             return None;
         };
         let mut read = iter.process(pid).ok().flatten()?;
-        if !in_initial_user_ns() {
-            for t in &mut read.threads {
-                t.creds = None;
-            }
-        }
+        read.threads.iter_mut().for_each(keep_readable_creds);
         Some(read)
     }
 
@@ -286,6 +283,15 @@ pub fn thread_set(tid: u32) -> Option<[u64; 8]> {
         .thread(tid)
         .and_then(|t| t.proc.set())
         .or_else(|| procfs::ns_set(tid))
+}
+
+/// Drops the credentials of a thread record unless the daemon is in the
+/// initial user namespace, the only one where ids read as the kernel
+/// stores them (see [`Membership::thread`]).
+fn keep_readable_creds(t: &mut bpf::Thread) {
+    if !in_initial_user_ns() {
+        t.creds = None;
+    }
 }
 
 /// The inode of the initial user namespace (the kernel's
