@@ -875,6 +875,20 @@ fn many_threads(wd: &Watched, n: usize) -> (Proc_, std::process::ChildStdin) {
     (Proc_(child), stdin)
 }
 
+/// [`kernel_path`] for a test that moves processes in-process (with
+/// `python3` and `unshare`): the one-thread program is handed to the
+/// moves of this test binary, as the daemon hands it to an injector. Only
+/// the first program given is kept (another test of this binary may have
+/// given one): either serves.
+fn kernel_path_for_moves(test: &str) -> Option<Membership> {
+    let kernel = kernel_path(test, &["python3", "unshare"])?;
+    let prog = kernel
+        .thread_program()
+        .expect("a kernel that reads one thread");
+    nsproxyfs::transfer::read_threads_with(prog.try_clone_to_owned().expect("dup"));
+    Some(kernel)
+}
+
 /// A `sleep` in fresh namespaces of the kinds `unshare_args` names (uts
 /// among them), watched, once its uts namespace is its own; and its pid.
 fn unshared_holder(wd: &Watched, unshare_args: &[&str]) -> (Proc_, i32) {
@@ -902,13 +916,10 @@ fn unshared_holder(wd: &Watched, unshare_args: &[&str]) -> (Proc_, i32) {
 #[test]
 fn a_read_in_pieces_is_not_taken_for_the_whole_list() {
     let test = "a_read_in_pieces_is_not_taken_for_the_whole_list";
-    let Some(kernel) = kernel_path(test, &["python3", "unshare"]) else {
+    let Some(kernel) = kernel_path_for_moves(test) else {
         return;
     };
-    let prog = kernel
-        .thread_program()
-        .expect("a kernel that reads one thread");
-    nsproxyfs::transfer::read_threads_with(prog.try_clone_to_owned().expect("dup"));
+    let prog = kernel.thread_program().expect("checked");
     let wd = Watched::start(test);
     // The kernel's buffer for one read of an iterator is eight pages; a
     // thread's record is 248 bytes.
@@ -969,15 +980,9 @@ fn a_read_in_pieces_is_not_taken_for_the_whole_list() {
 #[test]
 fn a_move_reads_the_stopped_threads_in_one_kernel_call() {
     let test = "a_move_reads_the_stopped_threads_in_one_kernel_call";
-    let Some(kernel) = kernel_path(test, &["python3", "unshare"]) else {
+    if kernel_path_for_moves(test).is_none() {
         return;
-    };
-    let prog = kernel
-        .thread_program()
-        .expect("a kernel that reads one thread");
-    // Only the first program given is kept (another test of this
-    // binary may have given one): either serves.
-    nsproxyfs::transfer::read_threads_with(prog.try_clone_to_owned().expect("dup"));
+    }
     let wd = Watched::start(test);
     let (holder, hpid) = unshared_holder(&wd, &["--uts", "--ipc"]);
     let (target, _stdin) = four_threads(&wd);
