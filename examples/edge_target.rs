@@ -19,8 +19,13 @@
 //!                                  `SIG signo code pid value`; exits at EOF
 //! edge_target block CALL           the main thread blocks in CALL (epoll_wait,
 //!                                  epoll_pwait, epoll_pwait2, sigwaitinfo, semop,
-//!                                  semtimedop), which a line on stdin completes;
-//!                                  prints `RESULT ok` or `RESULT errno N`
+//!                                  semtimedop, sigsuspend, ppoll), which a line on
+//!                                  stdin completes; prints `RESULT ok` or
+//!                                  `RESULT errno N` (for sigsuspend and ppoll, which
+//!                                  wait with a mask of their own, `RESULT ok` means
+//!                                  SIGUSR1's handler ended the call with EINTR and
+//!                                  the thread's own mask, which blocks SIGUSR1, is
+//!                                  back as it was)
 //! ```
 
 use std::io::{BufRead, Write};
@@ -218,6 +223,31 @@ fn errno() -> i32 {
     std::io::Error::last_os_error().raw_os_error().unwrap_or(0)
 }
 
+/// Set by [`woken`].
+static WOKEN: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// SIGUSR1's handler in the sigsuspend and ppoll blocks.
+extern "C" fn woken(_sig: libc::c_int) {
+    WOKEN.store(true, std::sync::atomic::Ordering::SeqCst);
+}
+
+/// The calling thread's signal mask (the first 64 signals).
+fn blocked_mask() -> u64 {
+    let mut mask = 0u64;
+    // SAFETY: rt_sigprocmask with no new set writes 8 bytes of the current
+    // one into `mask`.
+    unsafe {
+        libc::syscall(
+            libc::SYS_rt_sigprocmask,
+            libc::SIG_BLOCK,
+            std::ptr::null::<u64>(),
+            &mut mask as *mut u64,
+            8usize,
+        )
+    };
+    mask
+}
+
 fn block(call: &str) {
     let mut fds = [0; 2];
     // SAFETY: pipe writes two descriptors into `fds`.
@@ -226,6 +256,27 @@ fn block(call: &str) {
         std::process::exit(1);
     }
     let (rd, wr) = (fds[0], fds[1]);
+    // A pipe that never becomes readable (its write end stays open), for
+    // ppoll: the line on stdin must end the call through the signal.
+    let mut quiet = [0; 2];
+    // SAFETY: pipe writes two descriptors into `quiet`.
+    if unsafe { libc::pipe(quiet.as_mut_ptr()) } != 0 {
+        say("pipe failed");
+        std::process::exit(1);
+    }
+    if matches!(call, "sigsuspend" | "ppoll") {
+        // SAFETY: a zeroed sigaction with a valid handler; no SA_RESTART,
+        // so the handler ends the call with EINTR.
+        unsafe {
+            let mut act: libc::sigaction = std::mem::zeroed();
+            act.sa_sigaction = woken as *const () as usize;
+            libc::sigemptyset(&mut act.sa_mask);
+            if libc::sigaction(libc::SIGUSR1, &act, std::ptr::null_mut()) != 0 {
+                say("sigaction failed");
+                std::process::exit(1);
+            }
+        }
+    }
     // SAFETY: the calls below take integers and pointers to live locals.
     let ep = unsafe { libc::epoll_create1(0) };
     let mut ev = libc::epoll_event {
@@ -271,6 +322,14 @@ fn block(call: &str) {
     };
     // epoll_pwait's own mask keeps SIGUSR1 blocked too: it is sigwaitinfo's.
     let pwait_mask: u64 = 1 << (libc::SIGUSR1 - 1);
+    // sigsuspend's and ppoll's let it through: it ends them.
+    let open_mask: u64 = 0;
+    let mut never = libc::pollfd {
+        fd: quiet[0],
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    let own_mask = blocked_mask();
     // SAFETY: raw syscalls with pointers to live locals, no retry on EINTR
     // so that one shows.
     let ret = unsafe {
@@ -309,11 +368,31 @@ fn block(call: &str) {
                 1usize,
                 std::ptr::null::<libc::timespec>(),
             ),
+            "sigsuspend" => {
+                libc::syscall(libc::SYS_rt_sigsuspend, &open_mask as *const u64, 8usize)
+            }
+            "ppoll" => libc::syscall(
+                libc::SYS_ppoll,
+                &mut never as *mut libc::pollfd,
+                1usize,
+                std::ptr::null::<libc::timespec>(),
+                &open_mask as *const u64,
+                8usize,
+            ),
             _ => usage(&[call.to_owned()]),
         }
     };
-    let verdict = if ret < 0 {
-        format!("RESULT errno {}", errno())
+    let err = errno();
+    let verdict = if matches!(call, "sigsuspend" | "ppoll") {
+        let woke = WOKEN.load(std::sync::atomic::Ordering::SeqCst);
+        let mask = blocked_mask();
+        if ret == -1 && err == libc::EINTR && woke && mask == own_mask {
+            "RESULT ok".to_owned()
+        } else {
+            format!("RESULT {ret} errno {err} woken {woke} mask {own_mask:#x} -> {mask:#x}")
+        }
+    } else if ret < 0 {
+        format!("RESULT errno {err}")
     } else {
         "RESULT ok".to_owned()
     };

@@ -353,6 +353,10 @@ fn blocking_calls_carry_on_across_moves() {
         ("sigwaitinfo", libc::SYS_rt_sigtimedwait),
         ("semop", libc::SYS_semop),
         ("semtimedop", libc::SYS_semtimedop),
+        // Calls that wait with a mask of their own: the thread's own one
+        // must be back after them, as without the moves.
+        ("sigsuspend", libc::SYS_rt_sigsuspend),
+        ("ppoll", libc::SYS_ppoll),
     ];
     for (call, nr) in calls {
         let mut t = Target::start(&m, &["block", call]);
