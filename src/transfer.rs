@@ -825,25 +825,59 @@ fn sift(
 /// For each thread, the index of the first thread that shares its
 /// descriptor table (itself if none before it does). Without kcmp every
 /// thread counts as having a table of its own.
-fn fd_tables(threads: &[Tracee<Stopped>]) -> Result<Vec<usize>, MoveError> {
-    let mut tables: Vec<usize> = Vec::with_capacity(threads.len());
+///
+/// Where `snapshot`, read while every thread was stopped, has every
+/// thread, those it finds sharing their leader's table (normally all)
+/// share one another's without a kcmp each; kcmp tells about the others.
+fn fd_tables(
+    threads: &[Tracee<Stopped>],
+    snapshot: Option<&Snapshot>,
+) -> Result<Vec<usize>, MoveError> {
+    let shares_leaders: Vec<bool> = match snapshot {
+        Some(s) if threads.iter().all(|t| s.contains_key(&t.tid().as_raw())) => threads
+            .iter()
+            .map(|t| s[&t.tid().as_raw()].shares_leader_files)
+            .collect(),
+        _ => vec![false; threads.len()],
+    };
+    group_by_table(&shares_leaders, |a, b| {
+        sys::process::same_files(threads[a].tid(), threads[b].tid())
+    })
+    .map_err(|(i, errno)| {
+        MoveError::Trace(TraceError::Os {
+            tid: threads[i].tid(),
+            op: Op::Kcmp,
+            errno,
+        })
+    })
+}
+
+/// [`fd_tables`] for threads `0..shares_leaders.len()`: those with
+/// `shares_leaders[i]` share one table; any other is compared, with
+/// `same(opener, i)` (kcmp), to the first thread of each table found
+/// before it. `same` answering `None` (no kcmp) makes every thread a table
+/// of its own; an error names the thread it was asked about.
+fn group_by_table(
+    shares_leaders: &[bool],
+    mut same: impl FnMut(usize, usize) -> Result<Option<bool>, Errno>,
+) -> Result<Vec<usize>, (usize, Errno)> {
+    let n = shares_leaders.len();
+    let mut leaders_table = None;
+    let mut tables: Vec<usize> = Vec::with_capacity(n);
     let mut openers: Vec<usize> = Vec::new();
-    for (i, t) in threads.iter().enumerate() {
+    for (i, &shares) in shares_leaders.iter().enumerate() {
         let mut table = i;
-        for &o in &openers {
-            match sys::process::same_files(threads[o].tid(), t.tid()) {
-                Ok(Some(true)) => {
-                    table = o;
-                    break;
-                }
-                Ok(Some(false)) => {}
-                Ok(None) => return Ok((0..threads.len()).collect()),
-                Err(errno) => {
-                    return Err(MoveError::Trace(TraceError::Os {
-                        tid: t.tid(),
-                        op: Op::Kcmp,
-                        errno,
-                    }));
+        if shares {
+            table = *leaders_table.get_or_insert(i);
+        } else {
+            for &o in &openers {
+                match same(o, i).map_err(|errno| (i, errno))? {
+                    Some(true) => {
+                        table = o;
+                        break;
+                    }
+                    Some(false) => {}
+                    None => return Ok((0..n).collect()),
                 }
             }
         }
@@ -1484,7 +1518,7 @@ fn move_traced(
         join_or_roll_back(
             tgid,
             &mut threads,
-            (plan, &unfiltered),
+            (plan, &unfiltered, snapshot.as_ref()),
             source.seen,
             &expected,
             kinds,
@@ -1558,12 +1592,13 @@ fn per_thread_kinds(all: Vec<Vec<u64>>, kinds: libc::c_int) -> (libc::c_int, Vec
 
 /// Joins every thread; on a failure, moves the threads that had moved back.
 /// Returns whether the join stub ran the calls. `unfiltered` says, per
-/// thread, whether it has no seccomp at all (see [`join_all_stub`]).
+/// thread, whether it has no seccomp at all (see [`join_all_stub`]);
+/// `snapshot` is the kernel's read of the stopped threads, if any.
 #[allow(clippy::too_many_arguments)]
 fn join_or_roll_back(
     tgid: Pid,
     threads: &mut [Tracee<Stopped>],
-    (plan, unfiltered): (Option<StubPlan>, &[bool]),
+    (plan, unfiltered, snapshot): (Option<StubPlan>, &[bool], Option<&Snapshot>),
     holder_pid_in_target_ns: i32,
     expected: &Expected,
     kinds: libc::c_int,
@@ -1571,7 +1606,7 @@ fn join_or_roll_back(
     originals: &[Vec<u64>],
 ) -> Result<bool, MoveError> {
     let multi = threads.len() > 1;
-    let tables = fd_tables(threads)?;
+    let tables = fd_tables(threads, snapshot)?;
     let stub = plan.map(StubPlan::write).transpose()?;
     let used_stub = stub.is_some();
     let joined = match stub {
@@ -1907,6 +1942,45 @@ mod tests {
         let mut other = other;
         let _ = other.kill();
         let _ = other.wait();
+    }
+
+    /// Threads 0..n, `table[i]` the descriptor table each really uses.
+    fn kcmp_of(table: &'static [u8]) -> impl FnMut(usize, usize) -> Result<Option<bool>, Errno> {
+        move |a, b| Ok(Some(table[a] == table[b]))
+    }
+
+    #[test]
+    fn tables_from_kcmp_alone() {
+        let table = &[7, 7, 3, 7, 3, 9];
+        let got = group_by_table(&[false; 6], kcmp_of(table)).unwrap();
+        assert_eq!(got, [0, 0, 2, 0, 2, 5]);
+    }
+
+    #[test]
+    fn threads_sharing_the_leaders_table_need_no_kcmp() {
+        // Thread 2 and 4 have a table of their own (the leader's is 7):
+        // kcmp is asked about them alone, and the grouping is what kcmp
+        // alone gives.
+        let table = &[7, 7, 3, 7, 3, 9];
+        let shares = [true, true, false, true, false, false];
+        let mut asked = Vec::new();
+        let mut kcmp = kcmp_of(table);
+        let got = group_by_table(&shares, |a, b| {
+            asked.push(b);
+            kcmp(a, b)
+        })
+        .unwrap();
+        assert_eq!(got, group_by_table(&[false; 6], kcmp_of(table)).unwrap());
+        asked.dedup();
+        assert_eq!(asked, [2, 4, 5]);
+    }
+
+    #[test]
+    fn without_kcmp_every_thread_has_its_own_table() {
+        let got = group_by_table(&[true, true, false, true], |_, _| Ok(None)).unwrap();
+        assert_eq!(got, [0, 1, 2, 3]);
+        let failed = group_by_table(&[true, false], |_, _| Err(Errno::EPERM));
+        assert_eq!(failed, Err((1, Errno::EPERM)));
     }
 
     #[test]

@@ -757,8 +757,9 @@ fn python_with_pipes(
 }
 
 /// A process of four threads, sleeping: one plain, one in a uts namespace
-/// of its own, one with a seccomp filter (that allows everything), and
-/// the main thread. Prints `READY` once all are in place.
+/// and with a descriptor table of its own, one with a seccomp filter (that
+/// allows everything), and the main thread. Prints `READY` once all are in
+/// place.
 const THREADS_SCRIPT: &str = r#"
 import ctypes, threading, time
 libc = ctypes.CDLL(None, use_errno=True)
@@ -766,7 +767,7 @@ ready = threading.Barrier(4)
 def plain():
     ready.wait(); time.sleep(1000)
 def own_uts():
-    if libc.unshare(0x04000000) != 0: print("FAIL unshare", flush=True)
+    if libc.unshare(0x04000000 | 0x400) != 0: print("FAIL unshare", flush=True)
     ready.wait(); time.sleep(1000)
 class Insn(ctypes.Structure):
     _fields_ = [("code", ctypes.c_ushort), ("jt", ctypes.c_ubyte), ("jf", ctypes.c_ubyte), ("k", ctypes.c_uint)]
@@ -794,6 +795,20 @@ fn four_threads(wd: &Watched) -> (Proc_, std::process::ChildStdin) {
     stdout.read_line(&mut line).expect("read the target");
     assert_eq!(line.trim(), "READY");
     (Proc_(child), stdin)
+}
+
+/// The kernel's own answer to whether threads `a` and `b` use one
+/// descriptor table: kcmp(2) with `KCMP_FILES`.
+fn kcmp_files(a: i32, b: i32) -> bool {
+    const KCMP_FILES: libc::c_int = 2;
+    // SAFETY: kcmp takes integers and reads no memory of ours.
+    let ret = unsafe { libc::syscall(libc::SYS_kcmp, a, b, KCMP_FILES, 0usize, 0usize) };
+    assert!(
+        ret >= 0,
+        "kcmp {a} {b}: {}",
+        std::io::Error::last_os_error()
+    );
+    ret == 0
 }
 
 /// The `Seccomp:` field of thread `tid`'s status.
@@ -844,9 +859,19 @@ fn one_process_reads_as_proc_does() {
         let mode = t.seccomp.expect("this kernel has seccomp");
         assert_eq!(mode, seccomp_of(pid, tid), "thread {tid}");
         modes.push(mode);
+        assert_eq!(
+            t.shares_leader_files,
+            kcmp_files(pid, tid),
+            "thread {tid}: the same descriptor table as the leader"
+        );
     }
     modes.sort();
     assert_eq!(modes, [0, 0, 0, 2]);
+    let own_tables = threads.iter().filter(|t| !t.shares_leader_files).count();
+    assert_eq!(
+        own_tables, 1,
+        "one thread has a descriptor table of its own"
+    );
     let uts: BTreeSet<u64> = threads
         .iter()
         .filter_map(|t| t.proc.entry(Kind::Uts))
@@ -921,8 +946,7 @@ fn a_read_in_pieces_is_not_taken_for_the_whole_list() {
     };
     let prog = kernel.thread_program().expect("checked");
     let wd = Watched::start(test);
-    // The kernel's buffer for one read of an iterator is eight pages; a
-    // thread's record is 248 bytes.
+    // The kernel's buffer for one read of an iterator is eight pages.
     let page = nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE)
         .ok()
         .flatten()
@@ -931,7 +955,7 @@ fn a_read_in_pieces_is_not_taken_for_the_whole_list() {
     // nothing, which is also what a walk cut there, resumed at a thread
     // that ended meanwhile, looks like; so not taken for the whole list.
     // One fewer left room, and is.
-    let fit = 8 * page / 248;
+    let fit = 8 * page / kview::bpf::THREAD_RECORD;
     for (n, whole) in [(fit - 1, true), (fit, false)] {
         wd.step.set(&format!("reading {n} threads"));
         let (target, _stdin) = many_threads(&wd, n);

@@ -45,8 +45,9 @@ const THREAD_GROUPS: usize = 32;
 
 /// Size of one thread record: a record, four uids, four gids, three
 /// capability sets (`u64`), whether the credentials were read, the number
-/// of groups, the groups, then the group leader's id and the seccomp mode.
-const THREAD_RECORD: usize = RECORD + 4 * (4 + 4 + 6 + 2 + THREAD_GROUPS + 2);
+/// of groups, the groups, the group leader's id, the seccomp mode, whether
+/// it shares the leader's descriptor table, and a word kept zero.
+pub const THREAD_RECORD: usize = RECORD + 4 * (4 + 4 + 6 + 2 + THREAD_GROUPS + 4);
 
 /// The bit of a thread record's seccomp word set once the mode was read.
 const SECCOMP_KNOWN: u32 = 1 << 31;
@@ -69,6 +70,10 @@ pub struct Thread {
     /// `/proc/TID/status` shows it in `Seccomp:`; `None` if the kernel
     /// has no seccomp field to read.
     pub seccomp: Option<u32>,
+    /// It uses the same descriptor table as its group leader (as kcmp(2)
+    /// with `KCMP_FILES` would say); false if not, or if either has none
+    /// (an exited leader).
+    pub shares_leader_files: bool,
 }
 
 /// The bit of a record's `valid` word that marks a kernel thread.
@@ -755,6 +760,7 @@ fn parse_thread(record: &[u8]) -> Thread {
         creds,
         leader: word(16 + THREAD_GROUPS) as i32,
         seccomp: (seccomp & SECCOMP_KNOWN != 0).then_some(seccomp & !SECCOMP_KNOWN),
+        shares_leader_files: word(18 + THREAD_GROUPS) == 1,
     }
 }
 

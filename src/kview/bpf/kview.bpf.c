@@ -95,10 +95,12 @@ struct pid {
 struct seccomp {
 	int mode;
 } CORE;
+struct files_struct;
 struct task_struct {
 	unsigned int flags;
 	int tgid;
 	struct task_struct *group_leader;
+	struct files_struct *files;
 	struct nsproxy *nsproxy;
 	const struct cred *real_cred;
 	struct pid *thread_pid;
@@ -328,7 +330,10 @@ int dump_tasks(struct bpf_iter__task *ctx)
 // groups and the first THREAD_GROUPS of them. `creds` is 1 once they are
 // read. Then the id of the thread's group leader as the reader numbers
 // it (0 if unknown), and the thread's seccomp mode (0 none, 1 strict, 2
-// filters) with bit SECCOMP_KNOWN set once it is read.
+// filters) with bit SECCOMP_KNOWN set once it is read. Then whether the
+// thread shares its group leader's descriptor table (1; 0 if not, or if
+// either has none), which kcmp(2) would otherwise tell, thread by thread;
+// only the answer leaves the kernel, never where the table is.
 struct thread_record {
 	struct record r;
 	__u32 uid[4];
@@ -339,6 +344,8 @@ struct thread_record {
 	__u32 groups[THREAD_GROUPS];
 	__u32 leader;
 	__u32 seccomp;
+	__u32 leader_files;
+	__u32 reserved;
 };
 
 #define SECCOMP_KNOWN 0x80000000u
@@ -397,8 +404,11 @@ int dump_thread(struct bpf_iter__task *ctx)
 		}
 		t.r.pid = reader_nr(theirs);
 	}
-	if (task->group_leader)
+	if (task->group_leader) {
 		t.leader = reader_nr(task->group_leader->thread_pid);
+		if (task->files && task->files == task->group_leader->files)
+			t.leader_files = 1;
+	}
 	if (__builtin_preserve_field_info(task->seccomp.mode, FIELD_EXISTS))
 		t.seccomp = (__u32)task->seccomp.mode | SECCOMP_KNOWN;
 	fill_set(task, &t.r);
