@@ -516,29 +516,22 @@ fn moves_single(s: &Settings, cg: Option<&Cgroups>, sets: &Sets, r: &mut Report)
         ],
         goal: "median ≤ 100, p99 ≤ 200",
     });
-    moves_on_one_cpu(s, cg, sets, pid, &in_a, r);
+    moves_on_one_cpu((s, cg, sets), pid, 1, &in_a, r);
     drop(target);
 }
 
-/// The same move with the benchmark's thread, the daemon (its threads,
-/// injectors and holders) and the target all on one CPU, beside the
-/// cgroup move on that CPU: what a move costs without the wake-ups of
-/// idle CPUs, which dominate on a virtual machine whose idle CPUs halt
-/// (see the wake-up floor row).
-fn moves_on_one_cpu(
-    s: &Settings,
-    cg: Option<&Cgroups>,
-    sets: &Sets,
-    pid: i32,
-    in_a: &Cell<bool>,
-    r: &mut Report,
-) {
+/// Runs `f` with the benchmark's thread, the daemon (its threads,
+/// injectors and holders) and process `pid` (every thread of it) all on
+/// one CPU, and puts everything back on the benchmark's CPUs after it:
+/// what a move costs without the wake-ups of idle CPUs, which dominate on
+/// a virtual machine whose idle CPUs halt (see the wake-up floor row), and
+/// with every step of it, the target's included, on one CPU's clock.
+/// `None` (and `f` not run) if the benchmark may use no CPU.
+fn on_one_cpu<T>(pid: i32, f: impl FnOnce() -> T) -> Option<T> {
     use nix::sched::{CpuSet, sched_getaffinity, sched_setaffinity};
     use nix::unistd::Pid;
     let all = sched_getaffinity(Pid::from_raw(0)).expect("the benchmark's CPUs");
-    let Some(cpu) = (0..CpuSet::count()).find(|&c| all.is_set(c).unwrap_or(false)) else {
-        return;
-    };
+    let cpu = (0..CpuSet::count()).find(|&c| all.is_set(c).unwrap_or(false))?;
     let mut one = CpuSet::new();
     one.set(cpu).expect("a CPU in range");
     // Every thread of the daemons and their children (injectors, holders),
@@ -553,26 +546,46 @@ fn moves_on_one_cpu(
     };
     say(&format!("moves with everything on CPU {cpu}"));
     set_all(&one);
+    let got = f();
+    set_all(&all);
+    Some(got)
+}
+
+/// The move of a `threads`-thread process `pid` through `tasks` (held open
+/// for one thread, `echo`-style for more), beside the cgroup move, with
+/// everything on one CPU ([`on_one_cpu`]).
+fn moves_on_one_cpu(
+    (s, cg, sets): (&Settings, Option<&Cgroups>, &Sets),
+    pid: i32,
+    threads: usize,
+    in_a: &Cell<bool>,
+    r: &mut Report,
+) {
     let [ta, tb] = &sets.tasks;
-    let mut ops = vec![ns_move(
-        "tasks held open, one CPU",
-        sets,
-        in_a,
-        pid,
-        Delivery::held([ta, tb]),
-    )];
     let cg_in_a = Cell::new(false);
     let cg_paths = cg.map(procs_paths);
-    if let Some([a, b]) = &cg_paths {
-        ops.push(cg_move(
-            "cgroup.procs held open, one CPU",
-            &cg_in_a,
-            pid,
-            Delivery::held([a, b]),
-        ));
-    }
-    let mut got = measure(s.moves, ops).into_iter();
-    set_all(&all);
+    let (ours, theirs, samples) = if threads == 1 {
+        (
+            Delivery::held([ta, tb]),
+            cg_paths.as_ref().map(|[a, b]| Delivery::held([a, b])),
+            s.moves,
+        )
+    } else {
+        (
+            Delivery::echo([ta, tb]),
+            cg_paths.as_ref().map(|[a, b]| Delivery::echo([a, b])),
+            s.threads,
+        )
+    };
+    let Some(mut got) = on_one_cpu(pid, || {
+        let mut ops = vec![ns_move("tasks, one CPU", sets, in_a, pid, ours)];
+        if let Some(theirs) = theirs {
+            ops.push(cg_move("cgroup.procs, one CPU", &cg_in_a, pid, theirs));
+        }
+        measure(samples, ops).into_iter()
+    }) else {
+        return;
+    };
     if let Some(cg) = cg {
         check_cgroup(cg, pid, cg_in_a.get());
     }
@@ -581,12 +594,26 @@ fn moves_on_one_cpu(
         Some(_) => Ok(got.next().unwrap()),
         None => Err("no cgroup2".to_string()),
     };
+    let (name, alt) = if threads == 1 {
+        (
+            "move, 1 thread, `tasks` held open, with the benchmark, the daemon and the \
+             target on one CPU"
+                .to_string(),
+            "`cgroup.procs` held open, on that CPU",
+        )
+    } else {
+        (
+            format!(
+                "move, {threads} threads, `echo PID > tasks`, with the benchmark, the daemon \
+                 and the target on one CPU"
+            ),
+            "`echo PID > cgroup.procs`, on that CPU",
+        )
+    };
     r.rows.push(Row {
-        name: "move, 1 thread, `tasks` held open, with the benchmark, the daemon and the \
-               target on one CPU"
-            .into(),
+        name,
         ours: held,
-        alts: vec![("`cgroup.procs` held open, on that CPU".into(), cg_held)],
+        alts: vec![(alt.into(), cg_held)],
         goal: "",
     });
 }
@@ -631,6 +658,9 @@ fn moves_threaded(s: &Settings, cg: Option<&Cgroups>, sets: &Sets, r: &mut Repor
                 ""
             },
         });
+        if threads == 64 {
+            moves_on_one_cpu((s, cg, sets), pid, threads, &in_a, r);
+        }
         drop(target);
     }
 }
