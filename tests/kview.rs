@@ -933,9 +933,9 @@ fn unshared_holder(wd: &Watched, unshare_args: &[&str]) -> (Proc_, i32) {
 
 /// A process with more threads than one read of the kernel's takes: the
 /// read comes in pieces and says so (a resumed walk can leave threads
-/// out), yet has every thread here (none ends meanwhile). One whose
-/// records fill the kernel's buffer exactly is not taken for whole
-/// either; one with a thread fewer is. A move of the big one
+/// out), yet has every thread here (none ends meanwhile). One with as
+/// many threads as one read takes is not taken for whole either; one
+/// with a thread fewer is. A move of the big one
 /// lists its threads through `/proc` and still reads each one from the
 /// kernel once all are stopped.
 #[test]
@@ -951,11 +951,12 @@ fn a_read_in_pieces_is_not_taken_for_the_whole_list() {
         .ok()
         .flatten()
         .unwrap_or(4096) as usize;
-    // As many threads as fill the buffer exactly: one piece, then
+    // As many threads as one read takes (the kernel leaves a record that
+    // would fill its buffer exactly for the next read): one piece, then
     // nothing, which is also what a walk cut there, resumed at a thread
     // that ended meanwhile, looks like; so not taken for the whole list.
     // One fewer left room, and is.
-    let fit = 8 * page / kview::bpf::THREAD_RECORD;
+    let fit = (8 * page - 1) / kview::bpf::THREAD_RECORD;
     for (n, whole) in [(fit - 1, true), (fit, false)] {
         wd.step.set(&format!("reading {n} threads"));
         let (target, _stdin) = many_threads(&wd, n);

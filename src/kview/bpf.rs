@@ -815,6 +815,7 @@ fn read_process_through(link: BorrowedFd<'_>, pid: u32) -> io::Result<Option<Pro
     let iter = crate::sys::bpf::iter_open(link)?;
     let mut file = std::fs::File::from(iter);
     let mut buf = vec![0u8; PROCESS_READ];
+    let buffer = crate::sys::ringbuf::page_size()? * ITER_BUFFER_PAGES;
     let (mut filled, mut reads) = (0, 0);
     loop {
         if filled == buf.len() {
@@ -825,6 +826,12 @@ fn read_process_through(link: BorrowedFd<'_>, pid: u32) -> io::Result<Option<Pro
             Ok(n) => {
                 filled += n;
                 reads += 1;
+                // A first piece that left room for another record is the
+                // whole walk (see below): the read that would return
+                // nothing more is not made.
+                if reads == 1 && ended_by_itself(filled, buffer) {
+                    break;
+                }
             }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => return Err(e),
@@ -842,7 +849,6 @@ fn read_process_through(link: BorrowedFd<'_>, pid: u32) -> io::Result<Option<Pro
     // itself. A piece that filled the kernel's buffer may have been cut
     // there, and a walk resumed at a thread that ended meanwhile returns
     // nothing more, though threads after it live.
-    let buffer = crate::sys::ringbuf::page_size()? * ITER_BUFFER_PAGES;
     let whole = reads == 1 && ended_by_itself(filled, buffer);
     Ok((!threads.is_empty() && threads.iter().all(ours)).then_some(ProcessRead { threads, whole }))
 }
@@ -852,9 +858,11 @@ const ITER_BUFFER_PAGES: usize = 8;
 
 /// Whether one read of `filled` bytes of thread records, from a kernel
 /// buffer of `buffer` bytes, ended because the walk did: there was room
-/// for one more record.
+/// for one more record. The kernel takes a record only if the buffer is
+/// not full after it (a `seq_file` that is exactly full counts as
+/// overflowed), so the room must be more than a record.
 fn ended_by_itself(filled: usize, buffer: usize) -> bool {
-    filled + THREAD_RECORD <= buffer
+    filled + THREAD_RECORD < buffer
 }
 
 /// Iterator links of one program over one thread or one process each,
@@ -949,10 +957,15 @@ mod tests {
     #[test]
     fn a_full_buffer_may_have_been_cut() {
         let buffer = 8 * 4096;
-        let fit = buffer / THREAD_RECORD;
+        // The records one read can take: the buffer must not be full
+        // after the last.
+        let fit = (buffer - 1) / THREAD_RECORD;
         assert!(ended_by_itself(0, buffer));
         assert!(ended_by_itself((fit - 1) * THREAD_RECORD, buffer));
         assert!(!ended_by_itself(fit * THREAD_RECORD, buffer));
+        // A record size that divides the buffer: the record that would
+        // fill it exactly is left for the next read.
+        assert!(!ended_by_itself(buffer - THREAD_RECORD, buffer));
     }
 
     #[test]
