@@ -105,7 +105,7 @@ pub fn of_move(e: &MoveError) -> i32 {
         // The kernel's answer to the injected call, passed through.
         MoveError::Refused { errno, .. } => *errno,
         MoveError::RollbackFailed { .. } => Errno::EIO,
-        MoveError::Unstable(_) | MoveError::Stuck { .. } => Errno::EAGAIN,
+        MoveError::Unstable(_) | MoveError::Execed(_) | MoveError::Stuck { .. } => Errno::EAGAIN,
         MoveError::Unsupported(_) => Errno::EOPNOTSUPP,
         MoveError::Trace(e) => return of_trace(e),
         MoveError::Proc(e) => match e.kind() {
@@ -257,6 +257,7 @@ pub(crate) mod tests {
                 Errno::EPERM,
             ),
             (MoveError::Unstable(1), Errno::EAGAIN),
+            (MoveError::Execed(1), Errno::EAGAIN),
             (
                 MoveError::Unsupported(Unsupported::CompatProcess),
                 Errno::EOPNOTSUPP,

@@ -349,6 +349,11 @@ pub enum MoveError {
     /// Threads kept appearing while the process was being stopped.
     #[error("process {0} keeps creating threads")]
     Unstable(i32),
+    /// A thread of the process other than its leader ran execve(2) while
+    /// the process was being stopped: the process runs a new program, and
+    /// nothing was written into it.
+    #[error("process {0} ran a new program (execve) while it was being stopped")]
+    Execed(i32),
     /// No injection for this architecture or this process.
     #[error("unsupported: {0}")]
     Unsupported(Unsupported),
@@ -514,28 +519,49 @@ struct AllStopped {
 
 /// Stops every thread of `tgid`.
 ///
-/// `before_wait` runs once, after every thread of the first round is seized
-/// and asked to stop and before any stop is awaited: a thread blocked in a
-/// request that the caller must answer (see [`Writer`]) stops only once the
-/// answer is sent. If the move then gives up on a thread that does not
-/// stop, the write of thread `writer` is made to fail.
+/// `before_wait` runs once, after the threads of the first round are
+/// seized and asked to stop and before any stop is awaited: a thread
+/// blocked in a request that the caller must answer (see [`Writer`])
+/// stops only once the answer is sent. From then on the write of thread
+/// `writer` has been answered as a success, so whatever makes the move
+/// give up later (a thread that does not stop, one that cannot be
+/// seized, an exec) makes that write fail instead, with its errno.
 fn stop_all(
     tgid: Pid,
-    mut before_wait: Option<&mut dyn FnMut()>,
+    before_wait: Option<&mut dyn FnMut()>,
     writer: Option<(Pid, ErrnoOf)>,
 ) -> Result<AllStopped, MoveError> {
     let mut stopped: Vec<Tracee<Stopped>> = Vec::new();
+    match stop_rounds(tgid, before_wait, writer, &mut stopped) {
+        Ok((rounds, snapshot)) => {
+            stopped.sort_by_key(|t| t.tid());
+            Ok(AllStopped {
+                threads: stopped,
+                rounds,
+                snapshot,
+            })
+        }
+        Err(e) => Err(answer_failed(&mut stopped, writer, e)),
+    }
+}
+
+/// The rounds of [`stop_all`], which collects the threads stopped into
+/// `stopped`; returns the number of rounds and the kernel's last read.
+fn stop_rounds(
+    tgid: Pid,
+    mut before_wait: Option<&mut dyn FnMut()>,
+    writer: Option<(Pid, ErrnoOf)>,
+    stopped: &mut Vec<Tracee<Stopped>>,
+) -> Result<(usize, Option<Snapshot>), MoveError> {
     let mut seen = BTreeSet::new();
     let mut deadline = None;
     for round in 1..=MAX_ROUNDS {
         // Where the kernel can be read, the first round lists nothing: it
-        // stops the leader (the pinned pid) and the writer, if that is a
-        // thread of the target (its write must be answered in this
-        // round), and the next round's read finds any other thread. A
-        // process that has but one thread, most of them, is then read
-        // once in all. Later listings are the kernel's where it answers
-        // with a read that cannot have left a thread out; else `/proc`
-        // lists them.
+        // stops the leader (the pinned pid) and, last, the writer, if that
+        // is a thread of the target (its write must be answered in this
+        // round), and the next round's read finds any other thread. Later
+        // listings are the kernel's where it answers with a read that
+        // cannot have left a thread out; else `/proc` lists them.
         let read = (round > 1).then(|| kernel_threads(tgid)).flatten();
         let (listed, snapshot) = match read {
             Some((threads, true)) => (threads.keys().copied().collect(), Some(threads)),
@@ -550,8 +576,36 @@ fn stop_all(
             }
             _ => (list_threads(tgid)?, None),
         };
-        let new: Vec<i32> = listed.into_iter().filter(|t| !seen.contains(t)).collect();
+        let new: Vec<i32> = listed
+            .iter()
+            .copied()
+            .filter(|t| !seen.contains(t))
+            .collect();
         if new.is_empty() {
+            // An execve(2) by a thread other than the leader hands that
+            // thread the leader's id and ends every other thread, the
+            // stopped leader too, without a word to the tracer: the id
+            // then names a thread that runs a new program, into which
+            // nothing may be written, and whose registers are not the
+            // ones saved. Only the leader's id changes hands so; a leader
+            // that was not stopped has exited, or the id is another's.
+            let leader = stopped.iter().position(|t| t.tid() == tgid);
+            let replaced = match leader {
+                Some(i) => !stopped[i].is_unchanged(),
+                None => !is_zombie(tgid),
+            };
+            if replaced {
+                if let Some(i) = leader {
+                    stopped.remove(i).let_go_untouched();
+                }
+                return Err(MoveError::Execed(tgid.as_raw()));
+            }
+            // A thread stopped that this listing, made while every thread
+            // of the process is stopped, does not have is not one of its
+            // threads (any more): it is let go (its write, if it is the
+            // writer, can only fail with the rest of the process).
+            let listed: BTreeSet<i32> = listed.into_iter().collect();
+            stopped.retain(|t| listed.contains(&t.tid().as_raw()));
             // Every listed thread is stopped, so none can have created a
             // thread this read missed. A read of the kernel's from now on
             // finds each thread as the move will (a read that had to be
@@ -562,13 +616,13 @@ fn stop_all(
                 None if round > 1 => kernel_threads(tgid).map(|(threads, _)| threads),
                 None => None,
             };
-            stopped.sort_by_key(|t| t.tid());
-            return Ok(AllStopped {
-                threads: stopped,
-                rounds: round,
-                snapshot,
-            });
+            return Ok((round, snapshot));
         }
+        // A thread that cannot be seized ends the round's seizing; the
+        // threads seized before it are still waited for (with the
+        // deadline), so that none is dropped while it may not stop, and
+        // the writer's write is answered and then made to fail.
+        let mut failed: Option<MoveError> = None;
         let mut running = Vec::with_capacity(new.len());
         for &tid in &new {
             seen.insert(tid);
@@ -578,10 +632,19 @@ fn stop_all(
                 // other threads: nothing to move.
                 Err(TraceError::Gone(_)) => {}
                 Err(TraceError::Denied(t)) if is_zombie(t) => {}
-                Err(e) => return Err(e.into()),
+                Err(e) => {
+                    failed = Some(e.into());
+                    break;
+                }
             }
         }
-        if let Some(answer) = before_wait.take() {
+        // The writer, once seized, stops only when its write is answered;
+        // a round that failed before seizing it leaves the answer to the
+        // caller, with the error.
+        let writer_seized = writer.is_some_and(|(w, _)| running.iter().any(|t| t.tid() == w));
+        if (failed.is_none() || writer_seized)
+            && let Some(answer) = before_wait.take()
+        {
             answer();
         }
         // The leader last: see `inject::syscall_each`.
@@ -597,24 +660,38 @@ fn stop_all(
                 Err(TraceError::NotStopping(tid)) => {
                     stuck.get_or_insert(tid);
                 }
-                Err(e) => return Err(e.into()),
+                Err(e) => {
+                    failed.get_or_insert(e.into());
+                }
             }
         }
+        if let Some(e) = failed {
+            return Err(e);
+        }
         if let Some(tid) = stuck {
-            let e = MoveError::Stuck {
+            return Err(MoveError::Stuck {
                 tid: tid.as_raw(),
                 waited: STOP_TIMEOUT,
-            };
-            if let Some((tid, errno_of)) = writer
-                && let Some(w) = stopped.iter_mut().find(|t| t.tid() == tid)
-            {
-                // Its write was answered as a success.
-                let _ = w.set_result(-i64::from(errno_of(&e)));
-            }
-            return Err(e);
+            });
         }
     }
     Err(MoveError::Unstable(tgid.as_raw()))
+}
+
+/// `e`, after making the write of thread `writer` (if it is among the
+/// `stopped`) fail with its errno: the write was answered as a success
+/// before the threads were waited for.
+fn answer_failed(
+    stopped: &mut [Tracee<Stopped>],
+    writer: Option<(Pid, ErrnoOf)>,
+    e: MoveError,
+) -> MoveError {
+    if let Some((tid, errno_of)) = writer
+        && let Some(w) = stopped.iter_mut().find(|t| t.tid() == tid)
+    {
+        let _ = w.set_result(-i64::from(errno_of(&e)));
+    }
+    e
 }
 
 /// Namespace inode numbers of one thread, one per requested kind.
@@ -837,12 +914,13 @@ fn sift(
 }
 
 /// For each thread, the index of the first thread that shares its
-/// descriptor table (itself if none before it does). Without kcmp every
-/// thread counts as having a table of its own.
+/// descriptor table (itself if none before it does).
 ///
 /// Where `snapshot`, read while every thread was stopped, has every
-/// thread, those it finds sharing their leader's table (normally all)
-/// share one another's without a kcmp each; kcmp tells about the others.
+/// thread, those it finds sharing their leader's table (normally all;
+/// none once the leader has exited) share one another's without a kcmp
+/// each; kcmp tells about the others. Where kcmp is needed and the kernel
+/// has none, every thread counts as having a table of its own.
 fn fd_tables(
     threads: &[Tracee<Stopped>],
     snapshot: Option<&Snapshot>,
@@ -1235,11 +1313,12 @@ pub fn move_process(
 /// to its write().
 ///
 /// It can reach a ptrace stop only on its way back to user space, so the
-/// move seizes every thread and asks it to stop, then calls `answer` (which
-/// must send a successful reply), then waits for the stops: the writer's
-/// comes at the exit of its write(), before it runs another instruction. If
-/// the move then fails, the writer's write() is made to return `-errno`
-/// instead, so the caller still sees the failure.
+/// move seizes the threads of its first round (the writer among them) and
+/// asks them to stop, then calls `answer` (which must send a successful
+/// reply), then waits for the stops: the writer's comes at the exit of its
+/// write(), before it runs another instruction. If the move then fails, in
+/// a later round or after, the writer's write() is made to return
+/// `-errno` instead, so the caller still sees the failure.
 pub struct Writer<'a> {
     /// The blocked thread.
     pub tid: Pid,

@@ -707,6 +707,88 @@ fn injected_syscall_reports_signed_results() {
     assert_eq!(tracer(pid), 0);
 }
 
+/// A process whose second thread runs a new program when a line comes.
+const EXEC_FROM_A_THREAD: &str = r#"
+import os, sys, threading, time
+def later():
+    sys.stdin.readline()
+    os.execv("/bin/sleep", ["sleep", "1000"])
+threading.Thread(target=later).start()
+print("READY", flush=True)
+time.sleep(1000)
+"#;
+
+/// An execve(2) by a thread other than the leader hands it the leader's id
+/// and ends the leader, stopped or not, without a word to the tracer. The
+/// stopped leader's id then reads as changed, and letting it go touches
+/// the new program in nothing: it runs on, untraced.
+#[test]
+fn a_leader_id_taken_over_by_an_exec_reads_as_changed() {
+    exec_takes_the_leaders_id("a_leader_id_taken_over_by_an_exec_reads_as_changed", false);
+}
+
+/// The same when the thread that runs the new program is traced by the
+/// same tracer and stopped under the leader's id: the id answers the
+/// tracer's requests, but its registers are another thread's.
+#[test]
+fn a_leader_id_taken_over_by_a_traced_exec_reads_as_changed() {
+    exec_takes_the_leaders_id(
+        "a_leader_id_taken_over_by_a_traced_exec_reads_as_changed",
+        true,
+    );
+}
+
+fn exec_takes_the_leaders_id(test: &str, traced: bool) {
+    if !have_root(test) {
+        return;
+    }
+    let wd = Watched::start(test);
+    let mut target = Proc::spawn(
+        &wd,
+        Command::new("python3")
+            .args(["-c", EXEC_FROM_A_THREAD])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped()),
+    );
+    let pid = target.pid();
+    target.expect_line("READY");
+    wd.step.set("stopping the leader");
+    let tracee = nsproxyfs::inject::Tracee::seize(Pid::from_raw(pid)).expect("seize");
+    let tracee = tracee.wait_stop().expect("stop");
+    assert!(tracee.is_unchanged(), "read again at once");
+    assert!(tracee.is_unchanged(), "and again");
+    if traced {
+        let other = std::fs::read_dir(format!("/proc/{pid}/task"))
+            .expect("task dir")
+            .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+            .find(|&t| t != pid)
+            .expect("a second thread");
+        // SAFETY: PTRACE_SEIZE takes integers; the thread is left running.
+        let r = unsafe { libc::ptrace(libc::PTRACE_SEIZE, other, 0usize, 0usize) };
+        assert_eq!(r, 0, "seize {other}: {}", std::io::Error::last_os_error());
+    }
+    wd.step.set("the other thread runs a new program");
+    target.send("go\n");
+    wait_until(&wd, "the exec", || comm(pid) == "sleep");
+    if traced {
+        // The exec'd thread, traced by this thread, stopped under the
+        // leader's id: every request on the id works again.
+        // SAFETY: PTRACE_INTERRUPT takes integers.
+        let r = unsafe { libc::ptrace(libc::PTRACE_INTERRUPT, pid, 0usize, 0usize) };
+        assert_eq!(r, 0, "interrupt {pid}: {}", std::io::Error::last_os_error());
+        let mut status = 0;
+        // SAFETY: waitpid writes the status into a live local.
+        let r = unsafe { libc::waitpid(pid, &mut status, libc::__WALL) };
+        assert_eq!(r, pid, "{}", std::io::Error::last_os_error());
+        assert!(libc::WIFSTOPPED(status), "status {status:#x}");
+        assert_eq!(tracer(pid), nix::unistd::gettid().as_raw());
+    }
+    assert!(!tracee.is_unchanged(), "the id names the exec'd thread now");
+    tracee.let_go_untouched();
+    assert_eq!(tracer(pid), 0, "the new program is not traced");
+    wait_until(&wd, "sleep to sleep", || state(pid) == 'S');
+}
+
 // The join stub: written into the target while every thread is stopped,
 // taken out again before any runs.
 

@@ -889,3 +889,71 @@ fn a_dead_injector_is_replaced_not_reused() {
         "a new injector took over"
     );
 }
+
+/// A process that moves itself while another of its threads is traced by
+/// someone else: the write was answered before that thread was found, so
+/// the move's refusal (`EBUSY`) must reach the writer as its write's
+/// result, and nothing moves.
+#[test]
+fn a_self_move_refused_after_its_answer_fails_the_write() {
+    let Some(m) = Mount::new("self-refused-late") else {
+        return;
+    };
+    std::fs::create_dir(m.path("a")).unwrap();
+    std::fs::File::create(m.path("a/uts")).unwrap();
+    let script = format!(
+        "import os, sys, threading, time\n\
+         threading.Thread(target=time.sleep, args=(1000,), daemon=True).start()\n\
+         print('READY', flush=True)\n\
+         sys.stdin.readline()\n\
+         try:\n    fd = os.open('{}', os.O_WRONLY)\n    os.write(fd, str(os.getpid()).encode())\n    print('OK', flush=True)\n\
+         except OSError as e:\n    print('ERR', e.errno, flush=True)\n\
+         sys.stdin.readline()\n",
+        m.path("a/tasks").display()
+    );
+    let mut child = Command::new("python3")
+        .args(["-c", &script])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("python3");
+    let pid = child.id() as i32;
+    m.watch_pid(pid);
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut stdin = child.stdin.take().unwrap();
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    assert_eq!(line.trim(), "READY");
+    let other = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .find(|&t| t != pid)
+        .expect("a second thread");
+    m.step.set("tracing the second thread");
+    // SAFETY: PTRACE_SEIZE takes integers; the thread runs on.
+    let r = unsafe { libc::ptrace(libc::PTRACE_SEIZE, other, 0usize, 0usize) };
+    assert_eq!(r, 0, "seize: {}", std::io::Error::last_os_error());
+    let uts = ns_ino(pid, "uts");
+    m.step.set("the process moves itself");
+    stdin.write_all(b"go\n").unwrap();
+    stdin.flush().unwrap();
+    line.clear();
+    out.read_line(&mut line).unwrap();
+    assert_eq!(line.trim(), format!("ERR {}", libc::EBUSY));
+    assert_eq!(ns_ino(pid, "uts"), uts, "not moved");
+    assert_eq!(ns_ino(other, "uts"), uts, "not moved");
+    m.step.set("letting the second thread go");
+    // SAFETY: ptrace requests on a thread this thread traces, and a wait
+    // into a live local.
+    unsafe {
+        assert_eq!(
+            libc::ptrace(libc::PTRACE_INTERRUPT, other, 0usize, 0usize),
+            0
+        );
+        let mut status = 0;
+        assert_eq!(libc::waitpid(other, &mut status, libc::__WALL), other);
+        assert_eq!(libc::ptrace(libc::PTRACE_DETACH, other, 0usize, 0usize), 0);
+    }
+    drop(stdin);
+    assert!(child.wait().unwrap().success());
+}

@@ -516,7 +516,7 @@ fn moves_single(s: &Settings, cg: Option<&Cgroups>, sets: &Sets, r: &mut Report)
         ],
         goal: "median ≤ 100, p99 ≤ 200",
     });
-    moves_on_one_cpu((s, cg, sets), pid, 1, &in_a, r);
+    moves_on_one_cpu((s, cg, sets), pid, 1, (&in_a, &cg_in_a), r);
     drop(target);
 }
 
@@ -553,16 +553,16 @@ fn on_one_cpu<T>(pid: i32, f: impl FnOnce() -> T) -> Option<T> {
 
 /// The move of a `threads`-thread process `pid` through `tasks` (held open
 /// for one thread, `echo`-style for more), beside the cgroup move, with
-/// everything on one CPU ([`on_one_cpu`]).
+/// everything on one CPU ([`on_one_cpu`]). `in_a` and `cg_in_a` say where
+/// the process is now, among the containers and among the cgroups.
 fn moves_on_one_cpu(
     (s, cg, sets): (&Settings, Option<&Cgroups>, &Sets),
     pid: i32,
     threads: usize,
-    in_a: &Cell<bool>,
+    (in_a, cg_in_a): (&Cell<bool>, &Cell<bool>),
     r: &mut Report,
 ) {
     let [ta, tb] = &sets.tasks;
-    let cg_in_a = Cell::new(false);
     let cg_paths = cg.map(procs_paths);
     let (ours, theirs, samples) = if threads == 1 {
         (
@@ -580,7 +580,7 @@ fn moves_on_one_cpu(
     let Some(mut got) = on_one_cpu(pid, || {
         let mut ops = vec![ns_move("tasks, one CPU", sets, in_a, pid, ours)];
         if let Some(theirs) = theirs {
-            ops.push(cg_move("cgroup.procs, one CPU", &cg_in_a, pid, theirs));
+            ops.push(cg_move("cgroup.procs, one CPU", cg_in_a, pid, theirs));
         }
         measure(samples, ops).into_iter()
     }) else {
@@ -659,7 +659,7 @@ fn moves_threaded(s: &Settings, cg: Option<&Cgroups>, sets: &Sets, r: &mut Repor
             },
         });
         if threads == 64 {
-            moves_on_one_cpu((s, cg, sets), pid, threads, &in_a, r);
+            moves_on_one_cpu((s, cg, sets), pid, threads, (&in_a, &cg_in_a), r);
         }
         drop(target);
     }

@@ -806,6 +806,30 @@ impl Tracee<Stopped> {
         self.state.saved_mask
     }
 
+    /// Whether the id still names the thread that stopped, stopped for
+    /// this tracer: its registers read again as they did at the stop (the
+    /// stack and thread pointers). An execve(2) by another thread of the
+    /// process gives that thread the leader's id and ends every other
+    /// thread, the stopped leader too, without a word to the tracer
+    /// (ptrace(2), "execve(2) under ptrace"); the id then names a thread
+    /// that runs a new program, traced by this tracer or not.
+    pub fn is_unchanged(&self) -> bool {
+        arch::get(self.tid).is_ok_and(|now| now.same_thread_as(&self.state.saved))
+    }
+
+    /// Lets go of the id without putting anything back: for an id that no
+    /// longer names the thread that stopped ([`Tracee::is_unchanged`]),
+    /// whose registers and mask must not become the ones saved. A thread
+    /// this tracer traces under the id is detached, untouched, if it is
+    /// stopped; one that is not stays tracked, so that this tracer's exit
+    /// lets it go ([`still_traced`]).
+    pub fn let_go_untouched(mut self) {
+        self.released = true;
+        if traced::detach(self.tid).is_err() {
+            traced::reap(self.tid);
+        }
+    }
+
     /// Makes the syscall the thread was stopped in return `value` (a result,
     /// or `-errno`) instead of what it returned. Replaces a pending restart.
     pub fn set_result(&mut self, value: i64) -> Result<(), TraceError> {

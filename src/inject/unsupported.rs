@@ -51,6 +51,11 @@ impl Registers {
         match self.never {}
     }
 
+    /// Whether these are the registers of the same stopped thread.
+    pub fn same_thread_as(&self, _other: &Registers) -> bool {
+        match self.never {}
+    }
+
     pub(crate) fn set_result(&mut self, _value: i64) {
         match self.never {}
     }

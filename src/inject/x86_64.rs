@@ -149,6 +149,14 @@ impl Registers {
         self.raw.cs == USER_CS_64
     }
 
+    /// Whether these are the registers of the same stopped thread as
+    /// `other`, read again: its stack pointer and thread pointer
+    /// (`fs_base`), which nothing changes while it stops, and which no
+    /// other thread shares.
+    pub fn same_thread_as(&self, other: &Registers) -> bool {
+        self.raw.rsp == other.raw.rsp && self.raw.fs_base == other.raw.fs_base
+    }
+
     /// The raw register block.
     pub fn raw(&self) -> &libc::user_regs_struct {
         &self.raw

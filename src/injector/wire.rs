@@ -242,6 +242,7 @@ fn put_move(line: &mut String, e: &MoveError) {
         }
         MoveError::Untrusted { tid, step } => put(line, format_args!("untrusted {tid} {step:?}")),
         MoveError::Unstable(pid) => put(line, format_args!("unstable {pid}")),
+        MoveError::Execed(pid) => put(line, format_args!("execed {pid}")),
         MoveError::Unsupported(why) => put(line, format_args!("unsupported {why:?}")),
         MoveError::Trace(e) => {
             put(line, format_args!("trace"));
@@ -300,6 +301,7 @@ fn take_move(w: &mut Words<'_>) -> Option<MoveError> {
             step: w.one_of(&Step::ALL)?,
         },
         "unstable" => MoveError::Unstable(w.number()?),
+        "execed" => MoveError::Execed(w.number()?),
         "unsupported" => MoveError::Unsupported(w.one_of(&Unsupported::ALL)?),
         "trace" => MoveError::Trace(take_trace(w)?),
         "proc" => return take_io(w).map(MoveError::Proc),
