@@ -556,24 +556,12 @@ fn stop_rounds(
     let mut seen = BTreeSet::new();
     let mut deadline = None;
     for round in 1..=MAX_ROUNDS {
-        // Where the kernel can be read, the first round lists nothing: it
-        // stops the leader (the pinned pid) and, last, the writer, if that
-        // is a thread of the target (its write must be answered in this
-        // round), and the next round's read finds any other thread. Later
-        // listings are the kernel's where it answers with a read that
+        // The first listing, with nothing stopped yet, needs ids alone.
+        // Later ones are the kernel's where it answers with a read that
         // cannot have left a thread out; else `/proc` lists them.
         let read = (round > 1).then(|| kernel_threads(tgid)).flatten();
         let (listed, snapshot) = match read {
             Some((threads, true)) => (threads.keys().copied().collect(), Some(threads)),
-            _ if round == 1 && THREAD_READER.get().is_some() => {
-                let mut first = vec![tgid.as_raw()];
-                first.extend(
-                    writer
-                        .map(|(tid, _)| tid.as_raw())
-                        .filter(|&t| t != tgid.as_raw()),
-                );
-                (first, None)
-            }
             _ => (list_threads(tgid)?, None),
         };
         let new: Vec<i32> = listed
