@@ -933,10 +933,11 @@ fn fd_tables(
 }
 
 /// [`fd_tables`] for threads `0..shares_leaders.len()`: those with
-/// `shares_leaders[i]` share one table; any other is compared, with
-/// `same(opener, i)` (kcmp), to the first thread of each table found
-/// before it. `same` answering `None` (no kcmp) makes every thread a table
-/// of its own; an error names the thread it was asked about.
+/// `shares_leaders[i]` share one table, the leader's; any other, whose
+/// table is not the leader's, is compared, with `same(opener, i)` (kcmp),
+/// to the first thread of each other table found before it. `same`
+/// answering `None` (no kcmp) makes every thread a table of its own; an
+/// error names the thread it was asked about.
 fn group_by_table(
     shares_leaders: &[bool],
     mut same: impl FnMut(usize, usize) -> Result<Option<bool>, Errno>,
@@ -946,19 +947,19 @@ fn group_by_table(
     let mut tables: Vec<usize> = Vec::with_capacity(n);
     let mut openers: Vec<usize> = Vec::new();
     for (i, &shares) in shares_leaders.iter().enumerate() {
-        let mut table = i;
         if shares {
-            table = *leaders_table.get_or_insert(i);
-        } else {
-            for &o in &openers {
-                match same(o, i).map_err(|errno| (i, errno))? {
-                    Some(true) => {
-                        table = o;
-                        break;
-                    }
-                    Some(false) => {}
-                    None => return Ok((0..n).collect()),
+            tables.push(*leaders_table.get_or_insert(i));
+            continue;
+        }
+        let mut table = i;
+        for &o in &openers {
+            match same(o, i).map_err(|errno| (i, errno))? {
+                Some(true) => {
+                    table = o;
+                    break;
                 }
+                Some(false) => {}
+                None => return Ok((0..n).collect()),
             }
         }
         if table == i {
@@ -2039,9 +2040,9 @@ mod tests {
 
     #[test]
     fn threads_sharing_the_leaders_table_need_no_kcmp() {
-        // Thread 2 and 4 have a table of their own (the leader's is 7):
-        // kcmp is asked about them alone, and the grouping is what kcmp
-        // alone gives.
+        // Threads 2, 4 and 5 have tables other than the leader's (7):
+        // kcmp is asked about them alone, and only against one another,
+        // and the grouping is what kcmp alone gives.
         let table = &[7, 7, 3, 7, 3, 9];
         let shares = [true, true, false, true, false, false];
         let mut asked = Vec::new();
@@ -2052,16 +2053,19 @@ mod tests {
         })
         .unwrap();
         assert_eq!(got, group_by_table(&[false; 6], kcmp_of(table)).unwrap());
-        asked.dedup();
-        assert_eq!(asked, [2, 4, 5]);
+        assert_eq!(asked, [4, 5]);
     }
 
     #[test]
     fn without_kcmp_every_thread_has_its_own_table() {
+        // One thread apart from the leader's table: nothing to ask.
         let got = group_by_table(&[true, true, false, true], |_, _| Ok(None)).unwrap();
-        assert_eq!(got, [0, 1, 2, 3]);
-        let failed = group_by_table(&[true, false], |_, _| Err(Errno::EPERM));
-        assert_eq!(failed, Err((1, Errno::EPERM)));
+        assert_eq!(got, [0, 0, 2, 0]);
+        // Two: kcmp is needed, and without it no thread shares.
+        let got = group_by_table(&[true, false, false], |_, _| Ok(None)).unwrap();
+        assert_eq!(got, [0, 1, 2]);
+        let failed = group_by_table(&[true, false, false], |_, _| Err(Errno::EPERM));
+        assert_eq!(failed, Err((2, Errno::EPERM)));
     }
 
     #[test]

@@ -564,17 +564,26 @@ fn moves_on_one_cpu(
 ) {
     let [ta, tb] = &sets.tasks;
     let cg_paths = cg.map(procs_paths);
-    let (ours, theirs, samples) = if threads == 1 {
+    let (ours, theirs, samples, name, alt) = if threads == 1 {
         (
             Delivery::held([ta, tb]),
             cg_paths.as_ref().map(|[a, b]| Delivery::held([a, b])),
             s.moves,
+            "move, 1 thread, `tasks` held open, with the benchmark, the daemon and the \
+             target on one CPU"
+                .to_string(),
+            "`cgroup.procs` held open, on that CPU",
         )
     } else {
         (
             Delivery::echo([ta, tb]),
             cg_paths.as_ref().map(|[a, b]| Delivery::echo([a, b])),
             s.threads,
+            format!(
+                "move, {threads} threads, `echo PID > tasks`, with the benchmark, the daemon \
+                 and the target on one CPU"
+            ),
+            "`echo PID > cgroup.procs`, on that CPU",
         )
     };
     let Some(mut got) = on_one_cpu(pid, || {
@@ -589,31 +598,15 @@ fn moves_on_one_cpu(
     if let Some(cg) = cg {
         check_cgroup(cg, pid, cg_in_a.get());
     }
-    let held = got.next().unwrap();
-    let cg_held = match cg {
+    let moved = got.next().unwrap();
+    let cg_moved = match cg {
         Some(_) => Ok(got.next().unwrap()),
         None => Err("no cgroup2".to_string()),
     };
-    let (name, alt) = if threads == 1 {
-        (
-            "move, 1 thread, `tasks` held open, with the benchmark, the daemon and the \
-             target on one CPU"
-                .to_string(),
-            "`cgroup.procs` held open, on that CPU",
-        )
-    } else {
-        (
-            format!(
-                "move, {threads} threads, `echo PID > tasks`, with the benchmark, the daemon \
-                 and the target on one CPU"
-            ),
-            "`echo PID > cgroup.procs`, on that CPU",
-        )
-    };
     r.rows.push(Row {
         name,
-        ours: held,
-        alts: vec![(alt.into(), cg_held)],
+        ours: moved,
+        alts: vec![(alt.into(), cg_moved)],
         goal: "",
     });
 }

@@ -820,6 +820,11 @@ fn read_process_through(link: BorrowedFd<'_>, pid: u32) -> io::Result<Option<Pro
     // this buffer was full would look like a walk that ended.
     let mut buf = vec![0u8; PROCESS_READ.max(buffer)];
     let (mut filled, mut reads) = (0, 0);
+    // One piece that left room for another record: the walk ended by
+    // itself. A piece that filled the kernel's buffer may have been cut
+    // there, and a walk resumed at a thread that ended meanwhile returns
+    // nothing more, though threads after it live.
+    let mut whole = false;
     loop {
         if filled == buf.len() {
             buf.resize(buf.len() * 2, 0);
@@ -829,10 +834,9 @@ fn read_process_through(link: BorrowedFd<'_>, pid: u32) -> io::Result<Option<Pro
             Ok(n) => {
                 filled += n;
                 reads += 1;
-                // A first piece that left room for another record is the
-                // whole walk (see below): the read that would return
-                // nothing more is not made.
+                // The read that would return nothing more is not made.
                 if reads == 1 && ended_by_itself(filled, buffer) {
+                    whole = true;
                     break;
                 }
             }
@@ -848,11 +852,6 @@ fn read_process_through(link: BorrowedFd<'_>, pid: u32) -> io::Result<Option<Pro
         .map(parse_thread)
         .collect();
     let ours = |t: &Thread| t.leader == pid as i32 && t.proc.pid > 0;
-    // One piece that left room for another record: the walk ended by
-    // itself. A piece that filled the kernel's buffer may have been cut
-    // there, and a walk resumed at a thread that ended meanwhile returns
-    // nothing more, though threads after it live.
-    let whole = reads == 1 && ended_by_itself(filled, buffer);
     Ok((!threads.is_empty() && threads.iter().all(ours)).then_some(ProcessRead { threads, whole }))
 }
 
