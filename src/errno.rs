@@ -105,7 +105,10 @@ pub fn of_move(e: &MoveError) -> i32 {
         // The kernel's answer to the injected call, passed through.
         MoveError::Refused { errno, .. } => *errno,
         MoveError::RollbackFailed { .. } => Errno::EIO,
-        MoveError::Unstable(_) | MoveError::Execed(_) | MoveError::Stuck { .. } => Errno::EAGAIN,
+        MoveError::Unstable(_)
+        | MoveError::Execed(_)
+        | MoveError::Changed { .. }
+        | MoveError::Stuck { .. } => Errno::EAGAIN,
         MoveError::Unsupported(_) => Errno::EOPNOTSUPP,
         MoveError::Trace(e) => return of_trace(e),
         MoveError::Proc(e) => match e.kind() {
@@ -258,6 +261,14 @@ pub(crate) mod tests {
             ),
             (MoveError::Unstable(1), Errno::EAGAIN),
             (MoveError::Execed(1), Errno::EAGAIN),
+            (
+                MoveError::Changed {
+                    pid: 1,
+                    chose: libc::CLONE_NEWUTS,
+                    now: libc::CLONE_NEWNET,
+                },
+                Errno::EAGAIN,
+            ),
             (
                 MoveError::Unsupported(Unsupported::CompatProcess),
                 Errno::EOPNOTSUPP,

@@ -349,6 +349,21 @@ pub enum MoveError {
     /// Threads kept appearing while the process was being stopped.
     #[error("process {0} keeps creating threads")]
     Unstable(i32),
+    /// The namespaces of the process, read once it was stopped, are not
+    /// those the caller chose the kinds from (another move of it, or the
+    /// process itself, changed them meanwhile): nothing was changed.
+    #[error(
+        "process {pid} changed namespaces while its move was prepared: \
+         kinds {chose:#x} were chosen, {now:#x} differ now"
+    )]
+    Changed {
+        /// The process.
+        pid: i32,
+        /// The kinds the caller chose.
+        chose: libc::c_int,
+        /// The kinds (pid aside) in which it differs from the holder now.
+        now: libc::c_int,
+    },
     /// A thread of the process other than its leader ran execve(2) while
     /// the process was being stopped: the process runs a new program, and
     /// nothing was written into it.
@@ -467,6 +482,31 @@ fn snapshot_ns_ids(snapshot: &Snapshot, tid: Pid, kinds: libc::c_int) -> Option<
         .filter(|k| kinds & k.clone_flag() != 0)
         .map(|k| thread.proc.entry(k))
         .collect()
+}
+
+/// The kinds, pid aside, in which thread `tid` of `tgid` is not in the
+/// namespaces of the holder `known` (the caller makes the holder of a
+/// move that leaves the pid namespace alone sit in the target's own, so
+/// that kind is not compared); from `snapshot`, else `/proc`; `None` if
+/// its namespaces do not read.
+fn differing_kinds(
+    tgid: Pid,
+    tid: Pid,
+    snapshot: Option<&Snapshot>,
+    known: &Known,
+) -> Option<libc::c_int> {
+    let all = KINDS.iter().fold(0, |all, (flag, _)| all | flag);
+    let ids = match snapshot.and_then(|s| snapshot_ns_ids(s, tid, all)) {
+        Some(ids) => ids,
+        None => ns_ids(&ProcDir::tasks(tgid.as_raw()).ok()?, tid, all).ok()?,
+    };
+    Some(
+        KINDS
+            .iter()
+            .zip(ids.iter().zip(known.inodes))
+            .filter(|((flag, _), (now, want))| *flag != libc::CLONE_NEWPID && **now != *want)
+            .fold(0, |kinds, ((flag, _), _)| kinds | flag),
+    )
 }
 
 /// The namespaces of kinds `kinds` of each of `threads`, from `snapshot`
@@ -1532,6 +1572,30 @@ fn move_traced(
     if let Some(recheck) = recheck {
         let tids: Vec<Pid> = threads.iter().map(|t| t.tid()).collect();
         recheck(&tids).map_err(|e| refused(&mut threads, e))?;
+    }
+    // The caller chose the kinds from a read of the process made before
+    // it stopped; another move of it, or the process itself, may have
+    // changed its namespaces since. Read now, when nothing of it runs, the
+    // kinds in which it differs from the holder must be those chosen; if
+    // not, the choice no longer holds, and the caller can choose again.
+    if let Some(known) = source.known {
+        let first = threads
+            .iter()
+            .find(|t| t.tid() == tgid)
+            .unwrap_or(&threads[0])
+            .tid();
+        if let Some(now) = differing_kinds(tgid, first, snapshot.as_ref(), &known)
+            && now != kinds & !libc::CLONE_NEWPID
+        {
+            return Err(refused(
+                &mut threads,
+                MoveError::Changed {
+                    pid: tgid.as_raw(),
+                    chose: kinds,
+                    now,
+                },
+            ));
+        }
     }
     if threads.iter().any(|t| !t.regs().is_native()) {
         return Err(refused(

@@ -963,6 +963,62 @@ fn pidfd_open_failing_in_the_stub_leaves_the_process_as_it_was() {
     target.wait_success();
 }
 
+/// Kinds chosen from a read made before the process stopped, which no
+/// longer hold once it is stopped (another move, or the process itself,
+/// changed its namespaces meanwhile): the move is refused with `EAGAIN`
+/// and changes nothing. Here the caller chose uts alone, though the
+/// process differs from the holder in uts, ipc and net. Chosen again, the
+/// move goes through.
+#[test]
+fn kinds_chosen_before_the_stop_are_checked_once_it_is_stopped() {
+    let test = "kinds_chosen_before_the_stop_are_checked_once_it_is_stopped";
+    if !have_root(test) {
+        return;
+    }
+    let wd = Watched::start(test);
+    let holder = holder(&wd);
+    let target = sleeper(&wd);
+    let pid = target.pid();
+    let namespaces = snapshot(pid);
+    let source = Source {
+        seen: holder.pid(),
+        known: Some(Known {
+            local: holder.pid(),
+            inodes: NS_ENTRIES.map(|entry| ns_ino(holder.pid(), entry)),
+        }),
+    };
+    let handle = ProcessHandle::open(pid).expect("pin");
+    wd.step.set("moving with a stale choice of kinds");
+    let err = move_process_from(
+        &handle,
+        source,
+        CloneFlags::CLONE_NEWUTS,
+        None,
+        FatalSeccomp::Refuse,
+        None,
+    )
+    .expect_err("must be refused");
+    assert!(
+        matches!(err, MoveError::Changed { now, .. }
+            if now == (libc::CLONE_NEWUTS | libc::CLONE_NEWIPC | libc::CLONE_NEWNET)),
+        "{err}"
+    );
+    assert_eq!(errno::of_move(&err), Errno::EAGAIN as i32);
+    assert_eq!(snapshot(pid), namespaces, "nothing changed");
+    assert_eq!(tracer(pid), 0);
+    wd.step.set("moving with the kinds that differ");
+    move_process_from(
+        &handle,
+        source,
+        uts_ipc_net(),
+        None,
+        FatalSeccomp::Refuse,
+        None,
+    )
+    .expect("move");
+    assert_eq!(uts_link(pid), uts_link(holder.pid()));
+}
+
 #[test]
 fn stop_signals_during_stub_moves_keep_a_spinning_target_whole() {
     if !have_root("stop_signals_during_stub_moves_keep_a_spinning_target_whole") {

@@ -243,6 +243,9 @@ fn put_move(line: &mut String, e: &MoveError) {
         MoveError::Untrusted { tid, step } => put(line, format_args!("untrusted {tid} {step:?}")),
         MoveError::Unstable(pid) => put(line, format_args!("unstable {pid}")),
         MoveError::Execed(pid) => put(line, format_args!("execed {pid}")),
+        MoveError::Changed { pid, chose, now } => {
+            put(line, format_args!("changed {pid} {chose} {now}"))
+        }
         MoveError::Unsupported(why) => put(line, format_args!("unsupported {why:?}")),
         MoveError::Trace(e) => {
             put(line, format_args!("trace"));
@@ -302,6 +305,11 @@ fn take_move(w: &mut Words<'_>) -> Option<MoveError> {
         },
         "unstable" => MoveError::Unstable(w.number()?),
         "execed" => MoveError::Execed(w.number()?),
+        "changed" => MoveError::Changed {
+            pid: w.number()?,
+            chose: w.number()?,
+            now: w.number()?,
+        },
         "unsupported" => MoveError::Unsupported(w.one_of(&Unsupported::ALL)?),
         "trace" => MoveError::Trace(take_trace(w)?),
         "proc" => return take_io(w).map(MoveError::Proc),
